@@ -1,0 +1,96 @@
+"""``michi-lite``: the one command line the notebooks, tests, CI and benchmarks share.
+
+    michi-lite data build      --preset P --out DIR
+    michi-lite eval alignment  --preset P --data DIR --json OUT
+    michi-lite demo            [--preset P] [--out DIR]
+
+Subcommands for the later stages (train, bench, say, transcribe, chat) join
+here as they are built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import PRESETS, get_config
+
+
+def add_preset(parser: argparse.ArgumentParser, default: str = "lite") -> None:
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=default,
+                        help=f"model and data size (default: {default})")
+
+
+def write_json(report: dict, path: str | None) -> None:
+    text = json.dumps(report, indent=2)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text + "\n")
+    print(text)
+
+
+def cmd_data_build(args: argparse.Namespace) -> None:
+    from .data.corpus import build_corpus
+
+    manifest = build_corpus(get_config(args.preset), args.out)
+    summary = json.loads((manifest.parent / "corpus.json").read_text())
+    print(f"built {summary['utterances']} utterances, {summary['hours']:.2f} h, "
+          f"{len(summary['voices'])} voices -> {manifest}")
+
+
+def cmd_eval_alignment(args: argparse.Namespace) -> None:
+    from .eval import evaluate_alignment
+
+    write_json(evaluate_alignment(args.data, args.preset), args.json)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    summary = run_demo(get_config(args.preset), args.out)
+    print(summary["story"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="michi-lite", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="build speech corpora").add_subparsers(dest="action", required=True)
+    build = data.add_parser("build", help="synthesise and align a corpus")
+    add_preset(build)
+    build.add_argument("--out", required=True, help="corpus directory (re-running resumes)")
+    build.set_defaults(run=cmd_data_build)
+
+    evaluate = commands.add_parser("eval", help="measure a stage").add_subparsers(dest="stage", required=True)
+    alignment = evaluate.add_parser("alignment", help="engine word timings vs Whisper word timestamps")
+    add_preset(alignment)
+    alignment.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
+    alignment.add_argument("--json", help="write the report here too")
+    alignment.set_defaults(run=cmd_eval_alignment)
+
+    demo = commands.add_parser("demo", help="the main job, end to end, on a built-in example")
+    add_preset(demo)
+    demo.add_argument("--out", default="demo_out", help="where the wav, figure and summary go")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        # bad input and missing pieces are the user's to fix: one clear line, no trace
+        logging.getLogger("michi_lite").debug("details", exc_info=True)
+        print(f"michi-lite: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

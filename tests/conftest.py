@@ -1,0 +1,21 @@
+"""Shared fixtures: one tiny corpus per test session, built through the CLI."""
+
+from __future__ import annotations
+
+import pytest
+
+from michi_lite.cli import main
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_corpus")
+    main(["data", "build", "--preset", "tiny", "--out", str(out)])
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from michi_lite.backbone import load_tokenizer
+
+    return load_tokenizer()
