@@ -19,9 +19,15 @@ test: setup
 lab: setup
 	$(BIN)/jupyter lab notebooks
 
-# Re-pair the notebooks after editing their jupytext .py sources.
+# After editing a notebook's jupytext .py source: re-pair it and re-run it, so
+# the committed .ipynb shows real outputs (without per-run execution metadata).
+CLEAR := --ClearMetadataPreprocessor.enabled=True \
+	--ClearMetadataPreprocessor.preserve_cell_metadata_mask=tags \
+	$(foreach key,kernelspec jupytext language_info,--ClearMetadataPreprocessor.preserve_nb_metadata_mask=$(key))
+
 notebooks: setup
 	$(BIN)/jupytext --sync notebooks/*.py
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace $(CLEAR) notebooks/*.ipynb
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -16,6 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from .config import PRESETS, get_config
 
 
@@ -42,9 +44,11 @@ def cmd_data_build(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_alignment(args: argparse.Namespace) -> None:
-    from .eval import evaluate_alignment
+    from .eval import alignment_differences, evaluate_alignment
 
     write_json(evaluate_alignment(args.data, args.preset), args.json)
+    if args.diffs:
+        np.savez_compressed(args.diffs, **alignment_differences(args.data))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -70,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_preset(alignment)
     alignment.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
     alignment.add_argument("--json", help="write the report here too")
+    alignment.add_argument("--diffs", help="also save every boundary difference (ms), per engine, to this .npz")
     alignment.set_defaults(run=cmd_eval_alignment)
 
     demo = commands.add_parser("demo", help="the main job, end to end, on a built-in example")
@@ -83,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one line per clip drowns the progress bar
     try:
         args.run(args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:

@@ -61,7 +61,7 @@ class CorpusConfig:
     unseen_voices: int  # voice identities kept out of train and val entirely
     val_fraction: float = 0.05
     test_fraction: float = 0.05
-    whisper_sample: int = 200  # utterances per engine also aligned by Whisper, for the comparison
+    whisper_sample: int = 100  # utterances per engine also aligned by Whisper, for the comparison
     seed: int = 0
 
 

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python (michi-lite)
 #     language: python
@@ -66,7 +68,7 @@ print(f"preset {PRESET}: {cfg.audio.sample_rate} Hz, {cfg.audio.samples_per_fram
 # engine is found if installed and skipped (with a logged reason) if not; the
 # variety of voices is the variety of the data.
 
-# %%
+# %% tags=["nbval-check-output"]
 engines = available_engines()
 for engine in engines:
     print(f"{engine.name:9s} {len(engine.voices()):4d} voices   own word timings: {engine.gives_word_timings}")
@@ -177,7 +179,7 @@ print(json.dumps(records[0], indent=1)[:800])
 # %% [markdown]
 # Every utterance's text survives the trip through the frame grid:
 
-# %%
+# %% tags=["nbval-check-output"]
 from michi_lite.data.words import Word  # noqa: E402
 
 lossless = all(

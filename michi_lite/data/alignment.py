@@ -120,8 +120,8 @@ def summarize_differences(diffs: np.ndarray) -> dict:
     diffs = np.asarray(diffs, dtype=np.float64)
     empty = diffs.size == 0
     return {
-        "median_ms": float("nan") if empty else float(np.median(diffs)),
-        "p95_ms": float("nan") if empty else float(np.percentile(diffs, 95)),
+        "median_ms": float("nan") if empty else round(float(np.median(diffs)), 1),
+        "p95_ms": float("nan") if empty else round(float(np.percentile(diffs, 95)), 1),
         "n_words": diffs.size // 2,
         "n_boundaries": int(diffs.size),
     }
