@@ -27,7 +27,7 @@ CLEAR := --ClearMetadataPreprocessor.enabled=True \
 
 notebooks: setup
 	$(BIN)/jupytext --sync notebooks/*.py
-	$(BIN)/jupyter nbconvert --to notebook --execute --inplace $(CLEAR) notebooks/*.ipynb
+	MICHI_LITE_PRESET=lite $(BIN)/jupyter nbconvert --to notebook --execute --inplace $(CLEAR) notebooks/*.ipynb
 
 clean:
 	rm -rf demo_out .pytest_cache

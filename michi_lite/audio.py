@@ -106,6 +106,16 @@ def validate_waveform(
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
+def prepare_waveform(
+    waveform: np.ndarray | torch.Tensor, sample_rate: int, target_rate: int, source: str = "<array>"
+) -> np.ndarray:
+    """Validate an in-memory waveform and resample it (soxr, HQ) to ``target_rate``."""
+    audio = validate_waveform(waveform, sample_rate, source=source)
+    if sample_rate != target_rate:
+        audio = soxr.resample(audio, sample_rate, target_rate, quality="HQ").astype(np.float32)
+    return audio
+
+
 def save_audio(path: str | Path, waveform: np.ndarray | torch.Tensor, sample_rate: int) -> Path:
     """Write a mono waveform as 16-bit PCM: FLAC for a ``.flac`` suffix, else WAV."""
     path = Path(path)

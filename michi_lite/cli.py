@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         # bad input and missing pieces are the user's to fix: one clear line, no trace
         logging.getLogger("michi_lite").debug("details", exc_info=True)
-        print(f"michi-lite: error: {error}", file=sys.stderr)
+        hint = "" if args.verbose else " (-v shows the traceback)"
+        print(f"michi-lite: error: {error}{hint}", file=sys.stderr)
         sys.exit(2)
 
 

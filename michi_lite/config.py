@@ -22,11 +22,6 @@ class AudioConfig:
     n_mels: int = 80
     f_min: float = 0.0
     f_max: float | None = 8_000.0
-    max_seconds: float = 600.0  # longer input is refused, not silently chopped
-
-    @property
-    def frames_per_second(self) -> float:
-        return 1.0 / FRAME_SECONDS
 
     @property
     def samples_per_frame(self) -> int:
@@ -72,8 +67,6 @@ class Config:
     backbone: BackboneConfig
     listener: ListenerConfig
     corpus: CorpusConfig
-    text_delay_frames: int = 1  # model text runs this many frames ahead of its audio
-    tokenizer: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 PRESETS: dict[str, Config] = {

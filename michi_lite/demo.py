@@ -13,10 +13,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import soxr
 import torch
 
-from .audio import MelSpectrogram, save_audio, validate_waveform
+from .audio import MelSpectrogram, frame_count, prepare_waveform, save_audio
 from .backbone import load_tokenizer
 from .config import FRAME_SECONDS, Config
 from .data.alignment import boundary_differences, summarize_differences, whisper_words
@@ -42,8 +41,7 @@ def run_demo(cfg: Config, out: str | os.PathLike, text: str = DEMO_TEXT) -> dict
     logger.info("synthesising with %s voice %s", engine.name, voice.name)
     synthesis = engine.synthesize(text, voice)
     rate = cfg.audio.sample_rate
-    waveform = validate_waveform(synthesis.waveform, synthesis.sample_rate, source=voice.name)
-    waveform = soxr.resample(waveform, synthesis.sample_rate, rate).astype(np.float32)
+    waveform = prepare_waveform(synthesis.waveform, synthesis.sample_rate, rate, source=voice.name)
     save_audio(out / "demo.wav", waveform, rate)
 
     logger.info("aligning words with Whisper")
@@ -52,11 +50,9 @@ def run_demo(cfg: Config, out: str | os.PathLike, text: str = DEMO_TEXT) -> dict
     mel = MelSpectrogram(cfg.audio)(torch.from_numpy(waveform)).numpy()  # (n_mels, mel frames)
 
     tokenizer = load_tokenizer()
-    n_frames = int(np.ceil(len(waveform) / cfg.audio.samples_per_frame))
-    grid = frame_tokens(text, timed, tokenizer, n_frames)
-    labels = ["" if t == grid.pad_id else tokenizer.decode([t]) for t in grid.tokens]
+    grid = frame_tokens(text, timed, tokenizer, frame_count(len(waveform), cfg.audio))
 
-    fig = alignment_figure(waveform, rate, mel, synthesis.words, heard, labels,
+    fig = alignment_figure(waveform, rate, mel, synthesis.words, heard, grid.labels(tokenizer),
                            title=f"{engine.name} · {voice.name}: {text}")
     fig.savefig(out / "demo_alignment.png", dpi=120)
 

@@ -55,11 +55,11 @@ def evaluate_alignment(data_dir: str | os.PathLike, preset: str) -> dict:
     Both the start and the end of every word that the two alignments agree on
     count as one boundary each.
     """
-    report = {"engines": {}}
-    all_diffs = []
-    for engine, diffs in sorted(alignment_differences(data_dir).items()):
-        report["engines"][engine] = summarize_differences(diffs)
-        all_diffs.append(diffs)
-    report["all"] = summarize_differences(np.concatenate(all_diffs) if all_diffs else np.zeros(0))
-    report["run"] = run_info(preset)
-    return report
+    per_engine = alignment_differences(data_dir)
+    if not per_engine:
+        raise ValueError(f"{data_dir}: no utterance has both engine and Whisper word timings to compare")
+    return {
+        "engines": {engine: summarize_differences(diffs) for engine, diffs in sorted(per_engine.items())},
+        "all": summarize_differences(np.concatenate(list(per_engine.values()))),
+        "run": run_info(preset),
+    }

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 # Speech engines, their voices and the text corpora the corpus builder reads.
 DEBIAN_PACKAGES=(
+    python3-venv
     espeak-ng libespeak-ng1 flite
     festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
     bible-kjv fortunes wamerican
@@ -26,7 +27,8 @@ if ((${#missing[@]})); then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     else
-        echo "setup: not root, so these Debian packages stay missing: ${missing[*]}"
+        why=$([[ $(id -u) == 0 ]] && echo "no apt-get here" || echo "not root")
+        echo "setup: $why, so these Debian packages stay missing: ${missing[*]}"
         echo "setup: (sudo apt-get install ${missing[*]}); carrying on with what is installed"
     fi
 fi
@@ -37,10 +39,14 @@ wanted=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [[ -f $stamp && $(cat "$stamp") == "$wanted" ]]; then
     exit 0
 fi
-[[ -x .venv/bin/python ]] || python3 -m venv .venv
+# a .venv left half-made (no pip) by an interrupted run is made again
+.venv/bin/python -m pip --version >/dev/null 2>&1 || python3 -m venv --clear .venv
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" --upgrade pip
-"${pip[@]}" torch==2.13.0  # first and pinned, so nothing pulls a CUDA build
+# torch first and pinned, so that no later requirement can pull in another build.
+# Plain PyPI serves the CUDA build for Linux; for the small CPU-only build add
+#   --index-url https://download.pytorch.org/whl/cpu
+"${pip[@]}" torch==2.13.0
 "${pip[@]}" -e ".[notebooks,test]"
 "${pip[@]}" --no-deps "${NO_DEPS_PACKAGES[@]}"
 .venv/bin/python -m ipykernel install --user --name michi-lite --display-name "Python (michi-lite)" >/dev/null

@@ -13,13 +13,12 @@ from michi_lite.backbone import load_whisper
 from michi_lite.data.alignment import (
     boundary_differences,
     match_words,
-    normalize_text,
     summarize_differences,
     transcribe,
     whisper_words,
     word_error_rate,
 )
-from michi_lite.data.words import Word
+from michi_lite.data.words import Word, normalize_text
 
 PANGRAM = "The quick brown fox jumps over the lazy dog."
 

@@ -1,14 +1,23 @@
+import itertools
 import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import pytest
 import soundfile as sf
 
 from michi_lite.cli import main
-from michi_lite.config import get_config
-from michi_lite.data.corpus import load_manifest, plan, sentence_split
-from michi_lite.data.engines import all_voices
+from michi_lite.config import CorpusConfig, get_config
+from michi_lite.data import corpus as corpus_module
+from michi_lite.data.corpus import build_corpus, choose_voices, load_manifest, plan, split_sequence
+from michi_lite.data.engines import SpeechEngine, Synthesis, Voice, all_voices
+from michi_lite.data.words import Word
 
-FIELDS = {"id", "path", "text", "voice", "engine", "sample_rate", "duration", "split", "voice_split",
+FIELDS = {"id", "path", "text", "voice", "speaker", "engine", "sample_rate", "duration", "split", "voice_split",
           "category", "alignment", "words"}
 
 
@@ -48,32 +57,89 @@ def test_unseen_voices_speak_only_test_sentences(tiny_corpus):
     assert unseen_texts <= {r["text"] for r in records if r["voice_split"] == "seen"}
 
 
-def test_rebuilding_skips_what_exists_and_finishes_a_killed_build(tiny_corpus):
-    manifest = Path(tiny_corpus) / "manifest.jsonl"
+def test_rebuilding_skips_what_exists_and_finishes_a_killed_build(tiny_corpus, tmp_path):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus, corpus)
+    manifest = corpus / "manifest.jsonl"
     before = manifest.read_text()
-    partial = Path(tiny_corpus) / "manifest.partial.jsonl"
+    partial = corpus / "manifest.partial.jsonl"
     lines = partial.read_text().splitlines(keepends=True)
     # simulate a kill: the last utterance and half a line of the next are lost
     victim = json.loads(lines[-1])
-    (Path(tiny_corpus) / victim["path"]).unlink()
+    (corpus / victim["path"]).unlink()
     partial.write_text("".join(lines[:-1]) + lines[-1][:20])
-    kept = Path(tiny_corpus) / json.loads(lines[0])["path"]
+    kept = corpus / json.loads(lines[0])["path"]
     mtime = kept.stat().st_mtime_ns
-    main(["data", "build", "--preset", "tiny", "--out", str(tiny_corpus)])
+    main(["data", "build", "--preset", "tiny", "--out", str(corpus)])
     assert kept.stat().st_mtime_ns == mtime  # not re-synthesised
-    assert (Path(tiny_corpus) / victim["path"]).exists()
-    after = [json.loads(l) for l in manifest.read_text().splitlines()]
-    assert [r["id"] for r in after] == [json.loads(l)["id"] for l in before.splitlines()]
+    assert (corpus / victim["path"]).exists()
+    after = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert [r["id"] for r in after] == [json.loads(line)["id"] for line in before.splitlines()]
 
 
-def test_plan_is_deterministic_for_a_seed():
-    cfg = get_config("tiny")
+class CountingEngine(SpeechEngine):
+    """A fast stand-in engine: one second of noise per word, timed word by word."""
+
+    name = "counting"
+    gives_word_timings = True
+
+    def __init__(self):
+        self.calls = 0
+
+    def available(self):
+        return True, ""
+
+    def voices(self):
+        return [Voice(self.name, f"counting-{i}", (), speaker=f"counter-{i}") for i in range(4)]
+
+    def synthesize(self, text, voice):
+        self.calls += 1
+        words = text.split()
+        noise = np.random.default_rng(len(text)).uniform(-0.5, 0.5, 16_000 * len(words)).astype(np.float32)
+        return Synthesis(noise, 16_000, [Word(w, i, i + 0.9) for i, w in enumerate(words)])
+
+
+def test_an_hours_based_build_resumes_and_reruns_without_losing_utterances(tmp_path, monkeypatch):
+    engine = CountingEngine()
+    monkeypatch.setattr(corpus_module, "available_engines", lambda: [engine])
+    cfg = replace(get_config("lite"), corpus=CorpusConfig(
+        min_hours=60 / 3600, max_utterances=100, seen_voices=3, unseen_voices=1, whisper_sample=0))
+    first = [json.loads(line) for line in build_corpus(cfg, tmp_path).read_text().splitlines()]
+    assert sum(r["duration"] for r in first) >= 60 and engine.calls == len(first)
+
+    partial = tmp_path / "manifest.partial.jsonl"
+    partial.write_text("".join(partial.read_text().splitlines(keepends=True)[:-2]))  # killed two short
+    again = [json.loads(line) for line in build_corpus(cfg, tmp_path).read_text().splitlines()]
+    assert again == first and engine.calls == len(first) + 2  # only the lost two were spoken again
+
+    rerun = [json.loads(line) for line in build_corpus(cfg, tmp_path).read_text().splitlines()]
+    assert rerun == first and engine.calls == len(first) + 2  # a finished build is left as it is
+
+
+def test_plan_is_the_same_in_another_process():
+    code = (
+        "from michi_lite.config import get_config\n"
+        "from michi_lite.data.corpus import plan\n"
+        "from michi_lite.data.engines import all_voices\n"
+        "print([(u.id, u.split) for _, u in zip(range(40), plan(get_config('tiny'), all_voices()))])\n"
+    )
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    ours = str([(u.id, u.split) for _, u in zip(range(40), plan(get_config("tiny"), all_voices()))])
+    assert runs[0] == runs[1] and runs[0].strip() == ours
+
+
+@pytest.mark.parametrize("val, test", [(0.05, 0.05), (0.1, 0.2), (0.15, 0.15)])
+def test_splits_take_the_asked_fractions(val, test):
+    splits = list(itertools.islice(split_sequence(val, test), 1000))
+    assert abs(splits.count("val") - 1000 * val) <= 1 and abs(splits.count("test") - 1000 * test) <= 1
+    assert splits.index("val") <= 1 / val + 1 and splits.index("test") <= 1 / test + 1  # early, not bunched at the end
+
+
+def test_unseen_speakers_are_new_people_from_engines_that_are_also_seen():
     voices = all_voices()
-    first = [(u.id, u.split) for _, u in zip(range(40), plan(cfg, voices))]
-    again = [(u.id, u.split) for _, u in zip(range(40), plan(cfg, voices))]
-    assert first == again
-
-
-def test_sentence_split_gives_the_asked_fractions():
-    splits = [sentence_split(i, 0.05, 0.05) for i in range(1000)]
-    assert splits.count("test") == 50 and splits.count("val") == 50
+    seen, unseen = choose_voices(voices, 36, 6, seed=0)
+    assert len(seen) == 36 and len(unseen) == 6
+    assert not {v.speaker for v in seen} & {v.speaker for v in unseen}
+    assert len({v.speaker for v in seen}) == 36
+    assert {v.engine for v in unseen} <= {v.engine for v in seen}

@@ -36,3 +36,9 @@ def test_grid_round_trip_is_lossless_on_the_corpus(tiny_corpus, tokenizer):
         grid = frame_tokens(record["text"], words, tokenizer, n_frames)
         assert text_from_grid(grid, tokenizer) == record["text"], record["id"]
         assert len(grid) == n_frames, record["id"]  # no utterance needed more frames than it lasts
+
+
+def test_a_word_starting_exactly_on_a_frame_boundary_gets_that_frame(tokenizer):
+    words = [Word("Go", 0.24, 0.5), Word("now", 2.32, 2.6)]  # 2.32 / 0.08 is 28.999... in floating point
+    grid = frame_tokens("Go now", words, tokenizer, n_frames=40)
+    assert grid.labels(tokenizer)[3] == "Go" and grid.labels(tokenizer)[29] == " now"

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from michi_lite.data import text
-from michi_lite.data.text import STRESS_CATEGORIES, Sentence, sentences
+from michi_lite.data.text import MAX_WORDS, MIN_WORDS, STRESS_CATEGORIES, Sentence, sentences
 
 HAVE_BIBLE = shutil.which(text.BIBLE_COMMAND) is not None
 HAVE_FORTUNES = text.FORTUNE_DIR.is_dir()
@@ -59,7 +59,7 @@ def test_mix_follows_the_source_shares():
 
 def test_sentences_are_plain_ascii_of_speakable_length(mix):
     for s in mix:
-        assert 3 <= len(s.text.split()) <= 30, s
+        assert MIN_WORDS <= len(s.text.split()) <= MAX_WORDS, s
         assert s.text.isascii() and s.text.isprintable(), s
         assert re.match(r"[A-Z0-9\"']", s.text) and s.text[-1] in ".?!\"'", s
 

@@ -13,7 +13,6 @@ summarised as a median and 95th percentile in milliseconds.
 from __future__ import annotations
 
 import difflib
-import re
 
 import jiwer
 import numpy as np
@@ -22,7 +21,7 @@ from faster_whisper import WhisperModel
 from faster_whisper.transcribe import Segment
 
 from ..backbone import load_whisper
-from .words import Word
+from .words import Word, normalize_text
 
 WHISPER_SAMPLE_RATE = 16_000
 # faster-whisper's default beam: with beam 1, tiny.en misheard synthetic speech
@@ -61,24 +60,6 @@ def transcribe(waveform: np.ndarray, sample_rate: int, model: WhisperModel | Non
     return "".join(segment.text for segment in segments).strip()
 
 
-def normalize_text(text: str) -> str:
-    """The one normaliser used for word error rate and for matching words, everywhere.
-
-    Lowercase; every punctuation mark or symbol becomes a word break
-    ("well-known" -> "well known"), except apostrophes inside a word
-    ("don't" stays, 'quoted' loses its quotes); runs of whitespace become one space.
-
-    Numbers are left as written. Saying "20" as "twenty" is part of what a
-    speech model's text normalisation must get right, and rewriting numbers
-    here would hide its mistakes from the word error rate; references that
-    should not test it are better written in words.
-    """
-    text = text.lower().replace("\u2019", "'").replace("\u2018", "'")  # typographic apostrophes
-    text = re.sub(r"[^\w\s']|_", " ", text)
-    text = re.sub(r"(?<!\w)'|'(?!\w)", " ", text)
-    return " ".join(text.split())
-
-
 def word_error_rate(refs: list[str], hyps: list[str]) -> float:
     """Corpus word error rate: all edits over all reference words, after :func:`normalize_text`."""
     if len(refs) != len(hyps):
@@ -112,7 +93,7 @@ def boundary_differences(a: list[Word], b: list[Word]) -> np.ndarray:
 
 
 def summarize_differences(diffs: np.ndarray) -> dict:
-    """Median and 95th percentile of boundary differences (NaN when there are none), and counts.
+    """Median and 95th percentile of boundary differences (None when there are none), and counts.
 
     ``diffs`` is one or more :func:`boundary_differences` arrays concatenated:
     two boundaries per word compared.
@@ -120,8 +101,8 @@ def summarize_differences(diffs: np.ndarray) -> dict:
     diffs = np.asarray(diffs, dtype=np.float64)
     empty = diffs.size == 0
     return {
-        "median_ms": float("nan") if empty else round(float(np.median(diffs)), 1),
-        "p95_ms": float("nan") if empty else round(float(np.percentile(diffs, 95)), 1),
+        "median_ms": None if empty else round(float(np.median(diffs)), 1),
+        "p95_ms": None if empty else round(float(np.percentile(diffs, 95)), 1),
         "n_words": diffs.size // 2,
         "n_boundaries": int(diffs.size),
     }

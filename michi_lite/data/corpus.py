@@ -12,7 +12,7 @@ built with three guarantees:
 
 Each manifest line is one utterance::
 
-    {"id", "path", "text", "voice", "engine", "sample_rate", "duration",
+    {"id", "path", "text", "voice", "speaker", "engine", "sample_rate", "duration",
      "split", "voice_split", "category", "alignment", "words", ["whisper_words"]}
 
 ``words`` are the engine's own word timings where it gives them (``alignment``
@@ -27,19 +27,20 @@ import itertools
 import json
 import logging
 import os
+import subprocess
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soxr
 from tqdm.auto import tqdm
 
-from ..audio import AudioError, save_audio, validate_waveform
+from ..audio import prepare_waveform, save_audio
 from ..config import Config
 from .engines import SpeechEngine, Voice, available_engines
 from .text import Sentence, sentences
+from .words import Word, normalize_text
 
 logger = logging.getLogger(__name__)
 
@@ -57,43 +58,61 @@ class PlannedUtterance:
 
 
 def choose_voices(voices: list[Voice], n_seen: int, n_unseen: int, seed: int) -> tuple[list[Voice], list[Voice]]:
-    """Pick the seen and the unseen voices, taking engines in turn.
+    """Pick the seen and the unseen voices: one voice per speaker, engines in turn.
 
-    Seen voices go round the engines so that every engine is heard. Unseen
-    voices then go round the engines the seen voices came from: an engine
-    heard only through unseen voices would confuse "a voice the model has not
-    heard" with "a synthesiser it has not heard".
+    A speaker is a person, whatever the pitch or speed (``Voice.speaker``), so
+    an unseen voice is never a seen one slowed down. Unseen speakers are picked
+    first, from engines that have more than one speaker, leaving each such
+    engine at least one speaker for training: an engine heard only through
+    unseen voices would confuse "a voice the model has not heard" with "a
+    synthesiser it has not heard". Seen speakers then go round all engines.
     """
     rng = np.random.default_rng(seed)
     by_engine: dict[str, list[Voice]] = defaultdict(list)
     for voice in voices:
         by_engine[voice.engine].append(voice)
     queues = {engine: [pool[i] for i in rng.permutation(len(pool))] for engine, pool in sorted(by_engine.items())}
+    taken: set[str] = set()  # speakers, across engines: flite and festival share some
 
-    def take(n: int, engines: list[str]) -> list[Voice]:
+    def untaken(engine: str) -> int:
+        return len({v.speaker for v in queues[engine]} - taken)
+
+    def take(n: int, engines: list[str], keep: int = 0) -> list[Voice]:
+        """Up to ``n`` voices of new speakers, round the engines, leaving ``keep`` speakers in each."""
         picked: list[Voice] = []
-        while len(picked) < n and any(queues[e] for e in engines):
+        while len(picked) < n:
+            progress = False
             for engine in engines:
-                if queues[engine] and len(picked) < n:
-                    picked.append(queues[engine].pop(0))
+                if len(picked) == n or untaken(engine) <= keep:
+                    continue
+                voice = next(v for v in queues[engine] if v.speaker not in taken)
+                queues[engine].remove(voice)
+                taken.add(voice.speaker)
+                picked.append(voice)
+                progress = True
+            if not progress:
+                break
         return picked
 
+    unseen = take(n_unseen, list(queues), keep=1)
     seen = take(n_seen, list(queues))
-    unseen = take(n_unseen, sorted({v.engine for v in seen}))
     return seen, unseen
 
 
-def sentence_split(index: int, val_fraction: float, test_fraction: float) -> str:
-    """Spread val and test sentences evenly through the stream.
+def split_sequence(val_fraction: float, test_fraction: float) -> Iterator[str]:
+    """Splits for a stream of sentences, spread evenly: "train", "val" or "test".
 
-    Bresenham-style counting gives exactly the asked fractions on any prefix,
-    so even a 24-utterance corpus has test and val sentences.
+    Each sentence goes to whichever of val and test is a whole sentence behind
+    its share so far, else to train, so any prefix of the stream (even a
+    24-utterance corpus) holds its fractions to within one sentence.
     """
-    if int((index + 1) * test_fraction) > int(index * test_fraction):
-        return "test"
-    if int((index + 1) * val_fraction + 0.5) > int(index * val_fraction + 0.5):
-        return "val"
-    return "train"
+    given = Counter()
+    for n in itertools.count(1):
+        behind = {"test": test_fraction * n - given["test"], "val": val_fraction * n - given["val"]}
+        split = max(behind, key=behind.get)
+        split = split if behind[split] >= 1 - 1e-9 else "train"
+        given[split] += 1
+        yield split
 
 
 def plan(cfg: Config, voices: list[Voice]) -> Iterator[PlannedUtterance]:
@@ -101,15 +120,21 @@ def plan(cfg: Config, voices: list[Voice]) -> Iterator[PlannedUtterance]:
 
     Train and val sentences are spoken by one seen voice each, in turn; a test
     sentence is spoken by a seen voice *and* an unseen one, so the two kinds of
-    voice are measured on the same sentences.
+    voice are measured on the same sentences. Sentences that differ only in
+    case or punctuation ("7 pm", "7 PM.") share one split.
     """
     c = cfg.corpus
     seen, unseen = choose_voices(voices, c.seen_voices, c.unseen_voices, c.seed)
     if not seen:
         raise RuntimeError("no voice available to speak the corpus")
     seen_turn, unseen_turn = itertools.cycle(seen), itertools.cycle(unseen)
+    splits = split_sequence(c.val_fraction, c.test_fraction)
+    split_of: dict[str, str] = {}
     for index, sentence in enumerate(sentences(c.max_utterances, seed=c.seed)):
-        split = sentence_split(index, c.val_fraction, c.test_fraction)
+        key = normalize_text(sentence.text)
+        if key not in split_of:
+            split_of[key] = next(splits)
+        split = split_of[key]
         speakers = [(next(seen_turn), "seen")]
         if split == "test" and unseen:
             speakers.append((next(unseen_turn), "unseen"))
@@ -131,20 +156,60 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
-def speak(utterance: PlannedUtterance, engine: SpeechEngine, sample_rate: int) -> tuple[np.ndarray, list | None]:
+def speak(utterance: PlannedUtterance, engine: SpeechEngine, sample_rate: int) -> tuple[np.ndarray, list[Word] | None]:
     """Synthesise one utterance at the corpus rate, peak-normalised."""
     synthesis = engine.synthesize(utterance.sentence.text, utterance.voice)
-    waveform = validate_waveform(synthesis.waveform, synthesis.sample_rate, source=utterance.id)
-    if synthesis.sample_rate != sample_rate:
-        waveform = soxr.resample(waveform, synthesis.sample_rate, sample_rate, quality="HQ").astype(np.float32)
-    waveform = waveform * (PEAK_LEVEL / max(float(np.abs(waveform).max()), 1e-6))
-    return waveform.astype(np.float32), synthesis.words
+    waveform = prepare_waveform(synthesis.waveform, synthesis.sample_rate, sample_rate, source=utterance.id)
+    waveform = waveform * (PEAK_LEVEL / float(np.abs(waveform).max()))
+    return waveform, synthesis.words
+
+
+def make_record(utterance: PlannedUtterance, engine: SpeechEngine, cfg: Config, out: Path,
+                compare_with_whisper: bool) -> dict | None:
+    """Speak, align and save one utterance; its manifest record, or None if it must be skipped."""
+    from .alignment import whisper_words  # Whisper loads only once some utterance needs it
+
+    rate = cfg.audio.sample_rate
+    try:
+        waveform, words = speak(utterance, engine, rate)
+    except (ValueError, RuntimeError, subprocess.SubprocessError) as error:  # AudioError is a ValueError
+        logger.warning("skipping %s: %s", utterance.id, error)
+        return None
+    duration = len(waveform) / rate
+    if duration > MAX_UTTERANCE_SECONDS:
+        logger.warning("skipping %s: %.1f s is longer than %.0f s", utterance.id, duration, MAX_UTTERANCE_SECONDS)
+        return None
+    record = {
+        "id": utterance.id,
+        "path": str(Path("audio") / f"{utterance.id}.flac"),
+        "text": utterance.sentence.text,
+        "voice": utterance.voice.name,
+        "speaker": utterance.voice.speaker,
+        "engine": utterance.voice.engine,
+        "sample_rate": rate,
+        "duration": round(duration, 4),
+        "split": utterance.split,
+        "voice_split": utterance.voice_split,
+        "category": utterance.sentence.source,
+        "alignment": "engine" if words is not None else "whisper",
+    }
+    if words is None or compare_with_whisper:
+        heard = whisper_words(waveform, rate)
+        if not heard:
+            logger.warning("skipping %s: Whisper heard no words", utterance.id)
+            return None
+    if words is None:
+        record["words"] = [w.to_dict() for w in heard]
+    else:
+        record["words"] = [w.to_dict() for w in words]
+        if compare_with_whisper:
+            record["whisper_words"] = [w.to_dict() for w in heard]
+    save_audio(out / record["path"], waveform, rate)
+    return record
 
 
 def build_corpus(cfg: Config, out: str | os.PathLike) -> Path:
     """Build (or finish building) the corpus of ``cfg`` in ``out``; returns the manifest path."""
-    from .alignment import whisper_words  # Whisper loads only if some utterance needs it
-
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     engines = {e.name: e for e in available_engines()}
@@ -157,65 +222,40 @@ def build_corpus(cfg: Config, out: str | os.PathLike) -> Path:
     c = cfg.corpus
     partial = out / "manifest.partial.jsonl"
     done = {r["id"]: r for r in read_records(partial) if (out / r["path"]).exists()}
-    if done:
-        logger.info("resuming: %d utterances already built in %s", len(done), out)
+    if partial.exists():
         # drop what a killed run left half-written, so appending starts on a clean line
         partial.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+    if done:
+        logger.info("resuming: %d utterances already built in %s", len(done), out)
 
     target_seconds = c.min_hours * 3600
-    total_seconds = sum(r["duration"] for r in done.values())
-    whisper_compared = Counter(r["engine"] for r in done.values() if "whisper_words" in r)
-    records: list[dict] = []
     by_utterances = target_seconds == 0
-    bar = tqdm(total=c.max_utterances if by_utterances else round(target_seconds), desc="corpus",
-               unit="utt" if by_utterances else "s audio")
-    bar.update(len(done) if by_utterances else round(total_seconds))
+    bar = tqdm(total=c.max_utterances if by_utterances else target_seconds, desc="corpus",
+               unit="utt" if by_utterances else "s audio", unit_scale=not by_utterances)
+    records: list[dict] = []
+    total_seconds = 0.0
+    whisper_compared: Counter = Counter()
     with partial.open("a") as log:
         for utterance in plan(cfg, voices):
             if len(records) >= c.max_utterances or (target_seconds and total_seconds >= target_seconds):
                 break
-            if utterance.id in done:
-                records.append(done[utterance.id])
-                continue
-            engine = engines[utterance.voice.engine]
-            try:
-                waveform, words = speak(utterance, engine, cfg.audio.sample_rate)
-            except (AudioError, RuntimeError) as error:
-                logger.warning("skipping %s: %s", utterance.id, error)
-                continue
-            duration = len(waveform) / cfg.audio.sample_rate
-            if duration > MAX_UTTERANCE_SECONDS:
-                logger.warning("skipping %s: %.1f s is longer than %.0f s", utterance.id, duration, MAX_UTTERANCE_SECONDS)
-                continue
-            path = Path("audio") / f"{utterance.id}.flac"
-            save_audio(out / path, waveform, cfg.audio.sample_rate)
-            record = {
-                "id": utterance.id,
-                "path": str(path),
-                "text": utterance.sentence.text,
-                "voice": utterance.voice.name,
-                "engine": utterance.voice.engine,
-                "sample_rate": cfg.audio.sample_rate,
-                "duration": round(duration, 4),
-                "split": utterance.split,
-                "voice_split": utterance.voice_split,
-                "category": utterance.sentence.source,
-            }
-            if words is None:
-                record["alignment"] = "whisper"
-                record["words"] = [w.to_dict() for w in whisper_words(waveform, cfg.audio.sample_rate)]
-            else:
-                record["alignment"] = "engine"
-                record["words"] = [w.to_dict() for w in words]
-                if whisper_compared[engine.name] < c.whisper_sample:
-                    record["whisper_words"] = [w.to_dict() for w in whisper_words(waveform, cfg.audio.sample_rate)]
-                    whisper_compared[engine.name] += 1
-            log.write(json.dumps(record) + "\n")
-            log.flush()  # a killed build loses at most the utterance in flight
+            record = done.get(utterance.id)
+            if record is None:
+                engine = engines[utterance.voice.engine]
+                compare = engine.gives_word_timings and whisper_compared[engine.name] < c.whisper_sample
+                record = make_record(utterance, engine, cfg, out, compare)
+                if record is None:
+                    continue
+                log.write(json.dumps(record) + "\n")
+                log.flush()  # a killed build loses at most the utterance in flight
             records.append(record)
-            total_seconds += duration
-            bar.update(1 if by_utterances else round(duration))
+            whisper_compared[record["engine"]] += "whisper_words" in record
+            total_seconds += record["duration"]
+            bar.update(1 if by_utterances else record["duration"])
     bar.close()
+    if total_seconds < target_seconds:
+        logger.warning("the sentence plan ran out at %.2f h of the %.2f h asked for; raise max_utterances",
+                       total_seconds / 3600, c.min_hours)
 
     manifest = out / "manifest.jsonl"
     tmp = manifest.with_suffix(".tmp")
@@ -223,8 +263,8 @@ def build_corpus(cfg: Config, out: str | os.PathLike) -> Path:
     tmp.replace(manifest)
     summary = summarize(records, cfg)
     (out / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n")
-    logger.info("corpus: %d utterances, %.2f h, %d voices in %s",
-                summary["utterances"], summary["hours"], len(summary["voices"]), out)
+    logger.info("corpus: %d utterances, %.2f h, %d speakers in %s",
+                summary["utterances"], summary["hours"], summary["speakers"], out)
     return manifest
 
 
@@ -233,10 +273,12 @@ def summarize(records: list[dict], cfg: Config) -> dict:
     hours = sum(r["duration"] for r in records) / 3600
     voices: dict[str, dict] = {}
     for r in records:
-        v = voices.setdefault(r["voice"], {"engine": r["engine"], "voice_split": r["voice_split"], "utterances": 0})
+        v = voices.setdefault(r["voice"], {"engine": r["engine"], "speaker": r["speaker"],
+                                           "voice_split": r["voice_split"], "utterances": 0})
         v["utterances"] += 1
     return {
         "preset": cfg.name,
+        "speakers": len({r["speaker"] for r in records}),
         "seed": cfg.corpus.seed,
         "sample_rate": cfg.audio.sample_rate,
         "utterances": len(records),

@@ -62,6 +62,15 @@ class Voice:
     engine: str  # a key of ENGINES
     name: str  # globally unique, stable and filesystem-safe, e.g. "espeak-en-us-m3-p60-s185"
     params: tuple = ()  # engine-specific (key, value) pairs; a tuple so the voice is hashable
+    # Who is speaking, whatever the pitch or speed: the same person recorded for
+    # two engines (flite's and festival's "kal") is one speaker. Voices held out
+    # of training are held out by speaker, or a "new" voice could be an old one
+    # slowed down. Empty means the voice is its own speaker.
+    speaker: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.speaker:
+            object.__setattr__(self, "speaker", self.name)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -289,7 +298,8 @@ class EspeakEngine(SpeechEngine):
         accents, variants = self._installed_accents_and_variants
         return [
             Voice(self.name, f"espeak-{accent}-{variant}-p{pitch}-s{rate}",
-                  (("voice", f"{accent}+{variant}"), ("pitch", pitch), ("rate", rate)))
+                  (("voice", f"{accent}+{variant}"), ("pitch", pitch), ("rate", rate)),
+                  speaker=f"espeak-{accent}-{variant}")
             for accent in accents for variant in variants for pitch in self.pitches for rate in self.rates
         ]
 
@@ -347,6 +357,8 @@ class EspeakEngine(SpeechEngine):
 # word they belong to; the library's utterance structure links the two, so we use it.
 
 _FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")  # cmu_us_*; awb_time only speaks clock times
+# flite and festival voices built from the same recorded person share a speaker
+_SPEAKERS = {"kal16": "kal", "kal_diphone": "kal", "ked_diphone": "ked", "cmu_us_slt_arctic_hts": "slt"}
 
 
 class _FliteWave(ctypes.Structure):
@@ -405,7 +417,8 @@ class FliteEngine(SpeechEngine):
         return [v for v in _FLITE_VOICES if _load_library(f"libflite_cmu_us_{v}.so.1") is not None]
 
     def voices(self) -> list[Voice]:
-        return [Voice(self.name, f"flite-{v}", (("voice", v),)) for v in self._installed_voices]
+        return [Voice(self.name, f"flite-{v}", (("voice", v),), speaker=_SPEAKERS.get(v, v))
+                for v in self._installed_voices]
 
     def _voice_pointer(self, name: str) -> int:
         """register_cmu_us_NAME() builds the voice; do it once per voice and keep it."""
@@ -508,7 +521,8 @@ class FestivalEngine(SpeechEngine):
         return True, ""
 
     def voices(self) -> list[Voice]:
-        return [Voice(self.name, "festival-" + v.replace("_", "-"), (("voice", v),)) for v in self._installed_voices]
+        return [Voice(self.name, "festival-" + v.replace("_", "-"), (("voice", v),), speaker=_SPEAKERS.get(v, v))
+                for v in self._installed_voices]
 
     def synthesize(self, text: str, voice: Voice) -> Synthesis:
         text = self._check(text, voice)
@@ -563,7 +577,7 @@ class PiperEngine(SpeechEngine):
         return True, ""
 
     def voices(self) -> list[Voice]:
-        return [Voice(self.name, f"piper-joe-l{round(scale * 100):03d}", (("length_scale", scale),))
+        return [Voice(self.name, f"piper-joe-l{round(scale * 100):03d}", (("length_scale", scale),), speaker="joe")
                 for scale in self.length_scales]
 
     def _piper_voice(self) -> Any:  # a piper.PiperVoice
@@ -649,7 +663,7 @@ class HibariEngine(SpeechEngine):
         return installed
 
     def voices(self) -> list[Voice]:
-        return [Voice(self.name, f"hibari-{v}-s{round(speed * 100):03d}", (("voice", v), ("speed", speed)))
+        return [Voice(self.name, f"hibari-{v}-s{round(speed * 100):03d}", (("voice", v), ("speed", speed)), speaker=v)
                 for v in self._installed_voices for speed in self.speeds]
 
     def synthesize(self, text: str, voice: Voice) -> Synthesis:

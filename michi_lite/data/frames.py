@@ -19,8 +19,7 @@ import re
 from dataclasses import dataclass
 
 from ..config import FRAME_SECONDS
-from .alignment import normalize_text
-from .words import Word
+from .words import Word, normalize_text
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +40,10 @@ class TokenGrid:
     @property
     def text_token_ids(self) -> list[int]:
         return [t for t in self.tokens if t != self.pad_id]
+
+    def labels(self, tokenizer) -> list[str]:
+        """Each frame's token as text, "" for PAD: for printing and plotting."""
+        return ["" if t == self.pad_id else tokenizer.decode([t]) for t in self.tokens]
 
 
 def chunk_start_times(text: str, words: list[Word]) -> list[tuple[int, int, float]]:
@@ -94,7 +97,8 @@ def frame_tokens(text: str, words: list[Word], tokenizer, n_frames: int | None =
         # a token belongs to the chunk it starts in, or to the next one if it
         # starts on the space before it (" quick", or a lone " " before a digit)
         seconds = next((t for _, end, t in chunks if end > char_start), chunks[-1][2] if chunks else 0.0)
-        frame = max(int(seconds / FRAME_SECONDS), next_free)
+        # whole milliseconds first: 2.32 / 0.08 is 28.999... in floating point, not 29
+        frame = max(round(seconds * 1000) // round(FRAME_SECONDS * 1000), next_free)
         if frame >= len(grid):
             grid.extend([pad_id] * (frame + 1 - len(grid)))
         grid[frame] = token_id

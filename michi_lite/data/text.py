@@ -13,7 +13,7 @@ Three sources, all offline:
   front of it: digits, dates, times, money, units, abbreviations and
   homographs (``read`` said two ways).
 
-Every sentence is plain printable ASCII with 3 to 30 words. ASCII only, because
+Every sentence is plain printable ASCII with 4 to 25 words. ASCII only, because
 some synthesis engines (flite, festival) mangle or drop other characters; that
 is why money is written ``$12.50``, ``300 euros`` and ``45 pounds`` rather than
 with the euro and pound signs, and temperatures as ``72 degrees``. Slashed
