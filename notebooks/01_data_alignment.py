@@ -43,12 +43,17 @@ import numpy as np
 import torch
 from IPython.display import Audio, Markdown, display
 
-from michi_lite.audio import MelSpectrogram, mel_filterbank, mel_patches, pad_to_frames
+import ipywidgets as widgets
+from michi_lite.audio import MelSpectrogram, mel_filterbank, mel_patches, pad_to_frames, prepare_waveform
 from michi_lite.backbone import load_tokenizer
+from michi_lite.cli import main as michi_lite
 from michi_lite.config import FRAME_SECONDS, get_config
 from michi_lite.data.alignment import boundary_differences, summarize_differences, whisper_words
+from michi_lite.data.corpus import load_manifest
 from michi_lite.data.engines import available_engines, synthesize
 from michi_lite.data.frames import frame_tokens, text_from_grid
+from michi_lite.data.words import Word
+from michi_lite.eval import alignment_differences, evaluate_alignment
 from michi_lite.plots import alignment_figure, boundary_histogram
 
 logging.basicConfig(level=logging.WARNING)
@@ -68,7 +73,7 @@ print(f"preset {PRESET}: {cfg.audio.sample_rate} Hz, {cfg.audio.samples_per_fram
 # engine is found if installed and skipped (with a logged reason) if not; the
 # variety of voices is the variety of the data.
 
-# %% tags=["nbval-check-output"]
+# %%
 engines = available_engines()
 for engine in engines:
     print(f"{engine.name:9s} {len(engine.voices()):4d} voices   own word timings: {engine.gives_word_timings}")
@@ -100,10 +105,8 @@ for engine in engines:
 fb = mel_filterbank(cfg.audio.sample_rate, cfg.audio.n_fft, cfg.audio.n_mels, cfg.audio.f_min, cfg.audio.f_max)
 print("filterbank", tuple(fb.shape), "(n_mels, n_fft // 2 + 1)")
 
-import soxr  # noqa: E402  (resampling is only needed from here on)
-
 reference_voice, reference = next((n, s) for n, s in samples.items() if s.words)
-waveform = soxr.resample(reference.waveform, reference.sample_rate, cfg.audio.sample_rate).astype(np.float32)
+waveform = prepare_waveform(reference.waveform, reference.sample_rate, cfg.audio.sample_rate)
 waveform = pad_to_frames(waveform, cfg.audio)
 mel = MelSpectrogram(cfg.audio)(torch.from_numpy(waveform))  # (n_mels, mel frames)
 patches = mel_patches(mel, cfg.audio)  # (80 ms frames, mels_per_frame * n_mels)
@@ -128,7 +131,7 @@ print(f"{len(waveform)} samples -> mel {tuple(mel.shape)} -> {tuple(patches.shap
 heard = whisper_words(waveform, cfg.audio.sample_rate)
 tokenizer = load_tokenizer()
 grid = frame_tokens(SENTENCE, reference.words, tokenizer, n_frames=len(patches))
-labels = ["" if t == grid.pad_id else tokenizer.decode([t]) for t in grid.tokens]
+labels = grid.labels(tokenizer)
 fig = alignment_figure(waveform, cfg.audio.sample_rate, mel.numpy(), reference.words, heard, labels,
                        title=f"{reference_voice}: {SENTENCE}")
 fig.savefig(FIGURES / "01_alignment.png", dpi=120)
@@ -166,9 +169,6 @@ print(f"{len(grid.text_token_ids)} tokens on {len(grid)} frames; round trip exac
 # (under a minute); the `lite` corpus is the same command with `--preset lite`.
 
 # %%
-from michi_lite.cli import main as michi_lite  # noqa: E402
-from michi_lite.data.corpus import load_manifest  # noqa: E402
-
 corpus_dir = Path(tempfile.mkdtemp(prefix="michi-corpus-"))
 michi_lite(["data", "build", "--preset", "tiny", "--out", str(corpus_dir)])
 records = load_manifest(corpus_dir)
@@ -180,8 +180,6 @@ print(json.dumps(records[0], indent=1)[:800])
 # Every utterance's text survives the trip through the frame grid:
 
 # %% tags=["nbval-check-output"]
-from michi_lite.data.words import Word  # noqa: E402
-
 lossless = all(
     text_from_grid(frame_tokens(r["text"], [Word.from_dict(w) for w in r["words"]], tokenizer), tokenizer) == r["text"]
     for r in records
@@ -196,11 +194,10 @@ print(f"round trip exact on all {len(records)} utterances: {lossless}")
 # boundaries (start and end) of each word they agree on.
 
 # %%
-from michi_lite.eval import alignment_differences, evaluate_alignment  # noqa: E402
-
 report = evaluate_alignment(corpus_dir, "tiny")
 print(json.dumps(report["engines"], indent=1))
 fig = boundary_histogram(alignment_differences(corpus_dir), title="tiny corpus (built above)")
+fig.savefig(FIGURES / "01_boundary_histogram_tiny.png", dpi=120)
 fig
 
 # %% [markdown]
@@ -220,30 +217,26 @@ fig
 # %% [markdown]
 # ## 7. Try it
 #
-# Type a sentence, pick a voice, and see and hear its alignment. (On a static
-# render, such as CI's, the cell shows its default sentence.)
+# Type a sentence, pick a voice, press *Run Interact*, and see and hear its
+# alignment. The cell draws the default sentence once on its own, so a static
+# render (such as CI's, or this page on the web) shows it too.
 
 # %%
-import ipywidgets as widgets  # noqa: E402
-
 voice_names = {v.name: v for e in engines for v in e.voices()[:6]}
 
 
 def show_alignment(text: str, voice_name: str) -> None:
-    voice = voice_names[voice_name]
-    result = synthesize(text, voice)
-    wav = soxr.resample(result.waveform, result.sample_rate, cfg.audio.sample_rate).astype(np.float32)
+    result = synthesize(text, voice_names[voice_name])
+    wav = prepare_waveform(result.waveform, result.sample_rate, cfg.audio.sample_rate)
     heard = whisper_words(wav, cfg.audio.sample_rate)
-    timed = result.words or heard
-    grid = frame_tokens(text, timed, tokenizer)
-    labels = ["" if t == grid.pad_id else tokenizer.decode([t]) for t in grid.tokens]
+    grid = frame_tokens(text, result.words or heard, tokenizer)
     mel = MelSpectrogram(cfg.audio)(torch.from_numpy(wav)).numpy()
-    display(alignment_figure(wav, cfg.audio.sample_rate, mel, result.words, heard, labels, title=voice_name))
+    display(alignment_figure(wav, cfg.audio.sample_rate, mel, result.words, heard, grid.labels(tokenizer),
+                             title=voice_name))
     display(Audio(wav, rate=cfg.audio.sample_rate))
 
 
-widgets.interact_manual(
-    show_alignment,
-    text=widgets.Text(value="Please call Stella at 7:45 pm.", layout=widgets.Layout(width="60%")),
-    voice_name=widgets.Dropdown(options=sorted(voice_names)),
-);
+text_box = widgets.Text(value="Please call Stella at 7:45 pm.", layout=widgets.Layout(width="60%"))
+voice_menu = widgets.Dropdown(options=sorted(voice_names))
+widgets.interact_manual(show_alignment, text=text_box, voice_name=voice_menu)
+show_alignment(text_box.value, voice_menu.value)  # drawn once now, so a static render shows it too

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
+from michi_lite.backbone import hub_is_reachable
 from michi_lite.data.libritts import LibriTTSUnavailable, load_libritts_r
 
 HUB_RATE = 24_000  # LibriTTS-R's own rate
@@ -54,7 +55,7 @@ def mini_parquet(tmp_path):
 
 def test_loader_writes_16khz_audio_and_fills_the_manifest_schema(tmp_path, mini_parquet):
     out = tmp_path / "corpus"
-    records = load_libritts_r(out, 16_000, "train.clean.100", data_files=mini_parquet.parent)
+    records = load_libritts_r(out, 16_000, "train.clean.100", data_files=mini_parquet.parent, align=False)
 
     assert [r["id"] for r in records] == [
         "libritts-r-19_198_000000_000000", "libritts-r-20_198_000000_000001", "libritts-r-21_198_000000_000002",
@@ -65,12 +66,14 @@ def test_loader_writes_16khz_audio_and_fills_the_manifest_schema(tmp_path, mini_
         "path": "audio/libritts-r-19_198_000000_000000.flac",
         "text": "Chapter 1 begins here.",  # text_original, whitespace tidied
         "voice": "libritts-r-19",
+        "speaker": "libritts-r-19",
         "engine": "libritts-r",
         "sample_rate": 16_000,
         "duration": SECONDS,
         "split": "train",
         "voice_split": "seen",
         "category": "libritts",
+        "alignment": "none",
         "words": [],
     }
     for record in records:
@@ -83,6 +86,26 @@ def test_loader_writes_16khz_audio_and_fills_the_manifest_schema(tmp_path, mini_
     assert abs(peak_hz - 220) < 1 / SECONDS
 
 
+def test_real_speech_rows_get_whisper_word_timings_and_frame_like_the_corpus(tmp_path, tokenizer):
+    from michi_lite.data.engines import get_engine
+    from michi_lite.data.frames import frame_tokens, text_from_grid
+    from michi_lite.data.words import Word
+
+    try:
+        flite = get_engine("flite")
+    except RuntimeError as missing:
+        pytest.skip(str(missing))
+    text = "The quick brown fox jumps over the lazy dog."
+    speech = flite.synthesize(text, flite.voices()[1])
+    row = _hub_like_rows(1)[0] | {"text_original": text}
+    row["audio"] = {"array": speech.waveform, "sampling_rate": speech.sample_rate}
+
+    [record] = load_libritts_r(tmp_path, 16_000, "test.clean", rows=[row])
+    assert record["alignment"] == "whisper" and len(record["words"]) == 9
+    words = [Word.from_dict(w) for w in record["words"]]
+    assert text_from_grid(frame_tokens(record["text"], words, tokenizer), tokenizer) == text
+
+
 def test_decoded_rows_from_a_dev_split_are_unseen_voices_and_long_ones_are_skipped(tmp_path):
     long, short = _hub_like_rows(1, seconds=1.0)[0], _hub_like_rows(2)[1]
     for row in (long, short):  # the decoded form that datasets' Audio feature gives
@@ -90,7 +113,7 @@ def test_decoded_rows_from_a_dev_split_are_unseen_voices_and_long_ones_are_skipp
         row["audio"] = {"array": waveform, "sampling_rate": rate}
 
     records = load_libritts_r(tmp_path, 16_000, "dev.clean", rows=[long, short, short], max_seconds=0.5,
-                              max_utterances=1, text_column="text_normalized")
+                              max_utterances=1, text_column="text_normalized", align=False)
 
     assert [(r["id"], r["split"], r["voice_split"]) for r in records] == [
         ("libritts-r-20_198_000000_000001", "val", "unseen"),
@@ -123,9 +146,11 @@ def test_unreachable_hub_raises_libritts_unavailable_quickly(tmp_path, monkeypat
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://hub.invalid")  # .invalid never resolves
+    hub_is_reachable.cache_clear()  # asked once per process: ask again, of the fake hub
     for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(proxy, raising=False)
     start = time.perf_counter()
     with pytest.raises(LibriTTSUnavailable, match="cannot be reached"):
         load_libritts_r(tmp_path / "out", 16_000, "dev.clean", cache_dir=tmp_path / "empty_cache")
     assert time.perf_counter() - start < 10
+    hub_is_reachable.cache_clear()  # forget the fake hub's answer

@@ -12,8 +12,8 @@ hours of audiobooks read by 2,456 speakers, at 24 kHz. The Hugging Face copy
 ``load_libritts_r`` turns such rows into our manifest records and writes each
 utterance as a FLAC file at the preset's sample rate. The rows come from the
 hub, from local parquet files (a copy of the hub's ``data/`` shards), or from
-any iterable of dicts in the same schema. ``words`` is left empty: LibriTTS has
-no word timings, so the Whisper aligner fills them later.
+any iterable of dicts in the same schema. LibriTTS has no word timings, so
+Whisper times the words, as it does for synthetic voices that give none.
 
 LibriTTS keeps its dev and test speakers out of its training subsets, so rows
 from ``dev.*`` and ``test.*`` are voices our model never hears in training.
@@ -24,10 +24,8 @@ from __future__ import annotations
 import io
 import logging
 import os
-import socket
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import soundfile as sf
@@ -35,6 +33,7 @@ import soxr
 from tqdm.auto import tqdm
 
 from ..audio import AudioError, save_audio, validate_waveform
+from ..backbone import hub_is_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +41,6 @@ HUB_NAME = "mythicinfinity/libritts_r"
 ENGINE = "libritts-r"
 # LibriTTS split -> (our split, our voice split); see the module docstring.
 _SPLITS = {"train": ("train", "seen"), "dev": ("val", "unseen"), "test": ("test", "unseen")}
-_PROBE_TIMEOUT_S = 3.0
 
 
 class LibriTTSUnavailable(RuntimeError):
@@ -55,25 +53,6 @@ def _manifest_split(split: str) -> tuple[str, str]:
     if subset not in _SPLITS:
         raise ValueError(f"unknown LibriTTS-R split {split!r}: expected train.*, dev.* or test.*")
     return _SPLITS[subset]
-
-
-def _hub_reachable() -> bool:
-    """Whether a TCP connection to the hub opens within a few seconds.
-
-    Without this check an offline ``load_dataset`` retries for half a minute
-    before failing. Behind a proxy a direct connection proves nothing, so the
-    check is skipped there.
-    """
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    from huggingface_hub import constants
-
-    endpoint = urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=_PROBE_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
 
 
 def _unavailable(reason: str) -> LibriTTSUnavailable:
@@ -90,7 +69,7 @@ def _hub_rows(name: str, config: str, split: str, streaming: bool,
     """The rows of one hub split, audio left as undecoded file bytes."""
     import datasets  # imported here: the rest of michi_lite never needs it
 
-    if not datasets.config.HF_HUB_OFFLINE and not _hub_reachable():
+    if not datasets.config.HF_HUB_OFFLINE and not hub_is_reachable():
         raise _unavailable("the hub cannot be reached")
     try:
         rows = datasets.load_dataset(name, config, split=split, streaming=streaming, cache_dir=cache_dir)
@@ -141,6 +120,7 @@ def load_libritts_r(
     config: str = "clean",
     streaming: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    align: bool = True,
 ) -> list[dict]:
     """Write LibriTTS-R utterances under ``out_dir/audio/`` and return their manifest records.
 
@@ -149,11 +129,15 @@ def load_libritts_r(
     utterances used are downloaded). ``split`` also decides each record's
     ``split`` and ``voice_split``. The text is ``text_original`` by default,
     digits and all, like the rest of the corpus: the model reads raw text.
-    Utterances longer than ``max_seconds`` are skipped.
+    Utterances longer than ``max_seconds`` are skipped. With ``align`` (the
+    default) Whisper times every word, as for synthetic voices without timings;
+    without it ``words`` stays empty and ``alignment`` is "none".
 
     Raises ``LibriTTSUnavailable`` at once when the hub is out of reach and no
     local copy was given.
     """
+    from .alignment import whisper_words  # Whisper loads only when asked to align
+
     our_split, voice_split = _manifest_split(split)
     if rows is None:
         rows = _parquet_rows(data_files) if data_files is not None else _hub_rows(
@@ -175,6 +159,11 @@ def load_libritts_r(
             logger.warning("skipping %s: %s", utterance_id, err)
             skipped += 1
             continue
+        words = whisper_words(waveform, sample_rate) if align else []
+        if align and not words:
+            logger.warning("skipping %s: Whisper heard no words", utterance_id)
+            skipped += 1
+            continue
         path = Path("audio") / f"{utterance_id}.flac"
         save_audio(out_dir / path, waveform, sample_rate)
         records.append({
@@ -182,13 +171,15 @@ def load_libritts_r(
             "path": str(path),
             "text": " ".join(row[text_column].split()),
             "voice": f"{ENGINE}-{row['speaker_id']}",
+            "speaker": f"{ENGINE}-{row['speaker_id']}",
             "engine": ENGINE,
             "sample_rate": sample_rate,
             "duration": round(len(waveform) / sample_rate, 4),
             "split": our_split,
             "voice_split": voice_split,
             "category": "libritts",
-            "words": [],
+            "alignment": "whisper" if align else "none",
+            "words": [w.to_dict() for w in words],
         })
         bar.update(1)
     bar.close()
