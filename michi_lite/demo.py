@@ -72,7 +72,8 @@ def run_demo(cfg: Config, out: str | os.PathLike, text: str = DEMO_TEXT) -> dict
     summary["story"] = "\n".join([
         f"1. synthesised {summary['seconds']} s of speech with {engine.name} ({voice.name}): {out / 'demo.wav'}",
         f"2. Whisper heard: {summary['whisper_heard']!r}",
-        f"3. engine vs Whisper word boundaries: median {summary['boundary_difference_ms']['median_ms']:.0f} ms"
+        f"3. engine vs Whisper word boundaries: median {summary['boundary_difference_ms']['median_ms']:.0f} ms apart"
+        f" (Whisper later by {summary['boundary_difference_ms']['median_signed_ms']:.0f} ms)"
         f" over {summary['boundary_difference_ms']['n_words']} words" if synthesis.words else
         "3. this engine gives no word timings; Whisper's are used",
         f"4. {summary['text_tokens']} text tokens on {summary['frames']} frames of {FRAME_SECONDS * 1000:.0f} ms;"

@@ -38,7 +38,7 @@ def run_info(preset: str) -> dict:
 
 
 def alignment_differences(data_dir: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Per engine, the boundary differences (ms) between its timings and Whisper's."""
+    """Per engine, the signed boundary differences (ms), Whisper's timing minus the engine's."""
     per_engine: dict[str, list[np.ndarray]] = defaultdict(list)
     for record in load_manifest(data_dir):
         if record.get("alignment") != "engine" or "whisper_words" not in record:
@@ -53,7 +53,8 @@ def evaluate_alignment(data_dir: str | os.PathLike, preset: str) -> dict:
     """Median and 95th percentile word-boundary difference, engine timings vs Whisper.
 
     Both the start and the end of every word that the two alignments agree on
-    count as one boundary each.
+    count as one boundary each; ``median_signed_ms`` > 0 means Whisper puts
+    boundaries later than the engine.
     """
     per_engine = alignment_differences(data_dir)
     if not per_engine:

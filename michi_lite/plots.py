@@ -75,16 +75,19 @@ def alignment_figure(
 
 
 def boundary_histogram(diffs_by_engine: dict[str, np.ndarray], title: str = "") -> Figure:
-    """Distribution of |engine boundary - Whisper boundary| in ms, one curve per engine."""
+    """Distribution of (Whisper − engine) word boundaries in ms, one curve per engine."""
     fig = Figure(figsize=(8, 3.5), layout="constrained")
     ax = fig.subplots()
     all_diffs = np.concatenate(list(diffs_by_engine.values())) if diffs_by_engine else np.zeros(1)
-    bins = np.linspace(0, max(np.percentile(all_diffs, 99), 80.0), 41)
+    limit = max(np.percentile(np.abs(all_diffs), 99), 80.0)
+    bins = np.linspace(-limit, limit, 61)
     for engine, diffs in sorted(diffs_by_engine.items()):
-        ax.hist(np.clip(diffs, 0, bins[-1]), bins=bins, histtype="step", lw=1.6,
-                label=f"{engine} (median {np.median(diffs):.0f} ms, n={len(diffs)})")
-    ax.axvline(FRAME_SECONDS * 1000, color="0.5", linestyle=":", label="one 80 ms frame")
-    ax.set_xlabel("|engine − Whisper| word boundary (ms)")
+        ax.hist(np.clip(diffs, -limit, limit), bins=bins, histtype="step", lw=1.6,
+                label=f"{engine} (median |Δ| {np.median(np.abs(diffs)):.0f} ms, n={len(diffs)})")
+    for edge in (-FRAME_SECONDS * 1000, FRAME_SECONDS * 1000):
+        ax.axvline(edge, color="0.5", linestyle=":", label="± one 80 ms frame" if edge > 0 else None)
+    ax.axvline(0, color="0.3", lw=0.8)
+    ax.set_xlabel("Whisper − engine word boundary (ms); positive: Whisper later")
     ax.set_ylabel("boundaries")
     ax.set_title(title)
     ax.legend(fontsize=8)

@@ -59,16 +59,17 @@ def test_match_words_pairs_repeated_common_words_in_long_utterances():
     assert len(match_words(words, words)) == 300
 
 
-def test_boundary_differences_are_starts_then_ends_in_ms():
+def test_boundary_differences_are_signed_starts_then_ends_in_ms():
     diffs = boundary_differences(ENGINE, HEARD)
-    np.testing.assert_allclose(diffs, [20, 0, 50, 20, 50, 100])
+    np.testing.assert_allclose(diffs, [20, 0, 50, -20, 50, 100])
 
 
-def test_summarize_differences_reports_median_p95_and_counts():
-    summary = summarize_differences(np.array([20, 0, 50, 20, 50, 100.0]))
-    assert summary == {"median_ms": 35.0, "p95_ms": pytest.approx(87.5), "n_words": 3, "n_boundaries": 6}
+def test_summarize_differences_reports_median_p95_lag_and_counts():
+    summary = summarize_differences(np.array([20, 0, 50, -20, 50, 100.0]))
+    assert summary == {"median_ms": 35.0, "p95_ms": pytest.approx(87.5), "median_signed_ms": 35.0,
+                       "n_words": 3, "n_boundaries": 6}
     empty = summarize_differences(np.zeros(0))
-    assert np.isnan(empty["median_ms"]) and empty["n_words"] == 0
+    assert empty["median_ms"] is None and empty["n_words"] == 0
 
 
 @pytest.fixture(scope="module")

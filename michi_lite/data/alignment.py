@@ -85,15 +85,20 @@ def match_words(a: list[Word], b: list[Word]) -> list[tuple[Word, Word]]:
 
 
 def boundary_differences(a: list[Word], b: list[Word]) -> np.ndarray:
-    """Absolute differences in ms of matched words' starts, then of their ends: shape (2 * pairs,)."""
+    """Signed differences in ms, ``b`` minus ``a``, of matched words' starts, then of their ends.
+
+    Shape (2 * pairs,). Positive means ``b`` puts the boundary later; the sign
+    shows a constant lag that the absolute size alone would hide.
+    """
     pairs = match_words(a, b)
-    starts = [abs(x.start - y.start) for x, y in pairs]
-    ends = [abs(x.end - y.end) for x, y in pairs]
+    starts = [y.start - x.start for x, y in pairs]
+    ends = [y.end - x.end for x, y in pairs]
     return np.array(starts + ends, dtype=np.float64) * 1000.0
 
 
 def summarize_differences(diffs: np.ndarray) -> dict:
-    """Median and 95th percentile of boundary differences (None when there are none), and counts.
+    """Median and 95th percentile of the absolute boundary differences, the median
+    signed difference (a constant lag), and counts; None where there is nothing to measure.
 
     ``diffs`` is one or more :func:`boundary_differences` arrays concatenated:
     two boundaries per word compared.
@@ -101,8 +106,9 @@ def summarize_differences(diffs: np.ndarray) -> dict:
     diffs = np.asarray(diffs, dtype=np.float64)
     empty = diffs.size == 0
     return {
-        "median_ms": None if empty else round(float(np.median(diffs)), 1),
-        "p95_ms": None if empty else round(float(np.percentile(diffs, 95)), 1),
+        "median_ms": None if empty else round(float(np.median(np.abs(diffs))), 1),
+        "p95_ms": None if empty else round(float(np.percentile(np.abs(diffs), 95)), 1),
+        "median_signed_ms": None if empty else round(float(np.median(diffs)), 1),
         "n_words": diffs.size // 2,
         "n_boundaries": int(diffs.size),
     }
