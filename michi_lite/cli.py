@@ -1,11 +1,12 @@
 """``michi-lite``: the one command line the notebooks, tests, CI and benchmarks share.
 
     michi-lite data build      --preset P --out DIR
+    michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--resume]
     michi-lite eval alignment  --preset P --data DIR --json OUT
     michi-lite demo            [--preset P] [--out DIR]
 
-Subcommands for the later stages (train, bench, say, transcribe, chat) join
-here as they are built.
+Subcommands for the later stages (more training stages, bench, say,
+transcribe, chat) join here as they are built.
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ def cmd_data_build(args: argparse.Namespace) -> None:
           f"{len(summary['voices'])} voices -> {manifest}")
 
 
+def cmd_train_vocoder(args: argparse.Namespace) -> None:
+    from .vocoder import train_vocoder, vocoder_config
+
+    run = train_vocoder(vocoder_config(args.preset), args.data, args.out, steps=args.steps, resume=args.resume,
+                        batch_size=args.batch_size, checkpoint_every=args.checkpoint_every)
+    print(f"trained the {args.preset} vocoder to step {args.steps}: {run / 'vocoder.safetensors'}")
+
+
 def cmd_eval_alignment(args: argparse.Namespace) -> None:
     from .eval import alignment_differences, evaluate_alignment
 
@@ -68,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_preset(build)
     build.add_argument("--out", required=True, help="corpus directory (re-running resumes)")
     build.set_defaults(run=cmd_data_build)
+
+    train = commands.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
+    vocoder = train.add_parser("vocoder", help="the causal HiFi-GAN vocoder (GAN training on the corpus audio)")
+    add_preset(vocoder)
+    vocoder.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
+    vocoder.add_argument("--out", required=True, help="run directory: checkpoints, train_log.csv, vocoder.safetensors")
+    vocoder.add_argument("--steps", type=int, default=100_000, help="train until this step (default: 100000)")
+    vocoder.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+    vocoder.add_argument("--batch-size", type=int, help="segments per step (default: the preset's)")
+    vocoder.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
+    vocoder.set_defaults(run=cmd_train_vocoder)
 
     evaluate = commands.add_parser("eval", help="measure a stage").add_subparsers(dest="stage", required=True)
     alignment = evaluate.add_parser("alignment", help="engine word timings vs Whisper word timestamps")

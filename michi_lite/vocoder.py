@@ -8,7 +8,7 @@ on later ones. The fixed look-ahead is **zero**: mel frame i (which
 into exactly the samples [i * hop, (i + 1) * hop).
 
 1. ``HiFiGANGenerator``: mel (batch, n_mels, frames) -> wave (batch, frames * hop),
-   HiFi-GAN V1's layout (Kong et al. 2020) with left-only padding.
+   HiFi-GAN's layout (Kong et al. 2020) with left-only padding.
 2. ``StreamingVocoder``: the same generator fed one chunk at a time. Each causal
    layer keeps the last (kernel - 1) * dilation samples of its input, so a
    chunk costs the same however long the stream is, and the samples equal the
@@ -21,7 +21,6 @@ into exactly the samples [i * hop, (i + 1) * hop).
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import logging
@@ -33,7 +32,6 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
@@ -63,10 +61,10 @@ class VocoderConfig:
     preset: str
     audio: AudioConfig
     upsample_rates: tuple[int, ...]  # their product is the mel hop
-    upsample_kernel_sizes: tuple[int, ...]  # 2 * rate: each output sample hears 2 input frames
     upsample_initial_channel: int  # halved after every upsampling
     resblock_kernel_sizes: tuple[int, ...] = (3, 7, 11)
     resblock_dilations: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
+    resblock_plain_convs: bool = True  # True: HiFi-GAN's ResBlock1; False: the lighter ResBlock2
     mpd_periods: tuple[int, ...] = (2, 3, 5, 7, 11)
     mpd_channels: tuple[int, ...] = (32, 128, 512, 1024, 1024)
     # (n_fft, hop, win) of each STFT the resolution discriminator looks at (BigVGAN's)
@@ -87,10 +85,6 @@ class VocoderConfig:
                 f"upsample rates {self.upsample_rates} multiply to {math.prod(self.upsample_rates)}, "
                 f"not the hop length {self.audio.hop_length}"
             )
-        if len(self.upsample_kernel_sizes) != len(self.upsample_rates):
-            raise ValueError("one upsample kernel size per upsample rate")
-        if any(k < u for k, u in zip(self.upsample_kernel_sizes, self.upsample_rates)):
-            raise ValueError("an upsample kernel shorter than its rate leaves gaps in the output")
         if self.upsample_initial_channel % 2 ** len(self.upsample_rates):
             raise ValueError("upsample_initial_channel must halve cleanly at every upsampling")
 
@@ -103,22 +97,35 @@ class VocoderConfig:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
+    def generator_fields(self) -> dict:
+        """What a generator checkpoint must agree on to load: the audio and the generator's shape."""
+        fields = json.loads(self.to_json())
+        return {k: fields[k] for k in ("audio", "upsample_rates", "upsample_initial_channel",
+                                       "resblock_kernel_sizes", "resblock_dilations", "resblock_plain_convs")}
+
 
 def vocoder_config(preset_name: str) -> VocoderConfig:
     """The vocoder for a preset: its sizes follow the preset's audio and speed budget.
 
-    * ``tiny``: a few thousand parameters, so the tests train it in seconds.
-    * ``lite``: 16 kHz, hop 160 = 5 * 4 * 4 * 2; 192 channels (about 1.9M
-      parameters) is what streams at RTF < 0.1 on two CPU cores. Its
-      discriminators are half HiFi-GAN's width so that it can train on a CPU.
-    * ``michi``: 24 kHz, hop 240 = 5 * 4 * 4 * 3; 384 channels, about 7.4M
-      parameters (the 7.6M HiFi-GAN of MichiAI's scale), full-width discriminators.
+    * ``tiny``: about 29k parameters, so the tests train it in seconds.
+    * ``lite``: 16 kHz, hop 160 = 5 * 4 * 4 * 2, HiFi-GAN V3's layout
+      (ResBlock2 with kernels 3, 5, 7) at 192 channels: 0.71M parameters, 30
+      convs. Sized by the RTF 0.1 budget (8 ms per 80 ms chunk) on two shared
+      CPU cores, where eager per-op overhead alone costs 2.5-4.5 ms a chunk,
+      so the number of layers matters as much as the arithmetic. Measured
+      there (one thread, other jobs running): 192 channels 6.5-10 ms, V3's
+      own 256 (1.2M) 8.5-12 ms, V2's layout (128 channels, ResBlock1, 78
+      convs) 12-17 ms.
+      Its period discriminators are half HiFi-GAN's width, the resolution ones
+      16 channels wide, to keep training affordable.
+    * ``michi``: 24 kHz, hop 240 = 5 * 4 * 4 * 3, HiFi-GAN V1's layout at 384
+      channels: 7.4M parameters (MichiAI's scale), full-width discriminators.
     """
     audio = get_config(preset_name).audio
     if preset_name == "tiny":
         return VocoderConfig(
             preset="tiny", audio=audio,
-            upsample_rates=(5, 4, 4, 2), upsample_kernel_sizes=(10, 8, 8, 4),
+            upsample_rates=(5, 4, 4, 2),
             upsample_initial_channel=32, resblock_kernel_sizes=(3,), resblock_dilations=((1, 3),),
             mpd_periods=(2, 3), mpd_channels=(4, 8, 8), mrd_resolutions=((256, 64, 256),),
             mrd_channels=4, batch_size=2, segment_seconds=0.16,
@@ -126,13 +133,15 @@ def vocoder_config(preset_name: str) -> VocoderConfig:
     if preset_name == "lite":
         return VocoderConfig(
             preset="lite", audio=audio,
-            upsample_rates=(5, 4, 4, 2), upsample_kernel_sizes=(10, 8, 8, 4),
-            upsample_initial_channel=192, mpd_channels=(32, 128, 256, 512, 512), mrd_channels=16,
+            upsample_rates=(5, 4, 4, 2), upsample_initial_channel=192,
+            resblock_kernel_sizes=(3, 5, 7), resblock_dilations=((1, 2), (2, 6), (3, 12)),
+            resblock_plain_convs=False,
+            mpd_channels=(32, 128, 256, 512, 512), mrd_channels=16,
         )
     if preset_name == "michi":
         return VocoderConfig(
             preset="michi", audio=audio,
-            upsample_rates=(5, 4, 4, 3), upsample_kernel_sizes=(10, 8, 8, 6),
+            upsample_rates=(5, 4, 4, 3),
             upsample_initial_channel=384, segment_seconds=0.4,
         )
     raise ValueError(f"no vocoder for preset {preset_name!r}")
@@ -154,6 +163,7 @@ class CausalConv1d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1) -> None:
         super().__init__()
+        self.kernel_size, self.dilation = kernel_size, dilation
         self.context = (kernel_size - 1) * dilation  # input samples of the past each output needs
         conv = nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation)
         nn.init.normal_(conv.weight, 0.0, 0.01)  # HiFi-GAN's init: the generator starts near silence
@@ -161,72 +171,89 @@ class CausalConv1d(nn.Module):
 
     def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
         if state is None:
-            x = F.pad(x, (self.context, 0))
-        else:
-            past = state.get(self)
-            if past is None:  # the start of a stream: the same zeros offline padding adds
-                past = x.new_zeros(x.shape[0], x.shape[1], self.context)
-            x = torch.cat([past, x], dim=-1)
-            state[self] = x[..., x.shape[-1] - self.context:]  # (batch, channels, context)
-            return self.conv_as_matmul(x)
-        return self.conv(x)  # (batch, out_channels, time)
+            return self.conv(F.pad(x, (self.context, 0)))  # (batch, out_channels, time)
+        past = state.get(self)
+        if past is None:  # the start of a stream: the same zeros offline padding adds
+            past = x.new_zeros(x.shape[0], x.shape[1], self.context)
+        x = torch.cat([past, x], dim=-1)  # (batch, in_channels, context + time)
+        state[self] = x[:, :, x.shape[-1] - self.context:]
+        return self.conv_as_matmul(x)
 
     def conv_as_matmul(self, x: torch.Tensor) -> torch.Tensor:
         """The same convolution as one matrix multiply over the k shifted copies of the input.
 
-        On a CPU, ``F.conv1d`` takes a slow generic path for dilated kernels on
-        inputs as short as one streaming chunk (2-3x slower than this); long
-        offline inputs go through oneDNN and don't need it.
+        For inputs as short as a streaming chunk, ``F.conv1d`` on a CPU takes a
+        slow generic path (dilated kernels most of all): this is 2-3x faster.
+        Long offline inputs go through oneDNN and don't need it.
         """
-        weight, dilation = self.conv.weight, self.conv.dilation[0]  # weight: (out, in, k)
-        taps = x.unfold(-1, self.context + 1, 1)[..., ::dilation]  # (batch, in, time, k)
-        taps = taps.transpose(-1, -2).reshape(x.shape[0], -1, taps.shape[2])  # (batch, in * k, time)
-        return torch.baddbmm(self.conv.bias[:, None], weight.reshape(weight.shape[0], -1).expand(x.shape[0], -1, -1), taps)
+        batch, channels, length = x.shape
+        n_out = length - self.context
+        taps = x.unfold(-1, n_out, self.dilation)  # (batch, in, k, time): taps[..., j, t] = x[..., t + j*d]
+        taps = taps.reshape(batch, channels * self.kernel_size, n_out)
+        weight = self.conv.weight.flatten(1).expand(batch, -1, -1)  # (batch, out, in * k), no copy
+        return torch.baddbmm(self.conv.bias[:, None], weight, taps)  # (batch, out, time)
 
 
-class CausalConvTranspose1d(nn.Module):
-    """A transposed conv upsampling by ``stride``, trimmed on the right to be causal.
+class CausalUpsample(nn.Module):
+    """Upsample by ``rate`` with a transposed conv of kernel 2 * rate, trimmed to be causal.
 
-    With kernel k and stride u, input frame j spreads over outputs
-    [j*u, j*u + k). Keeping the first T*u outputs (dropping the k - u that
-    spill past the end) makes output n depend on input frames up to n // u
-    only. Output n also hears frames back to (n - k + 1) / u, so a stream
-    keeps the last ceil(k / u) - 1 input frames.
+    Input frame j spreads over outputs [j*rate, (j+2)*rate). Keeping the first
+    T*rate outputs (dropping the rate that spill past the end) makes the
+    output hop of frame j depend on frames j and j - 1 only: no look-ahead,
+    and a stream keeps one input frame.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, rate: int) -> None:
         super().__init__()
-        self.stride = stride
-        self.context = math.ceil(kernel_size / stride) - 1  # input frames of the past each output needs
-        conv = nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride)
+        self.rate = rate
+        conv = nn.ConvTranspose1d(in_channels, out_channels, 2 * rate, rate)
         nn.init.normal_(conv.weight, 0.0, 0.01)
         self.conv = weight_norm(conv)
 
     def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
-        n_new = x.shape[-1]
-        if state is not None and self.context:
-            past = state.get(self)
-            if past is None:  # the start of a stream: the same zeros offline padding adds
-                past = x.new_zeros(x.shape[0], x.shape[1], self.context)
-            x = torch.cat([past, x], dim=-1)
-            state[self] = x[..., x.shape[-1] - self.context:]
-        y = self.conv(x)  # (batch, out_channels, (time - 1) * stride + kernel)
-        start = (x.shape[-1] - n_new) * self.stride  # skip what the cached frames already gave
-        return y[..., start:start + n_new * self.stride]  # (batch, out_channels, n_new * stride)
+        if state is None:
+            return self.conv(x)[:, :, :x.shape[-1] * self.rate]  # (batch, out_channels, time * rate)
+        past = state.get(self)
+        if past is None:
+            past = x.new_zeros(x.shape[0], x.shape[1], 1)
+        x = torch.cat([past, x], dim=-1)  # (batch, in_channels, 1 + time)
+        state[self] = x[:, :, -1:]
+        return self.upsample_as_matmul(x)
+
+    def upsample_as_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """The same transposed conv as a matrix multiply and one shifted add.
+
+        Each frame becomes 2 * rate samples per channel; the output hop of
+        frame j is the first half of frame j's plus the second half of frame
+        j - 1's. (``F.conv_transpose1d`` is slow on a CPU for chunk-sized inputs.)
+        """
+        batch, _, length = x.shape
+        weight = self.conv.weight.flatten(1).T.expand(batch, -1, -1)  # (batch, out * 2 * rate, in)
+        spread = torch.bmm(weight, x)  # (batch, out * 2 * rate, 1 + time)
+        spread = spread.view(batch, -1, 2, self.rate, length)  # (batch, out, half, rate, 1 + time)
+        hops = spread[:, :, 0, :, 1:] + spread[:, :, 1, :, :-1]  # (batch, out, rate, time)
+        return hops.transpose(2, 3).reshape(batch, -1, (length - 1) * self.rate) + self.conv.bias[:, None]
 
 
 class ResBlock(nn.Module):
-    """HiFi-GAN's ResBlock1: pairs of (dilated conv, plain conv) with residual adds."""
+    """HiFi-GAN's residual block: a dilated conv per dilation, each with a residual add.
 
-    def __init__(self, channels: int, kernel_size: int, dilations: tuple[int, ...]) -> None:
+    ResBlock1 (``plain_convs=True``, HiFi-GAN V1/V2) follows every dilated
+    conv with an undilated one; ResBlock2 (V3) has the dilated convs only:
+    a third of the layers, for a fast generator.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, dilations: tuple[int, ...], plain_convs: bool) -> None:
         super().__init__()
         self.dilated = nn.ModuleList(CausalConv1d(channels, channels, kernel_size, d) for d in dilations)
-        self.plain = nn.ModuleList(CausalConv1d(channels, channels, kernel_size) for _ in dilations)
+        self.plain = nn.ModuleList(CausalConv1d(channels, channels, kernel_size) for _ in dilations if plain_convs)
 
     def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
-        for dilated, plain in zip(self.dilated, self.plain):
+        for i, dilated in enumerate(self.dilated):
             h = dilated(F.leaky_relu(x, LRELU_SLOPE), state)
-            x = x + plain(F.leaky_relu(h, LRELU_SLOPE), state)
+            if self.plain:
+                h = self.plain[i](F.leaky_relu(h, LRELU_SLOPE), state)
+            x = x + h
         return x
 
 
@@ -251,8 +278,8 @@ class HiFiGANGenerator(nn.Module):
     """Normalised log-mel (batch, n_mels, frames) -> waveform (batch, frames * hop).
 
     conv_pre, then per upsampling stage: a causal transposed conv and a
-    multi-receptive-field fusion (the mean of ResBlocks with kernels 3, 7, 11);
-    then conv_post and tanh. The input is ``normalize_mel(MelSpectrogram(wave))``:
+    multi-receptive-field fusion (the mean of ResBlocks of different kernel
+    sizes); then conv_post and tanh. The input is ``normalize_mel(MelSpectrogram(wave))``:
     the same patches the speaking head predicts. A 2-D mel gives a 1-D wave.
     """
 
@@ -264,11 +291,12 @@ class HiFiGANGenerator(nn.Module):
         self.conv_pre = CausalConv1d(self.n_mels, channels, 7)
         self.ups = nn.ModuleList()
         self.mrfs = nn.ModuleList()
-        for rate, kernel in zip(cfg.upsample_rates, cfg.upsample_kernel_sizes):
-            self.ups.append(CausalConvTranspose1d(channels, channels // 2, kernel, rate))
+        for rate in cfg.upsample_rates:
+            self.ups.append(CausalUpsample(channels, channels // 2, rate))
             channels //= 2
             self.mrfs.append(nn.ModuleList(
-                ResBlock(channels, k, d) for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilations)
+                ResBlock(channels, k, d, cfg.resblock_plain_convs)
+                for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilations)
             ))
         self.conv_post = CausalConv1d(channels, 1, 7)
 
@@ -364,7 +392,9 @@ class GriffinLim(nn.Module):
         fold = dict(output_size=(1, length), kernel_size=(1, self.n_fft), stride=(1, self.hop_length))
         wave = F.fold(frames, **fold)[:, 0, 0]  # (batch, length)
         envelope = F.fold((self.window**2)[None, :, None].expand(1, -1, n_frames), **fold)[:, 0, 0]
-        wave = wave / envelope.clamp(min=1e-8)
+        # The last hop is seen only by the tail of one window, where the envelope
+        # falls to zero: a floor keeps the division from blowing those samples up.
+        wave = wave / envelope.clamp(min=0.1 * float(envelope.max()))
         return wave[:, self.n_fft - self.hop_length:]  # (batch, frames * hop)
 
     @torch.inference_mode()
@@ -533,7 +563,11 @@ def save_vocoder(
         raise ValueError(f"save in float32 or float16, not {dtype}")
     if preset != generator.cfg.preset:
         raise ValueError(f"this generator was built for preset {generator.cfg.preset!r}, not {preset!r}")
-    plain = copy.deepcopy(generator).remove_weight_norm()
+    plain = HiFiGANGenerator(generator.cfg)
+    if not is_parametrized(generator.conv_pre.conv):  # weight norm already folded in
+        plain.remove_weight_norm()
+    plain.load_state_dict(generator.state_dict())
+    plain.remove_weight_norm()
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in plain.state_dict().items()}
     metadata = {"format": CHECKPOINT_FORMAT, "preset": preset, "config": generator.cfg.to_json()}
     path = Path(path)
@@ -561,10 +595,11 @@ def load_vocoder(path: str | os.PathLike, preset: str, device: str | torch.devic
             f"{path}: this vocoder was trained for preset {metadata.get('preset')!r}, "
             f"but preset {preset!r} was asked for; pass --preset {metadata.get('preset')}"
         )
-    if json.loads(metadata["config"]) != json.loads(cfg.to_json()):
+    saved = json.loads(metadata["config"])
+    if {k: saved.get(k) for k in cfg.generator_fields()} != cfg.generator_fields():
         raise ValueError(
-            f"{path}: made for preset {preset!r} with a different vocoder config than today's; "
-            "retrain it or restore the old config"
+            f"{path}: made for preset {preset!r} but with another generator shape or audio config "
+            "than today's; retrain it or restore the old config"
         )
     generator = HiFiGANGenerator(cfg).remove_weight_norm()
     generator.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
@@ -636,11 +671,11 @@ class VocoderTrainer:
         adv_loss = fm_loss = 0.0
         with self.autocast:
             for disc in (self.mpd, self.mrd):
-                real_scores, real_features = disc(wave)
+                with torch.no_grad():  # the real audio's features are targets here, not trained
+                    _, real_features = disc(wave)
                 fake_scores, fake_features = disc(fake)
                 adv_loss = adv_loss + adversarial_loss(fake_scores)
-                fm_loss = fm_loss + feature_matching_loss([[f.detach() for f in fs] for fs in real_features],
-                                                          fake_features)
+                fm_loss = fm_loss + feature_matching_loss(real_features, fake_features)
         g_loss = adv_loss + self.cfg.feature_loss_weight * fm_loss + self.cfg.mel_loss_weight * mel_loss
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
@@ -648,10 +683,9 @@ class VocoderTrainer:
 
         self.sched_g.step()
         self.sched_d.step()
-        return {
-            "generator_loss": float(g_loss), "mel_loss": float(mel_loss), "feature_loss": float(fm_loss),
-            "adversarial_loss": float(adv_loss), "discriminator_loss": float(d_loss),
-        }
+        losses = {"generator_loss": g_loss, "mel_loss": mel_loss, "feature_loss": fm_loss,
+                  "adversarial_loss": adv_loss, "discriminator_loss": d_loss}
+        return {name: loss.item() for name, loss in losses.items()}
 
     def modules(self) -> dict[str, nn.Module]:
         return {"generator": self.generator, "mpd": self.mpd, "mrd": self.mrd}
@@ -717,6 +751,8 @@ def load_checkpoint(checkpoint: Path, trainer: VocoderTrainer) -> tuple[int, flo
         raise ValueError(
             f"{checkpoint}: this run was trained with preset {meta['preset']!r}, not {trainer.cfg.preset!r}"
         )
+    if {k: meta["config"].get(k) for k in trainer.cfg.generator_fields()} != trainer.cfg.generator_fields():
+        raise ValueError(f"{checkpoint}: this run's generator has another shape than preset {meta['preset']!r} now has")
     for name, module in trainer.modules().items():
         module.load_state_dict(load_file(str(checkpoint / f"{name}.safetensors"), device=str(trainer.device)))
     state = torch.load(checkpoint / "optimizers.pt", map_location=trainer.device, weights_only=True)
@@ -786,10 +822,11 @@ def train_vocoder(
     n_params = sum(p.numel() for p in trainer.generator.parameters())
     logger.info("vocoder %s: generator %.2fM parameters, %d steps of batch %d x %d samples on %s",
                 cfg.preset, n_params / 1e6, steps, cfg.batch_size, cfg.segment_samples, device)
+    # on a GPU, decoding audio in worker processes keeps it fed; on a CPU they would only compete with it
+    workers = min(4, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
     loader = torch.utils.data.DataLoader(
-        AudioSegments(data_dir, cfg), batch_size=cfg.batch_size, shuffle=True, drop_last=False,
-        num_workers=min(4, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0,
-        pin_memory=device.type == "cuda",
+        AudioSegments(data_dir, cfg), batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
+        persistent_workers=workers > 0, pin_memory=device.type == "cuda",
     )
     bar = tqdm(total=steps, initial=step, desc="vocoder", unit="step")
     started = time.perf_counter() - seconds

@@ -1,0 +1,306 @@
+"""The causal HiFi-GAN vocoder: streaming, causality, GAN training, Griffin-Lim, checkpoints, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from michi_lite.audio import MelSpectrogram, normalize_mel
+from michi_lite.vocoder import (
+    GriffinLim,
+    HiFiGANGenerator,
+    MultiPeriodDiscriminator,
+    MultiResolutionDiscriminator,
+    VocoderTrainer,
+    adversarial_loss,
+    discriminator_loss,
+    feature_matching_loss,
+    latest_checkpoint,
+    load_vocoder,
+    save_vocoder,
+    stft_distance,
+    train_vocoder,
+    vocoder_config,
+)
+
+TINY = vocoder_config("tiny")
+# lite's generator uses HiFi-GAN's ResBlock2, tiny's ResBlock1: test both
+TINY_RESBLOCK2 = replace(
+    TINY, resblock_kernel_sizes=(3, 5), resblock_dilations=((1, 2), (2, 6)), resblock_plain_convs=False
+)
+HOP = TINY.audio.hop_length
+CHUNK = TINY.audio.mels_per_frame  # mel columns in one 80 ms frame
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The two cores are shared: a second OpenMP thread spin-waits and makes tiny convs ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def loud_generator(cfg=TINY, seed: int = 0) -> HiFiGANGenerator:
+    """A generator whose output is far from silence (HiFi-GAN's init starts near it), for comparisons.
+
+    Weight-norm magnitudes of 1 make each conv roughly keep its input's scale:
+    the output then has a standard deviation of about 0.2, without clipping.
+    """
+    torch.manual_seed(seed)
+    generator = HiFiGANGenerator(cfg)
+    for module in generator.modules():
+        if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
+            module.parametrizations.weight.original0.data.fill_(1.0)
+    return generator.eval()
+
+
+def random_mel(frames: int, batch: int | None = None, seed: int = 1) -> torch.Tensor:
+    shape = (TINY.audio.n_mels, frames) if batch is None else (batch, TINY.audio.n_mels, frames)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def stream_in_chunks(generator: HiFiGANGenerator, mel: torch.Tensor) -> torch.Tensor:
+    stream = generator.stream(batch_size=1 if mel.dim() == 2 else mel.shape[0])
+    chunks = [stream.push(mel[..., i:i + CHUNK]) for i in range(0, mel.shape[-1], CHUNK)]
+    return torch.cat(chunks, dim=-1)
+
+
+@pytest.mark.parametrize("cfg", [TINY, TINY_RESBLOCK2], ids=["resblock1", "resblock2"])
+@pytest.mark.parametrize("batch", [None, 2])
+def test_streaming_vocoder_matches_offline(cfg, batch):
+    generator = loud_generator(cfg)
+    mel = random_mel(12 * CHUNK, batch)
+    with torch.no_grad():
+        offline = generator(mel)
+    streamed = stream_in_chunks(generator, mel)
+    assert streamed.shape == offline.shape
+    assert offline.std() > 0.05  # a real signal, not near-silence where any two outputs agree
+    assert (streamed - offline).abs().max() < 1e-4
+
+
+def test_streaming_matches_offline_without_weight_norm():
+    generator = loud_generator()
+    mel = random_mel(6 * CHUNK)
+    with torch.no_grad():
+        with_norm = generator(mel)
+        generator.remove_weight_norm()
+        without = generator(mel)
+    assert not any("parametrizations" in name for name, _ in generator.named_parameters())
+    assert (with_norm - without).abs().max() < 1e-5
+    assert (stream_in_chunks(generator, mel) - without).abs().max() < 1e-4
+
+
+def test_streaming_cache_size_is_constant():
+    generator = loud_generator()
+    stream = generator.stream()
+    sizes, shapes = [], []
+    for i in range(60):
+        samples = stream.push(random_mel(CHUNK, seed=i))
+        assert samples.shape == (TINY.audio.samples_per_frame,)
+        sizes.append(stream.cache_numel())
+        shapes.append([tuple(t.shape) for t in stream.state.values()])
+    assert len(set(sizes)) == 1 and sizes[0] > 0
+    assert all(s == shapes[0] for s in shapes)
+    # one cache per causal layer: conv_pre, an upsampler and its ResBlock convs per stage, conv_post
+    convs_per_stage = 1 + 2 * len(TINY.resblock_dilations[0]) * len(TINY.resblock_kernel_sizes)
+    assert len(stream.state) == 2 + convs_per_stage * len(TINY.upsample_rates)
+    stream.reset()
+    assert stream.cache_numel() == 0
+
+
+@pytest.mark.parametrize("frames", [1, 7, 24])
+def test_output_length_is_frames_times_hop(frames):
+    generator = HiFiGANGenerator(TINY).eval()
+    with torch.no_grad():
+        assert generator(random_mel(frames)).shape == (frames * HOP,)
+        assert generator(random_mel(frames, batch=3)).shape == (3, frames * HOP)
+
+
+def test_generator_is_causal():
+    generator = loud_generator()
+    mel = random_mel(40)
+    changed = mel.clone()
+    changed[:, 25:] = torch.randn(TINY.audio.n_mels, 15)
+    with torch.no_grad():
+        before, after = generator(mel), generator(changed)
+    # zero look-ahead: the samples of frames 0..24 do not move when frames 25.. change
+    assert torch.equal(before[:25 * HOP], after[:25 * HOP])
+    assert (before[25 * HOP:] - after[25 * HOP:]).abs().max() > 1e-3
+
+
+def test_discriminators_give_one_score_per_subdiscriminator_and_finite_losses():
+    torch.manual_seed(0)
+    real, fake = 0.3 * torch.randn(2, 2560), 0.3 * torch.randn(2, 2560)
+    mpd, mrd = MultiPeriodDiscriminator(TINY), MultiResolutionDiscriminator(TINY)
+    for disc, n_subs in ((mpd, len(TINY.mpd_periods)), (mrd, len(TINY.mrd_resolutions))):
+        real_scores, real_features = disc(real)
+        fake_scores, fake_features = disc(fake)
+        assert len(real_scores) == len(real_features) == n_subs
+        assert all(score.dim() == 2 and score.shape[0] == 2 for score in real_scores)
+        for scores in (discriminator_loss(real_scores, fake_scores), adversarial_loss(fake_scores),
+                       feature_matching_loss(real_features, fake_features)):
+            assert scores.dim() == 0 and torch.isfinite(scores)
+    # period discriminators: one feature map per conv plus the score map, folded by period
+    _, features = mpd(real)
+    assert len(features[0]) == len(TINY.mpd_channels) + 1
+    assert features[0][0].shape[-1] == TINY.mpd_periods[0]
+    # the least-squares losses have their known values at the optimum
+    perfect = [torch.ones(2, 5)]
+    assert discriminator_loss(perfect, [torch.zeros(2, 5)]) == 0.0
+    assert adversarial_loss(perfect) == 0.0
+
+
+def test_training_overfits_one_fixed_batch():
+    torch.manual_seed(0)
+    t = torch.arange(TINY.segment_samples) / TINY.audio.sample_rate
+
+    def buzz(f0: float, phase: float) -> torch.Tensor:  # a voice-like harmonic tone, below 7.5 kHz
+        return 0.3 * sum(torch.sin(2 * math.pi * f0 * h * t + phase * h) / h for h in range(1, 30) if f0 * h < 7500)
+
+    wave = torch.stack([buzz(150, 0.0), buzz(220, 1.0)])  # (batch, samples)
+    trainer = VocoderTrainer(replace(TINY, learning_rate=2e-3), torch.device("cpu"))  # 10x: fast enough to see
+    history = [trainer.step(wave) for _ in range(20)]
+    first, last = history[0], history[-1]
+    assert all(math.isfinite(v) for losses in history for v in losses.values())
+    assert last["generator_loss"] < 0.8 * first["generator_loss"]
+    assert last["mel_loss"] < 0.8 * first["mel_loss"]
+
+
+def test_griffin_lim_round_trip_keeps_a_sine():
+    audio = TINY.audio
+    t = torch.arange(audio.sample_rate) / audio.sample_rate
+    wave = 0.5 * torch.sin(2 * math.pi * 440 * t)
+    mel = normalize_mel(MelSpectrogram(audio)(wave))
+    rebuilt = GriffinLim(audio)(mel)
+    assert rebuilt.shape == wave.shape
+    assert rebuilt.abs().max() < 0.9  # no blow-up at the causal edges
+
+    def magnitude(w: torch.Tensor) -> torch.Tensor:
+        return torch.stft(w, 1024, 256, window=torch.hann_window(1024), return_complex=True).abs().flatten()
+
+    correlation = torch.corrcoef(torch.stack([magnitude(wave), magnitude(rebuilt)]))[0, 1]
+    assert correlation > 0.95
+    assert GriffinLim(audio)(mel.unsqueeze(0)).shape == (1, len(wave))
+
+
+def test_stft_distance_is_zero_for_identical_audio_and_grows_with_noise():
+    torch.manual_seed(0)
+    wave = 0.3 * torch.randn(8000)
+    assert stft_distance(wave, wave) < 1e-6
+    slightly = stft_distance(wave + 0.01 * torch.randn(8000), wave)
+    very = stft_distance(wave + 0.3 * torch.randn(8000), wave)
+    assert 0 < slightly < very
+
+
+@pytest.mark.parametrize(
+    ("mel", "message"),
+    [
+        (torch.zeros(TINY.audio.n_mels), "shape"),
+        (torch.zeros(1, 1, TINY.audio.n_mels, 8), "shape"),
+        (torch.zeros(64, 8), "64 mel bins"),
+        (torch.zeros(8, TINY.audio.n_mels), "transposed"),
+        (torch.zeros(TINY.audio.n_mels, 0), "no frames"),
+        (torch.full((TINY.audio.n_mels, 8), float("nan")), "NaN"),
+        (torch.zeros(TINY.audio.n_mels, 8).index_fill_(1, torch.tensor([3]), float("inf")), "NaN or inf"),
+    ],
+)
+def test_bad_mel_raises_value_error(mel, message):
+    generator = HiFiGANGenerator(TINY)
+    for vocode in (generator, generator.stream().push, GriffinLim(TINY.audio)):
+        with pytest.raises(ValueError, match=message):
+            vocode(mel)
+
+
+def test_stream_refuses_a_chunk_of_another_batch_size():
+    with pytest.raises(ValueError, match="batch size 1"):
+        HiFiGANGenerator(TINY).stream().push(random_mel(CHUNK, batch=2))
+
+
+def test_saved_vocoder_loads_back(tmp_path):
+    generator = loud_generator()
+    mel = random_mel(16)
+    with torch.no_grad():
+        expected = generator(mel)
+    fp32 = load_vocoder(save_vocoder(tmp_path / "v32.safetensors", generator, "tiny"), "tiny")
+    fp16 = load_vocoder(save_vocoder(tmp_path / "v16.safetensors", generator, "tiny", torch.float16), "tiny")
+    with torch.no_grad():
+        assert (fp32(mel) - expected).abs().max() < 1e-5
+        assert (fp16(mel) - expected).abs().max() < 0.05
+    assert next(iter(load_file(tmp_path / "v16.safetensors").values())).dtype == torch.float16
+    # a generator whose weight norm is already folded in saves the same way
+    folded = load_vocoder(save_vocoder(tmp_path / "folded.safetensors", fp32, "tiny"), "tiny")
+    with torch.no_grad():
+        assert torch.equal(folded(mel), fp32(mel))
+    assert (tmp_path / "v16.safetensors").stat().st_size < (tmp_path / "v32.safetensors").stat().st_size
+
+
+def test_checkpoint_from_another_preset_raises(tmp_path):
+    path = save_vocoder(tmp_path / "lite.safetensors", HiFiGANGenerator(vocoder_config("lite")), "lite")
+    with pytest.raises(ValueError, match="trained for preset 'lite'.*'tiny' was asked for"):
+        load_vocoder(path, "tiny")
+    with pytest.raises(ValueError, match="built for preset 'tiny', not 'lite'"):
+        save_vocoder(tmp_path / "x.safetensors", HiFiGANGenerator(TINY), "lite")
+
+
+def test_checkpoint_with_another_config_or_format_raises(tmp_path):
+    path = save_vocoder(tmp_path / "tiny.safetensors", HiFiGANGenerator(TINY), "tiny")
+    tensors = load_file(path)
+    config = json.loads(TINY.to_json()) | {"upsample_initial_channel": 64}
+    save_file(tensors, tmp_path / "changed.safetensors",
+              metadata={"format": "michi_lite.vocoder/1", "preset": "tiny", "config": json.dumps(config)})
+    with pytest.raises(ValueError, match="another generator shape"):
+        load_vocoder(tmp_path / "changed.safetensors", "tiny")
+    save_file(tensors, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="not a michi_lite vocoder checkpoint"):
+        load_vocoder(tmp_path / "other.safetensors", "tiny")
+
+
+def read_log(run) -> list[dict]:
+    with (run / "train_log.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_vocoder_checkpoints_logs_and_resumes(tiny_corpus, tmp_path):
+    run = tmp_path / "run"
+    # a batch size other than the preset's is a training choice: the generator still loads as "tiny"
+    train_vocoder(TINY, tiny_corpus, run, steps=3, batch_size=3, checkpoint_every=2, log_every=1, device="cpu")
+    assert latest_checkpoint(run).name == "step_00000003"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002", "step_00000003"]
+    rows = read_log(run)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert all(math.isfinite(float(r["mel_loss"])) and float(r["seconds"]) > 0 for r in rows)
+    with torch.no_grad():
+        assert load_vocoder(run, "tiny")(random_mel(8)).shape == (8 * HOP,)
+
+    with pytest.raises(FileExistsError, match="resume"):
+        train_vocoder(TINY, tiny_corpus, run, steps=5, device="cpu")
+
+    # a kill after step 3 but before its checkpoint: resume goes back to step 2 and logs 3.. again once
+    shutil.rmtree(run / "checkpoints" / "step_00000003")
+    train_vocoder(TINY, tiny_corpus, run, steps=5, resume=True, checkpoint_every=2, log_every=1, device="cpu")
+    assert [int(r["step"]) for r in read_log(run)] == [1, 2, 3, 4, 5]
+    state = json.loads((latest_checkpoint(run) / "state.json").read_text())
+    assert state["step"] == 5 and state["preset"] == "tiny"
+    assert not list((run / "checkpoints").glob(".tmp*"))
+
+
+def test_train_vocoder_command_trains_and_resumes(tiny_corpus, tmp_path):
+    from michi_lite.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "vocoder", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(run),
+            "--batch-size", "2", "--checkpoint-every", "1"]
+    main(args + ["--steps", "2"])
+    main(args + ["--steps", "3", "--resume"])
+    steps = [int(row["step"]) for row in csv.DictReader((run / "train_log.csv").open())]
+    assert steps[-1] == 3 and steps == sorted(set(steps))  # resumed at 2, no step logged twice
+    assert load_vocoder(run, "tiny") is not None
