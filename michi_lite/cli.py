@@ -3,10 +3,12 @@
     michi-lite data build      --preset P --out DIR
     michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--resume]
     michi-lite eval alignment  --preset P --data DIR --json OUT
+    michi-lite eval vocoder    --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N]
+    michi-lite bench vocoder   --preset P --json OUT [--ckpt RUN] [--seconds S] [--threads T]
     michi-lite demo            [--preset P] [--out DIR]
 
-Subcommands for the later stages (more training stages, bench, say,
-transcribe, chat) join here as they are built.
+Subcommands for the later stages (more training stages, say, transcribe,
+chat) join here as they are built.
 """
 
 from __future__ import annotations
@@ -60,6 +62,18 @@ def cmd_eval_alignment(args: argparse.Namespace) -> None:
         np.savez_compressed(args.diffs, **alignment_differences(args.data))
 
 
+def cmd_eval_vocoder(args: argparse.Namespace) -> None:
+    from .eval import evaluate_vocoder
+
+    write_json(evaluate_vocoder(args.preset, args.ckpt, args.data, max_utterances=args.max_utterances), args.json)
+
+
+def cmd_bench_vocoder(args: argparse.Namespace) -> None:
+    from .bench import bench_vocoder
+
+    write_json(bench_vocoder(args.preset, args.ckpt, seconds=args.seconds, threads=args.threads), args.json)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -96,6 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
     alignment.add_argument("--json", help="write the report here too")
     alignment.add_argument("--diffs", help="also save every boundary difference (ms), per engine, to this .npz")
     alignment.set_defaults(run=cmd_eval_alignment)
+    vocoder_eval = evaluate.add_parser("vocoder", help="HiFi-GAN and Griffin-Lim on the test split: "
+                                                       "STFT distance, PESQ, STOI, judge WER")
+    add_preset(vocoder_eval)
+    vocoder_eval.add_argument("--ckpt", required=True, help="a vocoder run directory or .safetensors file")
+    vocoder_eval.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
+    vocoder_eval.add_argument("--json", help="write the report here too")
+    vocoder_eval.add_argument("--max-utterances", type=int, help="at most N test utterances per voice group")
+    vocoder_eval.set_defaults(run=cmd_eval_vocoder)
+
+    bench = commands.add_parser("bench", help="time a piece").add_subparsers(dest="what", required=True)
+    vocoder_bench = bench.add_parser("vocoder", help="RTF and per-80 ms-chunk latency, HiFi-GAN and Griffin-Lim")
+    add_preset(vocoder_bench)
+    vocoder_bench.add_argument("--json", help="write the report here too")
+    vocoder_bench.add_argument("--ckpt", help="a vocoder run or .safetensors (default: random weights, same speed)")
+    vocoder_bench.add_argument("--seconds", type=float, default=10.0, help="audio to vocode (default: 10)")
+    vocoder_bench.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    vocoder_bench.set_defaults(run=cmd_bench_vocoder)
 
     demo = commands.add_parser("demo", help="the main job, end to end, on a built-in example")
     add_preset(demo)

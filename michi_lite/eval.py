@@ -2,39 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import platform
-import subprocess
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import soxr
 import torch
+from pesq import pesq
+from pystoi import stoi
+from tqdm.auto import tqdm
 
-from .data.alignment import boundary_differences, summarize_differences
+from .audio import MelSpectrogram, load_audio, normalize_mel
+from .backbone import load_whisper
+from .config import get_config
+from .data.alignment import boundary_differences, summarize_differences, transcribe, word_error_rate
 from .data.corpus import load_manifest
 from .data.words import Word
+from .provenance import run_info
+from .vocoder import GriffinLim, load_vocoder, stft_distance
 
-
-def run_info(preset: str) -> dict:
-    """Hardware, software and revision a measurement was taken on."""
-    try:
-        revision = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        revision = "unknown"
-    return {
-        "preset": preset,
-        "git_revision": revision,
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
+logger = logging.getLogger(__name__)
 
 
 def alignment_differences(data_dir: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -64,3 +53,84 @@ def evaluate_alignment(data_dir: str | os.PathLike, preset: str) -> dict:
         "all": summarize_differences(np.concatenate(list(per_engine.values()))),
         "run": run_info(preset),
     }
+
+
+# --- vocoder -----------------------------------------------------------------------
+
+PESQ_SAMPLE_RATE = 16_000  # wide-band PESQ (ITU-T P.862.2) is defined at 16 kHz only
+
+
+def pesq_wideband(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> float:
+    """Wide-band PESQ of ``degraded`` against ``reference``, both (samples,): about 1.0 (bad) to 4.64 (identical)."""
+    if sample_rate != PESQ_SAMPLE_RATE:
+        reference = soxr.resample(reference, sample_rate, PESQ_SAMPLE_RATE)
+        degraded = soxr.resample(degraded, sample_rate, PESQ_SAMPLE_RATE)
+    return float(pesq(PESQ_SAMPLE_RATE, reference.astype(np.float64), degraded.astype(np.float64), "wb"))
+
+
+def short_time_intelligibility(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> float:
+    """STOI of ``degraded`` against ``reference``: 0 to 1 (identical). pystoi resamples to 10 kHz itself."""
+    return float(stoi(reference.astype(np.float64), degraded.astype(np.float64), sample_rate))
+
+
+def evaluate_vocoder(
+    preset: str, ckpt: str | os.PathLike, data_dir: str | os.PathLike, max_utterances: int | None = None
+) -> dict:
+    """Resynthesise the test split from its mels with HiFi-GAN (``ckpt``) and Griffin-Lim; measure both.
+
+    Per voice group (``seen``: voices heard in training, ``unseen``: held out;
+    the test sentences are never in training) and per system: the mean
+    multi-resolution STFT distance, wide-band PESQ and STOI against the
+    original audio, and the Whisper judge's corpus WER on the vocoded audio,
+    beside ``judge_wer_original``, its WER on the originals: the floor a
+    perfect vocoder would reach. ``ckpt`` is a training run's directory or a
+    ``save_vocoder`` file. The originals are cut to frames * hop samples, the
+    length both vocoders return. ``max_utterances`` caps each group.
+    """
+    audio = get_config(preset).audio
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    systems = {"hifigan": load_vocoder(ckpt, preset, device), "griffin_lim": GriffinLim(audio).to(device)}
+    frontend = MelSpectrogram(audio).to(device)
+    judge = load_whisper()
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for record in load_manifest(data_dir, "test"):
+        groups[record["voice_split"]].append(record)
+    if not groups:
+        raise ValueError(f"{data_dir}: the corpus has no test utterances to evaluate on")
+
+    report: dict = {"groups": {}}
+    for group, records in sorted(groups.items()):
+        records = records[:max_utterances]
+        scores: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in systems}
+        heard: dict[str, list[str]] = defaultdict(list)  # what the judge heard, per system and "original"
+        n_samples = 0
+        for record in tqdm(records, desc=f"vocoder eval, {group} voices", unit="utt"):
+            wave = load_audio(Path(data_dir) / record["path"], audio.sample_rate)
+            reference = wave[:len(wave) // audio.hop_length * audio.hop_length]  # (frames * hop,)
+            n_samples += len(reference)
+            with torch.inference_mode():
+                mel = normalize_mel(frontend(torch.from_numpy(reference).to(device)))  # (n_mels, frames)
+                vocoded = {name: system(mel).float().cpu() for name, system in systems.items()}
+            heard["original"].append(transcribe(reference, audio.sample_rate, judge))
+            for name, output in vocoded.items():  # output: (frames * hop,)
+                scores[name]["stft_distance"].append(stft_distance(output, torch.from_numpy(reference)))
+                output = output.numpy()
+                scores[name]["pesq_wb"].append(pesq_wideband(reference, output, audio.sample_rate))
+                scores[name]["stoi"].append(short_time_intelligibility(reference, output, audio.sample_rate))
+                heard[name].append(transcribe(output, audio.sample_rate, judge))
+        texts = [record["text"] for record in records]
+        report["groups"][group] = {
+            "n_utterances": len(records),
+            "audio_seconds": round(n_samples / audio.sample_rate, 2),
+            "judge_wer_original": word_error_rate(texts, heard["original"]),
+            **{
+                name: {**{metric: float(np.mean(values)) for metric, values in scores[name].items()},
+                       "judge_wer": word_error_rate(texts, heard[name])}
+                for name in systems
+            },
+        }
+        logger.info("vocoder eval, %s voices: %s", group, report["groups"][group])
+    report["n_utterances"] = sum(g["n_utterances"] for g in report["groups"].values())
+    report["checkpoint"] = str(ckpt)
+    report["run"] = run_info(preset)
+    return report

@@ -39,11 +39,11 @@ import os
 import tempfile
 from pathlib import Path
 
+import ipywidgets as widgets
 import numpy as np
 import torch
 from IPython.display import Audio, Markdown, display
 
-import ipywidgets as widgets
 from michi_lite.audio import MelSpectrogram, mel_filterbank, mel_patches, pad_to_frames, prepare_waveform
 from michi_lite.backbone import load_tokenizer
 from michi_lite.cli import main as michi_lite

@@ -156,7 +156,8 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
-def speak(utterance: PlannedUtterance, engine: SpeechEngine, sample_rate: int) -> tuple[np.ndarray, list[Word] | None]:
+def speak(utterance: PlannedUtterance, engine: SpeechEngine,
+          sample_rate: int) -> tuple[np.ndarray, list[Word] | None]:
     """Synthesise one utterance at the corpus rate, peak-normalised."""
     synthesis = engine.synthesize(utterance.sentence.text, utterance.voice)
     waveform = prepare_waveform(synthesis.waveform, synthesis.sample_rate, sample_rate, source=utterance.id)

@@ -53,7 +53,8 @@ def chunk_start_times(text: str, words: list[Word]) -> list[tuple[int, int, floa
     text the way it is written ("1,250,000" may come back as several spoken
     words, punctuation is dropped), so chunks are matched to timed words by
     normalised spelling, in order; a chunk that matches nothing takes the time
-    of the chunk before it, and the grid then places its tokens just after. Returns (char_start, char_end, seconds) per chunk.
+    of the chunk before it, and the grid then places its tokens just after.
+    Returns (char_start, char_end, seconds) per chunk.
     """
     chunks = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
     timed = [(normalize_text(w.word), w) for w in words]
@@ -83,9 +84,9 @@ def chunk_start_times(text: str, words: list[Word]) -> list[tuple[int, int, floa
 def frame_tokens(text: str, words: list[Word], tokenizer, n_frames: int | None = None) -> TokenGrid:
     """Lay the tokens of ``text`` on the frame grid by word start time.
 
-    ``n_frames`` is the utterance length in frames; if the text needs more
-    frames than that (a fast speaker reading digits), the grid grows and a
-    warning is logged rather than a token being lost.
+    ``n_frames`` is the utterance length in frames (None: just long enough for
+    the text). If the text needs more frames than that (a fast speaker reading
+    digits), the grid grows and a warning is logged rather than a token lost.
     """
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

@@ -1,0 +1,42 @@
+import json
+
+import pytest
+import torch
+
+from michi_lite.bench import bench_vocoder
+from michi_lite.cli import main
+from michi_lite.vocoder import HiFiGANGenerator, save_vocoder, vocoder_config
+
+
+@pytest.fixture(scope="module")
+def report():
+    return bench_vocoder("tiny", seconds=0.8)
+
+
+def test_bench_vocoder_times_streaming_hifigan_and_griffin_lim(report):
+    assert report["random_weights"] and report["audio_seconds"] == pytest.approx(0.8)
+    assert report["threads"] == 1 and report["run"]["preset"] == "tiny"
+    cpu = report["cpu"]
+    for name in ("hifigan_streaming", "griffin_lim_sliding_window"):
+        numbers = cpu[name]
+        assert numbers["n_chunks"] == 10  # 0.8 s of 80 ms chunks
+        assert 0 < numbers["chunk_latency_ms_median"] <= numbers["chunk_latency_ms_p95"]
+        assert numbers["rtf"] == pytest.approx(numbers["compute_seconds"] / report["audio_seconds"])
+        # the RTF is the mean chunk latency over 80 ms: the median agrees with it within a factor
+        chunk_rtf = numbers["chunk_latency_ms_median"] / report["chunk_ms"]
+        assert numbers["rtf"] / 3 < chunk_rtf < numbers["rtf"] * 3
+    assert cpu["griffin_lim_offline"]["rtf"] > 0
+    assert cpu["griffin_lim_sliding_window"]["window_seconds"] == pytest.approx(0.48)
+
+
+def test_bench_vocoder_command_writes_json_and_loads_a_checkpoint(tmp_path):
+    ckpt = save_vocoder(tmp_path / "tiny.safetensors", HiFiGANGenerator(vocoder_config("tiny")), "tiny")
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    asked = 2 if threads == 1 else 1
+    main(["bench", "vocoder", "--preset", "tiny", "--ckpt", str(ckpt), "--seconds", "0.4", "--json", str(out),
+          "--threads", str(asked)])
+    written = json.loads(out.read_text())
+    assert not written["random_weights"] and written["weights"] == str(ckpt)
+    assert written["threads"] == asked and torch.get_num_threads() == threads  # put back after the run
+    assert written["cpu"]["hifigan_streaming"]["n_chunks"] == 5
