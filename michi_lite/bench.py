@@ -6,8 +6,8 @@ A frame of the model's clock is 80 ms, so a piece that streams must turn out
 * **real-time factor** (RTF): compute seconds / audio seconds. Below 1 keeps
   up; the ``lite`` vocoder must stream at 0.1 or less on 2 CPU cores.
 * **per-chunk latency**: the time one 80 ms chunk takes, median and 95th
-  percentile. The median times the chunk count is the RTF's numerator, the
-  p95 is what a player's buffer must absorb.
+  percentile. Their sum is the RTF's numerator; the p95 is what a player's
+  buffer must absorb.
 
 Warm-up calls (first-call allocations, lazy kernel choices) are run and
 thrown away before anything is timed. On a GPU every timed call ends with a
@@ -117,8 +117,9 @@ def bench_vocoder(preset: str, ckpt: str | os.PathLike | None = None, seconds: f
     n_frames = max(1, round(seconds / FRAME_SECONDS)) * audio.mels_per_frame
     mel = torch.randn(audio.n_mels, n_frames, generator=torch.Generator().manual_seed(0))  # (n_mels, frames)
     if ckpt is None:
-        torch.manual_seed(0)
-        generator = HiFiGANGenerator(cfg).remove_weight_norm().eval()  # as load_vocoder returns it
+        with torch.random.fork_rng():  # seeded weights, without touching the caller's random state
+            torch.manual_seed(0)
+            generator = HiFiGANGenerator(cfg).remove_weight_norm().eval()  # as load_vocoder returns it
     else:
         generator = load_vocoder(ckpt, preset)
     griffin_lim = GriffinLim(audio)
@@ -127,8 +128,8 @@ def bench_vocoder(preset: str, ckpt: str | os.PathLike | None = None, seconds: f
         "audio_seconds": n_frames * audio.hop_length / audio.sample_rate,
         "chunk_ms": FRAME_SECONDS * 1000,
         "hifigan_parameters": sum(p.numel() for p in generator.parameters()),
-        "random_weights": ckpt is None,
-        "weights": "random: the speed does not depend on their values" if ckpt is None else str(ckpt),
+        "random_weights": ckpt is None,  # speed does not depend on the weights' values
+        "checkpoint": None if ckpt is None else str(ckpt),
         "griffin_lim_iterations": griffin_lim.n_iter,
         "threads": threads,
     }

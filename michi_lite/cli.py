@@ -29,6 +29,13 @@ def add_preset(parser: argparse.ArgumentParser, default: str = "lite") -> None:
                         help=f"model and data size (default: {default})")
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def write_json(report: dict, path: str | None) -> None:
     text = json.dumps(report, indent=2)
     if path:
@@ -47,11 +54,12 @@ def cmd_data_build(args: argparse.Namespace) -> None:
 
 
 def cmd_train_vocoder(args: argparse.Namespace) -> None:
-    from .vocoder import train_vocoder, vocoder_config
+    from .vocoder import latest_checkpoint, train_vocoder, vocoder_config
 
     run = train_vocoder(vocoder_config(args.preset), args.data, args.out, steps=args.steps, resume=args.resume,
                         batch_size=args.batch_size, checkpoint_every=args.checkpoint_every)
-    print(f"trained the {args.preset} vocoder to step {args.steps}: {run / 'vocoder.safetensors'}")
+    step = json.loads((latest_checkpoint(run) / "state.json").read_text())["step"]
+    print(f"the {args.preset} vocoder is at step {step}: {run / 'vocoder.safetensors'}")
 
 
 def cmd_eval_alignment(args: argparse.Namespace) -> None:
@@ -97,10 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_preset(vocoder)
     vocoder.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
     vocoder.add_argument("--out", required=True, help="run directory: checkpoints, train_log.csv, vocoder.safetensors")
-    vocoder.add_argument("--steps", type=int, default=100_000, help="train until this step (default: 100000)")
+    vocoder.add_argument("--steps", type=positive_int, default=100_000, help="train until this step (default: 100000)")
     vocoder.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
-    vocoder.add_argument("--batch-size", type=int, help="segments per step (default: the preset's)")
-    vocoder.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
+    vocoder.add_argument("--batch-size", type=positive_int, help="segments per step (default: the preset's)")
+    vocoder.add_argument("--checkpoint-every", type=positive_int, default=1000, help="steps between checkpoints")
     vocoder.set_defaults(run=cmd_train_vocoder)
 
     evaluate = commands.add_parser("eval", help="measure a stage").add_subparsers(dest="stage", required=True)
@@ -116,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     vocoder_eval.add_argument("--ckpt", required=True, help="a vocoder run directory or .safetensors file")
     vocoder_eval.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
     vocoder_eval.add_argument("--json", help="write the report here too")
-    vocoder_eval.add_argument("--max-utterances", type=int, help="at most N test utterances per voice group")
+    vocoder_eval.add_argument("--max-utterances", type=positive_int, help="at most N test utterances per voice group")
     vocoder_eval.set_defaults(run=cmd_eval_vocoder)
 
     bench = commands.add_parser("bench", help="time a piece").add_subparsers(dest="what", required=True)
@@ -125,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     vocoder_bench.add_argument("--json", help="write the report here too")
     vocoder_bench.add_argument("--ckpt", help="a vocoder run or .safetensors (default: random weights, same speed)")
     vocoder_bench.add_argument("--seconds", type=float, default=10.0, help="audio to vocode (default: 10)")
-    vocoder_bench.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    vocoder_bench.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
     vocoder_bench.set_defaults(run=cmd_bench_vocoder)
 
     demo = commands.add_parser("demo", help="the main job, end to end, on a built-in example")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import soxr
 import torch
-from pesq import pesq
+from pesq import PesqError, pesq
 from pystoi import stoi
 from tqdm.auto import tqdm
 
@@ -61,16 +61,28 @@ PESQ_SAMPLE_RATE = 16_000  # wide-band PESQ (ITU-T P.862.2) is defined at 16 kHz
 
 
 def pesq_wideband(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> float:
-    """Wide-band PESQ of ``degraded`` against ``reference``, both (samples,): about 1.0 (bad) to 4.64 (identical)."""
+    """Wide-band PESQ of ``degraded`` against ``reference``, both (samples,): about 1.0 (bad) to 4.64 (identical).
+
+    NaN where PESQ finds no speech to compare (a silent output from an early
+    or collapsed generator), so one such clip cannot end a long evaluation.
+    """
     if sample_rate != PESQ_SAMPLE_RATE:
         reference = soxr.resample(reference, sample_rate, PESQ_SAMPLE_RATE)
         degraded = soxr.resample(degraded, sample_rate, PESQ_SAMPLE_RATE)
-    return float(pesq(PESQ_SAMPLE_RATE, reference.astype(np.float64), degraded.astype(np.float64), "wb"))
+    score = pesq(PESQ_SAMPLE_RATE, reference.astype(np.float64), degraded.astype(np.float64), "wb",
+                 on_error=PesqError.RETURN_VALUES)
+    return float(score) if score >= 0 else float("nan")  # errors come back as negative codes
 
 
 def short_time_intelligibility(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> float:
     """STOI of ``degraded`` against ``reference``: 0 to 1 (identical). pystoi resamples to 10 kHz itself."""
     return float(stoi(reference.astype(np.float64), degraded.astype(np.float64), sample_rate))
+
+
+def mean_or_none(values: list[float]) -> float | None:
+    """The mean of the values that could be measured; None (JSON null) if none could."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
 
 
 def evaluate_vocoder(
@@ -87,16 +99,16 @@ def evaluate_vocoder(
     ``save_vocoder`` file. The originals are cut to frames * hop samples, the
     length both vocoders return. ``max_utterances`` caps each group.
     """
-    audio = get_config(preset).audio
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    systems = {"hifigan": load_vocoder(ckpt, preset, device), "griffin_lim": GriffinLim(audio).to(device)}
-    frontend = MelSpectrogram(audio).to(device)
-    judge = load_whisper()
     groups: dict[str, list[dict]] = defaultdict(list)
     for record in load_manifest(data_dir, "test"):
         groups[record["voice_split"]].append(record)
     if not groups:
         raise ValueError(f"{data_dir}: the corpus has no test utterances to evaluate on")
+    audio = get_config(preset).audio
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    systems = {"hifigan": load_vocoder(ckpt, preset, device), "griffin_lim": GriffinLim(audio).to(device)}
+    frontend = MelSpectrogram(audio).to(device)
+    judge = load_whisper()
 
     report: dict = {"groups": {}}
     for group, records in sorted(groups.items()):
@@ -124,7 +136,8 @@ def evaluate_vocoder(
             "audio_seconds": round(n_samples / audio.sample_rate, 2),
             "judge_wer_original": word_error_rate(texts, heard["original"]),
             **{
-                name: {**{metric: float(np.mean(values)) for metric, values in scores[name].items()},
+                name: {**{metric: mean_or_none(values) for metric, values in scores[name].items()},
+                       "pesq_failures": int(np.isnan(scores[name]["pesq_wb"]).sum()),
                        "judge_wer": word_error_rate(texts, heard[name])}
                 for name in systems
             },

@@ -655,6 +655,8 @@ class VocoderTrainer:
         wave = wave.to(self.device)
         mel_real = self.mel(wave)  # (batch, n_mels, frames)
         with self.autocast:
+            # under bf16 the waveform carries about 8 bits of mantissa: fine for the losses, whose
+            # mel L1 works on log magnitudes, and the generator itself stays in fp32 for inference
             fake = self.generator(normalize_mel(mel_real)).float()  # (batch, frames * hop)
 
         # Discriminators: tell real from generated (the generator is not updated here).
@@ -764,15 +766,18 @@ def load_checkpoint(checkpoint: Path, trainer: VocoderTrainer) -> tuple[int, flo
 
 
 def truncate_log(log_path: Path, step: int) -> None:
-    """Drop log rows past ``step``: after a resume they would be logged again."""
+    """Drop log rows past ``step`` (after a resume they are logged again) and any row a kill cut short."""
     if not log_path.exists():
         return
     with log_path.open(newline="") as f:
-        rows = [row for row in csv.DictReader(f) if int(row["step"]) <= step]
-    with log_path.open("w", newline="") as f:
+        rows = [row for row in csv.DictReader(f)
+                if None not in row.values() and row["seconds"] and int(row["step"]) <= step]
+    tmp = log_path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, LOG_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(tmp, log_path)  # a kill mid-rewrite leaves the old log, not half of it
 
 
 def train_vocoder(
@@ -793,26 +798,34 @@ def train_vocoder(
     ``out_dir`` gets ``checkpoints/step_N/`` (the last two kept), ``vocoder.safetensors``
     (the latest generator, ready for ``load_vocoder``) and ``train_log.csv``.
     With ``resume=True`` training continues from the newest checkpoint, so a
-    killed run loses at most ``checkpoint_every`` steps.
+    killed run loses at most ``checkpoint_every`` steps, and keeps the batch
+    size and segment length it was started with unless they are given again.
+    Weights, optimizer moments, learning-rate schedules and RNG states are
+    restored; the data order is drawn afresh, so a resumed run matches an
+    uninterrupted one statistically, not bit for bit.
     """
-    if batch_size is not None or segment_seconds is not None:
-        cfg = replace(cfg, batch_size=batch_size or cfg.batch_size,
-                      segment_seconds=segment_seconds or cfg.segment_seconds)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be at least 1, not {checkpoint_every}")
     out_dir = Path(out_dir)
+    checkpoint = latest_checkpoint(out_dir)
+    if resume and checkpoint is not None:
+        started_with = json.loads((checkpoint / "state.json").read_text())["config"]
+        batch_size = batch_size or started_with["batch_size"]
+        segment_seconds = segment_seconds or started_with["segment_seconds"]
+    cfg = replace(cfg, batch_size=batch_size or cfg.batch_size, segment_seconds=segment_seconds or cfg.segment_seconds)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "train_log.csv"
 
     torch.manual_seed(seed)
     trainer = VocoderTrainer(cfg, device)
     step, seconds = 0, 0.0
-    checkpoint = latest_checkpoint(out_dir)
     if resume and checkpoint is not None:
         step, seconds = load_checkpoint(checkpoint, trainer)
         truncate_log(log_path, step)
         logger.info("resuming from %s at step %d", checkpoint, step)
     elif checkpoint is not None:
-        raise FileExistsError(f"{out_dir} already holds a run; pass resume=True (--resume) or choose another --out")
+        raise ValueError(f"{out_dir} already holds a run; pass resume=True (--resume) or choose another --out")
     elif resume:
         logger.info("no checkpoint in %s: starting from step 0", out_dir)
     if not log_path.exists() or step == 0:

@@ -1,3 +1,5 @@
+"""The vocoder evaluation measures both systems on seen and unseen voices, with metrics that can fail."""
+
 import json
 import math
 
@@ -39,8 +41,10 @@ def test_eval_vocoder_reports_every_metric_for_both_voice_groups_and_systems(eva
     assert set(eval_report["groups"]) == {r["voice_split"] for r in load_manifest(tiny_corpus, "test")}
     assert set(eval_report["groups"]) == {"seen", "unseen"}
     assert eval_report["n_utterances"] == 2  # --max-utterances caps each group
-    for group in eval_report["groups"].values():
-        assert group["n_utterances"] == 1 and group["audio_seconds"] > 1
+    for name, group in eval_report["groups"].items():
+        first = next(r for r in load_manifest(tiny_corpus, "test") if r["voice_split"] == name)
+        assert group["n_utterances"] == 1
+        assert group["audio_seconds"] == pytest.approx(first["duration"], abs=0.011)  # cut to whole hops
         assert 0 <= group["judge_wer_original"] < 1  # the judge understands the original speech
         for system in ("hifigan", "griffin_lim"):
             numbers = group[system]
@@ -48,7 +52,7 @@ def test_eval_vocoder_reports_every_metric_for_both_voice_groups_and_systems(eva
             assert numbers["stft_distance"] > 0
             assert 1.0 <= numbers["pesq_wb"] <= 4.65
             assert 0.0 <= numbers["stoi"] <= 1.0
-            assert numbers["judge_wer"] >= 0
+            assert numbers["pesq_failures"] == 0
         # Griffin-Lim inverts the true mel: far closer than a generator trained for 2 steps
         assert group["griffin_lim"]["stft_distance"] < group["hifigan"]["stft_distance"]
         assert group["griffin_lim"]["pesq_wb"] > group["hifigan"]["pesq_wb"]

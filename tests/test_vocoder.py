@@ -24,7 +24,9 @@ from michi_lite.vocoder import (
     discriminator_loss,
     feature_matching_loss,
     latest_checkpoint,
+    load_checkpoint,
     load_vocoder,
+    save_checkpoint,
     save_vocoder,
     stft_distance,
     train_vocoder,
@@ -68,9 +70,9 @@ def random_mel(frames: int, batch: int | None = None, seed: int = 1) -> torch.Te
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def stream_in_chunks(generator: HiFiGANGenerator, mel: torch.Tensor) -> torch.Tensor:
+def stream_in_chunks(generator: HiFiGANGenerator, mel: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
     stream = generator.stream(batch_size=1 if mel.dim() == 2 else mel.shape[0])
-    chunks = [stream.push(mel[..., i:i + CHUNK]) for i in range(0, mel.shape[-1], CHUNK)]
+    chunks = [stream.push(mel[..., i:i + chunk]) for i in range(0, mel.shape[-1], chunk)]
     return torch.cat(chunks, dim=-1)
 
 
@@ -85,6 +87,15 @@ def test_streaming_vocoder_matches_offline(cfg, batch):
     assert streamed.shape == offline.shape
     assert offline.std() > 0.05  # a real signal, not near-silence where any two outputs agree
     assert (streamed - offline).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 13])
+def test_streaming_in_chunks_shorter_than_a_layers_context_matches_offline(chunk):
+    generator = loud_generator(TINY_RESBLOCK2)
+    mel = random_mel(39)
+    with torch.no_grad():
+        offline = generator(mel)
+    assert (stream_in_chunks(generator, mel, chunk) - offline).abs().max() < 1e-4
 
 
 def test_streaming_matches_offline_without_weight_norm():
@@ -281,7 +292,7 @@ def test_train_vocoder_checkpoints_logs_and_resumes(tiny_corpus, tmp_path):
     with torch.no_grad():
         assert load_vocoder(run, "tiny")(random_mel(8)).shape == (8 * HOP,)
 
-    with pytest.raises(FileExistsError, match="resume"):
+    with pytest.raises(ValueError, match="resume"):
         train_vocoder(TINY, tiny_corpus, run, steps=5, device="cpu")
 
     # a kill after step 3 but before its checkpoint: resume goes back to step 2 and logs 3.. again once
@@ -290,6 +301,7 @@ def test_train_vocoder_checkpoints_logs_and_resumes(tiny_corpus, tmp_path):
     assert [int(r["step"]) for r in read_log(run)] == [1, 2, 3, 4, 5]
     state = json.loads((latest_checkpoint(run) / "state.json").read_text())
     assert state["step"] == 5 and state["preset"] == "tiny"
+    assert state["config"]["batch_size"] == 3  # the resumed run kept the batch size it started with
     assert not list((run / "checkpoints").glob(".tmp*"))
 
 
@@ -303,4 +315,24 @@ def test_train_vocoder_command_trains_and_resumes(tiny_corpus, tmp_path):
     main(args + ["--steps", "3", "--resume"])
     steps = [int(row["step"]) for row in csv.DictReader((run / "train_log.csv").open())]
     assert steps[-1] == 3 and steps == sorted(set(steps))  # resumed at 2, no step logged twice
-    assert load_vocoder(run, "tiny") is not None
+    with torch.no_grad():
+        assert load_vocoder(run, "tiny")(random_mel(4)).shape == (4 * HOP,)
+
+
+def test_a_checkpoint_restores_optimizers_schedules_and_random_state(tmp_path):
+    trainer = VocoderTrainer(TINY, torch.device("cpu"))
+    trainer.step(torch.randn(2, TINY.segment_samples) * 0.1)
+    at_checkpoint = torch.get_rng_state()
+    save_checkpoint(tmp_path, trainer, step=1, seconds=1.0)
+    expected_draw = torch.rand(3, generator=torch.Generator().set_state(at_checkpoint))
+
+    torch.manual_seed(123)  # a fresh process would start from another random state
+    restored = VocoderTrainer(TINY, torch.device("cpu"))
+    assert load_checkpoint(latest_checkpoint(tmp_path), restored) == (1, 1.0)
+    assert torch.equal(torch.rand(3), expected_draw)
+    assert restored.sched_g.last_epoch == trainer.sched_g.last_epoch == 1
+    for name, module in trainer.modules().items():
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, restored.modules()[name].state_dict()[key]), (name, key)
+    moment = next(iter(trainer.opt_g.state.values()))["exp_avg"]
+    assert torch.equal(moment, next(iter(restored.opt_g.state.values()))["exp_avg"])
