@@ -1,0 +1,152 @@
+"""Speed benchmarks: how fast each piece runs on the machine at hand, as JSON.
+
+A frame of the model's clock is 80 ms, so a piece that streams must turn out
+80 ms of work in well under 80 ms. Two numbers say whether it does:
+
+* **real-time factor** (RTF): compute seconds / audio seconds. Below 1 keeps
+  up; the ``lite`` vocoder must stream at 0.1 or less on 2 CPU cores.
+* **per-chunk latency**: the time one 80 ms chunk takes, median and 95th
+  percentile. Their sum is the RTF's numerator; the p95 is what a player's
+  buffer must absorb.
+
+Warm-up calls (first-call allocations, lazy kernel choices) are run and
+thrown away before anything is timed. On a GPU every timed call ends with a
+synchronise, since kernels launch asynchronously.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .config import FRAME_SECONDS, AudioConfig
+from .provenance import run_info
+from .vocoder import GriffinLim, HiFiGANGenerator, load_vocoder, vocoder_config
+
+logger = logging.getLogger(__name__)
+
+WARMUP_CHUNKS = 5
+# Griffin-Lim online: each new chunk re-runs it on this much of the latest mel
+SLIDING_WINDOW_SECONDS = 0.48  # 6 frames: about half a second
+
+
+def timed(fn: Callable[[], torch.Tensor], device: torch.device) -> float:
+    """Seconds ``fn`` takes, waiting for a GPU to finish what it launched."""
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def latency_summary(seconds: list[float], audio_seconds: float) -> dict:
+    """RTF and per-chunk latency (ms) of one chunk-by-chunk run."""
+    compute = float(np.sum(seconds))
+    return {
+        "rtf": compute / audio_seconds,
+        "compute_seconds": compute,
+        "chunk_latency_ms_median": float(np.median(seconds) * 1000),
+        "chunk_latency_ms_p95": float(np.percentile(seconds, 95) * 1000),
+        "n_chunks": len(seconds),
+    }
+
+
+def bench_hifigan_streaming(generator: HiFiGANGenerator, mel: torch.Tensor, audio: AudioConfig) -> dict:
+    """Push ``mel`` (n_mels, frames) through a ``StreamingVocoder`` one 80 ms chunk at a time."""
+    device = mel.device
+    chunk = audio.mels_per_frame
+    stream = generator.stream()
+    for _ in range(WARMUP_CHUNKS):
+        stream.push(mel[:, :chunk])
+    stream.reset()  # the timed stream starts from silence, as a real one does
+    seconds = [
+        timed(lambda i=i: stream.push(mel[:, i:i + chunk]), device)
+        for i in range(0, mel.shape[-1], chunk)
+    ]
+    return latency_summary(seconds, mel.shape[-1] * audio.hop_length / audio.sample_rate)
+
+
+def bench_griffin_lim_offline(griffin_lim: GriffinLim, mel: torch.Tensor, audio: AudioConfig) -> dict:
+    """Griffin-Lim's own way: the whole clip at once, after it has been heard to the end."""
+    device = mel.device
+    timed(lambda: griffin_lim(mel[:, :WARMUP_CHUNKS * audio.mels_per_frame]), device)
+    seconds = timed(lambda: griffin_lim(mel), device)
+    return {"rtf": seconds / (mel.shape[-1] * audio.hop_length / audio.sample_rate), "compute_seconds": seconds}
+
+
+def bench_griffin_lim_sliding_window(griffin_lim: GriffinLim, mel: torch.Tensor, audio: AudioConfig) -> dict:
+    """Griffin-Lim run online: for each new 80 ms chunk, redo the last ~0.5 s window, keep its newest chunk.
+
+    Griffin-Lim is not causal: every iteration touches the whole signal, so it
+    cannot carry a state from chunk to chunk. The only way to use it online is
+    to re-run it on a short window of the most recent mel each time a chunk
+    arrives and play that window's last chunk: the window's cost is paid per
+    chunk, and the phase is re-guessed every time, so the chunks don't join
+    smoothly (a quality cost this benchmark does not measure).
+    """
+    device = mel.device
+    chunk = audio.mels_per_frame
+    window = round(SLIDING_WINDOW_SECONDS / FRAME_SECONDS) * chunk  # mel columns
+
+    def newest_chunk(end: int) -> torch.Tensor:
+        return griffin_lim(mel[:, max(0, end - window):end])[-chunk * audio.hop_length:]  # (chunk * hop,)
+
+    timed(lambda: newest_chunk(window), device)
+    seconds = [timed(lambda end=end: newest_chunk(end), device) for end in range(chunk, mel.shape[-1] + 1, chunk)]
+    return {**latency_summary(seconds, mel.shape[-1] * audio.hop_length / audio.sample_rate),
+            "window_seconds": window * audio.hop_length / audio.sample_rate}
+
+
+def bench_vocoder(preset: str, ckpt: str | os.PathLike | None = None, seconds: float = 10.0,
+                  threads: int = 1) -> dict:
+    """RTF and per-80 ms-chunk latency of streaming HiFi-GAN and of Griffin-Lim, on the CPU and any GPU.
+
+    Without ``ckpt`` the generator has random weights: the arithmetic, and so
+    the speed, does not depend on their values. The input is a random
+    normalised mel of ``seconds`` of audio (a whole number of 80 ms frames),
+    for the same reason. ``threads`` sets torch's CPU threads for the run
+    (on 2 shared cores, 1 was measured fastest: a second thread spin-waits).
+    """
+    cfg = vocoder_config(preset)
+    audio = cfg.audio
+    n_frames = max(1, round(seconds / FRAME_SECONDS)) * audio.mels_per_frame
+    mel = torch.randn(audio.n_mels, n_frames, generator=torch.Generator().manual_seed(0))  # (n_mels, frames)
+    if ckpt is None:
+        with torch.random.fork_rng():  # seeded weights, without touching the caller's random state
+            torch.manual_seed(0)
+            generator = HiFiGANGenerator(cfg).remove_weight_norm().eval()  # as load_vocoder returns it
+    else:
+        generator = load_vocoder(ckpt, preset)
+    griffin_lim = GriffinLim(audio)
+
+    report: dict = {
+        "audio_seconds": n_frames * audio.hop_length / audio.sample_rate,
+        "chunk_ms": FRAME_SECONDS * 1000,
+        "hifigan_parameters": sum(p.numel() for p in generator.parameters()),
+        "random_weights": ckpt is None,  # speed does not depend on the weights' values
+        "checkpoint": None if ckpt is None else str(ckpt),
+        "griffin_lim_iterations": griffin_lim.n_iter,
+        "threads": threads,
+    }
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for device in devices:
+            logger.info("timing the %s vocoders on %s", preset, device)
+            generator, griffin_lim, mel = generator.to(device), griffin_lim.to(device), mel.to(device)
+            with torch.inference_mode():
+                report[device.type] = {
+                    "hifigan_streaming": bench_hifigan_streaming(generator, mel, audio),
+                    "griffin_lim_offline": bench_griffin_lim_offline(griffin_lim, mel, audio),
+                    "griffin_lim_sliding_window": bench_griffin_lim_sliding_window(griffin_lim, mel, audio),
+                }
+    finally:
+        torch.set_num_threads(previous_threads)
+    report["run"] = run_info(preset)
+    return report

@@ -1,0 +1,162 @@
+"""``michi-lite``: the one command line the notebooks, tests, CI and benchmarks share.
+
+    michi-lite data build      --preset P --out DIR
+    michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--resume]
+    michi-lite eval alignment  --preset P --data DIR --json OUT
+    michi-lite eval vocoder    --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N]
+    michi-lite bench vocoder   --preset P --json OUT [--ckpt RUN] [--seconds S] [--threads T]
+    michi-lite demo            [--preset P] [--out DIR]
+
+Subcommands for the later stages (more training stages, say, transcribe,
+chat) join here as they are built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .config import PRESETS, get_config
+
+
+def add_preset(parser: argparse.ArgumentParser, default: str = "lite") -> None:
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=default,
+                        help=f"model and data size (default: {default})")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def write_json(report: dict, path: str | None) -> None:
+    text = json.dumps(report, indent=2)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text + "\n")
+    print(text)
+
+
+def cmd_data_build(args: argparse.Namespace) -> None:
+    from .data.corpus import build_corpus
+
+    manifest = build_corpus(get_config(args.preset), args.out)
+    summary = json.loads((manifest.parent / "corpus.json").read_text())
+    print(f"built {summary['utterances']} utterances, {summary['hours']:.2f} h, "
+          f"{len(summary['voices'])} voices -> {manifest}")
+
+
+def cmd_train_vocoder(args: argparse.Namespace) -> None:
+    from .vocoder import latest_checkpoint, train_vocoder, vocoder_config
+
+    run = train_vocoder(vocoder_config(args.preset), args.data, args.out, steps=args.steps, resume=args.resume,
+                        batch_size=args.batch_size, checkpoint_every=args.checkpoint_every)
+    step = json.loads((latest_checkpoint(run) / "state.json").read_text())["step"]
+    print(f"the {args.preset} vocoder is at step {step}: {run / 'vocoder.safetensors'}")
+
+
+def cmd_eval_alignment(args: argparse.Namespace) -> None:
+    from .eval import alignment_differences, evaluate_alignment
+
+    write_json(evaluate_alignment(args.data, args.preset), args.json)
+    if args.diffs:
+        np.savez_compressed(args.diffs, **alignment_differences(args.data))
+
+
+def cmd_eval_vocoder(args: argparse.Namespace) -> None:
+    from .eval import evaluate_vocoder
+
+    write_json(evaluate_vocoder(args.preset, args.ckpt, args.data, max_utterances=args.max_utterances), args.json)
+
+
+def cmd_bench_vocoder(args: argparse.Namespace) -> None:
+    from .bench import bench_vocoder
+
+    write_json(bench_vocoder(args.preset, args.ckpt, seconds=args.seconds, threads=args.threads), args.json)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    summary = run_demo(get_config(args.preset), args.out)
+    print(summary["story"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="michi-lite", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="build speech corpora").add_subparsers(dest="action", required=True)
+    build = data.add_parser("build", help="synthesise and align a corpus")
+    add_preset(build)
+    build.add_argument("--out", required=True, help="corpus directory (re-running resumes)")
+    build.set_defaults(run=cmd_data_build)
+
+    train = commands.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
+    vocoder = train.add_parser("vocoder", help="the causal HiFi-GAN vocoder (GAN training on the corpus audio)")
+    add_preset(vocoder)
+    vocoder.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
+    vocoder.add_argument("--out", required=True, help="run directory: checkpoints, train_log.csv, vocoder.safetensors")
+    vocoder.add_argument("--steps", type=positive_int, default=100_000, help="train until this step (default: 100000)")
+    vocoder.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+    vocoder.add_argument("--batch-size", type=positive_int, help="segments per step (default: the preset's)")
+    vocoder.add_argument("--checkpoint-every", type=positive_int, default=1000, help="steps between checkpoints")
+    vocoder.set_defaults(run=cmd_train_vocoder)
+
+    evaluate = commands.add_parser("eval", help="measure a stage").add_subparsers(dest="stage", required=True)
+    alignment = evaluate.add_parser("alignment", help="engine word timings vs Whisper word timestamps")
+    add_preset(alignment)
+    alignment.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
+    alignment.add_argument("--json", help="write the report here too")
+    alignment.add_argument("--diffs", help="also save every boundary difference (ms), per engine, to this .npz")
+    alignment.set_defaults(run=cmd_eval_alignment)
+    vocoder_eval = evaluate.add_parser("vocoder", help="HiFi-GAN and Griffin-Lim on the test split: "
+                                                       "STFT distance, PESQ, STOI, judge WER")
+    add_preset(vocoder_eval)
+    vocoder_eval.add_argument("--ckpt", required=True, help="a vocoder run directory or .safetensors file")
+    vocoder_eval.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
+    vocoder_eval.add_argument("--json", help="write the report here too")
+    vocoder_eval.add_argument("--max-utterances", type=positive_int, help="at most N test utterances per voice group")
+    vocoder_eval.set_defaults(run=cmd_eval_vocoder)
+
+    bench = commands.add_parser("bench", help="time a piece").add_subparsers(dest="what", required=True)
+    vocoder_bench = bench.add_parser("vocoder", help="RTF and per-80 ms-chunk latency, HiFi-GAN and Griffin-Lim")
+    add_preset(vocoder_bench)
+    vocoder_bench.add_argument("--json", help="write the report here too")
+    vocoder_bench.add_argument("--ckpt", help="a vocoder run or .safetensors (default: random weights, same speed)")
+    vocoder_bench.add_argument("--seconds", type=float, default=10.0, help="audio to vocode (default: 10)")
+    vocoder_bench.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
+    vocoder_bench.set_defaults(run=cmd_bench_vocoder)
+
+    demo = commands.add_parser("demo", help="the main job, end to end, on a built-in example")
+    add_preset(demo)
+    demo.add_argument("--out", default="demo_out", help="where the wav, figure and summary go")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one line per clip drowns the progress bar
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        # bad input and missing pieces are the user's to fix: one clear line, no trace
+        logging.getLogger("michi_lite").debug("details", exc_info=True)
+        hint = "" if args.verbose else " (-v shows the traceback)"
+        print(f"michi-lite: error: {error}{hint}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Speech data: synthesis engines, word alignment, the frame grid and the corpus."""

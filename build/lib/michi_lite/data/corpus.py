@@ -1,0 +1,301 @@
+"""Build a speech corpus: sentences × voices -> audio files + ``manifest.jsonl``.
+
+The corpus is the ground every later stage trains and is measured on, so it is
+built with three guarantees:
+
+* **held out by sentence**: a sentence belongs to exactly one of train, val
+  and test, whoever speaks it, so no test sentence is ever heard in training;
+* **held out by voice**: a few voice identities speak only test sentences, so
+  later stages can report voices they have heard and voices they have not;
+* **deterministic and resumable**: the same preset and seed give the same
+  plan, and a re-run skips every utterance already written.
+
+Each manifest line is one utterance::
+
+    {"id", "path", "text", "voice", "speaker", "engine", "sample_rate", "duration",
+     "split", "voice_split", "category", "alignment", "words", ["whisper_words"]}
+
+``words`` are the engine's own word timings where it gives them (``alignment``
+is then "engine"), else Whisper's ("whisper"). For a sample of utterances per
+engine, ``whisper_words`` holds Whisper's timings too, for the comparison that
+``michi-lite eval alignment`` reports.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import subprocess
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..audio import prepare_waveform, save_audio
+from ..config import Config
+from .engines import SpeechEngine, Voice, available_engines
+from .text import Sentence, sentences
+from .words import Word, normalize_text
+
+logger = logging.getLogger(__name__)
+
+MAX_UTTERANCE_SECONDS = 30.0
+PEAK_LEVEL = 0.9  # engines speak at very different levels; every file is peak-normalised to this
+
+
+@dataclass(frozen=True)
+class PlannedUtterance:
+    id: str
+    sentence: Sentence
+    voice: Voice
+    split: str  # train | val | test, decided by the sentence
+    voice_split: str  # seen | unseen, decided by the voice
+
+
+def choose_voices(voices: list[Voice], n_seen: int, n_unseen: int, seed: int) -> tuple[list[Voice], list[Voice]]:
+    """Pick the seen and the unseen voices: one voice per speaker, engines in turn.
+
+    A speaker is a person, whatever the pitch or speed (``Voice.speaker``), so
+    an unseen voice is never a seen one slowed down. Unseen speakers are picked
+    first, from engines that have more than one speaker, leaving each such
+    engine at least one speaker for training: an engine heard only through
+    unseen voices would confuse "a voice the model has not heard" with "a
+    synthesiser it has not heard". Seen speakers then go round all engines.
+    """
+    rng = np.random.default_rng(seed)
+    by_engine: dict[str, list[Voice]] = defaultdict(list)
+    for voice in voices:
+        by_engine[voice.engine].append(voice)
+    queues = {engine: [pool[i] for i in rng.permutation(len(pool))] for engine, pool in sorted(by_engine.items())}
+    taken: set[str] = set()  # speakers, across engines: flite and festival share some
+
+    def untaken(engine: str) -> int:
+        return len({v.speaker for v in queues[engine]} - taken)
+
+    def take(n: int, engines: list[str], keep: int = 0) -> list[Voice]:
+        """Up to ``n`` voices of new speakers, round the engines, leaving ``keep`` speakers in each."""
+        picked: list[Voice] = []
+        while len(picked) < n:
+            progress = False
+            for engine in engines:
+                if len(picked) == n or untaken(engine) <= keep:
+                    continue
+                voice = next(v for v in queues[engine] if v.speaker not in taken)
+                queues[engine].remove(voice)
+                taken.add(voice.speaker)
+                picked.append(voice)
+                progress = True
+            if not progress:
+                break
+        return picked
+
+    unseen = take(n_unseen, list(queues), keep=1)
+    seen = take(n_seen, list(queues))
+    return seen, unseen
+
+
+def split_sequence(val_fraction: float, test_fraction: float) -> Iterator[str]:
+    """Splits for a stream of sentences, spread evenly: "train", "val" or "test".
+
+    Each sentence goes to whichever of val and test is a whole sentence behind
+    its share so far, else to train, so any prefix of the stream (even a
+    24-utterance corpus) holds its fractions to within one sentence.
+    """
+    given = Counter()
+    for n in itertools.count(1):
+        behind = {"test": test_fraction * n - given["test"], "val": val_fraction * n - given["val"]}
+        split = max(behind, key=behind.get)
+        split = split if behind[split] >= 1 - 1e-9 else "train"
+        given[split] += 1
+        yield split
+
+
+def plan(cfg: Config, voices: list[Voice]) -> Iterator[PlannedUtterance]:
+    """The corpus as a deterministic stream of utterances, longest possible.
+
+    Train and val sentences are spoken by one seen voice each, in turn; a test
+    sentence is spoken by a seen voice *and* an unseen one, so the two kinds of
+    voice are measured on the same sentences. Sentences that differ only in
+    case or punctuation ("7 pm", "7 PM.") share one split.
+    """
+    c = cfg.corpus
+    seen, unseen = choose_voices(voices, c.seen_voices, c.unseen_voices, c.seed)
+    if not seen:
+        raise RuntimeError("no voice available to speak the corpus")
+    seen_turn, unseen_turn = itertools.cycle(seen), itertools.cycle(unseen)
+    splits = split_sequence(c.val_fraction, c.test_fraction)
+    split_of: dict[str, str] = {}
+    for index, sentence in enumerate(sentences(c.max_utterances, seed=c.seed)):
+        key = normalize_text(sentence.text)
+        if key not in split_of:
+            split_of[key] = next(splits)
+        split = split_of[key]
+        speakers = [(next(seen_turn), "seen")]
+        if split == "test" and unseen:
+            speakers.append((next(unseen_turn), "unseen"))
+        for voice, voice_split in speakers:
+            yield PlannedUtterance(f"{index:06d}-{voice.name}", sentence, voice, split, voice_split)
+
+
+def read_records(path: Path) -> list[dict]:
+    """Manifest lines, skipping a last line cut short by a killed run."""
+    if not path.exists():
+        return []
+    records = []
+    with path.open() as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                logger.warning("%s: ignoring a truncated line", path)
+    return records
+
+
+def speak(utterance: PlannedUtterance, engine: SpeechEngine,
+          sample_rate: int) -> tuple[np.ndarray, list[Word] | None]:
+    """Synthesise one utterance at the corpus rate, peak-normalised."""
+    synthesis = engine.synthesize(utterance.sentence.text, utterance.voice)
+    waveform = prepare_waveform(synthesis.waveform, synthesis.sample_rate, sample_rate, source=utterance.id)
+    waveform = waveform * (PEAK_LEVEL / float(np.abs(waveform).max()))
+    return waveform, synthesis.words
+
+
+def make_record(utterance: PlannedUtterance, engine: SpeechEngine, cfg: Config, out: Path,
+                compare_with_whisper: bool) -> dict | None:
+    """Speak, align and save one utterance; its manifest record, or None if it must be skipped."""
+    from .alignment import whisper_words  # Whisper loads only once some utterance needs it
+
+    rate = cfg.audio.sample_rate
+    try:
+        waveform, words = speak(utterance, engine, rate)
+    except (ValueError, RuntimeError, subprocess.SubprocessError) as error:  # AudioError is a ValueError
+        logger.warning("skipping %s: %s", utterance.id, error)
+        return None
+    duration = len(waveform) / rate
+    if duration > MAX_UTTERANCE_SECONDS:
+        logger.warning("skipping %s: %.1f s is longer than %.0f s", utterance.id, duration, MAX_UTTERANCE_SECONDS)
+        return None
+    record = {
+        "id": utterance.id,
+        "path": str(Path("audio") / f"{utterance.id}.flac"),
+        "text": utterance.sentence.text,
+        "voice": utterance.voice.name,
+        "speaker": utterance.voice.speaker,
+        "engine": utterance.voice.engine,
+        "sample_rate": rate,
+        "duration": round(duration, 4),
+        "split": utterance.split,
+        "voice_split": utterance.voice_split,
+        "category": utterance.sentence.source,
+        "alignment": "engine" if words is not None else "whisper",
+    }
+    if words is None or compare_with_whisper:
+        heard = whisper_words(waveform, rate)
+        if not heard:
+            logger.warning("skipping %s: Whisper heard no words", utterance.id)
+            return None
+    if words is None:
+        record["words"] = [w.to_dict() for w in heard]
+    else:
+        record["words"] = [w.to_dict() for w in words]
+        if compare_with_whisper:
+            record["whisper_words"] = [w.to_dict() for w in heard]
+    save_audio(out / record["path"], waveform, rate)
+    return record
+
+
+def build_corpus(cfg: Config, out: str | os.PathLike) -> Path:
+    """Build (or finish building) the corpus of ``cfg`` in ``out``; returns the manifest path."""
+    out = Path(out)
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+    engines = {e.name: e for e in available_engines()}
+    if not engines:
+        raise RuntimeError(
+            "no speech engine is installed: install espeak-ng, flite or festival "
+            "(apt install espeak-ng flite festival) or the piper-tts / hibari-tts Python packages"
+        )
+    voices = [v for e in engines.values() for v in e.voices()]
+    c = cfg.corpus
+    partial = out / "manifest.partial.jsonl"
+    done = {r["id"]: r for r in read_records(partial) if (out / r["path"]).exists()}
+    if partial.exists():
+        # drop what a killed run left half-written, so appending starts on a clean line
+        partial.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+    if done:
+        logger.info("resuming: %d utterances already built in %s", len(done), out)
+
+    target_seconds = c.min_hours * 3600
+    by_utterances = target_seconds == 0
+    bar = tqdm(total=c.max_utterances if by_utterances else target_seconds, desc="corpus",
+               unit="utt" if by_utterances else "s audio", unit_scale=not by_utterances)
+    records: list[dict] = []
+    total_seconds = 0.0
+    whisper_compared: Counter = Counter()
+    with partial.open("a") as log:
+        for utterance in plan(cfg, voices):
+            if len(records) >= c.max_utterances or (target_seconds and total_seconds >= target_seconds):
+                break
+            record = done.get(utterance.id)
+            if record is None:
+                engine = engines[utterance.voice.engine]
+                compare = engine.gives_word_timings and whisper_compared[engine.name] < c.whisper_sample
+                record = make_record(utterance, engine, cfg, out, compare)
+                if record is None:
+                    continue
+                log.write(json.dumps(record) + "\n")
+                log.flush()  # a killed build loses at most the utterance in flight
+            records.append(record)
+            whisper_compared[record["engine"]] += "whisper_words" in record
+            total_seconds += record["duration"]
+            bar.update(1 if by_utterances else record["duration"])
+    bar.close()
+    if total_seconds < target_seconds:
+        logger.warning("the sentence plan ran out at %.2f h of the %.2f h asked for; raise max_utterances",
+                       total_seconds / 3600, c.min_hours)
+
+    manifest = out / "manifest.jsonl"
+    tmp = manifest.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(manifest)
+    summary = summarize(records, cfg)
+    (out / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n")
+    logger.info("corpus: %d utterances, %.2f h, %d speakers in %s",
+                summary["utterances"], summary["hours"], summary["speakers"], out)
+    return manifest
+
+
+def summarize(records: list[dict], cfg: Config) -> dict:
+    """What the corpus holds: sizes per split, engine and voice, and how it was made."""
+    hours = sum(r["duration"] for r in records) / 3600
+    voices: dict[str, dict] = {}
+    for r in records:
+        v = voices.setdefault(r["voice"], {"engine": r["engine"], "speaker": r["speaker"],
+                                           "voice_split": r["voice_split"], "utterances": 0})
+        v["utterances"] += 1
+    return {
+        "preset": cfg.name,
+        "speakers": len({r["speaker"] for r in records}),
+        "seed": cfg.corpus.seed,
+        "sample_rate": cfg.audio.sample_rate,
+        "utterances": len(records),
+        "hours": round(hours, 4),
+        "splits": dict(Counter(r["split"] for r in records)),
+        "engines": dict(Counter(r["engine"] for r in records)),
+        "categories": dict(Counter(r["category"] for r in records)),
+        "alignment": dict(Counter(r["alignment"] for r in records)),
+        "voices": voices,
+    }
+
+
+def load_manifest(data_dir: str | os.PathLike, split: str | None = None) -> list[dict]:
+    """The manifest of a built corpus, optionally one split of it."""
+    path = Path(data_dir) / "manifest.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: build the corpus first with `michi-lite data build`")
+    records = read_records(path)
+    return [r for r in records if split is None or r["split"] == split]

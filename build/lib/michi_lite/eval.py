@@ -1,0 +1,149 @@
+"""Measurements. Every report is a JSON object of plain numbers plus where it ran."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import soxr
+import torch
+from pesq import PesqError, pesq
+from pystoi import stoi
+from tqdm.auto import tqdm
+
+from .audio import MelSpectrogram, load_audio, normalize_mel
+from .backbone import load_whisper
+from .config import get_config
+from .data.alignment import boundary_differences, summarize_differences, transcribe, word_error_rate
+from .data.corpus import load_manifest
+from .data.words import Word
+from .provenance import run_info
+from .vocoder import GriffinLim, load_vocoder, stft_distance
+
+logger = logging.getLogger(__name__)
+
+
+def alignment_differences(data_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Per engine, the signed boundary differences (ms), Whisper's timing minus the engine's."""
+    per_engine: dict[str, list[np.ndarray]] = defaultdict(list)
+    for record in load_manifest(data_dir):
+        if record.get("alignment") != "engine" or "whisper_words" not in record:
+            continue
+        engine_words = [Word.from_dict(w) for w in record["words"]]
+        whisper = [Word.from_dict(w) for w in record["whisper_words"]]
+        per_engine[record["engine"]].append(boundary_differences(engine_words, whisper))
+    return {engine: np.concatenate(diffs) for engine, diffs in per_engine.items()}
+
+
+def evaluate_alignment(data_dir: str | os.PathLike, preset: str) -> dict:
+    """Median and 95th percentile word-boundary difference, engine timings vs Whisper.
+
+    Both the start and the end of every word that the two alignments agree on
+    count as one boundary each; ``median_signed_ms`` > 0 means Whisper puts
+    boundaries later than the engine.
+    """
+    per_engine = alignment_differences(data_dir)
+    if not per_engine:
+        raise ValueError(f"{data_dir}: no utterance has both engine and Whisper word timings to compare")
+    return {
+        "engines": {engine: summarize_differences(diffs) for engine, diffs in sorted(per_engine.items())},
+        "all": summarize_differences(np.concatenate(list(per_engine.values()))),
+        "run": run_info(preset),
+    }
+
+
+# --- vocoder -----------------------------------------------------------------------
+
+PESQ_SAMPLE_RATE = 16_000  # wide-band PESQ (ITU-T P.862.2) is defined at 16 kHz only
+
+
+def pesq_wideband(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> float:
+    """Wide-band PESQ of ``degraded`` against ``reference``, both (samples,): about 1.0 (bad) to 4.64 (identical).
+
+    NaN where PESQ finds no speech to compare (a silent output from an early
+    or collapsed generator), so one such clip cannot end a long evaluation.
+    """
+    if sample_rate != PESQ_SAMPLE_RATE:
+        reference = soxr.resample(reference, sample_rate, PESQ_SAMPLE_RATE)
+        degraded = soxr.resample(degraded, sample_rate, PESQ_SAMPLE_RATE)
+    score = pesq(PESQ_SAMPLE_RATE, reference.astype(np.float64), degraded.astype(np.float64), "wb",
+                 on_error=PesqError.RETURN_VALUES)
+    return float(score) if score >= 0 else float("nan")  # errors come back as negative codes
+
+
+def short_time_intelligibility(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> float:
+    """STOI of ``degraded`` against ``reference``: 0 to 1 (identical). pystoi resamples to 10 kHz itself."""
+    return float(stoi(reference.astype(np.float64), degraded.astype(np.float64), sample_rate))
+
+
+def mean_or_none(values: list[float]) -> float | None:
+    """The mean of the values that could be measured; None (JSON null) if none could."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def evaluate_vocoder(
+    preset: str, ckpt: str | os.PathLike, data_dir: str | os.PathLike, max_utterances: int | None = None
+) -> dict:
+    """Resynthesise the test split from its mels with HiFi-GAN (``ckpt``) and Griffin-Lim; measure both.
+
+    Per voice group (``seen``: voices heard in training, ``unseen``: held out;
+    the test sentences are never in training) and per system: the mean
+    multi-resolution STFT distance, wide-band PESQ and STOI against the
+    original audio, and the Whisper judge's corpus WER on the vocoded audio,
+    beside ``judge_wer_original``, its WER on the originals: the floor a
+    perfect vocoder would reach. ``ckpt`` is a training run's directory or a
+    ``save_vocoder`` file. The originals are cut to frames * hop samples, the
+    length both vocoders return. ``max_utterances`` caps each group.
+    """
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for record in load_manifest(data_dir, "test"):
+        groups[record["voice_split"]].append(record)
+    if not groups:
+        raise ValueError(f"{data_dir}: the corpus has no test utterances to evaluate on")
+    audio = get_config(preset).audio
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    systems = {"hifigan": load_vocoder(ckpt, preset, device), "griffin_lim": GriffinLim(audio).to(device)}
+    frontend = MelSpectrogram(audio).to(device)
+    judge = load_whisper()
+
+    report: dict = {"groups": {}}
+    for group, records in sorted(groups.items()):
+        records = records[:max_utterances]
+        scores: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in systems}
+        heard: dict[str, list[str]] = defaultdict(list)  # what the judge heard, per system and "original"
+        n_samples = 0
+        for record in tqdm(records, desc=f"vocoder eval, {group} voices", unit="utt"):
+            wave = load_audio(Path(data_dir) / record["path"], audio.sample_rate)
+            reference = wave[:len(wave) // audio.hop_length * audio.hop_length]  # (frames * hop,)
+            n_samples += len(reference)
+            with torch.inference_mode():
+                mel = normalize_mel(frontend(torch.from_numpy(reference).to(device)))  # (n_mels, frames)
+                vocoded = {name: system(mel).float().cpu() for name, system in systems.items()}
+            heard["original"].append(transcribe(reference, audio.sample_rate, judge))
+            for name, output in vocoded.items():  # output: (frames * hop,)
+                scores[name]["stft_distance"].append(stft_distance(output, torch.from_numpy(reference)))
+                output = output.numpy()
+                scores[name]["pesq_wb"].append(pesq_wideband(reference, output, audio.sample_rate))
+                scores[name]["stoi"].append(short_time_intelligibility(reference, output, audio.sample_rate))
+                heard[name].append(transcribe(output, audio.sample_rate, judge))
+        texts = [record["text"] for record in records]
+        report["groups"][group] = {
+            "n_utterances": len(records),
+            "audio_seconds": round(n_samples / audio.sample_rate, 2),
+            "judge_wer_original": word_error_rate(texts, heard["original"]),
+            **{
+                name: {**{metric: mean_or_none(values) for metric, values in scores[name].items()},
+                       "pesq_failures": int(np.isnan(scores[name]["pesq_wb"]).sum()),
+                       "judge_wer": word_error_rate(texts, heard[name])}
+                for name in systems
+            },
+        }
+        logger.info("vocoder eval, %s voices: %s", group, report["groups"][group])
+    report["n_utterances"] = sum(g["n_utterances"] for g in report["groups"].values())
+    report["checkpoint"] = str(ckpt)
+    report["run"] = run_info(preset)
+    return report

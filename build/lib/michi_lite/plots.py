@@ -1,0 +1,94 @@
+"""Figures the notebooks, the demo and the benchmarks draw (matplotlib, no state)."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .config import FRAME_SECONDS
+from .data.words import Word
+
+
+def draw_words(ax, words: list[Word], color: str, label: str, y: float, linestyle: str = "-") -> None:
+    """Word spans as shaded boxes with their text, at height ``y`` (axes fraction)."""
+    transform = ax.get_xaxis_transform()
+    for i, w in enumerate(words):
+        ax.axvspan(w.start, w.end, ymin=y - 0.12, ymax=y + 0.12, color=color, alpha=0.18, lw=0)
+        ax.axvline(w.start, ymin=y - 0.15, ymax=y + 0.15, color=color, linestyle=linestyle, lw=1.2,
+                   label=label if i == 0 else None)
+        ax.text((w.start + w.end) / 2, y, w.word, transform=transform, ha="center", va="center",
+                fontsize=8, color=color, clip_on=True)
+
+
+def alignment_figure(
+    waveform: np.ndarray,
+    sample_rate: int,
+    mel: np.ndarray,
+    engine_words: list[Word] | None,
+    whisper_words: list[Word] | None,
+    grid_labels: list[str] | None = None,
+    title: str = "",
+) -> Figure:
+    """Waveform, log-mel and word boundaries from both aligners, over one time axis.
+
+    ``mel`` is (n_mels, frames); ``grid_labels`` are the token strings on the
+    80 ms frame grid ("" for PAD), drawn as a strip under the spectrogram.
+    """
+    seconds = len(waveform) / sample_rate
+    rows = 3 if grid_labels is not None else 2
+    fig = Figure(figsize=(12, 2.2 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, 1, sharex=True, height_ratios=[1.2, 1.4, 0.5][:rows])
+
+    ax = axes[0]
+    t = np.arange(len(waveform)) / sample_rate
+    ax.plot(t, waveform, color="0.35", lw=0.5)
+    if engine_words:
+        draw_words(ax, engine_words, "tab:blue", "engine", 0.85)
+    if whisper_words:
+        draw_words(ax, whisper_words, "tab:orange", "Whisper", 0.15, linestyle="--")
+    ax.set_ylabel("waveform")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title)
+
+    ax = axes[1]
+    ax.imshow(mel, origin="lower", aspect="auto", extent=(0, seconds, 0, mel.shape[0]), cmap="magma")
+    for w in engine_words or []:
+        ax.axvline(w.start, color="tab:cyan", lw=0.8)
+    for w in whisper_words or []:
+        ax.axvline(w.start, color="tab:orange", lw=0.8, linestyle="--")
+    ax.set_ylabel("mel bin")
+
+    if grid_labels is not None:
+        ax = axes[2]
+        for frame, label in enumerate(grid_labels):
+            start = frame * FRAME_SECONDS
+            ax.axvspan(start, start + FRAME_SECONDS, color="tab:green" if label else "0.92",
+                       alpha=0.35 if label else 1.0, lw=0.3, ec="white")
+            if label:
+                ax.text(start + FRAME_SECONDS / 2, 0.5, label.replace(" ", "␣"), ha="center", va="center",
+                        rotation=90, fontsize=7)
+        ax.set_yticks([])
+        ax.set_ylabel("tokens\n12.5 Hz", rotation=0, ha="right", va="center")
+    axes[-1].set_xlabel("seconds")
+    axes[-1].set_xlim(0, max(seconds, len(grid_labels or []) * FRAME_SECONDS))
+    return fig
+
+
+def boundary_histogram(diffs_by_engine: dict[str, np.ndarray], title: str = "") -> Figure:
+    """Distribution of (Whisper − engine) word boundaries in ms, one curve per engine."""
+    fig = Figure(figsize=(8, 3.5), layout="constrained")
+    ax = fig.subplots()
+    all_diffs = np.concatenate(list(diffs_by_engine.values())) if diffs_by_engine else np.zeros(1)
+    limit = max(np.percentile(np.abs(all_diffs), 99), 80.0)
+    bins = np.linspace(-limit, limit, 61)
+    for engine, diffs in sorted(diffs_by_engine.items()):
+        ax.hist(np.clip(diffs, -limit, limit), bins=bins, histtype="step", lw=1.6,
+                label=f"{engine} (median |Δ| {np.median(np.abs(diffs)):.0f} ms, n={len(diffs)})")
+    for edge in (-FRAME_SECONDS * 1000, FRAME_SECONDS * 1000):
+        ax.axvline(edge, color="0.5", linestyle=":", label="± one 80 ms frame" if edge > 0 else None)
+    ax.axvline(0, color="0.3", lw=0.8)
+    ax.set_xlabel("Whisper − engine word boundary (ms); positive: Whisper later")
+    ax.set_ylabel("boundaries")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig

@@ -1,0 +1,863 @@
+"""A causal HiFi-GAN vocoder that streams 80 ms at a time, its GAN training, and a Griffin-Lim baseline.
+
+The model says a normalised log-mel patch per 80 ms frame; the vocoder turns it
+into sound. It has to do so *as the frames arrive*, so every convolution here is
+causal: output sample n depends on mel frames up to the one that covers n, never
+on later ones. The fixed look-ahead is **zero**: mel frame i (which
+``MelSpectrogram`` computes from the samples ending at (i + 1) * hop) is turned
+into exactly the samples [i * hop, (i + 1) * hop).
+
+1. ``HiFiGANGenerator``: mel (batch, n_mels, frames) -> wave (batch, frames * hop),
+   HiFi-GAN's layout (Kong et al. 2020) with left-only padding.
+2. ``StreamingVocoder``: the same generator fed one chunk at a time. Each causal
+   layer keeps the last (kernel - 1) * dilation samples of its input, so a
+   chunk costs the same however long the stream is, and the samples equal the
+   offline ones.
+3. ``MultiPeriodDiscriminator`` and ``MultiResolutionDiscriminator`` with the
+   least-squares GAN, feature-matching and mel L1 losses, and ``train_vocoder``.
+4. ``GriffinLim``: the classic baseline through the same interface.
+5. ``save_vocoder`` / ``load_vocoder``: safetensors with the preset in the metadata.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+from torch.nn.utils.parametrize import is_parametrized, remove_parametrizations
+from tqdm.auto import tqdm
+
+from michi_lite.audio import MelSpectrogram, denormalize_mel, load_audio, normalize_mel
+from michi_lite.config import AudioConfig, get_config
+from michi_lite.data.corpus import load_manifest
+
+logger = logging.getLogger(__name__)
+
+LRELU_SLOPE = 0.1
+CHECKPOINT_FORMAT = "michi_lite.vocoder/1"
+
+
+# --- configuration ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VocoderConfig:
+    """Generator and discriminator shapes plus the training recipe, for one preset."""
+
+    preset: str
+    audio: AudioConfig
+    upsample_rates: tuple[int, ...]  # their product is the mel hop
+    upsample_initial_channel: int  # halved after every upsampling
+    resblock_kernel_sizes: tuple[int, ...] = (3, 7, 11)
+    resblock_dilations: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
+    resblock_plain_convs: bool = True  # True: HiFi-GAN's ResBlock1; False: the lighter ResBlock2
+    mpd_periods: tuple[int, ...] = (2, 3, 5, 7, 11)
+    mpd_channels: tuple[int, ...] = (32, 128, 512, 1024, 1024)
+    # (n_fft, hop, win) of each STFT the resolution discriminator looks at (BigVGAN's)
+    mrd_resolutions: tuple[tuple[int, int, int], ...] = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))
+    mrd_channels: int = 32
+    # training recipe: HiFi-GAN's, with the decay applied per step instead of per epoch
+    batch_size: int = 16
+    segment_seconds: float = 0.512
+    learning_rate: float = 2e-4
+    adam_betas: tuple[float, float] = (0.8, 0.99)
+    lr_decay: float = 0.99999  # per step: the rate falls to 37% over 100k steps
+    mel_loss_weight: float = 45.0
+    feature_loss_weight: float = 2.0
+
+    def __post_init__(self) -> None:
+        if math.prod(self.upsample_rates) != self.audio.hop_length:
+            raise ValueError(
+                f"upsample rates {self.upsample_rates} multiply to {math.prod(self.upsample_rates)}, "
+                f"not the hop length {self.audio.hop_length}"
+            )
+        if self.upsample_initial_channel % 2 ** len(self.upsample_rates):
+            raise ValueError("upsample_initial_channel must halve cleanly at every upsampling")
+
+    @property
+    def segment_samples(self) -> int:
+        """Training segment length, a whole number of mel hops."""
+        hop = self.audio.hop_length
+        return round(self.segment_seconds * self.audio.sample_rate / hop) * hop
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def generator_fields(self) -> dict:
+        """What a generator checkpoint must agree on to load: the audio and the generator's shape."""
+        fields = json.loads(self.to_json())
+        return {k: fields[k] for k in ("audio", "upsample_rates", "upsample_initial_channel",
+                                       "resblock_kernel_sizes", "resblock_dilations", "resblock_plain_convs")}
+
+
+def vocoder_config(preset_name: str) -> VocoderConfig:
+    """The vocoder for a preset: its sizes follow the preset's audio and speed budget.
+
+    * ``tiny``: about 29k parameters, so the tests train it in seconds.
+    * ``lite``: 16 kHz, hop 160 = 5 * 4 * 4 * 2, HiFi-GAN V3's layout
+      (ResBlock2 with kernels 3, 5, 7) at 192 channels: 0.71M parameters, 30
+      convs. Sized by the RTF 0.1 budget (8 ms per 80 ms chunk) on two shared
+      CPU cores, where eager per-op overhead alone costs 2.5-4.5 ms a chunk,
+      so the number of layers matters as much as the arithmetic. Measured
+      there (one thread, other jobs running): 192 channels 6.5-10 ms, V3's
+      own 256 (1.2M) 8.5-12 ms, V2's layout (128 channels, ResBlock1, 78
+      convs) 12-17 ms.
+      Its period discriminators are half HiFi-GAN's width, the resolution ones
+      16 channels wide, to keep training affordable.
+    * ``michi``: 24 kHz, hop 240 = 5 * 4 * 4 * 3, HiFi-GAN V1's layout at 384
+      channels: 7.4M parameters (MichiAI's scale), full-width discriminators.
+    """
+    audio = get_config(preset_name).audio
+    if preset_name == "tiny":
+        return VocoderConfig(
+            preset="tiny", audio=audio,
+            upsample_rates=(5, 4, 4, 2),
+            upsample_initial_channel=32, resblock_kernel_sizes=(3,), resblock_dilations=((1, 3),),
+            mpd_periods=(2, 3), mpd_channels=(4, 8, 8), mrd_resolutions=((256, 64, 256),),
+            mrd_channels=4, batch_size=2, segment_seconds=0.16,
+        )
+    if preset_name == "lite":
+        return VocoderConfig(
+            preset="lite", audio=audio,
+            upsample_rates=(5, 4, 4, 2), upsample_initial_channel=192,
+            resblock_kernel_sizes=(3, 5, 7), resblock_dilations=((1, 2), (2, 6), (3, 12)),
+            resblock_plain_convs=False,
+            mpd_channels=(32, 128, 256, 512, 512), mrd_channels=16,
+        )
+    if preset_name == "michi":
+        return VocoderConfig(
+            preset="michi", audio=audio,
+            upsample_rates=(5, 4, 4, 3),
+            upsample_initial_channel=384, segment_seconds=0.4,
+        )
+    raise ValueError(f"no vocoder for preset {preset_name!r}")
+
+
+# --- causal layers with a streaming cache ------------------------------------------
+#
+# Every causal layer takes ``state``: None when decoding a whole mel at once (the
+# missing past is zeros), or a dict that a ``StreamingVocoder`` owns, where the
+# layer finds the tail of its previous input and leaves the tail of this one.
+# Zeros at the start of a stream and zeros as offline padding are the same thing,
+# which is why streaming reproduces the offline samples exactly.
+
+StreamState = dict[nn.Module, torch.Tensor]
+
+
+class CausalConv1d(nn.Module):
+    """A Conv1d padded on the left only: output t sees inputs t - (k-1)*d .. t."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.kernel_size, self.dilation = kernel_size, dilation
+        self.context = (kernel_size - 1) * dilation  # input samples of the past each output needs
+        conv = nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation)
+        nn.init.normal_(conv.weight, 0.0, 0.01)  # HiFi-GAN's init: the generator starts near silence
+        self.conv = weight_norm(conv)
+
+    def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        if state is None:
+            return self.conv(F.pad(x, (self.context, 0)))  # (batch, out_channels, time)
+        past = state.get(self)
+        if past is None:  # the start of a stream: the same zeros offline padding adds
+            past = x.new_zeros(x.shape[0], x.shape[1], self.context)
+        x = torch.cat([past, x], dim=-1)  # (batch, in_channels, context + time)
+        state[self] = x[:, :, x.shape[-1] - self.context:]
+        return self.conv_as_matmul(x)
+
+    def conv_as_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """The same convolution as one matrix multiply over the k shifted copies of the input.
+
+        For inputs as short as a streaming chunk, ``F.conv1d`` on a CPU takes a
+        slow generic path (dilated kernels most of all): this is 2-3x faster.
+        Long offline inputs go through oneDNN and don't need it.
+        """
+        batch, channels, length = x.shape
+        n_out = length - self.context
+        taps = x.unfold(-1, n_out, self.dilation)  # (batch, in, k, time): taps[..., j, t] = x[..., t + j*d]
+        taps = taps.reshape(batch, channels * self.kernel_size, n_out)
+        weight = self.conv.weight.flatten(1).expand(batch, -1, -1)  # (batch, out, in * k), no copy
+        return torch.baddbmm(self.conv.bias[:, None], weight, taps)  # (batch, out, time)
+
+
+class CausalUpsample(nn.Module):
+    """Upsample by ``rate`` with a transposed conv of kernel 2 * rate, trimmed to be causal.
+
+    Input frame j spreads over outputs [j*rate, (j+2)*rate). Keeping the first
+    T*rate outputs (dropping the rate that spill past the end) makes the
+    output hop of frame j depend on frames j and j - 1 only: no look-ahead,
+    and a stream keeps one input frame.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, rate: int) -> None:
+        super().__init__()
+        self.rate = rate
+        conv = nn.ConvTranspose1d(in_channels, out_channels, 2 * rate, rate)
+        nn.init.normal_(conv.weight, 0.0, 0.01)
+        self.conv = weight_norm(conv)
+
+    def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        if state is None:
+            return self.conv(x)[:, :, :x.shape[-1] * self.rate]  # (batch, out_channels, time * rate)
+        past = state.get(self)
+        if past is None:
+            past = x.new_zeros(x.shape[0], x.shape[1], 1)
+        x = torch.cat([past, x], dim=-1)  # (batch, in_channels, 1 + time)
+        state[self] = x[:, :, -1:]
+        return self.upsample_as_matmul(x)
+
+    def upsample_as_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """The same transposed conv as a matrix multiply and one shifted add.
+
+        Each frame becomes 2 * rate samples per channel; the output hop of
+        frame j is the first half of frame j's plus the second half of frame
+        j - 1's. (``F.conv_transpose1d`` is slow on a CPU for chunk-sized inputs.)
+        """
+        batch, _, length = x.shape
+        weight = self.conv.weight.flatten(1).T.expand(batch, -1, -1)  # (batch, out * 2 * rate, in)
+        spread = torch.bmm(weight, x)  # (batch, out * 2 * rate, 1 + time)
+        spread = spread.view(batch, -1, 2, self.rate, length)  # (batch, out, half, rate, 1 + time)
+        hops = spread[:, :, 0, :, 1:] + spread[:, :, 1, :, :-1]  # (batch, out, rate, time)
+        return hops.transpose(2, 3).reshape(batch, -1, (length - 1) * self.rate) + self.conv.bias[:, None]
+
+
+class ResBlock(nn.Module):
+    """HiFi-GAN's residual block: a dilated conv per dilation, each with a residual add.
+
+    ResBlock1 (``plain_convs=True``, HiFi-GAN V1/V2) follows every dilated
+    conv with an undilated one; ResBlock2 (V3) has the dilated convs only:
+    a third of the layers, for a fast generator.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, dilations: tuple[int, ...], plain_convs: bool) -> None:
+        super().__init__()
+        self.dilated = nn.ModuleList(CausalConv1d(channels, channels, kernel_size, d) for d in dilations)
+        self.plain = nn.ModuleList(CausalConv1d(channels, channels, kernel_size) for _ in dilations if plain_convs)
+
+    def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        for i, dilated in enumerate(self.dilated):
+            h = dilated(F.leaky_relu(x, LRELU_SLOPE), state)
+            if self.plain:
+                h = self.plain[i](F.leaky_relu(h, LRELU_SLOPE), state)
+            x = x + h
+        return x
+
+
+def check_mel(mel: torch.Tensor, n_mels: int) -> None:
+    """Raise ValueError unless ``mel`` is a finite (n_mels, frames) or (batch, n_mels, frames) tensor."""
+    if not isinstance(mel, torch.Tensor):
+        raise ValueError(f"mel must be a torch.Tensor, got {type(mel).__name__}")
+    if mel.dim() not in (2, 3):
+        raise ValueError(
+            f"mel must have shape (n_mels, frames) or (batch, n_mels, frames), got {tuple(mel.shape)}"
+        )
+    if mel.shape[-2] != n_mels:
+        hint = " (is it transposed? mel is (n_mels, frames))" if mel.shape[-1] == n_mels else ""
+        raise ValueError(f"mel has {mel.shape[-2]} mel bins on axis -2, this vocoder expects {n_mels}{hint}")
+    if mel.shape[-1] == 0:
+        raise ValueError("mel has no frames")
+    if not torch.isfinite(mel).all():
+        raise ValueError("mel contains NaN or inf values")
+
+
+class HiFiGANGenerator(nn.Module):
+    """Normalised log-mel (batch, n_mels, frames) -> waveform (batch, frames * hop).
+
+    conv_pre, then per upsampling stage: a causal transposed conv and a
+    multi-receptive-field fusion (the mean of ResBlocks of different kernel
+    sizes); then conv_post and tanh. The input is ``normalize_mel(MelSpectrogram(wave))``:
+    the same patches the speaking head predicts. A 2-D mel gives a 1-D wave.
+    """
+
+    def __init__(self, cfg: VocoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.n_mels, self.hop_length = cfg.audio.n_mels, cfg.audio.hop_length
+        channels = cfg.upsample_initial_channel
+        self.conv_pre = CausalConv1d(self.n_mels, channels, 7)
+        self.ups = nn.ModuleList()
+        self.mrfs = nn.ModuleList()
+        for rate in cfg.upsample_rates:
+            self.ups.append(CausalUpsample(channels, channels // 2, rate))
+            channels //= 2
+            self.mrfs.append(nn.ModuleList(
+                ResBlock(channels, k, d, cfg.resblock_plain_convs)
+                for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilations)
+            ))
+        self.conv_post = CausalConv1d(channels, 1, 7)
+
+    def forward(self, mel: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        check_mel(mel, self.n_mels)
+        unbatched = mel.dim() == 2
+        x = self.conv_pre(mel.unsqueeze(0) if unbatched else mel, state)  # (batch, channels, frames)
+        for up, mrf in zip(self.ups, self.mrfs):
+            x = up(F.leaky_relu(x, LRELU_SLOPE), state)  # (batch, channels / 2, time * rate)
+            x = sum(block(x, state) for block in mrf) / len(mrf)
+        # HiFi-GAN's final leaky_relu uses the default slope 0.01, not 0.1
+        x = torch.tanh(self.conv_post(F.leaky_relu(x), state))  # (batch, 1, frames * hop)
+        return x[0, 0] if unbatched else x[:, 0]
+
+    def remove_weight_norm(self) -> HiFiGANGenerator:
+        """Fold weight norm into plain weights: same outputs, less work per call. Returns self."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) and is_parametrized(module, "weight"):
+                remove_parametrizations(module, "weight")
+        return self
+
+    def stream(self, batch_size: int = 1) -> StreamingVocoder:
+        return StreamingVocoder(self, batch_size)
+
+
+class StreamingVocoder:
+    """Feed a generator one chunk of mel at a time; get exactly that chunk's samples.
+
+    ``push(mel_chunk)`` takes (n_mels, k) or (batch, n_mels, k) columns (one
+    80 ms frame is ``mels_per_frame`` of them) and returns k * hop samples,
+    equal to what the generator gives for the whole mel at once. The state is
+    one tensor per causal layer of fixed size, so every chunk costs the same.
+    """
+
+    def __init__(self, generator: HiFiGANGenerator, batch_size: int = 1) -> None:
+        self.generator = generator
+        self.batch_size = batch_size
+        self.state: StreamState = {}
+
+    def reset(self) -> None:
+        """Start a new stream: forget all cached context."""
+        self.state = {}
+
+    @torch.inference_mode()
+    def push(self, mel_chunk: torch.Tensor) -> torch.Tensor:
+        check_mel(mel_chunk, self.generator.n_mels)
+        batch = 1 if mel_chunk.dim() == 2 else mel_chunk.shape[0]
+        if batch != self.batch_size:
+            raise ValueError(f"this stream was opened for batch size {self.batch_size}, got a chunk of {batch}")
+        return self.generator(mel_chunk, self.state)
+
+    def cache_numel(self) -> int:
+        """How many numbers the stream keeps between chunks (constant once the first chunk is in)."""
+        return sum(t.numel() for t in self.state.values())
+
+
+# --- Griffin-Lim baseline ------------------------------------------------------------
+
+
+class GriffinLim(nn.Module):
+    """The baseline vocoder: invert the mel filterbank, then guess the phase.
+
+    Same interface as ``HiFiGANGenerator``: normalised log-mel in, frames * hop
+    samples out. The magnitude spectrogram is recovered with the pseudo-inverse
+    of the mel filterbank (clamped at zero), and the phase by fast Griffin-Lim
+    (Perraudin et al. 2013, momentum 0.99). Its STFT is ``MelSpectrogram``'s own,
+    so frame i sits on the samples ending at (i + 1) * hop. Not causal: every
+    iteration touches the whole signal; it is here to be compared against.
+    """
+
+    def __init__(self, audio: AudioConfig, n_iter: int = 32, momentum: float = 0.99, seed: int = 0) -> None:
+        super().__init__()
+        self.n_mels, self.hop_length, self.n_fft = audio.n_mels, audio.hop_length, audio.n_fft
+        self.n_iter, self.momentum, self.seed = n_iter, momentum, seed
+        frontend = MelSpectrogram(audio)
+        self.register_buffer("window", frontend.window, persistent=False)  # right-aligned Hann
+        self.register_buffer("inverse_filters", torch.linalg.pinv(frontend.filters), persistent=False)
+
+    def stft(self, wave: torch.Tensor) -> torch.Tensor:
+        """(batch, samples) -> (batch, n_fft // 2 + 1, samples // hop), as MelSpectrogram frames it."""
+        padded = F.pad(wave, (self.n_fft - self.hop_length, 0))
+        return torch.stft(padded, self.n_fft, self.hop_length, window=self.window, center=False, return_complex=True)
+
+    def istft(self, spec: torch.Tensor) -> torch.Tensor:
+        """Least-squares inverse of ``stft``: windowed overlap-add over the summed squared window.
+
+        ``torch.istft`` refuses this framing (its window envelope is zero over
+        the left padding), so the overlap-add is written out with ``F.fold``.
+        """
+        n_frames = spec.shape[-1]
+        frames = torch.fft.irfft(spec, n=self.n_fft, dim=1) * self.window[:, None]  # (batch, n_fft, frames)
+        length = (n_frames - 1) * self.hop_length + self.n_fft
+        fold = dict(output_size=(1, length), kernel_size=(1, self.n_fft), stride=(1, self.hop_length))
+        wave = F.fold(frames, **fold)[:, 0, 0]  # (batch, length)
+        envelope = F.fold((self.window**2)[None, :, None].expand(1, -1, n_frames), **fold)[:, 0, 0]
+        # The last hop is seen only by the tail of one window, where the envelope
+        # falls to zero: a floor keeps the division from blowing those samples up.
+        wave = wave / envelope.clamp(min=0.1 * float(envelope.max()))
+        return wave[:, self.n_fft - self.hop_length:]  # (batch, frames * hop)
+
+    @torch.inference_mode()
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        check_mel(mel, self.n_mels)
+        unbatched = mel.dim() == 2
+        mel = mel.unsqueeze(0) if unbatched else mel
+        mel_magnitude = torch.exp(denormalize_mel(mel.float()))  # (batch, n_mels, frames)
+        magnitude = (self.inverse_filters @ mel_magnitude).clamp(min=0.0)  # (batch, n_fft // 2 + 1, frames)
+        generator = torch.Generator(device=mel.device).manual_seed(self.seed)
+        phase = torch.rand(magnitude.shape, generator=generator, device=mel.device) * 2 * math.pi
+        spec = magnitude * torch.exp(1j * phase)
+        previous = torch.zeros_like(spec)
+        for _ in range(self.n_iter):
+            rebuilt = self.stft(self.istft(spec))  # the nearest spectrogram a real signal has
+            accelerated = rebuilt + self.momentum * (rebuilt - previous)  # fast Griffin-Lim
+            previous = rebuilt
+            spec = magnitude * accelerated / accelerated.abs().clamp(min=1e-8)
+        wave = self.istft(spec).clamp(-1.0, 1.0)  # (batch, frames * hop)
+        return wave[0] if unbatched else wave
+
+
+# --- discriminators --------------------------------------------------------------------
+
+
+class PeriodDiscriminator(nn.Module):
+    """Looks at every p-th sample: the wave folded into (time / p, p), 2-D convs along time."""
+
+    def __init__(self, period: int, channels: tuple[int, ...]) -> None:
+        super().__init__()
+        self.period = period
+        widths = (1, *channels)
+        self.convs = nn.ModuleList(
+            weight_norm(nn.Conv2d(c_in, c_out, (5, 1), (3 if i < len(channels) - 1 else 1, 1), padding=(2, 0)))
+            for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:]))
+        )
+        self.conv_post = weight_norm(nn.Conv2d(channels[-1], 1, (3, 1), padding=(1, 0)))
+
+    def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = wave.unsqueeze(1)  # (batch, 1, samples)
+        x = F.pad(x, (0, -x.shape[-1] % self.period), mode="reflect")
+        x = x.view(x.shape[0], 1, -1, self.period)  # (batch, 1, samples / period, period)
+        features = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), LRELU_SLOPE)
+            features.append(x)
+        x = self.conv_post(x)
+        features.append(x)
+        return x.flatten(1), features
+
+
+class MultiPeriodDiscriminator(nn.Module):
+    def __init__(self, cfg: VocoderConfig) -> None:
+        super().__init__()
+        self.discriminators = nn.ModuleList(PeriodDiscriminator(p, cfg.mpd_channels) for p in cfg.mpd_periods)
+
+    def forward(self, wave: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        scores, features = zip(*(d(wave) for d in self.discriminators))
+        return list(scores), list(features)
+
+
+class ResolutionDiscriminator(nn.Module):
+    """Looks at one STFT magnitude (UnivNet / BigVGAN): 2-D convs over (time, frequency)."""
+
+    def __init__(self, resolution: tuple[int, int, int], channels: int) -> None:
+        super().__init__()
+        self.n_fft, self.hop, self.win = resolution
+        self.register_buffer("window", torch.hann_window(self.win), persistent=False)
+        self.convs = nn.ModuleList([
+            weight_norm(nn.Conv2d(1, channels, (3, 9), padding=(1, 4))),
+            weight_norm(nn.Conv2d(channels, channels, (3, 9), stride=(1, 2), padding=(1, 4))),
+            weight_norm(nn.Conv2d(channels, channels, (3, 9), stride=(1, 2), padding=(1, 4))),
+            weight_norm(nn.Conv2d(channels, channels, (3, 9), stride=(1, 2), padding=(1, 4))),
+            weight_norm(nn.Conv2d(channels, channels, (3, 3), padding=(1, 1))),
+        ])
+        self.conv_post = weight_norm(nn.Conv2d(channels, 1, (3, 3), padding=(1, 1)))
+
+    def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        with torch.autocast(wave.device.type, enabled=False):  # FFTs stay in fp32 under bf16 autocast
+            spec = torch.stft(wave.float(), self.n_fft, self.hop, self.win, self.window,
+                              center=True, return_complex=True).abs()  # (batch, freq, time)
+        x = spec.transpose(1, 2).unsqueeze(1)  # (batch, 1, time, freq)
+        features = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), LRELU_SLOPE)
+            features.append(x)
+        x = self.conv_post(x)
+        features.append(x)
+        return x.flatten(1), features
+
+
+class MultiResolutionDiscriminator(nn.Module):
+    def __init__(self, cfg: VocoderConfig) -> None:
+        super().__init__()
+        self.discriminators = nn.ModuleList(
+            ResolutionDiscriminator(r, cfg.mrd_channels) for r in cfg.mrd_resolutions
+        )
+
+    def forward(self, wave: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        scores, features = zip(*(d(wave) for d in self.discriminators))
+        return list(scores), list(features)
+
+
+# --- losses ------------------------------------------------------------------------------
+
+
+def discriminator_loss(real_scores: list[torch.Tensor], fake_scores: list[torch.Tensor]) -> torch.Tensor:
+    """Least-squares GAN: push real scores to 1 and generated ones to 0."""
+    return sum(torch.mean((1 - r.float()) ** 2) + torch.mean(f.float() ** 2) for r, f in zip(real_scores, fake_scores))
+
+
+def adversarial_loss(fake_scores: list[torch.Tensor]) -> torch.Tensor:
+    """Least-squares GAN, generator side: push the scores of generated audio to 1."""
+    return sum(torch.mean((1 - f.float()) ** 2) for f in fake_scores)
+
+
+def feature_matching_loss(
+    real_features: list[list[torch.Tensor]], fake_features: list[list[torch.Tensor]]
+) -> torch.Tensor:
+    """L1 between the discriminators' inner activations on real and generated audio."""
+    return sum(
+        torch.mean(torch.abs(r.float() - f.float()))
+        for real, fake in zip(real_features, fake_features)
+        for r, f in zip(real, fake)
+    )
+
+
+def stft_distance(
+    predicted: torch.Tensor,
+    target: torch.Tensor,
+    resolutions: tuple[tuple[int, int, int], ...] = ((512, 128, 512), (1024, 256, 1024), (2048, 512, 2048)),
+) -> float:
+    """Multi-resolution STFT distance (Yamamoto et al. 2020), for evaluation: lower is closer.
+
+    At each (n_fft, hop, win): spectral convergence ||T| - |P||_F / ||T||_F
+    plus the mean L1 of log magnitudes; averaged over the resolutions. Both
+    waves are cut to the shorter one.
+    """
+    n = min(predicted.shape[-1], target.shape[-1])
+    predicted, target = predicted[..., :n].float(), target[..., :n].float()
+    total = 0.0
+    for n_fft, hop, win in resolutions:
+        window = torch.hann_window(win, device=target.device)
+        mags = [
+            torch.stft(w, n_fft, hop, win, window, return_complex=True).abs().clamp(min=1e-7)
+            for w in (predicted, target)
+        ]
+        convergence = torch.linalg.norm(mags[1] - mags[0]) / torch.linalg.norm(mags[1])
+        log_distance = torch.mean(torch.abs(torch.log(mags[1]) - torch.log(mags[0])))
+        total += float(convergence + log_distance)
+    return total / len(resolutions)
+
+
+# --- save and load ---------------------------------------------------------------------
+
+
+def save_vocoder(
+    path: str | os.PathLike, generator: HiFiGANGenerator, preset: str, dtype: torch.dtype = torch.float32
+) -> Path:
+    """Write the generator for inference (weight norm folded in) as safetensors, atomically.
+
+    The metadata holds the preset and the full config, so ``load_vocoder`` can
+    refuse a checkpoint made for something else.
+    """
+    if dtype not in (torch.float32, torch.float16):
+        raise ValueError(f"save in float32 or float16, not {dtype}")
+    if preset != generator.cfg.preset:
+        raise ValueError(f"this generator was built for preset {generator.cfg.preset!r}, not {preset!r}")
+    plain = HiFiGANGenerator(generator.cfg)
+    if not is_parametrized(generator.conv_pre.conv):  # weight norm already folded in
+        plain.remove_weight_norm()
+    plain.load_state_dict(generator.state_dict())
+    plain.remove_weight_norm()
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in plain.state_dict().items()}
+    metadata = {"format": CHECKPOINT_FORMAT, "preset": preset, "config": generator.cfg.to_json()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)  # a reader never sees half a file
+    return path
+
+
+def load_vocoder(path: str | os.PathLike, preset: str, device: str | torch.device = "cpu") -> HiFiGANGenerator:
+    """Read a ``save_vocoder`` file (or a training run's directory) into an eval-mode fp32 generator."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "vocoder.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no vocoder checkpoint here")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a michi_lite vocoder checkpoint (format {metadata.get('format')!r})")
+    cfg = vocoder_config(preset)
+    if metadata.get("preset") != preset:
+        raise ValueError(
+            f"{path}: this vocoder was trained for preset {metadata.get('preset')!r}, "
+            f"but preset {preset!r} was asked for; pass --preset {metadata.get('preset')}"
+        )
+    saved = json.loads(metadata["config"])
+    if {k: saved.get(k) for k in cfg.generator_fields()} != cfg.generator_fields():
+        raise ValueError(
+            f"{path}: made for preset {preset!r} but with another generator shape or audio config "
+            "than today's; retrain it or restore the old config"
+        )
+    generator = HiFiGANGenerator(cfg).remove_weight_norm()
+    generator.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    return generator.to(device).eval()
+
+
+# --- training ----------------------------------------------------------------------------
+
+
+class AudioSegments(torch.utils.data.Dataset):
+    """Random fixed-length crops of the corpus's train utterances, starting on a mel hop."""
+
+    def __init__(self, data_dir: str | os.PathLike, cfg: VocoderConfig, split: str = "train") -> None:
+        self.data_dir = Path(data_dir)
+        self.records = load_manifest(data_dir, split)
+        if not self.records:
+            raise ValueError(f"{data_dir}: the {split} split is empty")
+        self.audio = cfg.audio
+        self.segment = cfg.segment_samples
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        wave = torch.from_numpy(load_audio(self.data_dir / self.records[index]["path"], self.audio.sample_rate))
+        wave = F.pad(wave, (0, max(0, self.segment - len(wave))))  # short utterances: pad with silence
+        hops = (len(wave) - self.segment) // self.audio.hop_length
+        start = int(torch.randint(hops + 1, ())) * self.audio.hop_length
+        return wave[start:start + self.segment]  # (segment,)
+
+
+class VocoderTrainer:
+    """The generator, both discriminators and their optimizers: what one training step updates."""
+
+    def __init__(self, cfg: VocoderConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.generator = HiFiGANGenerator(cfg).to(self.device)
+        self.mpd = MultiPeriodDiscriminator(cfg).to(self.device)
+        self.mrd = MultiResolutionDiscriminator(cfg).to(self.device)
+        self.mel = MelSpectrogram(cfg.audio).to(self.device)
+        adam = dict(lr=cfg.learning_rate, betas=cfg.adam_betas)
+        self.opt_g = torch.optim.AdamW(self.generator.parameters(), **adam)
+        self.opt_d = torch.optim.AdamW([*self.mpd.parameters(), *self.mrd.parameters()], **adam)
+        self.sched_g = torch.optim.lr_scheduler.ExponentialLR(self.opt_g, cfg.lr_decay)
+        self.sched_d = torch.optim.lr_scheduler.ExponentialLR(self.opt_d, cfg.lr_decay)
+        # bf16 on a GPU: same range as fp32, so no loss scaling; a CPU stays in fp32
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        )
+
+    def step(self, wave: torch.Tensor) -> dict[str, float]:
+        """One HiFi-GAN step on a batch of real audio (batch, samples): discriminators, then generator."""
+        wave = wave.to(self.device)
+        mel_real = self.mel(wave)  # (batch, n_mels, frames)
+        with self.autocast:
+            # under bf16 the waveform carries about 8 bits of mantissa: fine for the losses, whose
+            # mel L1 works on log magnitudes, and the generator itself stays in fp32 for inference
+            fake = self.generator(normalize_mel(mel_real)).float()  # (batch, frames * hop)
+
+        # Discriminators: tell real from generated (the generator is not updated here).
+        with self.autocast:
+            d_loss = sum(
+                discriminator_loss(disc(wave)[0], disc(fake.detach())[0]) for disc in (self.mpd, self.mrd)
+            )
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+
+        # Generator: sound like the mel says, and fool the discriminators.
+        mel_loss = F.l1_loss(self.mel(fake), mel_real)
+        adv_loss = fm_loss = 0.0
+        with self.autocast:
+            for disc in (self.mpd, self.mrd):
+                with torch.no_grad():  # the real audio's features are targets here, not trained
+                    _, real_features = disc(wave)
+                fake_scores, fake_features = disc(fake)
+                adv_loss = adv_loss + adversarial_loss(fake_scores)
+                fm_loss = fm_loss + feature_matching_loss(real_features, fake_features)
+        g_loss = adv_loss + self.cfg.feature_loss_weight * fm_loss + self.cfg.mel_loss_weight * mel_loss
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+
+        self.sched_g.step()
+        self.sched_d.step()
+        losses = {"generator_loss": g_loss, "mel_loss": mel_loss, "feature_loss": fm_loss,
+                  "adversarial_loss": adv_loss, "discriminator_loss": d_loss}
+        return {name: loss.item() for name, loss in losses.items()}
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "mpd": self.mpd, "mrd": self.mrd}
+
+    def optimizer_state(self) -> dict:
+        return {
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
+        }
+
+    def load_optimizer_state(self, state: dict) -> None:
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])
+
+
+LOG_COLUMNS = ["step", "generator_loss", "mel_loss", "feature_loss", "adversarial_loss",
+               "discriminator_loss", "lr", "seconds"]
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint directory of a run (half-written ones are never named step_*)."""
+    steps = sorted(Path(out_dir).glob("checkpoints/step_*"))
+    return steps[-1] if steps else None
+
+
+def save_checkpoint(out_dir: Path, trainer: VocoderTrainer, step: int, seconds: float, keep: int = 2) -> Path:
+    """Write everything a resume needs into a temporary directory, then rename it into place.
+
+    Weights go to safetensors; optimizer moments and RNG states to a torch file
+    of plain tensors (loaded back with ``weights_only=True``). The rename is
+    atomic, so a kill mid-write leaves the previous checkpoint intact. The
+    inference export ``vocoder.safetensors`` is refreshed alongside.
+    """
+    checkpoints = out_dir / "checkpoints"
+    final = checkpoints / f"step_{step:08d}"
+    tmp = checkpoints / f".tmp_step_{step:08d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, module in trainer.modules().items():
+        tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        save_file(tensors, str(tmp / f"{name}.safetensors"))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save({**trainer.optimizer_state(), "rng": rng}, tmp / "optimizers.pt")
+    meta = {"step": step, "seconds": seconds, "preset": trainer.cfg.preset, "config": json.loads(trainer.cfg.to_json())}
+    (tmp / "state.json").write_text(json.dumps(meta, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(checkpoints.glob("step_*"))[:-keep]:
+        shutil.rmtree(old)
+    save_vocoder(out_dir / "vocoder.safetensors", trainer.generator, trainer.cfg.preset)
+    return final
+
+
+def load_checkpoint(checkpoint: Path, trainer: VocoderTrainer) -> tuple[int, float]:
+    """Restore a ``save_checkpoint`` directory into ``trainer``; returns (step, seconds trained)."""
+    meta = json.loads((checkpoint / "state.json").read_text())
+    if meta["preset"] != trainer.cfg.preset:
+        raise ValueError(
+            f"{checkpoint}: this run was trained with preset {meta['preset']!r}, not {trainer.cfg.preset!r}"
+        )
+    if {k: meta["config"].get(k) for k in trainer.cfg.generator_fields()} != trainer.cfg.generator_fields():
+        raise ValueError(f"{checkpoint}: this run's generator has another shape than preset {meta['preset']!r} now has")
+    for name, module in trainer.modules().items():
+        module.load_state_dict(load_file(str(checkpoint / f"{name}.safetensors"), device=str(trainer.device)))
+    state = torch.load(checkpoint / "optimizers.pt", map_location=trainer.device, weights_only=True)
+    trainer.load_optimizer_state(state)
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+    return meta["step"], meta["seconds"]
+
+
+def truncate_log(log_path: Path, step: int) -> None:
+    """Drop log rows past ``step`` (after a resume they are logged again) and any row a kill cut short."""
+    if not log_path.exists():
+        return
+    with log_path.open(newline="") as f:
+        rows = [row for row in csv.DictReader(f)
+                if None not in row.values() and row["seconds"] and int(row["step"]) <= step]
+    tmp = log_path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, LOG_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, log_path)  # a kill mid-rewrite leaves the old log, not half of it
+
+
+def train_vocoder(
+    cfg: VocoderConfig,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    steps: int,
+    resume: bool = False,
+    batch_size: int | None = None,
+    segment_seconds: float | None = None,
+    checkpoint_every: int = 1000,
+    log_every: int = 10,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+) -> Path:
+    """Train the vocoder on random segments of the corpus's train split; returns the run directory.
+
+    ``out_dir`` gets ``checkpoints/step_N/`` (the last two kept), ``vocoder.safetensors``
+    (the latest generator, ready for ``load_vocoder``) and ``train_log.csv``.
+    With ``resume=True`` training continues from the newest checkpoint, so a
+    killed run loses at most ``checkpoint_every`` steps, and keeps the batch
+    size and segment length it was started with unless they are given again.
+    Weights, optimizer moments, learning-rate schedules and RNG states are
+    restored; the data order is drawn afresh, so a resumed run matches an
+    uninterrupted one statistically, not bit for bit.
+    """
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be at least 1, not {checkpoint_every}")
+    out_dir = Path(out_dir)
+    checkpoint = latest_checkpoint(out_dir)
+    if resume and checkpoint is not None:
+        started_with = json.loads((checkpoint / "state.json").read_text())["config"]
+        batch_size = batch_size or started_with["batch_size"]
+        segment_seconds = segment_seconds or started_with["segment_seconds"]
+    cfg = replace(cfg, batch_size=batch_size or cfg.batch_size, segment_seconds=segment_seconds or cfg.segment_seconds)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "train_log.csv"
+
+    torch.manual_seed(seed)
+    trainer = VocoderTrainer(cfg, device)
+    step, seconds = 0, 0.0
+    if resume and checkpoint is not None:
+        step, seconds = load_checkpoint(checkpoint, trainer)
+        truncate_log(log_path, step)
+        logger.info("resuming from %s at step %d", checkpoint, step)
+    elif checkpoint is not None:
+        raise ValueError(f"{out_dir} already holds a run; pass resume=True (--resume) or choose another --out")
+    elif resume:
+        logger.info("no checkpoint in %s: starting from step 0", out_dir)
+    if not log_path.exists() or step == 0:
+        with log_path.open("w", newline="") as f:
+            csv.writer(f).writerow(LOG_COLUMNS)
+
+    n_params = sum(p.numel() for p in trainer.generator.parameters())
+    logger.info("vocoder %s: generator %.2fM parameters, %d steps of batch %d x %d samples on %s",
+                cfg.preset, n_params / 1e6, steps, cfg.batch_size, cfg.segment_samples, device)
+    # on a GPU, decoding audio in worker processes keeps it fed; on a CPU they would only compete with it
+    workers = min(4, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
+    loader = torch.utils.data.DataLoader(
+        AudioSegments(data_dir, cfg), batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
+        persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+    )
+    bar = tqdm(total=steps, initial=step, desc="vocoder", unit="step")
+    started = time.perf_counter() - seconds
+    while step < steps:
+        for wave in loader:  # (batch, segment)
+            losses = trainer.step(wave)
+            step += 1
+            bar.update()
+            bar.set_postfix(mel=f"{losses['mel_loss']:.3f}", g=f"{losses['generator_loss']:.2f}",
+                            d=f"{losses['discriminator_loss']:.2f}")
+            if step % log_every == 0 or step == steps:
+                row = {**losses, "step": step, "lr": trainer.sched_g.get_last_lr()[0],
+                       "seconds": round(time.perf_counter() - started, 2)}
+                with log_path.open("a", newline="") as f:
+                    csv.DictWriter(f, LOG_COLUMNS).writerow(row)
+            if step % checkpoint_every == 0 or step == steps:
+                save_checkpoint(out_dir, trainer, step, time.perf_counter() - started)
+            if step == steps:
+                break
+    bar.close()
+    return out_dir
