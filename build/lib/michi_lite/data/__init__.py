@@ -1,1 +1,0 @@
-"""Speech data: synthesis engines, word alignment, the frame grid and the corpus."""
