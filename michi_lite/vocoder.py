@@ -420,6 +420,19 @@ class GriffinLim(nn.Module):
 # --- discriminators --------------------------------------------------------------------
 
 
+def score_with_features(
+    x: torch.Tensor, convs: nn.ModuleList, conv_post: nn.Module
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run a discriminator's conv stack: its scores (batch, -1) and every layer's output, for feature matching."""
+    features = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        features.append(x)
+    x = conv_post(x)
+    features.append(x)
+    return x.flatten(1), features
+
+
 class PeriodDiscriminator(nn.Module):
     """Looks at every p-th sample: the wave folded into (time / p, p), 2-D convs along time."""
 
@@ -437,13 +450,7 @@ class PeriodDiscriminator(nn.Module):
         x = wave.unsqueeze(1)  # (batch, 1, samples)
         x = F.pad(x, (0, -x.shape[-1] % self.period), mode="reflect")
         x = x.view(x.shape[0], 1, -1, self.period)  # (batch, 1, samples / period, period)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            features.append(x)
-        x = self.conv_post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return score_with_features(x, self.convs, self.conv_post)
 
 
 class MultiPeriodDiscriminator(nn.Module):
@@ -477,13 +484,7 @@ class ResolutionDiscriminator(nn.Module):
             spec = torch.stft(wave.float(), self.n_fft, self.hop, self.win, self.window,
                               center=True, return_complex=True).abs()  # (batch, freq, time)
         x = spec.transpose(1, 2).unsqueeze(1)  # (batch, 1, time, freq)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            features.append(x)
-        x = self.conv_post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return score_with_features(x, self.convs, self.conv_post)
 
 
 class MultiResolutionDiscriminator(nn.Module):
