@@ -10,22 +10,56 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from .audio import MelSpectrogram, frame_count, prepare_waveform, save_audio
 from .backbone import load_tokenizer
 from .config import FRAME_SECONDS, Config
 from .data.alignment import boundary_differences, summarize_differences, whisper_words
-from .data.engines import available_engines
-from .data.frames import frame_tokens, text_from_grid
+from .data.engines import Voice, available_engines, synthesize
+from .data.frames import TokenGrid, frame_tokens, text_from_grid
+from .data.words import Word
 from .plots import alignment_figure
 
 logger = logging.getLogger(__name__)
 
 DEMO_TEXT = "On March 3, 1987, Dr. Smith read 12 pages in 45 minutes."
+
+
+@dataclass
+class AlignedUtterance:
+    """One sentence spoken, timed two ways and laid on the frame grid."""
+
+    waveform: np.ndarray  # (samples,) at the preset's rate
+    mel: np.ndarray  # (n_mels, mel frames), causal log-mel
+    engine_words: list[Word] | None  # the engine's own timings, None if it gives none
+    whisper_words: list[Word]
+    grid: TokenGrid  # one frame per 80 ms of the waveform
+
+
+def align_utterance(cfg: Config, text: str, voice: Voice, tokenizer) -> AlignedUtterance:
+    """Synthesise ``text`` in ``voice`` at the preset's rate and align its words both ways.
+
+    The grid uses the engine's timings where there are some, Whisper's otherwise.
+    """
+    rate = cfg.audio.sample_rate
+    synthesis = synthesize(text, voice)
+    waveform = prepare_waveform(synthesis.waveform, synthesis.sample_rate, rate, source=voice.name)
+    heard = whisper_words(waveform, rate)
+    mel = MelSpectrogram(cfg.audio)(torch.from_numpy(waveform)).numpy()
+    grid = frame_tokens(text, synthesis.words or heard, tokenizer, frame_count(len(waveform), cfg.audio))
+    return AlignedUtterance(waveform, mel, synthesis.words, heard, grid)
+
+
+def draw(utterance: AlignedUtterance, cfg: Config, tokenizer, title: str = "") -> Figure:
+    """The utterance's waveform, mel, both word alignments and token grid in one figure."""
+    return alignment_figure(utterance.waveform, cfg.audio.sample_rate, utterance.mel, utterance.engine_words,
+                            utterance.whisper_words, utterance.grid.labels(tokenizer), title=title)
 
 
 def run_demo(cfg: Config, out: str | os.PathLike, text: str = DEMO_TEXT) -> dict:
@@ -38,25 +72,16 @@ def run_demo(cfg: Config, out: str | os.PathLike, text: str = DEMO_TEXT) -> dict
     # the first engine that gives its own word timings, so there are two alignments to compare
     engine = next((e for e in engines if e.gives_word_timings), engines[0])
     voice = engine.voices()[0]
-    logger.info("synthesising with %s voice %s", engine.name, voice.name)
-    synthesis = engine.synthesize(text, voice)
-    rate = cfg.audio.sample_rate
-    waveform = prepare_waveform(synthesis.waveform, synthesis.sample_rate, rate, source=voice.name)
-    save_audio(out / "demo.wav", waveform, rate)
-
-    logger.info("aligning words with Whisper")
-    heard = whisper_words(waveform, rate)
-    timed = synthesis.words or heard
-    mel = MelSpectrogram(cfg.audio)(torch.from_numpy(waveform)).numpy()  # (n_mels, mel frames)
-
+    logger.info("synthesising with %s voice %s and aligning its words with Whisper", engine.name, voice.name)
     tokenizer = load_tokenizer()
-    grid = frame_tokens(text, timed, tokenizer, frame_count(len(waveform), cfg.audio))
+    utterance = align_utterance(cfg, text, voice, tokenizer)
+    waveform, heard, grid, rate = utterance.waveform, utterance.whisper_words, utterance.grid, cfg.audio.sample_rate
+    save_audio(out / "demo.wav", waveform, rate)
+    draw(utterance, cfg, tokenizer, title=f"{engine.name} · {voice.name}: {text}").savefig(
+        out / "demo_alignment.png", dpi=120)
 
-    fig = alignment_figure(waveform, rate, mel, synthesis.words, heard, grid.labels(tokenizer),
-                           title=f"{engine.name} · {voice.name}: {text}")
-    fig.savefig(out / "demo_alignment.png", dpi=120)
-
-    diffs = boundary_differences(synthesis.words, heard) if synthesis.words else np.zeros(0)
+    timed_by_engine = utterance.engine_words
+    diffs = boundary_differences(timed_by_engine, heard) if timed_by_engine else np.zeros(0)
     summary = {
         "text": text,
         "engine": engine.name,
@@ -74,7 +99,7 @@ def run_demo(cfg: Config, out: str | os.PathLike, text: str = DEMO_TEXT) -> dict
         f"2. Whisper heard: {summary['whisper_heard']!r}",
         f"3. engine vs Whisper word boundaries: median {summary['boundary_difference_ms']['median_ms']:.0f} ms apart"
         f" (Whisper later by {summary['boundary_difference_ms']['median_signed_ms']:.0f} ms)"
-        f" over {summary['boundary_difference_ms']['n_words']} words" if synthesis.words else
+        f" over {summary['boundary_difference_ms']['n_words']} words" if timed_by_engine else
         "3. this engine gives no word timings; Whisper's are used",
         f"4. {summary['text_tokens']} text tokens on {summary['frames']} frames of {FRAME_SECONDS * 1000:.0f} ms;"
         f" reading them back gives the text exactly: {summary['grid_round_trip_exact']}",

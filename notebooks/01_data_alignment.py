@@ -53,6 +53,7 @@ from michi_lite.data.corpus import load_manifest
 from michi_lite.data.engines import available_engines, synthesize
 from michi_lite.data.frames import frame_tokens, text_from_grid
 from michi_lite.data.words import Word
+from michi_lite.demo import align_utterance, draw
 from michi_lite.eval import alignment_differences, evaluate_alignment
 from michi_lite.plots import alignment_figure, boundary_histogram
 
@@ -236,14 +237,10 @@ voice_names = {v.name: v for e in engines for v in e.voices()[:6]}
 
 
 def show_alignment(text: str, voice_name: str) -> None:
-    result = synthesize(text, voice_names[voice_name])
-    wav = prepare_waveform(result.waveform, result.sample_rate, cfg.audio.sample_rate)
-    heard = whisper_words(wav, cfg.audio.sample_rate)
-    grid = frame_tokens(text, result.words or heard, tokenizer)
-    mel = MelSpectrogram(cfg.audio)(torch.from_numpy(wav)).numpy()
-    display(alignment_figure(wav, cfg.audio.sample_rate, mel, result.words, heard, grid.labels(tokenizer),
-                             title=voice_name))
-    display(Audio(wav, rate=cfg.audio.sample_rate))
+    # the same steps as sections 1 to 4, packaged for the demo as align_utterance
+    utterance = align_utterance(cfg, text, voice_names[voice_name], tokenizer)
+    display(draw(utterance, cfg, tokenizer, title=voice_name))
+    display(Audio(utterance.waveform, rate=cfg.audio.sample_rate))
 
 
 text_box = widgets.Text(value="Please call Stella at 7:45 pm.", layout=widgets.Layout(width="60%"))
