@@ -207,6 +207,9 @@ def mel_filterbank(
     return (triangles * 2.0 / (upper - lower)).float()
 
 
+MEL_FLOOR = 1e-5  # mel magnitudes are clamped here before the log: digital silence's value
+
+
 class MelSpectrogram(torch.nn.Module):
     """Causal log-mel spectrogram: (samples,) -> (n_mels, frames), batched or not.
 
@@ -217,7 +220,7 @@ class MelSpectrogram(torch.nn.Module):
     exactly ``n // hop_length`` frames, trailing samples that fill no whole hop
     are left for the next call, and no frame waits for future audio: what the
     streaming engine and the causal vocoder need. Values are
-    ``log(max(mel magnitude, 1e-5))``.
+    ``log(max(mel magnitude, MEL_FLOOR))``.
     """
 
     def __init__(self, cfg: AudioConfig) -> None:
@@ -243,7 +246,7 @@ class MelSpectrogram(torch.nn.Module):
             audio, self.n_fft, hop_length=self.hop_length, window=self.window,
             center=False, return_complex=True,
         ).abs()  # (batch, n_fft // 2 + 1, frames)
-        mel = torch.log(torch.clamp(self.filters @ spec, min=1e-5))  # (batch, n_mels, frames)
+        mel = torch.log(torch.clamp(self.filters @ spec, min=MEL_FLOOR))  # (batch, n_mels, frames)
         return mel[0] if unbatched else mel
 
 
@@ -266,6 +269,9 @@ def normalize_mel(log_mel: torch.Tensor) -> torch.Tensor:
 def denormalize_mel(normalized: torch.Tensor) -> torch.Tensor:
     """The inverse of ``normalize_mel``."""
     return normalized * LOG_MEL_STD + LOG_MEL_MEAN
+
+
+SILENCE_MEL = (math.log(MEL_FLOOR) - LOG_MEL_MEAN) / LOG_MEL_STD  # every bin of a silent frame, normalised
 
 
 # --- the 80 ms frame clock -------------------------------------------------------

@@ -1,7 +1,8 @@
 """``michi-lite``: the one command line the notebooks, tests, CI and benchmarks share.
 
     michi-lite data build      --preset P --out DIR
-    michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--resume]
+    michi-lite data subset     --data DIR --out DIR --hours H [--splits S ...] [--seed N]
+    michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite eval alignment  --preset P --data DIR --json OUT
     michi-lite eval vocoder    --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N]
     michi-lite bench vocoder   --preset P --json OUT [--ckpt RUN] [--seconds S] [--threads T]
@@ -53,11 +54,21 @@ def cmd_data_build(args: argparse.Namespace) -> None:
           f"{len(summary['voices'])} voices -> {manifest}")
 
 
+def cmd_data_subset(args: argparse.Namespace) -> None:
+    from .data.corpus import subset_corpus
+
+    manifest = subset_corpus(args.data, args.out, args.hours, tuple(args.splits), args.seed)
+    summary = json.loads((manifest.parent / "corpus.json").read_text())
+    print(f"kept {summary['utterances']} utterances, {summary['hours']:.2f} h, "
+          f"{summary['speakers']} speakers -> {manifest}")
+
+
 def cmd_train_vocoder(args: argparse.Namespace) -> None:
     from .vocoder import latest_checkpoint, train_vocoder, vocoder_config
 
     run = train_vocoder(vocoder_config(args.preset), args.data, args.out, steps=args.steps, resume=args.resume,
-                        batch_size=args.batch_size, checkpoint_every=args.checkpoint_every)
+                        batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
+                        max_minutes=args.max_minutes)
     step = json.loads((latest_checkpoint(run) / "state.json").read_text())["step"]
     print(f"the {args.preset} vocoder is at step {step}: {run / 'vocoder.safetensors'}")
 
@@ -99,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_preset(build)
     build.add_argument("--out", required=True, help="corpus directory (re-running resumes)")
     build.set_defaults(run=cmd_data_build)
+    subset = data.add_parser("subset", help="copy a few hours of a corpus, every speaker in turn")
+    subset.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
+    subset.add_argument("--out", required=True, help="the new, smaller corpus directory")
+    subset.add_argument("--hours", type=float, required=True, help="how much audio to keep")
+    subset.add_argument("--splits", nargs="+", default=["train"], choices=["train", "val", "test"],
+                        help="which splits to draw from (default: train)")
+    subset.add_argument("--seed", type=int, default=0, help="the order each speaker's utterances are taken in")
+    subset.set_defaults(run=cmd_data_subset)
 
     train = commands.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
     vocoder = train.add_parser("vocoder", help="the causal HiFi-GAN vocoder (GAN training on the corpus audio)")
@@ -109,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     vocoder.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
     vocoder.add_argument("--batch-size", type=positive_int, help="segments per step (default: the preset's)")
     vocoder.add_argument("--checkpoint-every", type=positive_int, default=1000, help="steps between checkpoints")
+    vocoder.add_argument("--max-minutes", type=float,
+                         help="stop after this long (checkpointed; --resume goes on towards --steps)")
     vocoder.set_defaults(run=cmd_train_vocoder)
 
     evaluate = commands.add_parser("eval", help="measure a stage").add_subparsers(dest="stage", required=True)

@@ -122,7 +122,7 @@ def evaluate_vocoder(
             n_samples += len(reference)
             with torch.inference_mode():
                 mel = normalize_mel(frontend(torch.from_numpy(reference).to(device)))  # (n_mels, frames)
-                vocoded = {name: system(mel).float().cpu() for name, system in systems.items()}
+                vocoded = {name: system.vocode(mel).float().cpu() for name, system in systems.items()}
             heard["original"].append(transcribe(reference, audio.sample_rate, judge))
             for name, output in vocoded.items():  # output: (frames * hop,)
                 scores[name]["stft_distance"].append(stft_distance(output, torch.from_numpy(reference)))

@@ -2,10 +2,18 @@
 
 The model says a normalised log-mel patch per 80 ms frame; the vocoder turns it
 into sound. It has to do so *as the frames arrive*, so every convolution here is
-causal: output sample n depends on mel frames up to the one that covers n, never
-on later ones. The fixed look-ahead is **zero**: mel frame i (which
-``MelSpectrogram`` computes from the samples ending at (i + 1) * hop) is turned
-into exactly the samples [i * hop, (i + 1) * hop).
+causal: output sample n depends on mel frames up to the one just received,
+never on later ones.
+
+**Look-ahead.** ``MelSpectrogram``'s frame i sees the 40 ms ending at
+(i + 1) * hop through a Hann window, which weighs those newest samples least:
+the window's centre is two hops back. A vocoder asked for samples
+[i * hop, (i + 1) * hop) from frames up to i would have to guess audio that
+frame i barely shows. So the generator answers frame i with the samples
+``lookahead_hops`` hops earlier (2 hops, 20 ms, in every preset), where the
+window has seen them fully. That fixed delay is the vocoder's only look-ahead:
+``vocode`` and ``StreamingVocoder.flush`` take it back out, so the waveform
+lines up with the mel.
 
 1. ``HiFiGANGenerator``: mel (batch, n_mels, frames) -> wave (batch, frames * hop),
    HiFi-GAN's layout (Kong et al. 2020) with left-only padding.
@@ -41,7 +49,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from torch.nn.utils.parametrize import is_parametrized, remove_parametrizations
 from tqdm.auto import tqdm
 
-from michi_lite.audio import MelSpectrogram, denormalize_mel, load_audio, normalize_mel
+from michi_lite.audio import SILENCE_MEL, MelSpectrogram, denormalize_mel, load_audio, normalize_mel
 from michi_lite.config import AudioConfig, get_config
 from michi_lite.data.corpus import load_manifest
 
@@ -65,6 +73,7 @@ class VocoderConfig:
     resblock_kernel_sizes: tuple[int, ...] = (3, 7, 11)
     resblock_dilations: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
     resblock_plain_convs: bool = True  # True: HiFi-GAN's ResBlock1; False: the lighter ResBlock2
+    lookahead_hops: int = 2  # frame i is answered with the samples this many hops before its own
     mpd_periods: tuple[int, ...] = (2, 3, 5, 7, 11)
     mpd_channels: tuple[int, ...] = (32, 128, 512, 1024, 1024)
     # (n_fft, hop, win) of each STFT the resolution discriminator looks at (BigVGAN's)
@@ -87,6 +96,15 @@ class VocoderConfig:
             )
         if self.upsample_initial_channel % 2 ** len(self.upsample_rates):
             raise ValueError("upsample_initial_channel must halve cleanly at every upsampling")
+        if self.lookahead_hops < 0:
+            raise ValueError(f"lookahead_hops must be 0 or more, not {self.lookahead_hops}")
+        if self.segment_samples <= self.lookahead_samples:
+            raise ValueError("training segments must be longer than the look-ahead")
+
+    @property
+    def lookahead_samples(self) -> int:
+        """How far the generator's output lags the mel it is given, in samples."""
+        return self.lookahead_hops * self.audio.hop_length
 
     @property
     def segment_samples(self) -> int:
@@ -101,7 +119,8 @@ class VocoderConfig:
         """What a generator checkpoint must agree on to load: the audio and the generator's shape."""
         fields = json.loads(self.to_json())
         return {k: fields[k] for k in ("audio", "upsample_rates", "upsample_initial_channel",
-                                       "resblock_kernel_sizes", "resblock_dilations", "resblock_plain_convs")}
+                                       "resblock_kernel_sizes", "resblock_dilations", "resblock_plain_convs",
+                                       "lookahead_hops")}
 
 
 def vocoder_config(preset_name: str) -> VocoderConfig:
@@ -109,15 +128,19 @@ def vocoder_config(preset_name: str) -> VocoderConfig:
 
     * ``tiny``: about 29k parameters, so the tests train it in seconds.
     * ``lite``: 16 kHz, hop 160 = 5 * 4 * 4 * 2, HiFi-GAN V3's layout
-      (ResBlock2 with kernels 3, 5, 7) at 192 channels: 0.71M parameters, 30
+      (ResBlock2 with kernels 3, 5, 7) at 128 channels: 0.32M parameters, 30
       convs. Sized by the RTF 0.1 budget (8 ms per 80 ms chunk) on two shared
-      CPU cores, where eager per-op overhead alone costs 2.5-4.5 ms a chunk,
-      so the number of layers matters as much as the arithmetic. Measured
-      there (one thread, other jobs running): 192 channels 6.5-10 ms, V3's
-      own 256 (1.2M) 8.5-12 ms, V2's layout (128 channels, ResBlock1, 78
-      convs) 12-17 ms.
-      Its period discriminators are half HiFi-GAN's width, the resolution ones
-      16 channels wide, to keep training affordable.
+      CPU cores, where the time per chunk swings by half between runs. Each
+      of the four stages costs about the same arithmetic (channels halve
+      while time grows 4x), so the width sets the speed. Measured there (one
+      thread, three interleaved runs each, ms per chunk): 128 channels
+      4.5-7.5, 160 channels 5.3-8.7, 192 channels 5.8-10; three stages
+      (8 * 5 * 4) at 192 channels do more arithmetic, not less. 128 is the
+      width that stays under the budget on a slow run.
+      Its period discriminators are a quarter of HiFi-GAN's width (2.7M
+      parameters instead of 41M: still eight times the generator), the
+      resolution ones 16 channels wide, so that a full checkpoint with its
+      optimizer moments is under 40 MB and training costs little.
     * ``michi``: 24 kHz, hop 240 = 5 * 4 * 4 * 3, HiFi-GAN V1's layout at 384
       channels: 7.4M parameters (MichiAI's scale), full-width discriminators.
     """
@@ -133,10 +156,10 @@ def vocoder_config(preset_name: str) -> VocoderConfig:
     if preset_name == "lite":
         return VocoderConfig(
             preset="lite", audio=audio,
-            upsample_rates=(5, 4, 4, 2), upsample_initial_channel=192,
+            upsample_rates=(5, 4, 4, 2), upsample_initial_channel=128,
             resblock_kernel_sizes=(3, 5, 7), resblock_dilations=((1, 2), (2, 6), (3, 12)),
             resblock_plain_convs=False,
-            mpd_channels=(32, 128, 256, 512, 512), mrd_channels=16,
+            mpd_channels=(32, 64, 128, 256, 256), mrd_channels=16,
         )
     if preset_name == "michi":
         return VocoderConfig(
@@ -190,8 +213,10 @@ class CausalConv1d(nn.Module):
         n_out = length - self.context
         taps = x.unfold(-1, n_out, self.dilation)  # (batch, in, k, time): taps[..., j, t] = x[..., t + j*d]
         taps = taps.reshape(batch, channels * self.kernel_size, n_out)
-        weight = self.conv.weight.flatten(1).expand(batch, -1, -1)  # (batch, out, in * k), no copy
-        return torch.baddbmm(self.conv.bias[:, None], weight, taps)  # (batch, out, time)
+        weight = self.conv.weight.flatten(1)  # (out, in * k)
+        if batch == 1:  # a plain matrix multiply: the common streaming case, and the fastest call
+            return torch.addmm(self.conv.bias[:, None], weight, taps[0]).unsqueeze(0)  # (1, out, time)
+        return torch.baddbmm(self.conv.bias[:, None], weight.expand(batch, -1, -1), taps)  # (batch, out, time)
 
 
 class CausalUpsample(nn.Module):
@@ -228,8 +253,7 @@ class CausalUpsample(nn.Module):
         j - 1's. (``F.conv_transpose1d`` is slow on a CPU for chunk-sized inputs.)
         """
         batch, _, length = x.shape
-        weight = self.conv.weight.flatten(1).T.expand(batch, -1, -1)  # (batch, out * 2 * rate, in)
-        spread = torch.bmm(weight, x)  # (batch, out * 2 * rate, 1 + time)
+        spread = torch.matmul(self.conv.weight.flatten(1).T, x)  # (batch, out * 2 * rate, 1 + time)
         spread = spread.view(batch, -1, 2, self.rate, length)  # (batch, out, half, rate, 1 + time)
         hops = spread[:, :, 0, :, 1:] + spread[:, :, 1, :, :-1]  # (batch, out, rate, time)
         return hops.transpose(2, 3).reshape(batch, -1, (length - 1) * self.rate) + self.conv.bias[:, None]
@@ -274,6 +298,11 @@ def check_mel(mel: torch.Tensor, n_mels: int) -> None:
         raise ValueError("mel contains NaN or inf values")
 
 
+def silence(like: torch.Tensor, frames: int) -> torch.Tensor:
+    """``frames`` columns of the normalised mel of digital silence, shaped and placed like ``like``."""
+    return like.new_full((*like.shape[:-1], frames), SILENCE_MEL)
+
+
 class HiFiGANGenerator(nn.Module):
     """Normalised log-mel (batch, n_mels, frames) -> waveform (batch, frames * hop).
 
@@ -281,6 +310,10 @@ class HiFiGANGenerator(nn.Module):
     multi-receptive-field fusion (the mean of ResBlocks of different kernel
     sizes); then conv_post and tanh. The input is ``normalize_mel(MelSpectrogram(wave))``:
     the same patches the speaking head predicts. A 2-D mel gives a 1-D wave.
+
+    ``forward`` is the causal network itself: its output lags the mel by
+    ``cfg.lookahead_samples`` (see the module docstring). ``vocode`` gives the
+    waveform aligned with the mel, for whole clips.
     """
 
     def __init__(self, cfg: VocoderConfig) -> None:
@@ -311,6 +344,16 @@ class HiFiGANGenerator(nn.Module):
         x = torch.tanh(self.conv_post(F.leaky_relu(x), state))  # (batch, 1, frames * hop)
         return x[0, 0] if unbatched else x[:, 0]
 
+    def vocode(self, mel: torch.Tensor) -> torch.Tensor:
+        """A whole mel -> its waveform, aligned: frames * hop samples, sample n under mel frame n // hop.
+
+        Runs the generator over the mel plus ``lookahead_hops`` frames of
+        silence (which flush out the last samples) and drops the lag.
+        """
+        check_mel(mel, self.n_mels)
+        wave = self(torch.cat([mel, silence(mel, self.cfg.lookahead_hops)], dim=-1))
+        return wave[..., self.cfg.lookahead_samples:]
+
     def remove_weight_norm(self) -> HiFiGANGenerator:
         """Fold weight norm into plain weights: same outputs, less work per call. Returns self."""
         for module in self.modules():
@@ -329,6 +372,11 @@ class StreamingVocoder:
     80 ms frame is ``mels_per_frame`` of them) and returns k * hop samples,
     equal to what the generator gives for the whole mel at once. The state is
     one tensor per causal layer of fixed size, so every chunk costs the same.
+
+    The samples lag the mel by ``latency_samples`` (the generator's fixed
+    look-ahead): a stream starts with that much silence, and ``flush()`` at
+    its end returns the last of the audio. The pushed samples after the
+    first ``latency_samples``, followed by ``flush()``, are ``vocode(mel)``.
     """
 
     def __init__(self, generator: HiFiGANGenerator, batch_size: int = 1) -> None:
@@ -347,6 +395,20 @@ class StreamingVocoder:
         if batch != self.batch_size:
             raise ValueError(f"this stream was opened for batch size {self.batch_size}, got a chunk of {batch}")
         return self.generator(mel_chunk, self.state)
+
+    @property
+    def latency_samples(self) -> int:
+        return self.generator.cfg.lookahead_samples
+
+    @torch.inference_mode()
+    def flush(self) -> torch.Tensor:
+        """End the stream: the ``latency_samples`` still owed, for a mel that falls silent here."""
+        lookahead = self.generator.cfg.lookahead_hops
+        if not self.state or lookahead == 0:
+            return torch.zeros(self.batch_size, 0).squeeze(0)
+        like = next(iter(self.state.values()))  # any cached input: for its batch size, device and dtype
+        tail = like.new_full((self.batch_size, self.generator.n_mels, lookahead), SILENCE_MEL)
+        return self.push(tail if self.batch_size > 1 else tail[0])
 
     def cache_numel(self) -> int:
         """How many numbers the stream keeps between chunks (constant once the first chunk is in)."""
@@ -415,6 +477,10 @@ class GriffinLim(nn.Module):
             spec = magnitude * accelerated / accelerated.abs().clamp(min=1e-8)
         wave = self.istft(spec).clamp(-1.0, 1.0)  # (batch, frames * hop)
         return wave[0] if unbatched else wave
+
+    def vocode(self, mel: torch.Tensor) -> torch.Tensor:
+        """The same as calling it: its output is already aligned with the mel."""
+        return self(mel)
 
 
 # --- discriminators --------------------------------------------------------------------
@@ -654,11 +720,16 @@ class VocoderTrainer:
     def step(self, wave: torch.Tensor) -> dict[str, float]:
         """One HiFi-GAN step on a batch of real audio (batch, samples): discriminators, then generator."""
         wave = wave.to(self.device)
-        mel_real = self.mel(wave)  # (batch, n_mels, frames)
         with self.autocast:
             # under bf16 the waveform carries about 8 bits of mantissa: fine for the losses, whose
             # mel L1 works on log magnitudes, and the generator itself stays in fp32 for inference
-            fake = self.generator(normalize_mel(mel_real)).float()  # (batch, frames * hop)
+            fake = self.generator(normalize_mel(self.mel(wave))).float()  # (batch, frames * hop)
+        # The output lags its mel by the look-ahead: line the two waves up by dropping
+        # the generator's first samples (answers to frames before the segment) and the
+        # real wave's last ones (not answered yet).
+        lag = self.cfg.lookahead_samples
+        fake, wave = fake[:, lag:], wave[:, :wave.shape[-1] - lag]  # (batch, segment - lag)
+        mel_real = self.mel(wave)  # (batch, n_mels, frames - lookahead_hops)
 
         # Discriminators: tell real from generated (the generator is not updated here).
         with self.autocast:
@@ -793,6 +864,7 @@ def train_vocoder(
     log_every: int = 10,
     device: str | torch.device | None = None,
     seed: int = 0,
+    max_minutes: float | None = None,
 ) -> Path:
     """Train the vocoder on random segments of the corpus's train split; returns the run directory.
 
@@ -803,7 +875,8 @@ def train_vocoder(
     size and segment length it was started with unless they are given again.
     Weights, optimizer moments, learning-rate schedules and RNG states are
     restored; the data order is drawn afresh, so a resumed run matches an
-    uninterrupted one statistically, not bit for bit.
+    uninterrupted one statistically, not bit for bit. ``max_minutes`` ends
+    this call early, with a checkpoint, once it has trained that long.
     """
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be at least 1, not {checkpoint_every}")
@@ -837,28 +910,33 @@ def train_vocoder(
     logger.info("vocoder %s: generator %.2fM parameters, %d steps of batch %d x %d samples on %s",
                 cfg.preset, n_params / 1e6, steps, cfg.batch_size, cfg.segment_samples, device)
     # on a GPU, decoding audio in worker processes keeps it fed; on a CPU they would only compete with it
-    workers = min(4, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
+    workers = min(8, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
     loader = torch.utils.data.DataLoader(
         AudioSegments(data_dir, cfg), batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
         persistent_workers=workers > 0, pin_memory=device.type == "cuda",
     )
     bar = tqdm(total=steps, initial=step, desc="vocoder", unit="step")
     started = time.perf_counter() - seconds
-    while step < steps:
+    deadline = math.inf if max_minutes is None else time.perf_counter() + 60 * max_minutes
+    out_of_time = False
+    while step < steps and not out_of_time:
         for wave in loader:  # (batch, segment)
             losses = trainer.step(wave)
             step += 1
+            out_of_time = time.perf_counter() >= deadline
             bar.update()
             bar.set_postfix(mel=f"{losses['mel_loss']:.3f}", g=f"{losses['generator_loss']:.2f}",
                             d=f"{losses['discriminator_loss']:.2f}")
-            if step % log_every == 0 or step == steps:
+            if step % log_every == 0 or step == steps or out_of_time:
                 row = {**losses, "step": step, "lr": trainer.sched_g.get_last_lr()[0],
                        "seconds": round(time.perf_counter() - started, 2)}
                 with log_path.open("a", newline="") as f:
                     csv.DictWriter(f, LOG_COLUMNS).writerow(row)
-            if step % checkpoint_every == 0 or step == steps:
+            if step % checkpoint_every == 0 or step == steps or out_of_time:
                 save_checkpoint(out_dir, trainer, step, time.perf_counter() - started)
-            if step == steps:
+            if step == steps or out_of_time:
                 break
     bar.close()
+    if out_of_time and step < steps:
+        logger.info("stopping at step %d after %.1f minutes; --resume goes on", step, max_minutes)
     return out_dir

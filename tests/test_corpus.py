@@ -13,7 +13,7 @@ import soundfile as sf
 from michi_lite.cli import main
 from michi_lite.config import CorpusConfig, get_config
 from michi_lite.data import corpus as corpus_module
-from michi_lite.data.corpus import build_corpus, choose_voices, load_manifest, plan, split_sequence
+from michi_lite.data.corpus import build_corpus, choose_voices, load_manifest, plan, split_sequence, subset_corpus
 from michi_lite.data.engines import SpeechEngine, Synthesis, Voice, all_voices
 from michi_lite.data.words import Word
 
@@ -143,3 +143,19 @@ def test_unseen_speakers_are_new_people_from_engines_that_are_also_seen():
     assert not {v.speaker for v in seen} & {v.speaker for v in unseen}
     assert len({v.speaker for v in seen}) == 36
     assert {v.engine for v in unseen} <= {v.engine for v in seen}
+
+
+def test_a_subset_takes_every_speaker_in_turn_and_keeps_the_test_split_out(tiny_corpus, tmp_path):
+    train = load_manifest(tiny_corpus, "train")
+    hours = sum(r["duration"] for r in train) / 3600 / 2
+    main(["data", "subset", "--data", str(tiny_corpus), "--out", str(tmp_path / "half"), "--hours", str(hours)])
+    subset = load_manifest(tmp_path / "half")
+    assert {r["split"] for r in subset} == {"train"}
+    assert {r["speaker"] for r in subset} == {r["speaker"] for r in train}  # every speaker, though only half
+    kept = sum(r["duration"] for r in subset) / 3600
+    assert hours <= kept < hours + max(r["duration"] for r in train) / 3600  # stops at the first utterance past it
+    assert all((tmp_path / "half" / r["path"]).is_file() for r in subset)
+    summary = json.loads((tmp_path / "half" / "corpus.json").read_text())
+    assert summary["utterances"] == len(subset) and summary["subset_of"]["hours"] == hours
+    with pytest.raises(ValueError, match="another directory"):
+        subset_corpus(tiny_corpus, tiny_corpus, 1.0)

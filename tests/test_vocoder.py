@@ -98,6 +98,36 @@ def test_streaming_in_chunks_shorter_than_a_layers_context_matches_offline(chunk
     assert (stream_in_chunks(generator, mel, chunk) - offline).abs().max() < 1e-4
 
 
+def test_a_stream_and_its_flush_give_vocode_after_the_lookahead():
+    generator = loud_generator()
+    mel = random_mel(5 * CHUNK)
+    stream = generator.stream()
+    streamed = torch.cat([stream.push(mel[:, i:i + CHUNK]) for i in range(0, mel.shape[-1], CHUNK)])
+    lag = TINY.lookahead_samples
+    assert lag == stream.latency_samples == TINY.lookahead_hops * HOP > 0
+    streamed = torch.cat([streamed, stream.flush()])[lag:]
+    with torch.no_grad():
+        aligned = generator.vocode(mel)
+    assert aligned.shape == (mel.shape[-1] * HOP,)
+    assert (streamed - aligned).abs().max() < 1e-4
+
+
+def test_vocode_answers_each_frame_with_the_samples_under_it():
+    """Sample n of ``vocode`` depends on mel frames up to n // hop + lookahead_hops, never later ones."""
+    generator = loud_generator()
+    mel = random_mel(30)
+    changed = mel.clone()
+    changed[:, 20:] += 1.0
+    with torch.no_grad():
+        before, after = generator.vocode(mel), generator.vocode(changed)
+    first_changed = int(torch.nonzero((before - after).abs() > 1e-6)[0])
+    assert first_changed == (20 - TINY.lookahead_hops) * HOP
+
+
+def test_flush_of_a_stream_that_never_started_is_empty():
+    assert loud_generator().stream().flush().numel() == 0
+
+
 def test_streaming_matches_offline_without_weight_norm():
     generator = loud_generator()
     mel = random_mel(6 * CHUNK)
@@ -303,6 +333,16 @@ def test_train_vocoder_checkpoints_logs_and_resumes(tiny_corpus, tmp_path):
     assert state["step"] == 5 and state["preset"] == "tiny"
     assert state["config"]["batch_size"] == 3  # the resumed run kept the batch size it started with
     assert not list((run / "checkpoints").glob(".tmp*"))
+
+
+def test_a_time_limit_stops_with_a_checkpoint_that_resumes(tiny_corpus, tmp_path):
+    run = tmp_path / "run"
+    train_vocoder(TINY, tiny_corpus, run, steps=50, batch_size=2, checkpoint_every=100, max_minutes=0.0,
+                  device="cpu")
+    assert latest_checkpoint(run).name == "step_00000001"  # one step, then out of time, checkpointed
+    assert [int(r["step"]) for r in read_log(run)] == [1]
+    train_vocoder(TINY, tiny_corpus, run, steps=3, resume=True, checkpoint_every=100, log_every=1, device="cpu")
+    assert latest_checkpoint(run).name == "step_00000003"
 
 
 def test_train_vocoder_command_trains_and_resumes(tiny_corpus, tmp_path):

@@ -27,6 +27,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import subprocess
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..audio import prepare_waveform, save_audio
-from ..config import Config
+from ..config import Config, get_config
 from .engines import SpeechEngine, Voice, available_engines
 from .text import Sentence, sentences
 from .words import Word, normalize_text
@@ -299,3 +300,49 @@ def load_manifest(data_dir: str | os.PathLike, split: str | None = None) -> list
         raise FileNotFoundError(f"{path} not found: build the corpus first with `michi-lite data build`")
     records = read_records(path)
     return [r for r in records if split is None or r["split"] == split]
+
+
+def subset_corpus(data_dir: str | os.PathLike, out: str | os.PathLike, hours: float,
+                  splits: tuple[str, ...] = ("train",), seed: int = 0) -> Path:
+    """Copy about ``hours`` of a built corpus's ``splits`` into ``out``, spread evenly over its speakers.
+
+    Speakers take turns, each giving its utterances in a seeded random order,
+    until the hours are reached, so a small subset still holds every voice.
+    Sentences stay in the splits they had, so the source's test split remains
+    unheard by anything trained on the subset. For a stage trained where the
+    whole corpus cannot go (a lent GPU that takes a few dozen MB, say).
+    Returns the new manifest.
+    """
+    if hours <= 0:
+        raise ValueError(f"hours must be positive, not {hours}")
+    source, out = Path(data_dir), Path(out)
+    if out.resolve() == source.resolve():
+        raise ValueError("the subset must go to another directory than its corpus")
+    about = json.loads((source / "corpus.json").read_text())
+    by_speaker: dict[str, list[dict]] = defaultdict(list)
+    for record in load_manifest(source):
+        if record["split"] in splits:
+            by_speaker[record["speaker"]].append(record)
+    if not by_speaker:
+        raise ValueError(f"{source}: no utterances in the split(s) {', '.join(splits)}")
+    rng = np.random.default_rng(seed)
+    queues = [[by_speaker[s][i] for i in rng.permutation(len(by_speaker[s]))] for s in sorted(by_speaker)]
+    chosen: list[dict] = []
+    total = 0.0
+    for record in (r for turn in itertools.zip_longest(*queues) for r in turn if r is not None):
+        if total >= hours * 3600:
+            break
+        chosen.append(record)
+        total += record["duration"]
+
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+    for record in tqdm(chosen, desc="subset", unit="utt"):
+        shutil.copyfile(source / record["path"], out / record["path"])
+    manifest = out / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in chosen))
+    summary = summarize(chosen, get_config(about["preset"]))
+    summary["subset_of"] = {"corpus": str(source), "hours": hours, "splits": list(splits), "seed": seed}
+    (out / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n")
+    logger.info("subset: %d utterances, %.2f h, %d speakers in %s",
+                summary["utterances"], summary["hours"], summary["speakers"], out)
+    return manifest
