@@ -3,6 +3,7 @@
     michi-lite data build      --preset P --out DIR
     michi-lite data subset     --data DIR --out DIR --hours H [--splits S ...] [--seed N]
     michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
+    michi-lite export vocoder  --preset P --ckpt RUN --out FILE
     michi-lite eval alignment  --preset P --data DIR --json OUT
     michi-lite eval vocoder    --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N]
     michi-lite bench vocoder   --preset P --json OUT [--ckpt RUN] [--seconds S] [--threads T]
@@ -73,6 +74,15 @@ def cmd_train_vocoder(args: argparse.Namespace) -> None:
     print(f"the {args.preset} vocoder is at step {step}: {run / 'vocoder.safetensors'}")
 
 
+def cmd_export_vocoder(args: argparse.Namespace) -> None:
+    import torch
+
+    from .vocoder import load_vocoder, save_vocoder
+
+    path = save_vocoder(args.out, load_vocoder(args.ckpt, args.preset), args.preset, torch.float16)
+    print(f"the {args.preset} vocoder in fp16: {path} ({path.stat().st_size / 1e6:.2f} MB)")
+
+
 def cmd_eval_alignment(args: argparse.Namespace) -> None:
     from .eval import alignment_differences, evaluate_alignment
 
@@ -131,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     vocoder.add_argument("--max-minutes", type=float,
                          help="stop after this long (checkpointed; --resume goes on towards --steps)")
     vocoder.set_defaults(run=cmd_train_vocoder)
+
+    export = commands.add_parser("export", help="a trained stage's weights, small, for sharing")
+    export = export.add_subparsers(dest="stage", required=True)
+    vocoder_export = export.add_parser("vocoder", help="the generator alone, weight norm folded in, fp16")
+    add_preset(vocoder_export)
+    vocoder_export.add_argument("--ckpt", required=True, help="a vocoder run directory or .safetensors file")
+    vocoder_export.add_argument("--out", required=True, help="the .safetensors file to write")
+    vocoder_export.set_defaults(run=cmd_export_vocoder)
 
     evaluate = commands.add_parser("eval", help="measure a stage").add_subparsers(dest="stage", required=True)
     alignment = evaluate.add_parser("alignment", help="engine word timings vs Whisper word timestamps")

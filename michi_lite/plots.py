@@ -92,3 +92,40 @@ def boundary_histogram(diffs_by_engine: dict[str, np.ndarray], title: str = "") 
     ax.set_title(title)
     ax.legend(fontsize=8)
     return fig
+
+
+def spectrogram_comparison(mels: dict[str, np.ndarray], hop_seconds: float, title: str = "") -> Figure:
+    """Log-mel spectrograms (n_mels, frames) one above the other, on one colour scale and time axis."""
+    fig = Figure(figsize=(12, 1.9 * len(mels) + 0.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(len(mels), 1, sharex=True))
+    low = min(float(np.percentile(m, 1)) for m in mels.values())
+    high = max(float(m.max()) for m in mels.values())
+    for ax, (name, mel) in zip(axes, mels.items()):
+        image = ax.imshow(mel, origin="lower", aspect="auto", cmap="magma", vmin=low, vmax=high,
+                          extent=(0, mel.shape[1] * hop_seconds, 0, mel.shape[0]))
+        ax.set_ylabel("mel bin")
+        ax.set_title(name, loc="left", fontsize=10)
+    axes[-1].set_xlabel("time (s)")
+    fig.colorbar(image, ax=axes, label="log mel", shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def loss_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], ylabel: str, title: str = "",
+                smooth: int = 1) -> Figure:
+    """Training curves: name -> (steps, values), each a running mean over ``smooth`` logged points."""
+    fig = Figure(figsize=(8, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for name, (steps, values) in curves.items():
+        if smooth > 1 and len(values) >= smooth:
+            values = np.convolve(values, np.ones(smooth) / smooth, mode="valid")
+            steps = steps[smooth - 1:]
+        ax.plot(steps, values, label=name, lw=1.4)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return fig

@@ -33,6 +33,7 @@
 # committed under `data/alignment/`.
 
 # %%
+# %matplotlib inline
 import json
 import logging
 import os

@@ -33,10 +33,17 @@ if ((${#missing[@]})); then
     fi
 fi
 
+# The notebooks' Jupyter kernel runs this checkout's .venv; another checkout may have taken the name.
+register_kernel() {
+    .venv/bin/python -m ipykernel install --user --name michi-lite --display-name "Python (michi-lite)" >/dev/null
+}
+kernel_json=${JUPYTER_DATA_DIR:-$HOME/.local/share/jupyter}/kernels/michi-lite/kernel.json
+
 # Reinstall Python packages only when what asks for them changed.
 stamp=.venv/.michi-lite-setup
 wanted=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [[ -f $stamp && $(cat "$stamp") == "$wanted" ]]; then
+    grep -qF "\"$PWD/.venv/bin/python\"" "$kernel_json" 2>/dev/null || register_kernel
     exit 0
 fi
 # a .venv left half-made (no pip) by an interrupted run is made again
@@ -49,6 +56,6 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" torch==2.13.0
 "${pip[@]}" -e ".[notebooks,test]"
 "${pip[@]}" --no-deps "${NO_DEPS_PACKAGES[@]}"
-.venv/bin/python -m ipykernel install --user --name michi-lite --display-name "Python (michi-lite)" >/dev/null
+register_kernel
 echo "$wanted" > "$stamp"
 echo "setup: done (.venv ready, Jupyter kernel 'michi-lite' registered)"

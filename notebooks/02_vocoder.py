@@ -1,0 +1,433 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python (michi-lite)
+#     language: python
+#     name: michi-lite
+# ---
+
+# %% [markdown]
+# # 02 · A causal vocoder that streams
+#
+# The speaking head (notebook 03) will say one 80 ms patch of log-mel
+# spectrogram per frame. A log-mel keeps how much energy each band has and
+# throws away the phase, so it cannot be played: a **vocoder** turns it back
+# into a waveform. In a duplex model it must do that *as the frames arrive*,
+# 80 ms at a time, with no future to look at, and faster than real time on a
+# small machine. This notebook builds that vocoder:
+#
+# 1. why the phase is missing, and the classic answer (Griffin-Lim),
+# 2. why a causal vocoder needs a small, fixed look-ahead,
+# 3. the HiFi-GAN generator built up layer by layer beside the package's,
+# 4. streaming: the same samples 80 ms at a time, at a constant cost,
+# 5. the discriminators and the losses,
+# 6. a short training run,
+# 7. the reference `lite` model: spectrograms and audio against the original
+#    and Griffin-Lim, its evaluation on held-out sentences and its speed.
+#
+# Under CI (`MICHI_LITE_PRESET=tiny`) sections 3 to 6 use the tiny model; the
+# reference model of section 7 is always the committed `lite` one
+# (`data/vocoder/`, made by the commands in its README).
+
+# %%
+# %matplotlib inline
+import csv
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from IPython.display import Audio, Markdown, display
+from matplotlib.figure import Figure
+
+from michi_lite.audio import MelSpectrogram, normalize_mel, pad_to_frames, prepare_waveform
+from michi_lite.cli import main as michi_lite
+from michi_lite.config import FRAME_SECONDS, get_config
+from michi_lite.data.engines import all_voices, synthesize
+from michi_lite.eval import pesq_wideband, short_time_intelligibility
+from michi_lite.plots import loss_curves, spectrogram_comparison
+from michi_lite.vocoder import (
+    LRELU_SLOPE,
+    GriffinLim,
+    HiFiGANGenerator,
+    MultiPeriodDiscriminator,
+    MultiResolutionDiscriminator,
+    adversarial_loss,
+    discriminator_loss,
+    feature_matching_loss,
+    load_vocoder,
+    vocoder_config,
+)
+
+logging.basicConfig(level=logging.WARNING)
+torch.set_num_threads(1)  # two shared cores: one thread is the fastest for these small convs
+PRESET = os.environ.get("MICHI_LITE_PRESET", "lite")
+cfg = vocoder_config(PRESET)
+audio = cfg.audio
+ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
+FIGURES = ROOT / "figures"
+FIGURES.mkdir(exist_ok=True)
+REFERENCE = ROOT / "data" / "vocoder"
+print(f"preset {PRESET}: {audio.sample_rate} Hz, hop {audio.hop_length} samples, {audio.n_mels} mel bins, "
+      f"{audio.mels_per_frame} mel columns per {FRAME_SECONDS * 1000:.0f} ms frame")
+
+# %% [markdown]
+# ## 1. The phase is missing
+#
+# Speak a sentence, take its log-mel (the frontend of notebook 01) and try to
+# get the sound back. The mel filterbank can be inverted only approximately
+# (80 bands for 513 frequency bins), and the phase of every bin is gone.
+# **Griffin-Lim** guesses it: start from random phases, then alternate between
+# "a spectrogram with the right magnitudes" and "the spectrogram of an actual
+# signal" until the two agree. It needs the whole clip at once, so it is our
+# quality baseline, not a streaming vocoder.
+
+# %%
+SENTENCE = "The vocoder turns every frame of the spectrogram back into sound, as soon as it arrives."
+voices = {v.name: v for v in all_voices()}
+spoken = synthesize(SENTENCE, voices["flite-awb"])
+wave = pad_to_frames(prepare_waveform(spoken.waveform, spoken.sample_rate, audio.sample_rate), audio)
+frontend = MelSpectrogram(audio)
+mel = normalize_mel(frontend(torch.from_numpy(wave)))  # (n_mels, frames), what the speaking head predicts
+griffin_lim = GriffinLim(audio)
+rebuilt = griffin_lim.vocode(mel).numpy()
+print(f"{len(wave) / audio.sample_rate:.2f} s -> mel {tuple(mel.shape)} -> Griffin-Lim, {len(rebuilt)} samples")
+print(f"PESQ-wb {pesq_wideband(wave, rebuilt, audio.sample_rate):.2f}, "
+      f"STOI {short_time_intelligibility(wave, rebuilt, audio.sample_rate):.3f}")
+display(Markdown("**original**"), Audio(wave, rate=audio.sample_rate))
+display(Markdown("**Griffin-Lim**, 32 iterations"), Audio(rebuilt, rate=audio.sample_rate))
+
+# %% [markdown]
+# Griffin-Lim scores well on these metrics (the frames overlap by 75%, which
+# constrains the phase a lot), but listen: a metallic, phasey sheen. And it
+# cannot stream: every iteration touches the whole signal. The learned
+# vocoder must do better per chunk, with only the past.
+#
+# ## 2. Causal, with a small look-ahead
+#
+# Our mel frame *i* is computed from the 40 ms (640 samples at 16 kHz) that
+# end at the end of hop *i*, through a Hann window. The window weighs those
+# newest samples **least**: its centre is two hops back. A vocoder that had to
+# answer frame *i* with the samples of hop *i* itself would be guessing audio
+# the frame barely shows. So the generator answers frame *i* with the hop two
+# hops earlier, which the window has seen fully: a fixed look-ahead of
+# 2 hops = 20 ms, the only one anywhere in the vocoder.
+
+# %%
+win, hop = audio.win_length, audio.hop_length
+weights = np.hanning(win)
+fig = Figure(figsize=(9, 2.8), layout="constrained")
+ax = fig.subplots()
+t_ms = (np.arange(win) - win) / audio.sample_rate * 1000  # ms before the end of hop i
+ax.plot(t_ms, weights, color="k", label=f"window of mel frame i ({win} samples)")
+for lookahead, color in ((0, "tab:red"), (cfg.lookahead_hops, "tab:green")):
+    end = -lookahead * hop
+    ax.axvspan((end - hop) / audio.sample_rate * 1000, end / audio.sample_rate * 1000, color=color, alpha=0.25,
+               label=f"hop answered with look-ahead {lookahead}: weights "
+                     f"{weights[win + end - hop:win + end].min():.2f}-{weights[win + end - hop:win + end].max():.2f}")
+ax.set_xlabel("ms before the end of hop i")
+ax.set_ylabel("window weight")
+ax.legend(loc="lower center", fontsize=8)
+fig.savefig(FIGURES / "02_lookahead_window.png", dpi=120)
+fig
+
+# %% [markdown]
+# Does it matter? The reference model was trained twice on the same GPU at
+# the same time, identical but for the look-ahead (the comparison's script is
+# in `data/vocoder/README.md`). The training mel loss (L1 between log-mels of
+# generated and real audio) came out lower with the look-ahead at every stage
+# of training:
+
+# %%
+def read_log(path: Path) -> dict[str, np.ndarray]:
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {key: np.array([float(r[key]) for r in rows]) for key in rows[0]}
+
+
+reference_log = read_log(REFERENCE / "lite_train_log.csv")
+no_lookahead_log = read_log(REFERENCE / "lite_lookahead0_train_log.csv")
+fig = loss_curves({
+    f"look-ahead {vocoder_config('lite').lookahead_hops} hops (the reference run)":
+        (reference_log["step"], reference_log["mel_loss"]),
+    "look-ahead 0": (no_lookahead_log["step"], no_lookahead_log["mel_loss"]),
+}, ylabel="mel L1 (training batches)", title="lite vocoder, H200, batch 16", smooth=20)
+fig.savefig(FIGURES / "02_lookahead_ablation.png", dpi=120)
+for lo, hi in ((500, 1000), (1000, 2000), (2000, 3000), (3000, 3600)):
+    window = [np.mean(log["mel_loss"][(log["step"] > lo) & (log["step"] <= hi)])
+              for log in (reference_log, no_lookahead_log)]
+    print(f"steps {lo:4d}-{hi:4d}: mel L1 {window[0]:.3f} with look-ahead, {window[1]:.3f} without")
+fig
+
+# %% [markdown]
+# ## 3. The generator, layer by layer
+#
+# HiFi-GAN (Kong et al. 2020) upsamples the mel to the sample rate in stages
+# (`lite`: 5 × 4 × 4 × 2 = 160 = one hop), each stage a transposed convolution
+# followed by a *multi-receptive-field fusion*: the mean of residual blocks
+# with different kernel sizes and dilations, so that every stage sees both
+# short and long structure. The original pads its convolutions on both sides,
+# so each sample looks at future frames. Here every layer is **causal**.
+#
+# A causal convolution pads on the left only: output *t* sees inputs
+# *t − (k − 1)·d … t*. Written from scratch, and checked against the
+# package's layer with the same weights:
+
+# %%
+generator = HiFiGANGenerator(cfg).eval()
+n_params = sum(p.numel() for p in generator.parameters())
+print(f"{PRESET} generator: {n_params / 1e6:.2f}M parameters, upsampling {cfg.upsample_rates}, "
+      f"{cfg.upsample_initial_channel} channels at the start, halved per stage")
+
+
+def causal_conv(x: torch.Tensor, layer) -> torch.Tensor:
+    conv = layer.conv  # weight-normed nn.Conv1d: .weight is the effective weight
+    return F.conv1d(F.pad(x, ((conv.kernel_size[0] - 1) * conv.dilation[0], 0)), conv.weight, conv.bias,
+                    dilation=conv.dilation)
+
+
+x = torch.randn(1, audio.n_mels, 24)
+with torch.no_grad():
+    print("conv_pre:", tuple(causal_conv(x, generator.conv_pre).shape),
+          "max difference from the package's", float((causal_conv(x, generator.conv_pre)
+                                                       - generator.conv_pre(x)).abs().max()))
+
+# %% [markdown]
+# Upsampling by *r* is a transposed convolution with kernel 2*r*: each input
+# frame spreads over 2*r* outputs. Keeping only the first *T·r* outputs makes
+# the hop of frame *j* depend on frames *j* and *j − 1*, never *j + 1*.
+# A residual block (HiFi-GAN's ResBlock2, the light one `lite` uses) adds a
+# dilated causal conv of the leaky-ReLU'd signal to the signal, once per
+# dilation. With those three pieces the whole generator is a dozen lines:
+
+# %%
+def causal_upsample(x: torch.Tensor, layer) -> torch.Tensor:
+    conv = layer.conv
+    return F.conv_transpose1d(x, conv.weight, conv.bias, stride=layer.rate)[..., :x.shape[-1] * layer.rate]
+
+
+def residual_block(x: torch.Tensor, block) -> torch.Tensor:
+    for i, dilated in enumerate(block.dilated):
+        h = causal_conv(F.leaky_relu(x, LRELU_SLOPE), dilated)
+        if block.plain:  # ResBlock1 (tiny, michi) adds an undilated conv after each dilated one
+            h = causal_conv(F.leaky_relu(h, LRELU_SLOPE), block.plain[i])
+        x = x + h
+    return x
+
+
+def generator_from_scratch(mel: torch.Tensor, g: HiFiGANGenerator) -> torch.Tensor:
+    x = causal_conv(mel, g.conv_pre)
+    for up, mrf in zip(g.ups, g.mrfs):
+        x = causal_upsample(F.leaky_relu(x, LRELU_SLOPE), up)
+        x = sum(residual_block(x, block) for block in mrf) / len(mrf)  # multi-receptive-field fusion
+    return torch.tanh(causal_conv(F.leaky_relu(x), g.conv_post))[:, 0]
+
+
+with torch.no_grad():
+    ours, theirs = generator_from_scratch(x, generator), generator(x)
+print(f"{tuple(x.shape)} mel -> {tuple(ours.shape)} samples; "
+      f"max difference from HiFiGANGenerator: {float((ours - theirs).abs().max()):.1e}")
+
+# %% [markdown]
+# ## 4. Streaming, 80 ms at a time
+#
+# To stream, each causal layer keeps the last (*k* − 1)·*d* samples of its
+# input between calls, and an upsampler keeps its last frame. A chunk then
+# costs the same however long the stream has run, and the samples are the
+# ones the whole mel gives at once: the start of a stream and the offline
+# zero padding are the same zeros. (For a chunk-sized input the package also
+# swaps each conv for one matrix multiply, 2-3 times faster on a CPU.) The
+# samples lag the mel by the 20 ms look-ahead; `flush()` at the end of a
+# stream returns the last of them.
+
+# %%
+with torch.no_grad():
+    offline = generator.vocode(mel)  # (frames * hop,), aligned with the mel
+stream = generator.stream()
+chunk = audio.mels_per_frame
+pieces, cache_sizes = [], []
+for start in range(0, mel.shape[-1], chunk):
+    pieces.append(stream.push(mel[:, start:start + chunk]))
+    cache_sizes.append(stream.cache_numel())
+streamed = torch.cat([*pieces, stream.flush()])[stream.latency_samples:]
+print(f"{len(pieces)} chunks of {chunk * hop} samples, first one out after "
+      f"{stream.latency_samples / audio.sample_rate * 1000:.0f} ms of look-ahead")
+print(f"cache kept between chunks: {sorted(set(cache_sizes))} numbers (the same for every chunk)")
+print(f"streamed vs offline: max |difference| = {float((streamed - offline).abs().max()):.1e}")
+
+# %% [markdown]
+# ## 5. Discriminators and losses
+#
+# A mel L1 loss alone gives muffled, buzzy audio: many waveforms share one
+# mel, and L1 averages them. A GAN's discriminators judge whether the fine
+# structure sounds real:
+#
+# * the **multi-period discriminator** folds the waveform into a 2-D grid of
+#   width *p* (periods 2, 3, 5, 7, 11) and convolves along time: every *p*-th
+#   sample is one column, which exposes periodic structure such as pitch;
+# * the **multi-resolution discriminator** looks at STFT magnitudes at three
+#   resolutions (from BigVGAN).
+#
+# Both return scores and every layer's activations. The generator is trained
+# with the least-squares GAN loss, *feature matching* (L1 between the
+# discriminators' activations on real and generated audio) and the mel L1
+# (× 45).
+
+# %%
+mpd, mrd = MultiPeriodDiscriminator(cfg), MultiResolutionDiscriminator(cfg)
+segment = torch.from_numpy(wave[:cfg.segment_samples]).unsqueeze(0)  # (1, samples), real audio
+with torch.no_grad():
+    fake = generator(mel[None, :, :cfg.segment_samples // hop])  # an untrained generator: near silence
+    period = mpd.discriminators[1].period
+    folded = F.pad(segment.unsqueeze(1), (0, -segment.shape[-1] % period), mode="reflect")
+    folded = folded.view(1, 1, -1, period)
+    print(f"period {period}: {segment.shape[-1]} samples folded into an image of {tuple(folded.shape[2:])}")
+    for name, disc in (("multi-period", mpd), ("multi-resolution", mrd)):
+        real_scores, real_features = disc(segment)
+        fake_scores, fake_features = disc(fake)
+        print(f"{name}: {len(real_scores)} discriminators, {sum(map(len, real_features))} feature maps, "
+              f"{sum(p.numel() for p in disc.parameters()) / 1e6:.2f}M parameters; at init: "
+              f"D loss {float(discriminator_loss(real_scores, fake_scores)):.2f}, "
+              f"G adversarial {float(adversarial_loss(fake_scores)):.2f}, "
+              f"feature matching {float(feature_matching_loss(real_features, fake_features)):.3f}")
+
+# %% [markdown]
+# ## 6. A short training run
+#
+# `michi-lite train vocoder` trains on random 0.5 s segments of the corpus's
+# train split: discriminators first, then the generator, each step. It
+# checkpoints every N steps and `--resume` continues a killed run. Here: the
+# tiny corpus of notebook 01 and a few steps, then a resume; the loss only
+# starts to fall in that time. A useful `lite` vocoder takes thousands of
+# steps on a GPU (section 7).
+
+# %%
+work = Path(tempfile.mkdtemp(prefix="michi-vocoder-"))
+michi_lite(["data", "build", "--preset", "tiny", "--out", str(work / "corpus")])
+steps = 40 if PRESET == "tiny" else 12
+train = ["train", "vocoder", "--preset", PRESET, "--data", str(work / "corpus"), "--out", str(work / "run"),
+         "--batch-size", "4", "--checkpoint-every", str(steps // 2)]
+michi_lite(train + ["--steps", str(steps // 2)])
+michi_lite(train + ["--steps", str(steps), "--resume"])  # picks up at the last checkpoint
+short_log = read_log(work / "run" / "train_log.csv")
+fig = loss_curves({"mel L1": (short_log["step"], short_log["mel_loss"])}, ylabel="mel L1",
+                  title=f"{PRESET} vocoder, {steps} steps on the CPU")
+fig
+
+# %% [markdown]
+# ## 7. The reference model
+#
+# The committed `lite` vocoder (`data/vocoder/lite_vocoder.safetensors`,
+# fp16, 0.68 MB) was trained with `michi-lite train vocoder` on a 0.7 h,
+# 36-speaker subset of the `lite` corpus's train split, for 11 minutes on one
+# H200 (6,498 steps of batch 16). Its test sentences were never in training.
+# Below it vocodes the sentence of section 1 in a voice it was trained on
+# (flite `awb`) and in a voice held out of training (flite `rms`).
+
+# %%
+reference = load_vocoder(REFERENCE / "lite_vocoder.safetensors", "lite")
+lite = get_config("lite").audio
+lite_frontend = MelSpectrogram(lite)
+comparisons = {}
+for voice_name, heard in (("flite-awb", "seen"), ("flite-rms", "unseen")):
+    spoken = synthesize(SENTENCE, voices[voice_name])
+    original = pad_to_frames(prepare_waveform(spoken.waveform, spoken.sample_rate, lite.sample_rate), lite)
+    lite_mel = normalize_mel(lite_frontend(torch.from_numpy(original)))
+    with torch.no_grad():
+        outputs = {"original": original, "Griffin-Lim": GriffinLim(lite).vocode(lite_mel).numpy(),
+                   "HiFi-GAN": reference.vocode(lite_mel).numpy()}
+    stream = reference.stream()
+    pieces = [stream.push(lite_mel[:, i:i + lite.mels_per_frame]) for i in range(0, lite_mel.shape[-1],
+                                                                                 lite.mels_per_frame)]
+    streamed = torch.cat([*pieces, stream.flush()])[stream.latency_samples:].numpy()
+    comparisons[voice_name] = outputs
+    display(Markdown(f"### {voice_name} ({heard} in training)"))
+    for name, samples in outputs.items():
+        scores = "" if name == "original" else (
+            f": PESQ-wb {pesq_wideband(original, samples, lite.sample_rate):.2f}, "
+            f"STOI {short_time_intelligibility(original, samples, lite.sample_rate):.3f}")
+        display(Markdown(f"**{name}**{scores}"), Audio(samples, rate=lite.sample_rate))
+    print(f"streamed 80 ms at a time vs offline: max |difference| "
+          f"{np.abs(streamed - outputs['HiFi-GAN']).max():.1e}")
+
+# %%
+voice_name = "flite-rms"
+fig = spectrogram_comparison(
+    {name: lite_frontend(torch.from_numpy(samples)).numpy() for name, samples in comparisons[voice_name].items()},
+    hop_seconds=lite.hop_length / lite.sample_rate, title=f"{voice_name} (held out of training): {SENTENCE}",
+)
+fig.savefig(FIGURES / "02_reference_spectrograms.png", dpi=90)
+fig
+
+# %% [markdown]
+# Griffin-Lim's spectrogram is close to the original's: it was given the
+# magnitudes and only had to find a phase. HiFi-GAN's shows what 6.5k steps
+# have not learned yet: the voice's harmonics in the lowest bands are
+# blurred, and faint horizontal lines at fixed frequencies run through the
+# whole clip.
+
+# %% [markdown]
+# ### Evaluation on held-out sentences
+#
+# `michi-lite eval vocoder` resynthesises test-split utterances from their
+# mels with both vocoders and compares with the originals: multi-resolution
+# STFT distance (lower is closer), wide-band PESQ (1 to 4.6), STOI (0 to 1)
+# and the word error rate of an independent judge (Whisper tiny.en) on the
+# vocoded audio, next to its WER on the originals.
+
+# %%
+report = json.loads((REFERENCE / "lite_eval.json").read_text())
+rows = ["| voices | system | STFT distance | PESQ-wb | STOI | judge WER | judge WER, originals |",
+        "|---|---|---|---|---|---|---|"]
+for group, result in report["groups"].items():
+    for system in ("hifigan", "griffin_lim"):
+        r = result[system]
+        rows.append(f"| {group} ({result['n_utterances']} utt.) | {system} | {r['stft_distance']:.3f} | "
+                    f"{r['pesq_wb']:.2f} | {r['stoi']:.3f} | {r['judge_wer']:.3f} | "
+                    f"{result['judge_wer_original']:.3f} |")
+display(Markdown("\n".join(rows)))
+
+# %% [markdown]
+# ### Speed
+#
+# `michi-lite bench vocoder` times the streaming vocoder chunk by chunk. The
+# `lite` bar is a real-time factor of at most 0.1 on two CPU cores: 8 ms of
+# compute per 80 ms chunk.
+
+# %%
+rows = ["| preset | device | HiFi-GAN streaming RTF | ms per 80 ms chunk, median | p95 | Griffin-Lim offline RTF |",
+        "|---|---|---|---|---|---|"]
+for name in ("lite_bench.json", "lite_bench_h200.json", "michi_bench_h200.json"):
+    bench = json.loads((REFERENCE / name).read_text())
+    for device in ("cpu", "cuda"):
+        if device in bench and (device == "cuda" or "h200" not in name):
+            r = bench[device]["hifigan_streaming"]
+            where = bench["run"]["gpu"] if device == "cuda" else f"{bench['run']['cpu_count']} CPU cores"
+            rows.append(f"| {bench['run']['preset']} | {where} | {r['rtf']:.3f} | {r['chunk_latency_ms_median']:.1f} | "
+                        f"{r['chunk_latency_ms_p95']:.1f} | {bench[device]['griffin_lim_offline']['rtf']:.3f} |")
+display(Markdown("\n".join(rows)))
+
+# %% [markdown]
+# ### Where it stands
+#
+# The streaming `lite` vocoder keeps up with real time about twenty times
+# over on two CPU cores (RTF 0.05), well inside the 0.1 budget, and streaming
+# gives the offline samples exactly. Its quality is **not** at the bar yet:
+# PESQ-wb 1.2 on seen voices against a bar of 3.0, and the judge's WER 12.6
+# points above the originals against a bar of 2. The speech is intelligible
+# (STOI 0.79) but rough. Eleven GPU minutes are about 6% of the 100k steps a
+# HiFi-GAN recipe runs, and the training loss was still falling (section 2).
+# Closing the gap means training on: `michi-lite train vocoder ... --resume`
+# continues from the run's checkpoint (37 MB with the discriminators and
+# optimizer moments), then more than 0.7 h of audio.
