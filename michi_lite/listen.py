@@ -1,0 +1,368 @@
+"""The listening head: Whisper's encoder, changed to stream 80 ms at a time.
+
+What the user says reaches the backbone twice per 80 ms frame: as a
+continuous embedding (tone and timing survive) and as a text token or PAD
+(which keeps the model coherent). Both must come out while the user is still
+talking. Whisper's encoder hears 30 s at once, with convolutions that look
+one step ahead and attention over the whole window, so three changes make
+it stream:
+
+1. **causal convolutions**: both of its convs are padded on the left only,
+   so encoder position j depends on mel columns up to 2j + 1;
+2. **block-causal attention over a sliding window**: the four encoder
+   positions of an 80 ms frame see each other and the positions of the
+   ``window_frames - 1`` frames before, nothing later. A stream keeps those
+   keys and values per layer, so each frame costs the same;
+3. **positions that never run out**: Whisper's sinusoids, computed for any
+   position instead of read from its 1,500-row table. Fine-tuning only sees
+   positions of utterances up to 30 s; the window keeps what attention sees
+   local, so longer streams keep working.
+
+The look-ahead is zero frames: the outputs for frame t use audio up to the
+end of frame t. Per frame, the head returns an ``embedding`` in the
+backbone's token-embedding space (``embedding_dim``) and the logits of a text
+token, scored against the backbone's own (frozen) token embeddings, so the
+listener writes in the backbone's vocabulary without a 49k-row output layer.
+
+``ListenerConfig`` sizes, ``whisper_encoder_weights`` reads Whisper's
+pretrained encoder (hub or packaged, CTranslate2 format), ``Listener`` is
+the model, ``ListenerStream`` feeds it audio as it arrives.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .audio import MelSpectrogram
+from .config import AudioConfig, get_config
+
+# Whisper's features are log10 power mels (a 400-sample window), floored 8
+# decades under the clip's maximum and scaled by (x + 4) / 4. The causal
+# frontend's natural-log magnitude mels map onto that scale by doubling
+# (power), changing the base and adding an offset: 0.76, the median
+# difference from faster-whisper's own features on 20 `lite` corpus clips
+# (10th-90th percentile 0.73-0.79; the windows and FFT sizes differ). The
+# floor is fixed instead of clip-relative, so that a stream needs no look at
+# the future: those clips peaked at 0.8-1.7, so 8 decades under is about -6.5.
+WHISPER_OFFSET = 0.76
+WHISPER_FLOOR = -6.5
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """The encoder's shape (Whisper's, or a small random one for tests), its window and the head."""
+
+    audio: AudioConfig
+    whisper: str | None  # a Whisper name to start from, or None: random weights of the shape below
+    width: int = 384
+    heads: int = 6
+    layers: int = 4
+    ffn: int = 1536
+    window_frames: int = 25  # attention sees this many 80 ms frames: the current one and 24 before (2 s)
+    embedding_dim: int = 576  # the backbone's hidden size: where the embeddings and token scores live
+
+    @property
+    def positions_per_frame(self) -> int:
+        """Encoder positions in one 80 ms frame (conv2 halves the mel rate)."""
+        return self.audio.mels_per_frame // 2
+
+
+def listener_config(preset: str) -> ListenerConfig:
+    """``tiny``: a 2-layer random encoder for tests; ``lite``: Whisper tiny.en; ``michi``: Whisper base.en."""
+    cfg = get_config(preset)
+    if cfg.listener.whisper is None:
+        return ListenerConfig(audio=cfg.audio, whisper=None, width=64, heads=2, layers=2, ffn=128,
+                              window_frames=6, embedding_dim=cfg.backbone.hidden_size)
+    if cfg.listener.whisper == "tiny.en":
+        return ListenerConfig(audio=cfg.audio, whisper="tiny.en", embedding_dim=cfg.backbone.hidden_size)
+    return ListenerConfig(audio=cfg.audio, whisper=cfg.listener.whisper, width=512, heads=8, layers=6, ffn=2048,
+                          embedding_dim=cfg.backbone.hidden_size)
+
+
+def sinusoids(positions: torch.Tensor, channels: int) -> torch.Tensor:
+    """Whisper's position embedding for any positions (n,) -> (n, channels): sines, then cosines."""
+    increment = math.log(10_000) / (channels // 2 - 1)
+    rates = torch.exp(-increment * torch.arange(channels // 2, device=positions.device))
+    angles = positions.float()[:, None] * rates[None]  # (n, channels / 2)
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def whisper_features(log_mel: torch.Tensor) -> torch.Tensor:
+    """``MelSpectrogram`` output (natural-log magnitudes) -> Whisper's feature scale, causally."""
+    log10_power = 2 * log_mel / math.log(10) + WHISPER_OFFSET
+    return (log10_power.clamp(min=WHISPER_FLOOR) + 4) / 4
+
+
+# --- the encoder -----------------------------------------------------------------------
+
+
+class EncoderLayer(nn.Module):
+    """Whisper's pre-norm transformer layer: self-attention, then a GELU MLP, each with a residual."""
+
+    def __init__(self, width: int, heads: int, ffn: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.attn_norm = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)  # Whisper's key projection has no bias: it stays zero
+        self.out = nn.Linear(width, width)
+        self.mlp_norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, ffn)
+        self.fc2 = nn.Linear(ffn, width)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, past: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x (batch, n, width) -> (same shape, this call's keys and values with ``past`` in front)."""
+        batch, n, _ = x.shape
+        q, k, v = self.qkv(self.attn_norm(x)).view(batch, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        if past is not None:  # (batch, heads, m, head_dim) each: the cached window
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (batch, heads, n, head_dim)
+        x = x + self.out(attended.transpose(1, 2).reshape(batch, n, -1))
+        x = x + self.fc2(F.gelu(self.fc1(self.mlp_norm(x))))
+        return x, (k, v)
+
+
+def block_causal_mask(n_positions: int, per_frame: int, window_frames: int, device=None) -> torch.Tensor:
+    """(n, n) bool, True where query i may attend key j: j's frame is i's or one of the window's before it."""
+    frame = torch.arange(n_positions, device=device) // per_frame
+    behind = frame[:, None] - frame[None, :]  # how many frames key j is behind query i
+    return (behind >= 0) & (behind < window_frames)
+
+
+class StreamingWhisperEncoder(nn.Module):
+    """Whisper's encoder (conv1, conv2, sinusoids, pre-norm layers, final norm), causal and windowed.
+
+    ``forward(features)`` runs a whole clip with the block-causal mask;
+    ``whisper=True`` runs it as Whisper itself does (centred convs, full
+    attention), to check the weights against the original. ``step`` runs one
+    frame of a stream against ``EncoderState``.
+    """
+
+    def __init__(self, cfg: ListenerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.conv1 = nn.Conv1d(cfg.audio.n_mels, cfg.width, 3)
+        self.conv2 = nn.Conv1d(cfg.width, cfg.width, 3, stride=2)
+        self.layers = nn.ModuleList(EncoderLayer(cfg.width, cfg.heads, cfg.ffn) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.width)
+
+    def forward(self, features: torch.Tensor, whisper: bool = False) -> torch.Tensor:
+        """Features (batch, n_mels, 2n) -> hidden states (batch, n, width)."""
+        x = F.gelu(self.conv1(F.pad(features, (1, 1) if whisper else (2, 0))))
+        x = F.gelu(self.conv2(F.pad(x, (1, 1) if whisper else (1, 0)))).transpose(1, 2)  # (batch, n, width)
+        n = x.shape[1]
+        x = x + sinusoids(torch.arange(n, device=x.device), self.cfg.width)
+        mask = None if whisper else block_causal_mask(n, self.cfg.positions_per_frame, self.cfg.window_frames,
+                                                      x.device)
+        for layer in self.layers:
+            x, _ = layer(x, mask)
+        return self.norm(x)
+
+    def step(self, features: torch.Tensor, state: EncoderState) -> torch.Tensor:
+        """One frame's features (batch, n_mels, mels_per_frame) -> its positions (batch, per_frame, width)."""
+        features = torch.cat([state.features, features], dim=-1)  # the two columns conv1 looks back at
+        state.features = features[..., -2:]
+        x = F.gelu(self.conv1(features))
+        x = torch.cat([state.conv1, x], dim=-1)  # the one column conv2 looks back at
+        state.conv1 = x[..., -1:]
+        x = F.gelu(self.conv2(x)).transpose(1, 2)  # (batch, per_frame, width)
+        positions = torch.arange(state.position, state.position + x.shape[1], device=x.device)
+        state.position += x.shape[1]
+        x = x + sinusoids(positions, self.cfg.width)
+        keep = (self.cfg.window_frames - 1) * self.cfg.positions_per_frame  # the frames before this one
+        for i, layer in enumerate(self.layers):
+            x, (k, v) = layer(x, past=state.keys_values[i])
+            state.keys_values[i] = (k[:, :, -keep:], v[:, :, -keep:]) if keep else (k[:, :, :0], v[:, :, :0])
+        return self.norm(x)
+
+
+@dataclass
+class EncoderState:
+    """What a stream keeps between frames: two feature columns, one conv1 column, each layer's window."""
+
+    features: torch.Tensor
+    conv1: torch.Tensor
+    keys_values: list[tuple[torch.Tensor, torch.Tensor]]
+    position: int = 0
+
+    @classmethod
+    def start(cls, cfg: ListenerConfig, batch: int = 1, device=None) -> EncoderState:
+        head_dim = cfg.width // cfg.heads
+        empty = torch.zeros(batch, cfg.heads, 0, head_dim, device=device)
+        return cls(features=torch.zeros(batch, cfg.audio.n_mels, 2, device=device),
+                   conv1=torch.zeros(batch, cfg.width, 1, device=device),
+                   keys_values=[(empty, empty) for _ in range(cfg.layers)])
+
+    def numel(self) -> int:
+        return (self.features.numel() + self.conv1.numel()
+                + sum(k.numel() + v.numel() for k, v in self.keys_values))
+
+
+def whisper_encoder_state(name: str = "tiny.en", source: str = "auto") -> dict[str, torch.Tensor]:
+    """Whisper's pretrained encoder weights under ``StreamingWhisperEncoder``'s names, as float32.
+
+    Read from the CTranslate2 model faster-whisper uses (the hub's, else the
+    packaged tiny.en): the same file the judge runs, so no second copy.
+    """
+    from .backbone import read_ctranslate2_weights, whisper_model_dir
+
+    ct2 = read_ctranslate2_weights(whisper_model_dir(name, source), prefix="encoder/")
+    state = {}
+    for ours, theirs in (("conv1", "conv1"), ("conv2", "conv2")):
+        state[f"{ours}.weight"], state[f"{ours}.bias"] = ct2[f"{theirs}/weight"], ct2[f"{theirs}/bias"]
+    state["norm.weight"], state["norm.bias"] = ct2["layer_norm/gamma"], ct2["layer_norm/beta"]
+    n_layers = sum(1 for key in ct2 if key.endswith("self_attention/linear_0/weight"))
+    for i in range(n_layers):
+        names = {"attn_norm": "self_attention/layer_norm", "qkv": "self_attention/linear_0",
+                 "out": "self_attention/linear_1", "mlp_norm": "ffn/layer_norm", "fc1": "ffn/linear_0",
+                 "fc2": "ffn/linear_1"}
+        for ours, theirs in names.items():
+            norm = ours.endswith("norm")
+            state[f"layers.{i}.{ours}.weight"] = ct2[f"layer_{i}/{theirs}/{'gamma' if norm else 'weight'}"]
+            state[f"layers.{i}.{ours}.bias"] = ct2[f"layer_{i}/{theirs}/{'beta' if norm else 'bias'}"]
+    return {key: value.float() for key, value in state.items()}
+
+
+# --- the listener: encoder + frame head ------------------------------------------------
+
+
+def token_embeddings(preset: str, vocab_size: int) -> torch.Tensor:
+    """The backbone's input token embeddings (vocab, hidden), which the listener scores tokens against.
+
+    ``lite`` and ``michi`` read them from the backbone's weights; ``tiny``,
+    whose backbone is random, gets a seeded random table of its size.
+    """
+    cfg = get_config(preset)
+    if cfg.backbone.hub_id is None:
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn(vocab_size, cfg.backbone.hidden_size, generator=generator) * 0.02
+    from safetensors import safe_open
+
+    from .backbone import smollm_weights_dir
+
+    folder = smollm_weights_dir(cfg.backbone.hub_id)
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            if "model.embed_tokens.weight" in f.keys():
+                return f.get_tensor("model.embed_tokens.weight").float()
+    raise FileNotFoundError(f"{folder}: no model.embed_tokens.weight in the backbone's safetensors")
+
+
+class Listener(nn.Module):
+    """Audio features -> per 80 ms frame: an embedding for the backbone and text-token logits.
+
+    A frame's ``positions_per_frame`` encoder states are concatenated and
+    projected to ``embedding_dim``: that vector is the frame's embedding, and
+    its dot product with every token embedding of the backbone (plus a
+    learned bias per token) is the token's logit. The token embeddings are a
+    frozen buffer, not saved with the listener.
+    """
+
+    def __init__(self, cfg: ListenerConfig, token_table: torch.Tensor) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = StreamingWhisperEncoder(cfg)
+        self.project = nn.Linear(cfg.positions_per_frame * cfg.width, cfg.embedding_dim)
+        self.register_buffer("token_table", token_table, persistent=False)  # (vocab, embedding_dim)
+        self.token_bias = nn.Parameter(torch.zeros(token_table.shape[0]))
+
+    def head(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder states (batch, frames * per_frame, width) -> (embeddings, logits) per frame."""
+        batch, n, width = hidden.shape
+        frames = hidden.reshape(batch, n // self.cfg.positions_per_frame, -1)  # (batch, frames, per_frame * width)
+        embeddings = self.project(frames)  # (batch, frames, embedding_dim)
+        return embeddings, embeddings @ self.token_table.T + self.token_bias  # logits (batch, frames, vocab)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whisper-scale features (batch, n_mels, frames * mels_per_frame) -> (embeddings, logits)."""
+        if features.shape[-1] % self.cfg.audio.mels_per_frame:
+            raise ValueError(f"features must cover whole 80 ms frames ({self.cfg.audio.mels_per_frame} columns "
+                             f"each), got {features.shape[-1]} columns")
+        return self.head(self.encoder(features))
+
+    def stream(self) -> ListenerStream:
+        return ListenerStream(self)
+
+
+@dataclass
+class HeardFrame:
+    """One 80 ms frame of a stream: its index, the token it emits (``pad_id`` for none) and its embedding."""
+
+    index: int
+    token_id: int
+    embedding: torch.Tensor  # (embedding_dim,)
+
+    @property
+    def end_seconds(self) -> float:
+        """When the frame's audio ends: the earliest the token can be emitted."""
+        return (self.index + 1) * 0.08
+
+
+class ListenerStream:
+    """Feed a ``Listener`` audio as it arrives; get one ``HeardFrame`` per whole 80 ms of it.
+
+    The state is bounded: the last samples the causal mel needs, the
+    encoder's ``EncoderState`` (its attention window) and samples waiting to
+    fill a frame. The frames equal the batched forward's on the same audio.
+    """
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        audio = listener.cfg.audio
+        self.frontend = MelSpectrogram(audio)
+        # the mel of a new hop looks back n_fft - hop samples; keep whole hops of them
+        self.history = math.ceil((audio.n_fft - audio.hop_length) / audio.hop_length) * audio.hop_length
+        self.reset()
+
+    def reset(self) -> None:
+        cfg = self.listener.cfg
+        device = self.listener.token_bias.device
+        self.past_audio = torch.zeros(self.history, device=device)
+        self.waiting = torch.zeros(0, device=device)
+        self.state = EncoderState.start(cfg, device=device)
+        self.n_frames = 0
+
+    @torch.inference_mode()
+    def push(self, samples: torch.Tensor) -> list[HeardFrame]:
+        """Mono samples at the listener's rate (any count) -> the frames they complete."""
+        frame_samples = self.listener.cfg.audio.samples_per_frame
+        self.waiting = torch.cat([self.waiting, samples.to(self.waiting)])
+        heard = []
+        while len(self.waiting) >= frame_samples:
+            chunk, self.waiting = self.waiting[:frame_samples], self.waiting[frame_samples:]
+            heard.append(self._frame(chunk))
+        return heard
+
+    def _frame(self, chunk: torch.Tensor) -> HeardFrame:
+        audio = torch.cat([self.past_audio, chunk])
+        self.past_audio = audio[-self.history:]
+        mel = self.frontend(audio)[:, -self.listener.cfg.audio.mels_per_frame:]  # this frame's columns
+        hidden = self.listener.encoder.step(whisper_features(mel)[None], self.state)
+        embedding, logits = self.listener.head(hidden)
+        frame = HeardFrame(self.n_frames, int(logits[0, 0].argmax()), embedding[0, 0])
+        self.n_frames += 1
+        return frame
+
+    def cache_numel(self) -> int:
+        return self.past_audio.numel() + self.waiting.numel() + self.state.numel()
+
+
+def clip_features(wave: torch.Tensor, audio: AudioConfig) -> torch.Tensor:
+    """A whole clip (samples,) cut to whole 80 ms frames -> Whisper-scale features (n_mels, frames * 8)."""
+    wave = wave[:len(wave) // audio.samples_per_frame * audio.samples_per_frame]
+    return whisper_features(MelSpectrogram(audio).to(wave.device)(wave))
+
+
+def build_listener(preset: str, vocab_size: int, pretrained: bool = True) -> Listener:
+    """A listener for ``preset``: Whisper's pretrained encoder where the preset names one, else random."""
+    cfg = listener_config(preset)
+    listener = Listener(cfg, token_embeddings(preset, vocab_size))
+    if pretrained and cfg.whisper is not None:
+        listener.encoder.load_state_dict(whisper_encoder_state(cfg.whisper))
+    return listener
