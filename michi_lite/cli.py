@@ -65,7 +65,8 @@ def cmd_data_subset(args: argparse.Namespace) -> None:
 
 
 def cmd_train_vocoder(args: argparse.Namespace) -> None:
-    from .vocoder import latest_checkpoint, train_vocoder, vocoder_config
+    from .train import latest_checkpoint
+    from .vocoder import train_vocoder, vocoder_config
 
     run = train_vocoder(vocoder_config(args.preset), args.data, args.out, steps=args.steps, resume=args.resume,
                         batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,

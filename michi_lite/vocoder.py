@@ -29,13 +29,10 @@ lines up with the mel.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
 import os
-import shutil
-import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -47,11 +44,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 from torch.nn.utils.parametrize import is_parametrized, remove_parametrizations
-from tqdm.auto import tqdm
 
 from michi_lite.audio import SILENCE_MEL, MelSpectrogram, denormalize_mel, load_audio, normalize_mel
 from michi_lite.config import AudioConfig, get_config
 from michi_lite.data.corpus import load_manifest
+from michi_lite.train import fit, started_config
 
 logger = logging.getLogger(__name__)
 
@@ -702,7 +699,7 @@ class VocoderTrainer:
     """The generator, both discriminators and their optimizers: what one training step updates."""
 
     def __init__(self, cfg: VocoderConfig, device: torch.device) -> None:
-        self.cfg, self.device = cfg, device
+        self.cfg, self.device, self.preset = cfg, device, cfg.preset
         self.generator = HiFiGANGenerator(cfg).to(self.device)
         self.mpd = MultiPeriodDiscriminator(cfg).to(self.device)
         self.mrd = MultiResolutionDiscriminator(cfg).to(self.device)
@@ -776,80 +773,20 @@ class VocoderTrainer:
         self.sched_g.load_state_dict(state["sched_g"])
         self.sched_d.load_state_dict(state["sched_d"])
 
+    def learning_rate(self) -> float:
+        return self.sched_g.get_last_lr()[0]
 
-LOG_COLUMNS = ["step", "generator_loss", "mel_loss", "feature_loss", "adversarial_loss",
-               "discriminator_loss", "lr", "seconds"]
+    def config(self) -> dict:
+        return json.loads(self.cfg.to_json())
 
+    def shape(self) -> dict:
+        return self.cfg.generator_fields()
 
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint directory of a run (half-written ones are never named step_*)."""
-    steps = sorted(Path(out_dir).glob("checkpoints/step_*"))
-    return steps[-1] if steps else None
-
-
-def save_checkpoint(out_dir: Path, trainer: VocoderTrainer, step: int, seconds: float, keep: int = 2) -> Path:
-    """Write everything a resume needs into a temporary directory, then rename it into place.
-
-    Weights go to safetensors; optimizer moments and RNG states to a torch file
-    of plain tensors (loaded back with ``weights_only=True``). The rename is
-    atomic, so a kill mid-write leaves the previous checkpoint intact. The
-    inference export ``vocoder.safetensors`` is refreshed alongside.
-    """
-    checkpoints = out_dir / "checkpoints"
-    final = checkpoints / f"step_{step:08d}"
-    tmp = checkpoints / f".tmp_step_{step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, module in trainer.modules().items():
-        tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-        save_file(tensors, str(tmp / f"{name}.safetensors"))
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save({**trainer.optimizer_state(), "rng": rng}, tmp / "optimizers.pt")
-    meta = {"step": step, "seconds": seconds, "preset": trainer.cfg.preset, "config": json.loads(trainer.cfg.to_json())}
-    (tmp / "state.json").write_text(json.dumps(meta, indent=2))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in sorted(checkpoints.glob("step_*"))[:-keep]:
-        shutil.rmtree(old)
-    save_vocoder(out_dir / "vocoder.safetensors", trainer.generator, trainer.cfg.preset)
-    return final
+    def export(self, out_dir: Path) -> None:
+        save_vocoder(out_dir / "vocoder.safetensors", self.generator, self.preset)
 
 
-def load_checkpoint(checkpoint: Path, trainer: VocoderTrainer) -> tuple[int, float]:
-    """Restore a ``save_checkpoint`` directory into ``trainer``; returns (step, seconds trained)."""
-    meta = json.loads((checkpoint / "state.json").read_text())
-    if meta["preset"] != trainer.cfg.preset:
-        raise ValueError(
-            f"{checkpoint}: this run was trained with preset {meta['preset']!r}, not {trainer.cfg.preset!r}"
-        )
-    if {k: meta["config"].get(k) for k in trainer.cfg.generator_fields()} != trainer.cfg.generator_fields():
-        raise ValueError(f"{checkpoint}: this run's generator has another shape than preset {meta['preset']!r} now has")
-    for name, module in trainer.modules().items():
-        module.load_state_dict(load_file(str(checkpoint / f"{name}.safetensors"), device=str(trainer.device)))
-    state = torch.load(checkpoint / "optimizers.pt", map_location=trainer.device, weights_only=True)
-    trainer.load_optimizer_state(state)
-    torch.set_rng_state(state["rng"]["torch"].cpu())
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
-    return meta["step"], meta["seconds"]
-
-
-def truncate_log(log_path: Path, step: int) -> None:
-    """Drop log rows past ``step`` (after a resume they are logged again) and any row a kill cut short."""
-    if not log_path.exists():
-        return
-    with log_path.open(newline="") as f:
-        rows = [row for row in csv.DictReader(f)
-                if None not in row.values() and row["seconds"] and int(row["step"]) <= step]
-    tmp = log_path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, LOG_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, log_path)  # a kill mid-rewrite leaves the old log, not half of it
+LOSSES = ["generator_loss", "mel_loss", "feature_loss", "adversarial_loss", "discriminator_loss"]
 
 
 def train_vocoder(
@@ -878,34 +815,14 @@ def train_vocoder(
     uninterrupted one statistically, not bit for bit. ``max_minutes`` ends
     this call early, with a checkpoint, once it has trained that long.
     """
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be at least 1, not {checkpoint_every}")
-    out_dir = Path(out_dir)
-    checkpoint = latest_checkpoint(out_dir)
-    if resume and checkpoint is not None:
-        started_with = json.loads((checkpoint / "state.json").read_text())["config"]
+    started_with = started_config(out_dir) if resume else None
+    if started_with is not None:
         batch_size = batch_size or started_with["batch_size"]
         segment_seconds = segment_seconds or started_with["segment_seconds"]
     cfg = replace(cfg, batch_size=batch_size or cfg.batch_size, segment_seconds=segment_seconds or cfg.segment_seconds)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir / "train_log.csv"
-
     torch.manual_seed(seed)
     trainer = VocoderTrainer(cfg, device)
-    step, seconds = 0, 0.0
-    if resume and checkpoint is not None:
-        step, seconds = load_checkpoint(checkpoint, trainer)
-        truncate_log(log_path, step)
-        logger.info("resuming from %s at step %d", checkpoint, step)
-    elif checkpoint is not None:
-        raise ValueError(f"{out_dir} already holds a run; pass resume=True (--resume) or choose another --out")
-    elif resume:
-        logger.info("no checkpoint in %s: starting from step 0", out_dir)
-    if not log_path.exists() or step == 0:
-        with log_path.open("w", newline="") as f:
-            csv.writer(f).writerow(LOG_COLUMNS)
-
     n_params = sum(p.numel() for p in trainer.generator.parameters())
     logger.info("vocoder %s: generator %.2fM parameters, %d steps of batch %d x %d samples on %s",
                 cfg.preset, n_params / 1e6, steps, cfg.batch_size, cfg.segment_samples, device)
@@ -915,28 +832,5 @@ def train_vocoder(
         AudioSegments(data_dir, cfg), batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
         persistent_workers=workers > 0, pin_memory=device.type == "cuda",
     )
-    bar = tqdm(total=steps, initial=step, desc="vocoder", unit="step")
-    started = time.perf_counter() - seconds
-    deadline = math.inf if max_minutes is None else time.perf_counter() + 60 * max_minutes
-    out_of_time = False
-    while step < steps and not out_of_time:
-        for wave in loader:  # (batch, segment)
-            losses = trainer.step(wave)
-            step += 1
-            out_of_time = time.perf_counter() >= deadline
-            bar.update()
-            bar.set_postfix(mel=f"{losses['mel_loss']:.3f}", g=f"{losses['generator_loss']:.2f}",
-                            d=f"{losses['discriminator_loss']:.2f}")
-            if step % log_every == 0 or step == steps or out_of_time:
-                row = {**losses, "step": step, "lr": trainer.sched_g.get_last_lr()[0],
-                       "seconds": round(time.perf_counter() - started, 2)}
-                with log_path.open("a", newline="") as f:
-                    csv.DictWriter(f, LOG_COLUMNS).writerow(row)
-            if step % checkpoint_every == 0 or step == steps or out_of_time:
-                save_checkpoint(out_dir, trainer, step, time.perf_counter() - started)
-            if step == steps or out_of_time:
-                break
-    bar.close()
-    if out_of_time and step < steps:
-        logger.info("stopping at step %d after %.1f minutes; --resume goes on", step, max_minutes)
-    return out_dir
+    return fit(trainer, loader, out_dir, steps, LOSSES, resume=resume, checkpoint_every=checkpoint_every,
+               log_every=log_every, max_minutes=max_minutes, desc="vocoder")

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from michi_lite.audio import MelSpectrogram, normalize_mel
+from michi_lite.train import latest_checkpoint, load_checkpoint, save_checkpoint
 from michi_lite.vocoder import (
     GriffinLim,
     HiFiGANGenerator,
@@ -23,10 +24,7 @@ from michi_lite.vocoder import (
     adversarial_loss,
     discriminator_loss,
     feature_matching_loss,
-    latest_checkpoint,
-    load_checkpoint,
     load_vocoder,
-    save_checkpoint,
     save_vocoder,
     stft_distance,
     train_vocoder,

@@ -1,0 +1,186 @@
+"""What every training stage shares: checkpoints that survive a kill, resuming, the loop and its CSV log.
+
+A stage supplies a ``Trainer``: its modules and optimizers, one ``step`` on a
+batch, and an ``export`` of the file inference loads. ``fit`` runs it:
+
+* a checkpoint every N steps (and at the end, and when ``max_minutes`` is
+  up) into ``checkpoints/step_N/``: weights as safetensors, optimizer moments,
+  schedules and RNG states as plain tensors (read back with
+  ``weights_only=True``), written to a temporary directory and renamed into
+  place, so a kill mid-write leaves the previous checkpoint whole;
+* ``resume``: the newest checkpoint is loaded, log rows past it are dropped
+  (they are logged again), and training goes on, losing at most one
+  checkpoint interval;
+* a progress bar with the losses and ``train_log.csv`` with a row every
+  ``log_every`` steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+class Trainer(Protocol):
+    """One stage's training: what ``fit`` and the checkpoints need from it."""
+
+    preset: str
+    device: torch.device
+
+    def step(self, batch) -> dict[str, float]: ...  # one update; the losses by name
+    def modules(self) -> dict[str, nn.Module]: ...  # everything with weights, by file name
+    def optimizer_state(self) -> dict: ...
+    def load_optimizer_state(self, state: dict) -> None: ...
+    def learning_rate(self) -> float: ...
+    def config(self) -> dict: ...  # the run's full configuration, kept in every checkpoint
+    def shape(self) -> dict: ...  # the part of it a checkpoint must match to load
+    def export(self, out_dir: Path) -> None: ...  # refresh the file inference reads
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint directory of a run (half-written ones are never named step_*)."""
+    steps = sorted(Path(out_dir).glob("checkpoints/step_*"))
+    return steps[-1] if steps else None
+
+
+def save_checkpoint(out_dir: Path, trainer: Trainer, step: int, seconds: float, keep: int = 2) -> Path:
+    """Write everything a resume needs into a temporary directory, then rename it into place."""
+    checkpoints = out_dir / "checkpoints"
+    final = checkpoints / f"step_{step:08d}"
+    tmp = checkpoints / f".tmp_step_{step:08d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, module in trainer.modules().items():
+        tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        save_file(tensors, str(tmp / f"{name}.safetensors"))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save({**trainer.optimizer_state(), "rng": rng}, tmp / "optimizers.pt")
+    meta = {"step": step, "seconds": seconds, "preset": trainer.preset, "config": trainer.config()}
+    (tmp / "state.json").write_text(json.dumps(meta, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(checkpoints.glob("step_*"))[:-keep]:
+        shutil.rmtree(old)
+    trainer.export(out_dir)
+    return final
+
+
+def load_checkpoint(checkpoint: Path, trainer: Trainer) -> tuple[int, float]:
+    """Restore a ``save_checkpoint`` directory into ``trainer``; returns (step, seconds trained)."""
+    meta = json.loads((checkpoint / "state.json").read_text())
+    if meta["preset"] != trainer.preset:
+        raise ValueError(f"{checkpoint}: this run was trained with preset {meta['preset']!r}, not {trainer.preset!r}")
+    if {k: meta["config"].get(k) for k in trainer.shape()} != trainer.shape():
+        raise ValueError(f"{checkpoint}: this run's model has another shape than preset {meta['preset']!r} now has")
+    for name, module in trainer.modules().items():
+        module.load_state_dict(load_file(str(checkpoint / f"{name}.safetensors"), device=str(trainer.device)))
+    state = torch.load(checkpoint / "optimizers.pt", map_location=trainer.device, weights_only=True)
+    trainer.load_optimizer_state(state)
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+    return meta["step"], meta["seconds"]
+
+
+def started_config(out_dir: str | os.PathLike) -> dict | None:
+    """The configuration a run was started with, from its newest checkpoint (None for a new run)."""
+    checkpoint = latest_checkpoint(out_dir)
+    return None if checkpoint is None else json.loads((checkpoint / "state.json").read_text())["config"]
+
+
+def truncate_log(log_path: Path, step: int, columns: list[str]) -> None:
+    """Drop log rows past ``step`` (after a resume they are logged again) and any row a kill cut short."""
+    if not log_path.exists():
+        return
+    with log_path.open(newline="") as f:
+        rows = [row for row in csv.DictReader(f)
+                if None not in row.values() and row["seconds"] and int(row["step"]) <= step]
+    tmp = log_path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, log_path)  # a kill mid-rewrite leaves the old log, not half of it
+
+
+def fit(
+    trainer: Trainer,
+    batches: Iterable,
+    out_dir: str | os.PathLike,
+    steps: int,
+    losses: list[str],
+    resume: bool = False,
+    checkpoint_every: int = 1000,
+    log_every: int = 10,
+    max_minutes: float | None = None,
+    desc: str = "train",
+) -> Path:
+    """Train ``trainer`` on ``batches`` (iterated again and again) until step ``steps``; returns ``out_dir``.
+
+    ``losses`` are the names ``trainer.step`` returns, in the log's column
+    order. With ``resume=True`` training continues from the newest
+    checkpoint; without it, an ``out_dir`` that already holds a run is
+    refused. ``max_minutes`` ends this call early, with a checkpoint.
+    """
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be at least 1, not {checkpoint_every}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = ["step", *losses, "lr", "seconds"]
+    log_path = out_dir / "train_log.csv"
+    checkpoint = latest_checkpoint(out_dir)
+    step, seconds = 0, 0.0
+    if resume and checkpoint is not None:
+        step, seconds = load_checkpoint(checkpoint, trainer)
+        truncate_log(log_path, step, columns)
+        logger.info("resuming from %s at step %d", checkpoint, step)
+    elif checkpoint is not None:
+        raise ValueError(f"{out_dir} already holds a run; pass resume=True (--resume) or choose another --out")
+    elif resume:
+        logger.info("no checkpoint in %s: starting from step 0", out_dir)
+    if not log_path.exists() or step == 0:
+        with log_path.open("w", newline="") as f:
+            csv.writer(f).writerow(columns)
+
+    bar = tqdm(total=steps, initial=step, desc=desc, unit="step")
+    started = time.perf_counter() - seconds
+    deadline = math.inf if max_minutes is None else time.perf_counter() + 60 * max_minutes
+    out_of_time = False
+    while step < steps and not out_of_time:
+        for batch in batches:
+            result = trainer.step(batch)
+            step += 1
+            out_of_time = time.perf_counter() >= deadline
+            bar.update()
+            bar.set_postfix({name: f"{result[name]:.3f}" for name in losses[:3]})
+            if step % log_every == 0 or step == steps or out_of_time:
+                row = {**result, "step": step, "lr": trainer.learning_rate(),
+                       "seconds": round(time.perf_counter() - started, 2)}
+                with log_path.open("a", newline="") as f:
+                    csv.DictWriter(f, columns).writerow(row)
+            if step % checkpoint_every == 0 or step == steps or out_of_time:
+                save_checkpoint(out_dir, trainer, step, time.perf_counter() - started)
+            if step == steps or out_of_time:
+                break
+    bar.close()
+    if out_of_time and step < steps:
+        logger.info("stopping at step %d after %.1f minutes; --resume goes on", step, max_minutes)
+    return out_dir
