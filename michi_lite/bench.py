@@ -150,3 +150,52 @@ def bench_vocoder(preset: str, ckpt: str | os.PathLike | None = None, seconds: f
         torch.set_num_threads(previous_threads)
     report["run"] = run_info(preset)
     return report
+
+
+def bench_listener(preset: str, ckpt: str | os.PathLike | None = None, seconds: float = 10.0,
+                   threads: int = 1) -> dict:
+    """Per-80 ms-frame compute of the streaming listening head, fp32 and with the int8 token scorer.
+
+    The stream is fed one frame of audio at a time, as a microphone would,
+    after ``WARMUP_CHUNKS`` + ``window_frames`` frames, so that the attention
+    window is full and every timed frame costs what a long stream's do.
+    Without ``ckpt`` the weights are Whisper's pretrained encoder and an
+    untrained head: the same arithmetic as a trained one.
+    """
+    from .backbone import load_tokenizer
+    from .listen import build_listener, listener_config, load_listener, quantized_for_cpu
+
+    vocab = len(load_tokenizer())
+    listener = build_listener(preset, vocab) if ckpt is None else load_listener(ckpt, preset, vocab)
+    listener = listener.eval()
+    cfg = listener_config(preset)
+    frame = cfg.audio.samples_per_frame
+    warmup = WARMUP_CHUNKS + cfg.window_frames
+    n_frames = max(1, round(seconds / FRAME_SECONDS))
+    wave = torch.randn((warmup + n_frames) * frame, generator=torch.Generator().manual_seed(0)) * 0.1
+    report: dict = {
+        "audio_seconds": n_frames * FRAME_SECONDS,
+        "frame_ms": FRAME_SECONDS * 1000,
+        "parameters": sum(p.numel() for p in listener.parameters()),
+        "vocabulary": vocab,
+        "window_frames": cfg.window_frames,
+        "checkpoint": None if ckpt is None else str(ckpt),
+        "threads": threads,
+    }
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for name, model in (("fp32", listener), ("int8_scorer", quantized_for_cpu(listener))):
+            stream = model.stream()
+            for i in range(warmup):
+                stream.push(wave[i * frame:(i + 1) * frame])
+            seconds_per_frame = [timed(lambda i=i: stream.push(wave[i * frame:(i + 1) * frame]), torch.device("cpu"))
+                                 for i in range(warmup, warmup + n_frames)]
+            summary = latency_summary(seconds_per_frame, n_frames * FRAME_SECONDS)
+            report[name] = {"frame_ms_median": summary["chunk_latency_ms_median"],
+                            "frame_ms_p95": summary["chunk_latency_ms_p95"], "rtf": summary["rtf"],
+                            "n_frames": n_frames}
+    finally:
+        torch.set_num_threads(previous_threads)
+    report["run"] = run_info(preset)
+    return report

@@ -3,10 +3,14 @@
     michi-lite data build      --preset P --out DIR
     michi-lite data subset     --data DIR --out DIR --hours H [--splits S ...] [--seed N]
     michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
+    michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite export vocoder  --preset P --ckpt RUN --out FILE
     michi-lite eval alignment  --preset P --data DIR --json OUT
     michi-lite eval vocoder    --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N]
+    michi-lite eval listener   --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N]
     michi-lite bench vocoder   --preset P --json OUT [--ckpt RUN] [--seconds S] [--threads T]
+    michi-lite bench listener  --preset P --json OUT [--ckpt RUN] [--seconds S] [--threads T]
+    michi-lite transcribe      IN.wav [--preset P] [--ckpt RUN] [--json OUT]
     michi-lite demo            [--preset P] [--out DIR]
 
 Subcommands for the later stages (more training stages, say, transcribe,
@@ -75,6 +79,17 @@ def cmd_train_vocoder(args: argparse.Namespace) -> None:
     print(f"the {args.preset} vocoder is at step {step}: {run / 'vocoder.safetensors'}")
 
 
+def cmd_train_listener(args: argparse.Namespace) -> None:
+    from .listen import train_listener
+    from .train import latest_checkpoint
+
+    run = train_listener(args.preset, args.data, args.out, steps=args.steps, resume=args.resume,
+                         batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
+                         max_minutes=args.max_minutes)
+    step = json.loads((latest_checkpoint(run) / "state.json").read_text())["step"]
+    print(f"the {args.preset} listener is at step {step}: {run / 'listener.safetensors'}")
+
+
 def cmd_export_vocoder(args: argparse.Namespace) -> None:
     import torch
 
@@ -102,6 +117,44 @@ def cmd_bench_vocoder(args: argparse.Namespace) -> None:
     from .bench import bench_vocoder
 
     write_json(bench_vocoder(args.preset, args.ckpt, seconds=args.seconds, threads=args.threads), args.json)
+
+
+def cmd_eval_listener(args: argparse.Namespace) -> None:
+    from .eval import evaluate_listener
+
+    write_json(evaluate_listener(args.preset, args.ckpt, args.data, max_utterances=args.max_utterances), args.json)
+
+
+def cmd_bench_listener(args: argparse.Namespace) -> None:
+    from .bench import bench_listener
+
+    write_json(bench_listener(args.preset, args.ckpt, seconds=args.seconds, threads=args.threads), args.json)
+
+
+def cmd_transcribe(args: argparse.Namespace) -> None:
+    import torch
+
+    from .audio import load_audio
+    from .backbone import load_tokenizer
+    from .listen import WordAssembler, listener_config, load_listener, quantized_for_cpu
+
+    tokenizer = load_tokenizer()
+    audio = listener_config(args.preset).audio
+    listener = quantized_for_cpu(load_listener(args.ckpt, args.preset, len(tokenizer)))
+    wave = torch.from_numpy(load_audio(args.audio, audio.sample_rate))
+    stream, assembler, heard = listener.stream(), WordAssembler(tokenizer), []
+    for start in range(0, len(wave), audio.samples_per_frame):  # as a microphone delivers it: 80 ms at a time
+        for frame in stream.push(wave[start:start + audio.samples_per_frame]):
+            for word in assembler.add(frame):
+                print(f"{word.emitted:7.2f} s  {word.word}", flush=True)
+                heard.append(word)
+    for word in assembler.finish():
+        print(f"{word.emitted:7.2f} s  {word.word}")
+        heard.append(word)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        words = [{"word": w.word, "emitted": round(w.emitted, 3)} for w in heard]
+        Path(args.json).write_text(json.dumps({"audio": str(args.audio), "words": words}, indent=2) + "\n")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -142,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
     vocoder.add_argument("--max-minutes", type=float,
                          help="stop after this long (checkpointed; --resume goes on towards --steps)")
     vocoder.set_defaults(run=cmd_train_vocoder)
+    listener = train.add_parser("listener", help="the streaming listening head (Whisper's encoder, fine-tuned)")
+    add_preset(listener)
+    listener.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
+    listener.add_argument("--out", required=True, help="run directory: checkpoints, log, listener.safetensors")
+    listener.add_argument("--steps", type=positive_int, default=20_000, help="train until this step (default: 20000)")
+    listener.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+    listener.add_argument("--batch-size", type=positive_int, default=8, help="utterances per step (default: 8)")
+    listener.add_argument("--checkpoint-every", type=positive_int, default=200, help="steps between checkpoints")
+    listener.add_argument("--max-minutes", type=float,
+                          help="stop after this long (checkpointed; --resume goes on towards --steps)")
+    listener.set_defaults(run=cmd_train_listener)
 
     export = commands.add_parser("export", help="a trained stage's weights, small, for sharing")
     export = export.add_subparsers(dest="stage", required=True)
@@ -158,23 +222,41 @@ def build_parser() -> argparse.ArgumentParser:
     alignment.add_argument("--json", help="write the report here too")
     alignment.add_argument("--diffs", help="also save every boundary difference (ms), per engine, to this .npz")
     alignment.set_defaults(run=cmd_eval_alignment)
-    vocoder_eval = evaluate.add_parser("vocoder", help="HiFi-GAN and Griffin-Lim on the test split: "
-                                                       "STFT distance, PESQ, STOI, judge WER")
-    add_preset(vocoder_eval)
-    vocoder_eval.add_argument("--ckpt", required=True, help="a vocoder run directory or .safetensors file")
-    vocoder_eval.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
-    vocoder_eval.add_argument("--json", help="write the report here too")
-    vocoder_eval.add_argument("--max-utterances", type=positive_int, help="at most N test utterances per voice group")
-    vocoder_eval.set_defaults(run=cmd_eval_vocoder)
+    for stage, run, what in (
+        ("vocoder", cmd_eval_vocoder, "HiFi-GAN and Griffin-Lim on the test split: STFT distance, PESQ, STOI, "
+                                      "judge WER"),
+        ("listener", cmd_eval_listener, "the streaming listening head on the test split: WER vs offline "
+                                        "Whisper, emission delay, frame accuracy"),
+    ):
+        stage_eval = evaluate.add_parser(stage, help=what)
+        add_preset(stage_eval)
+        stage_eval.add_argument("--ckpt", required=True, help=f"a {stage} run directory or .safetensors file")
+        stage_eval.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
+        stage_eval.add_argument("--json", help="write the report here too")
+        stage_eval.add_argument("--max-utterances", type=positive_int, help="at most N test utterances per voice group")
+        stage_eval.set_defaults(run=run)
 
     bench = commands.add_parser("bench", help="time a piece").add_subparsers(dest="what", required=True)
-    vocoder_bench = bench.add_parser("vocoder", help="RTF and per-80 ms-chunk latency, HiFi-GAN and Griffin-Lim")
-    add_preset(vocoder_bench)
-    vocoder_bench.add_argument("--json", help="write the report here too")
-    vocoder_bench.add_argument("--ckpt", help="a vocoder run or .safetensors (default: random weights, same speed)")
-    vocoder_bench.add_argument("--seconds", type=float, default=10.0, help="audio to vocode (default: 10)")
-    vocoder_bench.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
-    vocoder_bench.set_defaults(run=cmd_bench_vocoder)
+    for stage, run, what, default in (
+        ("vocoder", cmd_bench_vocoder, "RTF and per-80 ms-chunk latency, HiFi-GAN and Griffin-Lim", "random weights"),
+        ("listener", cmd_bench_listener, "per-80 ms-frame compute of the streaming listening head", "untrained head"),
+    ):
+        stage_bench = bench.add_parser(stage, help=what)
+        add_preset(stage_bench)
+        stage_bench.add_argument("--json", help="write the report here too")
+        stage_bench.add_argument("--ckpt", help=f"a {stage} run or .safetensors (default: {default}, same speed)")
+        stage_bench.add_argument("--seconds", type=float, default=10.0, help="audio to run through (default: 10)")
+        stage_bench.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
+        stage_bench.set_defaults(run=run)
+
+    transcribe = commands.add_parser("transcribe", help="stream a recording through the listening head, "
+                                                        "printing each word as it is emitted")
+    transcribe.add_argument("audio", help="a mono recording (wav, flac, ...; resampled if needed)")
+    add_preset(transcribe)
+    transcribe.add_argument("--ckpt", default="data/listener/lite_listener.safetensors",
+                            help="a listener run or .safetensors (default: the committed lite reference)")
+    transcribe.add_argument("--json", help="also write the words and their emission times here")
+    transcribe.set_defaults(run=cmd_transcribe)
 
     demo = commands.add_parser("demo", help="the main job, end to end, on a built-in example")
     add_preset(demo)

@@ -147,3 +147,79 @@ def evaluate_vocoder(
     report["checkpoint"] = str(ckpt)
     report["run"] = run_info(preset)
     return report
+
+
+def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.PathLike,
+                      max_utterances: int | None = None) -> dict:
+    """The listening head on the test split, per voice group, with the stress sentences on their own.
+
+    For each group: the streaming head's corpus WER (what its emitted tokens
+    spell), offline Whisper tiny.en's WER on the same audio (the full-context
+    baseline it was made from), the word emission delay (emission time minus
+    the aligned end of the word, over the words the head got right) as median
+    and 95th percentile in ms, and the frame accuracy against the emission
+    grid, over all frames and over the frames that carry a token. The head
+    is run on whole clips: its outputs equal those of a frame-by-frame stream
+    (``tests/test_listen.py``), and whole clips are faster to score.
+    """
+    from .backbone import load_tokenizer
+    from .data.alignment import match_words
+    from .data.frames import PAD_TOKEN
+    from .listen import clip_features, emission_grid, load_listener, words_from_logits
+
+    tokenizer = load_tokenizer()
+    pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    listener = load_listener(ckpt, preset, len(tokenizer))
+    audio = listener.cfg.audio
+    judge = load_whisper()
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for record in load_manifest(data_dir, "test"):
+        groups[record["voice_split"]].append(record)
+    if not groups:
+        raise ValueError(f"{data_dir}: the corpus has no test utterances to evaluate on")
+
+    def summary(rows: list[dict]) -> dict:
+        delays = np.concatenate([r["delays"] for r in rows]) if rows else np.zeros(0)
+        frames = sum(r["frames"] for r in rows)
+        token_frames = sum(r["token_frames"] for r in rows)
+        return {
+            "n_utterances": len(rows),
+            "wer_streaming": word_error_rate([r["text"] for r in rows], [r["heard"] for r in rows]),
+            "wer_whisper_offline": word_error_rate([r["text"] for r in rows], [r["whisper"] for r in rows]),
+            "emission_delay_ms_median": float(np.median(delays)) if len(delays) else None,
+            "emission_delay_ms_p95": float(np.percentile(delays, 95)) if len(delays) else None,
+            "n_words_timed": int(len(delays)),
+            "frame_accuracy": sum(r["frames_right"] for r in rows) / max(frames, 1),
+            "token_frame_accuracy": sum(r["token_frames_right"] for r in rows) / max(token_frames, 1),
+        }
+
+    report: dict = {"groups": {}}
+    for group, records in sorted(groups.items()):
+        rows = []
+        for record in tqdm(records[:max_utterances], desc=f"listener eval, {group} voices", unit="utt"):
+            wave = load_audio(Path(data_dir) / record["path"], audio.sample_rate)
+            padded = torch.from_numpy(np.pad(wave, (0, -len(wave) % audio.samples_per_frame)))
+            with torch.inference_mode():
+                _, logits = listener(clip_features(padded, audio)[None])
+            logits = logits[0]  # (frames, vocab)
+            words = [Word.from_dict(w) for w in record["words"]]
+            heard = words_from_logits(logits, tokenizer)
+            grid = torch.tensor(emission_grid(record["text"], words, tokenizer, len(logits)).tokens)
+            right, tokens = logits.argmax(-1) == grid, grid != pad_id
+            delays = [1000 * (h.start - w.end) for w, h in match_words(words, [h.as_word() for h in heard])]
+            rows.append({
+                "text": record["text"], "heard": " ".join(h.word for h in heard),
+                "whisper": transcribe(wave, audio.sample_rate, judge),
+                "delays": np.array(delays), "category": record["category"],
+                "frames": len(grid), "frames_right": int(right.sum()),
+                "token_frames": int(tokens.sum()), "token_frames_right": int((right & tokens).sum()),
+            })
+        report["groups"][group] = {
+            "all": summary(rows),
+            "stress": summary([r for r in rows if r["category"].startswith("stress")]),
+            "plain": summary([r for r in rows if not r["category"].startswith("stress")]),
+        }
+        logger.info("listener eval, %s voices: %s", group, report["groups"][group]["all"])
+    report["checkpoint"] = str(ckpt)
+    report["run"] = run_info(preset)
+    return report

@@ -32,16 +32,27 @@ the model, ``ListenerStream`` feeds it audio as it arrives.
 from __future__ import annotations
 
 import copy
+import json
+import logging
 import math
+import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 
-from .audio import MelSpectrogram
-from .config import AudioConfig, get_config
+from .audio import MelSpectrogram, load_audio
+from .config import FRAME_SECONDS, AudioConfig, get_config
+from .data.corpus import load_manifest
+from .data.frames import PAD_TOKEN, TokenGrid, frame_tokens
+from .data.words import Word
+from .train import fit, read_weights, write_weights
+
+logger = logging.getLogger(__name__)
 
 # Whisper's features are log10 power mels (a 400-sample window), floored 8
 # decades under the clip's maximum and scaled by (x + 4) / 4. The causal
@@ -252,7 +263,6 @@ def token_embeddings(preset: str, vocab_size: int) -> torch.Tensor:
     if cfg.backbone.hub_id is None:
         generator = torch.Generator().manual_seed(0)
         return torch.randn(vocab_size, cfg.backbone.hidden_size, generator=generator) * 0.02
-    from safetensors import safe_open
 
     from .backbone import smollm_weights_dir
 
@@ -398,3 +408,243 @@ def build_listener(preset: str, vocab_size: int, pretrained: bool = True) -> Lis
     if pretrained and cfg.whisper is not None:
         listener.encoder.load_state_dict(whisper_encoder_state(cfg.whisper))
     return listener
+
+
+# --- what the listener learns to emit ----------------------------------------------------
+
+
+def emission_grid(text: str, words: list[Word], tokenizer, n_frames: int) -> TokenGrid:
+    """The listener's targets: each word's tokens on the frame in which the word *ends*.
+
+    The backbone's own text grid puts a word on the frame where it starts,
+    which a causal listener cannot know yet. So the listener is taught to
+    emit a word on the last frame its audio overlaps, as soon as it has heard
+    it all (tokens of long words spill into the next frames). A grid the
+    audio is too short for is cut to ``n_frames``.
+    """
+    frame_ms = round(FRAME_SECONDS * 1000)
+    heard = [Word(w.word, (math.ceil(round(w.end * 1000) / frame_ms) - 1) * FRAME_SECONDS, w.end) for w in words]
+    grid = frame_tokens(text, heard, tokenizer)
+    tokens = (grid.tokens + [grid.pad_id] * n_frames)[:n_frames]
+    return TokenGrid(tokens=tokens, pad_id=grid.pad_id)
+
+
+class ListenerUtterances(torch.utils.data.Dataset):
+    """(Whisper-scale features, emission-grid targets) of a corpus split's utterances up to ``max_seconds``."""
+
+    def __init__(self, data_dir: str | os.PathLike, cfg: ListenerConfig, tokenizer, split: str = "train",
+                 max_seconds: float = 12.0) -> None:
+        self.data_dir, self.cfg, self.tokenizer = Path(data_dir), cfg, tokenizer
+        self.records = [r for r in load_manifest(data_dir, split) if r["duration"] <= max_seconds]
+        if not self.records:
+            raise ValueError(f"{data_dir}: no {split} utterances of at most {max_seconds} s")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        record = self.records[index]
+        wave = torch.from_numpy(load_audio(self.data_dir / record["path"], self.cfg.audio.sample_rate))
+        wave = F.pad(wave, (0, -len(wave) % self.cfg.audio.samples_per_frame))  # whole frames, with silence
+        features = clip_features(wave, self.cfg.audio)  # (n_mels, frames * mels_per_frame)
+        n_frames = features.shape[-1] // self.cfg.audio.mels_per_frame
+        words = [Word.from_dict(w) for w in record["words"]]
+        grid = emission_grid(record["text"], words, self.tokenizer, n_frames)
+        return features, torch.tensor(grid.tokens)
+
+    @staticmethod
+    def collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad to the longest: features with the floor value (silence), targets with -100 (no loss)."""
+        frames = max(len(targets) for _, targets in items)
+        mels_per_frame = items[0][0].shape[-1] // len(items[0][1])
+        silence = (WHISPER_FLOOR + 4) / 4
+        features = torch.stack([F.pad(f, (0, frames * mels_per_frame - f.shape[-1]), value=silence)
+                                for f, _ in items])
+        targets = torch.stack([F.pad(t, (0, frames - len(t)), value=-100) for _, t in items])
+        return features, targets  # (batch, n_mels, frames * mels_per_frame), (batch, frames)
+
+
+# --- training, saving, loading --------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "michi_lite.listener/1"
+LOSSES = ["loss", "frame_accuracy", "token_accuracy"]
+
+
+class ListenerTrainer:
+    """The listener and its optimizer: frame-level cross-entropy against the emission grid.
+
+    The pretrained encoder learns at a tenth of the new head's rate, after a
+    linear warm-up, so the first steps of a random head do not wreck it.
+    """
+
+    def __init__(self, listener: Listener, preset: str, device: torch.device, pad_id: int,
+                 learning_rate: float = 3e-4, warmup_steps: int = 50) -> None:
+        self.listener, self.preset, self.device, self.pad_id = listener.to(device), preset, device, pad_id
+        head = [*listener.project.parameters(), listener.token_bias]
+        self.optimizer = torch.optim.AdamW([
+            {"params": listener.encoder.parameters(), "lr": learning_rate / 10},
+            {"params": head, "lr": learning_rate},
+        ], weight_decay=0.01)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup_steps))
+
+    def step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        features, targets = (t.to(self.device) for t in batch)
+        self.listener.train()
+        _, logits = self.listener(features)  # (batch, frames, vocab)
+        loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.listener.parameters(), 1.0)
+        self.optimizer.step()
+        self.schedule.step()
+        with torch.no_grad():
+            predicted, counted = logits.argmax(-1), targets != -100
+            tokens = counted & (targets != self.pad_id)
+            right = (predicted == targets) & counted
+        return {"loss": loss.item(), "frame_accuracy": (right.sum() / counted.sum()).item(),
+                "token_accuracy": ((right & tokens).sum() / tokens.sum().clamp(min=1)).item()}
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"listener": self.listener}
+
+    def optimizer_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
+
+    def load_optimizer_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+
+    def learning_rate(self) -> float:
+        return self.schedule.get_last_lr()[-1]
+
+    def config(self) -> dict:
+        return json.loads(json.dumps(asdict(self.listener.cfg)))
+
+    def shape(self) -> dict:
+        return self.config()
+
+    def export(self, out_dir: Path) -> None:
+        save_listener(out_dir / "listener.safetensors", self.listener, self.preset)
+
+
+def save_listener(path: str | os.PathLike, listener: Listener, preset: str,
+                  dtype: torch.dtype = torch.float32) -> Path:
+    """The listener's own weights (not the backbone's token table) as safetensors, written atomically."""
+    tensors = {k: v.to(dtype) for k, v in listener.state_dict().items()}
+    return write_weights(path, tensors, {"format": CHECKPOINT_FORMAT, "preset": preset,
+                                         "config": json.dumps(asdict(listener.cfg))})
+
+
+def load_listener(path: str | os.PathLike, preset: str, vocab_size: int, device: str = "cpu") -> Listener:
+    """Read a ``save_listener`` file (or a training run's directory) into an eval-mode fp32 listener."""
+    path, metadata, tensors = read_weights(path, "listener", CHECKPOINT_FORMAT, preset)
+    listener = build_listener(preset, vocab_size, pretrained=False)
+    if json.loads(metadata["config"]) != json.loads(json.dumps(asdict(listener.cfg))):
+        raise ValueError(f"{path}: made with another listener shape than preset {preset!r} has now")
+    listener.load_state_dict({k: v.float() for k, v in tensors.items()})
+    return listener.to(device).eval()
+
+
+def train_listener(
+    preset: str,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    steps: int,
+    resume: bool = False,
+    batch_size: int = 8,
+    checkpoint_every: int = 200,
+    log_every: int = 10,
+    max_minutes: float | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+) -> Path:
+    """Fine-tune the listener on the corpus's train split (see ``fit`` for checkpoints and resuming)."""
+    from .backbone import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(seed)
+    listener = build_listener(preset, len(tokenizer))
+    trainer = ListenerTrainer(listener, preset, device, tokenizer.convert_tokens_to_ids(PAD_TOKEN))
+    logger.info("listener %s: %.2fM trained parameters, %d steps of %d utterances on %s", preset,
+                sum(p.numel() for p in listener.parameters()) / 1e6, steps, batch_size, device)
+    dataset = ListenerUtterances(data_dir, listener.cfg, tokenizer)
+    workers = min(8, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                         collate_fn=ListenerUtterances.collate, drop_last=len(dataset) > batch_size)
+    return fit(trainer, loader, out_dir, steps, LOSSES, resume=resume, checkpoint_every=checkpoint_every,
+               log_every=log_every, max_minutes=max_minutes, desc="listener")
+
+
+# --- from tokens to words -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeardWord:
+    """A word the listener emitted: its text and when (the end of the frame its first token came on)."""
+
+    word: str
+    emitted: float  # seconds from the start of the stream
+
+    def as_word(self) -> Word:
+        return Word(self.word, self.emitted, self.emitted)
+
+
+class WordAssembler:
+    """Turn the stream of emitted tokens into words as they complete.
+
+    SmolLM2's tokens carry the space before a word, so a token that starts
+    with whitespace begins a new word and completes the one before. A word
+    also completes after ``quiet_frames`` frames with no token (320 ms), so
+    the last word of a phrase does not wait for the next one.
+    """
+
+    def __init__(self, tokenizer, quiet_frames: int = 4) -> None:
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+        self.quiet_frames = quiet_frames
+        self.pending: list[int] = []
+        self.started = 0.0
+        self.quiet = 0
+
+    def add(self, frame: HeardFrame) -> list[HeardWord]:
+        """One frame's output -> the words it completes (usually none, sometimes one)."""
+        done: list[HeardWord] = []
+        if frame.token_id == self.pad_id:
+            self.quiet += 1
+            if self.quiet >= self.quiet_frames:
+                done = self.finish()
+            return done
+        self.quiet = 0
+        if self.tokenizer.decode([frame.token_id])[:1].isspace() and self.pending:
+            done = self.finish()
+        if not self.pending:
+            self.started = frame.end_seconds
+        self.pending.append(frame.token_id)
+        return done
+
+    def finish(self) -> list[HeardWord]:
+        """Complete the word in progress, if any (at the end of a stream)."""
+        text = self.tokenizer.decode(self.pending).strip()
+        self.pending = []
+        return [HeardWord(text, self.started)] if text else []
+
+
+def transcribe_stream(listener: Listener, wave: torch.Tensor, tokenizer,
+                      chunk_samples: int | None = None) -> list[HeardWord]:
+    """Stream ``wave`` through the listener ``chunk_samples`` at a time (one frame by default); its words."""
+    chunk = chunk_samples or listener.cfg.audio.samples_per_frame
+    stream, words = listener.stream(), WordAssembler(tokenizer)
+    heard = []
+    for start in range(0, len(wave), chunk):
+        for frame in stream.push(wave[start:start + chunk]):
+            heard += words.add(frame)
+    return heard + words.finish()
+
+
+def words_from_logits(logits: torch.Tensor, tokenizer) -> list[HeardWord]:
+    """A whole clip's logits (frames, vocab) -> the words a stream of the same audio emits."""
+    words, heard = WordAssembler(tokenizer), []
+    for index, token in enumerate(logits.argmax(-1).tolist()):
+        heard += words.add(HeardFrame(index, token, logits.new_zeros(0)))
+    return heard + words.finish()

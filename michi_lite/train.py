@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -184,3 +185,41 @@ def fit(
     if out_of_time and step < steps:
         logger.info("stopping at step %d after %.1f minutes; --resume goes on", step, max_minutes)
     return out_dir
+
+
+# --- the files inference loads ------------------------------------------------------------
+
+
+def write_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Safetensors with string metadata, written to a temporary name and renamed: a reader never sees half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+def read_weights(path: str | os.PathLike, what: str, file_format: str, preset: str) -> tuple[Path, dict, dict]:
+    """Open a ``write_weights`` file of a ``what`` (or the run directory holding ``{what}.safetensors``).
+
+    Returns (path, metadata, tensors). A missing file, a foreign or truncated
+    one, or weights made for another preset each raise an error saying which.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / f"{what}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no {what} checkpoint here")
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types for a truncated or foreign file
+        raise ValueError(f"{path}: not a michi_lite {what} checkpoint ({error})") from error
+    if metadata.get("format") != file_format:
+        raise ValueError(f"{path}: not a michi_lite {what} checkpoint (format {metadata.get('format')!r})")
+    if metadata.get("preset") != preset:
+        raise ValueError(f"{path}: this {what} was trained for preset {metadata.get('preset')!r}, but preset "
+                         f"{preset!r} was asked for; pass --preset {metadata.get('preset')}")
+    return path, metadata, tensors

@@ -39,8 +39,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 from torch.nn.utils.parametrize import is_parametrized, remove_parametrizations
@@ -48,7 +46,7 @@ from torch.nn.utils.parametrize import is_parametrized, remove_parametrizations
 from michi_lite.audio import SILENCE_MEL, MelSpectrogram, denormalize_mel, load_audio, normalize_mel
 from michi_lite.config import AudioConfig, get_config
 from michi_lite.data.corpus import load_manifest
-from michi_lite.train import fit, started_config
+from michi_lite.train import fit, read_weights, started_config, write_weights
 
 logger = logging.getLogger(__name__)
 
@@ -632,33 +630,15 @@ def save_vocoder(
         plain.remove_weight_norm()
     plain.load_state_dict(generator.state_dict())
     plain.remove_weight_norm()
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in plain.state_dict().items()}
-    metadata = {"format": CHECKPOINT_FORMAT, "preset": preset, "config": generator.cfg.to_json()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)  # a reader never sees half a file
-    return path
+    tensors = {k: v.to(dtype) for k, v in plain.state_dict().items()}
+    return write_weights(path, tensors, {"format": CHECKPOINT_FORMAT, "preset": preset,
+                                         "config": generator.cfg.to_json()})
 
 
 def load_vocoder(path: str | os.PathLike, preset: str, device: str | torch.device = "cpu") -> HiFiGANGenerator:
     """Read a ``save_vocoder`` file (or a training run's directory) into an eval-mode fp32 generator."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "vocoder.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no vocoder checkpoint here")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    if metadata.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a michi_lite vocoder checkpoint (format {metadata.get('format')!r})")
+    path, metadata, tensors = read_weights(path, "vocoder", CHECKPOINT_FORMAT, preset)
     cfg = vocoder_config(preset)
-    if metadata.get("preset") != preset:
-        raise ValueError(
-            f"{path}: this vocoder was trained for preset {metadata.get('preset')!r}, "
-            f"but preset {preset!r} was asked for; pass --preset {metadata.get('preset')}"
-        )
     saved = json.loads(metadata["config"])
     if {k: saved.get(k) for k in cfg.generator_fields()} != cfg.generator_fields():
         raise ValueError(
@@ -666,7 +646,7 @@ def load_vocoder(path: str | os.PathLike, preset: str, device: str | torch.devic
             "than today's; retrain it or restore the old config"
         )
     generator = HiFiGANGenerator(cfg).remove_weight_norm()
-    generator.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    generator.load_state_dict({k: v.float() for k, v in tensors.items()})
     return generator.to(device).eval()
 
 

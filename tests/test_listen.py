@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from michi_lite.backbone import read_ctranslate2_weights, whisper_model_dir
+from michi_lite.data.frames import PAD_TOKEN, text_from_grid
+from michi_lite.data.words import Word
 from michi_lite.listen import (
     EncoderState,
+    HeardFrame,
     StreamingWhisperEncoder,
+    WordAssembler,
     block_causal_mask,
     build_listener,
     clip_features,
+    emission_grid,
     listener_config,
+    load_listener,
     sinusoids,
     whisper_encoder_state,
 )
+from michi_lite.train import latest_checkpoint
 
 TINY = listener_config("tiny")
 FRAME = TINY.audio.samples_per_frame
@@ -126,3 +136,112 @@ def test_the_stream_state_stops_growing_once_the_window_is_full(tiny_listener):
 def test_features_that_are_not_whole_frames_are_refused(tiny_listener):
     with pytest.raises(ValueError, match="whole 80 ms frames"):
         tiny_listener(torch.zeros(1, TINY.audio.n_mels, 12))
+
+
+def test_the_emission_grid_puts_each_word_on_the_frame_where_it_ends(tokenizer):
+    words = [Word("Hello", 0.10, 0.42), Word("there.", 0.50, 0.80)]
+    grid = emission_grid("Hello there.", words, tokenizer, n_frames=14)
+    labels = grid.labels(tokenizer)
+    assert labels[5] == "Hello"  # 0.42 s falls in frame 5, [0.40, 0.48)
+    assert labels[9] == " there"  # 0.80 s ends frame 9 exactly, [0.72, 0.80)
+    assert labels[10] == "." and len(grid) == 14
+    assert text_from_grid(grid, tokenizer) == "Hello there."
+
+
+def test_words_assemble_from_tokens_with_the_time_of_their_first_token(tokenizer):
+    assembler = WordAssembler(tokenizer)
+    pad = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    tokens = [pad, *tokenizer.encode("Call"), pad, *tokenizer.encode(" 911"), *[pad] * 5]
+    heard = [w for i, t in enumerate(tokens) for w in assembler.add(HeardFrame(i, t, torch.zeros(0)))]
+    heard += assembler.finish()
+    assert [w.word for w in heard] == ["Call", "911"]
+    assert heard[0].emitted == pytest.approx(2 * 0.08)
+    assert heard[1].emitted == pytest.approx(4 * 0.08)  # the digits spill over three frames; the word starts on one
+
+
+@pytest.fixture(scope="module")
+def tiny_listener_run(tiny_corpus, tmp_path_factory):
+    from michi_lite.cli import main
+
+    run = tmp_path_factory.mktemp("listener_run")
+    main(["train", "listener", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(run),
+          "--steps", "2", "--batch-size", "2", "--checkpoint-every", "1"])
+    return run
+
+
+def test_train_listener_checkpoints_logs_and_resumes(tiny_corpus, tiny_listener_run, tokenizer):
+    from michi_lite.cli import main
+
+    assert latest_checkpoint(tiny_listener_run).name == "step_00000002"
+    main(["train", "listener", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(tiny_listener_run),
+          "--steps", "3", "--batch-size", "2", "--resume"])
+    steps = [int(line.split(",")[0]) for line in (tiny_listener_run / "train_log.csv").read_text().split()[1:]]
+    assert steps[-1] == 3 and steps == sorted(set(steps))
+    listener = load_listener(tiny_listener_run, "tiny", len(tokenizer))
+    with pytest.raises(ValueError, match="preset"):
+        load_listener(tiny_listener_run, "lite", len(tokenizer))
+    with torch.no_grad():
+        assert listener(clip_features(noise(0.8), TINY.audio)[None])[1].shape == (1, 10, len(tokenizer))
+
+
+def test_a_foreign_listener_checkpoint_is_refused(tmp_path, tokenizer):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "listener.safetensors"))
+    with pytest.raises(ValueError, match="not a michi_lite listener"):
+        load_listener(tmp_path, "tiny", len(tokenizer))
+
+
+def test_eval_listener_reports_every_measure_per_voice_group(tiny_corpus, tiny_listener_run, tmp_path):
+    from michi_lite.cli import main
+
+    out = tmp_path / "listener.json"
+    main(["eval", "listener", "--preset", "tiny", "--ckpt", str(tiny_listener_run), "--data", str(tiny_corpus),
+          "--json", str(out), "--max-utterances", "1"])
+    report = json.loads(out.read_text())
+    assert set(report["groups"]) == {"seen", "unseen"}
+    for group in report["groups"].values():
+        result = group["all"]
+        assert result["n_utterances"] == 1
+        assert 0.0 <= result["frame_accuracy"] <= 1.0 and 0.0 <= result["token_frame_accuracy"] <= 1.0
+        # Whisper hears the speech; an untrained head emits a word on most frames, far more than were said
+        assert result["wer_whisper_offline"] < 1.0 < result["wer_streaming"]
+        assert group["stress"]["n_utterances"] + group["plain"]["n_utterances"] == 1
+
+
+def test_transcribe_streams_a_file_and_writes_the_words_it_emitted(tiny_listener_run, tmp_path, capsys):
+    from michi_lite.audio import save_audio
+    from michi_lite.cli import main
+
+    save_audio(tmp_path / "in.wav", noise(1.0).numpy(), TINY.audio.sample_rate)
+    main(["transcribe", str(tmp_path / "in.wav"), "--preset", "tiny", "--ckpt", str(tiny_listener_run),
+          "--json", str(tmp_path / "words.json")])
+    words = json.loads((tmp_path / "words.json").read_text())["words"]
+    printed = [line for line in capsys.readouterr().out.splitlines() if re.match(r"^ *\d+\.\d\d s  ", line)]
+    assert len(printed) == len(words)
+    assert all(0 < w["emitted"] <= 1.0 for w in words)
+
+
+def test_transcribe_refuses_bad_audio(tiny_listener_run, tmp_path):
+    from michi_lite.cli import main
+
+    (tmp_path / "empty.wav").write_bytes(b"")
+    with pytest.raises(SystemExit):
+        main(["transcribe", str(tmp_path / "empty.wav"), "--preset", "tiny", "--ckpt", str(tiny_listener_run)])
+
+
+def test_a_stream_longer_than_whispers_30_s_runs(tiny_listener_run, tokenizer):
+    listener = load_listener(tiny_listener_run, "tiny", len(tokenizer))
+    with torch.no_grad():
+        _, logits = listener(clip_features(torch.zeros(int(40 * TINY.audio.sample_rate)), TINY.audio)[None])
+    assert logits.shape[1] == 500  # 40 s streams past Whisper's 30 s without an error
+
+
+def test_bench_listener_reports_per_frame_times(tmp_path):
+    from michi_lite.cli import main
+
+    out = tmp_path / "bench.json"
+    main(["bench", "listener", "--preset", "tiny", "--seconds", "0.8", "--json", str(out)])
+    report = json.loads(out.read_text())
+    for name in ("fp32", "int8_scorer"):
+        assert report[name]["n_frames"] == 10 and 0 < report[name]["frame_ms_median"] <= report[name]["frame_ms_p95"]
