@@ -84,7 +84,7 @@ def cmd_train_listener(args: argparse.Namespace) -> None:
     from .train import latest_checkpoint
 
     run = train_listener(args.preset, args.data, args.out, steps=args.steps, resume=args.resume,
-                         batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
+                         batch_size=args.batch_size or 8, checkpoint_every=args.checkpoint_every,
                          max_minutes=args.max_minutes)
     step = json.loads((latest_checkpoint(run) / "state.json").read_text())["step"]
     print(f"the {args.preset} listener is at step {step}: {run / 'listener.safetensors'}")
@@ -184,28 +184,26 @@ def build_parser() -> argparse.ArgumentParser:
     subset.set_defaults(run=cmd_data_subset)
 
     train = commands.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
-    vocoder = train.add_parser("vocoder", help="the causal HiFi-GAN vocoder (GAN training on the corpus audio)")
-    add_preset(vocoder)
-    vocoder.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
-    vocoder.add_argument("--out", required=True, help="run directory: checkpoints, train_log.csv, vocoder.safetensors")
-    vocoder.add_argument("--steps", type=positive_int, default=100_000, help="train until this step (default: 100000)")
-    vocoder.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
-    vocoder.add_argument("--batch-size", type=positive_int, help="segments per step (default: the preset's)")
-    vocoder.add_argument("--checkpoint-every", type=positive_int, default=1000, help="steps between checkpoints")
-    vocoder.add_argument("--max-minutes", type=float,
-                         help="stop after this long (checkpointed; --resume goes on towards --steps)")
-    vocoder.set_defaults(run=cmd_train_vocoder)
-    listener = train.add_parser("listener", help="the streaming listening head (Whisper's encoder, fine-tuned)")
-    add_preset(listener)
-    listener.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
-    listener.add_argument("--out", required=True, help="run directory: checkpoints, log, listener.safetensors")
-    listener.add_argument("--steps", type=positive_int, default=20_000, help="train until this step (default: 20000)")
-    listener.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
-    listener.add_argument("--batch-size", type=positive_int, default=8, help="utterances per step (default: 8)")
-    listener.add_argument("--checkpoint-every", type=positive_int, default=200, help="steps between checkpoints")
-    listener.add_argument("--max-minutes", type=float,
-                          help="stop after this long (checkpointed; --resume goes on towards --steps)")
-    listener.set_defaults(run=cmd_train_listener)
+    for stage, run, what, steps, every, batch in (
+        ("vocoder", cmd_train_vocoder, "the causal HiFi-GAN vocoder (GAN training on the corpus audio)",
+         100_000, 1000, "segments per step (default: the preset's)"),
+        ("listener", cmd_train_listener, "the streaming listening head (Whisper's encoder, fine-tuned)",
+         20_000, 200, "utterances per step (default: 8)"),
+    ):
+        stage_train = train.add_parser(stage, help=what)
+        add_preset(stage_train)
+        stage_train.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
+        stage_train.add_argument("--out", required=True,
+                                 help=f"run directory: checkpoints, train_log.csv, {stage}.safetensors")
+        stage_train.add_argument("--steps", type=positive_int, default=steps,
+                                 help=f"train until this step (default: {steps})")
+        stage_train.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+        stage_train.add_argument("--batch-size", type=positive_int, help=batch)
+        stage_train.add_argument("--checkpoint-every", type=positive_int, default=every,
+                                 help=f"steps between checkpoints (default: {every})")
+        stage_train.add_argument("--max-minutes", type=float,
+                                 help="stop after this long (checkpointed; --resume goes on towards --steps)")
+        stage_train.set_defaults(run=run)
 
     export = commands.add_parser("export", help="a trained stage's weights, small, for sharing")
     export = export.add_subparsers(dest="stage", required=True)
