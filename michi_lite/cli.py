@@ -4,7 +4,7 @@
     michi-lite data subset     --data DIR --out DIR --hours H [--splits S ...] [--seed N]
     michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
-    michi-lite export vocoder  --preset P --ckpt RUN --out FILE
+    michi-lite export vocoder|listener --preset P --ckpt RUN --out FILE
     michi-lite eval alignment  --preset P --data DIR --json OUT
     michi-lite eval vocoder    --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N]
     michi-lite eval listener   --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N]
@@ -90,13 +90,20 @@ def cmd_train_listener(args: argparse.Namespace) -> None:
     print(f"the {args.preset} listener is at step {step}: {run / 'listener.safetensors'}")
 
 
-def cmd_export_vocoder(args: argparse.Namespace) -> None:
+def cmd_export(args: argparse.Namespace) -> None:
     import torch
 
-    from .vocoder import load_vocoder, save_vocoder
+    if args.stage == "vocoder":
+        from .vocoder import load_vocoder, save_vocoder
 
-    path = save_vocoder(args.out, load_vocoder(args.ckpt, args.preset), args.preset, torch.float16)
-    print(f"the {args.preset} vocoder in fp16: {path} ({path.stat().st_size / 1e6:.2f} MB)")
+        path = save_vocoder(args.out, load_vocoder(args.ckpt, args.preset), args.preset, torch.float16)
+    else:
+        from .backbone import load_tokenizer
+        from .listen import load_listener, save_listener
+
+        listener = load_listener(args.ckpt, args.preset, len(load_tokenizer()))
+        path = save_listener(args.out, listener, args.preset, torch.float16)
+    print(f"the {args.preset} {args.stage} in fp16: {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
 
 def cmd_eval_alignment(args: argparse.Namespace) -> None:
@@ -207,11 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="a trained stage's weights, small, for sharing")
     export = export.add_subparsers(dest="stage", required=True)
-    vocoder_export = export.add_parser("vocoder", help="the generator alone, weight norm folded in, fp16")
-    add_preset(vocoder_export)
-    vocoder_export.add_argument("--ckpt", required=True, help="a vocoder run directory or .safetensors file")
-    vocoder_export.add_argument("--out", required=True, help="the .safetensors file to write")
-    vocoder_export.set_defaults(run=cmd_export_vocoder)
+    for stage, what in (("vocoder", "the generator alone, weight norm folded in, fp16"),
+                        ("listener", "the encoder and head, fp16 (not the backbone's token table)")):
+        stage_export = export.add_parser(stage, help=what)
+        add_preset(stage_export)
+        stage_export.add_argument("--ckpt", required=True, help=f"a {stage} run directory or .safetensors file")
+        stage_export.add_argument("--out", required=True, help="the .safetensors file to write")
+        stage_export.set_defaults(run=cmd_export)
 
     evaluate = commands.add_parser("eval", help="measure a stage").add_subparsers(dest="stage", required=True)
     alignment = evaluate.add_parser("alignment", help="engine word timings vs Whisper word timestamps")

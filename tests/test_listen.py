@@ -245,3 +245,14 @@ def test_bench_listener_reports_per_frame_times(tmp_path):
     report = json.loads(out.read_text())
     for name in ("fp32", "int8_scorer"):
         assert report[name]["n_frames"] == 10 and 0 < report[name]["frame_ms_median"] <= report[name]["frame_ms_p95"]
+
+
+def test_export_writes_an_fp16_listener_that_loads_and_agrees(tiny_listener_run, tmp_path, tokenizer):
+    from michi_lite.cli import main
+
+    out = tmp_path / "listener_fp16.safetensors"
+    main(["export", "listener", "--preset", "tiny", "--ckpt", str(tiny_listener_run), "--out", str(out)])
+    full, half = (load_listener(p, "tiny", len(tokenizer)) for p in (tiny_listener_run, out))
+    features = clip_features(noise(0.8), TINY.audio)[None]
+    with torch.no_grad():
+        assert (full(features)[0] - half(features)[0]).abs().max() < 1e-2
