@@ -7,7 +7,7 @@
     michi-lite export vocoder|listener --preset P --ckpt RUN --out FILE
     michi-lite eval alignment  --preset P --data DIR --json OUT
     michi-lite eval vocoder    --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N]
-    michi-lite eval listener   --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N]
+    michi-lite eval listener   --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N] [--delays NPZ]
     michi-lite bench vocoder   --preset P --json OUT [--ckpt RUN] [--seconds S] [--threads T]
     michi-lite bench listener  --preset P --json OUT [--ckpt RUN] [--seconds S] [--threads T]
     michi-lite transcribe      IN.wav [--preset P] [--ckpt RUN] [--json OUT]
@@ -129,7 +129,8 @@ def cmd_bench_vocoder(args: argparse.Namespace) -> None:
 def cmd_eval_listener(args: argparse.Namespace) -> None:
     from .eval import evaluate_listener
 
-    write_json(evaluate_listener(args.preset, args.ckpt, args.data, max_utterances=args.max_utterances), args.json)
+    write_json(evaluate_listener(args.preset, args.ckpt, args.data, max_utterances=args.max_utterances,
+                                 delays_path=args.delays), args.json)
 
 
 def cmd_bench_listener(args: argparse.Namespace) -> None:
@@ -242,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
         stage_eval.add_argument("--json", help="write the report here too")
         stage_eval.add_argument("--max-utterances", type=positive_int, help="at most N test utterances per voice group")
         stage_eval.set_defaults(run=run)
+        if stage == "listener":
+            stage_eval.add_argument("--delays", help="also save each word's emission delay (ms), per group, to .npz")
 
     bench = commands.add_parser("bench", help="time a piece").add_subparsers(dest="what", required=True)
     for stage, run, what, default in (

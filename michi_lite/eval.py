@@ -150,7 +150,7 @@ def evaluate_vocoder(
 
 
 def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.PathLike,
-                      max_utterances: int | None = None) -> dict:
+                      max_utterances: int | None = None, delays_path: str | os.PathLike | None = None) -> dict:
     """The listening head on the test split, per voice group, with the stress sentences on their own.
 
     For each group: the streaming head's corpus WER (what its emitted tokens
@@ -158,7 +158,9 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
     baseline it was made from), the word emission delay (emission time minus
     the aligned end of the word, over the words the head got right) as median
     and 95th percentile in ms, and the frame accuracy against the emission
-    grid, over all frames and over the frames that carry a token. The head
+    grid, over all frames and over the frames that carry a token. Every
+    word's delay (ms) goes to ``delays_path`` (.npz, one array per group)
+    if it is given. The head
     is run on whole clips: its outputs equal those of a frame-by-frame stream
     (``tests/test_listen.py``), and whole clips are faster to score.
     """
@@ -194,6 +196,7 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
         }
 
     report: dict = {"groups": {}}
+    all_delays = {}
     for group, records in sorted(groups.items()):
         rows = []
         for record in tqdm(records[:max_utterances], desc=f"listener eval, {group} voices", unit="utt"):
@@ -219,7 +222,10 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
             "stress": summary([r for r in rows if r["category"].startswith("stress")]),
             "plain": summary([r for r in rows if not r["category"].startswith("stress")]),
         }
+        all_delays[group] = np.concatenate([r["delays"] for r in rows])
         logger.info("listener eval, %s voices: %s", group, report["groups"][group]["all"])
+    if delays_path:
+        np.savez_compressed(delays_path, **all_delays)
     report["checkpoint"] = str(ckpt)
     report["run"] = run_info(preset)
     return report

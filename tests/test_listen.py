@@ -197,8 +197,10 @@ def test_eval_listener_reports_every_measure_per_voice_group(tiny_corpus, tiny_l
 
     out = tmp_path / "listener.json"
     main(["eval", "listener", "--preset", "tiny", "--ckpt", str(tiny_listener_run), "--data", str(tiny_corpus),
-          "--json", str(out), "--max-utterances", "1"])
+          "--json", str(out), "--max-utterances", "1", "--delays", str(tmp_path / "delays.npz")])
     report = json.loads(out.read_text())
+    delays = np.load(tmp_path / "delays.npz")
+    assert {k: len(delays[k]) for k in delays} == {g: r["all"]["n_words_timed"] for g, r in report["groups"].items()}
     assert set(report["groups"]) == {"seen", "unseen"}
     for group in report["groups"].values():
         result = group["all"]
