@@ -29,6 +29,9 @@ import numpy as np
 
 from .config import PRESETS, get_config
 
+# the reference weights committed with the project (a source checkout's data/)
+REFERENCE_LISTENER = Path(__file__).resolve().parent.parent / "data" / "listener" / "lite_listener.safetensors"
+
 
 def add_preset(parser: argparse.ArgumentParser, default: str = "lite") -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default=default,
@@ -263,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "printing each word as it is emitted")
     transcribe.add_argument("audio", help="a mono recording (wav, flac, ...; resampled if needed)")
     add_preset(transcribe)
-    transcribe.add_argument("--ckpt", default="data/listener/lite_listener.safetensors",
+    transcribe.add_argument("--ckpt", default=str(REFERENCE_LISTENER),
                             help="a listener run or .safetensors (default: the committed lite reference)")
     transcribe.add_argument("--json", help="also write the words and their emission times here")
     transcribe.set_defaults(run=cmd_transcribe)

@@ -3,20 +3,21 @@
 What the user says reaches the backbone twice per 80 ms frame: as a
 continuous embedding (tone and timing survive) and as a text token or PAD
 (which keeps the model coherent). Both must come out while the user is still
-talking. Whisper's encoder hears 30 s at once, with convolutions that look
-one step ahead and attention over the whole window, so three changes make
-it stream:
+talking. Whisper's encoder hears 30 s at once, with a first convolution that
+looks one mel column ahead, attention over the whole window and features
+scaled by the clip's loudest moment, so four changes make it stream:
 
-1. **causal convolutions**: both of its convs are padded on the left only,
-   so encoder position j depends on mel columns up to 2j + 1;
+1. **causal convolutions**: padded on the left only, so encoder position j
+   depends on mel columns up to 2j + 1;
 2. **block-causal attention over a sliding window**: the four encoder
    positions of an 80 ms frame see each other and the positions of the
    ``window_frames - 1`` frames before, nothing later. A stream keeps those
    keys and values per layer, so each frame costs the same;
-3. **positions that never run out**: Whisper's sinusoids, computed for any
-   position instead of read from its 1,500-row table. Fine-tuning only sees
-   positions of utterances up to 30 s; the window keeps what attention sees
-   local, so longer streams keep working.
+3. **a fixed feature floor** instead of one relative to the clip's maximum;
+4. **positions that never run out**: Whisper's sinusoids, computed for any
+   position instead of read from its 1,500-row table. Training sees
+   utterances of up to 12 s; the window keeps what attention sees local, so
+   longer streams keep working.
 
 The look-ahead is zero frames: the outputs for frame t use audio up to the
 end of frame t. Per frame, the head returns an ``embedding`` in the
@@ -24,9 +25,12 @@ backbone's token-embedding space (``embedding_dim``) and the logits of a text
 token, scored against the backbone's own (frozen) token embeddings, so the
 listener writes in the backbone's vocabulary without a 49k-row output layer.
 
-``ListenerConfig`` sizes, ``whisper_encoder_weights`` reads Whisper's
-pretrained encoder (hub or packaged, CTranslate2 format), ``Listener`` is
-the model, ``ListenerStream`` feeds it audio as it arrives.
+* ``listener_config``, ``whisper_encoder_state`` (Whisper's pretrained
+  encoder, read from the CTranslate2 file faster-whisper runs),
+  ``StreamingWhisperEncoder``, ``Listener`` and ``ListenerStream``;
+* ``emission_grid`` (what it learns to emit, and when), ``ListenerTrainer``,
+  ``train_listener``, ``save_listener`` / ``load_listener``;
+* ``WordAssembler`` and ``transcribe_stream``: emitted tokens -> timed words.
 """
 
 from __future__ import annotations
@@ -354,6 +358,11 @@ class ListenerStream:
     @torch.inference_mode()
     def push(self, samples: torch.Tensor) -> list[HeardFrame]:
         """Mono samples at the listener's rate (any count) -> the frames they complete."""
+        samples = torch.as_tensor(samples)
+        if samples.dim() != 1:
+            raise ValueError(f"push mono samples of shape (samples,), got {tuple(samples.shape)}")
+        if not torch.isfinite(samples).all():
+            raise ValueError("the samples contain NaN or inf values")
         frame_samples = self.listener.cfg.audio.samples_per_frame
         self.waiting = torch.cat([self.waiting, samples.to(self.waiting)])
         heard = []

@@ -129,3 +129,47 @@ def loss_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], ylabel: str, t
     if title:
         ax.set_title(title)
     return fig
+
+
+def transcript_figure(waveform: np.ndarray, sample_rate: int, words: list[Word], heard: list[tuple[str, float]],
+                      title: str = "") -> Figure:
+    """A streamed transcript over the waveform: aligned word spans above, each emitted word at its time below.
+
+    ``heard`` holds (word, emission time in s); a grey arrow joins each
+    emitted word to the end of the aligned word it matches by position order.
+    """
+    seconds = len(waveform) / sample_rate
+    fig = Figure(figsize=(12, 3.4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(np.arange(len(waveform)) / sample_rate, waveform, color="0.6", lw=0.5)
+    draw_words(ax, words, "tab:blue", "spoken (aligned)", 0.85)
+    for i, (word, emitted) in enumerate(heard):
+        ax.axvline(emitted, ymin=0.05, ymax=0.45, color="tab:red", lw=1.0, label="emitted" if i == 0 else None)
+        ax.text(emitted, 0.12 + 0.14 * (i % 2), word, transform=ax.get_xaxis_transform(), fontsize=8,
+                color="tab:red", ha="right", va="bottom", clip_on=True)
+    for frame in np.arange(0, seconds, FRAME_SECONDS):
+        ax.axvline(frame, color="0.9", lw=0.4, zorder=0)
+    ax.set_xlim(0, seconds)
+    ax.set_xlabel("seconds (grid: 80 ms frames)")
+    ax.set_yticks([])
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title)
+    return fig
+
+
+def delay_histogram(delays_by_group: dict[str, np.ndarray], title: str = "") -> Figure:
+    """Emission delays in ms (emitted minus aligned word end), one curve per voice group."""
+    fig = Figure(figsize=(8, 3.5), layout="constrained")
+    ax = fig.subplots()
+    bins = np.arange(-160, 801, 20)
+    for group, delays in sorted(delays_by_group.items()):
+        if len(delays):
+            ax.hist(np.clip(delays, bins[0], bins[-1]), bins=bins, histtype="step", lw=1.6,
+                    label=f"{group} voices (median {np.median(delays):.0f} ms, n={len(delays)})")
+    ax.axvline(0, color="0.3", lw=0.8)
+    ax.axvline(320, color="0.5", linestyle=":", label="320 ms")
+    ax.set_xlabel("emission time − aligned word end (ms)")
+    ax.set_ylabel("words")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return fig

