@@ -1,0 +1,118 @@
+"""Rectified flow: the speaking head that samples one 80 ms audio patch per frame.
+
+MichiAI predicts each frame's audio as one continuous vector instead of 8-32
+codebook tokens. A continuous vector has no softmax to sample from, so the
+head learns a *flow*: a velocity field that carries Gaussian noise to the
+data along straight lines (rectified flow, Liu et al. 2022), and sampling
+integrates it in a few Euler steps.
+
+* path: x_t = (1 - t) x_0 + t x_1, with x_0 ~ N(0, I) noise and x_1 a data point;
+* target velocity: d x_t / dt = x_1 - x_0, the same at every t of one path;
+* loss: the squared error of the predicted velocity at a random t;
+* sampling: start at noise, take ``steps`` Euler steps of size 1 / steps.
+
+Straight paths are why few steps suffice: where the learned paths do not
+cross, one Euler step already lands on the data.
+
+``SpeakingHead`` is the velocity network: an MLP whose residual blocks are
+modulated (adaptive layer norm, as in DiT) by the condition, the backbone's
+hidden state and the current text token's embedding, and by the time t.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VelocityField = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t, cond) -> v
+
+
+def flow_matching_loss(velocity: VelocityField, data: torch.Tensor, cond: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rectified-flow loss on a batch of data points (batch, dim) with their conditions (batch, cond_dim)."""
+    noise = torch.randn(data.shape, generator=generator, device=data.device, dtype=data.dtype)
+    t = torch.rand(data.shape[0], generator=generator, device=data.device, dtype=data.dtype)
+    x_t = (1 - t[:, None]) * noise + t[:, None] * data
+    return F.mse_loss(velocity(x_t, t, cond), data - noise)
+
+
+@torch.no_grad()
+def euler_sample(velocity: VelocityField, cond: torch.Tensor, dim: int, steps: int,
+                 noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Integrate dx/dt = v(x, t, cond) from noise at t = 0 to t = 1 in ``steps`` equal Euler steps."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, not {steps}")
+    x = noise if noise is not None else torch.randn(cond.shape[0], dim, generator=generator, device=cond.device)
+    for k in range(steps):
+        t = torch.full((x.shape[0],), k / steps, device=x.device, dtype=x.dtype)
+        x = x + velocity(x, t, cond) / steps
+    return x
+
+
+def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features of t in [0, 1], (batch,) -> (batch, dim), over frequencies 1 to 1000."""
+    freqs = torch.exp(torch.linspace(0, math.log(1000), dim // 2, device=t.device))
+    angles = 2 * math.pi * t[:, None] * freqs[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class AdaLNBlock(nn.Module):
+    """A residual MLP block whose norm's scale and shift, and the residual's gate, come from the condition.
+
+    The modulation starts at zero, so every block starts as the identity:
+    the network's first output is that of its input and output layers alone.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.modulation = nn.Linear(width, 3 * width)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.modulation(F.silu(c)).chunk(3, dim=-1)
+        return x + gate * self.mlp(self.norm(x) * (1 + scale) + shift)
+
+
+class SpeakingHead(nn.Module):
+    """The velocity field v(x_t, t, cond) of one frame's audio patch.
+
+    ``cond`` is the backbone's hidden state and the current text token's
+    embedding, concatenated (batch, cond_dim); ``x_t`` a noisy patch
+    (batch, patch_dim); ``t`` (batch,) in [0, 1].
+    """
+
+    def __init__(self, patch_dim: int, cond_dim: int, width: int = 256, depth: int = 4) -> None:
+        super().__init__()
+        self.patch_dim = patch_dim
+        self.patch_in = nn.Linear(patch_dim, width)
+        self.cond_in = nn.Linear(cond_dim, width)
+        self.time_in = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.blocks = nn.ModuleList(AdaLNBlock(width) for _ in range(depth))
+        self.out_norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.out_modulation = nn.Linear(width, 2 * width)
+        self.patch_out = nn.Linear(width, patch_dim)
+        for layer in (self.out_modulation, self.patch_out):  # starts predicting zero velocity
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        c = self.cond_in(cond) + self.time_in(time_embedding(t, self.patch_in.out_features))
+        x = self.patch_in(x_t)
+        for block in self.blocks:
+            x = block(x, c)
+        shift, scale = self.out_modulation(F.silu(c)).chunk(2, dim=-1)
+        return self.patch_out(self.out_norm(x) * (1 + scale) + shift)  # (batch, patch_dim)
+
+    def loss(self, patches: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None):
+        return flow_matching_loss(self, patches, cond, generator)
+
+    def sample(self, cond: torch.Tensor, steps: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One patch per condition row, in ``steps`` Euler steps from fresh noise."""
+        return euler_sample(self, cond, self.patch_dim, steps, generator=generator)
