@@ -595,9 +595,6 @@ class HeardWord:
     word: str
     emitted: float  # seconds from the start of the stream
 
-    def as_word(self) -> Word:
-        return Word(self.word, self.emitted, self.emitted)
-
 
 class WordAssembler:
     """Turn the stream of emitted tokens into words as they complete.

@@ -267,3 +267,13 @@ def test_a_stream_refuses_stereo_and_nan_samples_and_keeps_going(tiny_listener):
     with pytest.raises(ValueError, match="NaN"):
         stream.push(torch.full((FRAME,), float("nan")))
     assert len(stream.push(noise(0.16))) == 2  # nothing bad got into its state
+
+
+def test_emission_delays_pair_each_spoken_word_with_its_own_emission():
+    from michi_lite.eval import emission_delays
+    from michi_lite.listen import HeardWord
+
+    spoken = [Word("the", 0.0, 0.2), Word("cat", 0.3, 0.6), Word("saw", 0.7, 1.0), Word("the", 3.0, 3.2)]
+    heard = [HeardWord("the", 0.24), HeardWord("dog", 0.64), HeardWord("saw", 1.04), HeardWord("the", 3.28)]
+    delays = emission_delays(spoken, heard)
+    assert np.allclose(delays, [40, 40, 80])  # "cat" was misheard: no delay; the second "the" pairs with its own
