@@ -154,7 +154,7 @@ def bench_vocoder(preset: str, ckpt: str | os.PathLike | None = None, seconds: f
 
 def bench_listener(preset: str, ckpt: str | os.PathLike | None = None, seconds: float = 10.0,
                    threads: int = 1) -> dict:
-    """Per-80 ms-frame compute of the streaming listening head, fp32 and with the int8 token scorer.
+    """Per-80 ms-frame compute of the streaming listening head: fp32, int8 token scorer, all int8.
 
     The stream is fed one frame of audio at a time, as a microphone would,
     after ``WARMUP_CHUNKS`` + ``window_frames`` frames, so that the attention
@@ -185,7 +185,9 @@ def bench_listener(preset: str, ckpt: str | os.PathLike | None = None, seconds: 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for name, model in (("fp32", listener), ("int8_scorer", quantized_for_cpu(listener))):
+        versions = (("fp32", listener), ("int8_scorer", quantized_for_cpu(listener, encoder=False)),
+                    ("int8", quantized_for_cpu(listener)))
+        for name, model in versions:
             stream = model.stream()
             for i in range(warmup):
                 stream.push(wave[i * frame:(i + 1) * frame])

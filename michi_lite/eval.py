@@ -176,7 +176,8 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
     """The listening head on the test split, per voice group, with the stress sentences on their own.
 
     For each group: the streaming head's corpus WER (what its emitted tokens
-    spell), offline Whisper tiny.en's WER on the same audio (the full-context
+    spell), also for the int8 version a CPU streams with, fed 80 ms at a
+    time (``wer_streaming_int8``), offline Whisper tiny.en's WER on the same audio (the full-context
     baseline it was made from), the word emission delay (emission time minus
     the aligned end of the word, over the words the head got right, see
     ``emission_delays``) as median
@@ -189,11 +190,19 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
     """
     from .backbone import load_tokenizer
     from .data.frames import PAD_TOKEN
-    from .listen import clip_features, emission_grid, load_listener, words_from_logits
+    from .listen import (
+        clip_features,
+        emission_grid,
+        load_listener,
+        quantized_for_cpu,
+        transcribe_stream,
+        words_from_logits,
+    )
 
     tokenizer = load_tokenizer()
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     listener = load_listener(ckpt, preset, len(tokenizer))
+    listener_int8 = quantized_for_cpu(listener)
     audio = listener.cfg.audio
     judge = load_whisper()
     groups: dict[str, list[dict]] = defaultdict(list)
@@ -209,6 +218,7 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
         return {
             "n_utterances": len(rows),
             "wer_streaming": word_error_rate([r["text"] for r in rows], [r["heard"] for r in rows]),
+            "wer_streaming_int8": word_error_rate([r["text"] for r in rows], [r["heard_int8"] for r in rows]),
             "wer_whisper_offline": word_error_rate([r["text"] for r in rows], [r["whisper"] for r in rows]),
             "emission_delay_ms_median": float(np.median(delays)) if len(delays) else None,
             "emission_delay_ms_p95": float(np.percentile(delays, 95)) if len(delays) else None,
@@ -234,6 +244,7 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
             delays = emission_delays(words, heard)
             rows.append({
                 "text": record["text"], "heard": " ".join(h.word for h in heard),
+                "heard_int8": " ".join(h.word for h in transcribe_stream(listener_int8, padded, tokenizer)),
                 "whisper": transcribe(wave, audio.sample_rate, judge),
                 "delays": delays, "category": record["category"],
                 "frames": len(grid), "frames_right": int(right.sum()),

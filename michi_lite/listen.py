@@ -385,22 +385,27 @@ class ListenerStream:
         return self.past_audio.numel() + self.waiting.numel() + self.state.numel()
 
 
-def quantized_for_cpu(listener: Listener) -> Listener:
+def quantized_for_cpu(listener: Listener, encoder: bool = True) -> Listener:
     """An inference copy with int8 linear layers (dynamic quantisation), to stream on a CPU.
 
-    A frame's work is a handful of matrix-vector products whose weights
-    (the encoder's 8M and the 49k x 576 token table) must be read from
-    memory every frame: int8 reads a quarter of the bytes. On 2 CPU cores
-    that took the ``lite`` frame from about 25 ms to about 8 ms, with the
-    same token on the frames compared (see ``michi-lite bench listener``).
+    A frame's work is a handful of matrix-vector products whose weights (the
+    encoder's 7M and the 49k x 576 token table) must be read from memory
+    every frame: int8 reads a quarter of the bytes. Weights get a scale per
+    output row; activations are quantised per call, so a stream (one frame
+    per call) and a batched forward differ slightly. ``encoder=False``
+    quantises only the token scorer. ``michi-lite bench listener`` times
+    all three versions, and ``eval listener`` measures this one's WER on a
+    real frame-by-frame stream.
     """
     fast = copy.deepcopy(listener).eval()
     scorer = nn.Linear(*fast.token_table.shape[::-1])
     scorer.weight.data, scorer.bias.data = fast.token_table.clone(), fast.token_bias.detach().clone()
+    per_channel = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}  # a scale per output row
     with warnings.catch_warnings():  # torch.ao's eager quantisation is deprecated in favour of torchao
         warnings.simplefilter("ignore")
-        per_channel = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}  # a scale per output row
         fast.scorer = torch.ao.quantization.quantize_dynamic(nn.Sequential(scorer), per_channel)
+        if encoder:
+            fast.encoder = torch.ao.quantization.quantize_dynamic(fast.encoder, per_channel)
     return fast
 
 

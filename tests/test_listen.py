@@ -207,7 +207,7 @@ def test_eval_listener_reports_every_measure_per_voice_group(tiny_corpus, tiny_l
         assert result["n_utterances"] == 1
         assert 0.0 <= result["frame_accuracy"] <= 1.0 and 0.0 <= result["token_frame_accuracy"] <= 1.0
         # Whisper hears the speech; an untrained head emits a word on most frames, far more than were said
-        assert result["wer_whisper_offline"] < 1.0 < result["wer_streaming"]
+        assert result["wer_whisper_offline"] < 1.0 < min(result["wer_streaming"], result["wer_streaming_int8"])
         assert group["stress"]["n_utterances"] + group["plain"]["n_utterances"] == 1
 
 
@@ -245,7 +245,7 @@ def test_bench_listener_reports_per_frame_times(tmp_path):
     out = tmp_path / "bench.json"
     main(["bench", "listener", "--preset", "tiny", "--seconds", "0.8", "--json", str(out)])
     report = json.loads(out.read_text())
-    for name in ("fp32", "int8_scorer"):
+    for name in ("fp32", "int8_scorer", "int8"):
         assert report[name]["n_frames"] == 10 and 0 < report[name]["frame_ms_median"] <= report[name]["frame_ms_p95"]
 
 
