@@ -159,8 +159,9 @@ def bench_listener(preset: str, ckpt: str | os.PathLike | None = None, seconds: 
     The stream is fed one frame of audio at a time, as a microphone would,
     after ``WARMUP_CHUNKS`` + ``window_frames`` frames, so that the attention
     window is full and every timed frame costs what a long stream's do.
-    Without ``ckpt`` the weights are Whisper's pretrained encoder and an
-    untrained head: the same arithmetic as a trained one.
+    Without ``ckpt`` the weights are the ones training starts from (Whisper's
+    encoder, random for ``tiny``) and an untrained head: the same arithmetic
+    as a trained one.
     """
     from .backbone import load_tokenizer
     from .listen import build_listener, listener_config, load_listener, quantized_for_cpu

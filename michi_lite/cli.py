@@ -13,8 +13,8 @@
     michi-lite transcribe      IN.wav [--preset P] [--ckpt RUN] [--json OUT]
     michi-lite demo            [--preset P] [--out DIR]
 
-Subcommands for the later stages (more training stages, say, transcribe,
-chat) join here as they are built.
+Subcommands for the later stages (the speaking head and `say`, the joint
+model, chat) join here as they are built.
 """
 
 from __future__ import annotations
@@ -149,19 +149,27 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
     from .backbone import load_tokenizer
     from .listen import WordAssembler, listener_config, load_listener, quantized_for_cpu
 
+    if not Path(args.ckpt).exists():
+        raise FileNotFoundError(f"{args.ckpt}: no listener weights there; pass --ckpt with a `michi-lite train "
+                                "listener` run or its .safetensors")
     tokenizer = load_tokenizer()
     audio = listener_config(args.preset).audio
     listener = quantized_for_cpu(load_listener(args.ckpt, args.preset, len(tokenizer)))
     wave = torch.from_numpy(load_audio(args.audio, audio.sample_rate))
     stream, assembler, heard = listener.stream(), WordAssembler(tokenizer), []
-    for start in range(0, len(wave), audio.samples_per_frame):  # as a microphone delivers it: 80 ms at a time
-        for frame in stream.push(wave[start:start + audio.samples_per_frame]):
-            for word in assembler.add(frame):
-                print(f"{word.emitted:7.2f} s  {word.word}", flush=True)
-                heard.append(word)
-    for word in assembler.finish():
-        print(f"{word.emitted:7.2f} s  {word.word}")
-        heard.append(word)
+
+    def show(words: list) -> None:
+        for word in words:
+            print(f"{word.emitted:7.2f} s  {word.word}", flush=True)
+            heard.append(word)
+
+    chunk = audio.samples_per_frame  # as a microphone delivers it: 80 ms at a time
+    for start in range(0, len(wave), chunk):
+        for frame in stream.push(wave[start:start + chunk]):
+            show(assembler.add(frame))
+    for frame in stream.flush():  # the end of the recording: trailing silence lets the last words out
+        show(assembler.add(frame))
+    show(assembler.finish())
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         words = [{"word": w.word, "emitted": round(w.emitted, 3)} for w in heard]

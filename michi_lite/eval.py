@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -175,22 +176,28 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
                       max_utterances: int | None = None, delays_path: str | os.PathLike | None = None) -> dict:
     """The listening head on the test split, per voice group, with the stress sentences on their own.
 
-    For each group: the streaming head's corpus WER (what its emitted tokens
-    spell), also for the int8 version a CPU streams with, fed 80 ms at a
-    time (``wer_streaming_int8``), offline Whisper tiny.en's WER on the same audio (the full-context
-    baseline it was made from), the word emission delay (emission time minus
-    the aligned end of the word, over the words the head got right, see
-    ``emission_delays``) as median
-    and 95th percentile in ms, and the frame accuracy against the emission
-    grid, over all frames and over the frames that carry a token. Every
-    word's delay (ms) goes to ``delays_path`` (.npz, one array per group)
-    if it is given. The head
-    is run on whole clips: its outputs equal those of a frame-by-frame stream
-    (``tests/test_listen.py``), and whole clips are faster to score.
+    For each group:
+
+    * ``wer_streaming``: the corpus WER of what the head's emitted tokens
+      spell, run on whole clips (equal to a frame-by-frame fp32 stream, see
+      ``tests/test_listen.py``, and faster to score);
+    * ``wer_streaming_int8``: the same for the int8 version a CPU streams
+      with, fed 80 ms at a time as a microphone would;
+    * ``wer_whisper_offline``: Whisper tiny.en (the judge) on the same audio,
+      with the whole clip in view: the full-context baseline;
+    * the emission delay, emission time minus the aligned end of the word,
+      over the words the head got right (``emission_delays``): median and
+      95th percentile in ms, and every delay in ``delays_path`` (.npz, one
+      array per group) if it is given;
+    * the frame accuracy against the emission grid, over all frames and over
+      the frames that carry a token.
+
+    Each clip gets the trailing silence ``ListenerStream.flush`` adds.
     """
     from .backbone import load_tokenizer
     from .data.frames import PAD_TOKEN
     from .listen import (
+        QUIET_FRAMES,
         clip_features,
         emission_grid,
         load_listener,
@@ -233,18 +240,21 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
         rows = []
         for record in tqdm(records[:max_utterances], desc=f"listener eval, {group} voices", unit="utt"):
             wave = load_audio(Path(data_dir) / record["path"], audio.sample_rate)
-            padded = torch.from_numpy(np.pad(wave, (0, -len(wave) % audio.samples_per_frame)))
+            words = [Word.from_dict(w) for w in record["words"]]
+            # as a stream ends: whole frames, then the quiet frames ``ListenerStream.flush`` adds
+            frames = math.ceil(len(wave) / audio.samples_per_frame) + QUIET_FRAMES
+            grid = torch.tensor(emission_grid(record["text"], words, tokenizer, frames).tokens)
+            padded = torch.from_numpy(np.pad(wave, (0, len(grid) * audio.samples_per_frame - len(wave))))
             with torch.inference_mode():
                 _, logits = listener(clip_features(padded, audio)[None])
             logits = logits[0]  # (frames, vocab)
-            words = [Word.from_dict(w) for w in record["words"]]
             heard = words_from_logits(logits, tokenizer)
-            grid = torch.tensor(emission_grid(record["text"], words, tokenizer, len(logits)).tokens)
             right, tokens = logits.argmax(-1) == grid, grid != pad_id
             delays = emission_delays(words, heard)
             rows.append({
                 "text": record["text"], "heard": " ".join(h.word for h in heard),
-                "heard_int8": " ".join(h.word for h in transcribe_stream(listener_int8, padded, tokenizer)),
+                "heard_int8": " ".join(h.word for h in transcribe_stream(listener_int8, torch.from_numpy(wave),
+                                                                         tokenizer)),
                 "whisper": transcribe(wave, audio.sample_rate, judge),
                 "delays": delays, "category": record["category"],
                 "frames": len(grid), "frames_right": int(right.sum()),

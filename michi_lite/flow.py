@@ -11,8 +11,9 @@ integrates it in a few Euler steps.
 * loss: the squared error of the predicted velocity at a random t;
 * sampling: start at noise, take ``steps`` Euler steps of size 1 / steps.
 
-Straight paths are why few steps suffice: where the learned paths do not
-cross, one Euler step already lands on the data.
+Straight paths are why few steps suffice: where the straight lines from
+noise to data seldom cross, the learned field is nearly constant along
+each, and one Euler step lands near the data.
 
 ``SpeakingHead`` is the velocity network: an MLP whose residual blocks are
 modulated (adaptive layer norm, as in DiT) by the condition, the backbone's
@@ -63,8 +64,7 @@ def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 class AdaLNBlock(nn.Module):
     """A residual MLP block whose norm's scale and shift, and the residual's gate, come from the condition.
 
-    The modulation starts at zero, so every block starts as the identity:
-    the network's first output is that of its input and output layers alone.
+    The modulation starts at zero, so every block starts as the identity.
     """
 
     def __init__(self, width: int) -> None:

@@ -69,6 +69,9 @@ logger = logging.getLogger(__name__)
 WHISPER_OFFSET = 0.76
 WHISPER_FLOOR = -6.5
 
+# Frames of silence that end a stream, and that complete a word when nothing follows: 320 ms.
+QUIET_FRAMES = 4
+
 
 @dataclass(frozen=True)
 class ListenerConfig:
@@ -90,14 +93,20 @@ class ListenerConfig:
 
 
 def listener_config(preset: str) -> ListenerConfig:
-    """``tiny``: a 2-layer random encoder for tests; ``lite``: Whisper tiny.en; ``michi``: Whisper base.en."""
+    """``tiny``: a 2-layer random encoder for tests; ``lite``: Whisper tiny.en; ``michi``: Whisper base.en.
+
+    Whisper hears 16 kHz audio through 80 mel bands whatever the preset, so
+    the listener always uses the ``lite`` frontend (16 kHz, hop 160, 80 mels):
+    a ``michi`` stream at 24 kHz is resampled before it.
+    """
     cfg = get_config(preset)
+    audio = AudioConfig()  # 16 kHz, 80 mels: Whisper's rate and bands
     if cfg.listener.whisper is None:
-        return ListenerConfig(audio=cfg.audio, whisper=None, width=64, heads=2, layers=2, ffn=128,
+        return ListenerConfig(audio=audio, whisper=None, width=64, heads=2, layers=2, ffn=128,
                               window_frames=6, embedding_dim=cfg.backbone.hidden_size)
     if cfg.listener.whisper == "tiny.en":
-        return ListenerConfig(audio=cfg.audio, whisper="tiny.en", embedding_dim=cfg.backbone.hidden_size)
-    return ListenerConfig(audio=cfg.audio, whisper=cfg.listener.whisper, width=512, heads=8, layers=6, ffn=2048,
+        return ListenerConfig(audio=audio, whisper="tiny.en", embedding_dim=cfg.backbone.hidden_size)
+    return ListenerConfig(audio=audio, whisper=cfg.listener.whisper, width=512, heads=8, layers=6, ffn=2048,
                           embedding_dim=cfg.backbone.hidden_size)
 
 
@@ -328,7 +337,7 @@ class HeardFrame:
     @property
     def end_seconds(self) -> float:
         """When the frame's audio ends: the earliest the token can be emitted."""
-        return (self.index + 1) * 0.08
+        return (self.index + 1) * FRAME_SECONDS
 
 
 class ListenerStream:
@@ -342,7 +351,7 @@ class ListenerStream:
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
         audio = listener.cfg.audio
-        self.frontend = MelSpectrogram(audio)
+        self.frontend = MelSpectrogram(audio).to(listener.token_bias.device)
         # the mel of a new hop looks back n_fft - hop samples; keep whole hops of them
         self.history = math.ceil((audio.n_fft - audio.hop_length) / audio.hop_length) * audio.hop_length
         self.reset()
@@ -361,6 +370,8 @@ class ListenerStream:
         samples = torch.as_tensor(samples)
         if samples.dim() != 1:
             raise ValueError(f"push mono samples of shape (samples,), got {tuple(samples.shape)}")
+        if not samples.is_floating_point():
+            raise ValueError(f"push float samples in [-1, 1], not {samples.dtype} (scale integer PCM first)")
         if not torch.isfinite(samples).all():
             raise ValueError("the samples contain NaN or inf values")
         frame_samples = self.listener.cfg.audio.samples_per_frame
@@ -380,6 +391,16 @@ class ListenerStream:
         frame = HeardFrame(self.n_frames, int(logits[0, 0].argmax()), embedding[0, 0])
         self.n_frames += 1
         return frame
+
+    def flush(self, quiet_frames: int = QUIET_FRAMES) -> list[HeardFrame]:
+        """End of input: the last partial frame padded with silence, then ``quiet_frames`` of silence.
+
+        The silence gives the words that end in the last frames their chance
+        to be emitted, and the tokens that spill after them their frames.
+        """
+        frame_samples = self.listener.cfg.audio.samples_per_frame
+        padding = -len(self.waiting) % frame_samples + quiet_frames * frame_samples
+        return self.push(torch.zeros(padding))
 
     def cache_numel(self) -> int:
         return self.past_audio.numel() + self.waiting.numel() + self.state.numel()
@@ -433,14 +454,14 @@ def emission_grid(text: str, words: list[Word], tokenizer, n_frames: int) -> Tok
     The backbone's own text grid puts a word on the frame where it starts,
     which a causal listener cannot know yet. So the listener is taught to
     emit a word on the last frame its audio overlaps, as soon as it has heard
-    it all (tokens of long words spill into the next frames). A grid the
-    audio is too short for is cut to ``n_frames``.
+    it all (tokens of long words spill into the next frames). The grid has
+    at least ``n_frames`` frames, more when the last word's tokens spill past
+    the audio: give the listener that many frames, the extra ones silent.
     """
     frame_ms = round(FRAME_SECONDS * 1000)
     heard = [Word(w.word, (math.ceil(round(w.end * 1000) / frame_ms) - 1) * FRAME_SECONDS, w.end) for w in words]
     grid = frame_tokens(text, heard, tokenizer)
-    tokens = (grid.tokens + [grid.pad_id] * n_frames)[:n_frames]
-    return TokenGrid(tokens=tokens, pad_id=grid.pad_id)
+    return TokenGrid(tokens=grid.tokens + [grid.pad_id] * (n_frames - len(grid)), pad_id=grid.pad_id)
 
 
 class ListenerUtterances(torch.utils.data.Dataset):
@@ -459,12 +480,11 @@ class ListenerUtterances(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         record = self.records[index]
         wave = torch.from_numpy(load_audio(self.data_dir / record["path"], self.cfg.audio.sample_rate))
-        wave = F.pad(wave, (0, -len(wave) % self.cfg.audio.samples_per_frame))  # whole frames, with silence
-        features = clip_features(wave, self.cfg.audio)  # (n_mels, frames * mels_per_frame)
-        n_frames = features.shape[-1] // self.cfg.audio.mels_per_frame
+        frame = self.cfg.audio.samples_per_frame
         words = [Word.from_dict(w) for w in record["words"]]
-        grid = emission_grid(record["text"], words, self.tokenizer, n_frames)
-        return features, torch.tensor(grid.tokens)
+        grid = emission_grid(record["text"], words, self.tokenizer, math.ceil(len(wave) / frame))
+        wave = F.pad(wave, (0, len(grid) * frame - len(wave)))  # whole frames, and silence for spilled tokens
+        return clip_features(wave, self.cfg.audio), torch.tensor(grid.tokens)
 
     @staticmethod
     def collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -610,7 +630,7 @@ class WordAssembler:
     the last word of a phrase does not wait for the next one.
     """
 
-    def __init__(self, tokenizer, quiet_frames: int = 4) -> None:
+    def __init__(self, tokenizer, quiet_frames: int = QUIET_FRAMES) -> None:
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
         self.quiet_frames = quiet_frames
@@ -647,8 +667,9 @@ def transcribe_stream(listener: Listener, wave: torch.Tensor, tokenizer,
     chunk = chunk_samples or listener.cfg.audio.samples_per_frame
     stream, words = listener.stream(), WordAssembler(tokenizer)
     heard = []
-    for start in range(0, len(wave), chunk):
-        for frame in stream.push(wave[start:start + chunk]):
+    for start in range(0, len(wave) + chunk, chunk):
+        frames = stream.push(wave[start:start + chunk]) if start < len(wave) else stream.flush()
+        for frame in frames:
             heard += words.add(frame)
     return heard + words.finish()
 

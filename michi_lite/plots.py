@@ -152,7 +152,7 @@ def transcript_figure(waveform: np.ndarray, sample_rate: int, words: list[Word],
     ax.set_xlim(0, seconds)
     ax.set_xlabel("seconds (grid: 80 ms frames)")
     ax.set_yticks([])
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     ax.set_title(title)
     return fig
 

@@ -123,7 +123,7 @@ def vocoder_config(preset_name: str) -> VocoderConfig:
 
     * ``tiny``: about 29k parameters, so the tests train it in seconds.
     * ``lite``: 16 kHz, hop 160 = 5 * 4 * 4 * 2, HiFi-GAN V3's layout
-      (ResBlock2 with kernels 3, 5, 7) at 128 channels: 0.32M parameters, 30
+      (ResBlock2 with kernels 3, 5, 7) at 128 channels: 0.34M parameters, 30
       convs. Sized by the RTF 0.1 budget (8 ms per 80 ms chunk) on two shared
       CPU cores, where the time per chunk swings by half between runs. Each
       of the four stages costs about the same arithmetic (channels halve

@@ -307,8 +307,8 @@ with torch.no_grad():
 #
 # `michi-lite train vocoder` trains on random 0.5 s segments of the corpus's
 # train split: discriminators first, then the generator, each step. It
-# checkpoints every N steps and `--resume` continues a killed run. Here: the
-# tiny corpus of notebook 01 and a few steps, then a resume; the loss only
+# checkpoints every N steps and `--resume` continues a killed run. Here: a
+# tiny corpus built as in notebook 01, a few steps, then a resume; the loss only
 # starts to fall in that time. A useful `lite` vocoder takes thousands of
 # steps on a GPU (section 7).
 

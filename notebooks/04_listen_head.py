@@ -28,7 +28,7 @@
 #
 # 1. Whisper's encoder, read from the same file the Whisper judge runs, and
 #    checked against it;
-# 2. why it does not stream as it is, and the three changes that make it;
+# 2. why it does not stream as it is, and the four changes that make it;
 # 3. what it is taught to emit, and when;
 # 4. a short training run;
 # 5. the reference `lite` head: a live-style transcript, its emission delays,
@@ -125,10 +125,11 @@ display(Audio(wave, rate=audio.sample_rate))
 #   positions come from a table of 1,500 rows.
 #
 # Replace the audio after 2 s and watch which states change. For Whisper as it
-# is, all of them do. The streaming version pads its convolutions on the
-# left only, lets each 80 ms frame attend to itself and the 24 frames before
-# it (block-causal, 2 s), computes features with a fixed floor, and computes
-# its sinusoids for any position: nothing before 2 s moves.
+# is, all of them do. The streaming version makes four changes: it pads its
+# convolutions on the left only, lets each 80 ms frame attend to itself and
+# the 24 frames before it (block-causal, 2 s), floors its features at a fixed
+# level, and computes its sinusoids for any position. Nothing before 2 s
+# moves.
 
 # %%
 cut = int(2.0 * audio.sample_rate)
