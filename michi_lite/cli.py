@@ -71,26 +71,29 @@ def cmd_data_subset(args: argparse.Namespace) -> None:
           f"{summary['speakers']} speakers -> {manifest}")
 
 
-def cmd_train_vocoder(args: argparse.Namespace) -> None:
+def report_run(run: Path, preset: str, stage: str) -> None:
     from .train import latest_checkpoint
+
+    step = json.loads((latest_checkpoint(run) / "state.json").read_text())["step"]
+    print(f"the {preset} {stage} is at step {step}: {run / f'{stage}.safetensors'}")
+
+
+def cmd_train_vocoder(args: argparse.Namespace) -> None:
     from .vocoder import train_vocoder, vocoder_config
 
     run = train_vocoder(vocoder_config(args.preset), args.data, args.out, steps=args.steps, resume=args.resume,
                         batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
                         max_minutes=args.max_minutes)
-    step = json.loads((latest_checkpoint(run) / "state.json").read_text())["step"]
-    print(f"the {args.preset} vocoder is at step {step}: {run / 'vocoder.safetensors'}")
+    report_run(run, args.preset, "vocoder")
 
 
 def cmd_train_listener(args: argparse.Namespace) -> None:
     from .listen import train_listener
-    from .train import latest_checkpoint
 
     run = train_listener(args.preset, args.data, args.out, steps=args.steps, resume=args.resume,
                          batch_size=args.batch_size or 8, checkpoint_every=args.checkpoint_every,
                          max_minutes=args.max_minutes)
-    step = json.loads((latest_checkpoint(run) / "state.json").read_text())["step"]
-    print(f"the {args.preset} listener is at step {step}: {run / 'listener.safetensors'}")
+    report_run(run, args.preset, "listener")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -147,7 +150,7 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
 
     from .audio import load_audio
     from .backbone import load_tokenizer
-    from .listen import WordAssembler, listener_config, load_listener, quantized_for_cpu
+    from .listen import listener_config, load_listener, quantized_for_cpu, transcribe_stream
 
     if not Path(args.ckpt).exists():
         raise FileNotFoundError(f"{args.ckpt}: no listener weights there; pass --ckpt with a `michi-lite train "
@@ -156,20 +159,9 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
     audio = listener_config(args.preset).audio
     listener = quantized_for_cpu(load_listener(args.ckpt, args.preset, len(tokenizer)))
     wave = torch.from_numpy(load_audio(args.audio, audio.sample_rate))
-    stream, assembler, heard = listener.stream(), WordAssembler(tokenizer), []
-
-    def show(words: list) -> None:
-        for word in words:
-            print(f"{word.emitted:7.2f} s  {word.word}", flush=True)
-            heard.append(word)
-
-    chunk = audio.samples_per_frame  # as a microphone delivers it: 80 ms at a time
-    for start in range(0, len(wave), chunk):
-        for frame in stream.push(wave[start:start + chunk]):
-            show(assembler.add(frame))
-    for frame in stream.flush():  # the end of the recording: trailing silence lets the last words out
-        show(assembler.add(frame))
-    show(assembler.finish())
+    # 80 ms at a time, as a microphone delivers it; each word printed as soon as it is complete
+    heard = transcribe_stream(listener, wave, tokenizer,
+                              on_word=lambda word: print(f"{word.emitted:7.2f} s  {word.word}", flush=True))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         words = [{"word": w.word, "emitted": round(w.emitted, 3)} for w in heard]

@@ -86,6 +86,16 @@ def mean_or_none(values: list[float]) -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
+def voice_groups_of_test_split(data_dir: str | os.PathLike) -> dict[str, list[dict]]:
+    """The corpus's test split by voice group: "seen" (voices heard in training) and "unseen" (held out)."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for record in load_manifest(data_dir, "test"):
+        groups[record["voice_split"]].append(record)
+    if not groups:
+        raise ValueError(f"{data_dir}: the corpus has no test utterances to evaluate on")
+    return groups
+
+
 def evaluate_vocoder(
     preset: str, ckpt: str | os.PathLike, data_dir: str | os.PathLike, max_utterances: int | None = None
 ) -> dict:
@@ -100,11 +110,7 @@ def evaluate_vocoder(
     ``save_vocoder`` file. The originals are cut to frames * hop samples, the
     length both vocoders return. ``max_utterances`` caps each group.
     """
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for record in load_manifest(data_dir, "test"):
-        groups[record["voice_split"]].append(record)
-    if not groups:
-        raise ValueError(f"{data_dir}: the corpus has no test utterances to evaluate on")
+    groups = voice_groups_of_test_split(data_dir)
     audio = get_config(preset).audio
     device = "cuda" if torch.cuda.is_available() else "cpu"
     systems = {"hifigan": load_vocoder(ckpt, preset, device), "griffin_lim": GriffinLim(audio).to(device)}
@@ -206,17 +212,13 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
         words_from_logits,
     )
 
+    groups = voice_groups_of_test_split(data_dir)
     tokenizer = load_tokenizer()
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     listener = load_listener(ckpt, preset, len(tokenizer))
     listener_int8 = quantized_for_cpu(listener)
     audio = listener.cfg.audio
     judge = load_whisper()
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for record in load_manifest(data_dir, "test"):
-        groups[record["voice_split"]].append(record)
-    if not groups:
-        raise ValueError(f"{data_dir}: the corpus has no test utterances to evaluate on")
 
     def summary(rows: list[dict]) -> dict:
         delays = np.concatenate([r["delays"] for r in rows]) if rows else np.zeros(0)

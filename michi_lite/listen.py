@@ -41,6 +41,7 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -85,6 +86,10 @@ class ListenerConfig:
     ffn: int = 1536
     window_frames: int = 25  # attention sees this many 80 ms frames: the current one and 24 before (2 s)
     embedding_dim: int = 576  # the backbone's hidden size: where the embeddings and token scores live
+
+    def to_dict(self) -> dict:
+        """The config as JSON gives it back (tuples as lists), for checkpoints and comparing with them."""
+        return json.loads(json.dumps(asdict(self)))
 
     @property
     def positions_per_frame(self) -> int:
@@ -552,7 +557,7 @@ class ListenerTrainer:
         return self.schedule.get_last_lr()[-1]
 
     def config(self) -> dict:
-        return json.loads(json.dumps(asdict(self.listener.cfg)))
+        return self.listener.cfg.to_dict()
 
     def shape(self) -> dict:
         return self.config()
@@ -566,14 +571,14 @@ def save_listener(path: str | os.PathLike, listener: Listener, preset: str,
     """The listener's own weights (not the backbone's token table) as safetensors, written atomically."""
     tensors = {k: v.to(dtype) for k, v in listener.state_dict().items()}
     return write_weights(path, tensors, {"format": CHECKPOINT_FORMAT, "preset": preset,
-                                         "config": json.dumps(asdict(listener.cfg))})
+                                         "config": json.dumps(listener.cfg.to_dict())})
 
 
 def load_listener(path: str | os.PathLike, preset: str, vocab_size: int, device: str = "cpu") -> Listener:
     """Read a ``save_listener`` file (or a training run's directory) into an eval-mode fp32 listener."""
     path, metadata, tensors = read_weights(path, "listener", CHECKPOINT_FORMAT, preset)
     listener = build_listener(preset, vocab_size, pretrained=False)
-    if json.loads(metadata["config"]) != json.loads(json.dumps(asdict(listener.cfg))):
+    if json.loads(metadata["config"]) != listener.cfg.to_dict():
         raise ValueError(f"{path}: made with another listener shape than preset {preset!r} has now")
     listener.load_state_dict({k: v.float() for k, v in tensors.items()})
     return listener.to(device).eval()
@@ -661,17 +666,28 @@ class WordAssembler:
         return [HeardWord(text, self.started)] if text else []
 
 
-def transcribe_stream(listener: Listener, wave: torch.Tensor, tokenizer,
-                      chunk_samples: int | None = None) -> list[HeardWord]:
-    """Stream ``wave`` through the listener ``chunk_samples`` at a time (one frame by default); its words."""
+def transcribe_stream(listener: Listener, wave: torch.Tensor, tokenizer, chunk_samples: int | None = None,
+                      on_word: Callable[[HeardWord], None] | None = None) -> list[HeardWord]:
+    """Stream ``wave`` through the listener ``chunk_samples`` at a time (one frame by default); its words.
+
+    ``on_word`` is called with each word as soon as it completes, to show it live.
+    """
     chunk = chunk_samples or listener.cfg.audio.samples_per_frame
-    stream, words = listener.stream(), WordAssembler(tokenizer)
-    heard = []
-    for start in range(0, len(wave) + chunk, chunk):
-        frames = stream.push(wave[start:start + chunk]) if start < len(wave) else stream.flush()
-        for frame in frames:
-            heard += words.add(frame)
-    return heard + words.finish()
+    stream, assembler, heard = listener.stream(), WordAssembler(tokenizer), []
+
+    def emit(words: list[HeardWord]) -> None:
+        for word in words:
+            if on_word is not None:
+                on_word(word)
+            heard.append(word)
+
+    for start in range(0, len(wave), chunk):
+        for frame in stream.push(wave[start:start + chunk]):
+            emit(assembler.add(frame))
+    for frame in stream.flush():  # the end of the audio: trailing silence lets the last words out
+        emit(assembler.add(frame))
+    emit(assembler.finish())
+    return heard
 
 
 def words_from_logits(logits: torch.Tensor, tokenizer) -> list[HeardWord]:

@@ -142,6 +142,7 @@ ax.legend(loc="lower center", fontsize=8)
 fig.savefig(FIGURES / "02_lookahead_window.png", dpi=120)
 fig
 
+
 # %% [markdown]
 # Does it matter? The reference model was trained twice on the same GPU at
 # the same time, identical but for the look-ahead (the comparison's script is
@@ -202,6 +203,7 @@ with torch.no_grad():
     print("conv_pre:", tuple(causal_conv(x, generator.conv_pre).shape),
           "max difference from the package's", float((causal_conv(x, generator.conv_pre)
                                                        - generator.conv_pre(x)).abs().max()))
+
 
 # %% [markdown]
 # Upsampling by *r* is a transposed convolution with kernel 2*r*: each input

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from michi_lite.cli import main
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The two cores are shared: a second OpenMP thread spin-waits and makes tiny convs ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

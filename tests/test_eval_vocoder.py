@@ -19,15 +19,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def tiny_vocoder_run(tiny_corpus, tmp_path_factory):
+def tiny_vocoder_run(tiny_corpus, tmp_path_factory, one_thread):
     """A tiny vocoder trained for 2 steps: it barely makes sound, but it goes through every code path."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two shared cores: a second thread only spin-waits on tiny convs
-    try:
-        return train_vocoder(vocoder_config("tiny"), tiny_corpus, tmp_path_factory.mktemp("vocoder_run"),
-                             steps=2, batch_size=2)
-    finally:
-        torch.set_num_threads(threads)
+    return train_vocoder(vocoder_config("tiny"), tiny_corpus, tmp_path_factory.mktemp("vocoder_run"),
+                         steps=2, batch_size=2)
 
 
 @pytest.fixture(scope="module")

@@ -40,13 +40,7 @@ HOP = TINY.audio.hop_length
 CHUNK = TINY.audio.mels_per_frame  # mel columns in one 80 ms frame
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The two cores are shared: a second OpenMP thread spin-waits and makes tiny convs ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def loud_generator(cfg=TINY, seed: int = 0) -> HiFiGANGenerator:
