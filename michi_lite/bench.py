@@ -202,3 +202,104 @@ def bench_listener(preset: str, ckpt: str | os.PathLike | None = None, seconds: 
         torch.set_num_threads(previous_threads)
     report["run"] = run_info(preset)
     return report
+
+
+def bench_speaker(preset: str, ckpt: str | os.PathLike | None = None, vocoder_ckpt: str | os.PathLike | None = None,
+                  frames: int = 50, context_frames: int = 50, runs: int = 7, threads: int = 2) -> dict:
+    """Per-80 ms-frame compute of speaking, piece by piece, and ``say``'s time to first audio.
+
+    After ``context_frames`` of context (4 s, a typical sentence) each of
+    ``frames`` frames is timed: the backbone step (KV cache) in fp32 and
+    bf16, the speaking head at 1, 4 and 8 Euler steps, one vocoder chunk,
+    and the whole frame step ``say`` runs (bf16 backbone on a CPU, text head,
+    4-step head, vocoder). Time to first audio is from calling
+    ``Speaker.stream`` to holding its first samples, over ``runs`` calls.
+    Without checkpoints the weights are untrained: the same arithmetic.
+    """
+    from transformers import DynamicCache
+
+    from .backbone import load_tokenizer
+    from .model import build_speech_model, load_speaker
+    from .say import Speaker
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer()
+    model = (build_speech_model(preset, tokenizer).merge_adapters() if ckpt is None
+             else load_speaker(ckpt, preset, tokenizer)).to(device).eval()
+    vocoder = (HiFiGANGenerator(vocoder_config(preset)).remove_weight_norm() if vocoder_ckpt is None
+               else load_vocoder(vocoder_ckpt, preset)).to(device).eval()
+    cfg = model.cfg
+    generator = torch.Generator(device).manual_seed(0)
+    voice = torch.randn(1, cfg.hidden_size, device=device, generator=generator)
+    context = torch.randn(1, context_frames, cfg.hidden_size, device=device, generator=generator)
+    report: dict = {"frames": frames, "context_frames": context_frames, "frame_ms": FRAME_SECONDS * 1000,
+                    "backbone_parameters": sum(p.numel() for p in model.decoder.parameters()),
+                    "speaking_head_parameters": sum(p.numel() for p in model.speaking_head.parameters()),
+                    "checkpoint": None if ckpt is None else str(ckpt),
+                    "vocoder": None if vocoder_ckpt is None else str(vocoder_ckpt), "threads": threads,
+                    "device": device.type}
+
+    def per_frame(step: Callable[[], object]) -> dict:
+        for _ in range(WARMUP_CHUNKS):
+            step()
+        ms = [timed(step, device) * 1000 for _ in range(frames)]
+        return {"ms_median": float(np.median(ms)), "ms_p95": float(np.percentile(ms, 95))}
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for dtype in (torch.float32, torch.bfloat16):
+                model.decoder.to(dtype)
+                cache = DynamicCache()
+                model.decode(context, cache)
+
+                def backbone_step(cache=cache):
+                    model.decode(voice[:, None], cache)
+                    cache.crop(-1)  # every timed step sees the same context
+                report[f"backbone_{str(dtype).removeprefix('torch.')}"] = per_frame(backbone_step)
+            cond = model.head_condition(voice, torch.tensor([model.pad_id], device=device), voice)
+            for k in (1, 4, 8):
+                report[f"speaking_head_{k}_steps"] = per_frame(lambda k=k: model.speaking_head.sample(cond, k))
+            stream = vocoder.stream()
+            mel = torch.zeros(cfg.audio.n_mels, cfg.audio.mels_per_frame, device=device)
+            report["vocoder_chunk"] = per_frame(lambda: stream.push(mel))
+            report["text_head"] = per_frame(lambda: model.text_logits(voice))
+
+            say_dtype = torch.bfloat16 if device.type == "cpu" else torch.float32
+            model.decoder.to(say_dtype)
+            report["say_backbone_dtype"] = str(say_dtype).removeprefix("torch.")
+            cache = DynamicCache()
+            model.decode(context, cache)
+
+            def frame_step():
+                hidden = model.decode(voice[:, None], cache)[:, -1]
+                cache.crop(-1)
+                model.text_logits(hidden).argmax(-1)
+                patch = model.speaking_head.sample(model.head_condition(hidden, torch.tensor([0], device=device),
+                                                                        voice), 4)
+                return stream.push(patch.reshape(cfg.audio.mels_per_frame, cfg.audio.n_mels).T)
+            report["frame_step_4_steps"] = per_frame(frame_step)
+            report["frame_step_faster_than_real_time"] = report["frame_step_4_steps"]["ms_median"] < FRAME_SECONDS * 1000
+
+        prompt = torch.randn(40, cfg.patch_dim, generator=torch.Generator().manual_seed(1)).to(device)
+        speaker = Speaker(model, vocoder, tokenizer, prompt, steps=4)
+        first_audio = []
+        for _ in range(runs + 1):
+            started = time.perf_counter()
+            chunks = speaker.stream("Hello, this is how quickly I start speaking.")
+            next(chunks)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            first_audio.append((time.perf_counter() - started) * 1000)
+            chunks.close()
+        first_audio = first_audio[1:]  # the first call warms up
+        report["time_to_first_audio_ms"] = {"median": float(np.median(first_audio)),
+                                            "p95": float(np.percentile(first_audio, 95)),
+                                            "lead_frames": cfg.text_lead_frames,
+                                            "vocoder_lookahead_ms": vocoder.cfg.lookahead_samples
+                                            / cfg.audio.sample_rate * 1000}
+    finally:
+        torch.set_num_threads(previous_threads)
+    report["run"] = run_info(preset)
+    return report

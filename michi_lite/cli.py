@@ -4,17 +4,21 @@
     michi-lite data subset     --data DIR --out DIR --hours H [--splits S ...] [--seed N]
     michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
-    michi-lite export vocoder|listener --preset P --ckpt RUN --out FILE
+    michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
+    michi-lite export vocoder|listener|speaker --preset P --ckpt RUN --out FILE
     michi-lite eval alignment  --preset P --data DIR --json OUT
     michi-lite eval vocoder    --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N]
     michi-lite eval listener   --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N] [--delays NPZ]
+    michi-lite eval speaker    --preset P --ckpt RUN --data DIR --json OUT [--vocoder V] [--max-utterances N]
     michi-lite bench vocoder   --preset P --json OUT [--ckpt RUN] [--seconds S] [--threads T]
     michi-lite bench listener  --preset P --json OUT [--ckpt RUN] [--seconds S] [--threads T]
+    michi-lite bench speaker   --preset P --json OUT [--ckpt RUN] [--vocoder V] [--threads T]
+    michi-lite say "TEXT"      --out OUT.wav [--voice-prompt REF.wav] [--steps K] [--preset P] [--ckpt RUN]
     michi-lite transcribe      IN.wav [--preset P] [--ckpt RUN] [--json OUT]
     michi-lite demo            [--preset P] [--out DIR]
 
-Subcommands for the later stages (the speaking head and `say`, the joint
-model, chat) join here as they are built.
+Subcommands for the later stages (the joint model, chat) join here as they
+are built.
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ import numpy as np
 from .config import PRESETS, get_config
 
 # the reference weights committed with the project (a source checkout's data/)
-REFERENCE_LISTENER = Path(__file__).resolve().parent.parent / "data" / "listener" / "lite_listener.safetensors"
+REFERENCE_DATA = Path(__file__).resolve().parent.parent / "data"
+REFERENCE_LISTENER = REFERENCE_DATA / "listener" / "lite_listener.safetensors"
+REFERENCE_VOCODER = REFERENCE_DATA / "vocoder" / "lite_vocoder.safetensors"
+REFERENCE_SPEAKER = REFERENCE_DATA / "speaker" / "lite_speaker.safetensors"
+REFERENCE_VOICE = REFERENCE_DATA / "speaker" / "voice_prompt.flac"
 
 
 def add_preset(parser: argparse.ArgumentParser, default: str = "lite") -> None:
@@ -96,6 +104,15 @@ def cmd_train_listener(args: argparse.Namespace) -> None:
     report_run(run, args.preset, "listener")
 
 
+def cmd_train_speaker(args: argparse.Namespace) -> None:
+    from .model import train_speaker
+
+    run = train_speaker(args.preset, args.data, args.out, steps=args.steps, resume=args.resume,
+                        batch_size=args.batch_size or 8, checkpoint_every=args.checkpoint_every,
+                        max_minutes=args.max_minutes)
+    report_run(run, args.preset, "speaker")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     import torch
 
@@ -103,12 +120,18 @@ def cmd_export(args: argparse.Namespace) -> None:
         from .vocoder import load_vocoder, save_vocoder
 
         path = save_vocoder(args.out, load_vocoder(args.ckpt, args.preset), args.preset, torch.float16)
-    else:
+    elif args.stage == "listener":
         from .backbone import load_tokenizer
         from .listen import load_listener, save_listener
 
         listener = load_listener(args.ckpt, args.preset, len(load_tokenizer()))
         path = save_listener(args.out, listener, args.preset, torch.float16)
+    else:
+        from .backbone import load_tokenizer
+        from .model import load_speaker, save_speaker
+
+        model = load_speaker(args.ckpt, args.preset, load_tokenizer(), merge=False)
+        path = save_speaker(args.out, model, args.preset, torch.float16)
     print(f"the {args.preset} {args.stage} in fp16: {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
 
@@ -143,6 +166,51 @@ def cmd_bench_listener(args: argparse.Namespace) -> None:
     from .bench import bench_listener
 
     write_json(bench_listener(args.preset, args.ckpt, seconds=args.seconds, threads=args.threads), args.json)
+
+
+def cmd_eval_speaker(args: argparse.Namespace) -> None:
+    from .eval import evaluate_speaker
+
+    write_json(evaluate_speaker(args.preset, args.ckpt, args.data, args.vocoder,
+                                max_utterances=args.max_utterances), args.json)
+
+
+def cmd_bench_speaker(args: argparse.Namespace) -> None:
+    from .bench import bench_speaker
+
+    write_json(bench_speaker(args.preset, args.ckpt, args.vocoder, threads=args.threads), args.json)
+
+
+def cmd_say(args: argparse.Namespace) -> None:
+    import time
+
+    import torch
+
+    from .audio import save_audio
+    from .backbone import load_tokenizer
+    from .model import load_speaker, load_voice_prompt
+    from .say import Speaker, split_text
+    from .vocoder import load_vocoder
+
+    split_text(args.text)  # refuse empty text before loading anything
+    for path, what in ((args.ckpt, "speaker"), (args.vocoder, "vocoder"), (args.voice_prompt, "voice prompt")):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no {what} there")
+    tokenizer = load_tokenizer()
+    model = load_speaker(args.ckpt, args.preset, tokenizer, backbone_dtype=torch.bfloat16)
+    audio = model.cfg.audio
+    speaker = Speaker(model, load_vocoder(args.vocoder, args.preset), tokenizer,
+                      load_voice_prompt(args.voice_prompt, audio), steps=args.steps, seed=args.seed)
+    started = time.perf_counter()
+    chunks, first = [], None
+    for chunk in speaker.stream(args.text):  # 80 ms at a time: a player could start on the first chunk
+        first = first or time.perf_counter() - started
+        chunks.append(chunk)
+    wave = np.concatenate(chunks)[speaker.vocoder.cfg.lookahead_samples:]
+    path = save_audio(args.out, wave, audio.sample_rate)
+    seconds = time.perf_counter() - started
+    print(f"{len(wave) / audio.sample_rate:.2f} s of speech -> {path} (first audio after {first * 1000:.0f} ms, "
+          f"{seconds:.1f} s in all)")
 
 
 def cmd_transcribe(args: argparse.Namespace) -> None:
@@ -200,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
          100_000, 1000, "segments per step (default: the preset's)"),
         ("listener", cmd_train_listener, "the streaming listening head (Whisper's encoder, fine-tuned)",
          20_000, 200, "utterances per step (default: 8)"),
+        ("speaker", cmd_train_speaker, "the speech model: SmolLM2 with LoRA, text head and speaking head (TTS)",
+         20_000, 100, "utterances per step (default: 8)"),
     ):
         stage_train = train.add_parser(stage, help=what)
         add_preset(stage_train)
@@ -219,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="a trained stage's weights, small, for sharing")
     export = export.add_subparsers(dest="stage", required=True)
     for stage, what in (("vocoder", "the generator alone, weight norm folded in, fp16"),
-                        ("listener", "the encoder and head, fp16 (not the backbone's token table)")):
+                        ("listener", "the encoder and head, fp16 (not the backbone's token table)"),
+                        ("speaker", "the adapters and new modules, fp16 (not SmolLM2's own weights)")):
         stage_export = export.add_parser(stage, help=what)
         add_preset(stage_export)
         stage_export.add_argument("--ckpt", required=True, help=f"a {stage} run directory or .safetensors file")
@@ -248,6 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
         stage_eval.set_defaults(run=run)
         if stage == "listener":
             stage_eval.add_argument("--delays", help="also save each word's emission delay (ms), per group, to .npz")
+    speaker_eval = evaluate.add_parser("speaker", help="the speech model speaking held-out test sentences in "
+                                                       "prompted voices: judge WER, speaker similarity and "
+                                                       "identification, DNSMOS, 1-8 sampling steps")
+    add_preset(speaker_eval)
+    speaker_eval.add_argument("--ckpt", required=True, help="a speaker run directory or .safetensors file")
+    speaker_eval.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
+    speaker_eval.add_argument("--vocoder", default=str(REFERENCE_VOCODER),
+                              help="a vocoder run or .safetensors (default: the committed lite reference)")
+    speaker_eval.add_argument("--json", help="write the report here too")
+    speaker_eval.add_argument("--max-utterances", type=positive_int, help="at most N test utterances per voice group")
+    speaker_eval.set_defaults(run=cmd_eval_speaker)
 
     bench = commands.add_parser("bench", help="time a piece").add_subparsers(dest="what", required=True)
     for stage, run, what, default in (
@@ -261,6 +343,30 @@ def build_parser() -> argparse.ArgumentParser:
         stage_bench.add_argument("--seconds", type=float, default=10.0, help="audio to run through (default: 10)")
         stage_bench.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
         stage_bench.set_defaults(run=run)
+
+    speaker_bench = bench.add_parser("speaker", help="per-80 ms-frame compute of speaking (backbone, speaking "
+                                                     "head, vocoder) and time to first audio")
+    add_preset(speaker_bench)
+    speaker_bench.add_argument("--json", help="write the report here too")
+    speaker_bench.add_argument("--ckpt", help="a speaker run or .safetensors (default: untrained, same speed)")
+    speaker_bench.add_argument("--vocoder", help="a vocoder run or .safetensors (default: random, same speed)")
+    speaker_bench.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: 2)")
+    speaker_bench.set_defaults(run=cmd_bench_speaker)
+
+    say = commands.add_parser("say", help="speak text in a voice, streamed frame by frame (TTS mode)")
+    say.add_argument("text", help="what to say (any length: long text is spoken sentence by sentence)")
+    say.add_argument("--out", required=True, help="the .wav (or .flac) to write")
+    say.add_argument("--voice-prompt", default=str(REFERENCE_VOICE),
+                     help="a few seconds (at least 1 s of speech; any rate, resampled) of the voice to speak in "
+                          "(default: a voice from the lite corpus)")
+    say.add_argument("--steps", type=positive_int, default=4, help="Euler steps of the speaking head (default: 4)")
+    add_preset(say)
+    say.add_argument("--ckpt", default=str(REFERENCE_SPEAKER),
+                     help="a speaker run or .safetensors (default: the committed lite reference)")
+    say.add_argument("--vocoder", default=str(REFERENCE_VOCODER),
+                     help="a vocoder run or .safetensors (default: the committed lite reference)")
+    say.add_argument("--seed", type=int, default=0, help="the sampling noise (default: 0)")
+    say.set_defaults(run=cmd_say)
 
     transcribe = commands.add_parser("transcribe", help="stream a recording through the listening head, "
                                                         "printing each word as it is emitted")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from pesq import PesqError, pesq
 from pystoi import stoi
 from tqdm.auto import tqdm
 
-from .audio import MelSpectrogram, load_audio, normalize_mel
+from .audio import MelSpectrogram, load_audio, mel_from_patches, normalize_mel
 from .backbone import load_whisper
 from .config import get_config
 from .data.alignment import boundary_differences, summarize_differences, transcribe, word_error_rate
@@ -274,3 +275,196 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
     report["checkpoint"] = str(ckpt)
     report["run"] = run_info(preset)
     return report
+
+
+# --- the speech model ------------------------------------------------------------------------
+
+SPEAKER_STEPS = (1, 2, 4, 8)
+SPEAKER_MAIN_STEPS = 4
+
+
+def spread_over_voices(records: list[dict], n: int | None) -> list[dict]:
+    """Up to ``n`` records taken from each voice in turn, so a short eval still hears every voice."""
+    by_voice: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        by_voice[record["voice"]].append(record)
+    queues = [list(v) for _, v in sorted(by_voice.items())]
+    spread = []
+    while any(queues) and (n is None or len(spread) < n):
+        for queue in queues:
+            if queue and (n is None or len(spread) < n):
+                spread.append(queue.pop(0))
+    return spread
+
+
+@torch.inference_mode()
+def text_perplexity(decoder: torch.nn.Module, tokenizer, texts: list[str]) -> float:
+    """A decoder's perplexity on plain text, with its tied token embeddings as the LM head (as SmolLM2's)."""
+    weight = decoder.embed_tokens.weight
+    total, count = 0.0, 0
+    for text in texts:
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=weight.device)
+        if ids.shape[1] < 2:
+            continue
+        hidden = decoder(input_ids=ids).last_hidden_state[0, :-1]
+        logits = (hidden @ weight.T).float()
+        total += torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
+        count += ids.shape[1] - 1
+    return math.exp(total / max(count, 1))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.PathLike,
+                     vocoder_ckpt: str | os.PathLike, max_utterances: int | None = None,
+                     steps: tuple[int, ...] = SPEAKER_STEPS, seed: int = 0) -> dict:
+    """The speech model speaking test sentences it never trained on, per voice group; judged independently.
+
+    Every test utterance is spoken by the model (``Speaker``, as ``say`` runs
+    it, with the HiFi-GAN ``vocoder_ckpt``) from its text, prompted with *another* test
+    utterance of the same voice. Per group (``seen``: voices heard in
+    training, ``unseen``: held out), at ``SPEAKER_MAIN_STEPS`` Euler steps:
+
+    * ``judge_wer``: the Whisper judge's corpus WER on the generated speech,
+      beside ``judge_wer_real`` on the real audio of the same sentences and
+      ``judge_wer_griffin_lim``, the generated mels through Griffin-Lim (the
+      speaking head without the learned vocoder's own losses);
+    * ``speaker_similarity``: Resemblyzer cosine between the generated and
+      the real utterance (``speaker_similarity_real``: the real prompt
+      against the real utterance, the ceiling);
+    * ``speaker_id_accuracy``: how often the prompted voice is the nearest
+      of all test voices (each the mean embedding of its real test audio),
+      and ``speaker_id_accuracy_real`` for the real utterances (their own
+      embedding left out of their voice's mean);
+    * ``dnsmos_ovrl`` (and ``_sig``, ``_bak``) of the generated and the real
+      audio;
+    * ``by_steps``: the judge WER and the real-time factor at 1, 2, 4, 8 steps;
+    * all of it again for the ``stress`` sentences (numbers, units,
+      abbreviations, homographs) and the ``plain`` ones.
+
+    ``perplexity`` is the backbone's on the test sentences as plain text,
+    pretrained SmolLM2 against the speech model's (adapters merged).
+    """
+    from resemblyzer import VoiceEncoder, preprocess_wav
+    from speechmos import dnsmos
+
+    from .backbone import load_tokenizer
+    from .model import build_backbone, load_speaker, voice_prompt
+    from .say import Speaker
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = load_tokenizer()
+    model = load_speaker(ckpt, preset, tokenizer, device)
+    audio = model.cfg.audio
+    test = load_manifest(data_dir, "test")
+    if not test:
+        raise ValueError(f"{data_dir}: the corpus has no test utterances to evaluate on")
+    texts = sorted({r["text"] for r in test})[:200]
+    perplexity = {"speech_model": text_perplexity(model.decoder, tokenizer, texts),
+                  "pretrained": text_perplexity(build_backbone(model.cfg, len(tokenizer)).to(device).eval(),
+                                                tokenizer, texts),
+                  "n_sentences": len(texts)}
+    logger.info("perplexity on held-out text: %s", perplexity)
+    if device == "cpu":
+        model.decoder.to(torch.bfloat16)  # as ``say`` runs it on a CPU
+    vocoder = load_vocoder(vocoder_ckpt, preset, device)
+    griffin_lim = GriffinLim(audio).to(device)
+    judge, voices = load_whisper(), VoiceEncoder(device, verbose=False)
+
+    def embed(wave: np.ndarray) -> np.ndarray:
+        return voices.embed_utterance(preprocess_wav(wave, source_sr=audio.sample_rate))
+
+    real = {r["id"]: load_audio(Path(data_dir) / r["path"], audio.sample_rate) for r in test}
+    real_embedding = {r["id"]: embed(real[r["id"]]) for r in tqdm(test, desc="voice embeddings", unit="utt")}
+    by_voice: dict[str, list[str]] = defaultdict(list)
+    for r in test:
+        by_voice[r["voice"]].append(r["id"])
+    centroid_sums = {v: np.sum([real_embedding[i] for i in ids], axis=0) for v, ids in by_voice.items()}
+
+    def nearest_voice(embedding: np.ndarray, leave_out: str | None = None, voice: str | None = None) -> str:
+        scores = {}
+        for v, total in centroid_sums.items():
+            n = len(by_voice[v])
+            if leave_out is not None and v == voice:
+                total, n = total - real_embedding[leave_out], n - 1
+            scores[v] = cosine(embedding, total / max(n, 1)) if n else -1.0
+        return max(scores, key=scores.get)
+
+    report: dict = {"groups": {}, "perplexity": perplexity}
+    for group, records in sorted(voice_groups_of_test_split(data_dir).items()):
+        rows = []
+        for record in tqdm(spread_over_voices(records, max_utterances), desc=f"speaker eval, {group} voices",
+                           unit="utt"):
+            ids = by_voice[record["voice"]]
+            prompt_id = ids[(ids.index(record["id"]) + 1) % len(ids)]  # the next test utterance of this voice
+            if prompt_id == record["id"]:
+                continue  # a voice with one test utterance has nothing else to prompt with
+            voice = voice_prompt(real[prompt_id], audio, source=prompt_id)
+            row = {"text": record["text"], "category": record["category"], "voice": record["voice"],
+                   "heard_real": transcribe(real[record["id"]], audio.sample_rate, judge), "by_steps": {}}
+            for k in steps:
+                speaker = Speaker(model, vocoder, tokenizer, voice, steps=k, seed=seed)
+                started = time.perf_counter()
+                with torch.inference_mode():  # ``say`` streams the same patches through the same vocoder
+                    mel = mel_from_patches(torch.stack(list(speaker.patches(record["text"]))), audio)
+                    wave = vocoder.vocode(mel).float().cpu().numpy()
+                row["by_steps"][k] = {"heard": transcribe(wave, audio.sample_rate, judge),
+                                      "seconds": time.perf_counter() - started,
+                                      "audio_seconds": len(wave) / audio.sample_rate}
+                if k == SPEAKER_MAIN_STEPS:
+                    with torch.inference_mode():
+                        row["heard_griffin_lim"] = transcribe(griffin_lim.vocode(mel).float().cpu().numpy(),
+                                                              audio.sample_rate, judge)
+                    generated = embed(wave)
+                    row["similarity"] = cosine(generated, real_embedding[record["id"]])
+                    row["similarity_real"] = cosine(real_embedding[prompt_id], real_embedding[record["id"]])
+                    row["identified"] = nearest_voice(generated) == record["voice"]
+                    row["identified_real"] = nearest_voice(real_embedding[record["id"]], record["id"],
+                                                           record["voice"]) == record["voice"]
+                    row["dnsmos"] = dnsmos.run(wave, sr=audio.sample_rate)
+                    row["dnsmos_real"] = dnsmos.run(real[record["id"]], sr=audio.sample_rate)
+            rows.append(row)
+        report["groups"][group] = {
+            "all": speaker_summary(rows, steps),
+            "stress": speaker_summary([r for r in rows if r["category"].startswith("stress")], steps),
+            "plain": speaker_summary([r for r in rows if not r["category"].startswith("stress")], steps),
+        }
+        logger.info("speaker eval, %s voices: %s", group, report["groups"][group]["all"])
+    report["n_test_voices"] = len(by_voice)
+    report["checkpoint"], report["vocoder"] = str(ckpt), str(vocoder_ckpt)
+    report["run"] = run_info(preset)
+    return report
+
+
+def speaker_summary(rows: list[dict], steps: tuple[int, ...]) -> dict:
+    """``evaluate_speaker``'s numbers over some of its rows."""
+    if not rows:
+        return {"n_utterances": 0}
+    texts = [r["text"] for r in rows]
+    main = SPEAKER_MAIN_STEPS
+
+    def mos(key: str, part: str) -> float:
+        return float(np.mean([r[key][part] for r in rows]))
+
+    return {
+        "n_utterances": len(rows),
+        "n_voices": len({r["voice"] for r in rows}),
+        "steps": main,
+        "judge_wer": word_error_rate(texts, [r["by_steps"][main]["heard"] for r in rows]),
+        "judge_wer_real": word_error_rate(texts, [r["heard_real"] for r in rows]),
+        "judge_wer_griffin_lim": word_error_rate(texts, [r["heard_griffin_lim"] for r in rows]),
+        "speaker_similarity": float(np.mean([r["similarity"] for r in rows])),
+        "speaker_similarity_real": float(np.mean([r["similarity_real"] for r in rows])),
+        "speaker_id_accuracy": float(np.mean([r["identified"] for r in rows])),
+        "speaker_id_accuracy_real": float(np.mean([r["identified_real"] for r in rows])),
+        **{f"dnsmos_{part}": mos("dnsmos", f"{part}_mos") for part in ("ovrl", "sig", "bak")},
+        **{f"dnsmos_{part}_real": mos("dnsmos_real", f"{part}_mos") for part in ("ovrl", "sig", "bak")},
+        "by_steps": {
+            str(k): {"judge_wer": word_error_rate(texts, [r["by_steps"][k]["heard"] for r in rows]),
+                     "real_time_factor": sum(r["by_steps"][k]["seconds"] for r in rows)
+                     / sum(r["by_steps"][k]["audio_seconds"] for r in rows)}
+            for k in steps
+        },
+    }

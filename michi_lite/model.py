@@ -1,0 +1,506 @@
+"""The speech model: the SmolLM2 backbone with its own text and audio streams, a text head and the speaking head.
+
+One backbone position per 80 ms frame. Position 0 holds the voice: a vector
+pooled from a few seconds of the speaker's audio. Every later position sums
+the embeddings of what the model said on the frame before, its text token and
+its audio patch; the hidden state there predicts this frame's text token
+(the text head) and, given that token, this frame's audio patch (the
+speaking head, a rectified flow):
+
+    position   0          1                         2               ...
+    input      voice      E(y[0]) + A(a[0])         E(y[1]) + A(a[1])
+    predicts   y[0], a[0] y[1], a[1]                y[2], a[2]
+
+The text stream ``y`` is the inner monologue: each token on the frame where
+its word starts (``data.frames``), PAD elsewhere, and ``<|im_end|>`` on the
+frame where speech ends. The audio stream ``a`` runs ``text_lead_frames``
+behind it, so a word is chosen before it is voiced; its first frames are
+silence. The user's streams (the listener's embedding and tokens) will be
+summed into the same positions in the joint stage.
+
+The backbone is SmolLM2 with LoRA adapters (``peft``) on every linear layer
+of every block, and its token embeddings stay frozen: the trained weights are
+the adapters, the voice encoder, the audio projection, a text-head bias and
+the speaking head, about 17M parameters in ``lite``. At inference the
+adapters are merged into the backbone, which then runs as a plain Llama.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from torch import nn
+from transformers import Cache
+
+from .audio import SILENCE_MEL, AudioError, MelSpectrogram, load_audio, mel_patches, normalize_mel, pad_to_frames
+from .config import FRAME_SECONDS, AudioConfig, get_config
+from .data.corpus import load_manifest
+from .data.frames import PAD_TOKEN, frame_tokens
+from .data.words import Word
+from .flow import SpeakingHead
+from .train import fit, read_weights, write_weights
+
+logger = logging.getLogger(__name__)
+
+END_TOKEN = "<|im_end|>"  # SmolLM2's end of a turn: here, the frame where speech ends
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True)
+class SpeechModelConfig:
+    audio: AudioConfig
+    hub_id: str | None  # None: a random small Llama of the shape below (the ``tiny`` preset)
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    text_lead_frames: int = 2  # the text stream runs this many 80 ms frames ahead of the audio
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    head_width: int = 512
+    head_depth: int = 3
+    voice_width: int = 256
+
+    @property
+    def patch_dim(self) -> int:
+        return self.audio.mels_per_frame * self.audio.n_mels
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def speech_model_config(preset: str) -> SpeechModelConfig:
+    cfg = get_config(preset)
+    b = cfg.backbone
+    shape = dict(audio=cfg.audio, hub_id=b.hub_id, hidden_size=b.hidden_size, num_layers=b.num_layers,
+                 num_heads=b.num_heads, intermediate_size=b.intermediate_size)
+    if b.hub_id is None:
+        return SpeechModelConfig(**shape, lora_rank=4, lora_alpha=8, head_width=64, head_depth=2, voice_width=32)
+    return SpeechModelConfig(**shape)
+
+
+def build_backbone(cfg: SpeechModelConfig, vocab_size: int, pretrained: bool = True) -> nn.Module:
+    """SmolLM2's decoder (no LM head: the text head reuses its token embeddings), or a random small Llama."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if cfg.hub_id is None:
+        torch.manual_seed(0)
+        llama = LlamaConfig(vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+                            num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
+                            intermediate_size=cfg.intermediate_size, max_position_embeddings=8192,
+                            tie_word_embeddings=True)
+        return LlamaForCausalLM(llama).model
+    from .backbone import smollm_weights_dir
+
+    folder = smollm_weights_dir(cfg.hub_id)
+    if pretrained:
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).model
+    from transformers import AutoConfig
+
+    return LlamaForCausalLM(AutoConfig.from_pretrained(folder)).model
+
+
+class VoiceEncoder(nn.Module):
+    """A voice prompt's mel patches (batch, frames, patch_dim) -> one vector (batch, hidden): mean and std pooled."""
+
+    def __init__(self, patch_dim: int, width: int, hidden_size: int) -> None:
+        super().__init__()
+        self.frame = nn.Sequential(nn.Linear(patch_dim, width), nn.GELU(), nn.Linear(width, width))
+        self.out = nn.Linear(2 * width, hidden_size)
+
+    def forward(self, patches: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.frame(patches)  # (batch, frames, width)
+        weights = mask[..., None].to(x.dtype) / mask.sum(1).clamp(min=1)[:, None, None]
+        mean = (x * weights).sum(1)
+        std = (((x - mean[:, None]) ** 2 * weights).sum(1) + 1e-5).sqrt()
+        return self.out(torch.cat([mean, std], dim=-1))
+
+
+class SpeechModel(nn.Module):
+    """Backbone + stream embeddings + text head + speaking head (see the module docstring for the layout)."""
+
+    def __init__(self, cfg: SpeechModelConfig, backbone: nn.Module, pad_id: int, end_id: int) -> None:
+        super().__init__()
+        self.cfg, self.pad_id, self.end_id = cfg, pad_id, end_id
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGETS)
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        self.backbone = get_peft_model(backbone, lora)
+        self.voice = VoiceEncoder(cfg.patch_dim, cfg.voice_width, cfg.hidden_size)
+        self.audio_in = nn.Sequential(nn.Linear(cfg.patch_dim, cfg.hidden_size), nn.GELU(),
+                                      nn.Linear(cfg.hidden_size, cfg.hidden_size))
+        self.text_bias = nn.Parameter(torch.zeros(backbone.embed_tokens.num_embeddings))
+        self.speaking_head = SpeakingHead(cfg.patch_dim, 3 * cfg.hidden_size, cfg.head_width, cfg.head_depth)
+        self.merged = False
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.decoder.embed_tokens
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The Llama decoder itself, with the adapters in place or merged."""
+        return self.backbone if self.merged else self.backbone.base_model.model
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """What training changes: the adapters and every new module (not the frozen SmolLM2 weights)."""
+        state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(self.backbone).items()}
+        for name in ("voice", "audio_in", "speaking_head"):
+            state.update({f"{name}.{k}": v for k, v in getattr(self, name).state_dict().items()})
+        state["text_bias"] = self.text_bias.data
+        return state
+
+    def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
+        lora = {k.removeprefix("lora."): v for k, v in state.items() if k.startswith("lora.")}
+        result = set_peft_model_state_dict(self.backbone, lora)
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"adapter weights that fit no layer: {result.unexpected_keys[:3]}")
+        for name in ("voice", "audio_in", "speaking_head"):
+            prefix = f"{name}."
+            getattr(self, name).load_state_dict({k.removeprefix(prefix): v for k, v in state.items()
+                                                 if k.startswith(prefix)})
+        self.text_bias.data.copy_(state["text_bias"])
+
+    def merge_adapters(self) -> SpeechModel:
+        """Fold LoRA into the backbone's weights: inference then runs a plain Llama, as fast as the original."""
+        if not self.merged:
+            self.backbone = self.backbone.merge_and_unload()
+            self.merged = True
+        return self
+
+    # --- the streams ------------------------------------------------------------------------
+
+    def decode(self, inputs: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        """Backbone positions (batch, n, hidden) -> hidden states (batch, n, hidden) in fp32, extending ``cache``."""
+        dtype = self.token_embedding.weight.dtype
+        return self.decoder(inputs_embeds=inputs.to(dtype), cache=cache, use_cache=cache is not None
+                            ).last_hidden_state.float()
+
+    def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., hidden) -> (..., vocab): scores against the frozen token embeddings, plus a learned bias."""
+        weight = self.token_embedding.weight  # bf16 when the backbone runs in bf16
+        return (hidden.to(weight.dtype) @ weight.T).float() + self.text_bias
+
+    def frame_inputs(self, tokens: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """What the model said on a frame, (batch, frames) tokens and patches -> (batch, frames, hidden)."""
+        return self.token_embedding(tokens).to(patches.dtype) + self.audio_in(patches)
+
+    def head_condition(self, hidden: torch.Tensor, tokens: torch.Tensor, voice: torch.Tensor) -> torch.Tensor:
+        """The speaking head's condition: the hidden state, this frame's text token and the voice vector."""
+        voice = voice.expand(*hidden.shape[:-1], voice.shape[-1])
+        return torch.cat([hidden, self.token_embedding(tokens).to(hidden.dtype), voice], dim=-1)
+
+    def forward(self, batch: SpeakerBatch, flow_samples: int = 2) -> dict[str, torch.Tensor]:
+        """Teacher-forced training losses of a batch: text cross-entropy and the flow-matching loss."""
+        voice = self.voice(batch.prompt, batch.prompt_mask)  # (batch, hidden)
+        previous = self.frame_inputs(batch.tokens[:, :-1], batch.patches[:, :-1])
+        inputs = torch.cat([voice[:, None], previous], dim=1)  # (batch, frames, hidden)
+        hidden = self.decoder(inputs_embeds=inputs, attention_mask=batch.mask.long()).last_hidden_state
+        logits = self.text_logits(hidden)
+        text_loss = F.cross_entropy(logits[batch.mask], batch.tokens[batch.mask])
+        cond = self.head_condition(hidden, batch.tokens, voice[:, None])[batch.mask]  # (n, 3 * hidden)
+        targets = batch.patches[batch.mask]  # (n, patch_dim)
+        # the head is small next to the backbone: several noise levels per frame cost little and steady the loss
+        flow_loss = self.speaking_head.loss(targets.repeat(flow_samples, 1), cond.repeat(flow_samples, 1))
+        with torch.no_grad():
+            predicted = logits[batch.mask].argmax(-1)
+            words = batch.tokens[batch.mask] != self.pad_id
+            timing = ((predicted != self.pad_id) == words).float().mean()
+        return {"text_loss": text_loss, "flow_loss": flow_loss, "timing_accuracy": timing}
+
+
+# --- voice prompts -----------------------------------------------------------------------------
+
+MIN_PROMPT_SECONDS = 1.0
+MAX_PROMPT_SECONDS = 10.0
+SPEECH_MARGIN = 1.0  # a patch is speech if its mean normalised log-mel is this far above silence's
+
+
+def audio_patches(wave: torch.Tensor, audio: AudioConfig) -> torch.Tensor:
+    """(samples,) -> (frames, patch_dim): normalised log-mel, one 80 ms patch per frame."""
+    frontend = MelSpectrogram(audio).to(wave.device)
+    return mel_patches(normalize_mel(frontend(pad_to_frames(wave, audio))), audio)
+
+
+def speech_patches(patches: torch.Tensor) -> torch.Tensor:
+    """The patches of a voice prompt that hold speech: pauses say nothing about a voice."""
+    return patches[patches.mean(-1) > SILENCE_MEL + SPEECH_MARGIN]
+
+
+def voice_prompt(wave: np.ndarray | torch.Tensor, audio: AudioConfig, source: str = "voice prompt") -> torch.Tensor:
+    """A waveform at ``audio.sample_rate`` -> its speech patches (frames, patch_dim), checked.
+
+    The first ``MAX_PROMPT_SECONDS`` are used. Fewer than ``MIN_PROMPT_SECONDS``
+    of speech (after pauses are dropped) is an ``AudioError``: a voice cannot
+    be told from less.
+    """
+    wave = torch.as_tensor(wave, dtype=torch.float32)[:round(MAX_PROMPT_SECONDS * audio.sample_rate)]
+    patches = speech_patches(audio_patches(wave, audio))
+    have = len(patches) * FRAME_SECONDS
+    if have < MIN_PROMPT_SECONDS:
+        raise AudioError(f"{source}: {have:.2f} s of speech; a voice prompt needs at least "
+                         f"{MIN_PROMPT_SECONDS:g} s (ideally 3-10 s) of one person speaking")
+    return patches
+
+
+def load_voice_prompt(path: str | os.PathLike, audio: AudioConfig) -> torch.Tensor:
+    """A voice prompt file (any rate or channel count: it is resampled and mixed to mono) -> speech patches."""
+    return voice_prompt(load_audio(path, audio.sample_rate, max_seconds=600.0), audio, source=str(path))
+
+
+# --- the training data ---------------------------------------------------------------------
+
+
+@dataclass
+class SpeakerBatch:
+    tokens: torch.Tensor  # (batch, frames) the text stream
+    patches: torch.Tensor  # (batch, frames, patch_dim) the audio stream, text_lead_frames behind
+    mask: torch.Tensor  # (batch, frames) True on real frames
+    prompt: torch.Tensor  # (batch, prompt_frames, patch_dim) another utterance of the same voice
+    prompt_mask: torch.Tensor  # (batch, prompt_frames)
+
+    def to(self, device: torch.device) -> SpeakerBatch:
+        return SpeakerBatch(*(t.to(device) for t in (self.tokens, self.patches, self.mask, self.prompt,
+                                                     self.prompt_mask)))
+
+
+def speaker_streams(text: str, words: list[Word], patches: torch.Tensor, tokenizer,
+                    lead: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One utterance's text and audio streams (frames,), (frames, patch_dim), aligned as the model sees them.
+
+    Tokens sit on their word's start frame, ``<|im_end|>`` on the frame of the
+    last word's end; the audio is delayed by ``lead`` frames (silence before).
+    """
+    pad, end = tokenizer.convert_tokens_to_ids(PAD_TOKEN), tokenizer.convert_tokens_to_ids(END_TOKEN)
+    tokens = frame_tokens(text, words, tokenizer).tokens
+    frame_ms = round(FRAME_SECONDS * 1000)
+    end_frame = max(round(words[-1].end * 1000) // frame_ms, len(tokens))
+    tokens = tokens + [pad] * (end_frame - len(tokens)) + [end]
+    n_audio = max(len(patches), len(tokens))
+    silence = torch.full((1, patches.shape[-1]), SILENCE_MEL)
+    audio = torch.cat([silence.expand(lead, -1), patches, silence.expand(n_audio - len(patches), -1)])
+    tokens = torch.tensor(tokens + [pad] * (len(audio) - len(tokens)))
+    return tokens, audio  # (n_audio + lead,), (n_audio + lead, patch_dim)
+
+
+class SpeakerUtterances(torch.utils.data.Dataset):
+    """A corpus split's utterances as (text stream, audio stream, voice prompt from another utterance)."""
+
+    def __init__(self, data_dir: str | os.PathLike, cfg: SpeechModelConfig, tokenizer, split: str = "train",
+                 max_seconds: float = 8.0, prompt_seconds: tuple[float, float] = (2.0, 5.0), seed: int = 0) -> None:
+        self.data_dir, self.cfg, self.tokenizer = Path(data_dir), cfg, tokenizer
+        self.records = [r for r in load_manifest(data_dir, split) if r["duration"] <= max_seconds and r["words"]]
+        if not self.records:
+            raise ValueError(f"{data_dir}: no {split} utterances of at most {max_seconds} s with words")
+        self.by_voice: dict[str, list[int]] = {}
+        for i, r in enumerate(self.records):
+            self.by_voice.setdefault(r["voice"], []).append(i)
+        self.prompt_seconds = prompt_seconds
+        self.rng = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def patches(self, index: int) -> torch.Tensor:
+        record = self.records[index]
+        wave = torch.from_numpy(load_audio(self.data_dir / record["path"], self.cfg.audio.sample_rate))
+        return audio_patches(wave, self.cfg.audio)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        record = self.records[index]
+        words = [Word.from_dict(w) for w in record["words"]]
+        tokens, audio = speaker_streams(record["text"], words, self.patches(index), self.tokenizer,
+                                        self.cfg.text_lead_frames)
+        others = [i for i in self.by_voice[record["voice"]] if i != index] or [index]
+        prompt = speech_patches(self.patches(self.rng.choice(others)))
+        frames = round(self.rng.uniform(*self.prompt_seconds) / FRAME_SECONDS)
+        start = self.rng.randint(0, max(0, len(prompt) - frames))
+        return tokens, audio, prompt[start:start + frames]
+
+    def lengths(self) -> list[float]:
+        return [r["duration"] for r in self.records]
+
+    @staticmethod
+    def collate(items: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> SpeakerBatch:
+        frames = max(len(t) for t, _, _ in items)
+        prompt_frames = max(1, max(len(p) for _, _, p in items))
+        tokens = torch.stack([F.pad(t, (0, frames - len(t))) for t, _, _ in items])
+        patches = torch.stack([F.pad(a, (0, 0, 0, frames - len(a)), value=SILENCE_MEL) for _, a, _ in items])
+        mask = torch.stack([torch.arange(frames) < len(t) for t, _, _ in items])
+        prompt = torch.stack([F.pad(p, (0, 0, 0, prompt_frames - len(p))) for _, _, p in items])
+        prompt_mask = torch.stack([torch.arange(prompt_frames) < len(p) for _, _, p in items])
+        return SpeakerBatch(tokens, patches, mask, prompt, prompt_mask)
+
+
+class LengthBuckets(torch.utils.data.Sampler):
+    """Batches of utterances of similar length (less padding), in a fresh random order every pass."""
+
+    def __init__(self, lengths: list[float], batch_size: int, seed: int = 0, pool: int = 50) -> None:
+        self.lengths, self.batch_size, self.pool = lengths, batch_size, pool
+        self.rng = random.Random(seed)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(range(len(self.lengths)))
+        self.rng.shuffle(order)
+        batches = []
+        span = self.batch_size * self.pool
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start:start + span], key=self.lengths.__getitem__)
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        self.rng.shuffle(batches)
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
+# --- training, saving, loading --------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "michi_lite.speaker/1"
+LOSSES = ["loss", "text_loss", "flow_loss", "timing_accuracy"]
+TEXT_LOSS_WEIGHT = 0.5
+
+
+def build_speech_model(preset: str, tokenizer, pretrained: bool = True) -> SpeechModel:
+    """A speech model for ``preset``: pretrained SmolLM2 (or a random tiny Llama) with fresh adapters and heads."""
+    cfg = speech_model_config(preset)
+    backbone = build_backbone(cfg, len(tokenizer), pretrained)
+    return SpeechModel(cfg, backbone, tokenizer.convert_tokens_to_ids(PAD_TOKEN),
+                       tokenizer.convert_tokens_to_ids(END_TOKEN))
+
+
+class SpeakerTrainer:
+    """The speech model's adapters and new modules, and their optimizer.
+
+    The loss is ``flow_loss + TEXT_LOSS_WEIGHT * text_loss``. The adapters
+    learn at a third of the new modules' rate, after a linear warm-up.
+    """
+
+    def __init__(self, model: SpeechModel, preset: str, device: torch.device, learning_rate: float = 6e-4,
+                 warmup_steps: int = 100) -> None:
+        self.model, self.preset, self.device = model.to(device), preset, device
+        adapters = [p for n, p in model.backbone.named_parameters() if p.requires_grad]
+        heads = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+        self.optimizer = torch.optim.AdamW([{"params": adapters, "lr": learning_rate / 3},
+                                            {"params": heads, "lr": learning_rate}], weight_decay=0.01)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup_steps))
+
+    def step(self, batch: SpeakerBatch) -> dict[str, float]:
+        self.model.train()
+        losses = self.model(batch.to(self.device))
+        loss = losses["flow_loss"] + TEXT_LOSS_WEIGHT * losses["text_loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
+        self.optimizer.step()
+        self.schedule.step()
+        return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"speaker": TrainedWeights(self.model)}
+
+    def optimizer_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
+
+    def load_optimizer_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+
+    def learning_rate(self) -> float:
+        return self.schedule.get_last_lr()[-1]
+
+    def config(self) -> dict:
+        return self.model.cfg.to_dict()
+
+    def shape(self) -> dict:
+        return self.config()
+
+    def export(self, out_dir: Path) -> None:
+        save_speaker(out_dir / "speaker.safetensors", self.model, self.preset)
+
+
+class TrainedWeights:
+    """What a checkpoint holds of a speech model: only the weights training changes, not SmolLM2's own."""
+
+    def __init__(self, model: SpeechModel) -> None:
+        self.model = model
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.trained_state()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_trained_state(state)
+
+
+def save_speaker(path: str | os.PathLike, model: SpeechModel, preset: str, dtype: torch.dtype = torch.float32) -> Path:
+    """The trained weights (adapters, voice encoder, audio projection, heads) as safetensors, written atomically."""
+    if model.merged:
+        raise ValueError("the adapters are merged into the backbone; save before merge_adapters()")
+    tensors = {k: v.to(dtype) for k, v in model.trained_state().items()}
+    return write_weights(path, tensors, {"format": CHECKPOINT_FORMAT, "preset": preset,
+                                         "config": json.dumps(model.cfg.to_dict())})
+
+
+def load_speaker(path: str | os.PathLike, preset: str, tokenizer, device: str | torch.device = "cpu",
+                 merge: bool = True, backbone_dtype: torch.dtype = torch.float32) -> SpeechModel:
+    """Read a ``save_speaker`` file (or a run's directory) onto pretrained SmolLM2; eval mode, adapters merged.
+
+    ``backbone_dtype=torch.bfloat16`` runs the merged backbone in bf16 (the
+    heads stay fp32): on a CPU with bf16 matmuls a frame step takes about
+    half the time.
+    """
+    path, metadata, tensors = read_weights(path, "speaker", CHECKPOINT_FORMAT, preset)
+    model = build_speech_model(preset, tokenizer)
+    if json.loads(metadata["config"]) != json.loads(json.dumps(model.cfg.to_dict())):
+        raise ValueError(f"{path}: made with another speech model shape than preset {preset!r} has now")
+    model.load_trained_state({k: v.float() for k, v in tensors.items()})
+    if merge:
+        model.merge_adapters()
+        model.decoder.to(backbone_dtype)
+    elif backbone_dtype != torch.float32:
+        raise ValueError("only a merged backbone runs in another dtype than float32")
+    return model.to(device).eval()
+
+
+def train_speaker(
+    preset: str,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    steps: int,
+    resume: bool = False,
+    batch_size: int = 8,
+    checkpoint_every: int = 100,
+    log_every: int = 10,
+    max_minutes: float | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+) -> Path:
+    """Train the speech model on the corpus's train split (see ``fit`` for checkpoints and resuming)."""
+    from .backbone import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(seed)
+    model = build_speech_model(preset, tokenizer)
+    trainer = SpeakerTrainer(model, preset, device)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("speaker %s: %.2fM trained parameters, %d steps of %d utterances on %s", preset, trained / 1e6,
+                steps, batch_size, device)
+    dataset = SpeakerUtterances(data_dir, model.cfg, tokenizer, seed=seed)
+    workers = min(8, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=LengthBuckets(dataset.lengths(), batch_size, seed),
+                                         num_workers=workers, collate_fn=SpeakerUtterances.collate)
+    return fit(trainer, loader, out_dir, steps, LOSSES, resume=resume, checkpoint_every=checkpoint_every,
+               log_every=log_every, max_minutes=max_minutes, desc="speaker")

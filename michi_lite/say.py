@@ -1,0 +1,141 @@
+"""Speaking text aloud, one 80 ms frame at a time: the speech model in TTS mode, streamed through the vocoder.
+
+In TTS mode the text stream is forced: the words are given, and the model
+only decides *when* each token comes. On every frame the text head is asked
+whether a new token starts here; if it wants one (its best guess is not PAD),
+the next token of the text is fed instead of its guess, so the model paces
+the words and the text cannot drift from what was asked. When the text is
+used up, the model's next "new token" is taken as the end of speech
+(``<|im_end|>``), and the audio stream, which runs ``text_lead_frames``
+behind, is spoken out to that point.
+
+Each frame then costs one backbone step (KV-cached), one speaking-head
+sample of a few Euler steps and one vocoder chunk, and its 80 ms of audio
+can be played at once.
+
+Long text is split into sentences, each spoken with a fresh KV cache after
+the same voice, so memory stays flat however long the text is; the vocoder
+streams on across the joins.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from .audio import mel_from_patches
+from .model import SpeechModel
+from .vocoder import HiFiGANGenerator
+
+logger = logging.getLogger(__name__)
+
+MAX_SEGMENT_WORDS = 40  # a sentence longer than this is cut at a comma, or else between words
+MAX_PAUSE_FRAMES = 25  # a model that waits 2 s for the next word is moved on to it
+
+
+def split_text(text: str, max_words: int = MAX_SEGMENT_WORDS) -> list[str]:
+    """Sentences of at most ``max_words`` words: the segments ``say`` speaks one after another."""
+    if not text or not text.strip():
+        raise ValueError("nothing to say: the text is empty")
+    segments = []
+    for sentence in re.split(r"(?<=[.!?;:])\s+", text.strip()):
+        words = sentence.split()
+        while len(words) > max_words:
+            commas = [i + 1 for i, w in enumerate(words[:max_words]) if w.endswith(",")]
+            cut = commas[-1] if commas and commas[-1] > max_words // 3 else max_words
+            segments.append(" ".join(words[:cut]))
+            words = words[cut:]
+        if words:
+            segments.append(" ".join(words))
+    return segments
+
+
+@dataclass(frozen=True)
+class SpokenFrame:
+    """One 80 ms frame of speech as the model made it."""
+
+    index: int  # the frame of the audio stream, from the start of its segment
+    token_id: int  # the text stream's token for this audio frame: a word starting here, PAD, or the end
+    patch: torch.Tensor  # (patch_dim,) normalised log-mel
+
+
+class Speaker:
+    """A speech model, a vocoder and one voice, ready to speak text frame by frame.
+
+    ``voice_patches`` are a voice prompt's speech patches (``model.voice_prompt``).
+    """
+
+    def __init__(self, model: SpeechModel, vocoder: HiFiGANGenerator, tokenizer, voice_patches: torch.Tensor,
+                 steps: int = 4, seed: int = 0) -> None:
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, not {steps}")
+        self.model, self.vocoder, self.tokenizer, self.steps = model.eval(), vocoder.eval(), tokenizer, steps
+        self.device = next(model.speaking_head.parameters()).device
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        patches = voice_patches.to(self.device)[None]  # (1, frames, patch_dim)
+        with torch.inference_mode():
+            self.voice = model.voice(patches, torch.ones(patches.shape[:2], dtype=torch.bool, device=self.device))
+
+    def _step(self, inputs: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+        """One backbone position (1, hidden) -> its hidden state (1, hidden), extending the cache."""
+        return self.model.decode(inputs[:, None], cache)[:, -1]
+
+    @torch.inference_mode()
+    def segment_frames(self, text: str) -> Iterator[SpokenFrame]:
+        """One segment's speech, frame by frame, as the model makes it."""
+        model = self.model
+        queue = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        lead = model.cfg.text_lead_frames
+        cache = DynamicCache()
+        hidden = self._step(self.voice, cache)
+        tokens_fed: list[int] = []
+        frame, end_frame, quiet = 0, None, 0
+        while True:
+            token = model.pad_id
+            if end_frame is None:
+                wants_token = model.text_logits(hidden).argmax(-1).item() != model.pad_id
+                if wants_token or quiet >= MAX_PAUSE_FRAMES:
+                    token = queue.pop(0) if queue else model.end_id
+                    end_frame = frame + lead if token == model.end_id else None
+                quiet = 0 if token != model.pad_id else quiet + 1
+            tokens_fed.append(token)
+            tokens = torch.tensor([token], device=self.device)
+            cond = model.head_condition(hidden, tokens, self.voice)
+            patch = model.speaking_head.sample(cond, self.steps, generator=self.generator)  # (1, patch_dim)
+            if frame >= lead:  # the audio stream's first frames are the lead's silence
+                yield SpokenFrame(frame - lead, tokens_fed[frame - lead], patch[0])
+            if end_frame is not None and frame >= end_frame:
+                return
+            hidden = self._step(model.frame_inputs(tokens, patch), cache)
+            frame += 1
+
+    def frames(self, text: str) -> Iterator[SpokenFrame]:
+        """The whole text's speech, segment after segment."""
+        for segment in split_text(text):
+            yield from self.segment_frames(segment)
+
+    def patches(self, text: str) -> Iterator[torch.Tensor]:
+        """The whole text's audio patches (patch_dim,), one per 80 ms frame."""
+        for frame in self.frames(text):
+            yield frame.patch
+
+    @torch.inference_mode()
+    def stream(self, text: str) -> Iterator[np.ndarray]:
+        """The text as audio, 80 ms of float32 samples at a time (the vocoder's look-ahead comes last)."""
+        vocoder = self.vocoder.stream()
+        audio = self.model.cfg.audio
+        for patch in self.patches(text):
+            mel = mel_from_patches(patch[None].to(next(self.vocoder.parameters()).dtype), audio)  # (n_mels, 8)
+            yield vocoder.push(mel).float().cpu().numpy()
+        yield vocoder.flush().float().cpu().numpy()
+
+    def say(self, text: str) -> np.ndarray:
+        """The whole waveform at once, lag removed: ``stream`` minus the vocoder's leading silence."""
+        wave = np.concatenate(list(self.stream(text)))
+        return wave[self.vocoder.cfg.lookahead_samples:]

@@ -1,0 +1,219 @@
+"""The speech model: its streams, training, checkpoints, and speaking frame by frame."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import DynamicCache
+
+from michi_lite.audio import SILENCE_MEL, AudioError, save_audio
+from michi_lite.cli import main
+from michi_lite.data.frames import PAD_TOKEN
+from michi_lite.data.words import Word
+from michi_lite.model import (
+    END_TOKEN,
+    SpeakerUtterances,
+    build_speech_model,
+    load_speaker,
+    speaker_streams,
+    speech_model_config,
+    voice_prompt,
+)
+from michi_lite.say import MAX_SEGMENT_WORDS, Speaker, split_text
+from michi_lite.train import latest_checkpoint
+from michi_lite.vocoder import HiFiGANGenerator, save_vocoder, vocoder_config
+
+TINY = speech_model_config("tiny")
+RATE = TINY.audio.sample_rate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
+    """Noise shaped like speech for the voice prompt's checks: loud enough, in 200 ms bursts."""
+    rng = np.random.default_rng(seed)
+    wave = rng.standard_normal(int(seconds * RATE)).astype(np.float32) * 0.3
+    bursts = (np.arange(len(wave)) // (RATE // 5)) % 2 == 0
+    return wave * np.where(bursts, 1.0, 0.3).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def speaker_run(tiny_corpus, tmp_path_factory):
+    run = tmp_path_factory.mktemp("speaker_run")
+    main(["train", "speaker", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(run),
+          "--steps", "2", "--batch-size", "2", "--checkpoint-every", "1"])
+    return run
+
+
+@pytest.fixture(scope="module")
+def vocoder_file(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_vocoder(tmp_path_factory.mktemp("vocoder") / "vocoder.safetensors",
+                        HiFiGANGenerator(vocoder_config("tiny")), "tiny")
+
+
+@pytest.fixture(scope="module")
+def speaker(speaker_run, vocoder_file, tokenizer):
+    from michi_lite.vocoder import load_vocoder
+
+    model = load_speaker(speaker_run, "tiny", tokenizer)
+    return Speaker(model, load_vocoder(vocoder_file, "tiny"), tokenizer, voice_prompt(speech_like(2.0), TINY.audio),
+                   steps=2)
+
+
+def test_the_streams_put_text_ahead_of_audio_and_end_where_speech_ends(tokenizer):
+    words = [Word("Hello", 0.0, 0.40), Word("world", 0.45, 0.90)]
+    patches = torch.randn(12, TINY.patch_dim)  # 0.96 s of audio
+    tokens, audio = speaker_streams("Hello world", words, patches, tokenizer, lead=2)
+    pad, end = (tokenizer.convert_tokens_to_ids(t) for t in (PAD_TOKEN, END_TOKEN))
+    said = [t for t in tokens.tolist() if t != pad]
+    assert said == tokenizer("Hello world", add_special_tokens=False)["input_ids"] + [end]
+    assert tokens.tolist().index(end) == 11  # the frame holding 0.90 s, the last word's end
+    assert len(tokens) == len(audio) == 12 + 2
+    assert (audio[:2] == SILENCE_MEL).all() and torch.equal(audio[2:], patches)
+    first_word = tokens.tolist().index(said[0])
+    assert first_word == 0  # "Hello" starts on frame 0 of the text stream, and its audio on frame 2
+
+
+def test_training_prompts_come_from_another_utterance_of_the_same_voice(tiny_corpus, tokenizer):
+    data = SpeakerUtterances(tiny_corpus, TINY, tokenizer)
+    record = data.records[0]
+    others = [i for i in data.by_voice[record["voice"]] if i != 0]
+    assert others, "the tiny corpus has several utterances per voice"
+    tokens, audio, prompt = data[0]
+    batch = SpeakerUtterances.collate([data[0], data[1]])
+    assert batch.tokens.shape == batch.mask.shape and batch.patches.shape[:2] == batch.tokens.shape
+    assert len(prompt) <= round(5.0 / 0.08) and prompt.shape[1] == TINY.patch_dim
+    assert batch.prompt_mask.sum(1).tolist() == [len(data[0][2]), len(data[1][2])] or batch.prompt_mask.any()
+
+
+def test_a_few_steps_on_one_batch_lower_both_losses(tiny_corpus, tokenizer):
+    from michi_lite.model import SpeakerTrainer
+
+    torch.manual_seed(0)
+    model = build_speech_model("tiny", tokenizer)
+    data = SpeakerUtterances(tiny_corpus, TINY, tokenizer)
+    batch = SpeakerUtterances.collate([data[i] for i in range(4)])
+    trainer = SpeakerTrainer(model, "tiny", torch.device("cpu"), learning_rate=3e-3, warmup_steps=1)
+    first = trainer.step(batch)
+    for _ in range(25):
+        last = trainer.step(batch)
+    assert last["text_loss"] < first["text_loss"] - 0.5
+    assert last["flow_loss"] < first["flow_loss"]
+
+
+def test_train_speaker_checkpoints_only_what_it_trains_and_resumes(tiny_corpus, speaker_run, tokenizer):
+    assert latest_checkpoint(speaker_run).name == "step_00000002"
+    main(["train", "speaker", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(speaker_run),
+          "--steps", "3", "--batch-size", "2", "--resume"])
+    steps = [int(line.split(",")[0]) for line in (speaker_run / "train_log.csv").read_text().split()[1:]]
+    assert steps[-1] == 3
+    from safetensors import safe_open
+
+    with safe_open(str(speaker_run / "speaker.safetensors"), "pt") as f:
+        names = list(f.keys())
+    assert any(".lora_A." in n for n in names) and "text_bias" in names
+    assert not any("embed_tokens" in n or n.endswith("q_proj.weight") for n in names)  # SmolLM2's own stay out
+    with pytest.raises(ValueError, match="preset"):
+        load_speaker(speaker_run, "lite", tokenizer)
+
+
+def test_foreign_and_truncated_speaker_checkpoints_are_refused(speaker_run, vocoder_file, tmp_path, tokenizer):
+    with pytest.raises(ValueError, match="not a michi_lite speaker"):
+        load_speaker(vocoder_file, "tiny", tokenizer)
+    truncated = tmp_path / "speaker.safetensors"
+    truncated.write_bytes((speaker_run / "speaker.safetensors").read_bytes()[:1000])
+    with pytest.raises(ValueError, match="not a michi_lite speaker"):
+        load_speaker(truncated, "tiny", tokenizer)
+
+
+def test_merged_adapters_compute_what_the_adapted_backbone_does(speaker_run, tokenizer):
+    adapted = load_speaker(speaker_run, "tiny", tokenizer, merge=False)
+    merged = load_speaker(speaker_run, "tiny", tokenizer)
+    inputs = torch.randn(1, 7, TINY.hidden_size)
+    with torch.no_grad():
+        a, b = (m.decoder(inputs_embeds=inputs).last_hidden_state for m in (adapted, merged))
+    assert (a - b).abs().max() < 1e-4
+
+
+def test_cached_frame_steps_equal_one_pass_over_the_whole_sequence(speaker):
+    inputs = torch.randn(1, 9, TINY.hidden_size)
+    with torch.no_grad():
+        whole = speaker.model.decoder(inputs_embeds=inputs).last_hidden_state[0]
+        cache = DynamicCache()
+        steps = torch.stack([speaker._step(inputs[:, i], cache)[0] for i in range(9)])
+    assert (whole - steps).abs().max() < 1e-4
+
+
+def test_speaking_forces_the_text_in_order_and_ends_after_it(speaker, tokenizer):
+    text = "Twelve apples, please."
+    frames = list(speaker.frames(text))
+    fed = [f.token_id for f in frames if f.token_id != speaker.model.pad_id]
+    assert fed == tokenizer(text, add_special_tokens=False)["input_ids"] + [speaker.model.end_id]
+    assert frames[-1].token_id == speaker.model.end_id  # the audio stops on the frame speech ends
+    assert [f.index for f in frames] == list(range(len(frames)))
+    wave = speaker.say(text)
+    assert len(wave) == len(frames) * TINY.audio.samples_per_frame
+
+
+def test_the_stream_equals_say_with_the_vocoder_lag(speaker):
+    chunks = list(speaker.stream("Hello there."))
+    lag = speaker.vocoder.cfg.lookahead_samples
+    assert all(len(c) == TINY.audio.samples_per_frame for c in chunks[:-1]) and len(chunks[-1]) == lag
+    assert np.allclose(np.concatenate(chunks)[lag:], speaker.say("Hello there."), atol=1e-5)
+
+
+def test_long_text_streams_sentence_by_sentence(speaker):
+    text = " ".join(["This is one sentence of a very long text."] * 400)  # 3,600 words
+    segments = split_text(text)
+    assert len(segments) == 400 and max(len(s.split()) for s in split_text("word " * 1000)) <= MAX_SEGMENT_WORDS
+    chunks = speaker.stream(text)
+    first = [next(chunks) for _ in range(3)]  # audio starts before the rest of the text is looked at
+    assert all(len(c) == TINY.audio.samples_per_frame for c in first)
+
+
+def test_empty_text_and_bad_voice_prompts_are_refused(speaker_run, vocoder_file, tmp_path):
+    common = ["--preset", "tiny", "--ckpt", str(speaker_run), "--vocoder", str(vocoder_file)]
+    save_audio(tmp_path / "short.wav", speech_like(0.5), RATE)
+    save_audio(tmp_path / "silent.wav", np.zeros(RATE * 2, dtype=np.float32), RATE)
+    for text, prompt in ((" ", "short.wav"), ("Hello.", "short.wav"), ("Hello.", "silent.wav")):
+        with pytest.raises(SystemExit):
+            main(["say", text, "--out", str(tmp_path / "out.wav"), "--voice-prompt", str(tmp_path / prompt), *common])
+    assert not (tmp_path / "out.wav").exists()
+    with pytest.raises(AudioError, match="at least 1 s"):
+        voice_prompt(speech_like(0.5), TINY.audio)
+    with pytest.raises(ValueError, match="empty"):
+        split_text("   ")
+
+
+def test_say_writes_speech_in_a_voice_given_at_another_rate(speaker_run, vocoder_file, tmp_path, capsys):
+    import soundfile as sf
+
+    save_audio(tmp_path / "voice_44k.wav", speech_like(3.0), 44_100)  # resampled on load
+    main(["say", "Good morning.", "--out", str(tmp_path / "out.wav"), "--voice-prompt", str(tmp_path / "voice_44k.wav"),
+          "--preset", "tiny", "--ckpt", str(speaker_run), "--vocoder", str(vocoder_file), "--steps", "1"])
+    wave, rate = sf.read(str(tmp_path / "out.wav"))
+    assert rate == RATE and len(wave) > 0 and "first audio after" in capsys.readouterr().out
+
+
+def test_export_writes_an_fp16_speaker_that_loads_and_agrees(speaker_run, tmp_path, tokenizer):
+    out = tmp_path / "speaker_fp16.safetensors"
+    main(["export", "speaker", "--preset", "tiny", "--ckpt", str(speaker_run), "--out", str(out)])
+    full, half = (load_speaker(p, "tiny", tokenizer) for p in (speaker_run, out))
+    inputs = torch.randn(1, 5, TINY.hidden_size)
+    with torch.no_grad():
+        a, b = (m.decoder(inputs_embeds=inputs).last_hidden_state for m in (full, half))
+    assert (a - b).abs().max() < 1e-2
+
+
+def test_bench_speaker_times_every_piece_of_a_frame(tmp_path):
+    out = tmp_path / "bench.json"
+    main(["bench", "speaker", "--preset", "tiny", "--json", str(out), "--threads", "1"])
+    report = json.loads(out.read_text())
+    for piece in ("backbone_float32", "backbone_bfloat16", "speaking_head_1_steps", "speaking_head_4_steps",
+                  "speaking_head_8_steps", "vocoder_chunk", "frame_step_4_steps"):
+        assert 0 < report[piece]["ms_median"] <= report[piece]["ms_p95"]
+    assert report["time_to_first_audio_ms"]["median"] > 0
