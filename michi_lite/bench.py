@@ -209,17 +209,18 @@ def bench_speaker(preset: str, ckpt: str | os.PathLike | None = None, vocoder_ck
     """Per-80 ms-frame compute of speaking, piece by piece, and ``say``'s time to first audio.
 
     After ``context_frames`` of context (4 s, a typical sentence) each of
-    ``frames`` frames is timed: the backbone step (KV cache) in fp32 and
-    bf16, the speaking head at 1, 4 and 8 Euler steps, one vocoder chunk,
-    and the whole frame step ``say`` runs (bf16 backbone on a CPU, text head,
-    4-step head, vocoder). Time to first audio is from calling
-    ``Speaker.stream`` to holding its first samples, over ``runs`` calls.
-    Without checkpoints the weights are untrained: the same arithmetic.
+    ``frames`` frames is timed, in fp32 and (on a CPU) in the int8 copy
+    ``say`` runs (``quantized_for_cpu``): the backbone step (KV cache), the
+    text head, the speaking head at 1, 4 and 8 Euler steps; then one vocoder
+    chunk, and the whole frame step ``say`` runs (backbone, text head, 4-step
+    head, vocoder). Time to first audio is from calling ``Speaker.stream``
+    to holding its first samples, over ``runs`` calls. Without checkpoints
+    the weights are untrained: the same arithmetic.
     """
     from transformers import DynamicCache
 
     from .backbone import load_tokenizer
-    from .model import build_speech_model, load_speaker
+    from .model import build_speech_model, load_speaker, quantized_for_cpu
     from .say import Speaker
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -232,12 +233,16 @@ def bench_speaker(preset: str, ckpt: str | os.PathLike | None = None, vocoder_ck
     generator = torch.Generator(device).manual_seed(0)
     voice = torch.randn(1, cfg.hidden_size, device=device, generator=generator)
     context = torch.randn(1, context_frames, cfg.hidden_size, device=device, generator=generator)
+    versions = {"fp32": model}
+    if device.type == "cpu":
+        versions["int8"] = quantized_for_cpu(model)
+    say_version = "int8" if device.type == "cpu" else "fp32"
     report: dict = {"frames": frames, "context_frames": context_frames, "frame_ms": FRAME_SECONDS * 1000,
                     "backbone_parameters": sum(p.numel() for p in model.decoder.parameters()),
                     "speaking_head_parameters": sum(p.numel() for p in model.speaking_head.parameters()),
                     "checkpoint": None if ckpt is None else str(ckpt),
                     "vocoder": None if vocoder_ckpt is None else str(vocoder_ckpt), "threads": threads,
-                    "device": device.type}
+                    "device": device.type, "say_runs": say_version}
 
     def per_frame(step: Callable[[], object]) -> dict:
         for _ in range(WARMUP_CHUNKS):
@@ -249,41 +254,38 @@ def bench_speaker(preset: str, ckpt: str | os.PathLike | None = None, vocoder_ck
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            for dtype in (torch.float32, torch.bfloat16):
-                model.decoder.to(dtype)
-                cache = DynamicCache()
-                model.decode(context, cache)
-
-                def backbone_step(cache=cache):
-                    model.decode(voice[:, None], cache)
-                    cache.crop(-1)  # every timed step sees the same context
-                report[f"backbone_{str(dtype).removeprefix('torch.')}"] = per_frame(backbone_step)
-            cond = model.head_condition(voice, torch.tensor([model.pad_id], device=device), voice)
-            for k in (1, 4, 8):
-                report[f"speaking_head_{k}_steps"] = per_frame(lambda k=k: model.speaking_head.sample(cond, k))
             stream = vocoder.stream()
             mel = torch.zeros(cfg.audio.n_mels, cfg.audio.mels_per_frame, device=device)
             report["vocoder_chunk"] = per_frame(lambda: stream.push(mel))
-            report["text_head"] = per_frame(lambda: model.text_logits(voice))
+            cond = model.head_condition(voice, torch.tensor([model.pad_id], device=device), voice)
+            for name, version in versions.items():
+                cache = DynamicCache()
+                version.decode(context, cache)
 
-            say_dtype = torch.bfloat16 if device.type == "cpu" else torch.float32
-            model.decoder.to(say_dtype)
-            report["say_backbone_dtype"] = str(say_dtype).removeprefix("torch.")
-            cache = DynamicCache()
-            model.decode(context, cache)
+                def backbone_step(version=version, cache=cache):
+                    version.decode(voice[:, None], cache)
+                    cache.crop(-1)  # every timed step sees the same context
 
-            def frame_step():
-                hidden = model.decode(voice[:, None], cache)[:, -1]
-                cache.crop(-1)
-                model.text_logits(hidden).argmax(-1)
-                patch = model.speaking_head.sample(model.head_condition(hidden, torch.tensor([0], device=device),
-                                                                        voice), 4)
-                return stream.push(patch.reshape(cfg.audio.mels_per_frame, cfg.audio.n_mels).T)
-            report["frame_step_4_steps"] = per_frame(frame_step)
-            report["frame_step_faster_than_real_time"] = report["frame_step_4_steps"]["ms_median"] < FRAME_SECONDS * 1000
+                def frame_step(version=version, cache=cache):
+                    hidden = version.decode(voice[:, None], cache)[:, -1]
+                    cache.crop(-1)
+                    version.text_logits(hidden).softmax(-1)
+                    token = torch.tensor([version.pad_id], device=device)
+                    patch = version.speaking_head.sample(version.head_condition(hidden, token, voice), 4)
+                    return stream.push(patch.reshape(cfg.audio.mels_per_frame, cfg.audio.n_mels).T)
+
+                pieces = {"backbone_step": per_frame(backbone_step),
+                          "text_head": per_frame(lambda version=version: version.text_logits(voice).softmax(-1))}
+                for k in (1, 4, 8):
+                    pieces[f"speaking_head_{k}_steps"] = per_frame(
+                        lambda version=version, k=k: version.speaking_head.sample(cond, k))
+                pieces["frame_step_4_steps"] = per_frame(frame_step)
+                report[name] = pieces
+            frame_ms = report[say_version]["frame_step_4_steps"]["ms_median"]
+            report["frame_step_faster_than_real_time"] = frame_ms < FRAME_SECONDS * 1000
 
         prompt = torch.randn(40, cfg.patch_dim, generator=torch.Generator().manual_seed(1)).to(device)
-        speaker = Speaker(model, vocoder, tokenizer, prompt, steps=4)
+        speaker = Speaker(versions[say_version], vocoder, tokenizer, prompt, steps=4)
         first_audio = []
         for _ in range(runs + 1):
             started = time.perf_counter()

@@ -188,7 +188,7 @@ def cmd_say(args: argparse.Namespace) -> None:
 
     from .audio import save_audio
     from .backbone import load_tokenizer
-    from .model import load_speaker, load_voice_prompt
+    from .model import load_speaker, load_voice_prompt, quantized_for_cpu
     from .say import Speaker, split_text
     from .vocoder import load_vocoder
 
@@ -197,9 +197,11 @@ def cmd_say(args: argparse.Namespace) -> None:
         if not Path(path).exists():
             raise FileNotFoundError(f"{path}: no {what} there")
     tokenizer = load_tokenizer()
-    model = load_speaker(args.ckpt, args.preset, tokenizer, backbone_dtype=torch.bfloat16)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_speaker(args.ckpt, args.preset, tokenizer, device)
+    model = quantized_for_cpu(model) if device == "cpu" else model
     audio = model.cfg.audio
-    speaker = Speaker(model, load_vocoder(args.vocoder, args.preset), tokenizer,
+    speaker = Speaker(model, load_vocoder(args.vocoder, args.preset, device), tokenizer,
                       load_voice_prompt(args.voice_prompt, audio), steps=args.steps, seed=args.seed)
     started = time.perf_counter()
     chunks, first = [], None

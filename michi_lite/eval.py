@@ -351,7 +351,7 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
     from speechmos import dnsmos
 
     from .backbone import load_tokenizer
-    from .model import build_backbone, load_speaker, voice_prompt
+    from .model import build_backbone, load_speaker, quantized_for_cpu, voice_prompt
     from .say import Speaker
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -368,7 +368,7 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
                   "n_sentences": len(texts)}
     logger.info("perplexity on held-out text: %s", perplexity)
     if device == "cpu":
-        model.decoder.to(torch.bfloat16)  # as ``say`` runs it on a CPU
+        model = quantized_for_cpu(model)  # as ``say`` runs it on a CPU
     vocoder = load_vocoder(vocoder_ckpt, preset, device)
     griffin_lim = GriffinLim(audio).to(device)
     judge, voices = load_whisper(), VoiceEncoder(device, verbose=False)
@@ -395,12 +395,14 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
     report: dict = {"groups": {}, "perplexity": perplexity}
     for group, records in sorted(voice_groups_of_test_split(data_dir).items()):
         rows = []
-        for record in tqdm(spread_over_voices(records, max_utterances), desc=f"speaker eval, {group} voices",
+        promptable = [r for r in records if len(by_voice[r["voice"]]) > 1]  # another utterance to prompt with
+        if not promptable:
+            logger.warning("speaker eval: no %s voice has two test utterances, one to prompt with; skipped", group)
+            continue
+        for record in tqdm(spread_over_voices(promptable, max_utterances), desc=f"speaker eval, {group} voices",
                            unit="utt"):
             ids = by_voice[record["voice"]]
             prompt_id = ids[(ids.index(record["id"]) + 1) % len(ids)]  # the next test utterance of this voice
-            if prompt_id == record["id"]:
-                continue  # a voice with one test utterance has nothing else to prompt with
             voice = voice_prompt(real[prompt_id], audio, source=prompt_id)
             row = {"text": record["text"], "category": record["category"], "voice": record["voice"],
                    "heard_real": transcribe(real[record["id"]], audio.sample_rate, judge), "by_steps": {}}

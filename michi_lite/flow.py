@@ -33,9 +33,14 @@ VelocityField = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tenso
 
 
 def flow_matching_loss(velocity: VelocityField, data: torch.Tensor, cond: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """Rectified-flow loss on a batch of data points (batch, dim) with their conditions (batch, cond_dim)."""
-    noise = torch.randn(data.shape, generator=generator, device=data.device, dtype=data.dtype)
+                       generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Rectified-flow loss on a batch of data points (batch, dim) with their conditions (batch, cond_dim).
+
+    Each point is paired with fresh noise, or with the given ``noise`` (reflow
+    pairs each sample with the noise it was generated from).
+    """
+    if noise is None:
+        noise = torch.randn(data.shape, generator=generator, device=data.device, dtype=data.dtype)
     t = torch.rand(data.shape[0], generator=generator, device=data.device, dtype=data.dtype)
     x_t = (1 - t[:, None]) * noise + t[:, None] * data
     return F.mse_loss(velocity(x_t, t, cond), data - noise)

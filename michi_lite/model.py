@@ -27,12 +27,13 @@ adapters are merged into the backbone, which then runs as a plain Llama.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import os
 import random
-import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -144,6 +145,7 @@ class SpeechModel(nn.Module):
         self.text_bias = nn.Parameter(torch.zeros(backbone.embed_tokens.num_embeddings))
         self.speaking_head = SpeakingHead(cfg.patch_dim, 3 * cfg.hidden_size, cfg.head_width, cfg.head_depth)
         self.merged = False
+        self.scorer: nn.Module | None = None
 
     @property
     def token_embedding(self) -> nn.Embedding:
@@ -183,24 +185,23 @@ class SpeechModel(nn.Module):
     # --- the streams ------------------------------------------------------------------------
 
     def decode(self, inputs: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        """Backbone positions (batch, n, hidden) -> hidden states (batch, n, hidden) in fp32, extending ``cache``."""
-        dtype = self.token_embedding.weight.dtype
-        return self.decoder(inputs_embeds=inputs.to(dtype), cache=cache, use_cache=cache is not None
-                            ).last_hidden_state.float()
+        """Backbone positions (batch, n, hidden) -> hidden states (batch, n, hidden), extending ``cache``."""
+        return self.decoder(inputs_embeds=inputs, cache=cache, use_cache=cache is not None).last_hidden_state
 
     def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., hidden) -> (..., vocab): scores against the frozen token embeddings, plus a learned bias."""
-        weight = self.token_embedding.weight  # bf16 when the backbone runs in bf16
-        return (hidden.to(weight.dtype) @ weight.T).float() + self.text_bias
+        if self.scorer is not None:  # the int8 copy ``quantized_for_cpu`` makes
+            return self.scorer(hidden)
+        return hidden @ self.token_embedding.weight.T + self.text_bias
 
     def frame_inputs(self, tokens: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         """What the model said on a frame, (batch, frames) tokens and patches -> (batch, frames, hidden)."""
-        return self.token_embedding(tokens).to(patches.dtype) + self.audio_in(patches)
+        return self.token_embedding(tokens) + self.audio_in(patches)
 
     def head_condition(self, hidden: torch.Tensor, tokens: torch.Tensor, voice: torch.Tensor) -> torch.Tensor:
         """The speaking head's condition: the hidden state, this frame's text token and the voice vector."""
         voice = voice.expand(*hidden.shape[:-1], voice.shape[-1])
-        return torch.cat([hidden, self.token_embedding(tokens).to(hidden.dtype), voice], dim=-1)
+        return torch.cat([hidden, self.token_embedding(tokens), voice], dim=-1)
 
     def forward(self, batch: SpeakerBatch, flow_samples: int = 2) -> dict[str, torch.Tensor]:
         """Teacher-forced training losses of a batch: text cross-entropy and the flow-matching loss."""
@@ -454,13 +455,8 @@ def save_speaker(path: str | os.PathLike, model: SpeechModel, preset: str, dtype
 
 
 def load_speaker(path: str | os.PathLike, preset: str, tokenizer, device: str | torch.device = "cpu",
-                 merge: bool = True, backbone_dtype: torch.dtype = torch.float32) -> SpeechModel:
-    """Read a ``save_speaker`` file (or a run's directory) onto pretrained SmolLM2; eval mode, adapters merged.
-
-    ``backbone_dtype=torch.bfloat16`` runs the merged backbone in bf16 (the
-    heads stay fp32): on a CPU with bf16 matmuls a frame step takes about
-    half the time.
-    """
+                 merge: bool = True) -> SpeechModel:
+    """Read a ``save_speaker`` file (or a run's directory) onto pretrained SmolLM2; eval mode, adapters merged."""
     path, metadata, tensors = read_weights(path, "speaker", CHECKPOINT_FORMAT, preset)
     model = build_speech_model(preset, tokenizer)
     if json.loads(metadata["config"]) != json.loads(json.dumps(model.cfg.to_dict())):
@@ -468,10 +464,31 @@ def load_speaker(path: str | os.PathLike, preset: str, tokenizer, device: str | 
     model.load_trained_state({k: v.float() for k, v in tensors.items()})
     if merge:
         model.merge_adapters()
-        model.decoder.to(backbone_dtype)
-    elif backbone_dtype != torch.float32:
-        raise ValueError("only a merged backbone runs in another dtype than float32")
     return model.to(device).eval()
+
+
+def quantized_for_cpu(model: SpeechModel) -> SpeechModel:
+    """An inference copy with int8 linear layers (dynamic quantisation, a scale per output row), to speak on a CPU.
+
+    One frame's work is matrix-vector products whose weights must all be
+    read from memory: the backbone's 135M, the 49k x 576 token table the
+    text head scores against, and the speaking head's, once per Euler step.
+    int8 reads a quarter of the bytes (and CPUs without bf16 arithmetic
+    gain nothing from bf16). ``michi-lite bench speaker`` times both
+    versions; ``eval speaker`` measures this one, as ``say`` runs it.
+    """
+    if not model.merged:
+        raise ValueError("merge the adapters first (load_speaker merges them)")
+    fast = copy.deepcopy(model).eval()
+    scorer = nn.Linear(*fast.token_embedding.weight.shape[::-1])
+    scorer.weight.data, scorer.bias.data = fast.token_embedding.weight.clone(), fast.text_bias.detach().clone()
+    per_channel = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
+    with warnings.catch_warnings():  # torch.ao's eager quantisation is deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        fast.scorer = torch.ao.quantization.quantize_dynamic(nn.Sequential(scorer), per_channel)
+        for name in ("backbone", "speaking_head"):
+            setattr(fast, name, torch.ao.quantization.quantize_dynamic(getattr(fast, name), per_channel))
+    return fast
 
 
 def train_speaker(

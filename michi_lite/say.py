@@ -2,8 +2,8 @@
 
 In TTS mode the text stream is forced: the words are given, and the model
 only decides *when* each token comes. On every frame the text head is asked
-whether a new token starts here; if it wants one (its best guess is not PAD),
-the next token of the text is fed instead of its guess, so the model paces
+whether a new token starts here; if it wants one (PAD has less than half the
+probability), the next token of the text is fed, so the model paces
 the words and the text cannot drift from what was asked. When the text is
 used up, the model's next "new token" is taken as the end of speech
 (``<|im_end|>``), and the audio stream, which runs ``text_lead_frames``
@@ -76,7 +76,7 @@ class Speaker:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, not {steps}")
         self.model, self.vocoder, self.tokenizer, self.steps = model.eval(), vocoder.eval(), tokenizer, steps
-        self.device = next(model.speaking_head.parameters()).device
+        self.device = model.token_embedding.weight.device
         self.generator = torch.Generator(self.device).manual_seed(seed)
         patches = voice_patches.to(self.device)[None]  # (1, frames, patch_dim)
         with torch.inference_mode():
@@ -99,7 +99,8 @@ class Speaker:
         while True:
             token = model.pad_id
             if end_frame is None:
-                wants_token = model.text_logits(hidden).argmax(-1).item() != model.pad_id
+                # a word starts here if PAD is less likely than all the tokens together
+                wants_token = model.text_logits(hidden).softmax(-1)[0, model.pad_id].item() < 0.5
                 if wants_token or quiet >= MAX_PAUSE_FRAMES:
                     token = queue.pop(0) if queue else model.end_id
                     end_frame = frame + lead if token == model.end_id else None

@@ -1,0 +1,415 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python (michi-lite)
+#     language: python
+#     name: michi-lite
+# ---
+
+# %% [markdown]
+# # 03 · Flow matching: speaking one 80 ms frame at a time
+#
+# A text LLM ends each step with a softmax over tokens and samples one.
+# Speech models built on audio codecs do the same with 8 to 32 codebooks
+# per frame. MichiAI's central idea is to skip the codebooks: each 80 ms of
+# speech is **one continuous vector**, and a small head samples it from the
+# backbone's hidden state.
+#
+# A continuous vector has no softmax. Predicting its mean (a regression
+# head) gives the average of every way the frame could sound, which is a
+# blur. The head must *sample*, and a **rectified flow** is a sampler that
+# takes 1 to 8 small network calls:
+#
+# 1. flow matching from scratch on a 2-D toy: straight paths, what few
+#    Euler steps do, and reflow, which straightens the paths further;
+# 2. the same loss on 80 ms mel patches, conditioned on a hidden state,
+#    next to a regression head;
+# 3. the speech model built around it: SmolLM2 with a text stream and an
+#    audio stream, and the speaking head, speaking text in a prompted voice;
+# 4. the reference `lite` model: generated against real speech, a voice
+#    prompt from a voice held out of training, the evaluation and the
+#    speed.
+#
+# Sections 1 and 2 train small models in seconds. Section 4 loads the
+# committed reference (`data/speaker/`).
+
+# %%
+# %matplotlib inline
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from IPython.display import Audio, Markdown, display
+from matplotlib.figure import Figure
+from torch import nn
+
+from michi_lite.audio import mel_from_patches, prepare_waveform
+from michi_lite.backbone import load_tokenizer
+from michi_lite.cli import main as michi_lite
+from michi_lite.config import FRAME_SECONDS
+from michi_lite.data.engines import all_voices, synthesize
+from michi_lite.flow import SpeakingHead, euler_sample, flow_matching_loss, time_embedding
+from michi_lite.model import SpeakerUtterances, audio_patches, load_speaker, speech_model_config, voice_prompt
+from michi_lite.plots import loss_curves, spectrogram_comparison
+from michi_lite.say import Speaker
+from michi_lite.vocoder import load_vocoder
+
+logging.basicConfig(level=logging.WARNING)
+torch.set_num_threads(1)
+PRESET = os.environ.get("MICHI_LITE_PRESET", "lite")
+ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
+FIGURES = ROOT / "figures"
+FIGURES.mkdir(exist_ok=True)
+REFERENCE = ROOT / "data" / "speaker"
+
+# %% [markdown]
+# ## 1. Flow matching on a 2-D toy
+#
+# The data: eight Gaussian blobs on a ring. The noise: a standard Gaussian.
+# Rectified flow joins each noise point $x_0$ to a data point $x_1$ by a
+# straight line, $x_t = (1-t)\,x_0 + t\,x_1$, and trains a network
+# $v(x_t, t)$ to predict the line's velocity $x_1 - x_0$ at a random $t$.
+# Where lines cross, the best the network can do is their average
+# direction; sampling follows that field from noise at $t=0$ to data at
+# $t=1$ with Euler steps.
+
+# %%
+RING = torch.stack([torch.tensor([np.cos(a), np.sin(a)]) for a in np.arange(8) * np.pi / 4]).float() * 4
+
+
+def ring_data(n: int, generator: torch.Generator) -> torch.Tensor:
+    """n points (n, 2): a random ring blob each, with standard deviation 0.3."""
+    centres = RING[torch.randint(8, (n,), generator=generator)]
+    return centres + 0.3 * torch.randn(n, 2, generator=generator)
+
+
+class ToyVelocity(nn.Module):
+    """v(x_t, t) in 2-D: an MLP of the point and sinusoidal features of t (the condition is unused)."""
+
+    def __init__(self, width: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2 + 32, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
+                                 nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 2))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x_t, time_embedding(t, 32)], dim=-1))
+
+
+def train_toy(velocity: ToyVelocity, steps: int, pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
+              seed: int = 0) -> list[float]:
+    """Flow matching with fresh noise and data each step, or on fixed (noise, data) ``pairs`` (reflow)."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(velocity.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(steps):
+        if pairs is None:
+            data, noise = ring_data(512, generator), None
+        else:
+            pick = torch.randint(len(pairs[0]), (512,), generator=generator)
+            noise, data = pairs[0][pick], pairs[1][pick]
+        loss = flow_matching_loss(velocity, data, torch.zeros(len(data), 0), generator, noise=noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+torch.manual_seed(0)
+started = time.perf_counter()
+flow = ToyVelocity()
+toy_losses = train_toy(flow, 3000)
+print(f"3,000 steps in {time.perf_counter() - started:.0f} s; loss {np.mean(toy_losses[:100]):.2f} -> "
+      f"{np.mean(toy_losses[-100:]):.2f}")
+
+# %% [markdown]
+# The loss does not go to zero, and it should not: lines from different
+# noise points to different blobs cross, and at a crossing the target
+# velocity is ambiguous. What the network learns is the *average* velocity
+# there, and following it bends the path. That is what a sampler pays
+# for: a bent path needs many small steps.
+#
+# Below, left: the straight training lines between random pairs. Then the
+# samples after 1, 2, 4 and 32 Euler steps from the same noise, with the
+# 32-step paths drawn.
+
+# %%
+generator = torch.Generator().manual_seed(1)
+noise = torch.randn(1000, 2, generator=generator)
+data = ring_data(1000, generator)
+
+
+def trajectories(velocity: nn.Module, start: torch.Tensor, steps: int) -> torch.Tensor:
+    """The Euler path (steps + 1, n, 2) from ``start``."""
+    path = [start]
+    with torch.no_grad():
+        for k in range(steps):
+            t = torch.full((len(start),), k / steps)
+            path.append(path[-1] + velocity(path[-1], t, torch.zeros(len(start), 0)) / steps)
+    return torch.stack(path)
+
+
+def mode_error(points: torch.Tensor) -> float:
+    """Mean distance from each point to the nearest blob centre (0.3 * sqrt(pi / 2) = 0.38 for true data)."""
+    return torch.cdist(points, RING).min(dim=1).values.mean().item()
+
+
+def sample_panels(velocity: nn.Module, title: str) -> Figure:
+    fig = Figure(figsize=(15, 3.2))
+    axes = fig.subplots(1, 5, sharex=True, sharey=True)
+    for i in range(64):
+        axes[0].plot([noise[i, 0], data[i, 0]], [noise[i, 1], data[i, 1]], color="0.6", lw=0.6)
+    axes[0].scatter(*noise[:300].T, s=3, color="tab:blue")
+    axes[0].scatter(*data[:300].T, s=3, color="tab:orange")
+    axes[0].set_title("training pairs: straight lines")
+    for ax, steps in zip(axes[1:], (1, 2, 4, 32)):
+        path = trajectories(velocity, noise[:300], steps)
+        if steps == 32:
+            for i in range(60):
+                ax.plot(*path[:, i].T, color="0.6", lw=0.6)
+        ax.scatter(*path[-1].T, s=3, color="tab:green")
+        ax.set_title(f"{steps} step{'s' * (steps > 1)}: mode error {mode_error(path[-1]):.2f}")
+    for ax in axes:
+        ax.set_aspect("equal")
+        ax.set_xlim(-6.5, 6.5)
+        ax.set_ylim(-6.5, 6.5)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+fig = sample_panels(flow, "1-rectified flow on the ring")
+fig.savefig(FIGURES / "03_toy_flow.png", dpi=110)
+fig
+
+# %% [markdown]
+# With 32 steps the samples sit on the blobs; the paths bend where they
+# were ambiguous. One Euler step follows the field's direction at $t=0$,
+# which for a point between blobs is the average of the directions to
+# several: it lands between them, in the middle of the ring.
+#
+# ### Reflow
+#
+# Liu et al. (2022) straighten the field by training again on pairs that do
+# not cross: take noise $z$, run the trained flow with many steps to its
+# sample $\hat x_1$, and use $(z, \hat x_1)$ as the pairs. The flow already
+# maps $z$ to $\hat x_1$ without crossings, so the straight lines between
+# these pairs cross much less, and the new field is nearly constant along
+# each path: one step lands close to where many would.
+
+# %%
+reflow_noise = torch.randn(20_000, 2, generator=torch.Generator().manual_seed(2))
+reflow_data = trajectories(flow, reflow_noise, 64)[-1]
+reflowed = ToyVelocity()
+reflowed.load_state_dict(flow.state_dict())
+train_toy(reflowed, 3000, pairs=(reflow_noise, reflow_data), seed=3)
+
+
+def one_step_gap(velocity: nn.Module) -> float:
+    """How far one Euler step lands from the 64-step endpoint, on average: 0 for perfectly straight paths."""
+    return (trajectories(velocity, noise, 1)[-1] - trajectories(velocity, noise, 64)[-1]).norm(dim=1).mean().item()
+
+
+rows = ["| flow | one-step gap | mode error, 1 step | 2 steps | 4 steps | 64 steps |", "|---|---|---|---|---|---|"]
+for name, velocity in (("1-rectified", flow), ("2-rectified (reflow)", reflowed)):
+    errors = [mode_error(trajectories(velocity, noise, k)[-1]) for k in (1, 2, 4, 64)]
+    rows.append(f"| {name} | {one_step_gap(velocity):.2f} | " + " | ".join(f"{e:.2f}" for e in errors) + " |")
+rows.append(f"| the data itself | | {mode_error(data):.2f} | | | |")
+display(Markdown("\n".join(rows)))
+fig = sample_panels(reflowed, "2-rectified flow (reflow): straighter paths")
+fig.savefig(FIGURES / "03_toy_reflow.png", dpi=110)
+fig
+
+# %% [markdown]
+# Reflow buys one-step sampling at the price of a second training run and
+# some fidelity (its data are the first flow's samples, not the real
+# ones). The speech model below does not reflow: at 1 to 8 steps on
+# speech, plain rectified flow is already close (section 4's step sweep),
+# and Kyutai's CALM and Pocket TTS sample their continuous frames the same
+# way.
+#
+# ## 2. The same loss on 80 ms mel patches
+#
+# In the speech model a data point is one **80 ms patch**: 8 mel columns of
+# 80 bins, normalised log-mel, 640 numbers. The condition is the
+# backbone's hidden state. `SpeakingHead` is the velocity network: an MLP
+# whose residual blocks are modulated by the condition and $t$ (adaptive
+# layer norm, as in DiT), started at zero so that it first predicts zero
+# velocity.
+#
+# Here a stand-in for the backbone: the hidden state is a fixed random
+# projection of the *previous* patch, the context a real backbone would
+# summarise from the whole past. The head learns which patches follow
+# which, on the tiny corpus. Next to it, a regression head with the same
+# condition, trained to predict the patch itself (mean squared error).
+
+# %%
+work = Path(tempfile.mkdtemp(prefix="michi-flow-"))
+michi_lite(["data", "build", "--preset", "tiny", "--out", str(work / "corpus")])
+tokenizer = load_tokenizer()
+tiny = speech_model_config("tiny")
+utterances = SpeakerUtterances(work / "corpus", tiny, tokenizer)
+patches = [utterances.patches(i) for i in range(len(utterances))]  # (frames, 640) each
+hidden_of = nn.Linear(tiny.patch_dim, 128).requires_grad_(False)  # the stand-in "backbone"
+
+
+def pairs_of(clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(condition, target) for every frame after the first: the hidden state of the frame before, this frame."""
+    return torch.tanh(hidden_of(clip[:-1])), clip[1:]
+
+
+held_out = patches[-1]
+cond_train, target_train = (torch.cat(part) for part in zip(*(pairs_of(p) for p in patches[:-1])))
+head = SpeakingHead(tiny.patch_dim, 128, width=256, depth=3)
+regressor = nn.Sequential(nn.Linear(128, 256), nn.GELU(), nn.Linear(256, 256), nn.GELU(),
+                          nn.Linear(256, tiny.patch_dim))
+optimizers = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in (head, regressor)]
+generator = torch.Generator().manual_seed(0)
+curves = {"flow matching (velocity)": [], "regression (patch)": []}
+steps = 600
+started = time.perf_counter()
+for step in range(steps):
+    pick = torch.randint(len(cond_train), (128,), generator=generator)
+    losses = (head.loss(target_train[pick], cond_train[pick], generator),
+              nn.functional.mse_loss(regressor(cond_train[pick]), target_train[pick]))
+    for optimizer, loss, curve in zip(optimizers, losses, curves.values()):
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        curve.append(loss.item())
+print(f"{steps} steps of both heads on {len(cond_train)} frames in {time.perf_counter() - started:.0f} s")
+fig = loss_curves({name: (np.arange(1, steps + 1), np.array(c)) for name, c in curves.items()},
+                  ylabel="mean squared error", title="two heads on 80 ms mel patches, tiny corpus")
+fig
+
+# %% [markdown]
+# The two losses measure different things (a velocity's error, a patch's
+# error) and are not comparable. What matters is what each head produces
+# for a clip it never saw, frame by frame, each conditioned on the real
+# frame before it:
+
+# %%
+cond_held, target_held = pairs_of(held_out)
+with torch.no_grad():
+    samples = {f"flow, {k} step{'s' * (k > 1)}": head.sample(cond_held, k, generator) for k in (1, 4)}
+    samples["regression"] = regressor(cond_held)
+mels = {"real": mel_from_patches(target_held, tiny.audio).numpy()}
+mels.update({name: mel_from_patches(p, tiny.audio).numpy() for name, p in samples.items()})
+fig = spectrogram_comparison(mels, tiny.audio.hop_length / tiny.audio.sample_rate,
+                             title="a held-out clip, each frame sampled from the frame before it")
+fig.savefig(FIGURES / "03_patch_heads.png", dpi=110)
+for name, p in samples.items():
+    detail = (p[:, 80:] - p[:, :-80]).abs().mean().item()  # change from one mel column to the next
+    print(f"{name:18s} column-to-column change {detail:.3f}   (real: "
+          f"{(target_held[:, 80:] - target_held[:, :-80]).abs().mean().item():.3f})")
+fig
+
+# %% [markdown]
+# The regression head's patches are smooth averages: the fine structure
+# that changes from one 10 ms column to the next is gone. The flow's
+# samples keep the real audio's texture. With the previous frame as the only
+# context neither knows *what* to say next; giving the head that knowledge is
+# the backbone's job.
+#
+# ## 3. The speech model
+#
+# `michi_lite.model.SpeechModel` puts the head on SmolLM2-135M. One
+# backbone position per 80 ms frame; position 0 holds the **voice**, a
+# vector pooled from a few seconds of the speaker; every later position sums
+# what the model said on the frame before, its **text token** and its
+# **audio patch**:
+#
+# | position | 0 | 1 | 2 | ... |
+# |---|---|---|---|---|
+# | input | voice | E(y₀) + A(a₀) | E(y₁) + A(a₁) | ... |
+# | predicts | y₀, a₀ | y₁, a₁ | y₂, a₂ | ... |
+#
+# * The **text stream** y is the model's inner monologue: each token on the
+#   frame its word starts, PAD elsewhere, `<|im_end|>` where speech ends.
+#   The **text head** scores it against SmolLM2's own (frozen) token
+#   embeddings.
+# * The **audio stream** a runs 2 frames (160 ms) behind the text, so a word
+#   is chosen before it is voiced.
+# * The **speaking head** samples aₜ from the hidden state, the current text
+#   token's embedding and the voice vector.
+# * The backbone trains through **LoRA** adapters (rank 16, every linear
+#   layer): its own weights and token table stay as pretrained, and the
+#   file to share holds only what training changed.
+#
+# `say` runs it in **TTS mode**: the text is given, so on every frame the
+# text head only decides *whether* the next token starts here. If its best
+# guess is not PAD, the next token of the text is fed in its place; when
+# the text is used up, its next "new token" ends the speech. Each frame
+# costs one KV-cached backbone step, one head sample and one vocoder chunk,
+# and its 80 ms can play at once.
+#
+# Zero-shot voices come from the **voice prompt**. In training each
+# utterance is prompted with 2 to 5 s of *another* utterance of the same
+# voice, so the voice vector must carry who speaks and cannot carry what is
+# said. A pooled vector rather than in-context continuation (the prompt's
+# frames as the audio stream's prefix): the vector is learned in hundreds
+# of steps from 36 voices, where continuation is learned from thousands of
+# hours.
+
+# %% [markdown]
+# ## 4. The reference model
+#
+# `data/speaker/lite_speaker.safetensors` was trained with
+# `michi-lite train speaker --preset lite` on the `lite` corpus, on these
+# 2 CPU cores (`data/speaker/README.md` has the command and the numbers).
+# Its training curves:
+
+# %%
+log = np.genfromtxt(REFERENCE / "lite_train_log.csv", delimiter=",", names=True)
+fig = loss_curves({"flow loss": (log["step"], log["flow_loss"]), "text loss": (log["step"], log["text_loss"])},
+                  ylabel="loss", title="lite speech model, training on 2 CPU cores")
+fig.savefig(FIGURES / "03_reference_training.png", dpi=110)
+fig
+
+# %% [markdown]
+# It speaks a sentence it never trained on, prompted with another sentence
+# in a voice heard in training (flite `awb`). The real recording of the same
+# sentence by the same voice is beside it (this takes a few seconds).
+
+# %%
+torch.set_num_threads(2)
+lite = speech_model_config("lite")
+model = load_speaker(REFERENCE / "lite_speaker.safetensors", "lite", tokenizer, backbone_dtype=torch.bfloat16)
+vocoder = load_vocoder(ROOT / "data" / "vocoder" / "lite_vocoder.safetensors", "lite")
+voices = {v.name: v for v in all_voices()}
+
+
+def spoken(text: str, voice: str) -> np.ndarray:
+    clip = synthesize(text, voices[voice])
+    return prepare_waveform(clip.waveform, clip.sample_rate, lite.audio.sample_rate)
+
+
+SENTENCE = "The library opens at nine thirty on weekdays and at noon on Sundays."
+PROMPT_TEXT = "A quiet river ran past the old mill, and the children sat watching it for hours."
+real = spoken(SENTENCE, "flite-awb")
+speaker = Speaker(model, vocoder, tokenizer, voice_prompt(spoken(PROMPT_TEXT, "flite-awb"), lite.audio), steps=4)
+started = time.perf_counter()
+frames = list(speaker.frames(SENTENCE))
+print(f"{len(frames)} frames ({len(frames) * FRAME_SECONDS:.2f} s) in {time.perf_counter() - started:.1f} s")
+print("where each word was started:", ", ".join(f"{f.index * FRAME_SECONDS:.2f} s {tokenizer.decode([f.token_id])!r}"
+                                               for f in frames if f.token_id != model.pad_id))
+generated_mel = mel_from_patches(torch.stack([f.patch for f in frames]), lite.audio)
+generated = vocoder.vocode(generated_mel).numpy()
+fig = spectrogram_comparison({"real (flite awb)": audio_patches(torch.from_numpy(real), lite.audio).numpy(),
+                              "generated, 4 steps": generated_mel.numpy()},
+                             lite.audio.hop_length / lite.audio.sample_rate, title=SENTENCE)
+display(Audio(real, rate=lite.audio.sample_rate), Audio(generated, rate=lite.audio.sample_rate))
+fig.savefig(FIGURES / "03_reference_spectrograms.png", dpi=110)
+fig
