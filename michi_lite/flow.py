@@ -18,6 +18,15 @@ each, and one Euler step lands near the data.
 ``SpeakingHead`` is the velocity network: an MLP whose residual blocks are
 modulated (adaptive layer norm, as in DiT) by the condition, the backbone's
 hidden state and the current text token's embedding, and by the time t.
+
+It predicts the clean patch, not the velocity, and turns its guess x̂_1 into
+the velocity (x̂_1 - x_t) / (1 - t) (x-prediction; Li and He, "Back to
+Basics: Let Denoising Generative Models Denoise", 2025). A velocity holds
+the noise x_0 in every one of the patch's 640 numbers, and an MLP narrower
+than that cannot carry it through: trained to predict velocities, a
+256-wide head left its samples as rough as noise. A clean mel patch lies
+near a low-dimensional set that a narrow network can represent, and the
+noise term comes from x_t exactly. Notebook 03 shows both.
 """
 
 from __future__ import annotations
@@ -85,8 +94,11 @@ class AdaLNBlock(nn.Module):
         return x + gate * self.mlp(self.norm(x) * (1 + scale) + shift)
 
 
+MIN_REMAINING_TIME = 0.05  # 1 - t is clipped here when x-prediction is turned into a velocity
+
+
 class SpeakingHead(nn.Module):
-    """The velocity field v(x_t, t, cond) of one frame's audio patch.
+    """The velocity field v(x_t, t, cond) of one frame's audio patch, through a prediction of the clean patch.
 
     ``cond`` is the backbone's hidden state and the current text token's
     embedding, concatenated (batch, cond_dim); ``x_t`` a noisy patch
@@ -103,11 +115,16 @@ class SpeakingHead(nn.Module):
         self.out_norm = nn.LayerNorm(width, elementwise_affine=False)
         self.out_modulation = nn.Linear(width, 2 * width)
         self.patch_out = nn.Linear(width, patch_dim)
-        for layer in (self.out_modulation, self.patch_out):  # starts predicting zero velocity
+        for layer in (self.out_modulation, self.patch_out):  # starts predicting an all-zero (average) patch
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        remaining = (1 - t[:, None]).clamp(min=MIN_REMAINING_TIME)
+        return (self.denoise(x_t, t, cond) - x_t) / remaining  # (batch, patch_dim)
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The network itself: its guess of the clean patch x_1 (batch, patch_dim)."""
         c = self.cond_in(cond) + self.time_in(time_embedding(t, self.patch_in.out_features))
         x = self.patch_in(x_t)
         for block in self.blocks:

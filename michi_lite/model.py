@@ -371,7 +371,7 @@ class LengthBuckets(torch.utils.data.Sampler):
 
 CHECKPOINT_FORMAT = "michi_lite.speaker/1"
 LOSSES = ["loss", "text_loss", "flow_loss", "timing_accuracy"]
-TEXT_LOSS_WEIGHT = 0.5
+TEXT_LOSS_WEIGHT = 1.0
 
 
 def build_speech_model(preset: str, tokenizer, pretrained: bool = True) -> SpeechModel:

@@ -173,3 +173,24 @@ def delay_histogram(delays_by_group: dict[str, np.ndarray], title: str = "") -> 
     ax.set_title(title)
     ax.legend(fontsize=8)
     return fig
+
+
+def step_sweep(wer_by_group: dict[str, dict[int, float]], real_wer: dict[str, float], title: str = "") -> Figure:
+    """Judge WER against Euler steps per voice group, each with its WER on the real audio as a dashed line."""
+    fig = Figure(figsize=(6, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for i, (group, by_steps) in enumerate(wer_by_group.items()):
+        steps = sorted(by_steps)
+        color = f"C{i}"
+        ax.plot(steps, [by_steps[k] for k in steps], "o-", color=color, label=f"{group} voices, generated")
+        ax.axhline(real_wer[group], color=color, ls="--", lw=1, label=f"{group} voices, real audio")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({k for by_steps in wer_by_group.values() for k in by_steps}))
+    ax.get_xaxis().set_major_formatter("{x:.0f}")
+    ax.set_xlabel("Euler steps of the speaking head")
+    ax.set_ylabel("judge WER")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return fig

@@ -61,8 +61,15 @@ from michi_lite.cli import main as michi_lite
 from michi_lite.config import FRAME_SECONDS
 from michi_lite.data.engines import all_voices, synthesize
 from michi_lite.flow import SpeakingHead, euler_sample, flow_matching_loss, time_embedding
-from michi_lite.model import SpeakerUtterances, audio_patches, load_speaker, speech_model_config, voice_prompt
-from michi_lite.plots import loss_curves, spectrogram_comparison
+from michi_lite.model import (
+    SpeakerUtterances,
+    audio_patches,
+    load_speaker,
+    quantized_for_cpu,
+    speech_model_config,
+    voice_prompt,
+)
+from michi_lite.plots import loss_curves, spectrogram_comparison, step_sweep
 from michi_lite.say import Speaker
 from michi_lite.vocoder import load_vocoder
 
@@ -386,7 +393,8 @@ fig
 # %%
 torch.set_num_threads(2)
 lite = speech_model_config("lite")
-model = load_speaker(REFERENCE / "lite_speaker.safetensors", "lite", tokenizer, backbone_dtype=torch.bfloat16)
+# int8 weights, as `say` runs the model on a CPU (`quantized_for_cpu`)
+model = quantized_for_cpu(load_speaker(REFERENCE / "lite_speaker.safetensors", "lite", tokenizer))
 vocoder = load_vocoder(ROOT / "data" / "vocoder" / "lite_vocoder.safetensors", "lite")
 voices = {v.name: v for v in all_voices()}
 
@@ -396,20 +404,102 @@ def spoken(text: str, voice: str) -> np.ndarray:
     return prepare_waveform(clip.waveform, clip.sample_rate, lite.audio.sample_rate)
 
 
+def speak(text: str, prompt: np.ndarray, steps: int = 4) -> tuple[list, np.ndarray, np.ndarray]:
+    """The model's frames, their mel (n_mels, columns) and the vocoded waveform."""
+    speaker = Speaker(model, vocoder, tokenizer, voice_prompt(prompt, lite.audio), steps=steps)
+    frames = list(speaker.frames(text))
+    mel = mel_from_patches(torch.stack([f.patch for f in frames]), lite.audio)
+    with torch.inference_mode():
+        return frames, mel.numpy(), vocoder.vocode(mel).numpy()
+
+
+def real_mel(wave: np.ndarray) -> np.ndarray:
+    return mel_from_patches(audio_patches(torch.from_numpy(wave), lite.audio), lite.audio).numpy()
+
+
 SENTENCE = "The library opens at nine thirty on weekdays and at noon on Sundays."
 PROMPT_TEXT = "A quiet river ran past the old mill, and the children sat watching it for hours."
 real = spoken(SENTENCE, "flite-awb")
-speaker = Speaker(model, vocoder, tokenizer, voice_prompt(spoken(PROMPT_TEXT, "flite-awb"), lite.audio), steps=4)
 started = time.perf_counter()
-frames = list(speaker.frames(SENTENCE))
-print(f"{len(frames)} frames ({len(frames) * FRAME_SECONDS:.2f} s) in {time.perf_counter() - started:.1f} s")
-print("where each word was started:", ", ".join(f"{f.index * FRAME_SECONDS:.2f} s {tokenizer.decode([f.token_id])!r}"
-                                               for f in frames if f.token_id != model.pad_id))
-generated_mel = mel_from_patches(torch.stack([f.patch for f in frames]), lite.audio)
-generated = vocoder.vocode(generated_mel).numpy()
-fig = spectrogram_comparison({"real (flite awb)": audio_patches(torch.from_numpy(real), lite.audio).numpy(),
-                              "generated, 4 steps": generated_mel.numpy()},
-                             lite.audio.hop_length / lite.audio.sample_rate, title=SENTENCE)
+frames, generated_mel, generated = speak(SENTENCE, spoken(PROMPT_TEXT, "flite-awb"))
+print(f"{len(frames)} frames ({len(frames) * FRAME_SECONDS:.2f} s of speech) in {time.perf_counter() - started:.1f} s")
+print("where each token came:", ", ".join(f"{f.index * FRAME_SECONDS:.2f} s {tokenizer.decode([f.token_id])!r}"
+                                          for f in frames if f.token_id != model.pad_id))
 display(Audio(real, rate=lite.audio.sample_rate), Audio(generated, rate=lite.audio.sample_rate))
+fig = spectrogram_comparison({"real (flite awb)": real_mel(real), "generated, 4 steps": generated_mel},
+                             lite.audio.hop_length / lite.audio.sample_rate, title=SENTENCE)
 fig.savefig(FIGURES / "03_reference_spectrograms.png", dpi=110)
 fig
+
+# %% [markdown]
+# ### A voice held out of training
+#
+# flite `rms` was never heard in training. Five seconds of it, saying
+# something else, is the whole prompt:
+
+# %%
+held_out_prompt = spoken(PROMPT_TEXT, "flite-rms")
+held_out_real = spoken(SENTENCE, "flite-rms")
+_, held_out_mel, held_out_generated = speak(SENTENCE, held_out_prompt)
+display(Audio(held_out_prompt, rate=lite.audio.sample_rate), Audio(held_out_generated, rate=lite.audio.sample_rate))
+fig = spectrogram_comparison({"real (flite rms, held out)": real_mel(held_out_real),
+                              "generated from its prompt": held_out_mel},
+                             lite.audio.hop_length / lite.audio.sample_rate, title=SENTENCE)
+fig.savefig(FIGURES / "03_held_out_voice.png", dpi=110)
+fig
+
+# %% [markdown]
+# ### Evaluation on held-out sentences
+#
+# `michi-lite eval speaker` speaks test-split sentences (never in training)
+# in voices heard in training and in voices held out, each prompted with
+# another test utterance of the same voice, and judges the result with
+# models michi_lite did not train: Whisper tiny.en for the words (next to
+# its WER on the real recordings of the same sentences, and on the
+# generated mels through Griffin-Lim, which takes the learned vocoder out),
+# Resemblyzer for the voice (cosine similarity to the real utterance, and
+# whether the prompted voice is the nearest of all test voices), and DNSMOS
+# for quality.
+
+# %%
+report = json.loads((REFERENCE / "lite_eval.json").read_text())
+rows = ["| voices | sentences | n | judge WER | on real audio | via Griffin-Lim | similarity | (real) | "
+        "identified | (real) | DNSMOS | (real) |", "|---" * 12 + "|"]
+for group, parts in report["groups"].items():
+    for part in ("all", "plain", "stress"):
+        r = parts[part]
+        if r["n_utterances"]:
+            rows.append(f"| {group} | {part} | {r['n_utterances']} | {r['judge_wer']:.3f} | {r['judge_wer_real']:.3f} | "
+                        f"{r['judge_wer_griffin_lim']:.3f} | {r['speaker_similarity']:.3f} | "
+                        f"{r['speaker_similarity_real']:.3f} | {r['speaker_id_accuracy']:.2f} | "
+                        f"{r['speaker_id_accuracy_real']:.2f} | {r['dnsmos_ovrl']:.2f} | {r['dnsmos_ovrl_real']:.2f} |")
+display(Markdown("\n".join(rows)))
+perplexity = report["perplexity"]
+print(f"SmolLM2's perplexity on {perplexity['n_sentences']} held-out sentences as plain text: "
+      f"{perplexity['pretrained']:.1f} pretrained, {perplexity['speech_model']:.1f} with the adapters")
+fig = step_sweep({group: {int(k): v["judge_wer"] for k, v in parts["all"]["by_steps"].items()}
+                  for group, parts in report["groups"].items()},
+                 {group: parts["all"]["judge_wer_real"] for group, parts in report["groups"].items()},
+                 title="lite speech model: judge WER by Euler steps")
+fig.savefig(FIGURES / "03_step_sweep.png", dpi=110)
+fig
+
+# %% [markdown]
+# ### Speed
+#
+# `michi-lite bench speaker` on these 2 CPU cores: each piece of one 80 ms
+# frame, in fp32 and in the int8 copy `say` runs, and the time from calling
+# `say` to its first audio.
+
+# %%
+bench = json.loads((REFERENCE / "lite_bench.json").read_text())
+pieces = ["backbone_step", "text_head", "speaking_head_1_steps", "speaking_head_4_steps", "speaking_head_8_steps",
+          "frame_step_4_steps"]
+display(Markdown("\n".join([
+    "| piece | fp32 ms (median) | int8 ms (median) | int8 p95 |", "|---|---|---|---|",
+    *[f"| {piece} | {bench['fp32'][piece]['ms_median']:.1f} | {bench['int8'][piece]['ms_median']:.1f} | "
+      f"{bench['int8'][piece]['ms_p95']:.1f} |" for piece in pieces],
+    f"| vocoder chunk | {bench['vocoder_chunk']['ms_median']:.1f} | | {bench['vocoder_chunk']['ms_p95']:.1f} |",
+    f"| time to first audio | | {bench['time_to_first_audio_ms']['median']:.0f} | "
+    f"{bench['time_to_first_audio_ms']['p95']:.0f} |",
+])))

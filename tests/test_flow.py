@@ -31,9 +31,11 @@ def test_euler_takes_the_asked_number_of_equal_steps():
         euler_sample(record, torch.zeros(1, 1), 4, steps=0)
 
 
-def test_a_new_head_predicts_zero_velocity():
+def test_a_new_head_guesses_the_zero_patch_and_heads_straight_for_it():
     head = SpeakingHead(patch_dim=6, cond_dim=3, width=16, depth=2)
-    assert torch.equal(head(torch.randn(4, 6), torch.rand(4), torch.randn(4, 3)), torch.zeros(4, 6))
+    x_t, t = torch.randn(4, 6), torch.rand(4) * 0.9
+    assert torch.equal(head.denoise(x_t, t, torch.randn(4, 3)), torch.zeros(4, 6))
+    assert torch.allclose(head(x_t, t, torch.randn(4, 3)), -x_t / (1 - t[:, None]))
 
 
 def test_the_head_learns_a_conditional_two_mode_toy_and_few_steps_suffice():
