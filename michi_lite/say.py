@@ -2,8 +2,8 @@
 
 In TTS mode the text stream is forced: the words are given, and the model
 only decides *when* each token comes. On every frame the text head is asked
-whether a new token starts here; if it wants one (PAD has less than half the
-probability), the next token of the text is fed, so the model paces
+whether a new token starts here, by sampling PAD or not-PAD from it; if not
+PAD, the next token of the text is fed, so the model paces
 the words and the text cannot drift from what was asked. When the text is
 used up, the model's next "new token" is taken as the end of speech
 (``<|im_end|>``), and the audio stream, which runs ``text_lead_frames``
@@ -99,8 +99,9 @@ class Speaker:
         while True:
             token = model.pad_id
             if end_frame is None:
-                # a word starts here if PAD is less likely than all the tokens together
-                wants_token = model.text_logits(hidden).softmax(-1)[0, model.pad_id].item() < 0.5
+                # sampled, as a free-running text stream would be: a token with the probability of not-PAD
+                no_token = model.text_logits(hidden).softmax(-1)[0, model.pad_id]
+                wants_token = torch.rand((), generator=self.generator, device=self.device) > no_token
                 if wants_token or quiet >= MAX_PAUSE_FRAMES:
                     token = queue.pop(0) if queue else model.end_id
                     end_frame = frame + lead if token == model.end_id else None
