@@ -68,7 +68,7 @@ class SpokenFrame:
 class Speaker:
     """A speech model, a vocoder and one voice, ready to speak text frame by frame.
 
-    ``voice_patches`` are a voice prompt's speech patches (``model.voice_prompt``).
+    ``voice_patches`` are a voice prompt's speech patches (``michi_lite.model.voice_prompt``).
     """
 
     def __init__(self, model: SpeechModel, vocoder: HiFiGANGenerator, tokenizer, voice_patches: torch.Tensor,
