@@ -348,8 +348,11 @@ fig
 #   real audio's texture. With one step they are smoother: one step lands
 #   on the network's first guess, which, from pure noise, is close to an
 #   average.
-# * **Regression** gives that average at every frame: smooth, blurred
-#   patches.
+# * **Regression** predicts one patch per condition, the average of what
+#   followed similar frames. Its texture here is close to the real audio's
+#   too, so this measure does not separate it from sampling. What a sampler
+#   adds is variety: different plausible patches for the same condition,
+#   where regression always gives the same one.
 #
 # The speech model's head is 512 wide on the same 640-number patches, so it
 # predicts the clean patch (`SpeakingHead`). With only the previous frame
