@@ -426,13 +426,18 @@ def quantized_for_cpu(listener: Listener, encoder: bool = True) -> Listener:
     fast = copy.deepcopy(listener).eval()
     scorer = nn.Linear(*fast.token_table.shape[::-1])
     scorer.weight.data, scorer.bias.data = fast.token_table.clone(), fast.token_bias.detach().clone()
-    per_channel = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}  # a scale per output row
+    fast.scorer = int8_linears(nn.Sequential(scorer))
+    if encoder:
+        fast.encoder = int8_linears(fast.encoder)
+    return fast
+
+
+def int8_linears(module: nn.Module) -> nn.Module:
+    """``module`` with every ``nn.Linear`` made int8 (dynamic quantisation, a scale per output row)."""
+    per_channel = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
     with warnings.catch_warnings():  # torch.ao's eager quantisation is deprecated in favour of torchao
         warnings.simplefilter("ignore")
-        fast.scorer = torch.ao.quantization.quantize_dynamic(nn.Sequential(scorer), per_channel)
-        if encoder:
-            fast.encoder = torch.ao.quantization.quantize_dynamic(fast.encoder, per_channel)
-    return fast
+        return torch.ao.quantization.quantize_dynamic(module, per_channel)
 
 
 def clip_features(wave: torch.Tensor, audio: AudioConfig) -> torch.Tensor:

@@ -33,7 +33,6 @@ import logging
 import math
 import os
 import random
-import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ from .data.corpus import load_manifest
 from .data.frames import PAD_TOKEN, frame_tokens
 from .data.words import Word
 from .flow import SpeakingHead
+from .listen import int8_linears
 from .train import fit, read_weights, write_weights
 
 logger = logging.getLogger(__name__)
@@ -482,12 +482,8 @@ def quantized_for_cpu(model: SpeechModel) -> SpeechModel:
     fast = copy.deepcopy(model).eval()
     scorer = nn.Linear(*fast.token_embedding.weight.shape[::-1])
     scorer.weight.data, scorer.bias.data = fast.token_embedding.weight.clone(), fast.text_bias.detach().clone()
-    per_channel = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
-    with warnings.catch_warnings():  # torch.ao's eager quantisation is deprecated in favour of torchao
-        warnings.simplefilter("ignore")
-        fast.scorer = torch.ao.quantization.quantize_dynamic(nn.Sequential(scorer), per_channel)
-        for name in ("backbone", "speaking_head"):
-            setattr(fast, name, torch.ao.quantization.quantize_dynamic(getattr(fast, name), per_channel))
+    fast.scorer = int8_linears(nn.Sequential(scorer))
+    fast.backbone, fast.speaking_head = int8_linears(fast.backbone), int8_linears(fast.speaking_head)
     return fast
 
 
