@@ -55,7 +55,7 @@ from .config import FRAME_SECONDS, AudioConfig, get_config
 from .data.corpus import load_manifest
 from .data.frames import PAD_TOKEN, TokenGrid, frame_tokens
 from .data.words import Word
-from .train import fit, read_weights, write_weights
+from .train import fit, loader_workers, read_weights, training_device, write_weights
 
 logger = logging.getLogger(__name__)
 
@@ -606,14 +606,14 @@ def train_listener(
     from .backbone import load_tokenizer
 
     tokenizer = load_tokenizer()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = training_device(device)
     torch.manual_seed(seed)
     listener = build_listener(preset, len(tokenizer))
     trainer = ListenerTrainer(listener, preset, device, tokenizer.convert_tokens_to_ids(PAD_TOKEN))
     logger.info("listener %s: %.2fM trained parameters, %d steps of %d utterances on %s", preset,
                 sum(p.numel() for p in listener.parameters()) / 1e6, steps, batch_size, device)
     dataset = ListenerUtterances(data_dir, listener.cfg, tokenizer)
-    workers = min(8, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
+    workers = loader_workers(device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                                          collate_fn=ListenerUtterances.collate, drop_last=len(dataset) > batch_size)
     return fit(trainer, loader, out_dir, steps, LOSSES, resume=resume, checkpoint_every=checkpoint_every,

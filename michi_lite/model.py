@@ -51,7 +51,7 @@ from .data.frames import PAD_TOKEN, frame_tokens
 from .data.words import Word
 from .flow import SpeakingHead
 from .listen import int8_linears
-from .train import fit, read_weights, write_weights
+from .train import fit, loader_workers, read_weights, training_device, write_weights
 
 logger = logging.getLogger(__name__)
 
@@ -504,7 +504,7 @@ def train_speaker(
     from .backbone import load_tokenizer
 
     tokenizer = load_tokenizer()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = training_device(device)
     torch.manual_seed(seed)
     model = build_speech_model(preset, tokenizer)
     trainer = SpeakerTrainer(model, preset, device)
@@ -512,7 +512,7 @@ def train_speaker(
     logger.info("speaker %s: %.2fM trained parameters, %d steps of %d utterances on %s", preset, trained / 1e6,
                 steps, batch_size, device)
     dataset = SpeakerUtterances(data_dir, model.cfg, tokenizer, seed=seed)
-    workers = min(8, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
+    workers = loader_workers(device)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=LengthBuckets(dataset.lengths(), batch_size, seed),
                                          num_workers=workers, collate_fn=SpeakerUtterances.collate)
     return fit(trainer, loader, out_dir, steps, LOSSES, resume=resume, checkpoint_every=checkpoint_every,

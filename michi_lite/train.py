@@ -53,6 +53,16 @@ class Trainer(Protocol):
     def export(self, out_dir: Path) -> None: ...  # refresh the file inference reads
 
 
+def training_device(device: str | torch.device | None = None) -> torch.device:
+    """The device a stage trains on: the one asked for, else the GPU when there is one."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def loader_workers(device: torch.device) -> int:
+    """Data-loading processes: on a GPU they keep it fed; on a CPU they would only compete with the model."""
+    return min(8, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
+
+
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     """The newest complete checkpoint directory of a run (half-written ones are never named step_*)."""
     steps = sorted(Path(out_dir).glob("checkpoints/step_*"))

@@ -46,7 +46,7 @@ from torch.nn.utils.parametrize import is_parametrized, remove_parametrizations
 from michi_lite.audio import SILENCE_MEL, MelSpectrogram, denormalize_mel, load_audio, normalize_mel
 from michi_lite.config import AudioConfig, get_config
 from michi_lite.data.corpus import load_manifest
-from michi_lite.train import fit, read_weights, started_config, write_weights
+from michi_lite.train import fit, loader_workers, read_weights, started_config, training_device, write_weights
 
 logger = logging.getLogger(__name__)
 
@@ -800,14 +800,13 @@ def train_vocoder(
         batch_size = batch_size or started_with["batch_size"]
         segment_seconds = segment_seconds or started_with["segment_seconds"]
     cfg = replace(cfg, batch_size=batch_size or cfg.batch_size, segment_seconds=segment_seconds or cfg.segment_seconds)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = training_device(device)
     torch.manual_seed(seed)
     trainer = VocoderTrainer(cfg, device)
     n_params = sum(p.numel() for p in trainer.generator.parameters())
     logger.info("vocoder %s: generator %.2fM parameters, %d steps of batch %d x %d samples on %s",
                 cfg.preset, n_params / 1e6, steps, cfg.batch_size, cfg.segment_samples, device)
-    # on a GPU, decoding audio in worker processes keeps it fed; on a CPU they would only compete with it
-    workers = min(8, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
+    workers = loader_workers(device)
     loader = torch.utils.data.DataLoader(
         AudioSegments(data_dir, cfg), batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
         persistent_workers=workers > 0, pin_memory=device.type == "cuda",
