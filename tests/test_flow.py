@@ -38,6 +38,15 @@ def test_a_new_head_guesses_the_zero_patch_and_heads_straight_for_it():
     assert torch.allclose(head(x_t, t, torch.randn(4, 3)), -x_t / (1 - t[:, None]))
 
 
+def test_the_head_trains_on_its_clean_patch_error_not_the_velocity_error():
+    """A guess off by the same amount costs the same near noise and near data: no 1 / (1 - t)^2 weight."""
+    head = SpeakingHead(patch_dim=6, cond_dim=3, width=16, depth=2)
+    data, cond = torch.randn(512, 6), torch.randn(512, 3)
+    head.denoise = lambda x_t, t, c: data + 0.5  # every guess is 0.5 off in every number
+    assert abs(head.loss(data, cond).item() - 0.25) < 1e-6
+    assert flow_matching_loss(head, data, cond) > 1.0  # the same guesses, scored as velocities
+
+
 def test_the_head_learns_a_conditional_two_mode_toy_and_few_steps_suffice():
     """Condition +1 -> data near (2, 2), condition -1 -> near (-2, -2): samples must land by their condition."""
     torch.manual_seed(0)
