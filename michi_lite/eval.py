@@ -313,6 +313,28 @@ def text_perplexity(decoder: torch.nn.Module, tokenizer, texts: list[str]) -> fl
     return math.exp(total / max(count, 1))
 
 
+@torch.inference_mode()
+def next_patch_errors(model, tokens: torch.Tensor, patches: torch.Tensor, voice: torch.Tensor,
+                      generator: torch.Generator | None = None) -> tuple[float, float]:
+    """How well the speaking head knows what comes next, on one utterance's real streams (teacher-forced).
+
+    ``tokens`` (frames,) and ``patches`` (frames, patch_dim) as ``speaker_streams``
+    lays them out; ``voice`` (1, hidden). Returns the mean squared error, per
+    number, of (1) the head's 1-step sample given the real past, which from
+    pure noise is its guess of the average next patch, and (2) repeating the
+    last mel column of the frame before: what a head that ignores the text
+    can do. Over the frames after the text lead (the audio itself).
+    """
+    inputs = torch.cat([voice[:, None], model.frame_inputs(tokens[None, :-1], patches[None, :-1])], dim=1)
+    cond = model.head_condition(model.decode(inputs), tokens[None], voice[:, None])[0]
+    guess = model.speaking_head.sample(cond, 1, generator=generator)
+    n_mels = model.cfg.audio.n_mels
+    repeat = patches[:-1, -n_mels:].repeat(1, model.cfg.audio.mels_per_frame)  # frame t-1's last column
+    spoken = slice(max(model.cfg.text_lead_frames, 1), None)
+    return ((guess[spoken] - patches[spoken]) ** 2).mean().item(), \
+        ((repeat[spoken.start - 1:] - patches[spoken]) ** 2).mean().item()
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
@@ -341,6 +363,10 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
     * ``dnsmos_ovrl`` (and ``_sig``, ``_bak``) of the generated and the real
       audio;
     * ``by_steps``: the judge WER and the real-time factor at 1, 2, 4, 8 steps;
+    * ``next_patch_error``: teacher-forced, how far the head's guess of each
+      patch is from the real one given the real past (``next_patch_errors``),
+      beside ``next_patch_error_repeat``, the error of repeating the frame
+      before's last mel column;
     * all of it again for the ``stress`` sentences (numbers, units,
       abbreviations, homographs) and the ``plain`` ones.
 
@@ -351,7 +377,7 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
     from speechmos import dnsmos
 
     from .backbone import load_tokenizer
-    from .model import build_backbone, load_speaker, quantized_for_cpu, voice_prompt
+    from .model import audio_patches, build_backbone, load_speaker, quantized_for_cpu, speaker_streams, voice_prompt
     from .say import Speaker
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -406,6 +432,14 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
             voice = voice_prompt(real[prompt_id], audio, source=prompt_id)
             row = {"text": record["text"], "category": record["category"], "voice": record["voice"],
                    "heard_real": transcribe(real[record["id"]], audio.sample_rate, judge), "by_steps": {}}
+            tokens, patches = speaker_streams(record["text"], [Word.from_dict(w) for w in record["words"]],
+                                              audio_patches(torch.from_numpy(real[record["id"]]), audio),
+                                              tokenizer, model.cfg.text_lead_frames)
+            with torch.inference_mode():
+                voice_vector = model.voice(voice[None].to(device), torch.ones(1, len(voice), dtype=torch.bool,
+                                                                              device=device))
+            row["next_patch_error"], row["next_patch_error_repeat"] = next_patch_errors(
+                model, tokens.to(device), patches.to(device), voice_vector, torch.Generator(device).manual_seed(seed))
             for k in steps:
                 speaker = Speaker(model, vocoder, tokenizer, voice, steps=k, seed=seed)
                 started = time.perf_counter()
@@ -457,6 +491,8 @@ def speaker_summary(rows: list[dict], steps: tuple[int, ...]) -> dict:
         "judge_wer": word_error_rate(texts, [r["by_steps"][main]["heard"] for r in rows]),
         "judge_wer_real": word_error_rate(texts, [r["heard_real"] for r in rows]),
         "judge_wer_griffin_lim": word_error_rate(texts, [r["heard_griffin_lim"] for r in rows]),
+        "next_patch_error": float(np.mean([r["next_patch_error"] for r in rows])),
+        "next_patch_error_repeat": float(np.mean([r["next_patch_error_repeat"] for r in rows])),
         "speaker_similarity": float(np.mean([r["similarity"] for r in rows])),
         "speaker_similarity_real": float(np.mean([r["similarity_real"] for r in rows])),
         "speaker_id_accuracy": float(np.mean([r["identified"] for r in rows])),

@@ -105,6 +105,23 @@ def test_a_few_steps_on_one_batch_lower_both_losses(tiny_corpus, tokenizer):
     assert last["flow_loss"] < first["flow_loss"]
 
 
+def test_next_patch_errors_score_the_head_against_the_real_patch_and_repeating_the_last_column(tokenizer):
+    from michi_lite.eval import next_patch_errors
+
+    torch.manual_seed(0)
+    model = build_speech_model("tiny", tokenizer).eval()
+    pad = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    tokens = torch.full((12,), pad)
+    column = torch.randn(TINY.audio.n_mels)
+    steady = column.repeat(12, TINY.audio.mels_per_frame)  # (12, patch_dim): the same column throughout
+    voice = torch.zeros(1, TINY.hidden_size)
+    guess, repeat = next_patch_errors(model, tokens, steady, voice)
+    # a new head guesses the all-zero patch; repeating is exact on a steady sound
+    assert repeat == 0.0 and abs(guess - column.pow(2).mean().item()) < 1e-5
+    changing = torch.randn(12, TINY.patch_dim)
+    assert next_patch_errors(model, tokens, changing, voice)[1] > 1.0
+
+
 def test_train_speaker_checkpoints_only_what_it_trains_and_resumes(tiny_corpus, speaker_run, tokenizer):
     assert latest_checkpoint(speaker_run).name == "step_00000002"
     main(["train", "speaker", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(speaker_run),
@@ -234,6 +251,7 @@ def test_eval_speaker_judges_generated_speech_against_the_real_audio(tiny_corpus
         assert result["n_utterances"] == 1 and set(result["by_steps"]) == {"1", "2", "4", "8"}
         # an untrained model babbles: the judge hears the real audio far better than the generated
         assert result["judge_wer_real"] < result["judge_wer"]
+        assert result["next_patch_error"] > 0 and result["next_patch_error_repeat"] > 0
         assert -1 <= result["speaker_similarity"] <= 1 and result["speaker_id_accuracy"] in (0.0, 1.0)
         assert 1 <= result["dnsmos_ovrl_real"] <= 5
         assert group["stress"]["n_utterances"] + group["plain"]["n_utterances"] == 1
