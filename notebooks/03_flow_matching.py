@@ -370,11 +370,14 @@ fig
 #   real audio's texture. With one step they are smoother: one step lands
 #   on the network's first guess, which, from pure noise, is close to an
 #   average.
-# * **Scored on the patch**, its 1-step guess is closer to the real patches
-#   than scored as a velocity, and its 4-step texture closer to the real
-#   one. The velocity loss spends most of its weight near the data, where
-#   the head only removes a little noise, and little where the condition
-#   alone must decide the patch.
+# * **Scored on the patch or as a velocity**, the clean-patch head comes
+#   out close on this small problem, whose stand-in condition says little
+#   about what comes next. The velocity loss spends most of its weight near
+#   the data, where the head only removes a little noise, and little where
+#   the condition alone must decide the patch; on the `lite` speech model's
+#   own conditions, which do carry the text, fresh heads trained on the
+#   patch error guessed the next patch better (`data/speaker/README.md`),
+#   and the speech model trains that way.
 # * **Regression** predicts one patch per condition, the average of what
 #   followed similar frames. Its texture here is close to the real audio's
 #   too, so this measure does not separate it from sampling. What a sampler
@@ -523,7 +526,11 @@ fig
 # generated mels through Griffin-Lim, which takes the learned vocoder out),
 # Resemblyzer for the voice (cosine similarity to the real utterance, and
 # whether the prompted voice is the nearest of all test voices), and DNSMOS
-# for quality.
+# for quality. One more number looks inside: given the real past of each
+# test utterance (teacher-forced), how far the head's 1-step guess of the
+# next patch is from the real one, against simply repeating the last mel
+# column heard. A head that knows which sound comes next beats repeating;
+# one that does not, cannot.
 
 # %%
 report = json.loads((REFERENCE / "lite_eval.json").read_text())
@@ -539,6 +546,10 @@ for group, parts in report["groups"].items():
                         f"{r['speaker_similarity_real']:.3f} | {r['speaker_id_accuracy']:.2f} | "
                         f"{r['speaker_id_accuracy_real']:.2f} | {r['dnsmos_ovrl']:.2f} | {r['dnsmos_ovrl_real']:.2f} |")
 display(Markdown("\n".join(rows)))
+for group, parts in report["groups"].items():
+    print(f"{group} voices, teacher-forced: the head's guess of the next patch is off by "
+          f"{parts['all']['next_patch_error']:.3f} (mean squared); repeating the last mel column, by "
+          f"{parts['all']['next_patch_error_repeat']:.3f}")
 perplexity = report["perplexity"]
 print(f"SmolLM2's perplexity on {perplexity['n_sentences']} held-out sentences as plain text: "
       f"{perplexity['pretrained']:.1f} pretrained, {perplexity['speech_model']:.1f} with the adapters")
