@@ -325,9 +325,8 @@ def next_patch_errors(model, tokens: torch.Tensor, patches: torch.Tensor, voice:
     last mel column of the frame before: what a head that ignores the text
     can do. Over the frames after the text lead (the audio itself).
     """
-    inputs = torch.cat([voice[:, None], model.frame_inputs(tokens[None, :-1], patches[None, :-1])], dim=1)
-    cond = model.head_condition(model.decode(inputs), tokens[None], voice[:, None])[0]
-    guess = model.speaking_head.sample(cond, 1, generator=generator)
+    _, cond = model.teacher_forced(tokens[None], patches[None], voice)
+    guess = model.speaking_head.sample(cond[0], 1, generator=generator)
     n_mels = model.cfg.audio.n_mels
     repeat = patches[:-1, -n_mels:].repeat(1, model.cfg.audio.mels_per_frame)  # frame t-1's last column
     spoken = slice(max(model.cfg.text_lead_frames, 1), None)

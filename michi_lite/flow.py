@@ -47,6 +47,18 @@ from torch import nn
 VelocityField = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t, cond) -> v
 
 
+def path_point(data: torch.Tensor, generator: torch.Generator | None = None,
+               noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random point on each data point's straight path from noise: (noise, t (batch,), x_t).
+
+    Fresh noise is drawn unless ``noise`` is given.
+    """
+    if noise is None:
+        noise = torch.randn(data.shape, generator=generator, device=data.device, dtype=data.dtype)
+    t = torch.rand(data.shape[0], generator=generator, device=data.device, dtype=data.dtype)
+    return noise, t, (1 - t[:, None]) * noise + t[:, None] * data
+
+
 def flow_matching_loss(velocity: VelocityField, data: torch.Tensor, cond: torch.Tensor,
                        generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Rectified-flow loss on a batch of data points (batch, dim) with their conditions (batch, cond_dim).
@@ -54,10 +66,7 @@ def flow_matching_loss(velocity: VelocityField, data: torch.Tensor, cond: torch.
     Each point is paired with fresh noise, or with the given ``noise`` (reflow
     pairs each sample with the noise it was generated from).
     """
-    if noise is None:
-        noise = torch.randn(data.shape, generator=generator, device=data.device, dtype=data.dtype)
-    t = torch.rand(data.shape[0], generator=generator, device=data.device, dtype=data.dtype)
-    x_t = (1 - t[:, None]) * noise + t[:, None] * data
+    noise, t, x_t = path_point(data, generator, noise)
     return F.mse_loss(velocity(x_t, t, cond), data - noise)
 
 
@@ -140,9 +149,7 @@ class SpeakingHead(nn.Module):
 
     def loss(self, patches: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None):
         """The clean-patch error at a random point of each patch's straight path (see the module docstring)."""
-        noise = torch.randn(patches.shape, generator=generator, device=patches.device, dtype=patches.dtype)
-        t = torch.rand(patches.shape[0], generator=generator, device=patches.device, dtype=patches.dtype)
-        x_t = (1 - t[:, None]) * noise + t[:, None] * patches
+        _, t, x_t = path_point(patches, generator)
         return F.mse_loss(self.denoise(x_t, t, cond), patches)
 
     def sample(self, cond: torch.Tensor, steps: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:

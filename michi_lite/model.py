@@ -203,15 +203,25 @@ class SpeechModel(nn.Module):
         voice = voice.expand(*hidden.shape[:-1], voice.shape[-1])
         return torch.cat([hidden, self.token_embedding(tokens), voice], dim=-1)
 
+    def teacher_forced(self, tokens: torch.Tensor, patches: torch.Tensor, voice: torch.Tensor,
+                       mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole streams given their real past -> hidden states (batch, frames, hidden) and head conditions.
+
+        ``tokens`` (batch, frames), ``patches`` (batch, frames, patch_dim),
+        ``voice`` (batch, hidden); ``mask`` (batch, frames) marks real frames.
+        """
+        inputs = torch.cat([voice[:, None], self.frame_inputs(tokens[:, :-1], patches[:, :-1])], dim=1)
+        attention = None if mask is None else mask.long()
+        hidden = self.decoder(inputs_embeds=inputs, attention_mask=attention).last_hidden_state
+        return hidden, self.head_condition(hidden, tokens, voice[:, None])
+
     def forward(self, batch: SpeakerBatch, flow_samples: int = 2) -> dict[str, torch.Tensor]:
         """Teacher-forced training losses of a batch: text cross-entropy and the flow-matching loss."""
         voice = self.voice(batch.prompt, batch.prompt_mask)  # (batch, hidden)
-        previous = self.frame_inputs(batch.tokens[:, :-1], batch.patches[:, :-1])
-        inputs = torch.cat([voice[:, None], previous], dim=1)  # (batch, frames, hidden)
-        hidden = self.decoder(inputs_embeds=inputs, attention_mask=batch.mask.long()).last_hidden_state
+        hidden, cond = self.teacher_forced(batch.tokens, batch.patches, voice, batch.mask)
         logits = self.text_logits(hidden)
         text_loss = F.cross_entropy(logits[batch.mask], batch.tokens[batch.mask])
-        cond = self.head_condition(hidden, batch.tokens, voice[:, None])[batch.mask]  # (n, 3 * hidden)
+        cond = cond[batch.mask]  # (n, 3 * hidden)
         targets = batch.patches[batch.mask]  # (n, patch_dim)
         # the head is small next to the backbone: several noise levels per frame cost little and steady the loss
         flow_loss = self.speaking_head.loss(targets.repeat(flow_samples, 1), cond.repeat(flow_samples, 1))
