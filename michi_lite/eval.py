@@ -435,8 +435,7 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
                                               audio_patches(torch.from_numpy(real[record["id"]]), audio),
                                               tokenizer, model.cfg.text_lead_frames)
             with torch.inference_mode():
-                voice_vector = model.voice(voice[None].to(device), torch.ones(1, len(voice), dtype=torch.bool,
-                                                                              device=device))
+                voice_vector = model.prompt_voice(voice)
             row["next_patch_error"], row["next_patch_error_repeat"] = next_patch_errors(
                 model, tokens.to(device), patches.to(device), voice_vector, torch.Generator(device).manual_seed(seed))
             for k in steps:

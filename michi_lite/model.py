@@ -203,6 +203,11 @@ class SpeechModel(nn.Module):
         voice = voice.expand(*hidden.shape[:-1], voice.shape[-1])
         return torch.cat([hidden, self.token_embedding(tokens), voice], dim=-1)
 
+    def prompt_voice(self, patches: torch.Tensor) -> torch.Tensor:
+        """One voice prompt's speech patches (frames, patch_dim) -> its voice vector (1, hidden)."""
+        patches = patches.to(self.token_embedding.weight.device)[None]
+        return self.voice(patches, torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device))
+
     def teacher_forced(self, tokens: torch.Tensor, patches: torch.Tensor, voice: torch.Tensor,
                        mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole streams given their real past -> hidden states (batch, frames, hidden) and head conditions.

@@ -78,9 +78,8 @@ class Speaker:
         self.model, self.vocoder, self.tokenizer, self.steps = model.eval(), vocoder.eval(), tokenizer, steps
         self.device = model.token_embedding.weight.device
         self.generator = torch.Generator(self.device).manual_seed(seed)
-        patches = voice_patches.to(self.device)[None]  # (1, frames, patch_dim)
         with torch.inference_mode():
-            self.voice = model.voice(patches, torch.ones(patches.shape[:2], dtype=torch.bool, device=self.device))
+            self.voice = model.prompt_voice(voice_patches)  # (1, hidden)
 
     def _step(self, inputs: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
         """One backbone position (1, hidden) -> its hidden state (1, hidden), extending the cache."""
