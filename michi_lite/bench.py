@@ -211,7 +211,8 @@ def bench_speaker(preset: str, ckpt: str | os.PathLike | None = None, vocoder_ck
     After ``context_frames`` of context (4 s, a typical sentence) each of
     ``frames`` frames is timed, in fp32 and (on a CPU) in the int8 copy
     ``say`` runs (``quantized_for_cpu``): the backbone step (KV cache), the
-    text head, the speaking head at 1, 4 and 8 Euler steps; then one vocoder
+    text head, the speaking head's condition (the phoneme reader), the
+    speaking head at 1, 4 and 8 Euler steps; then one vocoder
     chunk, and the whole frame step ``say`` runs (backbone, text head, 4-step
     head, vocoder). Time to first audio is from calling ``Speaker.stream``
     to holding its first samples, over ``runs`` calls. Without checkpoints
@@ -220,6 +221,7 @@ def bench_speaker(preset: str, ckpt: str | os.PathLike | None = None, vocoder_ck
     from transformers import DynamicCache
 
     from .backbone import load_tokenizer
+    from .data.phonemes import PAD_PHONEME, chunk_phoneme_ids
     from .model import build_speech_model, load_speaker, quantized_for_cpu
     from .say import Speaker
 
@@ -257,7 +259,12 @@ def bench_speaker(preset: str, ckpt: str | os.PathLike | None = None, vocoder_ck
             stream = vocoder.stream()
             mel = torch.zeros(cfg.audio.n_mels, cfg.audio.mels_per_frame, device=device)
             report["vocoder_chunk"] = per_frame(lambda: stream.push(mel))
-            cond = model.head_condition(voice, torch.tensor([model.pad_id], device=device), voice)
+            # one word's phonemes, a frame into it: what the phoneme reader looks through on a frame
+            word = chunk_phoneme_ids("speaking", cfg.max_phonemes)
+            phonemes = torch.tensor([word + [PAD_PHONEME] * (cfg.max_phonemes - len(word))], device=device)
+            since = torch.ones(1, dtype=torch.long, device=device)
+            token = torch.tensor([model.pad_id], device=device)
+            cond = model.head_condition(voice, token, voice, phonemes, since)
             for name, version in versions.items():
                 cache = DynamicCache()
                 version.decode(context, cache)
@@ -270,12 +277,14 @@ def bench_speaker(preset: str, ckpt: str | os.PathLike | None = None, vocoder_ck
                     hidden = version.decode(voice[:, None], cache)[:, -1]
                     cache.crop(-1)
                     version.text_logits(hidden).softmax(-1)
-                    token = torch.tensor([version.pad_id], device=device)
-                    patch = version.speaking_head.sample(version.head_condition(hidden, token, voice), 4)
+                    cond = version.head_condition(hidden, token, voice, phonemes, since)
+                    patch = version.speaking_head.sample(cond, 4)
                     return stream.push(patch.reshape(cfg.audio.mels_per_frame, cfg.audio.n_mels).T)
 
                 pieces = {"backbone_step": per_frame(backbone_step),
-                          "text_head": per_frame(lambda version=version: version.text_logits(voice).softmax(-1))}
+                          "text_head": per_frame(lambda version=version: version.text_logits(voice).softmax(-1)),
+                          "head_condition": per_frame(lambda version=version: version.head_condition(
+                              voice, token, voice, phonemes, since))}
                 for k in (1, 4, 8):
                     pieces[f"speaking_head_{k}_steps"] = per_frame(
                         lambda version=version, k=k: version.speaking_head.sample(cond, k))

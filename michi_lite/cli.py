@@ -4,7 +4,7 @@
     michi-lite data subset     --data DIR --out DIR --hours H [--splits S ...] [--seed N]
     michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
-    michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
+    michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
     michi-lite export vocoder|listener|speaker --preset P --ckpt RUN --out FILE
     michi-lite eval alignment  --preset P --data DIR --json OUT
     michi-lite eval vocoder    --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N]
@@ -109,7 +109,7 @@ def cmd_train_speaker(args: argparse.Namespace) -> None:
 
     run = train_speaker(args.preset, args.data, args.out, steps=args.steps, resume=args.resume,
                         batch_size=args.batch_size or 8, checkpoint_every=args.checkpoint_every,
-                        max_minutes=args.max_minutes)
+                        max_minutes=args.max_minutes, init=args.init)
     report_run(run, args.preset, "speaker")
 
 
@@ -287,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
         stage_train.add_argument("--max-minutes", type=float,
                                  help="stop after this long (checkpointed; --resume goes on towards --steps)")
         stage_train.set_defaults(run=run)
+        if stage == "speaker":
+            stage_train.add_argument("--init", help="start from this speech model's weights (a run or .safetensors); "
+                                                    "modules it lacks start fresh")
 
     export = commands.add_parser("export", help="a trained stage's weights, small, for sharing")
     export = export.add_subparsers(dest="stage", required=True)

@@ -314,18 +314,18 @@ def text_perplexity(decoder: torch.nn.Module, tokenizer, texts: list[str]) -> fl
 
 
 @torch.inference_mode()
-def next_patch_errors(model, tokens: torch.Tensor, patches: torch.Tensor, voice: torch.Tensor,
+def next_patch_errors(model, streams, voice: torch.Tensor,
                       generator: torch.Generator | None = None) -> tuple[float, float]:
     """How well the speaking head knows what comes next, on one utterance's real streams (teacher-forced).
 
-    ``tokens`` (frames,) and ``patches`` (frames, patch_dim) as ``speaker_streams``
-    lays them out; ``voice`` (1, hidden). Returns the mean squared error, per
+    ``streams`` as ``speaker_streams`` lays them out; ``voice`` (1, hidden). Returns the mean squared error, per
     number, of (1) the head's 1-step sample given the real past, which from
     pure noise is its guess of the average next patch, and (2) repeating the
     last mel column of the frame before: what a head that ignores the text
     can do. Over the frames after the text lead (the audio itself).
     """
-    _, cond = model.teacher_forced(tokens[None], patches[None], voice)
+    _, cond = model.teacher_forced(streams, voice)
+    patches = streams.patches
     guess = model.speaking_head.sample(cond[0], 1, generator=generator)
     n_mels = model.cfg.audio.n_mels
     repeat = patches[:-1, -n_mels:].repeat(1, model.cfg.audio.mels_per_frame)  # frame t-1's last column
@@ -431,13 +431,12 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
             voice = voice_prompt(real[prompt_id], audio, source=prompt_id)
             row = {"text": record["text"], "category": record["category"], "voice": record["voice"],
                    "heard_real": transcribe(real[record["id"]], audio.sample_rate, judge), "by_steps": {}}
-            tokens, patches = speaker_streams(record["text"], [Word.from_dict(w) for w in record["words"]],
-                                              audio_patches(torch.from_numpy(real[record["id"]]), audio),
-                                              tokenizer, model.cfg.text_lead_frames)
+            streams = speaker_streams(record["text"], [Word.from_dict(w) for w in record["words"]],
+                                      audio_patches(torch.from_numpy(real[record["id"]]), audio), tokenizer, model.cfg)
             with torch.inference_mode():
                 voice_vector = model.prompt_voice(voice)
             row["next_patch_error"], row["next_patch_error_repeat"] = next_patch_errors(
-                model, tokens.to(device), patches.to(device), voice_vector, torch.Generator(device).manual_seed(seed))
+                model, streams.to(device), voice_vector, torch.Generator(device).manual_seed(seed))
             for k in steps:
                 speaker = Speaker(model, vocoder, tokenizer, voice, steps=k, seed=seed)
                 started = time.perf_counter()

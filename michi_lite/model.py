@@ -18,10 +18,18 @@ behind it, so a word is chosen before it is voiced; its first frames are
 silence. The user's streams (the listener's embedding and tokens) will be
 summed into the same positions in the joint stage.
 
+A token says which word comes, not how it sounds. So the speaking head also
+reads the phonemes of the chunk of text being voiced (``data.phonemes``),
+which follow from the text stream alone: the latest chunk whose first token
+came ``text_lead_frames`` ago or earlier, and the frames since
+(``VoicedChunks``). A small attention (``PhonemeReader``), asked by the
+hidden state and those frames, adds what it reads to the hidden state the
+head is conditioned on.
+
 The backbone is SmolLM2 with LoRA adapters (``peft``) on every linear layer
 of every block, and its token embeddings stay frozen: the trained weights are
-the adapters, the voice encoder, the audio projection, a text-head bias and
-the speaking head, about 17M parameters in ``lite``. At inference the
+the adapters, the voice encoder, the audio projection, a text-head bias, the
+phoneme reader and the speaking head, about 17M parameters in ``lite``. At inference the
 adapters are merged into the backbone, which then runs as a plain Llama.
 """
 
@@ -47,7 +55,8 @@ from transformers import Cache
 from .audio import SILENCE_MEL, AudioError, MelSpectrogram, load_audio, mel_patches, normalize_mel, pad_to_frames
 from .config import FRAME_SECONDS, AudioConfig, get_config
 from .data.corpus import load_manifest
-from .data.frames import PAD_TOKEN, frame_tokens
+from .data.frames import PAD_TOKEN, frame_tokens, token_chunks
+from .data.phonemes import N_PHONEME_IDS, PAD_PHONEME, chunk_phoneme_ids
 from .data.words import Word
 from .flow import SpeakingHead
 from .listen import int8_linears
@@ -57,6 +66,7 @@ logger = logging.getLogger(__name__)
 
 END_TOKEN = "<|im_end|>"  # SmolLM2's end of a turn: here, the frame where speech ends
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+NEW_MODULES = ("voice", "audio_in", "phoneme_reader", "speaking_head")  # trained beside the adapters and text_bias
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,9 @@ class SpeechModelConfig:
     head_width: int = 512
     head_depth: int = 3
     voice_width: int = 256
+    phoneme_width: int = 128
+    max_phonemes: int = 24  # of the chunk being voiced; a longer one (a long number) is cut
+    max_voiced_frames: int = 30  # frames since the chunk began are counted up to this
 
     @property
     def patch_dim(self) -> int:
@@ -88,7 +101,8 @@ def speech_model_config(preset: str) -> SpeechModelConfig:
     shape = dict(audio=cfg.audio, hub_id=b.hub_id, hidden_size=b.hidden_size, num_layers=b.num_layers,
                  num_heads=b.num_heads, intermediate_size=b.intermediate_size)
     if b.hub_id is None:
-        return SpeechModelConfig(**shape, lora_rank=4, lora_alpha=8, head_width=64, head_depth=2, voice_width=32)
+        return SpeechModelConfig(**shape, lora_rank=4, lora_alpha=8, head_width=64, head_depth=2, voice_width=32,
+                                 phoneme_width=16, max_phonemes=8, max_voiced_frames=10)
     return SpeechModelConfig(**shape)
 
 
@@ -129,6 +143,47 @@ class VoiceEncoder(nn.Module):
         return self.out(torch.cat([mean, std], dim=-1))
 
 
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(..., n, width) -> (..., heads, n, width / heads)."""
+    return x.unflatten(-1, (heads, -1)).transpose(-2, -3)
+
+
+class PhonemeReader(nn.Module):
+    """The chunk being voiced -> a vector added to the hidden state the speaking head reads.
+
+    The chunk's phonemes (``data.phonemes``) are keys, each with its place in
+    the chunk; the query is the hidden state plus the number of frames since
+    the chunk began, so the reader can look up the phoneme due now. A learned
+    "nothing" key is always there to attend to (before the first word). The
+    output layer starts at zero: a model trained without phonemes is unchanged
+    until the reader learns.
+    """
+
+    def __init__(self, cfg: SpeechModelConfig, heads: int = 4) -> None:
+        super().__init__()
+        width, self.heads = cfg.phoneme_width, heads
+        self.phoneme = nn.Embedding(N_PHONEME_IDS, width, padding_idx=PAD_PHONEME)
+        self.place = nn.Parameter(torch.randn(cfg.max_phonemes + 1, width) * 0.02)  # 0 is the "nothing" key
+        self.nothing = nn.Parameter(torch.randn(width) * 0.02)
+        self.since = nn.Embedding(cfg.max_voiced_frames + 1, width)
+        self.query = nn.Linear(cfg.hidden_size, width)
+        self.out = nn.Sequential(nn.Linear(2 * width, width), nn.GELU(), nn.Linear(width, cfg.hidden_size))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, hidden: torch.Tensor, phonemes: torch.Tensor, since: torch.Tensor) -> torch.Tensor:
+        """(..., hidden), phoneme ids (..., max_phonemes) and frames since (...,) -> (..., hidden)."""
+        keys = torch.cat([self.nothing.expand(*phonemes.shape[:-1], 1, -1), self.phoneme(phonemes)], dim=-2)
+        keys = keys + self.place  # (..., 1 + max_phonemes, width)
+        since = self.since(since)
+        query = self.query(hidden) + since
+        missing = F.pad(phonemes == PAD_PHONEME, (1, 0), value=False)  # the "nothing" key is never masked
+        query, keys = _split_heads(query[..., None, :], self.heads), _split_heads(keys, self.heads)
+        read = F.scaled_dot_product_attention(query, keys, keys, attn_mask=~missing[..., None, None, :])
+        read = read.transpose(-2, -3).flatten(-2)[..., 0, :]  # (..., width)
+        return self.out(torch.cat([read, since], dim=-1))
+
+
 class SpeechModel(nn.Module):
     """Backbone + stream embeddings + text head + speaking head (see the module docstring for the layout)."""
 
@@ -143,6 +198,7 @@ class SpeechModel(nn.Module):
         self.audio_in = nn.Sequential(nn.Linear(cfg.patch_dim, cfg.hidden_size), nn.GELU(),
                                       nn.Linear(cfg.hidden_size, cfg.hidden_size))
         self.text_bias = nn.Parameter(torch.zeros(backbone.embed_tokens.num_embeddings))
+        self.phoneme_reader = PhonemeReader(cfg)
         self.speaking_head = SpeakingHead(cfg.patch_dim, 3 * cfg.hidden_size, cfg.head_width, cfg.head_depth)
         self.merged = False
         self.scorer: nn.Module | None = None
@@ -159,20 +215,22 @@ class SpeechModel(nn.Module):
     def trained_state(self) -> dict[str, torch.Tensor]:
         """What training changes: the adapters and every new module (not the frozen SmolLM2 weights)."""
         state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(self.backbone).items()}
-        for name in ("voice", "audio_in", "speaking_head"):
+        for name in NEW_MODULES:
             state.update({f"{name}.{k}": v for k, v in getattr(self, name).state_dict().items()})
         state["text_bias"] = self.text_bias.data
         return state
 
-    def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
+    def load_trained_state(self, state: dict[str, torch.Tensor], fresh: tuple[str, ...] = ()) -> None:
+        """Load ``trained_state``'s tensors; the modules named in ``fresh`` may be missing and keep their start."""
         lora = {k.removeprefix("lora."): v for k, v in state.items() if k.startswith("lora.")}
         result = set_peft_model_state_dict(self.backbone, lora)
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"adapter weights that fit no layer: {result.unexpected_keys[:3]}")
-        for name in ("voice", "audio_in", "speaking_head"):
+        for name in NEW_MODULES:
             prefix = f"{name}."
-            getattr(self, name).load_state_dict({k.removeprefix(prefix): v for k, v in state.items()
-                                                 if k.startswith(prefix)})
+            weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            if weights or name not in fresh:
+                getattr(self, name).load_state_dict(weights)
         self.text_bias.data.copy_(state["text_bias"])
 
     def merge_adapters(self) -> SpeechModel:
@@ -198,9 +256,17 @@ class SpeechModel(nn.Module):
         """What the model said on a frame, (batch, frames) tokens and patches -> (batch, frames, hidden)."""
         return self.token_embedding(tokens) + self.audio_in(patches)
 
-    def head_condition(self, hidden: torch.Tensor, tokens: torch.Tensor, voice: torch.Tensor) -> torch.Tensor:
-        """The speaking head's condition: the hidden state, this frame's text token and the voice vector."""
+    def head_condition(self, hidden: torch.Tensor, tokens: torch.Tensor, voice: torch.Tensor,
+                       phonemes: torch.Tensor, since: torch.Tensor) -> torch.Tensor:
+        """The speaking head's condition: the hidden state, this frame's text token and the voice vector.
+
+        The phoneme reader first adds what it reads of the chunk being voiced
+        to the hidden state. ``hidden`` (..., hidden), ``tokens`` (...),
+        ``voice`` broadcastable to ``hidden``; ``phonemes`` (..., max_phonemes)
+        and ``since`` (...) as ``VoicedChunks`` gives them.
+        """
         voice = voice.expand(*hidden.shape[:-1], voice.shape[-1])
+        hidden = hidden + self.phoneme_reader(hidden, phonemes, since)
         return torch.cat([hidden, self.token_embedding(tokens), voice], dim=-1)
 
     def prompt_voice(self, patches: torch.Tensor) -> torch.Tensor:
@@ -208,22 +274,25 @@ class SpeechModel(nn.Module):
         patches = patches.to(self.token_embedding.weight.device)[None]
         return self.voice(patches, torch.ones(patches.shape[:2], dtype=torch.bool, device=patches.device))
 
-    def teacher_forced(self, tokens: torch.Tensor, patches: torch.Tensor, voice: torch.Tensor,
-                       mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def teacher_forced(self, streams: SpeakerStreams | SpeakerBatch,
+                       voice: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole streams given their real past -> hidden states (batch, frames, hidden) and head conditions.
 
-        ``tokens`` (batch, frames), ``patches`` (batch, frames, patch_dim),
-        ``voice`` (batch, hidden); ``mask`` (batch, frames) marks real frames.
+        ``streams`` is a batch, or one utterance's streams (then batch 1);
+        ``voice`` (batch, hidden).
         """
+        mask = getattr(streams, "mask", None)
+        tokens, patches, phonemes, since = (x if mask is not None else x[None] for x in (
+            streams.tokens, streams.patches, streams.phonemes, streams.since))
         inputs = torch.cat([voice[:, None], self.frame_inputs(tokens[:, :-1], patches[:, :-1])], dim=1)
         attention = None if mask is None else mask.long()
         hidden = self.decoder(inputs_embeds=inputs, attention_mask=attention).last_hidden_state
-        return hidden, self.head_condition(hidden, tokens, voice[:, None])
+        return hidden, self.head_condition(hidden, tokens, voice[:, None], phonemes, since)
 
     def forward(self, batch: SpeakerBatch, flow_samples: int = 2) -> dict[str, torch.Tensor]:
         """Teacher-forced training losses of a batch: text cross-entropy and the flow-matching loss."""
         voice = self.voice(batch.prompt, batch.prompt_mask)  # (batch, hidden)
-        hidden, cond = self.teacher_forced(batch.tokens, batch.patches, voice, batch.mask)
+        hidden, cond = self.teacher_forced(batch, voice)
         logits = self.text_logits(hidden)
         text_loss = F.cross_entropy(logits[batch.mask], batch.tokens[batch.mask])
         cond = cond[batch.mask]  # (n, 3 * hidden)
@@ -283,23 +352,74 @@ def load_voice_prompt(path: str | os.PathLike, audio: AudioConfig) -> torch.Tens
 class SpeakerBatch:
     tokens: torch.Tensor  # (batch, frames) the text stream
     patches: torch.Tensor  # (batch, frames, patch_dim) the audio stream, text_lead_frames behind
+    phonemes: torch.Tensor  # (batch, frames, max_phonemes) the chunk each audio frame voices
+    since: torch.Tensor  # (batch, frames)
     mask: torch.Tensor  # (batch, frames) True on real frames
     prompt: torch.Tensor  # (batch, prompt_frames, patch_dim) another utterance of the same voice
     prompt_mask: torch.Tensor  # (batch, prompt_frames)
 
     def to(self, device: torch.device) -> SpeakerBatch:
-        return SpeakerBatch(*(t.to(device) for t in (self.tokens, self.patches, self.mask, self.prompt,
-                                                     self.prompt_mask)))
+        return SpeakerBatch(**{k: v.to(device) for k, v in vars(self).items()})
+
+
+class VoicedChunks:
+    """Which chunk of the text each audio frame voices: its phoneme ids and the frames since it began.
+
+    Fed one backbone position at a time with the phoneme ids of the chunk
+    whose first token the text stream puts there (None if none starts), it
+    answers for the audio stream at that position, ``lead`` frames behind:
+    the latest chunk started at or before position - lead. Training
+    (``speaker_streams``) and ``say`` both lay out the phonemes through it;
+    ``tokens_and_chunks`` says where chunks start.
+    """
+
+    def __init__(self, cfg: SpeechModelConfig) -> None:
+        self.cfg = cfg
+        self.started: list[list[int] | None] = []
+        self.current: list[int] = [PAD_PHONEME] * cfg.max_phonemes
+        self.since = cfg.max_voiced_frames
+
+    def push(self, chunk: list[int] | None) -> tuple[list[int], int]:
+        self.started.append(chunk)
+        voiced = len(self.started) - 1 - self.cfg.text_lead_frames
+        if voiced >= 0 and self.started[voiced] is not None:
+            ids = self.started[voiced][:self.cfg.max_phonemes]
+            self.current, self.since = ids + [PAD_PHONEME] * (self.cfg.max_phonemes - len(ids)), 0
+        else:
+            self.since = min(self.since + 1, self.cfg.max_voiced_frames)
+        return self.current, self.since
+
+
+def tokens_and_chunks(text: str, tokenizer, max_phonemes: int) -> list[tuple[int, list[int] | None]]:
+    """Each token of ``text``, with its chunk's phoneme ids if it is the chunk's first token (else None)."""
+    token_ids, chunk_of = token_chunks(text, tokenizer)
+    chunks = text.split()
+    return [(token, chunk_phoneme_ids(chunks[c], max_phonemes) if i == 0 or c != chunk_of[i - 1] else None)
+            for i, (token, c) in enumerate(zip(token_ids, chunk_of))]
+
+
+@dataclass
+class SpeakerStreams:
+    """One utterance's streams as the model sees them, one row per backbone position after the voice."""
+
+    tokens: torch.Tensor  # (frames,) the text stream
+    patches: torch.Tensor  # (frames, patch_dim) the audio stream, ``text_lead_frames`` behind
+    phonemes: torch.Tensor  # (frames, max_phonemes) phoneme ids of the chunk each audio frame voices
+    since: torch.Tensor  # (frames,) frames since that chunk began
+
+    def to(self, device: torch.device) -> SpeakerStreams:
+        return SpeakerStreams(**{k: v.to(device) for k, v in vars(self).items()})
 
 
 def speaker_streams(text: str, words: list[Word], patches: torch.Tensor, tokenizer,
-                    lead: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One utterance's text and audio streams (frames,), (frames, patch_dim), aligned as the model sees them.
+                    cfg: SpeechModelConfig) -> SpeakerStreams:
+    """One utterance's streams, aligned: the text, its audio and the phonemes being voiced.
 
     Tokens sit on their word's start frame, ``<|im_end|>`` on the frame of the
-    last word's end; the audio is delayed by ``lead`` frames (silence before).
+    last word's end; the audio is delayed by ``text_lead_frames`` (silence before).
     """
     pad, end = tokenizer.convert_tokens_to_ids(PAD_TOKEN), tokenizer.convert_tokens_to_ids(END_TOKEN)
+    lead = cfg.text_lead_frames
     tokens = frame_tokens(text, words, tokenizer).tokens
     frame_ms = round(FRAME_SECONDS * 1000)
     end_frame = max(round(words[-1].end * 1000) // frame_ms, len(tokens))
@@ -307,8 +427,11 @@ def speaker_streams(text: str, words: list[Word], patches: torch.Tensor, tokeniz
     n_audio = max(len(patches), len(tokens))
     silence = torch.full((1, patches.shape[-1]), SILENCE_MEL)
     audio = torch.cat([silence.expand(lead, -1), patches, silence.expand(n_audio - len(patches), -1)])
-    tokens = torch.tensor(tokens + [pad] * (len(audio) - len(tokens)))
-    return tokens, audio  # (n_audio + lead,), (n_audio + lead, patch_dim)
+    tokens = tokens + [pad] * (len(audio) - len(tokens))
+    starts = iter(start for _, start in tokens_and_chunks(text, tokenizer, cfg.max_phonemes))
+    voiced = VoicedChunks(cfg)
+    phonemes, since = zip(*(voiced.push(next(starts) if t not in (pad, end) else None) for t in tokens))
+    return SpeakerStreams(torch.tensor(tokens), audio, torch.tensor(phonemes), torch.tensor(since))
 
 
 class SpeakerUtterances(torch.utils.data.Dataset):
@@ -334,30 +457,33 @@ class SpeakerUtterances(torch.utils.data.Dataset):
         wave = torch.from_numpy(load_audio(self.data_dir / record["path"], self.cfg.audio.sample_rate))
         return audio_patches(wave, self.cfg.audio)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[SpeakerStreams, torch.Tensor]:
         record = self.records[index]
         words = [Word.from_dict(w) for w in record["words"]]
-        tokens, audio = speaker_streams(record["text"], words, self.patches(index), self.tokenizer,
-                                        self.cfg.text_lead_frames)
+        streams = speaker_streams(record["text"], words, self.patches(index), self.tokenizer, self.cfg)
         others = [i for i in self.by_voice[record["voice"]] if i != index] or [index]
         prompt = speech_patches(self.patches(self.rng.choice(others)))
         frames = round(self.rng.uniform(*self.prompt_seconds) / FRAME_SECONDS)
         start = self.rng.randint(0, max(0, len(prompt) - frames))
-        return tokens, audio, prompt[start:start + frames]
+        return streams, prompt[start:start + frames]
 
     def lengths(self) -> list[float]:
         return [r["duration"] for r in self.records]
 
     @staticmethod
-    def collate(items: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> SpeakerBatch:
-        frames = max(len(t) for t, _, _ in items)
-        prompt_frames = max(1, max(len(p) for _, _, p in items))
-        tokens = torch.stack([F.pad(t, (0, frames - len(t))) for t, _, _ in items])
-        patches = torch.stack([F.pad(a, (0, 0, 0, frames - len(a)), value=SILENCE_MEL) for _, a, _ in items])
-        mask = torch.stack([torch.arange(frames) < len(t) for t, _, _ in items])
-        prompt = torch.stack([F.pad(p, (0, 0, 0, prompt_frames - len(p))) for _, _, p in items])
-        prompt_mask = torch.stack([torch.arange(prompt_frames) < len(p) for _, _, p in items])
-        return SpeakerBatch(tokens, patches, mask, prompt, prompt_mask)
+    def collate(items: list[tuple[SpeakerStreams, torch.Tensor]]) -> SpeakerBatch:
+        frames = max(len(s.tokens) for s, _ in items)
+        prompt_frames = max(1, max(len(p) for _, p in items))
+
+        def stack(name: str, value: float = 0) -> torch.Tensor:
+            rows = [getattr(s, name) for s, _ in items]
+            return torch.stack([F.pad(r, (0, 0) * (r.dim() - 1) + (0, frames - len(r)), value=value) for r in rows])
+
+        return SpeakerBatch(
+            tokens=stack("tokens"), patches=stack("patches", SILENCE_MEL), phonemes=stack("phonemes"),
+            since=stack("since"), mask=torch.stack([torch.arange(frames) < len(s.tokens) for s, _ in items]),
+            prompt=torch.stack([F.pad(p, (0, 0, 0, prompt_frames - len(p))) for _, p in items]),
+            prompt_mask=torch.stack([torch.arange(prompt_frames) < len(p) for _, p in items]))
 
 
 class LengthBuckets(torch.utils.data.Sampler):
@@ -397,21 +523,32 @@ def build_speech_model(preset: str, tokenizer, pretrained: bool = True) -> Speec
                        tokenizer.convert_tokens_to_ids(END_TOKEN))
 
 
+def warmup_cosine(warmup_steps: int, total_steps: int, floor: float = 0.1):
+    """A learning-rate factor per step: a linear warm-up, then a half cosine down to ``floor`` at the last step."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        done = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done))
+    return factor
+
+
 class SpeakerTrainer:
     """The speech model's adapters and new modules, and their optimizer.
 
     The loss is ``flow_loss + TEXT_LOSS_WEIGHT * text_loss``. The adapters
-    learn at a third of the new modules' rate, after a linear warm-up.
+    learn at a third of the new modules' rate; the rate warms up linearly,
+    then falls along a half cosine to a tenth at ``total_steps``.
     """
 
-    def __init__(self, model: SpeechModel, preset: str, device: torch.device, learning_rate: float = 6e-4,
-                 warmup_steps: int = 100) -> None:
+    def __init__(self, model: SpeechModel, preset: str, device: torch.device, total_steps: int,
+                 learning_rate: float = 6e-4, warmup_steps: int = 100) -> None:
         self.model, self.preset, self.device = model.to(device), preset, device
         adapters = [p for n, p in model.backbone.named_parameters() if p.requires_grad]
         heads = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
         self.optimizer = torch.optim.AdamW([{"params": adapters, "lr": learning_rate / 3},
                                             {"params": heads, "lr": learning_rate}], weight_decay=0.01)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup_steps))
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(warmup_steps, total_steps))
 
     def step(self, batch: SpeakerBatch) -> dict[str, float]:
         self.model.train()
@@ -498,7 +635,8 @@ def quantized_for_cpu(model: SpeechModel) -> SpeechModel:
     scorer = nn.Linear(*fast.token_embedding.weight.shape[::-1])
     scorer.weight.data, scorer.bias.data = fast.token_embedding.weight.clone(), fast.text_bias.detach().clone()
     fast.scorer = int8_linears(nn.Sequential(scorer))
-    fast.backbone, fast.speaking_head = int8_linears(fast.backbone), int8_linears(fast.speaking_head)
+    for name in ("backbone", "phoneme_reader", "speaking_head"):
+        setattr(fast, name, int8_linears(getattr(fast, name)))
     return fast
 
 
@@ -514,15 +652,25 @@ def train_speaker(
     max_minutes: float | None = None,
     device: str | torch.device | None = None,
     seed: int = 0,
+    init: str | os.PathLike | None = None,
 ) -> Path:
-    """Train the speech model on the corpus's train split (see ``fit`` for checkpoints and resuming)."""
+    """Train the speech model on the corpus's train split (see ``fit`` for checkpoints and resuming).
+
+    ``init`` starts from another speech model's weights (a ``save_speaker``
+    file or a run) instead of fresh adapters and heads; modules it lacks (one
+    added since it was made) start fresh. The optimizer starts afresh.
+    """
     from .backbone import load_tokenizer
 
     tokenizer = load_tokenizer()
     device = training_device(device)
     torch.manual_seed(seed)
     model = build_speech_model(preset, tokenizer)
-    trainer = SpeakerTrainer(model, preset, device)
+    if init is not None and not resume:
+        path, _, tensors = read_weights(init, "speaker", CHECKPOINT_FORMAT, preset)
+        model.load_trained_state({k: v.float() for k, v in tensors.items()}, fresh=NEW_MODULES)
+        logger.info("speaker: starting from %s", path)
+    trainer = SpeakerTrainer(model, preset, device, total_steps=steps)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("speaker %s: %.2fM trained parameters, %d steps of %d utterances on %s", preset, trained / 1e6,
                 steps, batch_size, device)

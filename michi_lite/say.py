@@ -9,6 +9,9 @@ used up, the model's next "new token" is taken as the end of speech
 (``<|im_end|>``), and the audio stream, which runs ``text_lead_frames``
 behind, is spoken out to that point.
 
+The phonemes the speaking head reads follow from the tokens fed, through
+the same ``VoicedChunks`` training lays them out with.
+
 Each frame then costs one backbone step (KV-cached), one speaking-head
 sample of a few Euler steps and one vocoder chunk, and its 80 ms of audio
 can be played at once.
@@ -30,7 +33,7 @@ import torch
 from transformers import DynamicCache
 
 from .audio import mel_from_patches
-from .model import SpeechModel
+from .model import SpeechModel, VoicedChunks, tokens_and_chunks
 from .vocoder import HiFiGANGenerator
 
 logger = logging.getLogger(__name__)
@@ -89,25 +92,27 @@ class Speaker:
     def segment_frames(self, text: str) -> Iterator[SpokenFrame]:
         """One segment's speech, frame by frame, as the model makes it."""
         model = self.model
-        queue = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        queue = tokens_and_chunks(text, self.tokenizer, model.cfg.max_phonemes)  # (token, phonemes or None)
         lead = model.cfg.text_lead_frames
+        voiced = VoicedChunks(model.cfg)
         cache = DynamicCache()
         hidden = self._step(self.voice, cache)
         tokens_fed: list[int] = []
         frame, end_frame, quiet = 0, None, 0
         while True:
-            token = model.pad_id
+            token, chunk = model.pad_id, None
             if end_frame is None:
                 # sampled, as a free-running text stream would be: a token with the probability of not-PAD
                 no_token = model.text_logits(hidden).softmax(-1)[0, model.pad_id]
                 wants_token = torch.rand((), generator=self.generator, device=self.device) > no_token
                 if wants_token or quiet >= MAX_PAUSE_FRAMES:
-                    token = queue.pop(0) if queue else model.end_id
+                    token, chunk = queue.pop(0) if queue else (model.end_id, None)
                     end_frame = frame + lead if token == model.end_id else None
                 quiet = 0 if token != model.pad_id else quiet + 1
             tokens_fed.append(token)
             tokens = torch.tensor([token], device=self.device)
-            cond = model.head_condition(hidden, tokens, self.voice)
+            phonemes, since = (torch.tensor([x], device=self.device) for x in voiced.push(chunk))
+            cond = model.head_condition(hidden, tokens, self.voice, phonemes, since)
             patch = model.speaking_head.sample(cond, self.steps, generator=self.generator)  # (1, patch_dim)
             if frame >= lead:  # the audio stream's first frames are the lead's silence
                 yield SpokenFrame(frame - lead, tokens_fed[frame - lead], patch[0])

@@ -13,13 +13,17 @@ from michi_lite.audio import SILENCE_MEL, AudioError, save_audio
 from michi_lite.cli import main
 from michi_lite.data.frames import PAD_TOKEN
 from michi_lite.data.words import Word
+from michi_lite.data.phonemes import PAD_PHONEME, chunk_phoneme_ids
 from michi_lite.model import (
     END_TOKEN,
+    SpeakerStreams,
     SpeakerUtterances,
+    VoicedChunks,
     build_speech_model,
     load_speaker,
     speaker_streams,
     speech_model_config,
+    tokens_and_chunks,
     voice_prompt,
 )
 from michi_lite.say import MAX_SEGMENT_WORDS, Speaker, split_text
@@ -67,7 +71,8 @@ def speaker(speaker_run, vocoder_file, tokenizer):
 def test_the_streams_put_text_ahead_of_audio_and_end_where_speech_ends(tokenizer):
     words = [Word("Hello", 0.0, 0.40), Word("world", 0.45, 0.90)]
     patches = torch.randn(12, TINY.patch_dim)  # 0.96 s of audio
-    tokens, audio = speaker_streams("Hello world", words, patches, tokenizer, lead=2)
+    streams = speaker_streams("Hello world", words, patches, tokenizer, TINY)
+    tokens, audio = streams.tokens, streams.patches
     pad, end = (tokenizer.convert_tokens_to_ids(t) for t in (PAD_TOKEN, END_TOKEN))
     said = [t for t in tokens.tolist() if t != pad]
     assert said == tokenizer("Hello world", add_special_tokens=False)["input_ids"] + [end]
@@ -78,16 +83,73 @@ def test_the_streams_put_text_ahead_of_audio_and_end_where_speech_ends(tokenizer
     assert first_word == 0  # "Hello" starts on frame 0 of the text stream, and its audio on frame 2
 
 
+def test_each_audio_frame_is_shown_the_phonemes_of_the_word_it_voices(tokenizer):
+    words = [Word("Hello", 0.0, 0.40), Word("world", 0.45, 0.90)]
+    streams = speaker_streams("Hello world", words, torch.randn(12, TINY.patch_dim), tokenizer, TINY)
+    hello, world = (chunk_phoneme_ids(w, TINY.max_phonemes) for w in ("Hello", "world"))
+    second = streams.tokens.tolist().index(tokenizer(" world", add_special_tokens=False)["input_ids"][0])
+    rows = [[p for p in row if p != PAD_PHONEME] for row in streams.phonemes.tolist()]
+    lead = TINY.text_lead_frames
+    # before the first word's audio: no phonemes, and the count of frames since a word began is at its cap
+    assert rows[:lead] == [[]] * lead and streams.since[:lead].tolist() == [TINY.max_voiced_frames] * lead
+    # "Hello" from its audio's first frame (``lead`` after its token) until "world"'s audio begins
+    assert rows[lead:second + lead] == [hello] * second
+    assert streams.since[lead:second + lead].tolist() == list(range(second))
+    assert rows[second + lead:] == [world] * (len(rows) - second - lead)
+    assert streams.since[second + lead] == 0
+
+
+def test_say_lays_out_the_phonemes_as_training_does(speaker, tokenizer):
+    """The phonemes ``say`` shows the head come from the tokens it fed, through the same VoicedChunks."""
+    text = "Twelve apples"
+    shown = []
+    hook = speaker.model.phoneme_reader.register_forward_hook(
+        lambda module, args, out: shown.append((args[1][0].tolist(), args[2].item())))
+    try:
+        frames = list(speaker.segment_frames(text))
+    finally:
+        hook.remove()
+    starts = dict(tokens_and_chunks(text, tokenizer, TINY.max_phonemes))  # its tokens are all different
+    fed = [f.token_id for f in frames] + [speaker.model.pad_id] * TINY.text_lead_frames  # one per position
+    voiced = VoicedChunks(TINY)
+    assert shown == [voiced.push(starts.get(token)) for token in fed]
+    twelve = chunk_phoneme_ids("Twelve", TINY.max_phonemes)
+    assert shown[TINY.text_lead_frames][0][:len(twelve)] == twelve  # the first word from its audio's first frame
+
+
+def test_the_phoneme_reader_starts_silent_and_reads_only_the_chunk(tokenizer):
+    from michi_lite.model import PhonemeReader
+
+    torch.manual_seed(0)
+    reader = PhonemeReader(TINY)
+    hidden = torch.randn(5, TINY.hidden_size)
+    phonemes = torch.randint(2, 20, (5, TINY.max_phonemes))
+    phonemes[:, 3:] = PAD_PHONEME
+    since = torch.arange(5)
+    assert reader(hidden, phonemes, since).abs().max() == 0  # a model trained without it is unchanged
+    torch.nn.init.normal_(reader.out[-1].weight)
+    read = reader(hidden, phonemes, since)
+    other = phonemes.clone()
+    other[:, 1] = 30  # another phoneme in the chunk changes what is read
+    assert (reader(hidden, other, since) - read).abs().max() > 1e-4
+    with torch.no_grad():
+        reader.place[4:] += 1.0  # the padding's places are masked: only the chunk's own phonemes are keys
+    assert torch.equal(reader(hidden, phonemes, since), read)
+    nothing = torch.full_like(phonemes, PAD_PHONEME)
+    assert torch.isfinite(reader(hidden, nothing, since)).all()  # before the first word: the "nothing" key
+
+
 def test_training_prompts_come_from_another_utterance_of_the_same_voice(tiny_corpus, tokenizer):
     data = SpeakerUtterances(tiny_corpus, TINY, tokenizer)
     record = data.records[0]
     others = [i for i in data.by_voice[record["voice"]] if i != 0]
     assert others, "the tiny corpus has several utterances per voice"
-    tokens, audio, prompt = data[0]
+    _, prompt = data[0]
     batch = SpeakerUtterances.collate([data[0], data[1]])
-    assert batch.tokens.shape == batch.mask.shape and batch.patches.shape[:2] == batch.tokens.shape
+    assert batch.tokens.shape == batch.mask.shape == batch.since.shape and batch.patches.shape[:2] == batch.tokens.shape
+    assert batch.phonemes.shape == (*batch.tokens.shape, TINY.max_phonemes)
     assert len(prompt) <= round(5.0 / 0.08) and prompt.shape[1] == TINY.patch_dim
-    assert batch.prompt_mask.sum(1).tolist() == [len(data[0][2]), len(data[1][2])] or batch.prompt_mask.any()
+    assert batch.prompt_mask.sum(1).tolist() == [len(data[0][1]), len(data[1][1])] or batch.prompt_mask.any()
 
 
 def test_a_few_steps_on_one_batch_lower_both_losses(tiny_corpus, tokenizer):
@@ -97,7 +159,8 @@ def test_a_few_steps_on_one_batch_lower_both_losses(tiny_corpus, tokenizer):
     model = build_speech_model("tiny", tokenizer)
     data = SpeakerUtterances(tiny_corpus, TINY, tokenizer)
     batch = SpeakerUtterances.collate([data[i] for i in range(4)])
-    trainer = SpeakerTrainer(model, "tiny", torch.device("cpu"), learning_rate=3e-3, warmup_steps=1)
+    trainer = SpeakerTrainer(model, "tiny", torch.device("cpu"), total_steps=1000, learning_rate=3e-3,
+                             warmup_steps=1)
     first = trainer.step(batch)
     for _ in range(25):
         last = trainer.step(batch)
@@ -111,15 +174,18 @@ def test_next_patch_errors_score_the_head_against_the_real_patch_and_repeating_t
     torch.manual_seed(0)
     model = build_speech_model("tiny", tokenizer).eval()
     pad = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
-    tokens = torch.full((12,), pad)
     column = torch.randn(TINY.audio.n_mels)
     steady = column.repeat(12, TINY.audio.mels_per_frame)  # (12, patch_dim): the same column throughout
+
+    def streams(patches: torch.Tensor) -> SpeakerStreams:
+        return SpeakerStreams(torch.full((12,), pad), patches, torch.zeros(12, TINY.max_phonemes, dtype=torch.long),
+                              torch.full((12,), TINY.max_voiced_frames))
+
     voice = torch.zeros(1, TINY.hidden_size)
-    guess, repeat = next_patch_errors(model, tokens, steady, voice)
+    guess, repeat = next_patch_errors(model, streams(steady), voice)
     # a new head guesses the all-zero patch; repeating is exact on a steady sound
     assert repeat == 0.0 and abs(guess - column.pow(2).mean().item()) < 1e-5
-    changing = torch.randn(12, TINY.patch_dim)
-    assert next_patch_errors(model, tokens, changing, voice)[1] > 1.0
+    assert next_patch_errors(model, streams(torch.randn(12, TINY.patch_dim)), voice)[1] > 1.0
 
 
 def test_train_speaker_checkpoints_only_what_it_trains_and_resumes(tiny_corpus, speaker_run, tokenizer):
@@ -136,6 +202,33 @@ def test_train_speaker_checkpoints_only_what_it_trains_and_resumes(tiny_corpus, 
     assert not any("embed_tokens" in n or n.endswith("q_proj.weight") for n in names)  # SmolLM2's own stay out
     with pytest.raises(ValueError, match="preset"):
         load_speaker(speaker_run, "lite", tokenizer)
+
+
+def test_training_can_start_from_a_model_that_lacks_a_newer_module(tiny_corpus, speaker_run, tokenizer, tmp_path):
+    from safetensors.torch import load_file
+
+    from michi_lite.train import write_weights
+
+    older = {k: v for k, v in load_file(speaker_run / "speaker.safetensors").items()
+             if not k.startswith("phoneme_reader.")}
+    name = "speaking_head.cond_in.weight"
+    older[name] = older[name] + 0.5  # far from where a fresh start (same seed) would put it
+    write_weights(tmp_path / "older.safetensors", older, {"format": "michi_lite.speaker/1", "preset": "tiny"})
+    run = tmp_path / "run"
+    main(["train", "speaker", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(run), "--steps", "1",
+          "--batch-size", "2", "--init", str(tmp_path / "older.safetensors")])
+    # one step moved the head a little from where the older model left it, not from a fresh start
+    new = load_file(run / "speaker.safetensors")
+    assert (new[name] - older[name]).abs().max() < 0.05
+    assert any(k.startswith("phoneme_reader.") for k in new)
+
+
+def test_the_learning_rate_warms_up_then_falls_to_a_tenth():
+    from michi_lite.model import warmup_cosine
+
+    factor = warmup_cosine(10, 110)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(60) == pytest.approx(0.55) and factor(110) == pytest.approx(0.1) == factor(500)
 
 
 def test_foreign_and_truncated_speaker_checkpoints_are_refused(speaker_run, vocoder_file, tmp_path, tokenizer):

@@ -81,6 +81,19 @@ def chunk_start_times(text: str, words: list[Word]) -> list[tuple[int, int, floa
     return [(s, e, t) for (s, e), t in zip(chunks, times)]
 
 
+def token_chunks(text: str, tokenizer) -> tuple[list[int], list[int]]:
+    """The tokens of ``text`` and, for each, the index of the whitespace-separated chunk it belongs to.
+
+    A token belongs to the chunk it starts in, or to the next one if it
+    starts on the space before it (" quick", or a lone " " before a digit).
+    """
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ends = [m.end() for m in re.finditer(r"\S+", text)]
+    chunk_of = [next((i for i, end in enumerate(ends) if end > char_start), max(len(ends) - 1, 0))
+                for char_start, _ in encoded["offset_mapping"]]
+    return encoded["input_ids"], chunk_of
+
+
 def frame_tokens(text: str, words: list[Word], tokenizer, n_frames: int | None = None) -> TokenGrid:
     """Lay the tokens of ``text`` on the frame grid by word start time.
 
@@ -89,15 +102,13 @@ def frame_tokens(text: str, words: list[Word], tokenizer, n_frames: int | None =
     digits), the grid grows and a warning is logged rather than a token lost.
     """
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    token_ids, chunk_of = token_chunks(text, tokenizer)
     chunks = chunk_start_times(text, words)
 
     grid: list[int] = [pad_id] * (n_frames or 0)
     next_free = 0
-    for token_id, (char_start, _) in zip(encoded["input_ids"], encoded["offset_mapping"]):
-        # a token belongs to the chunk it starts in, or to the next one if it
-        # starts on the space before it (" quick", or a lone " " before a digit)
-        seconds = next((t for _, end, t in chunks if end > char_start), chunks[-1][2] if chunks else 0.0)
+    for token_id, chunk in zip(token_ids, chunk_of):
+        seconds = chunks[chunk][2] if chunks else 0.0
         # whole milliseconds first: 2.32 / 0.08 is 28.999... in floating point, not 29
         frame = max(round(seconds * 1000) // round(FRAME_SECONDS * 1000), next_free)
         if frame >= len(grid):

@@ -1,0 +1,92 @@
+"""How written words sound: espeak-ng's phonemes for each whitespace-separated chunk of text.
+
+The speech model reads SmolLM2's tokens, which say what a word is but not
+how it sounds; learning the sound of each of 49k tokens from hours of speech
+is slow. espeak-ng's rules and dictionary already know it, including how to
+read "1,250,000", "Dr." or "$5", so the speaking head is also shown the
+phonemes of the chunk being voiced (``michi_lite.model``).
+
+A chunk is phonemised on its own, without its sentence: a homograph ("read")
+gets one reading. Each phoneme becomes one id of a fixed table: espeak-ng's
+English phoneme names (``PHONEMES``) times three stress levels (none,
+secondary, primary), after ``PAD_PHONEME`` and ``UNKNOWN_PHONEME``.
+
+    >>> chunk_phonemes("Hello,")
+    ['h', '@', 'l', "'oU"]
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import re
+import threading
+
+# espeak-ng's English phoneme names (the en-us voice), most frequent first in the lite corpus's text
+PHONEMES = (
+    "n", "t", "d", "s", "I", "D", "l", "a", "r", "V", "m", "E", "z", "eI", "i:", "f", "k", "@2", "v", "@",
+    "aI", "w", "h", "p", "b", "u:", "i", "3", "oU", "T", "0", "aU", "I#", "3:", "I2", "t#", "S", "O@", "O2",
+    "N", "g", "j", "dZ", "o@", "O:", "tS", "A@", "t2", "U", "e@", "@L", "a#", "OI", "aa", "i@", "i@3", "U@",
+    "A:", "r-", "aI@", "aI3", "@-", "n-", "Z", "O", "e", "o", "aI2", "l-", "x", "?",
+)
+STRESS_MARKS = {"": 0, ",": 1, "'": 2}  # espeak-ng writes stress before the phoneme it falls on
+PAD_PHONEME, UNKNOWN_PHONEME = 0, 1
+N_PHONEME_IDS = 2 + 3 * len(PHONEMES)
+_INDEX = {name: i for i, name in enumerate(PHONEMES)}
+
+_ESPEAK_SYNCHRONOUS, _ESPEAK_DONT_EXIT, _ESPEAK_CHARS_UTF8 = 2, 0x8000, 1
+_SEPARATOR = "_"
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+
+
+class PhonemizerError(RuntimeError):
+    pass
+
+
+def _espeak() -> ctypes.CDLL:
+    global _library
+    if _library is None:
+        try:
+            lib = ctypes.CDLL("libespeak-ng.so.1")
+        except OSError as e:
+            raise PhonemizerError("phonemes need libespeak-ng (apt install espeak-ng)") from e
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
+        if lib.espeak_Initialize(_ESPEAK_SYNCHRONOUS, 0, None, _ESPEAK_DONT_EXIT) <= 0:
+            raise PhonemizerError("libespeak-ng failed to initialise")
+        if lib.espeak_SetVoiceByName(b"en-us") != 0:
+            raise PhonemizerError("libespeak-ng has no en-us voice")
+        _library = lib
+    return _library
+
+
+@functools.lru_cache(maxsize=65536)
+def chunk_phonemes(chunk: str) -> list[str]:
+    """One chunk of written text -> its phonemes as espeak-ng names, stress marks attached ([] if silent)."""
+    with _lock:
+        lib = _espeak()
+        lib.espeak_SetVoiceByName(b"en-us")  # the speech engine may have left another voice set
+        text = ctypes.create_string_buffer(chunk.encode("utf-8"))
+        cursor = ctypes.c_char_p(ctypes.addressof(text))
+        clauses = []
+        while cursor.value:  # espeak-ng phonemises one clause per call and moves the cursor on
+            out = lib.espeak_TextToPhonemes(ctypes.byref(cursor), _ESPEAK_CHARS_UTF8, ord(_SEPARATOR) << 8)
+            clauses.append((out or b"").decode("utf-8", "replace"))
+    # ":" marks a pause and ";" palatalises the phoneme before it: neither is a sound of its own
+    names = re.split(r"[_\s]+", " ".join(clauses).replace(";", ""))
+    return [name.lstrip(":") for name in names if name.lstrip(":") not in ("", "!")]
+
+
+def phoneme_id(name: str) -> int:
+    """One phoneme name with its stress mark (``"'oU"``) -> its id in the table."""
+    stress = STRESS_MARKS.get(name[:1], 0)
+    index = _INDEX.get(name[1:] if stress else name)
+    return UNKNOWN_PHONEME if index is None else 2 + 3 * index + stress
+
+
+def chunk_phoneme_ids(chunk: str, max_phonemes: int) -> list[int]:
+    """A chunk's phoneme ids, at most ``max_phonemes`` (a long number is cut: its end is rarely reached)."""
+    return [phoneme_id(name) for name in chunk_phonemes(chunk)[:max_phonemes]]
