@@ -29,8 +29,9 @@ head is conditioned on.
 The backbone is SmolLM2 with LoRA adapters (``peft``) on every linear layer
 of every block, and its token embeddings stay frozen: the trained weights are
 the adapters, the voice encoder, the audio projection, a text-head bias, the
-phoneme reader and the speaking head, about 17M parameters in ``lite``. At inference the
-adapters are merged into the backbone, which then runs as a plain Llama.
+phoneme reader and the speaking head, about 17M parameters in ``lite``. At
+inference the adapters are merged into the backbone, which then runs as a
+plain Llama.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import logging
 import math
 import os
 import random
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -367,23 +369,25 @@ class VoicedChunks:
 
     Fed one backbone position at a time with the phoneme ids of the chunk
     whose first token the text stream puts there (None if none starts), it
-    answers for the audio stream at that position, ``lead`` frames behind:
-    the latest chunk started at or before position - lead. Training
-    (``speaker_streams``) and ``say`` both lay out the phonemes through it;
-    ``tokens_and_chunks`` says where chunks start.
+    answers for the audio stream at that position, ``text_lead_frames``
+    behind: the latest chunk started at or before that many positions ago.
+    Before the first chunk the ids are all PAD and the count is at its cap.
+    Training (``speaker_streams``) and ``say`` both lay out the phonemes
+    through it; ``tokens_and_chunks`` says where chunks start.
     """
 
     def __init__(self, cfg: SpeechModelConfig) -> None:
         self.cfg = cfg
-        self.started: list[list[int] | None] = []
+        self.recent: deque[list[int] | None] = deque(maxlen=cfg.text_lead_frames + 1)
         self.current: list[int] = [PAD_PHONEME] * cfg.max_phonemes
         self.since = cfg.max_voiced_frames
 
     def push(self, chunk: list[int] | None) -> tuple[list[int], int]:
-        self.started.append(chunk)
-        voiced = len(self.started) - 1 - self.cfg.text_lead_frames
-        if voiced >= 0 and self.started[voiced] is not None:
-            ids = self.started[voiced][:self.cfg.max_phonemes]
+        """The next position's chunk start (or None) -> (phoneme ids, frames since) for its audio frame."""
+        self.recent.append(chunk)
+        voiced = self.recent[0] if len(self.recent) == self.recent.maxlen else None
+        if voiced is not None:
+            ids = voiced[:self.cfg.max_phonemes]
             self.current, self.since = ids + [PAD_PHONEME] * (self.cfg.max_phonemes - len(ids)), 0
         else:
             self.since = min(self.since + 1, self.cfg.max_voiced_frames)
@@ -393,7 +397,7 @@ class VoicedChunks:
 def tokens_and_chunks(text: str, tokenizer, max_phonemes: int) -> list[tuple[int, list[int] | None]]:
     """Each token of ``text``, with its chunk's phoneme ids if it is the chunk's first token (else None)."""
     token_ids, chunk_of = token_chunks(text, tokenizer)
-    chunks = text.split()
+    chunks = text.split() or [""]  # whitespace alone still has tokens, and no sound
     return [(token, chunk_phoneme_ids(chunks[c], max_phonemes) if i == 0 or c != chunk_of[i - 1] else None)
             for i, (token, c) in enumerate(zip(token_ids, chunk_of))]
 
