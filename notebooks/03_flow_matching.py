@@ -60,12 +60,16 @@ from michi_lite.backbone import load_tokenizer
 from michi_lite.cli import main as michi_lite
 from michi_lite.config import FRAME_SECONDS
 from michi_lite.data.engines import all_voices, synthesize
+from michi_lite.data.frames import PAD_TOKEN
+from michi_lite.data.phonemes import PAD_PHONEME, phoneme_name
+from michi_lite.data.words import Word
 from michi_lite.flow import SpeakingHead, euler_sample, flow_matching_loss, time_embedding
 from michi_lite.model import (
     SpeakerUtterances,
     audio_patches,
     load_speaker,
     quantized_for_cpu,
+    speaker_streams,
     speech_model_config,
     voice_prompt,
 )
@@ -410,6 +414,14 @@ fig
 #   is chosen before it is voiced.
 # * The **speaking head** samples aₜ from the hidden state, the current text
 #   token's embedding and the voice vector.
+# * A token says which word comes, not how it sounds, and learning the sound
+#   of each of SmolLM2's 49k tokens from hours of speech is slow. So the
+#   head also reads the **phonemes** of the chunk of text being voiced
+#   (espeak-ng's, `michi_lite.data.phonemes`): a small attention over them,
+#   asked by the hidden state and the frames since the chunk began, adds
+#   what it reads to the hidden state (`PhonemeReader`). Which chunk is being
+#   voiced follows from the text stream alone, the same way in training and
+#   in `say` (`VoicedChunks`).
 # * The backbone trains through **LoRA** adapters (rank 16, every linear
 #   layer): its own weights and token table stay as pretrained, and the
 #   file to share holds only what training changed.
@@ -431,22 +443,48 @@ fig
 # hours.
 
 # %% [markdown]
+# What the speaking head is shown on each frame of a short sentence (words
+# timed by hand): the text stream's token, and, two frames later, the audio
+# of that word with its phonemes and the frames since it began.
+
+# %%
+lite = speech_model_config("lite")
+timed = [Word("The", 0.05, 0.20), Word("quick", 0.30, 0.55), Word("brown", 0.60, 0.85), Word("fox.", 0.90, 1.30)]
+streams = speaker_streams("The quick brown fox.", timed, torch.zeros(17, lite.patch_dim), tokenizer, lite)
+pad = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+rows = enumerate(zip(streams.tokens.tolist(), streams.phonemes.tolist(), streams.since.tolist()))
+display(Markdown("\n".join([
+    "| position | text stream | phonemes being voiced | frames since |", "|---|---|---|---|",
+    *[f"| {i} | {'' if token == pad else repr(tokenizer.decode([token]))} | "
+      f"{' '.join(phoneme_name(p) for p in ids if p != PAD_PHONEME)} | {since} |"
+      for i, (token, ids, since) in rows]])))
+
+# %% [markdown]
 # ## 4. The reference model
 #
 # `data/speaker/lite_speaker.safetensors` was trained with
 # `michi-lite train speaker --preset lite` on the `lite` corpus, on these
-# 2 CPU cores (`data/speaker/README.md` has the commands and the numbers).
-# Its first 700 steps scored the head's guess as a velocity; the run was
-# then resumed with the clean-patch error of section 2, so the flow loss
-# changes scale there. Its training curves:
+# 2 CPU cores (`data/speaker/README.md` has the commands and the numbers),
+# in three parts as the model grew:
+#
+# 1. steps 1-700: the head's guess scored as a velocity;
+# 2. steps 701-1500: scored on the clean patch (section 2), so the flow loss
+#    changes scale there;
+# 3. from step 1501: the phoneme reader added (`--init` from part 2), with
+#    a fresh optimizer and a learning rate that warms up again, then falls
+#    along a half cosine.
+#
+# Its training curves:
 
 # %%
 log = np.genfromtxt(REFERENCE / "lite_train_log.csv", delimiter=",", names=True)
-SWITCH = 700  # the step from which the flow loss is the clean-patch error (the velocity error before it)
-before, after = log["step"] <= SWITCH, log["step"] > SWITCH
-fig = loss_curves({"text loss": (log["step"], log["text_loss"]),
-                   "flow loss (velocity error)": (log["step"][before], log["flow_loss"][before]),
-                   "flow loss (clean-patch error)": (log["step"][after], log["flow_loss"][after])},
+CLEAN_PATCH, PHONEMES = 700, 1500  # the last steps of parts 1 and 2
+step = log["step"]
+parts = {"flow loss (velocity error)": step <= CLEAN_PATCH,
+         "flow loss (clean-patch error)": (step > CLEAN_PATCH) & (step <= PHONEMES),
+         "flow loss (clean-patch error, phonemes read)": step > PHONEMES}
+fig = loss_curves({"text loss": (step, log["text_loss"]),
+                   **{name: (step[part], log["flow_loss"][part]) for name, part in parts.items()}},
                   ylabel="loss", title="lite speech model, training on 2 CPU cores", smooth=5)
 fig.axes[0].set_yscale("log")
 fig.savefig(FIGURES / "03_reference_training.png", dpi=110)
@@ -459,7 +497,6 @@ fig
 
 # %%
 torch.set_num_threads(2)
-lite = speech_model_config("lite")
 # int8 weights, as `say` runs the model on a CPU (`quantized_for_cpu`)
 model = quantized_for_cpu(load_speaker(REFERENCE / "lite_speaker.safetensors", "lite", tokenizer))
 vocoder = load_vocoder(ROOT / "data" / "vocoder" / "lite_vocoder.safetensors", "lite")
@@ -569,8 +606,8 @@ fig
 
 # %%
 bench = json.loads((REFERENCE / "lite_bench.json").read_text())
-pieces = ["backbone_step", "text_head", "speaking_head_1_steps", "speaking_head_4_steps", "speaking_head_8_steps",
-          "frame_step_4_steps"]
+pieces = ["backbone_step", "text_head", "head_condition", "speaking_head_1_steps", "speaking_head_4_steps",
+          "speaking_head_8_steps", "frame_step_4_steps"]
 display(Markdown("\n".join([
     "| piece | fp32 ms (median) | int8 ms (median) | int8 p95 |", "|---|---|---|---|",
     *[f"| {piece} | {bench['fp32'][piece]['ms_median']:.1f} | {bench['int8'][piece]['ms_median']:.1f} | "

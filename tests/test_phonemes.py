@@ -8,6 +8,7 @@ from michi_lite.data.phonemes import (
     chunk_phoneme_ids,
     chunk_phonemes,
     phoneme_id,
+    phoneme_name,
 )
 
 
@@ -26,6 +27,7 @@ def test_ids_tell_stress_apart_and_fit_the_table():
     ids = {phoneme_id(name) for name in ("oU", ",oU", "'oU")}
     assert len(ids) == 3 and all(PAD_PHONEME < i < N_PHONEME_IDS for i in ids) and UNKNOWN_PHONEME not in ids
     assert phoneme_id("not-a-phoneme") == UNKNOWN_PHONEME
+    assert [phoneme_name(phoneme_id(name)) for name in chunk_phonemes("Hello")] == chunk_phonemes("Hello")
 
 
 def test_a_silent_chunk_has_no_phonemes_and_a_long_one_is_cut():

@@ -12,8 +12,8 @@ from transformers import DynamicCache
 from michi_lite.audio import SILENCE_MEL, AudioError, save_audio
 from michi_lite.cli import main
 from michi_lite.data.frames import PAD_TOKEN
-from michi_lite.data.words import Word
 from michi_lite.data.phonemes import PAD_PHONEME, chunk_phoneme_ids
+from michi_lite.data.words import Word
 from michi_lite.model import (
     END_TOKEN,
     SpeakerStreams,
@@ -325,7 +325,7 @@ def test_bench_speaker_times_every_piece_of_a_frame(tmp_path):
     report = json.loads(out.read_text())
     assert 0 < report["vocoder_chunk"]["ms_median"] <= report["vocoder_chunk"]["ms_p95"]
     for version in ("fp32", "int8"):
-        for piece in ("backbone_step", "text_head", "speaking_head_1_steps", "speaking_head_4_steps",
+        for piece in ("backbone_step", "text_head", "head_condition", "speaking_head_1_steps", "speaking_head_4_steps",
                       "speaking_head_8_steps", "frame_step_4_steps"):
             assert 0 < report[version][piece]["ms_median"] <= report[version][piece]["ms_p95"]
     assert report["time_to_first_audio_ms"]["median"] > 0

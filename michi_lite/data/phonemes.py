@@ -87,6 +87,14 @@ def phoneme_id(name: str) -> int:
     return UNKNOWN_PHONEME if index is None else 2 + 3 * index + stress
 
 
+def phoneme_name(phoneme: int) -> str:
+    """The inverse of ``phoneme_id``: ``""`` for PAD, ``"?"`` for an unknown phoneme."""
+    if phoneme in (PAD_PHONEME, UNKNOWN_PHONEME):
+        return "" if phoneme == PAD_PHONEME else "?"
+    index, stress = divmod(phoneme - 2, 3)
+    return ("", ",", "'")[stress] + PHONEMES[index]
+
+
 def chunk_phoneme_ids(chunk: str, max_phonemes: int) -> list[int]:
     """A chunk's phoneme ids, at most ``max_phonemes`` (a long number is cut: its end is rarely reached)."""
     return [phoneme_id(name) for name in chunk_phonemes(chunk)[:max_phonemes]]
