@@ -318,11 +318,12 @@ def next_patch_errors(model, streams, voice: torch.Tensor,
                       generator: torch.Generator | None = None) -> tuple[float, float]:
     """How well the speaking head knows what comes next, on one utterance's real streams (teacher-forced).
 
-    ``streams`` as ``speaker_streams`` lays them out; ``voice`` (1, hidden). Returns the mean squared error, per
-    number, of (1) the head's 1-step sample given the real past, which from
-    pure noise is its guess of the average next patch, and (2) repeating the
-    last mel column of the frame before: what a head that ignores the text
-    can do. Over the frames after the text lead (the audio itself).
+    ``streams`` as ``speaker_streams`` lays them out; ``voice`` (1, hidden).
+    Returns the mean squared error, per number, of (1) the head's 1-step
+    sample given the real past, which from pure noise is its guess of the
+    average next patch, and (2) repeating the last mel column of the frame
+    before: what a head that ignores the text can do. Over the frames after
+    the text lead (the audio itself).
     """
     _, cond = model.teacher_forced(streams, voice)
     patches = streams.patches
