@@ -221,8 +221,8 @@ def bench_speaker(preset: str, ckpt: str | os.PathLike | None = None, vocoder_ck
     from transformers import DynamicCache
 
     from .backbone import load_tokenizer
-    from .data.phonemes import PAD_PHONEME, chunk_phoneme_ids
-    from .model import build_speech_model, load_speaker, quantized_for_cpu
+    from .data.phonemes import chunk_phoneme_ids
+    from .model import VoicedChunks, build_speech_model, load_speaker, quantized_for_cpu
     from .say import Speaker
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -259,10 +259,11 @@ def bench_speaker(preset: str, ckpt: str | os.PathLike | None = None, vocoder_ck
             stream = vocoder.stream()
             mel = torch.zeros(cfg.audio.n_mels, cfg.audio.mels_per_frame, device=device)
             report["vocoder_chunk"] = per_frame(lambda: stream.push(mel))
-            # one word's phonemes, a frame into it: what the phoneme reader looks through on a frame
-            word = chunk_phoneme_ids("speaking", cfg.max_phonemes)
-            phonemes = torch.tensor([word + [PAD_PHONEME] * (cfg.max_phonemes - len(word))], device=device)
-            since = torch.ones(1, dtype=torch.long, device=device)
+            # what the phoneme reader looks through on a frame: one word's phonemes, a frame into its audio
+            voiced = VoicedChunks(cfg)
+            for chunk in [chunk_phoneme_ids("speaking", cfg.max_phonemes)] + [None] * (cfg.text_lead_frames + 1):
+                row = voiced.push(chunk)
+            phonemes, since = (torch.tensor([x], device=device) for x in row)
             token = torch.tensor([model.pad_id], device=device)
             cond = model.head_condition(voice, token, voice, phonemes, since)
             for name, version in versions.items():
