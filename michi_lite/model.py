@@ -283,9 +283,10 @@ class SpeechModel(nn.Module):
         ``streams`` is a batch, or one utterance's streams (then batch 1);
         ``voice`` (batch, hidden).
         """
-        mask = getattr(streams, "mask", None)
-        tokens, patches, phonemes, since = (x if mask is not None else x[None] for x in (
+        one = isinstance(streams, SpeakerStreams)
+        tokens, patches, phonemes, since = (x[None] if one else x for x in (
             streams.tokens, streams.patches, streams.phonemes, streams.since))
+        mask = None if one else streams.mask
         inputs = torch.cat([voice[:, None], self.frame_inputs(tokens[:, :-1], patches[:, :-1])], dim=1)
         attention = None if mask is None else mask.long()
         hidden = self.decoder(inputs_embeds=inputs, attention_mask=attention).last_hidden_state
