@@ -480,11 +480,11 @@ display(Markdown("\n".join([
 log = np.genfromtxt(REFERENCE / "lite_train_log.csv", delimiter=",", names=True)
 CLEAN_PATCH, PHONEMES = 700, 1500  # the last steps of parts 1 and 2
 step = log["step"]
-parts = {"flow loss (velocity error)": step <= CLEAN_PATCH,
-         "flow loss (clean-patch error)": (step > CLEAN_PATCH) & (step <= PHONEMES),
-         "flow loss (clean-patch error, phonemes read)": step > PHONEMES}
+phases = {"flow loss (velocity error)": step <= CLEAN_PATCH,
+          "flow loss (clean-patch error)": (step > CLEAN_PATCH) & (step <= PHONEMES),
+          "flow loss (clean-patch error, phonemes read)": step > PHONEMES}
 fig = loss_curves({"text loss": (step, log["text_loss"]),
-                   **{name: (step[part], log["flow_loss"][part]) for name, part in parts.items()}},
+                   **{name: (step[phase], log["flow_loss"][phase]) for name, phase in phases.items()}},
                   ylabel="loss", title="lite speech model, training on 2 CPU cores", smooth=5)
 fig.axes[0].set_yscale("log")
 fig.savefig(FIGURES / "03_reference_training.png", dpi=110)
