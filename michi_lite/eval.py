@@ -314,6 +314,19 @@ def text_perplexity(decoder: torch.nn.Module, tokenizer, texts: list[str]) -> fl
 
 
 @torch.inference_mode()
+def teacher_forced_patches(model, streams, voice: torch.Tensor, steps: int,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """The speaking head's ``steps``-step sample of every patch of one utterance, each given the real past.
+
+    ``streams`` as ``speaker_streams`` lays them out; ``voice`` (1, hidden).
+    Returns (frames, patch_dim). Free of the drift of speaking on from its
+    own patches, it shows how well the head makes each patch on its own.
+    """
+    _, cond = model.teacher_forced(streams, voice)
+    return model.speaking_head.sample(cond[0], steps, generator=generator)
+
+
+@torch.inference_mode()
 def next_patch_errors(model, streams, voice: torch.Tensor,
                       generator: torch.Generator | None = None) -> tuple[float, float]:
     """How well the speaking head knows what comes next, on one utterance's real streams (teacher-forced).
@@ -325,9 +338,8 @@ def next_patch_errors(model, streams, voice: torch.Tensor,
     before: what a head that ignores the text can do. Over the frames after
     the text lead (the audio itself).
     """
-    _, cond = model.teacher_forced(streams, voice)
     patches = streams.patches
-    guess = model.speaking_head.sample(cond[0], 1, generator=generator)
+    guess = teacher_forced_patches(model, streams, voice, 1, generator)
     n_mels = model.cfg.audio.n_mels
     repeat = patches[:-1, -n_mels:].repeat(1, model.cfg.audio.mels_per_frame)  # frame t-1's last column
     spoken = slice(max(model.cfg.text_lead_frames, 1), None)
@@ -353,6 +365,11 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
       beside ``judge_wer_real`` on the real audio of the same sentences and
       ``judge_wer_griffin_lim``, the generated mels through Griffin-Lim (the
       speaking head without the learned vocoder's own losses);
+    * ``judge_wer_resynthesized``: the judge on the *real* mels through the
+      same vocoder, the best the speech model can do with it; and
+      ``judge_wer_teacher_forced``: on the head's patches when each is made
+      from the real past (``teacher_forced_patches``), the head without the
+      drift of speaking on from its own output;
     * ``speaker_similarity``: Resemblyzer cosine between the generated and
       the real utterance (``speaker_similarity_real``: the real prompt
       against the real utterance, the ceiling);
@@ -433,11 +450,17 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
             row = {"text": record["text"], "category": record["category"], "voice": record["voice"],
                    "heard_real": transcribe(real[record["id"]], audio.sample_rate, judge), "by_steps": {}}
             streams = speaker_streams(record["text"], [Word.from_dict(w) for w in record["words"]],
-                                      audio_patches(torch.from_numpy(real[record["id"]]), audio), tokenizer, model.cfg)
+                                      audio_patches(torch.from_numpy(real[record["id"]]), audio), tokenizer,
+                                      model.cfg).to(device)
             with torch.inference_mode():
                 voice_vector = model.prompt_voice(voice)
+                forced = teacher_forced_patches(model, streams, voice_vector, SPEAKER_MAIN_STEPS,
+                                                torch.Generator(device).manual_seed(seed))
+                for key, patches in (("heard_resynthesized", streams.patches), ("heard_teacher_forced", forced)):
+                    wave = vocoder.vocode(mel_from_patches(patches, audio)).float().cpu().numpy()
+                    row[key] = transcribe(wave, audio.sample_rate, judge)
             row["next_patch_error"], row["next_patch_error_repeat"] = next_patch_errors(
-                model, streams.to(device), voice_vector, torch.Generator(device).manual_seed(seed))
+                model, streams, voice_vector, torch.Generator(device).manual_seed(seed))
             for k in steps:
                 speaker = Speaker(model, vocoder, tokenizer, voice, steps=k, seed=seed)
                 started = time.perf_counter()
@@ -489,6 +512,8 @@ def speaker_summary(rows: list[dict], steps: tuple[int, ...]) -> dict:
         "judge_wer": word_error_rate(texts, [r["by_steps"][main]["heard"] for r in rows]),
         "judge_wer_real": word_error_rate(texts, [r["heard_real"] for r in rows]),
         "judge_wer_griffin_lim": word_error_rate(texts, [r["heard_griffin_lim"] for r in rows]),
+        "judge_wer_resynthesized": word_error_rate(texts, [r["heard_resynthesized"] for r in rows]),
+        "judge_wer_teacher_forced": word_error_rate(texts, [r["heard_teacher_forced"] for r in rows]),
         "next_patch_error": float(np.mean([r["next_patch_error"] for r in rows])),
         "next_patch_error_repeat": float(np.mean([r["next_patch_error_repeat"] for r in rows])),
         "speaker_similarity": float(np.mean([r["similarity"] for r in rows])),

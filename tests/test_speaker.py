@@ -188,6 +188,32 @@ def test_next_patch_errors_score_the_head_against_the_real_patch_and_repeating_t
     assert next_patch_errors(model, streams(torch.randn(12, TINY.patch_dim)), voice)[1] > 1.0
 
 
+def test_teacher_forced_patches_are_each_made_from_the_real_past_alone(tokenizer):
+    from michi_lite.eval import teacher_forced_patches
+
+    torch.manual_seed(0)
+    model = build_speech_model("tiny", tokenizer).eval()
+    for p in model.speaking_head.parameters():  # a new head's output layer starts at zero: wake it
+        torch.nn.init.normal_(p, std=0.1)
+    pad = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    patches = torch.randn(12, TINY.patch_dim)
+    voice = torch.zeros(1, TINY.hidden_size)
+
+    def forced(patches: torch.Tensor) -> torch.Tensor:
+        streams = SpeakerStreams(torch.full((12,), pad), patches,
+                                 torch.zeros(12, TINY.max_phonemes, dtype=torch.long),
+                                 torch.full((12,), TINY.max_voiced_frames))
+        return teacher_forced_patches(model, streams, voice, 2, torch.Generator().manual_seed(0))
+
+    before = forced(patches)
+    assert before.shape == (12, TINY.patch_dim)
+    changed = patches.clone()
+    changed[6] += 1.0  # the real patch of frame 6 is heard from frame 7 on
+    after = forced(changed)
+    torch.testing.assert_close(after[:7], before[:7])
+    assert not torch.allclose(after[7:], before[7:])
+
+
 def test_train_speaker_checkpoints_only_what_it_trains_and_resumes(tiny_corpus, speaker_run, tokenizer):
     assert latest_checkpoint(speaker_run).name == "step_00000002"
     main(["train", "speaker", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(speaker_run),
@@ -345,6 +371,7 @@ def test_eval_speaker_judges_generated_speech_against_the_real_audio(tiny_corpus
         # an untrained model babbles: the judge hears the real audio far better than the generated
         assert result["judge_wer_real"] < result["judge_wer"]
         assert result["next_patch_error"] > 0 and result["next_patch_error_repeat"] > 0
+        assert all(isinstance(result[f"judge_wer_{k}"], float) for k in ("resynthesized", "teacher_forced"))
         assert -1 <= result["speaker_similarity"] <= 1 and result["speaker_id_accuracy"] in (0.0, 1.0)
         assert 1 <= result["dnsmos_ovrl_real"] <= 5
         assert group["stress"]["n_utterances"] + group["plain"]["n_utterances"] == 1
