@@ -568,6 +568,12 @@ fig
 # next patch is from the real one, against simply repeating the last mel
 # column heard. A head that knows which sound comes next beats repeating;
 # one that does not, cannot.
+#
+# A second table follows the words down the chain, on the same sentences:
+# the real audio; the real mels through the reference vocoder (the most the
+# speech model can reach with it); the head's 4-step patches each made from
+# the real past (teacher-forced: the head alone, without the drift of
+# speaking on from its own output); and the model speaking freely, as `say`.
 
 # %%
 report = json.loads((REFERENCE / "lite_eval.json").read_text())
@@ -583,6 +589,12 @@ for group, parts in report["groups"].items():
                         f"{r['speaker_similarity_real']:.3f} | {r['speaker_id_accuracy']:.2f} | "
                         f"{r['speaker_id_accuracy_real']:.2f} | {r['dnsmos_ovrl']:.2f} | {r['dnsmos_ovrl_real']:.2f} |")
 display(Markdown("\n".join(rows)))
+chain = ["| voices | real audio | real mels, vocoded | head, teacher-forced | speaking freely |", "|---" * 5 + "|"]
+for group, parts in report["groups"].items():
+    r = parts["all"]
+    chain.append(f"| {group} | {r['judge_wer_real']:.3f} | {r['judge_wer_resynthesized']:.3f} | "
+                 f"{r['judge_wer_teacher_forced']:.3f} | {r['judge_wer']:.3f} |")
+display(Markdown("Judge WER along the chain, all sentences:\n\n" + "\n".join(chain)))
 for group, parts in report["groups"].items():
     print(f"{group} voices, teacher-forced: the head's guess of the next patch is off by "
           f"{parts['all']['next_patch_error']:.3f} (mean squared); repeating the last mel column, by "
