@@ -168,24 +168,26 @@ def test_a_few_steps_on_one_batch_lower_both_losses(tiny_corpus, tokenizer):
     assert last["flow_loss"] < first["flow_loss"]
 
 
+def silent_text_streams(patches: torch.Tensor, tokenizer) -> SpeakerStreams:
+    """Streams of the given audio patches under a text stream of PAD alone (no phonemes voiced)."""
+    frames = len(patches)
+    return SpeakerStreams(torch.full((frames,), tokenizer.convert_tokens_to_ids(PAD_TOKEN)), patches,
+                          torch.zeros(frames, TINY.max_phonemes, dtype=torch.long),
+                          torch.full((frames,), TINY.max_voiced_frames))
+
+
 def test_next_patch_errors_score_the_head_against_the_real_patch_and_repeating_the_last_column(tokenizer):
     from michi_lite.eval import next_patch_errors
 
     torch.manual_seed(0)
     model = build_speech_model("tiny", tokenizer).eval()
-    pad = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     column = torch.randn(TINY.audio.n_mels)
     steady = column.repeat(12, TINY.audio.mels_per_frame)  # (12, patch_dim): the same column throughout
-
-    def streams(patches: torch.Tensor) -> SpeakerStreams:
-        return SpeakerStreams(torch.full((12,), pad), patches, torch.zeros(12, TINY.max_phonemes, dtype=torch.long),
-                              torch.full((12,), TINY.max_voiced_frames))
-
     voice = torch.zeros(1, TINY.hidden_size)
-    guess, repeat = next_patch_errors(model, streams(steady), voice)
+    guess, repeat = next_patch_errors(model, silent_text_streams(steady, tokenizer), voice)
     # a new head guesses the all-zero patch; repeating is exact on a steady sound
     assert repeat == 0.0 and abs(guess - column.pow(2).mean().item()) < 1e-5
-    assert next_patch_errors(model, streams(torch.randn(12, TINY.patch_dim)), voice)[1] > 1.0
+    assert next_patch_errors(model, silent_text_streams(torch.randn(12, TINY.patch_dim), tokenizer), voice)[1] > 1.0
 
 
 def test_teacher_forced_patches_are_each_made_from_the_real_past_alone(tokenizer):
@@ -195,15 +197,12 @@ def test_teacher_forced_patches_are_each_made_from_the_real_past_alone(tokenizer
     model = build_speech_model("tiny", tokenizer).eval()
     for p in model.speaking_head.parameters():  # a new head's output layer starts at zero: wake it
         torch.nn.init.normal_(p, std=0.1)
-    pad = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     patches = torch.randn(12, TINY.patch_dim)
     voice = torch.zeros(1, TINY.hidden_size)
 
     def forced(patches: torch.Tensor) -> torch.Tensor:
-        streams = SpeakerStreams(torch.full((12,), pad), patches,
-                                 torch.zeros(12, TINY.max_phonemes, dtype=torch.long),
-                                 torch.full((12,), TINY.max_voiced_frames))
-        return teacher_forced_patches(model, streams, voice, 2, torch.Generator().manual_seed(0))
+        return teacher_forced_patches(model, silent_text_streams(patches, tokenizer), voice, 2,
+                                      torch.Generator().manual_seed(0))
 
     before = forced(patches)
     assert before.shape == (12, TINY.patch_dim)
