@@ -610,6 +610,34 @@ fig.savefig(FIGURES / "03_step_sweep.png", dpi=110)
 fig
 
 # %% [markdown]
+# ### How close must the patches be?
+#
+# Even made from the real past, the head's patches are heard as no words.
+# Is something in the chain broken, or is the head only far from trained
+# enough? `experiments/speaker_overfit.py` trains the whole model, from the
+# reference, on one fixed batch of 8 train utterances for 300 steps, and
+# every 100 steps lets the judge hear that batch's teacher-forced patches
+# (`data/speaker/README.md`):
+
+# %%
+overfit = json.loads((REFERENCE / "lite_overfit.json").read_text())
+rows = ["| step | 1-step error, real past | judge WER, head teacher-forced |", "|---|---|---|"]
+rows += [f"| {step} | {r['error_1_step']:.3f} | {r['judge_wer']:.3f} |" for step, r in overfit["judged"].items()]
+rows.append(f"| their real mels, vocoded | | {overfit['real_mels_vocoded']:.3f} |")
+display(Markdown("\n".join(rows)))
+last = max(overfit["judged"], key=int)
+for text, heard in list(zip(overfit["texts"], overfit["judged"][last]["heard"]))[:3]:
+    print(f"said:  {text}\nheard: {heard}")
+
+# %% [markdown]
+# The chain can speak: once the head knows these patches almost exactly,
+# the judge hears them about as well as their real mels through the same
+# vocoder. But at a tenth of the reference's error (step 100) it still
+# hears almost nothing. Words need patches far closer to the real ones than
+# 2,459 steps on 10 hours have brought the reference, which is why the first
+# thing on the list of what would close the gap is much more training.
+
+# %% [markdown]
 # ### Speed
 #
 # `michi-lite bench speaker` on these 2 CPU cores: each piece of one 80 ms
