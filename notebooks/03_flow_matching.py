@@ -636,6 +636,9 @@ for text, heard in list(zip(overfit["texts"], overfit["judged"][last]["heard"]))
 # hears almost nothing. Words need patches far closer to the real ones than
 # 2,459 steps on 10 hours have brought the reference, which is why the first
 # thing on the list of what would close the gap is much more training.
+# Giving the head more to read did not bring words either: fresh heads that
+# also read the previous patch, or sample with classifier-free guidance,
+# were no more intelligible (`experiments/speaker_head_inputs.py`).
 
 # %% [markdown]
 # ### Speed
