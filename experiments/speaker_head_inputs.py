@@ -59,9 +59,8 @@ class HeadVariant:
 
     def __init__(self, name: str, model, width: int, depth: int) -> None:
         self.name, self.text_width = name, 2 * model.cfg.hidden_size  # the hidden state and the token: what to say
-        reads_previous = name != "base"
-        cond_dim = 3 * model.cfg.hidden_size + (model.cfg.patch_dim if reads_previous else 0)
-        self.reads_previous = reads_previous
+        self.reads_previous = name != "base"
+        cond_dim = 3 * model.cfg.hidden_size + (model.cfg.patch_dim if self.reads_previous else 0)
         self.head = SpeakingHead(model.cfg.patch_dim, cond_dim, width, depth)
 
     def condition(self, cond: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:

@@ -24,9 +24,8 @@ import torch
 from michi_lite.audio import mel_from_patches
 from michi_lite.backbone import load_tokenizer, load_whisper
 from michi_lite.data.alignment import transcribe, word_error_rate
-from michi_lite.eval import teacher_forced_patches
-from michi_lite.model import CHECKPOINT_FORMAT, SpeakerTrainer, SpeakerUtterances, build_speech_model
-from michi_lite.train import read_weights
+from michi_lite.eval import next_patch_errors, teacher_forced_patches
+from michi_lite.model import SpeakerTrainer, SpeakerUtterances, build_speech_model, load_speaker
 from michi_lite.vocoder import load_vocoder
 
 
@@ -44,10 +43,10 @@ def main() -> None:
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer()
-    model = build_speech_model("lite", tokenizer)
-    if args.init != "none":
-        _, _, tensors = read_weights(args.init, "speaker", CHECKPOINT_FORMAT, "lite")
-        model.load_trained_state({k: v.float() for k, v in tensors.items()})
+    if args.init == "none":
+        model = build_speech_model("lite", tokenizer)
+    else:
+        model = load_speaker(args.init, "lite", tokenizer, merge=False)  # the adapters stay apart, to train
     audio = model.cfg.audio
     dataset = SpeakerUtterances(args.data, model.cfg, tokenizer, "train", max_seconds=4.0)
     short = [i for i, r in enumerate(dataset.records) if r["duration"] >= 2.0]
@@ -69,13 +68,11 @@ def main() -> None:
     def judge_now(step: int) -> None:
         model.eval()
         hyps, errors = [], []
-        lead = model.cfg.text_lead_frames
         with torch.inference_mode():
             for (streams, _), voice in zip(items, model.voice(batch.prompt, batch.prompt_mask)):
                 forced = teacher_forced_patches(model, streams, voice[None], 4, torch.Generator().manual_seed(0))
                 hyps.append(heard(forced))
-                one = teacher_forced_patches(model, streams, voice[None], 1, torch.Generator().manual_seed(0))
-                errors.append(((one[lead:] - streams.patches[lead:]) ** 2).mean().item())
+                errors.append(next_patch_errors(model, streams, voice[None], torch.Generator().manual_seed(0))[0])
         results["judged"][step] = {"judge_wer": word_error_rate(texts, hyps), "error_1_step": float(np.mean(errors)),
                                    "heard": hyps}
         print(f"step {step}: judge WER {results['judged'][step]['judge_wer']:.3f}, "
