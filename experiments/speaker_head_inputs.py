@@ -33,7 +33,7 @@ import torch
 from michi_lite.audio import mel_from_patches
 from michi_lite.backbone import load_tokenizer, load_whisper
 from michi_lite.data.alignment import transcribe, word_error_rate
-from michi_lite.eval import voice_groups_of_test_split
+from michi_lite.eval import voice_groups
 from michi_lite.flow import MIN_REMAINING_TIME, SpeakingHead, euler_sample
 from michi_lite.model import SILENCE_MEL, SpeakerUtterances, load_speaker
 from michi_lite.vocoder import load_vocoder
@@ -136,7 +136,7 @@ def main() -> None:
     train = SpeakerUtterances(args.data, model.cfg, tokenizer, "train")
     train_rows = cached_conditions(model, train, random.Random(0).sample(range(len(train)), args.train_utterances))
     test = SpeakerUtterances(args.data, model.cfg, tokenizer, "test", max_seconds=6.0)
-    seen = {r["voice"] for r in voice_groups_of_test_split(args.data)["seen"]}
+    seen = {r["voice"] for r in voice_groups(args.data)["seen"]}
     test_rows = cached_conditions(model, test, random.Random(1).sample(
         [i for i, r in enumerate(test.records) if r["voice"] in seen], args.test_utterances))
     print(f"cached {len(train_rows)} train and {len(test_rows)} test utterances "

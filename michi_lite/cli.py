@@ -2,12 +2,12 @@
 
     michi-lite data build      --preset P --out DIR
     michi-lite data subset     --data DIR --out DIR --hours H [--splits S ...] [--seed N]
-    michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
+    michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init G]
     michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
     michi-lite export vocoder|listener|speaker --preset P --ckpt RUN --out FILE
     michi-lite eval alignment  --preset P --data DIR --json OUT
-    michi-lite eval vocoder    --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N]
+    michi-lite eval vocoder    --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N] [--split S]
     michi-lite eval listener   --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N] [--delays NPZ]
     michi-lite eval speaker    --preset P --ckpt RUN --data DIR --json OUT [--vocoder V] [--max-utterances N]
     michi-lite bench vocoder   --preset P --json OUT [--ckpt RUN] [--seconds S] [--threads T]
@@ -91,7 +91,7 @@ def cmd_train_vocoder(args: argparse.Namespace) -> None:
 
     run = train_vocoder(vocoder_config(args.preset), args.data, args.out, steps=args.steps, resume=args.resume,
                         batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
-                        max_minutes=args.max_minutes)
+                        max_minutes=args.max_minutes, init=args.init)
     report_run(run, args.preset, "vocoder")
 
 
@@ -146,7 +146,8 @@ def cmd_eval_alignment(args: argparse.Namespace) -> None:
 def cmd_eval_vocoder(args: argparse.Namespace) -> None:
     from .eval import evaluate_vocoder
 
-    write_json(evaluate_vocoder(args.preset, args.ckpt, args.data, max_utterances=args.max_utterances), args.json)
+    write_json(evaluate_vocoder(args.preset, args.ckpt, args.data, max_utterances=args.max_utterances,
+                                split=args.split), args.json)
 
 
 def cmd_bench_vocoder(args: argparse.Namespace) -> None:
@@ -287,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
         stage_train.add_argument("--max-minutes", type=float,
                                  help="stop after this long (checkpointed; --resume goes on towards --steps)")
         stage_train.set_defaults(run=run)
+        if stage == "vocoder":
+            stage_train.add_argument("--init", help="start the generator from an exported one (a run or "
+                                                    ".safetensors); the discriminators start fresh")
         if stage == "speaker":
             stage_train.add_argument("--init", help="start from this speech model's weights (a run or .safetensors); "
                                                     "modules it lacks start fresh")
@@ -322,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
         stage_eval.add_argument("--json", help="write the report here too")
         stage_eval.add_argument("--max-utterances", type=positive_int, help="at most N test utterances per voice group")
         stage_eval.set_defaults(run=run)
+        if stage == "vocoder":
+            stage_eval.add_argument("--split", choices=("test", "val"), default="test",
+                                    help="val: to choose between checkpoints without looking at the test split")
         if stage == "listener":
             stage_eval.add_argument("--delays", help="also save each word's emission delay (ms), per group, to .npz")
     speaker_eval = evaluate.add_parser("speaker", help="the speech model speaking held-out test sentences in "

@@ -87,20 +87,25 @@ def mean_or_none(values: list[float]) -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
-def voice_groups_of_test_split(data_dir: str | os.PathLike) -> dict[str, list[dict]]:
-    """The corpus's test split by voice group: "seen" (voices heard in training) and "unseen" (held out)."""
+def voice_groups(data_dir: str | os.PathLike, split: str = "test") -> dict[str, list[dict]]:
+    """A split of the corpus by voice group: "seen" (voices heard in training) and "unseen" (held out).
+
+    The test split has both; the validation split, for choosing between
+    checkpoints without looking at the test split, only seen voices.
+    """
     groups: dict[str, list[dict]] = defaultdict(list)
-    for record in load_manifest(data_dir, "test"):
+    for record in load_manifest(data_dir, split):
         groups[record["voice_split"]].append(record)
     if not groups:
-        raise ValueError(f"{data_dir}: the corpus has no test utterances to evaluate on")
+        raise ValueError(f"{data_dir}: the corpus has no {split} utterances to evaluate on")
     return groups
 
 
 def evaluate_vocoder(
-    preset: str, ckpt: str | os.PathLike, data_dir: str | os.PathLike, max_utterances: int | None = None
+    preset: str, ckpt: str | os.PathLike, data_dir: str | os.PathLike, max_utterances: int | None = None,
+    split: str = "test",
 ) -> dict:
-    """Resynthesise the test split from its mels with HiFi-GAN (``ckpt``) and Griffin-Lim; measure both.
+    """Resynthesise the test split (or ``split``) from its mels with HiFi-GAN (``ckpt``) and Griffin-Lim; measure both.
 
     Per voice group (``seen``: voices heard in training, ``unseen``: held out;
     the test sentences are never in training) and per system: the mean
@@ -111,7 +116,7 @@ def evaluate_vocoder(
     ``save_vocoder`` file. The originals are cut to frames * hop samples, the
     length both vocoders return. ``max_utterances`` caps each group.
     """
-    groups = voice_groups_of_test_split(data_dir)
+    groups = voice_groups(data_dir, split)
     audio = get_config(preset).audio
     device = "cuda" if torch.cuda.is_available() else "cpu"
     systems = {"hifigan": load_vocoder(ckpt, preset, device), "griffin_lim": GriffinLim(audio).to(device)}
@@ -152,6 +157,7 @@ def evaluate_vocoder(
         }
         logger.info("vocoder eval, %s voices: %s", group, report["groups"][group])
     report["n_utterances"] = sum(g["n_utterances"] for g in report["groups"].values())
+    report["split"] = split
     report["checkpoint"] = str(ckpt)
     report["run"] = run_info(preset)
     return report
@@ -213,7 +219,7 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
         words_from_logits,
     )
 
-    groups = voice_groups_of_test_split(data_dir)
+    groups = voice_groups(data_dir)
     tokenizer = load_tokenizer()
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     listener = load_listener(ckpt, preset, len(tokenizer))
@@ -436,7 +442,7 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
         return max(scores, key=scores.get)
 
     report: dict = {"groups": {}, "perplexity": perplexity}
-    for group, records in sorted(voice_groups_of_test_split(data_dir).items()):
+    for group, records in sorted(voice_groups(data_dir).items()):
         rows = []
         promptable = [r for r in records if len(by_voice[r["voice"]]) > 1]  # another utterance to prompt with
         if not promptable:

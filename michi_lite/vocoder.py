@@ -738,6 +738,21 @@ class VocoderTrainer:
                   "adversarial_loss": adv_loss, "discriminator_loss": d_loss}
         return {name: loss.item() for name, loss in losses.items()}
 
+    def start_generator_from(self, plain: HiFiGANGenerator) -> None:
+        """Copy an exported generator (weight norm folded in) into this weight-normed one.
+
+        Assigning a weight to a weight-normed conv splits it back into
+        direction and magnitude, so the outputs are the same as ``plain``'s.
+        """
+        if plain.cfg.generator_fields() != self.cfg.generator_fields():
+            raise ValueError("the generator to start from has another shape or audio config than this run's")
+        plain_convs = dict(plain.named_modules())
+        with torch.no_grad():
+            for name, module in self.generator.named_modules():
+                if is_parametrized(module, "weight"):
+                    module.weight = plain_convs[name].weight.detach().to(self.device)
+                    module.bias.copy_(plain_convs[name].bias)
+
     def modules(self) -> dict[str, nn.Module]:
         return {"generator": self.generator, "mpd": self.mpd, "mrd": self.mrd}
 
@@ -782,6 +797,7 @@ def train_vocoder(
     device: str | torch.device | None = None,
     seed: int = 0,
     max_minutes: float | None = None,
+    init: str | os.PathLike | None = None,
 ) -> Path:
     """Train the vocoder on random segments of the corpus's train split; returns the run directory.
 
@@ -794,6 +810,11 @@ def train_vocoder(
     restored; the data order is drawn afresh, so a resumed run matches an
     uninterrupted one statistically, not bit for bit. ``max_minutes`` ends
     this call early, with a checkpoint, once it has trained that long.
+
+    ``init`` starts a new run's generator from an exported one (a
+    ``save_vocoder`` file or a run) of the same preset and shape; the
+    discriminators, optimizers and learning-rate schedules start afresh.
+    This is how training goes on when only the exported generator is left.
     """
     started_with = started_config(out_dir) if resume else None
     if started_with is not None:
@@ -803,6 +824,9 @@ def train_vocoder(
     device = training_device(device)
     torch.manual_seed(seed)
     trainer = VocoderTrainer(cfg, device)
+    if init is not None and not resume:
+        trainer.start_generator_from(load_vocoder(init, cfg.preset, device))
+        logger.info("vocoder: generator starts from %s", init)
     n_params = sum(p.numel() for p in trainer.generator.parameters())
     logger.info("vocoder %s: generator %.2fM parameters, %d steps of batch %d x %d samples on %s",
                 cfg.preset, n_params / 1e6, steps, cfg.batch_size, cfg.segment_samples, device)

@@ -144,8 +144,8 @@ fig
 
 
 # %% [markdown]
-# Does it matter? The reference model was trained twice on the same GPU at
-# the same time, identical but for the look-ahead (the comparison's script is
+# Does it matter? The reference model's first part was trained twice on the
+# same GPU at the same time, identical but for the look-ahead (the comparison's script is
 # in `data/vocoder/README.md`). The training mel loss (L1 between log-mels of
 # generated and real audio) came out lower with the look-ahead at every stage
 # of training:
@@ -160,7 +160,7 @@ def read_log(path: Path) -> dict[str, np.ndarray]:
 reference_log = read_log(REFERENCE / "lite_train_log.csv")
 no_lookahead_log = read_log(REFERENCE / "lite_lookahead0_train_log.csv")
 fig = loss_curves({
-    f"look-ahead {vocoder_config('lite').lookahead_hops} hops (the reference run)":
+    f"look-ahead {vocoder_config('lite').lookahead_hops} hops (the reference, part 1)":
         (reference_log["step"], reference_log["mel_loss"]),
     "look-ahead 0": (no_lookahead_log["step"], no_lookahead_log["mel_loss"]),
 }, ylabel="mel L1 (training batches)", title="lite vocoder, H200, batch 16", smooth=20)
@@ -331,9 +331,11 @@ fig
 # ## 7. The reference model
 #
 # The committed `lite` vocoder (`data/vocoder/lite_vocoder.safetensors`,
-# fp16, 0.68 MB) was trained with `michi-lite train vocoder` on a 0.7 h,
-# 36-speaker subset of the `lite` corpus's train split, for 11 minutes on one
-# H200 (6,498 steps of batch 16). Its test sentences were never in training.
+# fp16, 0.68 MB) was trained with `michi-lite train vocoder` on 36-speaker
+# subsets of the `lite` corpus's train split, for 22 minutes on one H200 in
+# two parts: 6,498 steps of batch 16 on 0.7 h, then (`--init`, fresh
+# discriminators) 4,179 steps of batch 48 on 0.6 h, which beat batch 16 on
+# the validation split. Its test sentences were never in training.
 # Below it vocodes the sentence of section 1 in a voice it was trained on
 # (flite `awb`) and in a voice held out of training (flite `rms`).
 
@@ -374,7 +376,7 @@ fig
 
 # %% [markdown]
 # Griffin-Lim's spectrogram is close to the original's: it was given the
-# magnitudes and only had to find a phase. HiFi-GAN's shows what 6.5k steps
+# magnitudes and only had to find a phase. HiFi-GAN's shows what 10.7k steps
 # have not learned yet: the voice's harmonics in the lowest bands are
 # blurred, and faint horizontal lines at fixed frequencies run through the
 # whole clip.
@@ -423,13 +425,16 @@ display(Markdown("\n".join(rows)))
 # %% [markdown]
 # ### Where it stands
 #
-# The streaming `lite` vocoder keeps up with real time about twenty times
-# over on two CPU cores (RTF 0.05), well inside the 0.1 budget, and streaming
-# gives the offline samples exactly. Its quality is **not** at the bar yet:
-# PESQ-wb 1.2 on seen voices against a bar of 3.0, and the judge's WER 12.6
-# points above the originals against a bar of 2. The speech is intelligible
-# (STOI 0.79) but rough. Eleven GPU minutes are about 6% of the 100k steps a
+# The streaming `lite` vocoder keeps up with real time ten to twenty times
+# over on two CPU cores (RTF 0.05 to 0.09 in the committed benchmarks, as the
+# shared cores allow; one run on a slow day reached 0.106), and streaming
+# gives the offline samples exactly. Its
+# quality is **not** at the bar yet: PESQ-wb 1.3 on seen voices against a bar
+# of 3.0, and the judge's WER 4.1 points above the originals against a bar of
+# 2 (12.6 after the first 11 GPU minutes). The speech is intelligible (STOI
+# 0.82) but rough. Its 22 GPU minutes are about a tenth of the 100k steps a
 # HiFi-GAN recipe runs, and the training loss was still falling (section 2).
-# Closing the gap means training on: `michi-lite train vocoder ... --resume`
-# continues from the run's checkpoint (37 MB with the discriminators and
-# optimizer moments), then more than 0.7 h of audio.
+# Closing the gap means training on: `michi-lite train vocoder ... --init
+# data/vocoder/lite_vocoder.safetensors` starts from this generator (with
+# fresh discriminators), `--resume` from a run's checkpoint; then more than
+# 0.6 h of audio.

@@ -53,6 +53,7 @@ def test_eval_vocoder_reports_every_metric_for_both_voice_groups_and_systems(eva
         # Griffin-Lim inverts the true mel: far closer than a generator trained for 2 steps
         assert group["griffin_lim"]["stft_distance"] < group["hifigan"]["stft_distance"]
         assert group["griffin_lim"]["pesq_wb"] > group["hifigan"]["pesq_wb"]
+    assert eval_report["split"] == "test"
     assert eval_report["checkpoint"] and eval_report["run"]["preset"] == "tiny"
 
 
@@ -72,6 +73,16 @@ def test_pesq_resamples_24khz_audio_to_its_16khz():
     t = np.arange(24_000 * 2) / 24_000
     tone = (0.3 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 2 * t) > 0)).astype(np.float32)
     assert pesq_wideband(tone, tone, 24_000) > 4.0
+
+
+def test_eval_vocoder_on_the_validation_split_for_choosing_checkpoints(tiny_corpus, tiny_vocoder_run, tmp_path):
+    out = tmp_path / "val.json"
+    main(["eval", "vocoder", "--preset", "tiny", "--ckpt", str(tiny_vocoder_run), "--data", str(tiny_corpus),
+          "--json", str(out), "--max-utterances", "1", "--split", "val"])
+    report = json.loads(out.read_text())
+    first_val = next(r for r in load_manifest(tiny_corpus, "val"))
+    assert report["split"] == "val" and set(report["groups"]) == {"seen"}  # val holds seen voices only
+    assert report["groups"]["seen"]["audio_seconds"] == pytest.approx(first_val["duration"], abs=0.011)
 
 
 def test_eval_vocoder_without_test_utterances_fails_clearly(tiny_corpus, tiny_vocoder_run, tmp_path):
