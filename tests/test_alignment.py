@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from michi_lite.data.alignment import (
     whisper_words,
     word_error_rate,
 )
+from michi_lite.data.corpus import load_manifest
 from michi_lite.data.words import Word, normalize_text
 
 PANGRAM = "The quick brown fox jumps over the lazy dog."
@@ -99,3 +102,26 @@ def test_whisper_word_timestamps_are_ordered_and_inside_the_audio(pangram_audio)
     duration = len(waveform) / rate
     assert all(0.0 <= w.start <= w.end <= duration for w in words)
     assert all(a.end <= b.start for a, b in zip(words, words[1:]))
+
+
+HEAR = """
+import json, sys
+import soundfile as sf
+from michi_lite.backbone import load_whisper
+from michi_lite.data.alignment import transcribe
+judge = load_whisper(source="packaged")
+print(json.dumps([transcribe(*sf.read(path, dtype="float32"), judge) for path in sys.argv[1:]]))
+"""
+
+
+def test_the_judge_hears_babble_the_same_way_in_every_process(tiny_corpus, tmp_path):
+    # Speech played backwards fails Whisper's checks, so it falls back to sampling: unseeded,
+    # most such clips were heard differently by two processes.
+    paths = []
+    for record in load_manifest(tiny_corpus)[:6]:
+        waveform, rate = sf.read(tiny_corpus / record["path"], dtype="float32")
+        paths.append(str(tmp_path / f"{record['id']}_reversed.wav"))
+        sf.write(paths[-1], waveform[::-1], rate)
+    heard = [json.loads(subprocess.run([sys.executable, "-c", HEAR, *paths], check=True, capture_output=True,
+                                       text=True).stdout) for _ in range(2)]
+    assert len(heard[0]) == 6 and heard[0] == heard[1]
