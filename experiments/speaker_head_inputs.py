@@ -30,10 +30,9 @@ import time
 import numpy as np
 import torch
 
-from michi_lite.audio import mel_from_patches
 from michi_lite.backbone import load_tokenizer, load_whisper
-from michi_lite.data.alignment import transcribe, word_error_rate
-from michi_lite.eval import voice_groups
+from michi_lite.data.alignment import word_error_rate
+from michi_lite.eval import hear_patches, voice_groups
 from michi_lite.flow import MIN_REMAINING_TIME, SpeakingHead, euler_sample
 from michi_lite.model import SILENCE_MEL, SpeakerUtterances, load_speaker
 from michi_lite.vocoder import load_vocoder
@@ -111,8 +110,7 @@ def judged(sample, rows: list[dict], model, vocoder, judge) -> dict:
         for r in rows:
             one = sample(r["cond"], r["previous"], 1)
             errors.append(((one[lead:] - r["patches"][lead:]) ** 2).mean().item())
-            wave = vocoder.vocode(mel_from_patches(sample(r["cond"], r["previous"], 4), audio)).float().numpy()
-            heard.append(transcribe(wave, audio.sample_rate, judge))
+            heard.append(hear_patches(sample(r["cond"], r["previous"], 4), vocoder, judge, audio))
     return {"judge_wer": word_error_rate([r["text"] for r in rows], heard), "error_1_step": float(np.mean(errors)),
             "heard": heard}
 
@@ -143,9 +141,7 @@ def main() -> None:
           f"in {time.perf_counter() - started:.0f} s", flush=True)
 
     results: dict = {"args": vars(args)}
-    with torch.inference_mode():
-        heard = [transcribe(vocoder.vocode(mel_from_patches(r["patches"], model.cfg.audio)).float().numpy(),
-                            model.cfg.audio.sample_rate, judge) for r in test_rows]
+    heard = [hear_patches(r["patches"], vocoder, judge, model.cfg.audio) for r in test_rows]
     results["real_mels_vocoded"] = word_error_rate([r["text"] for r in test_rows], heard)
     reference = model.speaking_head
     results["reference"] = judged(lambda c, p, k: reference.sample(c, k, torch.Generator().manual_seed(0)),

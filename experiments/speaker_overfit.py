@@ -21,10 +21,9 @@ import time
 import numpy as np
 import torch
 
-from michi_lite.audio import mel_from_patches
 from michi_lite.backbone import load_tokenizer, load_whisper
-from michi_lite.data.alignment import transcribe, word_error_rate
-from michi_lite.eval import next_patch_errors, teacher_forced_patches
+from michi_lite.data.alignment import word_error_rate
+from michi_lite.eval import hear_patches, next_patch_errors, teacher_forced_patches
 from michi_lite.model import SpeakerTrainer, SpeakerUtterances, build_speech_model, load_speaker
 from michi_lite.vocoder import load_vocoder
 
@@ -57,13 +56,9 @@ def main() -> None:
     trainer = SpeakerTrainer(model, "lite", torch.device("cpu"), total_steps=args.steps, warmup_steps=20)
     vocoder, judge = load_vocoder(args.vocoder, "lite"), load_whisper()
 
-    def heard(patches: torch.Tensor) -> str:
-        return transcribe(vocoder.vocode(mel_from_patches(patches, audio)).float().numpy(), audio.sample_rate, judge)
-
-    with torch.inference_mode():
-        results: dict = {"args": vars(args), "texts": texts,
-                         "real_mels_vocoded": word_error_rate(texts, [heard(s.patches) for s, _ in items]),
-                         "judged": {}, "log": []}
+    real_heard = [hear_patches(streams.patches, vocoder, judge, audio) for streams, _ in items]
+    results: dict = {"args": vars(args), "texts": texts, "real_mels_vocoded": word_error_rate(texts, real_heard),
+                     "judged": {}, "log": []}
 
     def judge_now(step: int) -> None:
         model.eval()
@@ -71,7 +66,7 @@ def main() -> None:
         with torch.inference_mode():
             for (streams, _), voice in zip(items, model.voice(batch.prompt, batch.prompt_mask)):
                 forced = teacher_forced_patches(model, streams, voice[None], 4, torch.Generator().manual_seed(0))
-                hyps.append(heard(forced))
+                hyps.append(hear_patches(forced, vocoder, judge, audio))
                 errors.append(next_patch_errors(model, streams, voice[None], torch.Generator().manual_seed(0))[0])
         results["judged"][step] = {"judge_wer": word_error_rate(texts, hyps), "error_1_step": float(np.mean(errors)),
                                    "heard": hyps}

@@ -320,6 +320,13 @@ def text_perplexity(decoder: torch.nn.Module, tokenizer, texts: list[str]) -> fl
 
 
 @torch.inference_mode()
+def hear_patches(patches: torch.Tensor, vocoder, judge, audio) -> str:
+    """What the judge hears in mel patches (frames, patch_dim) made audio by ``vocoder``."""
+    wave = vocoder.vocode(mel_from_patches(patches, audio)).float().cpu().numpy()
+    return transcribe(wave, audio.sample_rate, judge)
+
+
+@torch.inference_mode()
 def teacher_forced_patches(model, streams, voice: torch.Tensor, steps: int,
                            generator: torch.Generator | None = None) -> torch.Tensor:
     """The speaking head's ``steps``-step sample of every patch of one utterance, each given the real past.
@@ -462,9 +469,8 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
                 voice_vector = model.prompt_voice(voice)
                 forced = teacher_forced_patches(model, streams, voice_vector, SPEAKER_MAIN_STEPS,
                                                 torch.Generator(device).manual_seed(seed))
-                for key, patches in (("heard_resynthesized", streams.patches), ("heard_teacher_forced", forced)):
-                    wave = vocoder.vocode(mel_from_patches(patches, audio)).float().cpu().numpy()
-                    row[key] = transcribe(wave, audio.sample_rate, judge)
+                row["heard_resynthesized"] = hear_patches(streams.patches, vocoder, judge, audio)
+                row["heard_teacher_forced"] = hear_patches(forced, vocoder, judge, audio)
             row["next_patch_error"], row["next_patch_error_repeat"] = next_patch_errors(
                 model, streams, voice_vector, torch.Generator(device).manual_seed(seed))
             for k in steps:
