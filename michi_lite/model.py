@@ -32,6 +32,11 @@ the adapters, the voice encoder, the audio projection, a text-head bias, the
 phoneme reader and the speaking head, about 17M parameters in ``lite``. At
 inference the adapters are merged into the backbone, which then runs as a
 plain Llama.
+
+So that the backbone stays a language model, every batch also holds its
+sentences as plain text (a text-only sample, no audio streams), on which the
+adapted backbone is pulled towards what the pretrained one predicts there
+(``text_keeping_loss``): a distillation, not a fit to the corpus's sentences.
 """
 
 from __future__ import annotations
@@ -292,8 +297,25 @@ class SpeechModel(nn.Module):
         hidden = self.decoder(inputs_embeds=inputs, attention_mask=attention).last_hidden_state
         return hidden, self.head_condition(hidden, tokens, voice[:, None], phonemes, since)
 
+    def text_keeping_loss(self, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """How far the adapted backbone's next-token guesses on plain text are from pretrained SmolLM2's.
+
+        ``text`` (batch, n) token ids, right-padded; ``mask`` (batch, n) True on
+        real tokens. The mean over real tokens of KL(pretrained || adapted),
+        both with the tied token embeddings as the LM head (SmolLM2's own,
+        without the text stream's bias). Zero while the adapters are the
+        identity; the pretrained side is the same decoder with them switched off.
+        """
+        if self.merged:
+            raise ValueError("the adapters are merged: there is no pretrained backbone left to keep to")
+        weight = self.token_embedding.weight
+        with torch.no_grad(), self.backbone.disable_adapter():
+            pretrained = (self.decoder(input_ids=text).last_hidden_state[mask] @ weight.T).log_softmax(-1)
+        adapted = (self.decoder(input_ids=text).last_hidden_state[mask] @ weight.T).log_softmax(-1)
+        return F.kl_div(adapted, pretrained, log_target=True, reduction="batchmean")
+
     def forward(self, batch: SpeakerBatch, flow_samples: int = 2) -> dict[str, torch.Tensor]:
-        """Teacher-forced training losses of a batch: text cross-entropy and the flow-matching loss."""
+        """Teacher-forced training losses of a batch: text cross-entropy, the flow-matching loss, text keeping."""
         voice = self.voice(batch.prompt, batch.prompt_mask)  # (batch, hidden)
         hidden, cond = self.teacher_forced(batch, voice)
         logits = self.text_logits(hidden)
@@ -306,7 +328,8 @@ class SpeechModel(nn.Module):
             predicted = logits[batch.mask].argmax(-1)
             words = batch.tokens[batch.mask] != self.pad_id
             timing = ((predicted != self.pad_id) == words).float().mean()
-        return {"text_loss": text_loss, "flow_loss": flow_loss, "timing_accuracy": timing}
+        keep_loss = self.text_keeping_loss(batch.text, batch.text_mask)
+        return {"text_loss": text_loss, "flow_loss": flow_loss, "keep_loss": keep_loss, "timing_accuracy": timing}
 
 
 # --- voice prompts -----------------------------------------------------------------------------
@@ -360,6 +383,8 @@ class SpeakerBatch:
     mask: torch.Tensor  # (batch, frames) True on real frames
     prompt: torch.Tensor  # (batch, prompt_frames, patch_dim) another utterance of the same voice
     prompt_mask: torch.Tensor  # (batch, prompt_frames)
+    text: torch.Tensor  # (batch, n) each utterance's words as plain text, token ids, right-padded
+    text_mask: torch.Tensor  # (batch, n) True on real tokens
 
     def to(self, device: torch.device) -> SpeakerBatch:
         return SpeakerBatch(**{k: v.to(device) for k, v in vars(self).items()})
@@ -411,6 +436,7 @@ class SpeakerStreams:
     patches: torch.Tensor  # (frames, patch_dim) the audio stream, ``text_lead_frames`` behind
     phonemes: torch.Tensor  # (frames, max_phonemes) phoneme ids of the chunk each audio frame voices
     since: torch.Tensor  # (frames,) frames since that chunk began
+    text: torch.Tensor  # (n,) the words as plain text (token ids): the text-only sample
 
     def to(self, device: torch.device) -> SpeakerStreams:
         return SpeakerStreams(**{k: v.to(device) for k, v in vars(self).items()})
@@ -436,7 +462,8 @@ def speaker_streams(text: str, words: list[Word], patches: torch.Tensor, tokeniz
     starts = iter(start for _, start in tokens_and_chunks(text, tokenizer, cfg.max_phonemes))
     voiced = VoicedChunks(cfg)
     phonemes, since = zip(*(voiced.push(next(starts) if t not in (pad, end) else None) for t in tokens))
-    return SpeakerStreams(torch.tensor(tokens), audio, torch.tensor(phonemes), torch.tensor(since))
+    plain = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return SpeakerStreams(torch.tensor(tokens), audio, torch.tensor(phonemes), torch.tensor(since), torch.tensor(plain))
 
 
 class SpeakerUtterances(torch.utils.data.Dataset):
@@ -479,6 +506,7 @@ class SpeakerUtterances(torch.utils.data.Dataset):
     def collate(items: list[tuple[SpeakerStreams, torch.Tensor]]) -> SpeakerBatch:
         frames = max(len(s.tokens) for s, _ in items)
         prompt_frames = max(1, max(len(p) for _, p in items))
+        words = max(len(s.text) for s, _ in items)
 
         def stack(name: str, value: float = 0) -> torch.Tensor:
             rows = [getattr(s, name) for s, _ in items]
@@ -488,7 +516,9 @@ class SpeakerUtterances(torch.utils.data.Dataset):
             tokens=stack("tokens"), patches=stack("patches", SILENCE_MEL), phonemes=stack("phonemes"),
             since=stack("since"), mask=torch.stack([torch.arange(frames) < len(s.tokens) for s, _ in items]),
             prompt=torch.stack([F.pad(p, (0, 0, 0, prompt_frames - len(p))) for _, p in items]),
-            prompt_mask=torch.stack([torch.arange(prompt_frames) < len(p) for _, p in items]))
+            prompt_mask=torch.stack([torch.arange(prompt_frames) < len(p) for _, p in items]),
+            text=torch.stack([F.pad(s.text, (0, words - len(s.text))) for s, _ in items]),
+            text_mask=torch.stack([torch.arange(words) < len(s.text) for s, _ in items]))
 
 
 class LengthBuckets(torch.utils.data.Sampler):
@@ -516,8 +546,9 @@ class LengthBuckets(torch.utils.data.Sampler):
 # --- training, saving, loading --------------------------------------------------------------
 
 CHECKPOINT_FORMAT = "michi_lite.speaker/1"
-LOSSES = ["loss", "text_loss", "flow_loss", "timing_accuracy"]
+LOSSES = ["loss", "text_loss", "flow_loss", "keep_loss", "timing_accuracy"]
 TEXT_LOSS_WEIGHT = 1.0
+KEEP_LOSS_WEIGHT = 1.0  # text keeping (``SpeechModel.text_keeping_loss``): a KL divergence, on the text loss's scale
 # The flow loss (a mean squared error near 0.1) pulls on the shared adapters far more weakly than the text
 # loss (a cross-entropy near 1): 0.01-0.04 against 1.2 in gradient norm at step 2,459 of the lite reference.
 # Weighting it 30 times for 900 more steps did not make the speech intelligible (data/speaker/README.md),
@@ -546,9 +577,10 @@ def warmup_cosine(warmup_steps: int, total_steps: int, floor: float = 0.1):
 class SpeakerTrainer:
     """The speech model's adapters and new modules, and their optimizer.
 
-    The loss is ``FLOW_LOSS_WEIGHT * flow_loss + TEXT_LOSS_WEIGHT * text_loss``. The adapters
-    learn at a third of the new modules' rate; the rate warms up linearly,
-    then falls along a half cosine to a tenth at ``total_steps``.
+    The loss is ``FLOW_LOSS_WEIGHT * flow_loss + TEXT_LOSS_WEIGHT * text_loss
+    + KEEP_LOSS_WEIGHT * keep_loss``. The adapters learn at a third of the new
+    modules' rate; the rate warms up linearly, then falls along a half cosine
+    to a tenth at ``total_steps``.
     """
 
     def __init__(self, model: SpeechModel, preset: str, device: torch.device, total_steps: int,
@@ -563,7 +595,8 @@ class SpeakerTrainer:
     def step(self, batch: SpeakerBatch) -> dict[str, float]:
         self.model.train()
         losses = self.model(batch.to(self.device))
-        loss = FLOW_LOSS_WEIGHT * losses["flow_loss"] + TEXT_LOSS_WEIGHT * losses["text_loss"]
+        loss = (FLOW_LOSS_WEIGHT * losses["flow_loss"] + TEXT_LOSS_WEIGHT * losses["text_loss"]
+                + KEEP_LOSS_WEIGHT * losses["keep_loss"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)

@@ -168,12 +168,38 @@ def test_a_few_steps_on_one_batch_lower_both_losses(tiny_corpus, tokenizer):
     assert last["flow_loss"] < first["flow_loss"]
 
 
+def test_the_text_keeping_loss_is_zero_until_the_adapters_drift_and_pulls_only_on_them(tiny_corpus, tokenizer):
+    torch.manual_seed(0)
+    model = build_speech_model("tiny", tokenizer)
+    data = SpeakerUtterances(tiny_corpus, TINY, tokenizer)
+    batch = SpeakerUtterances.collate([data[i] for i in range(3)])
+    assert tokenizer.decode(batch.text[0][batch.text_mask[0]]) == data.records[0]["text"]  # its words, plain
+    assert model(batch)["keep_loss"].item() < 1e-6  # fresh LoRA adapters change nothing
+    with torch.no_grad():
+        for name, p in model.backbone.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    keep = model.text_keeping_loss(batch.text, batch.text_mask)
+    assert keep.item() > 1e-3
+    keep.backward()
+    moved = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert moved and all("lora_" in n for n in moved)  # not the heads, and never SmolLM2's own weights
+    # right padding changes nothing: a sentence scores the same alone and beside a longer one
+    i = int(batch.text_mask.sum(1).argmin())
+    n = int(batch.text_mask[i].sum())
+    assert n < batch.text.shape[1], "the shortest sentence is padded"
+    alone = model.text_keeping_loss(batch.text[i:i + 1, :n], batch.text_mask[i:i + 1, :n])
+    assert torch.allclose(alone, model.text_keeping_loss(batch.text[i:i + 1], batch.text_mask[i:i + 1]), atol=1e-5)
+    with pytest.raises(ValueError, match="merged"):
+        model.merge_adapters().text_keeping_loss(batch.text, batch.text_mask)
+
+
 def silent_text_streams(patches: torch.Tensor, tokenizer) -> SpeakerStreams:
     """Streams of the given audio patches under a text stream of PAD alone (no phonemes voiced)."""
     frames = len(patches)
     return SpeakerStreams(torch.full((frames,), tokenizer.convert_tokens_to_ids(PAD_TOKEN)), patches,
                           torch.zeros(frames, TINY.max_phonemes, dtype=torch.long),
-                          torch.full((frames,), TINY.max_voiced_frames))
+                          torch.full((frames,), TINY.max_voiced_frames), torch.zeros(0, dtype=torch.long))
 
 
 def test_next_patch_errors_score_the_head_against_the_real_patch_and_repeating_the_last_column(tokenizer):
