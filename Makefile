@@ -21,7 +21,8 @@ lab: setup
 
 # After editing a notebook's jupytext .py source: re-pair it and re-run it, so
 # the committed .ipynb shows real outputs (without per-run execution metadata).
-CLEAR := --ClearMetadataPreprocessor.enabled=True \
+# The notebooks run in this environment's own kernel (python3), whatever kernel their metadata names.
+CLEAR := --ExecutePreprocessor.kernel_name=python3 --ClearMetadataPreprocessor.enabled=True \
 	--ClearMetadataPreprocessor.preserve_cell_metadata_mask=tags \
 	$(foreach key,kernelspec jupytext language_info,--ClearMetadataPreprocessor.preserve_nb_metadata_mask=$(key))
 

@@ -465,26 +465,31 @@ display(Markdown("\n".join([
 # `data/speaker/lite_speaker.safetensors` was trained with
 # `michi-lite train speaker --preset lite` on the `lite` corpus, on these
 # 2 CPU cores (`data/speaker/README.md` has the commands and the numbers),
-# in three parts as the model grew:
+# in four parts as the model grew:
 #
 # 1. steps 1-700: the head's guess scored as a velocity;
 # 2. steps 701-1500: scored on the clean patch (section 2), so the flow loss
 #    changes scale there;
-# 3. from step 1501: the phoneme reader added (`--init` from part 2), with
+# 3. steps 1501-2459: the phoneme reader added (`--init` from part 2), with
 #    a fresh optimizer and a learning rate that warms up again, then falls
-#    along a half cosine.
+#    along a half cosine;
+# 4. from step 2460: text-only samples mixed in (`--init` from part 3),
+#    each batch's sentences as plain text, on which the backbone is pulled
+#    back towards pretrained SmolLM2 (the keep loss, a KL divergence).
 #
 # Its training curves:
 
 # %%
 log = np.genfromtxt(REFERENCE / "lite_train_log.csv", delimiter=",", names=True)
-CLEAN_PATCH, PHONEMES = 700, 1500  # the last steps of parts 1 and 2
+CLEAN_PATCH, PHONEMES, TEXT_ONLY = 700, 1500, 2459  # the last steps of parts 1, 2 and 3
 step = log["step"]
 phases = {"flow loss (velocity error)": step <= CLEAN_PATCH,
           "flow loss (clean-patch error)": (step > CLEAN_PATCH) & (step <= PHONEMES),
           "flow loss (clean-patch error, phonemes read)": step > PHONEMES}
+keep = step > TEXT_ONLY
 fig = loss_curves({"text loss": (step, log["text_loss"]),
-                   **{name: (step[phase], log["flow_loss"][phase]) for name, phase in phases.items()}},
+                   **{name: (step[phase], log["flow_loss"][phase]) for name, phase in phases.items()},
+                   "keep loss (text-only samples)": (step[keep], log["keep_loss"][keep])},
                   ylabel="loss", title="lite speech model, training on 2 CPU cores", smooth=5)
 fig.axes[0].set_yscale("log")
 fig.savefig(FIGURES / "03_reference_training.png", dpi=110)
@@ -610,14 +615,35 @@ fig.savefig(FIGURES / "03_step_sweep.png", dpi=110)
 fig
 
 # %% [markdown]
+# ### Is the backbone still a language model?
+#
+# The speech model will think in text, so its backbone must stay a
+# language model. The test sentences above are never trained on, but they
+# come from the same sources as the training sentences, so a model fitted
+# to the corpus can score them well and have forgotten English elsewhere.
+# `experiments/speaker_text_ability.py` also scores text far from the
+# corpus (sentences of the GNU GPL), for part 3's model, trained on the
+# speech streams alone, and for the reference, whose part 4 mixed in
+# text-only samples:
+
+# %%
+ability = json.loads((REFERENCE / "lite_text_ability.json").read_text())
+names = dict(zip(ability["perplexity"], ["pretrained SmolLM2-135M", "part 3 (speech streams only)",
+                                         "the reference (text-only samples mixed in)"]))
+display(Markdown("\n".join([
+    "| backbone | test sentences | GPL sentences |", "|---|---|---|",
+    *[f"| {names[name]} | {r['test_sentences']:.1f} | {r['gpl3_sentences']:.1f} |"
+      for name, r in ability["perplexity"].items()]])))
+
+# %% [markdown]
 # ### How close must the patches be?
 #
 # Even made from the real past, the head's patches are heard as no words.
 # Is something in the chain broken, or is the head only far from trained
 # enough? `experiments/speaker_overfit.py` trains the whole model, from the
-# reference, on one fixed batch of 8 train utterances for 300 steps, and
-# every 100 steps lets the judge hear that batch's teacher-forced patches
-# (`data/speaker/README.md`):
+# reference as it was after part 3, on one fixed batch of 8 train utterances
+# for 300 steps, and every 100 steps lets the judge hear that batch's
+# teacher-forced patches (`data/speaker/README.md`):
 
 # %%
 overfit = json.loads((REFERENCE / "lite_overfit.json").read_text())
@@ -634,7 +660,7 @@ for text, heard in list(zip(overfit["texts"], overfit["judged"][last]["heard"]))
 # the judge hears them about as well as their real mels through the same
 # vocoder. But at a tenth of the reference's error (step 100) it still
 # hears almost nothing. Words need patches far closer to the real ones than
-# 2,459 steps on 10 hours have brought the reference, which is why the first
+# 2,459 steps on 10 hours had brought the reference, which is why the first
 # thing on the list of what would close the gap is much more training.
 # Giving the head more to read did not bring words either: fresh heads that
 # also read the previous patch, or sample with classifier-free guidance,
