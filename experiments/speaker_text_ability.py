@@ -9,8 +9,8 @@ sentences and, as text far from the corpus, the sentences of the GNU GPL
 version 3, which every Debian system holds (``base-files``), for pretrained
 SmolLM2 and for each speech model given. data/speaker/README.md reports::
 
-    python experiments/speaker_text_ability.py --data corpus/lite --json text_ability.json \\
-        data/speaker/lite_speaker.safetensors runs/speaker_lite_keep
+    python experiments/speaker_text_ability.py --data corpus/lite --json data/speaker/lite_text_ability.json \\
+        speaker_part3.safetensors data/speaker/lite_speaker.safetensors
 """
 
 from __future__ import annotations
