@@ -24,7 +24,7 @@ import torch
 
 from michi_lite.backbone import load_tokenizer
 from michi_lite.data.corpus import load_manifest
-from michi_lite.eval import text_perplexity
+from michi_lite.eval import perplexity_sentences, text_perplexity
 from michi_lite.model import build_backbone, load_speaker, speech_model_config
 from michi_lite.provenance import run_info
 
@@ -48,7 +48,7 @@ def main() -> None:
 
     torch.set_num_threads(2)
     tokenizer = load_tokenizer()
-    texts = {"test_sentences": sorted({r["text"] for r in load_manifest(args.data, "test")})[:200],
+    texts = {"test_sentences": perplexity_sentences(load_manifest(args.data, "test")),
              "gpl3_sentences": far_sentences()}
     decoders = {"pretrained": build_backbone(speech_model_config("lite"), len(tokenizer)).eval()}
     decoders.update({path: load_speaker(path, "lite", tokenizer).decoder for path in args.speakers})

@@ -303,6 +303,11 @@ def spread_over_voices(records: list[dict], n: int | None) -> list[dict]:
     return spread
 
 
+def perplexity_sentences(test: list[dict], n: int = 200) -> list[str]:
+    """The test split's sentences the backbone's plain-text perplexity is measured on: ``n``, sorted, no repeats."""
+    return sorted({r["text"] for r in test})[:n]
+
+
 @torch.inference_mode()
 def text_perplexity(decoder: torch.nn.Module, tokenizer, texts: list[str]) -> float:
     """A decoder's perplexity on plain text, with its tied token embeddings as the LM head (as SmolLM2's)."""
@@ -417,7 +422,7 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
     test = load_manifest(data_dir, "test")
     if not test:
         raise ValueError(f"{data_dir}: the corpus has no test utterances to evaluate on")
-    texts = sorted({r["text"] for r in test})[:200]
+    texts = perplexity_sentences(test)
     perplexity = {"speech_model": text_perplexity(model.decoder, tokenizer, texts),
                   "pretrained": text_perplexity(build_backbone(model.cfg, len(tokenizer)).to(device).eval(),
                                                 tokenizer, texts),

@@ -459,11 +459,12 @@ def speaker_streams(text: str, words: list[Word], patches: torch.Tensor, tokeniz
     silence = torch.full((1, patches.shape[-1]), SILENCE_MEL)
     audio = torch.cat([silence.expand(lead, -1), patches, silence.expand(n_audio - len(patches), -1)])
     tokens = tokens + [pad] * (len(audio) - len(tokens))
-    starts = iter(start for _, start in tokens_and_chunks(text, tokenizer, cfg.max_phonemes))
+    plain = tokens_and_chunks(text, tokenizer, cfg.max_phonemes)  # the text's tokens, as plain text
+    starts = iter(start for _, start in plain)
     voiced = VoicedChunks(cfg)
     phonemes, since = zip(*(voiced.push(next(starts) if t not in (pad, end) else None) for t in tokens))
-    plain = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return SpeakerStreams(torch.tensor(tokens), audio, torch.tensor(phonemes), torch.tensor(since), torch.tensor(plain))
+    return SpeakerStreams(torch.tensor(tokens), audio, torch.tensor(phonemes), torch.tensor(since),
+                          torch.tensor([token for token, _ in plain]))
 
 
 class SpeakerUtterances(torch.utils.data.Dataset):
