@@ -115,8 +115,13 @@ def judged(sample, rows: list[dict], model, vocoder, judge) -> dict:
             "heard": heard}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def prepare(description: str, cache=cached_conditions):
+    """The command line, the reference model, vocoder and judge, and ``cache``'s rows for train and test utterances.
+
+    Returns (args, model, vocoder, judge, train rows, test rows, results so
+    far: the args and the judge's WER on the test rows' real mels, vocoded).
+    """
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", required=True, help="a built lite corpus")
     parser.add_argument("--json", required=True, help="where the results go")
     parser.add_argument("--ckpt", default="data/speaker/lite_speaker.safetensors")
@@ -132,17 +137,21 @@ def main() -> None:
     vocoder, judge = load_vocoder(args.vocoder, "lite"), load_whisper()
     started = time.perf_counter()
     train = SpeakerUtterances(args.data, model.cfg, tokenizer, "train")
-    train_rows = cached_conditions(model, train, random.Random(0).sample(range(len(train)), args.train_utterances))
+    train_rows = cache(model, train, random.Random(0).sample(range(len(train)), args.train_utterances))
     test = SpeakerUtterances(args.data, model.cfg, tokenizer, "test", max_seconds=6.0)
     seen = {r["voice"] for r in voice_groups(args.data)["seen"]}
-    test_rows = cached_conditions(model, test, random.Random(1).sample(
+    test_rows = cache(model, test, random.Random(1).sample(
         [i for i, r in enumerate(test.records) if r["voice"] in seen], args.test_utterances))
     print(f"cached {len(train_rows)} train and {len(test_rows)} test utterances "
           f"in {time.perf_counter() - started:.0f} s", flush=True)
 
-    results: dict = {"args": vars(args)}
     heard = [hear_patches(r["patches"], vocoder, judge, model.cfg.audio) for r in test_rows]
-    results["real_mels_vocoded"] = word_error_rate([r["text"] for r in test_rows], heard)
+    results = {"args": vars(args), "real_mels_vocoded": word_error_rate([r["text"] for r in test_rows], heard)}
+    return args, model, vocoder, judge, train_rows, test_rows, results
+
+
+def main() -> None:
+    args, model, vocoder, judge, train_rows, test_rows, results = prepare(__doc__.split("\n")[0])
     reference = model.speaking_head
     results["reference"] = judged(lambda c, p, k: reference.sample(c, k, torch.Generator().manual_seed(0)),
                                   test_rows, model, vocoder, judge)
