@@ -465,7 +465,7 @@ display(Markdown("\n".join([
 # `data/speaker/lite_speaker.safetensors` was trained with
 # `michi-lite train speaker --preset lite` on the `lite` corpus, on these
 # 2 CPU cores (`data/speaker/README.md` has the commands and the numbers),
-# in four parts as the model grew:
+# in five parts as the model grew:
 #
 # 1. steps 1-700: the head's guess scored as a velocity;
 # 2. steps 701-1500: scored on the clean patch (section 2), so the flow loss
@@ -473,9 +473,10 @@ display(Markdown("\n".join([
 # 3. steps 1501-2459: the phoneme reader added (`--init` from part 2), with
 #    a fresh optimizer and a learning rate that warms up again, then falls
 #    along a half cosine;
-# 4. from step 2460: text-only samples mixed in (`--init` from part 3),
+# 4. steps 2460-2794: text-only samples mixed in (`--init` from part 3),
 #    each batch's sentences as plain text, on which the backbone is pulled
-#    back towards pretrained SmolLM2 (the keep loss, a KL divergence).
+#    back towards pretrained SmolLM2 (the keep loss, a KL divergence);
+# 5. steps 2795-3122: the same again (`--init` from part 4).
 #
 # Its training curves:
 
@@ -623,13 +624,13 @@ fig
 # to the corpus can score them well and have forgotten English elsewhere.
 # `experiments/speaker_text_ability.py` also scores text far from the
 # corpus (sentences of the GNU GPL), for part 3's model, trained on the
-# speech streams alone, and for the reference, whose part 4 mixed in
-# text-only samples:
+# speech streams alone, and for the models after parts 4 and 5 (the
+# reference), which mixed in text-only samples:
 
 # %%
 ability = json.loads((REFERENCE / "lite_text_ability.json").read_text())
 names = dict(zip(ability["perplexity"], ["pretrained SmolLM2-135M", "part 3 (speech streams only)",
-                                         "the reference (text-only samples mixed in)"]))
+                                         "part 4 (text-only samples mixed in)", "part 5 (the reference)"]))
 display(Markdown("\n".join([
     "| backbone | test sentences | GPL sentences |", "|---|---|---|",
     *[f"| {names[name]} | {r['test_sentences']:.1f} | {r['gpl3_sentences']:.1f} |"
@@ -664,7 +665,9 @@ for text, heard in list(zip(overfit["texts"], overfit["judged"][last]["heard"]))
 # thing on the list of what would close the gap is much more training.
 # Giving the head more to read did not bring words either: fresh heads that
 # also read the previous patch, or sample with classifier-free guidance,
-# were no more intelligible (`experiments/speaker_head_inputs.py`).
+# were no more intelligible (`experiments/speaker_head_inputs.py`), nor
+# were fresh heads told, from the word timings, which phoneme is due on
+# each frame (`experiments/speaker_phoneme_timing.py`).
 
 # %% [markdown]
 # ### Speed
