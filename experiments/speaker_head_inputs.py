@@ -40,16 +40,25 @@ from michi_lite.vocoder import load_vocoder
 DROP_TEXT = 0.15  # the share of training frames the guided head sees without its text part
 
 
-def cached_conditions(model, dataset: SpeakerUtterances, indices: list[int]) -> list[dict]:
-    """Each utterance's head conditions from its real past, its patches and the patch before each."""
+def previous_patches(streams, model) -> torch.Tensor:
+    """(frames, patch_dim): the real patch before each frame's (silence before the first)."""
+    patches = streams.patches
+    return torch.cat([torch.full_like(patches[:1], SILENCE_MEL), patches[:-1]])
+
+
+def cached_conditions(model, dataset: SpeakerUtterances, indices: list[int], previous=previous_patches) -> list[dict]:
+    """Each utterance's head conditions from its real past, its patches and ``previous(streams, model)``.
+
+    ``previous`` is what a variant reads beside the condition, one row per
+    frame: by default the patch before each.
+    """
     rows = []
     with torch.inference_mode():
         for i in indices:
             streams, prompt = dataset[i]
             _, cond = model.teacher_forced(streams, model.prompt_voice(prompt))
-            patches = streams.patches
-            previous = torch.cat([torch.full_like(patches[:1], SILENCE_MEL), patches[:-1]])
-            rows.append({"cond": cond[0], "patches": patches, "previous": previous, "text": dataset.records[i]["text"]})
+            rows.append({"cond": cond[0], "patches": streams.patches, "previous": previous(streams, model),
+                         "text": dataset.records[i]["text"]})
     return rows
 
 
@@ -115,8 +124,10 @@ def judged(sample, rows: list[dict], model, vocoder, judge) -> dict:
             "heard": heard}
 
 
-def prepare(description: str, cache=cached_conditions):
-    """The command line, the reference model, vocoder and judge, and ``cache``'s rows for train and test utterances.
+def prepare(description: str, previous=previous_patches):
+    """The command line, the reference model, vocoder and judge, and cached rows for train and test utterances.
+
+    ``previous`` is passed to ``cached_conditions``.
 
     Returns (args, model, vocoder, judge, train rows, test rows, results so
     far: the args and the judge's WER on the test rows' real mels, vocoded).
@@ -137,11 +148,12 @@ def prepare(description: str, cache=cached_conditions):
     vocoder, judge = load_vocoder(args.vocoder, "lite"), load_whisper()
     started = time.perf_counter()
     train = SpeakerUtterances(args.data, model.cfg, tokenizer, "train")
-    train_rows = cache(model, train, random.Random(0).sample(range(len(train)), args.train_utterances))
+    train_rows = cached_conditions(model, train, random.Random(0).sample(range(len(train)), args.train_utterances),
+                                   previous)
     test = SpeakerUtterances(args.data, model.cfg, tokenizer, "test", max_seconds=6.0)
     seen = {r["voice"] for r in voice_groups(args.data)["seen"]}
-    test_rows = cache(model, test, random.Random(1).sample(
-        [i for i, r in enumerate(test.records) if r["voice"] in seen], args.test_utterances))
+    test_rows = cached_conditions(model, test, random.Random(1).sample(
+        [i for i, r in enumerate(test.records) if r["voice"] in seen], args.test_utterances), previous)
     print(f"cached {len(train_rows)} train and {len(test_rows)} test utterances "
           f"in {time.perf_counter() - started:.0f} s", flush=True)
 

@@ -37,7 +37,7 @@ from speaker_head_inputs import HeadVariant, judged, prepare
 
 from michi_lite.data.phonemes import N_PHONEME_IDS, PAD_PHONEME
 from michi_lite.flow import SpeakingHead
-from michi_lite.model import SpeakerStreams, SpeakerUtterances
+from michi_lite.model import SpeakerStreams
 
 
 def phonemes_due(streams: SpeakerStreams, lead: int, end_id: int) -> torch.Tensor:
@@ -66,17 +66,9 @@ def phonemes_due(streams: SpeakerStreams, lead: int, end_id: int) -> torch.Tenso
     return torch.cat([F.one_hot(now, N_PHONEME_IDS), F.one_hot(after, N_PHONEME_IDS), place[:, None]], -1).float()
 
 
-def cached_rows(model, dataset: SpeakerUtterances, indices: list[int]) -> list[dict]:
-    """As ``speaker_head_inputs.cached_conditions``, with each frame's phonemes due in ``previous``'s place."""
-    rows = []
-    with torch.inference_mode():
-        for i in indices:
-            streams, prompt = dataset[i]
-            _, cond = model.teacher_forced(streams, model.prompt_voice(prompt))
-            due = phonemes_due(streams, model.cfg.text_lead_frames, model.end_id)
-            rows.append({"cond": cond[0], "patches": streams.patches, "previous": due,
-                         "text": dataset.records[i]["text"]})
-    return rows
+def due_of(streams: SpeakerStreams, model) -> torch.Tensor:
+    """``phonemes_due`` as ``cached_conditions`` asks for it: read in place of the previous patch."""
+    return phonemes_due(streams, model.cfg.text_lead_frames, model.end_id)
 
 
 class DueVariant(HeadVariant):
@@ -84,9 +76,9 @@ class DueVariant(HeadVariant):
 
     def __init__(self, name: str, model, width: int, depth: int) -> None:
         self.name, self.reads_previous = name, False
-        self.voice_from = 2 * model.cfg.hidden_size  # the condition is [hidden, token, voice]
-        cond_dim = 3 * model.cfg.hidden_size if name == "base" else 2 * N_PHONEME_IDS + 1 + (
-            3 * model.cfg.hidden_size if name == "due" else model.cfg.hidden_size)
+        hidden, due = model.cfg.hidden_size, 2 * N_PHONEME_IDS + 1
+        self.voice_from = 2 * hidden  # the condition is [hidden, token, voice]
+        cond_dim = {"base": 3 * hidden, "due": 3 * hidden + due, "due_alone": hidden + due}[name]
         self.head = SpeakingHead(model.cfg.patch_dim, cond_dim, width, depth)
 
     def condition(self, cond: torch.Tensor, due: torch.Tensor) -> torch.Tensor:
@@ -96,7 +88,7 @@ class DueVariant(HeadVariant):
 
 
 def main() -> None:
-    args, model, vocoder, judge, train_rows, test_rows, results = prepare(__doc__.split("\n")[0], cached_rows)
+    args, model, vocoder, judge, train_rows, test_rows, results = prepare(__doc__.split("\n")[0], due_of)
     for name in ("base", "due", "due_alone"):
         variant = DueVariant(name, model, model.cfg.head_width, model.cfg.head_depth)
         variant.train(train_rows, args.steps, args.batch)
