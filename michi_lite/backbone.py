@@ -35,10 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import ctranslate2
 import torch
-from faster_whisper import WhisperModel
-from faster_whisper.utils import download_model
 from filelock import FileLock
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import snapshot_download
@@ -46,6 +43,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
 if TYPE_CHECKING:  # importing these for real would load transformers' modelling code up front
+    from faster_whisper import WhisperModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
@@ -283,6 +281,9 @@ def load_whisper(
     is made, so an eval run twice hears everything the same way; unseeded, 5
     of 8 reversed clips were heard differently from one process to the next.
     """
+    import ctranslate2  # Whisper's runtime, imported only where Whisper runs: the speech model needs neither
+    from faster_whisper import WhisperModel
+
     ctranslate2.set_random_seed(0)
     compute_type = compute_type or ("int8" if device == "cpu" else "default")
     return WhisperModel(str(whisper_model_dir(name, source)), device=device, compute_type=compute_type)
@@ -290,6 +291,8 @@ def load_whisper(
 
 def whisper_model_dir(name: str = "tiny.en", source: Source = "auto") -> Path:
     """The folder of a CTranslate2 Whisper model: a hub snapshot, or the packaged tiny.en."""
+    from faster_whisper.utils import download_model
+
     if source != "packaged":
         path = _from_hub(lambda local: download_model(name, local_files_only=local), f"Whisper {name}")
         if path is not None:
