@@ -49,6 +49,7 @@ import os
 import random
 from collections import deque
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -585,17 +586,22 @@ class SpeakerTrainer:
     """
 
     def __init__(self, model: SpeechModel, preset: str, device: torch.device, total_steps: int,
-                 learning_rate: float = 6e-4, warmup_steps: int = 100) -> None:
+                 learning_rate: float = 6e-4, warmup_steps: int = 100, bf16: bool | None = None) -> None:
         self.model, self.preset, self.device = model.to(device), preset, device
         adapters = [p for n, p in model.backbone.named_parameters() if p.requires_grad]
         heads = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
         self.optimizer = torch.optim.AdamW([{"params": adapters, "lr": learning_rate / 3},
                                             {"params": heads, "lr": learning_rate}], weight_decay=0.01)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(warmup_steps, total_steps))
+        # bf16 autocast (by default on a GPU; CPUs without bf16 instructions run it slower than fp32): fp32's
+        # range, so no loss scaling; the weights, the optimizer and the losses stay fp32
+        bf16 = device.type == "cuda" if bf16 is None else bf16
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     def step(self, batch: SpeakerBatch) -> dict[str, float]:
         self.model.train()
-        losses = self.model(batch.to(self.device))
+        with self.autocast:
+            losses = self.model(batch.to(self.device))
         loss = (FLOW_LOSS_WEIGHT * losses["flow_loss"] + TEXT_LOSS_WEIGHT * losses["text_loss"]
                 + KEEP_LOSS_WEIGHT * losses["keep_loss"])
         self.optimizer.zero_grad(set_to_none=True)

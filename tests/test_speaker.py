@@ -168,6 +168,22 @@ def test_a_few_steps_on_one_batch_lower_both_losses(tiny_corpus, tokenizer):
     assert last["flow_loss"] < first["flow_loss"]
 
 
+def test_a_step_in_bf16_autocast_keeps_the_weights_and_losses_in_fp32(tiny_corpus, tokenizer):
+    from michi_lite.model import SpeakerTrainer
+
+    torch.manual_seed(0)
+    model = build_speech_model("tiny", tokenizer)
+    data = SpeakerUtterances(tiny_corpus, TINY, tokenizer)
+    batch = SpeakerUtterances.collate([data[i] for i in range(2)])
+    trainer = SpeakerTrainer(model, "tiny", torch.device("cpu"), total_steps=10, bf16=True)  # a GPU's default
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    losses = trainer.step(batch)
+    assert all(np.isfinite(v) for v in losses.values())
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert all(p.dtype == torch.float32 for p in trained.values())
+    assert any(not torch.equal(p, before[n]) for n, p in trained.items())
+
+
 def test_the_text_keeping_loss_is_zero_until_the_adapters_drift_and_pulls_only_on_them(tiny_corpus, tokenizer):
     torch.manual_seed(0)
     model = build_speech_model("tiny", tokenizer)
