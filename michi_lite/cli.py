@@ -2,6 +2,7 @@
 
     michi-lite data build      --preset P --out DIR
     michi-lite data subset     --data DIR --out DIR --hours H [--splits S ...] [--seed N]
+    michi-lite data pack       --data DIR --out DIR [--splits S ...]
     michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init G]
     michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
@@ -77,6 +78,17 @@ def cmd_data_subset(args: argparse.Namespace) -> None:
     summary = json.loads((manifest.parent / "corpus.json").read_text())
     print(f"kept {summary['utterances']} utterances, {summary['hours']:.2f} h, "
           f"{summary['speakers']} speakers -> {manifest}")
+
+
+def cmd_data_pack(args: argparse.Namespace) -> None:
+    from .data.pack import build_pack
+
+    path = build_pack(args.data, args.out, tuple(args.splits))
+    pack = json.loads(path.read_text())
+    hours = sum(r["duration"] for r in pack["utterances"]) / 3600
+    size = sum(p.stat().st_size for p in path.parent.iterdir()) / 1e6
+    print(f"packed {len(pack['utterances'])} utterances, {hours:.2f} h, "
+          f"{len(pack['phonemes'])} phonemised chunks, {size:.0f} MB -> {path.parent}")
 
 
 def report_run(run: Path, preset: str, stage: str) -> None:
@@ -251,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    data = commands.add_parser("data", help="build speech corpora").add_subparsers(dest="action", required=True)
+    data = commands.add_parser("data", help="build, subset and pack speech corpora")
+    data = data.add_subparsers(dest="action", required=True)
     build = data.add_parser("build", help="synthesise and align a corpus")
     add_preset(build)
     build.add_argument("--out", required=True, help="corpus directory (re-running resumes)")
@@ -264,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which splits to draw from (default: train)")
     subset.add_argument("--seed", type=int, default=0, help="the order each speaker's utterances are taken in")
     subset.set_defaults(run=cmd_data_subset)
+    pack = data.add_parser("pack", help="a corpus's log-mel and phonemes, computed once, for `train speaker`")
+    pack.add_argument("--data", required=True, help="a corpus built by `michi-lite data build` (or a subset)")
+    pack.add_argument("--out", required=True, help="the pack directory: pack.json and mels.npy")
+    pack.add_argument("--splits", nargs="+", default=["train"], choices=["train", "val", "test"],
+                      help="which splits to pack (default: train)")
+    pack.set_defaults(run=cmd_data_pack)
 
     train = commands.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
     for stage, run, what, steps, every, batch in (
@@ -276,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         stage_train = train.add_parser(stage, help=what)
         add_preset(stage_train)
-        stage_train.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
+        stage_train.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`"
+                                 + (", or a pack of one (`michi-lite data pack`)" if stage == "speaker" else ""))
         stage_train.add_argument("--out", required=True,
                                  help=f"run directory: checkpoints, train_log.csv, {stage}.safetensors")
         stage_train.add_argument("--steps", type=positive_int, default=steps,

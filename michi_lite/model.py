@@ -64,6 +64,7 @@ from .audio import SILENCE_MEL, AudioError, MelSpectrogram, load_audio, mel_patc
 from .config import FRAME_SECONDS, AudioConfig, get_config
 from .data.corpus import load_manifest
 from .data.frames import PAD_TOKEN, frame_tokens, token_chunks
+from .data.pack import SpeakerPack, is_pack
 from .data.phonemes import N_PHONEME_IDS, PAD_PHONEME, chunk_phoneme_ids
 from .data.words import Word
 from .flow import SpeakingHead
@@ -421,11 +422,15 @@ class VoicedChunks:
         return self.current, self.since
 
 
-def tokens_and_chunks(text: str, tokenizer, max_phonemes: int) -> list[tuple[int, list[int] | None]]:
-    """Each token of ``text``, with its chunk's phoneme ids if it is the chunk's first token (else None)."""
+def tokens_and_chunks(text: str, tokenizer, max_phonemes: int,
+                      known: dict[str, list[str]] | None = None) -> list[tuple[int, list[int] | None]]:
+    """Each token of ``text``, with its chunk's phoneme ids if it is the chunk's first token (else None).
+
+    ``known``: phonemes computed before, by chunk (``chunk_phoneme_ids``).
+    """
     token_ids, chunk_of = token_chunks(text, tokenizer)
     chunks = text.split() or [""]  # whitespace alone still has tokens, and no sound
-    return [(token, chunk_phoneme_ids(chunks[c], max_phonemes) if i == 0 or c != chunk_of[i - 1] else None)
+    return [(token, chunk_phoneme_ids(chunks[c], max_phonemes, known) if i == 0 or c != chunk_of[i - 1] else None)
             for i, (token, c) in enumerate(zip(token_ids, chunk_of))]
 
 
@@ -443,8 +448,8 @@ class SpeakerStreams:
         return SpeakerStreams(**{k: v.to(device) for k, v in vars(self).items()})
 
 
-def speaker_streams(text: str, words: list[Word], patches: torch.Tensor, tokenizer,
-                    cfg: SpeechModelConfig) -> SpeakerStreams:
+def speaker_streams(text: str, words: list[Word], patches: torch.Tensor, tokenizer, cfg: SpeechModelConfig,
+                    known_phonemes: dict[str, list[str]] | None = None) -> SpeakerStreams:
     """One utterance's streams, aligned: the text, its audio and the phonemes being voiced.
 
     Tokens sit on their word's start frame, ``<|im_end|>`` on the frame of the
@@ -460,7 +465,7 @@ def speaker_streams(text: str, words: list[Word], patches: torch.Tensor, tokeniz
     silence = torch.full((1, patches.shape[-1]), SILENCE_MEL)
     audio = torch.cat([silence.expand(lead, -1), patches, silence.expand(n_audio - len(patches), -1)])
     tokens = tokens + [pad] * (len(audio) - len(tokens))
-    plain = tokens_and_chunks(text, tokenizer, cfg.max_phonemes)  # the text's tokens, as plain text
+    plain = tokens_and_chunks(text, tokenizer, cfg.max_phonemes, known_phonemes)  # the text's tokens, as plain text
     starts = iter(start for _, start in plain)
     voiced = VoicedChunks(cfg)
     phonemes, since = zip(*(voiced.push(next(starts) if t not in (pad, end) else None) for t in tokens))
@@ -469,12 +474,19 @@ def speaker_streams(text: str, words: list[Word], patches: torch.Tensor, tokeniz
 
 
 class SpeakerUtterances(torch.utils.data.Dataset):
-    """A corpus split's utterances as (text stream, audio stream, voice prompt from another utterance)."""
+    """A corpus split's utterances as (text stream, audio stream, voice prompt from another utterance).
+
+    ``data_dir`` is a corpus, or a pack of one (``data.pack``): its log-mel
+    and phonemes computed before, so that no audio is decoded and espeak-ng
+    is not asked.
+    """
 
     def __init__(self, data_dir: str | os.PathLike, cfg: SpeechModelConfig, tokenizer, split: str = "train",
                  max_seconds: float = 8.0, prompt_seconds: tuple[float, float] = (2.0, 5.0), seed: int = 0) -> None:
         self.data_dir, self.cfg, self.tokenizer = Path(data_dir), cfg, tokenizer
-        self.records = [r for r in load_manifest(data_dir, split) if r["duration"] <= max_seconds and r["words"]]
+        self.pack = SpeakerPack(data_dir, cfg.audio) if is_pack(data_dir) else None
+        records = self.pack.records if self.pack else load_manifest(data_dir)
+        self.records = [r for r in records if r["split"] == split and r["duration"] <= max_seconds and r["words"]]
         if not self.records:
             raise ValueError(f"{data_dir}: no {split} utterances of at most {max_seconds} s with words")
         self.by_voice: dict[str, list[int]] = {}
@@ -488,13 +500,16 @@ class SpeakerUtterances(torch.utils.data.Dataset):
 
     def patches(self, index: int) -> torch.Tensor:
         record = self.records[index]
+        if self.pack is not None:
+            return self.pack.patches(record)
         wave = torch.from_numpy(load_audio(self.data_dir / record["path"], self.cfg.audio.sample_rate))
         return audio_patches(wave, self.cfg.audio)
 
     def __getitem__(self, index: int) -> tuple[SpeakerStreams, torch.Tensor]:
         record = self.records[index]
         words = [Word.from_dict(w) for w in record["words"]]
-        streams = speaker_streams(record["text"], words, self.patches(index), self.tokenizer, self.cfg)
+        streams = speaker_streams(record["text"], words, self.patches(index), self.tokenizer, self.cfg,
+                                  self.pack.phonemes if self.pack else None)
         others = [i for i in self.by_voice[record["voice"]] if i != index] or [index]
         prompt = speech_patches(self.patches(self.rng.choice(others)))
         frames = round(self.rng.uniform(*self.prompt_seconds) / FRAME_SECONDS)

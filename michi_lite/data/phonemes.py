@@ -95,6 +95,11 @@ def phoneme_name(phoneme: int) -> str:
     return ("", ",", "'")[stress] + PHONEMES[index]
 
 
-def chunk_phoneme_ids(chunk: str, max_phonemes: int) -> list[int]:
-    """A chunk's phoneme ids, at most ``max_phonemes`` (a long number is cut: its end is rarely reached)."""
-    return [phoneme_id(name) for name in chunk_phonemes(chunk)[:max_phonemes]]
+def chunk_phoneme_ids(chunk: str, max_phonemes: int, known: dict[str, list[str]] | None = None) -> list[int]:
+    """A chunk's phoneme ids, at most ``max_phonemes`` (a long number is cut: its end is rarely reached).
+
+    ``known`` maps chunks to phonemes computed before (a training pack's,
+    ``data.pack``); a chunk found there is not asked of espeak-ng.
+    """
+    names = known[chunk] if known is not None and chunk in known else chunk_phonemes(chunk)
+    return [phoneme_id(name) for name in names[:max_phonemes]]
