@@ -73,9 +73,9 @@ def build_pack(data_dir: str | os.PathLike, out: str | os.PathLike, splits: tupl
     source, out = Path(data_dir), Path(out)
     if out.resolve() == source.resolve():
         raise ValueError("the pack must go to another directory than its corpus")
+    records = [r for r in load_manifest(source) if r["split"] in splits and r["words"]]
     about = json.loads((source / "corpus.json").read_text())
     audio = get_config(about["preset"]).audio
-    records = [r for r in load_manifest(source) if r["split"] in splits and r["words"]]
     if not records:
         raise ValueError(f"{source}: no utterances with words in the split(s) {', '.join(splits)}")
     out.mkdir(parents=True, exist_ok=True)
