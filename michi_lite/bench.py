@@ -210,11 +210,12 @@ def bench_speaker(preset: str, ckpt: str | os.PathLike | None = None, vocoder_ck
 
     After ``context_frames`` of context (4 s, a typical sentence) each of
     ``frames`` frames is timed, in fp32 and (on a CPU) in the int8 copy
-    ``say`` runs (``quantized_for_cpu``): the backbone step (KV cache), the
-    text head, the speaking head's condition (the phoneme reader), the
-    speaking head at 1, 4 and 8 Euler steps; then one vocoder
-    chunk, and the whole frame step ``say`` runs (backbone, text head, 4-step
-    head, vocoder). Time to first audio is from calling ``Speaker.stream``
+    ``say`` runs (``quantized_for_cpu``): the backbone step as ``say`` runs
+    it (``FrameDecoder``) and, beside it, the same layers as
+    ``transformers`` runs them with its own cache; the text head, the
+    speaking head's condition (the phoneme reader), the speaking head at 1,
+    4 and 8 Euler steps; then one vocoder chunk, and the whole frame step
+    ``say`` runs (backbone, text head, 4-step head, vocoder). Time to first audio is from calling ``Speaker.stream``
     to holding its first samples, over ``runs`` calls. Without checkpoints
     the weights are untrained: the same arithmetic.
     """
@@ -222,6 +223,7 @@ def bench_speaker(preset: str, ckpt: str | os.PathLike | None = None, vocoder_ck
 
     from .backbone import load_tokenizer
     from .data.phonemes import chunk_phoneme_ids
+    from .frame_decoder import FrameCache
     from .model import VoicedChunks, build_speech_model, load_speaker, quantized_for_cpu
     from .say import Speaker
 
@@ -267,22 +269,28 @@ def bench_speaker(preset: str, ckpt: str | os.PathLike | None = None, vocoder_ck
             token = torch.tensor([model.pad_id], device=device)
             cond = model.head_condition(voice, token, voice, phonemes, since)
             for name, version in versions.items():
-                cache = DynamicCache()
-                version.decode(context, cache)
+                cache, hf_cache = FrameCache(), DynamicCache()
+                version.frame_decoder()(context, cache)
+                version.decode(context, hf_cache)
 
                 def backbone_step(version=version, cache=cache):
+                    version.frame_decoder()(voice[:, None], cache)
+                    cache.length -= 1  # every timed step sees the same context
+
+                def backbone_step_transformers(version=version, cache=hf_cache):
                     version.decode(voice[:, None], cache)
-                    cache.crop(-1)  # every timed step sees the same context
+                    cache.crop(-1)
 
                 def frame_step(version=version, cache=cache):
-                    hidden = version.decode(voice[:, None], cache)[:, -1]
-                    cache.crop(-1)
+                    hidden = version.frame_decoder()(voice[:, None], cache)[:, -1]
+                    cache.length -= 1
                     version.text_logits(hidden).softmax(-1)
                     cond = version.head_condition(hidden, token, voice, phonemes, since)
                     patch = version.speaking_head.sample(cond, 4)
                     return stream.push(patch.reshape(cfg.audio.mels_per_frame, cfg.audio.n_mels).T)
 
                 pieces = {"backbone_step": per_frame(backbone_step),
+                          "backbone_step_transformers": per_frame(backbone_step_transformers),
                           "text_head": per_frame(lambda version=version: version.text_logits(voice).softmax(-1)),
                           "head_condition": per_frame(lambda version=version: version.head_condition(
                               voice, token, voice, phonemes, since))}

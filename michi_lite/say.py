@@ -12,9 +12,9 @@ behind, is spoken out to that point.
 The phonemes the speaking head reads follow from the tokens fed, through
 the same ``VoicedChunks`` training lays them out with.
 
-Each frame then costs one backbone step (KV-cached), one speaking-head
-sample of a few Euler steps and one vocoder chunk, and its 80 ms of audio
-can be played at once.
+Each frame then costs one backbone step (KV-cached, ``FrameDecoder``), one
+speaking-head sample of a few Euler steps and one vocoder chunk, and its
+80 ms of audio can be played at once.
 
 Long text is split into sentences, each spoken with a fresh KV cache after
 the same voice, so memory stays flat however long the text is; the vocoder
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
 from .audio import mel_from_patches
+from .frame_decoder import FrameCache
 from .model import SpeechModel, VoicedChunks, tokens_and_chunks
 from .vocoder import HiFiGANGenerator
 
@@ -71,6 +71,7 @@ class SpokenFrame:
 class Speaker:
     """A speech model, a vocoder and one voice, ready to speak text frame by frame.
 
+    ``model`` has its adapters merged (``load_speaker`` merges them);
     ``voice_patches`` are a voice prompt's speech patches (``michi_lite.model.voice_prompt``).
     """
 
@@ -80,13 +81,14 @@ class Speaker:
             raise ValueError(f"steps must be at least 1, not {steps}")
         self.model, self.vocoder, self.tokenizer, self.steps = model.eval(), vocoder.eval(), tokenizer, steps
         self.device = model.token_embedding.weight.device
+        self.decoder = model.frame_decoder()
         self.generator = torch.Generator(self.device).manual_seed(seed)
         with torch.inference_mode():
             self.voice = model.prompt_voice(voice_patches)  # (1, hidden)
 
-    def _step(self, inputs: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+    def _step(self, inputs: torch.Tensor, cache: FrameCache) -> torch.Tensor:
         """One backbone position (1, hidden) -> its hidden state (1, hidden), extending the cache."""
-        return self.model.decode(inputs[:, None], cache)[:, -1]
+        return self.decoder(inputs[:, None], cache)[:, -1]
 
     @torch.inference_mode()
     def segment_frames(self, text: str) -> Iterator[SpokenFrame]:
@@ -95,7 +97,7 @@ class Speaker:
         queue = tokens_and_chunks(text, self.tokenizer, model.cfg.max_phonemes)  # (token, phonemes or None)
         lead = model.cfg.text_lead_frames
         voiced = VoicedChunks(model.cfg)
-        cache = DynamicCache()
+        cache = FrameCache()
         hidden = self._step(self.voice, cache)
         tokens_fed: list[int] = []
         frame, end_frame, quiet = 0, None, 0

@@ -674,12 +674,14 @@ for text, heard in list(zip(overfit["texts"], overfit["judged"][last]["heard"]))
 #
 # `michi-lite bench speaker` on these 2 CPU cores: each piece of one 80 ms
 # frame, in fp32 and in the int8 copy `say` runs, and the time from calling
-# `say` to its first audio.
+# `say` to its first audio. `say` steps the backbone with
+# `michi_lite.frame_decoder` (fused projections, a cache allocated ahead);
+# `backbone_step_transformers` is the same layers stepped by `transformers`.
 
 # %%
 bench = json.loads((REFERENCE / "lite_bench.json").read_text())
-pieces = ["backbone_step", "text_head", "head_condition", "speaking_head_1_steps", "speaking_head_4_steps",
-          "speaking_head_8_steps", "frame_step_4_steps"]
+pieces = ["backbone_step", "backbone_step_transformers", "text_head", "head_condition", "speaking_head_1_steps",
+          "speaking_head_4_steps", "speaking_head_8_steps", "frame_step_4_steps"]
 display(Markdown("\n".join([
     "| piece | fp32 ms (median) | int8 ms (median) | int8 p95 |", "|---|---|---|---|",
     *[f"| {piece} | {bench['fp32'][piece]['ms_median']:.1f} | {bench['int8'][piece]['ms_median']:.1f} | "

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import DynamicCache
 
 from michi_lite.audio import SILENCE_MEL, AudioError, save_audio
 from michi_lite.cli import main
 from michi_lite.data.frames import PAD_TOKEN
 from michi_lite.data.phonemes import PAD_PHONEME, chunk_phoneme_ids
 from michi_lite.data.words import Word
+from michi_lite.frame_decoder import FrameCache
 from michi_lite.model import (
     END_TOKEN,
     SpeakerStreams,
@@ -320,7 +320,7 @@ def test_cached_frame_steps_equal_one_pass_over_the_whole_sequence(speaker):
     inputs = torch.randn(1, 9, TINY.hidden_size)
     with torch.no_grad():
         whole = speaker.model.decoder(inputs_embeds=inputs).last_hidden_state[0]
-        cache = DynamicCache()
+        cache = FrameCache()
         steps = torch.stack([speaker._step(inputs[:, i], cache)[0] for i in range(9)])
     assert (whole - steps).abs().max() < 1e-4
 
@@ -392,8 +392,8 @@ def test_bench_speaker_times_every_piece_of_a_frame(tmp_path):
     report = json.loads(out.read_text())
     assert 0 < report["vocoder_chunk"]["ms_median"] <= report["vocoder_chunk"]["ms_p95"]
     for version in ("fp32", "int8"):
-        for piece in ("backbone_step", "text_head", "head_condition", "speaking_head_1_steps", "speaking_head_4_steps",
-                      "speaking_head_8_steps", "frame_step_4_steps"):
+        for piece in ("backbone_step", "backbone_step_transformers", "text_head", "head_condition",
+                      "speaking_head_1_steps", "speaking_head_4_steps", "speaking_head_8_steps", "frame_step_4_steps"):
             assert 0 < report[version][piece]["ms_median"] <= report[version][piece]["ms_p95"]
     assert report["time_to_first_audio_ms"]["median"] > 0
 
@@ -426,7 +426,10 @@ def test_the_int8_copy_for_cpus_computes_nearly_what_fp32_does(speaker_run, toke
     inputs = torch.randn(1, 6, TINY.hidden_size)
     with torch.no_grad():
         a, b = (m.decode(inputs) for m in (model, fast))
+        stepped = fast.frame_decoder()(inputs, FrameCache())
         logits = [m.text_logits(a[0]) for m in (model, fast)]
     assert torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.99
+    assert torch.nn.functional.cosine_similarity(a, stepped, dim=-1).min() > 0.99
     assert torch.nn.functional.cosine_similarity(*logits, dim=-1).min() > 0.99
     assert sum(p.numel() for p in fast.backbone.parameters()) < sum(p.numel() for p in model.backbone.parameters())
+    assert not any(p.dtype.is_floating_point and p.dim() == 2 for p in fast.frame_decoder().parameters())

@@ -1,0 +1,63 @@
+"""The backbone one frame at a time: the same hidden states as transformers' Llama, with its own cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from michi_lite import frame_decoder
+from michi_lite.frame_decoder import FrameCache, FrameDecoder
+
+
+def small_llama(kv_heads: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=kv_heads, intermediate_size=96, rope_theta=100_000.0)
+    return LlamaForCausalLM(config).model.eval()
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])  # plain attention, and grouped queries as SmolLM2 has them
+def test_frames_fed_in_pieces_equal_one_transformers_pass_over_the_whole_sequence(kv_heads):
+    llama = small_llama(kv_heads)
+    inputs = torch.randn(2, 12, 64)
+    with torch.no_grad():
+        whole = llama(inputs_embeds=inputs).last_hidden_state
+        decoder, cache = FrameDecoder(llama), FrameCache()
+        pieces = [decoder(inputs[:, a:b], cache) for a, b in [(0, 3), (3, 4), (4, 8), (8, 9), (9, 10), (10, 12)]]
+    assert cache.length == 12
+    assert (torch.cat(pieces, dim=1) - whole).abs().max() < 1e-5
+
+
+def test_the_cache_grows_past_its_first_capacity_without_losing_a_position(monkeypatch):
+    monkeypatch.setattr(frame_decoder, "FIRST_CAPACITY", 4)
+    llama = small_llama(2)
+    inputs = torch.randn(1, 11, 64)
+    with torch.no_grad():
+        whole = llama(inputs_embeds=inputs).last_hidden_state
+        decoder, cache = FrameDecoder(llama), FrameCache()
+        steps = torch.cat([decoder(inputs[:, i:i + 1], cache) for i in range(11)], dim=1)
+    assert cache.keys.shape[3] == 16  # 4, then 8, then 16
+    assert (steps - whole).abs().max() < 1e-5
+
+
+def test_two_caches_are_two_sequences_and_a_cache_keeps_its_batch():
+    llama = small_llama(2)
+    decoder = FrameDecoder(llama)
+    a, b = torch.randn(1, 5, 64), torch.randn(1, 5, 64)
+    with torch.no_grad():
+        first, second = FrameCache(), FrameCache()
+        decoder(a[:, :2], first)
+        decoder(b, second)
+        assert (decoder(a[:, 2:], first) - llama(inputs_embeds=a).last_hidden_state[:, 2:]).abs().max() < 1e-5
+        with pytest.raises(ValueError, match="batch of 1, not 2"):
+            decoder(torch.randn(2, 1, 64), first)
+
+
+def test_a_decoder_with_unmerged_adapters_is_refused():
+    from peft import LoraConfig, get_peft_model
+
+    llama = small_llama(2)
+    adapted = get_peft_model(llama, LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).base_model.model
+    with pytest.raises(ValueError, match="merge the adapters first"):
+        FrameDecoder(adapted)
