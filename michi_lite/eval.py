@@ -401,7 +401,8 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
     * ``next_patch_error``: teacher-forced, how far the head's guess of each
       patch is from the real one given the real past (``next_patch_errors``),
       beside ``next_patch_error_repeat``, the error of repeating the frame
-      before's last mel column;
+      before's last mel column. The teacher-forced numbers come from the
+      fp32 model, the spoken ones from the model ``say`` runs (int8 on a CPU);
     * all of it again for the ``stress`` sentences (numbers, units,
       abbreviations, homographs) and the ``plain`` ones.
 
@@ -428,8 +429,11 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
                                                 tokenizer, texts),
                   "n_sentences": len(texts)}
     logger.info("perplexity on held-out text: %s", perplexity)
-    if device == "cpu":
-        model = quantized_for_cpu(model)  # as ``say`` runs it on a CPU
+    # Speaking runs as ``say`` runs it: int8 on a CPU. The teacher-forced numbers ask what the
+    # head knows and run the fp32 model: int8 over a whole utterance at once quantises every
+    # position with one scale, which ``say``, stepping a frame at a time, never does
+    # (experiments/speaker_int8.py measures both).
+    speaking = quantized_for_cpu(model) if device == "cpu" else model
     vocoder = load_vocoder(vocoder_ckpt, preset, device)
     griffin_lim = GriffinLim(audio).to(device)
     judge, voices = load_whisper(), VoiceEncoder(device, verbose=False)
@@ -479,7 +483,7 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
             row["next_patch_error"], row["next_patch_error_repeat"] = next_patch_errors(
                 model, streams, voice_vector, torch.Generator(device).manual_seed(seed))
             for k in steps:
-                speaker = Speaker(model, vocoder, tokenizer, voice, steps=k, seed=seed)
+                speaker = Speaker(speaking, vocoder, tokenizer, voice, steps=k, seed=seed)
                 started = time.perf_counter()
                 with torch.inference_mode():  # ``say`` streams the same patches through the same vocoder
                     mel = mel_from_patches(torch.stack(list(speaker.patches(record["text"]))), audio)
