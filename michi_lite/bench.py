@@ -215,9 +215,10 @@ def bench_speaker(preset: str, ckpt: str | os.PathLike | None = None, vocoder_ck
     ``transformers`` runs them with its own cache; the text head, the
     speaking head's condition (the phoneme reader), the speaking head at 1,
     4 and 8 Euler steps; then one vocoder chunk, and the whole frame step
-    ``say`` runs (backbone, text head, 4-step head, vocoder). Time to first audio is from calling ``Speaker.stream``
-    to holding its first samples, over ``runs`` calls. Without checkpoints
-    the weights are untrained: the same arithmetic.
+    ``say`` runs (backbone, text head, 4-step head, vocoder). Time to first
+    audio is from calling ``Speaker.stream`` to holding its first samples,
+    over ``runs`` calls. Without checkpoints the weights are untrained: the
+    same arithmetic.
     """
     from transformers import DynamicCache
 

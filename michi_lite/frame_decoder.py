@@ -15,9 +15,9 @@ same Llama computation as ``transformers``' with fewer operations per layer:
   position needs no attention mask.
 
 It holds its own copy of the weights, laid out that way, so ``int8_linears``
-can quantise it like any other module; the cache is a separate
-``FrameCache``, so one decoder serves any number of sequences. A decoder with LoRA adapters must be
-merged first (``SpeechModel.merge_adapters``).
+can quantise it like any other module. The cache is a separate
+``FrameCache``, so one decoder serves any number of sequences. A decoder
+with LoRA adapters must be merged first (``SpeechModel.merge_adapters``).
 """
 
 from __future__ import annotations
