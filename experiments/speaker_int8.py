@@ -83,12 +83,11 @@ def main() -> None:
             inputs = fp32.token_embedding(ids)
             hidden = {"fp32": stepped(fp32, inputs), "int8": stepped(int8, inputs)}
             one_pass = int8.decode(inputs)
-            for name, h in hidden.items():
-                logits = h[0, :-1] @ fp32.token_embedding.weight.T  # SmolLM2's own head, as text_perplexity
-                nll[name] += F.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
-                if name == "int8":
-                    agree += (logits.argmax(-1) == (hidden["fp32"][0, :-1] @ fp32.token_embedding.weight.T)
-                              .argmax(-1)).sum().item()
+            # SmolLM2's own head, as text_perplexity
+            logits = {name: h[0, :-1] @ fp32.token_embedding.weight.T for name, h in hidden.items()}
+            for name, scores in logits.items():
+                nll[name] += F.cross_entropy(scores, ids[0, 1:], reduction="sum").item()
+            agree += (logits["int8"].argmax(-1) == logits["fp32"].argmax(-1)).sum().item()
             count += ids.shape[1] - 1
             reference = hidden["fp32"].norm(dim=-1)
             errors += ((hidden["int8"] - hidden["fp32"]).norm(dim=-1) / reference)[0].tolist()
