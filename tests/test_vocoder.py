@@ -140,14 +140,30 @@ def test_streaming_cache_size_is_constant():
         samples = stream.push(random_mel(CHUNK, seed=i))
         assert samples.shape == (TINY.audio.samples_per_frame,)
         sizes.append(stream.cache_numel())
-        shapes.append([tuple(t.shape) for t in stream.state.values()])
+        shapes.append([tuple(layer.past.shape) for layer in stream.layers])
     assert len(set(sizes)) == 1 and sizes[0] > 0
     assert all(s == shapes[0] for s in shapes)
     # one cache per causal layer: conv_pre, an upsampler and its ResBlock convs per stage, conv_post
     convs_per_stage = 1 + 2 * len(TINY.resblock_dilations[0]) * len(TINY.resblock_kernel_sizes)
-    assert len(stream.state) == 2 + convs_per_stage * len(TINY.upsample_rates)
+    assert len(stream.layers) == 2 + convs_per_stage * len(TINY.upsample_rates)
+    assert any(layer.past.abs().max() > 0 for layer in stream.layers)
     stream.reset()
-    assert stream.cache_numel() == 0
+    assert stream.cache_numel() == sizes[0]
+    assert all(layer.past.abs().max() == 0 for layer in stream.layers)
+
+
+def test_a_stream_reads_the_generators_weights_when_it_opens_and_on_reset():
+    generator = loud_generator()
+    mel = random_mel(CHUNK)
+    stream = generator.stream()
+    with torch.no_grad():
+        original = generator(mel)
+        generator.conv_post.conv.parametrizations.weight.original0.mul_(0.5)
+        changed = generator(mel)
+    assert (changed - original).abs().max() > 1e-3
+    assert (stream.push(mel) - original).abs().max() < 1e-5  # opened before the change
+    stream.reset()
+    assert (stream.push(mel) - changed).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("frames", [1, 7, 24])
