@@ -248,8 +248,9 @@ print(f"{tuple(x.shape)} mel -> {tuple(ours.shape)} samples; "
 # input between calls, and an upsampler keeps its last frame. A chunk then
 # costs the same however long the stream has run, and the samples are the
 # ones the whole mel gives at once: the start of a stream and the offline
-# zero padding are the same zeros. (For a chunk-sized input the package also
-# swaps each conv for one matrix multiply, 2-3 times faster on a CPU.) The
+# zero padding are the same zeros. (For a chunk-sized input the package's
+# stream also does each conv as one matrix multiply, 2-3 times faster on a
+# CPU, with each layer's weights read once, when the stream opens.) The
 # samples lag the mel by the 20 ms look-ahead; `flush()` at the end of a
 # stream returns the last of them.
 
@@ -443,9 +444,9 @@ display(Markdown("\n".join(rows)))
 # ### Where it stands
 #
 # The streaming `lite` vocoder keeps up with real time ten to twenty times
-# over on two CPU cores (RTF 0.05 to 0.09 in the committed benchmarks, as the
-# shared cores allow; one run on a slow day reached 0.106), and streaming
-# gives the offline samples exactly. Its
+# over on two CPU cores (RTF 0.060 in the committed benchmark; before the
+# stream ran its own layer steps, 0.05 to 0.106 as the shared cores
+# allowed), and streaming gives the offline samples exactly. Its
 # quality is **not** at the bar yet: PESQ-wb 1.3 on seen voices against a bar
 # of 3.0, and the judge's WER 4.1 points above the originals against a bar of
 # 2 (12.6 after the first 11 GPU minutes). The speech is intelligible (STOI
