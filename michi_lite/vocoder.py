@@ -403,14 +403,14 @@ class StreamingVocoder:
         g, batch = self.generator, self.batch_size
         self.conv_pre = ConvStream(g.conv_pre, batch)
         self.ups = [UpsampleStream(up, batch) for up in g.ups]
-        self.mrfs = [[[ConvStream(conv, batch) for conv in block.dilated] for block in mrf] for mrf in g.mrfs]
+        self.dilated = [[[ConvStream(conv, batch) for conv in block.dilated] for block in mrf] for mrf in g.mrfs]
         self.plain = [[[ConvStream(conv, batch) for conv in block.plain] for block in mrf] for mrf in g.mrfs]
         self.conv_post = ConvStream(g.conv_post, batch)
         self.started = False
 
     @property
     def layers(self) -> list[ConvStream | UpsampleStream]:
-        nested = [conv for mrf in self.mrfs + self.plain for block in mrf for conv in block]
+        nested = [conv for stage in self.dilated + self.plain for block in stage for conv in block]
         return [self.conv_pre, *self.ups, *nested, self.conv_post]
 
     @torch.inference_mode()
@@ -421,20 +421,20 @@ class StreamingVocoder:
             raise ValueError(f"this stream was opened for batch size {self.batch_size}, got a chunk of {batch}")
         self.started = True
         mel = mel_chunk.unsqueeze(1) if mel_chunk.dim() == 2 else mel_chunk.transpose(0, 1)  # (n_mels, batch, k)
-        x = self.conv_pre(mel)
-        # HiFiGANGenerator.forward, layer by layer
-        for up, dilated_mrf, plain_mrf in zip(self.ups, self.mrfs, self.plain):
-            x = up(F.leaky_relu(x, LRELU_SLOPE))
-            fused = None
-            for dilated, plain in zip(dilated_mrf, plain_mrf):
+        x = self.conv_pre(mel)  # (channels, batch, k)
+        # HiFiGANGenerator.forward, layer by layer; each ResBlock is its lists of dilated and plain convs
+        for up, blocks_dilated, blocks_plain in zip(self.ups, self.dilated, self.plain):
+            x = up(F.leaky_relu(x, LRELU_SLOPE))  # (channels / 2, batch, time * rate)
+            fused = None  # the multi-receptive-field mean, summed in place
+            for dilated, plain in zip(blocks_dilated, blocks_plain):
                 h = x
                 for i, conv in enumerate(dilated):
-                    step = conv(F.leaky_relu(h, LRELU_SLOPE))
+                    y = conv(F.leaky_relu(h, LRELU_SLOPE))
                     if plain:
-                        step = plain[i](F.leaky_relu(step, LRELU_SLOPE))
-                    h = step.add_(h)
+                        y = plain[i](F.leaky_relu(y, LRELU_SLOPE))
+                    h = y.add_(h)  # y is a new tensor of this call's, so adding into it is safe
                 fused = h if fused is None else fused.add_(h)
-            x = fused.div_(len(dilated_mrf))
+            x = fused.div_(len(blocks_dilated))
         wave = torch.tanh(self.conv_post(F.leaky_relu(x)))[0]  # (batch, k * hop)
         return wave[0] if mel_chunk.dim() == 2 else wave
 
