@@ -93,6 +93,8 @@ class VocoderConfig:
             raise ValueError("upsample_initial_channel must halve cleanly at every upsampling")
         if self.lookahead_hops < 0:
             raise ValueError(f"lookahead_hops must be 0 or more, not {self.lookahead_hops}")
+        if len(self.resblock_dilations) != len(self.resblock_kernel_sizes) or not all(self.resblock_dilations):
+            raise ValueError("give every ResBlock kernel size its own non-empty tuple of dilations")
         if self.segment_samples <= self.lookahead_samples:
             raise ValueError("training segments must be longer than the look-ahead")
 
@@ -327,9 +329,10 @@ class HiFiGANGenerator(nn.Module):
 #   meets a layer's weights in that one 2-D multiply;
 # * the layers' weights are read into plain matrices once, when the stream
 #   opens, and the residual sums are done in place.
-# Together these take about 30% off a ``lite`` chunk on a CPU, against the same
-# arithmetic run through the layers' ``nn.Module`` calls (measured with
-# ``michi-lite bench vocoder``: data/vocoder/README.md).
+# Together these took about 30% off a ``lite`` chunk on a CPU, against the same
+# arithmetic run through the layers' ``nn.Module`` calls with a state dict
+# (commit b0cceba against its parent, ``michi-lite bench vocoder``;
+# data/vocoder/README.md has the runs).
 
 
 class ConvStream:
@@ -337,15 +340,15 @@ class ConvStream:
 
     def __init__(self, layer: CausalConv1d, batch_size: int) -> None:
         conv = layer.conv
-        self.weight = conv.weight.detach().flatten(1)  # (out, in * k), the taps of each input channel together
-        self.bias = conv.bias.detach()[:, None]
+        self.weight = conv.weight.detach().flatten(1).clone()  # (out, in * k), the taps of each input channel together
+        self.bias = conv.bias.detach()[:, None].clone()
         self.kernel_size, self.dilation = layer.kernel_size, layer.dilation
         self.past = self.weight.new_zeros(conv.in_channels, batch_size, layer.context)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         channels, batch, time = x.shape
         x = torch.cat([self.past, x], dim=-1)  # (in, batch, context + time)
-        self.past = x[..., time:]
+        self.past = x[..., time:].clone()  # the last ``context`` columns, apart from this call's buffer
         taps = x.unfold(-1, time, self.dilation)  # (in, batch, k, time): taps[..., j, t] = x[..., t + j*d]
         taps = taps.transpose(1, 2).reshape(channels * self.kernel_size, batch * time)
         return torch.addmm(self.bias, self.weight, taps).view(-1, batch, time)
@@ -360,15 +363,16 @@ class UpsampleStream:
 
     def __init__(self, layer: CausalUpsample, batch_size: int) -> None:
         conv = layer.conv
-        self.weight = conv.weight.detach().flatten(1).T.contiguous()  # (out * 2 * rate, in)
-        self.bias = conv.bias.detach()[:, None, None]
+        weight = conv.weight.detach().flatten(1).T  # (out * 2 * rate, in)
+        self.weight = weight.clone(memory_format=torch.contiguous_format)
+        self.bias = conv.bias.detach()[:, None, None].clone()
         self.rate = layer.rate
         self.past = self.weight.new_zeros(conv.in_channels, batch_size, 1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         channels, batch, time = x.shape
         x = torch.cat([self.past, x], dim=-1)  # (in, batch, 1 + time)
-        self.past = x[..., time:]
+        self.past = x[..., time:].clone()  # the last frame
         spread = self.weight @ x.view(channels, -1)  # (out * 2 * rate, batch * (1 + time))
         spread = spread.view(-1, 2, self.rate, batch, time + 1)  # (out, half, rate, batch, 1 + time)
         hops = spread[:, 0, :, :, 1:] + spread[:, 1, :, :, :-1]  # (out, rate, batch, time)
@@ -388,8 +392,9 @@ class StreamingVocoder:
     its end returns the last of the audio. The pushed samples after the
     first ``latency_samples``, followed by ``flush()``, are ``vocode(mel)``.
 
-    The stream reads the generator's weights when it opens and on ``reset``:
-    after changing them, open a new stream.
+    The stream copies the generator's weights when it opens and on
+    ``reset``: later changes to them (training, moving the generator to
+    another device) reach it after a ``reset``.
     """
 
     def __init__(self, generator: HiFiGANGenerator, batch_size: int = 1) -> None:
@@ -399,17 +404,20 @@ class StreamingVocoder:
 
     @torch.inference_mode()
     def reset(self) -> None:
-        """Start a new stream: every layer's past back to zeros, the generator's weights read afresh."""
-        g, batch = self.generator, self.batch_size
-        self.conv_pre = ConvStream(g.conv_pre, batch)
-        self.ups = [UpsampleStream(up, batch) for up in g.ups]
-        self.dilated = [[[ConvStream(conv, batch) for conv in block.dilated] for block in mrf] for mrf in g.mrfs]
-        self.plain = [[[ConvStream(conv, batch) for conv in block.plain] for block in mrf] for mrf in g.mrfs]
-        self.conv_post = ConvStream(g.conv_post, batch)
+        """Start a new stream: every layer's past back to zeros, the generator's weights copied afresh."""
+        generator, batch = self.generator, self.batch_size
+        self.conv_pre = ConvStream(generator.conv_pre, batch)
+        self.ups = [UpsampleStream(up, batch) for up in generator.ups]
+        # self.dilated[stage][block][i] and self.plain[stage][block][i]: each ResBlock's convs
+        stages = generator.mrfs
+        self.dilated = [[[ConvStream(conv, batch) for conv in block.dilated] for block in mrf] for mrf in stages]
+        self.plain = [[[ConvStream(conv, batch) for conv in block.plain] for block in mrf] for mrf in stages]
+        self.conv_post = ConvStream(generator.conv_post, batch)
         self.started = False
 
     @property
     def layers(self) -> list[ConvStream | UpsampleStream]:
+        """Every layer's step (not in the order they run): for counting what the stream keeps."""
         nested = [conv for stage in self.dilated + self.plain for block in stage for conv in block]
         return [self.conv_pre, *self.ups, *nested, self.conv_post]
 
@@ -420,8 +428,8 @@ class StreamingVocoder:
         if batch != self.batch_size:
             raise ValueError(f"this stream was opened for batch size {self.batch_size}, got a chunk of {batch}")
         self.started = True
-        mel = mel_chunk.unsqueeze(1) if mel_chunk.dim() == 2 else mel_chunk.transpose(0, 1)  # (n_mels, batch, k)
-        x = self.conv_pre(mel)  # (channels, batch, k)
+        mel = mel_chunk.unsqueeze(1) if mel_chunk.dim() == 2 else mel_chunk.transpose(0, 1)  # (n_mels, batch, time)
+        x = self.conv_pre(mel)  # (channels, batch, time)
         # HiFiGANGenerator.forward, layer by layer; each ResBlock is its lists of dilated and plain convs
         for up, blocks_dilated, blocks_plain in zip(self.ups, self.dilated, self.plain):
             x = up(F.leaky_relu(x, LRELU_SLOPE))  # (channels / 2, batch, time * rate)
@@ -435,7 +443,7 @@ class StreamingVocoder:
                     h = y.add_(h)  # y is a new tensor of this call's, so adding into it is safe
                 fused = h if fused is None else fused.add_(h)
             x = fused.div_(len(blocks_dilated))
-        wave = torch.tanh(self.conv_post(F.leaky_relu(x)))[0]  # (batch, k * hop)
+        wave = torch.tanh(self.conv_post(F.leaky_relu(x)))[0]  # (batch, time * hop); slope 0.01, as in forward
         return wave[0] if mel_chunk.dim() == 2 else wave
 
     @property
@@ -447,7 +455,7 @@ class StreamingVocoder:
         """End the stream: the ``latency_samples`` still owed, for a mel that falls silent here."""
         lookahead = self.generator.cfg.lookahead_hops
         if not self.started or lookahead == 0:
-            return torch.zeros(self.batch_size, 0).squeeze(0)
+            return self.conv_pre.past.new_zeros(self.batch_size, 0).squeeze(0)
         tail = self.conv_pre.past.new_full((self.batch_size, self.generator.n_mels, lookahead), SILENCE_MEL)
         return self.push(tail if self.batch_size > 1 else tail[0])
 

@@ -75,7 +75,9 @@ def test_streaming_vocoder_matches_offline(cfg, batch):
     mel = random_mel(12 * CHUNK, batch)
     with torch.no_grad():
         offline = generator(mel)
+    given = mel.clone()
     streamed = stream_in_chunks(generator, mel)
+    assert torch.equal(mel, given)  # the chunks pushed are left as they were
     assert streamed.shape == offline.shape
     assert offline.std() > 0.05  # a real signal, not near-silence where any two outputs agree
     assert (streamed - offline).abs().max() < 1e-4
@@ -152,13 +154,16 @@ def test_streaming_cache_size_is_constant():
     assert all(layer.past.abs().max() == 0 for layer in stream.layers)
 
 
-def test_a_stream_reads_the_generators_weights_when_it_opens_and_on_reset():
-    generator = loud_generator()
+@pytest.mark.parametrize("weight_norm", [True, False], ids=["weight_norm", "folded"])
+def test_a_stream_copies_the_generators_weights_when_it_opens_and_on_reset(weight_norm):
+    generator = loud_generator() if weight_norm else loud_generator().remove_weight_norm()
     mel = random_mel(CHUNK)
     stream = generator.stream()
     with torch.no_grad():
         original = generator(mel)
-        generator.conv_post.conv.parametrizations.weight.original0.mul_(0.5)
+        conv = generator.conv_post.conv
+        (conv.parametrizations.weight.original0 if weight_norm else conv.weight).mul_(0.5)
+        generator.conv_pre.conv.bias.add_(0.3)
         changed = generator(mel)
     assert (changed - original).abs().max() > 1e-3
     assert (stream.push(mel) - original).abs().max() < 1e-5  # opened before the change
@@ -267,6 +272,13 @@ def test_bad_mel_raises_value_error(mel, message):
     for vocode in (generator, generator.stream().push, GriffinLim(TINY.audio)):
         with pytest.raises(ValueError, match=message):
             vocode(mel)
+
+
+def test_a_resblock_without_dilations_is_refused():
+    with pytest.raises(ValueError, match="non-empty tuple of dilations"):
+        replace(TINY, resblock_dilations=((),))
+    with pytest.raises(ValueError, match="its own"):
+        replace(TINY_RESBLOCK2, resblock_dilations=((1, 2),))
 
 
 def test_stream_refuses_a_chunk_of_another_batch_size():
