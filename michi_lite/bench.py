@@ -276,7 +276,7 @@ def bench_speaker(preset: str, ckpt: str | os.PathLike | None = None, vocoder_ck
 
                 def backbone_step(version=version, cache=cache):
                     version.frame_decoder()(voice[:, None], cache)
-                    cache.length -= 1  # every timed step sees the same context
+                    cache.crop(-1)  # every timed step sees the same context
 
                 def backbone_step_transformers(version=version, cache=hf_cache):
                     version.decode(voice[:, None], cache)
@@ -284,7 +284,7 @@ def bench_speaker(preset: str, ckpt: str | os.PathLike | None = None, vocoder_ck
 
                 def frame_step(version=version, cache=cache):
                     hidden = version.frame_decoder()(voice[:, None], cache)[:, -1]
-                    cache.length -= 1
+                    cache.crop(-1)
                     version.text_logits(hidden).softmax(-1)
                     cond = version.head_condition(hidden, token, voice, phonemes, since)
                     patch = version.speaking_head.sample(cond, 4)

@@ -85,6 +85,16 @@ class FrameCache:
             values[:, :, :, :self.length] = self.values[:, :, :, :self.length]
         self.keys, self.values = keys, values
 
+    def crop(self, max_length: int) -> None:
+        """Keep the first ``max_length`` positions, or with a negative one drop that many (as ``DynamicCache.crop``).
+
+        The next call writes over the positions dropped.
+        """
+        keep = self.length + max_length if max_length < 0 else max_length
+        if not 0 <= keep <= self.length:
+            raise ValueError(f"cannot crop a cache of {self.length} positions to {keep}")
+        self.length = keep
+
 
 class FrameDecoder(nn.Module):
     """A Llama decoder for a few positions per call, each call extending a ``FrameCache``.

@@ -41,6 +41,23 @@ def test_the_cache_grows_past_its_first_capacity_without_losing_a_position(monke
     assert (steps - whole).abs().max() < 1e-5
 
 
+def test_a_cropped_cache_continues_from_the_positions_it_keeps():
+    llama = small_llama(2)
+    inputs, other = torch.randn(1, 8, 64), torch.randn(1, 3, 64)
+    with torch.no_grad():
+        decoder, cache = FrameDecoder(llama), FrameCache()
+        decoder(inputs[:, :6], cache)
+        decoder(other, cache)  # a detour, taken back
+        cache.crop(-3)
+        assert cache.length == 6
+        cache.crop(5)
+        rest = decoder(inputs[:, 5:], cache)
+        assert (rest - llama(inputs_embeds=inputs).last_hidden_state[:, 5:]).abs().max() < 1e-5
+        for bad in (9, -9):
+            with pytest.raises(ValueError, match="cannot crop a cache of 8 positions"):
+                cache.crop(bad)
+
+
 def test_two_caches_are_two_sequences_and_a_cache_keeps_its_batch():
     llama = small_llama(2)
     decoder = FrameDecoder(llama)
