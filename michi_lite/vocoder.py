@@ -327,7 +327,7 @@ class HiFiGANGenerator(nn.Module):
 #   most of all), and an upsampler one multiply and a shifted add;
 # * activations are laid out (channels, batch, time), so the whole batch
 #   meets a layer's weights in that one 2-D multiply;
-# * the layers' weights are read into plain matrices once, when the stream
+# * the layers' weights are copied into plain matrices once, when the stream
 #   opens, and the residual sums are done in place.
 # Together these took about 30% off a ``lite`` chunk on a CPU, against the same
 # arithmetic run through the layers' ``nn.Module`` calls with a state dict
