@@ -17,10 +17,10 @@ lines up with the mel.
 
 1. ``HiFiGANGenerator``: mel (batch, n_mels, frames) -> wave (batch, frames * hop),
    HiFi-GAN's layout (Kong et al. 2020) with left-only padding.
-2. ``StreamingVocoder``: the same generator fed one chunk at a time. Each causal
-   layer keeps the last (kernel - 1) * dilation samples of its input, so a
-   chunk costs the same however long the stream is, and the samples equal the
-   offline ones.
+2. ``StreamingVocoder``: the same generator's layers run one chunk at a time,
+   each by a step of its own (``ConvStream``, ``UpsampleStream``) that keeps
+   the last (kernel - 1) * dilation samples of its input, so a chunk costs the
+   same however long the stream is, and the samples equal the offline ones.
 3. ``MultiPeriodDiscriminator`` and ``MultiResolutionDiscriminator`` with the
    least-squares GAN, feature-matching and mel L1 losses, and ``train_vocoder``.
 4. ``GriffinLim``: the classic baseline through the same interface.
