@@ -4,6 +4,7 @@
     michi-lite data subset     --data DIR --out DIR --hours H [--splits S ...] [--seed N]
     michi-lite data pack       --data DIR --out DIR [--splits S ...]
     michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init G]
+                               [--discriminator-start N]
     michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
     michi-lite export vocoder|listener|speaker --preset P --ckpt RUN --out FILE
@@ -51,6 +52,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
     return value
 
 
@@ -103,7 +111,8 @@ def cmd_train_vocoder(args: argparse.Namespace) -> None:
 
     run = train_vocoder(vocoder_config(args.preset), args.data, args.out, steps=args.steps, resume=args.resume,
                         batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
-                        max_minutes=args.max_minutes, init=args.init)
+                        max_minutes=args.max_minutes, init=args.init,
+                        discriminator_start=args.discriminator_start)
     report_run(run, args.preset, "vocoder")
 
 
@@ -311,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
         if stage == "vocoder":
             stage_train.add_argument("--init", help="start the generator from an exported one (a run or "
                                                     ".safetensors); the discriminators start fresh")
+            stage_train.add_argument("--discriminator-start", type=non_negative_int, metavar="N",
+                                     help="train the generator alone, on its mel loss, until step N, "
+                                          "then with the discriminators (default: 0, HiFi-GAN's recipe; "
+                                          "a resumed run keeps its own unless given)")
         if stage == "speaker":
             stage_train.add_argument("--init", help="start from this speech model's weights (a run or .safetensors); "
                                                     "modules it lacks start fresh")

@@ -229,6 +229,50 @@ def test_training_overfits_one_fixed_batch():
     assert last["mel_loss"] < 0.8 * first["mel_loss"]
 
 
+def test_the_generator_learns_alone_until_the_discriminators_start():
+    torch.manual_seed(0)
+    trainer = VocoderTrainer(replace(TINY, discriminator_start=2), torch.device("cpu"))
+    wave = 0.1 * torch.randn(2, TINY.segment_samples)
+
+    def weights(*modules: nn.Module) -> list[torch.Tensor]:
+        return [p.detach().clone() for module in modules for p in module.parameters()]
+
+    discriminators, generator = weights(trainer.mpd, trainer.mrd), weights(trainer.generator)
+    for _ in range(2):
+        assert trainer.warming_up
+        losses = trainer.step(wave)
+        assert all(math.isfinite(losses[k]) for k in ("generator_loss", "mel_loss"))
+        assert all(math.isnan(losses[k]) for k in ("feature_loss", "adversarial_loss", "discriminator_loss"))
+    assert all(torch.equal(a, b) for a, b in zip(discriminators, weights(trainer.mpd, trainer.mrd)))
+    assert not all(torch.equal(a, b) for a, b in zip(generator, weights(trainer.generator)))
+    assert trainer.sched_d.last_epoch == 0  # the discriminators' learning rate waits for them
+
+    assert not trainer.warming_up
+    losses = trainer.step(wave)  # step 3: HiFi-GAN's
+    assert all(math.isfinite(v) for v in losses.values())
+    assert not all(torch.equal(a, b) for a, b in zip(discriminators, weights(trainer.mpd, trainer.mrd)))
+
+    with pytest.raises(ValueError, match="discriminator_start"):
+        replace(TINY, discriminator_start=-1)
+
+
+def test_a_resumed_run_keeps_its_discriminator_start(tiny_corpus, tmp_path):
+    from michi_lite.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "vocoder", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(run),
+            "--batch-size", "2", "--checkpoint-every", "1"]
+    main(args + ["--steps", "1", "--discriminator-start", "2"])
+    main(args + ["--steps", "3", "--resume"])  # not given again: the run's own 2
+    state = json.loads((latest_checkpoint(run) / "state.json").read_text())
+    assert state["config"]["discriminator_start"] == 2
+    rows = read_log(run)
+    assert [int(r["step"]) for r in rows] == [1, 3]  # each call logs its last step
+    assert [math.isnan(float(r["discriminator_loss"])) for r in rows] == [True, False]
+    with pytest.raises(SystemExit):
+        main(args + ["--steps", "1", "--discriminator-start", "-1"])
+
+
 def test_griffin_lim_round_trip_keeps_a_sine():
     audio = TINY.audio
     t = torch.arange(audio.sample_rate) / audio.sample_rate
