@@ -148,7 +148,8 @@ def fit(
     """Train ``trainer`` on ``batches`` (iterated again and again) until step ``steps``; returns ``out_dir``.
 
     ``losses`` are the names ``trainer.step`` returns, in the log's column
-    order. With ``resume=True`` training continues from the newest
+    order; a loss a step did not compute is NaN, and the progress bar leaves
+    it out. With ``resume=True`` training continues from the newest
     checkpoint; without it, an ``out_dir`` that already holds a run is
     refused. ``max_minutes`` ends this call early, with a checkpoint.
     """
@@ -182,7 +183,8 @@ def fit(
             step += 1
             out_of_time = time.perf_counter() >= deadline
             bar.update()
-            bar.set_postfix({name: f"{result[name]:.3f}" for name in losses[:3]})
+            shown = [name for name in losses if not math.isnan(result[name])][:3]  # NaN: not computed
+            bar.set_postfix({name: f"{result[name]:.3f}" for name in shown})
             if step % log_every == 0 or step == steps or out_of_time:
                 row = {**result, "step": step, "lr": trainer.learning_rate(),
                        "seconds": round(time.perf_counter() - started, 2)}
