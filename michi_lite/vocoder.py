@@ -86,7 +86,7 @@ class VocoderConfig:
     feature_loss_weight: float = 2.0
     # Steps in which the generator learns alone, from the mel L1, before the discriminators
     # join (a warm-up as in Parallel WaveGAN, Yamamoto et al. 2020). 0 is HiFi-GAN's recipe.
-    # Without the discriminators a lite step costs a seventeenth on a CPU.
+    # Without the discriminators a lite step costs about a fifteenth on a CPU.
     discriminator_start: int = 0
 
     def __post_init__(self) -> None:
@@ -904,8 +904,8 @@ def train_vocoder(
 
     ``discriminator_start`` (default: the config's, 0) is the step at which
     the discriminators join; before it the generator learns alone from its
-    mel loss, at a seventeenth of a full step's cost on a CPU. A resumed run
-    keeps the value it was started with unless it is given again.
+    mel loss, at about a fifteenth of a full step's cost on a CPU. A resumed
+    run keeps the value it was started with unless it is given again.
     """
     started_with = started_config(out_dir) if resume else None
     if started_with is not None:
