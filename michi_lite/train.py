@@ -12,7 +12,9 @@ batch, and an ``export`` of the file inference loads. ``fit`` runs it:
   (they are logged again), and training goes on, losing at most one
   checkpoint interval;
 * a progress bar with the losses and ``train_log.csv`` with a row every
-  ``log_every`` steps.
+  ``log_every`` steps. A loss the step did not compute (the vocoder's
+  discriminators' while they wait) is left out of both: an empty cell in the
+  log, where a loss that diverged is ``nan``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class Trainer(Protocol):
     preset: str
     device: torch.device
 
-    def step(self, batch) -> dict[str, float]: ...  # one update; the losses by name
+    def step(self, batch) -> dict[str, float]: ...  # one update; the losses it computed, by name
     def modules(self) -> dict[str, nn.Module]: ...  # everything with weights, by file name
     def optimizer_state(self) -> dict: ...
     def load_optimizer_state(self, state: dict) -> None: ...
@@ -183,7 +185,7 @@ def fit(
             step += 1
             out_of_time = time.perf_counter() >= deadline
             bar.update()
-            shown = [name for name in losses if not math.isnan(result[name])][:3]  # NaN: not computed
+            shown = [name for name in losses if name in result][:3]  # a diverged loss shows as nan
             bar.set_postfix({name: f"{result[name]:.3f}" for name in shown})
             if step % log_every == 0 or step == steps or out_of_time:
                 row = {**result, "step": step, "lr": trainer.learning_rate(),

@@ -823,8 +823,7 @@ class VocoderTrainer:
         g_loss.backward()
         self.opt_g.step()
         self.sched_g.step()
-        losses = {"generator_loss": g_loss.item(), "mel_loss": mel_loss.item()}
-        return {name: losses.get(name, math.nan) for name in LOSSES}
+        return {"generator_loss": g_loss.item(), "mel_loss": mel_loss.item()}  # the others were not computed
 
     def start_generator_from(self, plain: HiFiGANGenerator) -> None:
         """Copy an exported generator (weight norm folded in) into this weight-normed one.
@@ -927,7 +926,8 @@ def train_vocoder(
     logger.info("vocoder %s: generator %.2fM parameters, %d steps of batch %d x %d samples on %s",
                 cfg.preset, n_params / 1e6, steps, cfg.batch_size, cfg.segment_samples, device)
     if cfg.discriminator_start:
-        logger.info("vocoder: the generator learns alone until step %d", cfg.discriminator_start)
+        logger.info("vocoder: the generator learns alone until step %d, then with the discriminators",
+                    cfg.discriminator_start)
     workers = loader_workers(device)
     loader = torch.utils.data.DataLoader(
         AudioSegments(data_dir, cfg), batch_size=cfg.batch_size, shuffle=True, num_workers=workers,

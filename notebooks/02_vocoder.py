@@ -152,9 +152,10 @@ fig
 
 # %%
 def read_log(path: Path) -> dict[str, np.ndarray]:
+    """A train_log.csv as columns; a loss a step did not compute (an empty cell) reads as NaN."""
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    return {key: np.array([float(r[key]) for r in rows]) for key in rows[0]}
+    return {key: np.array([float(r[key] or "nan") for r in rows]) for key in rows[0]}
 
 
 reference_log = read_log(REFERENCE / "lite_train_log.csv")
@@ -342,7 +343,7 @@ fig
 # 4 to 13 s, the generator alone on its mel loss (`--discriminator-start`,
 # about a fifteenth of that): 3,707 steps of batch 16 on the whole train
 # split in 50 minutes, then 10,000 more in 41 minutes on a faster machine,
-# each part kept because it beat the one before on the validation split.
+# each CPU part kept because it beat the one before on the validation split.
 # Its test sentences were never in training.
 # Below it vocodes the sentence of section 1 in a voice it was trained on
 # (flite `awb`) and in a voice held out of training (flite `rms`).
@@ -413,9 +414,11 @@ display(Markdown("\n".join(rows)))
 # %% [markdown]
 # The second part was chosen between two runs that shared the GPU, at batch
 # 16 (the recipe's) and batch 48, and each later part kept over the one
-# before, by the same eval on the validation split (`--split val`: seen voices, sentences in
-# neither train nor test), so the test split above played no part in the
-# choices:
+# before, by the same eval on the validation split (`--split val`: seen
+# voices, sentences in neither train nor test), so the test split above
+# played no part in the choices. Part 4's rows come from the corpus rebuilt
+# by the same command on a new machine: the same sentences and voices, the
+# TTS engines' audio a little different (156.87 s against 156.91 s).
 
 # %%
 rows = ["| 40 validation utterances | STFT distance | PESQ-wb | STOI | judge WER | judge WER, originals |",
@@ -459,7 +462,7 @@ display(Markdown("\n".join(rows)))
 # stream ran its own layer steps, 0.05 to 0.106 as the shared cores
 # allowed), and streaming gives the offline samples exactly. Its quality
 # meets one bar and not the other: the judge's WER on its audio is no higher
-# than on the originals (bar: at most 2 points above; 4.1 above after the GPU
+# than on the originals (bar: at most 2 points above; 4.0 above after the GPU
 # parts, 12.6 after the first 11 GPU minutes), but PESQ-wb is 1.8 on seen
 # voices against a bar of 3.0. The speech is intelligible (STOI 0.91) but
 # rough. Of its 24.4k steps only the first 10.7k (22 GPU minutes) had the
