@@ -112,7 +112,7 @@ def cmd_train_vocoder(args: argparse.Namespace) -> None:
     run = train_vocoder(vocoder_config(args.preset), args.data, args.out, steps=args.steps, resume=args.resume,
                         batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
                         max_minutes=args.max_minutes, init=args.init,
-                        discriminator_start=args.discriminator_start)
+                        discriminator_start=args.discriminator_start, lr_decay=args.lr_decay)
     report_run(run, args.preset, "vocoder")
 
 
@@ -324,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      help="train the generator alone, on its mel loss, until step N, "
                                           "then with the discriminators (default: 0, HiFi-GAN's recipe; "
                                           "a resumed run keeps its own unless given)")
+            stage_train.add_argument("--lr-decay", type=float, metavar="GAMMA",
+                                     help="multiply the learning rates by GAMMA after every step (default: the "
+                                          "preset's, 0.99999; a resumed run keeps its own unless given)")
         if stage == "speaker":
             stage_train.add_argument("--init", help="start from this speech model's weights (a run or .safetensors); "
                                                     "modules it lacks start fresh")

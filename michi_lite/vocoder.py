@@ -105,6 +105,8 @@ class VocoderConfig:
             raise ValueError("training segments must be longer than the look-ahead")
         if self.discriminator_start < 0:
             raise ValueError(f"discriminator_start must be 0 or more, not {self.discriminator_start}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], not {self.lr_decay}")
 
     @property
     def lookahead_samples(self) -> int:
@@ -854,6 +856,8 @@ class VocoderTrainer:
         self.opt_d.load_state_dict(state["opt_d"])
         self.sched_g.load_state_dict(state["sched_g"])
         self.sched_d.load_state_dict(state["sched_d"])
+        for schedule in (self.sched_g, self.sched_d):  # the decay is this run's config's, not the checkpoint's
+            schedule.gamma = self.cfg.lr_decay
 
     def learning_rate(self) -> float:
         return self.sched_g.get_last_lr()[0]
@@ -883,6 +887,7 @@ def train_vocoder(
     max_minutes: float | None = None,
     init: str | os.PathLike | None = None,
     discriminator_start: int | None = None,
+    lr_decay: float | None = None,
 ) -> Path:
     """Train the vocoder on random segments of the corpus's train split; returns the run directory.
 
@@ -905,6 +910,12 @@ def train_vocoder(
     the discriminators join; before it the generator learns alone from its
     mel loss, at about a fifteenth of a full step's cost on a CPU. A resumed
     run keeps the value it was started with unless it is given again.
+
+    ``lr_decay`` (default: the config's) is the factor both learning rates
+    are multiplied by after every step; from a resumed step on, a new one
+    takes over where the rate has got to. A last stretch of training with a
+    faster decay anneals the rate towards a smaller one. A resumed run keeps
+    its own unless it is given again.
     """
     started_with = started_config(out_dir) if resume else None
     if started_with is not None:
@@ -912,10 +923,11 @@ def train_vocoder(
         segment_seconds = segment_seconds or started_with["segment_seconds"]
         if discriminator_start is None:
             discriminator_start = started_with.get("discriminator_start", 0)
+        lr_decay = lr_decay or started_with["lr_decay"]
     if discriminator_start is None:
         discriminator_start = cfg.discriminator_start
     cfg = replace(cfg, batch_size=batch_size or cfg.batch_size, segment_seconds=segment_seconds or cfg.segment_seconds,
-                  discriminator_start=discriminator_start)
+                  discriminator_start=discriminator_start, lr_decay=lr_decay or cfg.lr_decay)
     device = training_device(device)
     torch.manual_seed(seed)
     trainer = VocoderTrainer(cfg, device)

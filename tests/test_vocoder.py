@@ -279,6 +279,23 @@ def test_a_resumed_run_keeps_its_discriminator_start(tiny_corpus, tmp_path):
         main(args + ["--steps", "1", "--discriminator-start", "-1"])
 
 
+def test_lr_decay_sets_the_schedule_and_a_resumed_run_keeps_or_changes_it(tiny_corpus, tmp_path):
+    from michi_lite.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "vocoder", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(run),
+            "--batch-size", "2", "--checkpoint-every", "1"]
+    main(args + ["--steps", "2", "--lr-decay", "0.5"])
+    main(args + ["--steps", "3", "--resume"])  # not given again: the run's own 0.5
+    main(args + ["--steps", "4", "--resume", "--lr-decay", "0.25"])  # given again: on from where the rate got
+    rates = [float(r["lr"]) for r in read_log(run)]
+    base = TINY.learning_rate
+    assert rates == pytest.approx([base * 0.5 ** 2, base * 0.5 ** 3, base * 0.5 ** 3 * 0.25])
+    assert json.loads((latest_checkpoint(run) / "state.json").read_text())["config"]["lr_decay"] == 0.25
+    with pytest.raises(ValueError, match="lr_decay"):
+        replace(TINY, lr_decay=0.0)
+
+
 def test_griffin_lim_round_trip_keeps_a_sine():
     audio = TINY.audio
     t = torch.arange(audio.sample_rate) / audio.sample_rate
