@@ -335,7 +335,7 @@ fig
 # ## 7. The reference model
 #
 # The committed `lite` vocoder (`data/vocoder/lite_vocoder.safetensors`,
-# fp16, 0.68 MB) was trained with `michi-lite train vocoder` in four
+# fp16, 0.68 MB) was trained with `michi-lite train vocoder` in five
 # parts. On one H200, for 22 minutes, on 36-speaker subsets of the `lite`
 # corpus's train split: 6,498 steps of batch 16 on 0.7 h, then (`--init`,
 # fresh discriminators) 4,179 steps of batch 48 on 0.6 h, which beat batch
@@ -343,7 +343,9 @@ fig
 # 4 to 13 s, the generator alone on its mel loss (`--discriminator-start`,
 # about a fifteenth of that): 3,707 steps of batch 16 on the whole train
 # split in 50 minutes, then 10,000 more in 41 minutes on a faster machine,
-# each CPU part kept because it beat the one before on the validation split.
+# then 16,282 more in 80 minutes with the learning rate annealed
+# (`--lr-decay`), each CPU part kept because it beat the one before on the
+# validation split.
 # Its test sentences were never in training.
 # Below it vocodes the sentence of section 1 in a voice it was trained on
 # (flite `awb`) and in a voice held out of training (flite `rms`).
@@ -385,7 +387,7 @@ fig
 
 # %% [markdown]
 # Griffin-Lim's spectrogram is close to the original's: it was given the
-# magnitudes and only had to find a phase. HiFi-GAN's shows what 24.4k steps
+# magnitudes and only had to find a phase. HiFi-GAN's shows what 40.7k steps
 # have not learned yet: the voice's harmonics in the lowest bands are
 # blurred, and faint horizontal lines at fixed frequencies run through the
 # whole clip.
@@ -416,9 +418,10 @@ display(Markdown("\n".join(rows)))
 # 16 (the recipe's) and batch 48, and each later part kept over the one
 # before, by the same eval on the validation split (`--split val`: seen
 # voices, sentences in neither train nor test), so the test split above
-# played no part in the choices. Part 4's rows come from the corpus rebuilt
-# by the same command on a new machine: the same sentences and voices, the
-# TTS engines' audio a little different (156.87 s against 156.91 s).
+# played no part in the choices. The rows of parts 4 and 5 come from the
+# corpus rebuilt by the same command on newer machines: the same sentences
+# and voices, the TTS engines' audio a little different (156.87 s against
+# 156.91 s).
 
 # %%
 rows = ["| 40 validation utterances | STFT distance | PESQ-wb | STOI | judge WER | judge WER, originals |",
@@ -427,7 +430,8 @@ for label, name in (("part 1", "lite_val_part1.json"), ("part 2, batch 16", "lit
                     ("part 2, batch 48 (kept)", "lite_val_batch48.json"),
                     ("part 3, the generator alone (kept)", "lite_val_part3.json"),
                     ("part 4, the generator alone (kept)", "lite_val_part4.json"),
-                    ("part 4, then 683 steps with fresh discriminators", "lite_val_part4_adversarial.json")):
+                    ("part 4, then 683 steps with fresh discriminators", "lite_val_part4_adversarial.json"),
+                    ("part 5, the generator alone, annealed (kept)", "lite_val_part5.json")):
     result = json.loads((REFERENCE / name).read_text())["groups"]["seen"]
     r = result["hifigan"]
     rows.append(f"| {label} | {r['stft_distance']:.3f} | {r['pesq_wb']:.2f} | {r['stoi']:.3f} | "
@@ -464,12 +468,13 @@ display(Markdown("\n".join(rows)))
 # meets one bar and not the other: the judge's WER on its audio is no higher
 # than on the originals (bar: at most 2 points above; 4.0 above after the GPU
 # parts, 12.6 after the first 11 GPU minutes), but PESQ-wb is 1.8 on seen
-# voices against a bar of 3.0. The speech is intelligible (STOI 0.91) but
-# rough. Of its 24.4k steps only the first 10.7k (22 GPU minutes) had the
-# discriminators; a HiFi-GAN recipe runs 100k and more with them, and the
-# training loss was still falling. The mel loss says nothing of the detail
-# between the mel bands, which the discriminators teach, so closing the gap
-# means training on with them, on a GPU: `michi-lite train
-# vocoder ... --init data/vocoder/lite_vocoder.safetensors` starts from this
-# generator (with fresh discriminators), `--resume` from a run's checkpoint;
-# then more than 0.6 h of audio.
+# voices against a bar of 3.0. The speech is intelligible (STOI 0.92) but
+# rough. Of its 40.7k steps only the first 10.7k (22 GPU minutes) had the
+# discriminators; a HiFi-GAN recipe runs 100k and more with them. Alone,
+# the generator's gains have slowed: part 5's 80 minutes added 0.06 of
+# validation PESQ-wb, part 4's 41 minutes 0.18. The mel loss says nothing
+# of the detail between the mel bands, which the discriminators teach, so
+# closing the gap means training on with them, on a GPU: `michi-lite
+# train vocoder ... --init data/vocoder/lite_vocoder.safetensors` starts
+# from this generator (with fresh discriminators), `--resume` from a run's
+# checkpoint; then more than 0.6 h of audio.
