@@ -62,6 +62,13 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def decay_factor(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, not {value}")
+    return value
+
+
 def write_json(report: dict, path: str | None) -> None:
     text = json.dumps(report, indent=2)
     if path:
@@ -324,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      help="train the generator alone, on its mel loss, until step N, "
                                           "then with the discriminators (default: 0, HiFi-GAN's recipe; "
                                           "a resumed run keeps its own unless given)")
-            stage_train.add_argument("--lr-decay", type=float, metavar="GAMMA",
+            stage_train.add_argument("--lr-decay", type=decay_factor, metavar="GAMMA",
                                      help="multiply the learning rates by GAMMA after every step (default: the "
                                           "preset's, 0.99999; a resumed run keeps its own unless given)")
         if stage == "speaker":

@@ -923,11 +923,14 @@ def train_vocoder(
         segment_seconds = segment_seconds or started_with["segment_seconds"]
         if discriminator_start is None:
             discriminator_start = started_with.get("discriminator_start", 0)
-        lr_decay = lr_decay or started_with["lr_decay"]
+        if lr_decay is None:
+            lr_decay = started_with["lr_decay"]
     if discriminator_start is None:
         discriminator_start = cfg.discriminator_start
+    if lr_decay is None:
+        lr_decay = cfg.lr_decay
     cfg = replace(cfg, batch_size=batch_size or cfg.batch_size, segment_seconds=segment_seconds or cfg.segment_seconds,
-                  discriminator_start=discriminator_start, lr_decay=lr_decay or cfg.lr_decay)
+                  discriminator_start=discriminator_start, lr_decay=lr_decay)
     device = training_device(device)
     torch.manual_seed(seed)
     trainer = VocoderTrainer(cfg, device)
