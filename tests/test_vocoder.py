@@ -261,8 +261,7 @@ def test_a_resumed_run_keeps_its_discriminator_start(tiny_corpus, tmp_path):
     from michi_lite.cli import main
 
     run = tmp_path / "run"
-    args = ["train", "vocoder", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(run),
-            "--batch-size", "2", "--checkpoint-every", "1"]
+    args = train_command(tiny_corpus, run)
     main(args + ["--steps", "1", "--discriminator-start", "2"])
     main(args + ["--steps", "3", "--resume"])  # not given again: the run's own 2
     state = json.loads((latest_checkpoint(run) / "state.json").read_text())
@@ -283,8 +282,7 @@ def test_lr_decay_sets_the_schedule_and_a_resumed_run_keeps_or_changes_it(tiny_c
     from michi_lite.cli import main
 
     run = tmp_path / "run"
-    args = ["train", "vocoder", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(run),
-            "--batch-size", "2", "--checkpoint-every", "1"]
+    args = train_command(tiny_corpus, run)
     main(args + ["--steps", "2", "--lr-decay", "0.5"])
     main(args + ["--steps", "3", "--resume"])  # not given again: the run's own 0.5
     main(args + ["--steps", "4", "--resume", "--lr-decay", "0.25"])  # given again: on from where the rate got
@@ -399,6 +397,12 @@ def read_log(run) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def train_command(corpus, run) -> list[str]:
+    """`michi-lite train vocoder` on the tiny corpus, batch 2, a checkpoint every step; add --steps and the rest."""
+    return ["train", "vocoder", "--preset", "tiny", "--data", str(corpus), "--out", str(run),
+            "--batch-size", "2", "--checkpoint-every", "1"]
+
+
 def test_train_vocoder_checkpoints_logs_and_resumes(tiny_corpus, tmp_path):
     run = tmp_path / "run"
     # a batch size other than the preset's is a training choice: the generator still loads as "tiny"
@@ -438,8 +442,7 @@ def test_train_vocoder_command_trains_and_resumes(tiny_corpus, tmp_path):
     from michi_lite.cli import main
 
     run = tmp_path / "run"
-    args = ["train", "vocoder", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(run),
-            "--batch-size", "2", "--checkpoint-every", "1"]
+    args = train_command(tiny_corpus, run)
     main(args + ["--steps", "2"])
     main(args + ["--steps", "3", "--resume"])
     steps = [int(row["step"]) for row in csv.DictReader((run / "train_log.csv").open())]
