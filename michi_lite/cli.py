@@ -4,7 +4,7 @@
     michi-lite data subset     --data DIR --out DIR --hours H [--splits S ...] [--seed N]
     michi-lite data pack       --data DIR --out DIR [--splits S ...]
     michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init G]
-                               [--discriminator-start N]
+                               [--discriminator-start N] [--lr-decay GAMMA] [--stft-loss WEIGHT]
     michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
     michi-lite export vocoder|listener|speaker --preset P --ckpt RUN --out FILE
@@ -69,6 +69,13 @@ def decay_factor(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def write_json(report: dict, path: str | None) -> None:
     text = json.dumps(report, indent=2)
     if path:
@@ -119,7 +126,8 @@ def cmd_train_vocoder(args: argparse.Namespace) -> None:
     run = train_vocoder(vocoder_config(args.preset), args.data, args.out, steps=args.steps, resume=args.resume,
                         batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
                         max_minutes=args.max_minutes, init=args.init,
-                        discriminator_start=args.discriminator_start, lr_decay=args.lr_decay)
+                        discriminator_start=args.discriminator_start, lr_decay=args.lr_decay,
+                        stft_loss_weight=args.stft_loss)
     report_run(run, args.preset, "vocoder")
 
 
@@ -334,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
             stage_train.add_argument("--lr-decay", type=decay_factor, metavar="GAMMA",
                                      help="multiply the learning rates by GAMMA after every step (default: the "
                                           "preset's, 0.99999; a resumed run keeps its own unless given)")
+            stage_train.add_argument("--stft-loss", type=non_negative_float, metavar="WEIGHT",
+                                     help="add a multi-resolution STFT loss with this weight to the mel loss "
+                                          "(default: 0, HiFi-GAN's recipe; a resumed run keeps its own unless given)")
         if stage == "speaker":
             stage_train.add_argument("--init", help="start from this speech model's weights (a run or .safetensors); "
                                                     "modules it lacks start fresh")

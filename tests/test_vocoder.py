@@ -28,6 +28,7 @@ from michi_lite.vocoder import (
     load_vocoder,
     save_vocoder,
     stft_distance,
+    stft_loss,
     train_vocoder,
     vocoder_config,
 )
@@ -249,12 +250,43 @@ def test_the_generator_learns_alone_until_the_discriminators_start():
     assert trainer.sched_d.last_epoch == 0  # the discriminators' learning rate waits for them
 
     assert not trainer.warming_up
-    losses = trainer.step(wave)  # step 3: HiFi-GAN's
-    assert sorted(losses) == sorted(LOSSES) and all(math.isfinite(v) for v in losses.values())
+    losses = trainer.step(wave)  # step 3: HiFi-GAN's, which has no STFT loss
+    assert sorted(losses) == sorted(set(LOSSES) - {"stft_loss"}) and all(math.isfinite(v) for v in losses.values())
     assert not all(torch.equal(a, b) for a, b in zip(discriminators, weights(trainer.mpd, trainer.mrd)))
 
     with pytest.raises(ValueError, match="discriminator_start"):
         replace(TINY, discriminator_start=-1)
+
+
+def test_a_weighted_stft_loss_joins_the_mel_loss_in_both_phases():
+    torch.manual_seed(0)
+    plain = VocoderTrainer(replace(TINY, discriminator_start=1), torch.device("cpu"))
+    torch.manual_seed(0)  # the same starting weights
+    weighted = VocoderTrainer(replace(TINY, discriminator_start=1, stft_loss_weight=2.0), torch.device("cpu"))
+    wave = 0.1 * torch.randn(2, TINY.segment_samples)
+    for phase in ("generator alone", "with the discriminators"):
+        without, with_stft = plain.step(wave), weighted.step(wave)
+        assert "stft_loss" not in without, phase
+        assert with_stft["stft_loss"] > 0, phase
+        if phase == "generator alone":  # same weights, same batch: the loss differs by the weighted STFT term
+            extra = with_stft["generator_loss"] - without["generator_loss"]
+            assert extra == pytest.approx(2.0 * with_stft["stft_loss"], rel=1e-4)
+    assert sorted(with_stft) == sorted(LOSSES)
+    with pytest.raises(ValueError, match="stft_loss_weight"):
+        replace(TINY, stft_loss_weight=-1.0)
+
+
+def test_stft_loss_is_differentiable_and_pulls_towards_the_target():
+    torch.manual_seed(0)
+    target = 0.3 * torch.randn(4000)
+    predicted = (target + 0.1 * torch.randn(4000)).requires_grad_()
+    loss = stft_loss(predicted, target, TINY.stft_loss_resolutions)
+    loss.backward()
+    with torch.no_grad():
+        nearer = stft_loss(predicted - 0.01 * predicted.grad / predicted.grad.abs().max(), target,
+                           TINY.stft_loss_resolutions)
+    assert 0 < nearer < loss
+    assert stft_loss(target, target, TINY.stft_loss_resolutions) < 1e-6
 
 
 def test_a_resumed_run_keeps_its_discriminator_start(tiny_corpus, tmp_path):
@@ -294,6 +326,27 @@ def test_lr_decay_sets_the_schedule_and_a_resumed_run_keeps_or_changes_it(tiny_c
         main(args + ["--steps", "5", "--resume", "--lr-decay", "0"])
     with pytest.raises(ValueError, match="lr_decay"):  # refused, not read as "no value given"
         train_vocoder(TINY, tiny_corpus, run, steps=5, resume=True, lr_decay=0.0)
+
+
+def test_a_resumed_run_keeps_or_changes_its_stft_loss_weight(tiny_corpus, tmp_path):
+    from michi_lite.cli import main
+
+    run = tmp_path / "run"
+    args = train_command(tiny_corpus, run)
+
+    def weight() -> float:
+        return json.loads((latest_checkpoint(run) / "state.json").read_text())["config"]["stft_loss_weight"]
+
+    main(args + ["--steps", "1", "--stft-loss", "3"])
+    main(args + ["--steps", "2", "--resume"])  # not given again: the run's own 3
+    assert weight() == 3.0
+    main(args + ["--steps", "3", "--resume", "--stft-loss", "0"])  # an explicit 0 turns it off
+    assert weight() == 0.0
+    rows = read_log(run)
+    assert [bool(r["stft_loss"]) for r in rows] == [True, True, False]  # not computed: an empty cell
+    for bad in ("-1", "nan"):
+        with pytest.raises(SystemExit):
+            main(args + ["--steps", "4", "--resume", "--stft-loss", bad])
 
 
 def test_griffin_lim_round_trip_keeps_a_sine():
