@@ -111,7 +111,7 @@ class VocoderConfig:
             raise ValueError(f"discriminator_start must be 0 or more, not {self.discriminator_start}")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"lr_decay must be in (0, 1], not {self.lr_decay}")
-        if self.stft_loss_weight < 0:
+        if not self.stft_loss_weight >= 0:  # NaN too
             raise ValueError(f"stft_loss_weight must be 0 or more, not {self.stft_loss_weight}")
 
     @property

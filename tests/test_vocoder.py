@@ -272,8 +272,9 @@ def test_a_weighted_stft_loss_joins_the_mel_loss_in_both_phases():
             extra = with_stft["generator_loss"] - without["generator_loss"]
             assert extra == pytest.approx(2.0 * with_stft["stft_loss"], rel=1e-4)
     assert sorted(with_stft) == sorted(LOSSES)
-    with pytest.raises(ValueError, match="stft_loss_weight"):
-        replace(TINY, stft_loss_weight=-1.0)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="stft_loss_weight"):
+            replace(TINY, stft_loss_weight=bad)
 
 
 def test_stft_loss_is_differentiable_and_pulls_towards_the_target():
