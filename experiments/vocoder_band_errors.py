@@ -91,29 +91,36 @@ def spread(log_mag: np.ndarray, bins: np.ndarray, frames: np.ndarray) -> float:
     return float((log_rms(log_mag, bins, frames) - log_mag[bins][:, frames].mean(axis=0)).mean())
 
 
-def band_errors(
-    output: torch.Tensor, original: torch.Tensor, sample_rate: int, comb_hz: float
-) -> dict[str, list[float] | float]:
-    """One utterance's errors per band, and its comb depth (see the module's docstring).
-
-    Both waves are cut to the shorter one.
-    """
-    n = min(len(output), len(original))
-    predicted, target = log_magnitude(output[:n], sample_rate), log_magnitude(original[:n], sample_rate)
-    difference = predicted - target  # (bins, frames)
+def loud_frames(target: np.ndarray) -> np.ndarray:
+    """The frames of an original's log magnitudes (bins, frames) within ``LOUD_DB`` of its loudest."""
     energy_db = 10 * np.log10(np.exp(2 * target).sum(axis=0))
-    loud = energy_db > energy_db.max() - LOUD_DB
+    return energy_db > energy_db.max() - LOUD_DB
+
+
+def band_masks(sample_rate: int) -> list[np.ndarray]:
+    """For each band of ``BAND_EDGES_HZ``, which STFT bins it holds."""
     frequencies = np.fft.rfftfreq(stft_size(sample_rate)[0], 1 / sample_rate)
+    return [(frequencies >= low) & (frequencies < high) for low, high in zip(BAND_EDGES_HZ[:-1], BAND_EDGES_HZ[1:])]
+
+
+def band_errors(
+    predicted: np.ndarray, target: np.ndarray, loud: np.ndarray, sample_rate: int, comb_hz: float
+) -> dict[str, list[float] | float]:
+    """One output's errors per band, and its comb depth (see the module's docstring).
+
+    ``predicted`` and ``target`` are the log magnitudes (bins, frames) of the
+    output and of its original, which are the same length; ``loud`` is
+    ``loud_frames(target)``.
+    """
+    difference = predicted - target  # (bins, frames)
     errors: dict[str, list[float] | float] = defaultdict(list)
-    for low, high in zip(BAND_EDGES_HZ[:-1], BAND_EDGES_HZ[1:]):
-        in_band = (frequencies >= low) & (frequencies < high)
+    for in_band in band_masks(sample_rate):
         band = difference[in_band][:, loud]
         errors["loud_abs"].append(float(np.abs(band).mean()))
         errors["loud_signed"].append(float(band.mean()))
         power_error = log_rms(predicted, in_band, loud) - log_rms(target, in_band, loud)
         errors["loud_power_signed"].append(float(power_error.mean()))
-        errors["loud_spread"].append(float(spread(predicted, in_band, loud)))
-        errors["original_loud_spread"].append(float(spread(target, in_band, loud)))
+        errors["loud_spread"].append(spread(predicted, in_band, loud))
     errors["quiet_abs"] = float(np.abs(difference[:, ~loud]).mean()) if (~loud).any() else float("nan")
     per_bin = difference[:, loud].mean(axis=1)
     teeth = np.arange(1, int(sample_rate / 2 / comb_hz - 0.5) + 1) * comb_hz  # below the Nyquist frequency
@@ -145,25 +152,27 @@ def main() -> None:
     frontend = MelSpectrogram(audio)
     records = voice_groups(args.data, "val")["seen"][:args.max_utterances]
     per_system: dict[str, dict[str, list]] = {name: defaultdict(list) for name in systems}
+    original_spreads = []
     for record in records:
         wave = load_audio(Path(args.data) / record["path"], audio.sample_rate)
-        original = torch.from_numpy(wave[:len(wave) // audio.hop_length * audio.hop_length])
+        original = torch.from_numpy(wave[:len(wave) // audio.hop_length * audio.hop_length])  # frames * hop
+        target = log_magnitude(original, audio.sample_rate)
+        loud = loud_frames(target)
+        original_spreads.append([spread(target, in_band, loud) for in_band in band_masks(audio.sample_rate)])
         with torch.inference_mode():
             mel = normalize_mel(frontend(original))
             for name, system in systems.items():
-                errors = band_errors(system.vocode(mel).float(), original, audio.sample_rate, comb_hz)
-                for measure, values in errors.items():
+                predicted = log_magnitude(system.vocode(mel).float(), audio.sample_rate)  # frames * hop too
+                for measure, values in band_errors(predicted, target, loud, audio.sample_rate, comb_hz).items():
                     per_system[name][measure].append(values)
     report = {
         "split": "val", "voices": "seen", "n_utterances": len(records),
         "bands_hz": [list(edges) for edges in zip(BAND_EDGES_HZ[:-1], BAND_EDGES_HZ[1:])],
         "stft": dict(zip(("n_fft", "hop"), stft_size(audio.sample_rate)), floor=FLOOR, loud_within_db=LOUD_DB),
         "comb_hz": comb_hz,
-        "systems": {
-            name: {measure: mean(values) for measure, values in measures.items() if measure != "original_loud_spread"}
-            for name, measures in per_system.items()
-        },
-        "original": {"loud_spread": mean(per_system["griffin_lim"]["original_loud_spread"])},
+        "systems": {name: {measure: mean(values) for measure, values in measures.items()}
+                    for name, measures in per_system.items()},
+        "original": {"loud_spread": mean(original_spreads)},
         "run": run_info(args.preset),
     }
     for name, measures in {**report["systems"], "original": report["original"]}.items():
