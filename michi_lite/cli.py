@@ -4,7 +4,8 @@
     michi-lite data subset     --data DIR --out DIR --hours H [--splits S ...] [--seed N]
     michi-lite data pack       --data DIR --out DIR [--splits S ...]
     michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init G]
-                               [--discriminator-start N] [--lr-decay GAMMA] [--stft-loss WEIGHT]
+                               [--discriminator-start N] [--discriminator-warmup N] [--lr-decay GAMMA]
+                               [--stft-loss WEIGHT]
     michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
     michi-lite export vocoder|listener|speaker --preset P --ckpt RUN --out FILE
@@ -127,7 +128,7 @@ def cmd_train_vocoder(args: argparse.Namespace) -> None:
                         batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
                         max_minutes=args.max_minutes, init=args.init,
                         discriminator_start=args.discriminator_start, lr_decay=args.lr_decay,
-                        stft_loss_weight=args.stft_loss)
+                        stft_loss_weight=args.stft_loss, discriminator_warmup=args.discriminator_warmup)
     report_run(run, args.preset, "vocoder")
 
 
@@ -338,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
             stage_train.add_argument("--discriminator-start", type=non_negative_int, metavar="N",
                                      help="train the generator alone, on its mel loss, until step N, "
                                           "then with the discriminators (default: 0, HiFi-GAN's recipe; "
+                                          "a resumed run keeps its own unless given)")
+            stage_train.add_argument("--discriminator-warmup", type=non_negative_int, metavar="N",
+                                     help="from the discriminators' start, N steps in which they learn alone, "
+                                          "the generator held as it is (default: 0, HiFi-GAN's recipe; "
                                           "a resumed run keeps its own unless given)")
             stage_train.add_argument("--lr-decay", type=decay_factor, metavar="GAMMA",
                                      help="multiply the learning rates by GAMMA after every step (default: the "

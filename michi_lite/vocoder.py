@@ -24,7 +24,8 @@ lines up with the mel.
 3. ``MultiPeriodDiscriminator`` and ``MultiResolutionDiscriminator`` with the
    least-squares GAN, feature-matching and mel L1 losses (and, if weighted, a
    multi-resolution STFT loss), and ``train_vocoder``, which can let the
-   generator learn alone from its mel loss first (``discriminator_start``).
+   generator learn alone from its mel loss first (``discriminator_start``)
+   and the fresh discriminators alone next (``discriminator_warmup``).
 4. ``GriffinLim``: the classic baseline through the same interface.
 5. ``save_vocoder`` / ``load_vocoder``: safetensors with the preset in the metadata.
 """
@@ -92,6 +93,10 @@ class VocoderConfig:
     # join (a warm-up as in Parallel WaveGAN, Yamamoto et al. 2020). 0 is HiFi-GAN's recipe.
     # Without the discriminators a lite step costs about a fifteenth on a CPU.
     discriminator_start: int = 0
+    # Steps, from discriminator_start on, in which only the fresh discriminators learn, against
+    # the generator as it stands, before it hears their verdicts (Parallel WaveGAN's trainer holds
+    # its generator back the same way, with generator_train_start_steps). 0 is HiFi-GAN's recipe.
+    discriminator_warmup: int = 0
 
     def __post_init__(self) -> None:
         if math.prod(self.upsample_rates) != self.audio.hop_length:
@@ -109,6 +114,8 @@ class VocoderConfig:
             raise ValueError("training segments must be longer than the look-ahead")
         if self.discriminator_start < 0:
             raise ValueError(f"discriminator_start must be 0 or more, not {self.discriminator_start}")
+        if self.discriminator_warmup < 0:
+            raise ValueError(f"discriminator_warmup must be 0 or more, not {self.discriminator_warmup}")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"lr_decay must be in (0, 1], not {self.lr_decay}")
         if not self.stft_loss_weight >= 0:  # NaN too
@@ -785,15 +792,21 @@ class VocoderTrainer:
         """Whether the next step trains the generator alone (before ``discriminator_start``)."""
         return self.sched_g.last_epoch < self.cfg.discriminator_start
 
+    @property
+    def generator_waiting(self) -> bool:
+        """Whether the next step trains the discriminators alone (the first ``discriminator_warmup`` of theirs)."""
+        return not self.warming_up and self.sched_d.last_epoch < self.cfg.discriminator_warmup
+
     def step(self, wave: torch.Tensor) -> dict[str, float]:
         """One HiFi-GAN step on a batch of real audio (batch, samples): discriminators, then generator.
 
         While ``warming_up``, the generator alone learns from its mel loss (and
-        the STFT loss, if weighted) and the discriminators wait; what it
-        returns leaves out the losses not computed (NaN in the log).
+        the STFT loss, if weighted) and the discriminators wait; then, while
+        ``generator_waiting``, the discriminators alone learn. What it returns
+        leaves out the losses not computed (empty in the log).
         """
         wave = wave.to(self.device)
-        with self.autocast:
+        with self.autocast, torch.set_grad_enabled(not self.generator_waiting):
             # under bf16 the waveform carries about 8 bits of mantissa: fine for the losses, whose
             # mel L1 works on log magnitudes, and the generator itself stays in fp32 for inference
             fake = self.generator(normalize_mel(self.mel(wave))).float()  # (batch, frames * hop)
@@ -814,6 +827,11 @@ class VocoderTrainer:
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
+        if self.generator_waiting:  # the generator's weights, moments and learning rate stay as they are
+            self.sched_d.step()
+            with torch.no_grad():
+                mel_loss = F.l1_loss(self.mel(fake), mel_real)
+            return {"mel_loss": mel_loss.item(), "discriminator_loss": d_loss.item()}
 
         # Generator: sound like the mel says, and fool the discriminators.
         mel_loss, spectral_loss, g_loss = self.reconstruction_loss(fake, wave, mel_real)
@@ -920,6 +938,7 @@ def train_vocoder(
     discriminator_start: int | None = None,
     lr_decay: float | None = None,
     stft_loss_weight: float | None = None,
+    discriminator_warmup: int | None = None,
 ) -> Path:
     """Train the vocoder on random segments of the corpus's train split; returns the run directory.
 
@@ -943,6 +962,12 @@ def train_vocoder(
     mel loss, at about a fifteenth of a full step's cost on a CPU. A resumed
     run keeps the value it was started with unless it is given again.
 
+    ``discriminator_warmup`` (default: the config's, 0) is how many steps,
+    from ``discriminator_start`` on, the discriminators learn alone against
+    the generator as it stands: fresh ones judge at random at first, and a
+    trained generator need not follow them then. A resumed run keeps its own
+    unless it is given again.
+
     ``lr_decay`` (default: the config's) is the factor both learning rates
     are multiplied by after every step; from a resumed step on, a new one
     takes over where the rate has got to. A last stretch of training with a
@@ -958,7 +983,8 @@ def train_vocoder(
         batch_size = batch_size or started_with["batch_size"]
         segment_seconds = segment_seconds or started_with["segment_seconds"]
     # given, else the resumed run's own, else the config's (an explicit 0 is a value, not "not given")
-    recipe = {"discriminator_start": discriminator_start, "lr_decay": lr_decay, "stft_loss_weight": stft_loss_weight}
+    recipe = {"discriminator_start": discriminator_start, "discriminator_warmup": discriminator_warmup,
+              "lr_decay": lr_decay, "stft_loss_weight": stft_loss_weight}
     for field, value in recipe.items():
         if value is None and started_with is not None:
             value = started_with.get(field)  # runs from before a field existed lack it
@@ -977,6 +1003,9 @@ def train_vocoder(
     if cfg.discriminator_start:
         logger.info("vocoder: the generator learns alone until step %d, then with the discriminators",
                     cfg.discriminator_start)
+    if cfg.discriminator_warmup:
+        logger.info("vocoder: the discriminators learn alone from step %d to %d, then with the generator",
+                    cfg.discriminator_start, cfg.discriminator_start + cfg.discriminator_warmup)
     workers = loader_workers(device)
     loader = torch.utils.data.DataLoader(
         AudioSegments(data_dir, cfg), batch_size=cfg.batch_size, shuffle=True, num_workers=workers,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -258,6 +259,37 @@ def test_the_generator_learns_alone_until_the_discriminators_start():
         replace(TINY, discriminator_start=-1)
 
 
+def test_the_discriminators_warm_up_alone_against_a_held_generator():
+    torch.manual_seed(0)
+    trainer = VocoderTrainer(replace(TINY, discriminator_start=1, discriminator_warmup=2), torch.device("cpu"))
+    wave = 0.1 * torch.randn(2, TINY.segment_samples)
+
+    def weights(*modules: nn.Module) -> list[torch.Tensor]:
+        return [p.detach().clone() for module in modules for p in module.parameters()]
+
+    assert trainer.warming_up and not trainer.generator_waiting
+    trainer.step(wave)  # step 1: the generator alone
+    generator, moments = weights(trainer.generator), copy.deepcopy(trainer.opt_g.state_dict())
+    for _ in range(2):
+        assert trainer.generator_waiting and not trainer.warming_up
+        discriminators = weights(trainer.mpd, trainer.mrd)
+        losses = trainer.step(wave)
+        assert sorted(losses) == ["discriminator_loss", "mel_loss"] and all(map(math.isfinite, losses.values()))
+        assert not all(torch.equal(a, b) for a, b in zip(discriminators, weights(trainer.mpd, trainer.mrd)))
+        assert all(torch.equal(a, b) for a, b in zip(generator, weights(trainer.generator)))
+    assert trainer.opt_g.state_dict()["state"].keys() == moments["state"].keys()
+    assert all(torch.equal(trainer.opt_g.state_dict()["state"][k]["exp_avg"], v["exp_avg"])
+               for k, v in moments["state"].items())
+
+    assert not trainer.generator_waiting and (trainer.sched_g.last_epoch, trainer.sched_d.last_epoch) == (1, 2)
+    losses = trainer.step(wave)  # step 4: both learn
+    assert sorted(losses) == sorted(set(LOSSES) - {"stft_loss"})
+    assert not all(torch.equal(a, b) for a, b in zip(generator, weights(trainer.generator)))
+
+    with pytest.raises(ValueError, match="discriminator_warmup"):
+        replace(TINY, discriminator_warmup=-1)
+
+
 def test_a_weighted_stft_loss_joins_the_mel_loss_in_both_phases():
     torch.manual_seed(0)
     plain = VocoderTrainer(replace(TINY, discriminator_start=1), torch.device("cpu"))
@@ -309,6 +341,21 @@ def test_a_resumed_run_keeps_its_discriminator_start(tiny_corpus, tmp_path):
     assert read_log(run)[-1]["discriminator_loss"] == ""
     with pytest.raises(SystemExit):
         main(args + ["--steps", "1", "--discriminator-start", "-1"])
+
+
+def test_a_resumed_run_keeps_its_discriminator_warmup(tiny_corpus, tmp_path):
+    from michi_lite.cli import main
+
+    run = tmp_path / "run"
+    args = train_command(tiny_corpus, run)
+    main(args + ["--steps", "1", "--discriminator-warmup", "2"])
+    main(args + ["--steps", "3", "--resume"])  # not given again: the run's own 2
+    assert json.loads((latest_checkpoint(run) / "state.json").read_text())["config"]["discriminator_warmup"] == 2
+    first, last = read_log(run)
+    assert first["generator_loss"] == "" and math.isfinite(float(first["discriminator_loss"]))  # the generator held
+    assert math.isfinite(float(last["generator_loss"]))  # step 3: both learn
+    with pytest.raises(SystemExit):
+        main(args + ["--steps", "1", "--discriminator-warmup", "-1"])
 
 
 def test_lr_decay_sets_the_schedule_and_a_resumed_run_keeps_or_changes_it(tiny_corpus, tmp_path):
