@@ -829,8 +829,7 @@ class VocoderTrainer:
         self.opt_d.step()
         if self.generator_waiting:  # the generator's weights, moments and learning rate stay as they are
             self.sched_d.step()
-            with torch.no_grad():
-                mel_loss = F.l1_loss(self.mel(fake), mel_real)
+            mel_loss = F.l1_loss(self.mel(fake), mel_real)  # for the log: fake was made without a graph
             return {"mel_loss": mel_loss.item(), "discriminator_loss": d_loss.item()}
 
         # Generator: sound like the mel says, and fool the discriminators.

@@ -232,13 +232,15 @@ def test_training_overfits_one_fixed_batch():
     assert last["mel_loss"] < 0.8 * first["mel_loss"]
 
 
+def weights(*modules: nn.Module) -> list[torch.Tensor]:
+    """A copy of the modules' parameters, to tell later whether a step changed them."""
+    return [p.detach().clone() for module in modules for p in module.parameters()]
+
+
 def test_the_generator_learns_alone_until_the_discriminators_start():
     torch.manual_seed(0)
     trainer = VocoderTrainer(replace(TINY, discriminator_start=2), torch.device("cpu"))
     wave = 0.1 * torch.randn(2, TINY.segment_samples)
-
-    def weights(*modules: nn.Module) -> list[torch.Tensor]:
-        return [p.detach().clone() for module in modules for p in module.parameters()]
 
     discriminators, generator = weights(trainer.mpd, trainer.mrd), weights(trainer.generator)
     for _ in range(2):
@@ -263,9 +265,6 @@ def test_the_discriminators_warm_up_alone_against_a_held_generator():
     torch.manual_seed(0)
     trainer = VocoderTrainer(replace(TINY, discriminator_start=1, discriminator_warmup=2), torch.device("cpu"))
     wave = 0.1 * torch.randn(2, TINY.segment_samples)
-
-    def weights(*modules: nn.Module) -> list[torch.Tensor]:
-        return [p.detach().clone() for module in modules for p in module.parameters()]
 
     assert trainer.warming_up and not trainer.generator_waiting
     trainer.step(wave)  # step 1: the generator alone
