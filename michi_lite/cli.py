@@ -128,7 +128,8 @@ def cmd_train_vocoder(args: argparse.Namespace) -> None:
                         batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
                         max_minutes=args.max_minutes, init=args.init,
                         discriminator_start=args.discriminator_start, lr_decay=args.lr_decay,
-                        stft_loss_weight=args.stft_loss, discriminator_warmup=args.discriminator_warmup)
+                        stft_loss_weight=args.stft_loss, discriminator_warmup=args.discriminator_warmup,
+                        upsampler=args.upsampler)
     report_run(run, args.preset, "vocoder")
 
 
@@ -350,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
             stage_train.add_argument("--stft-loss", type=non_negative_float, metavar="WEIGHT",
                                      help="add a multi-resolution STFT loss with this weight to the mel loss "
                                           "(default: 0, HiFi-GAN's recipe; a resumed run keeps its own unless given)")
+            stage_train.add_argument("--upsampler", choices=("transposed", "nearest"),
+                                     help="the generator's upsampling layers: transposed convs (HiFi-GAN's, the "
+                                          "default) or nearest-neighbour upsampling and a conv; a resumed run "
+                                          "keeps its own")
         if stage == "speaker":
             stage_train.add_argument("--init", help="start from this speech model's weights (a run or .safetensors); "
                                                     "modules it lacks start fresh")

@@ -16,7 +16,8 @@ window has seen them fully. That fixed delay is the vocoder's only look-ahead:
 lines up with the mel.
 
 1. ``HiFiGANGenerator``: mel (batch, n_mels, frames) -> wave (batch, frames * hop),
-   HiFi-GAN's layout (Kong et al. 2020) with left-only padding.
+   HiFi-GAN's layout (Kong et al. 2020) with left-only padding, upsampling by
+   transposed convs or, as an option, by nearest-neighbour repetition and a conv.
 2. ``StreamingVocoder``: the same generator's layers run one chunk at a time,
    each by a step of its own (``ConvStream``, ``UpsampleStream``) that keeps
    the last (kernel - 1) * dilation samples of its input, so a chunk costs the
@@ -55,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 LRELU_SLOPE = 0.1
 CHECKPOINT_FORMAT = "michi_lite.vocoder/1"
+UPSAMPLERS = ("transposed", "nearest")
 
 
 # --- configuration ----------------------------------------------------------------
@@ -71,6 +73,9 @@ class VocoderConfig:
     resblock_kernel_sizes: tuple[int, ...] = (3, 7, 11)
     resblock_dilations: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
     resblock_plain_convs: bool = True  # True: HiFi-GAN's ResBlock1; False: the lighter ResBlock2
+    # "transposed": HiFi-GAN's transposed convs; "nearest": nearest-neighbour upsampling and a conv
+    # (``CausalUpsample``), free of the tone at each stage's input rate (Pons et al. 2021)
+    upsampler: str = "transposed"
     lookahead_hops: int = 2  # frame i is answered with the samples this many hops before its own
     mpd_periods: tuple[int, ...] = (2, 3, 5, 7, 11)
     mpd_channels: tuple[int, ...] = (32, 128, 512, 1024, 1024)
@@ -106,6 +111,8 @@ class VocoderConfig:
             )
         if self.upsample_initial_channel % 2 ** len(self.upsample_rates):
             raise ValueError("upsample_initial_channel must halve cleanly at every upsampling")
+        if self.upsampler not in UPSAMPLERS:
+            raise ValueError(f"upsampler must be one of {UPSAMPLERS}, not {self.upsampler!r}")
         if self.lookahead_hops < 0:
             raise ValueError(f"lookahead_hops must be 0 or more, not {self.lookahead_hops}")
         if len(self.resblock_dilations) != len(self.resblock_kernel_sizes) or not all(self.resblock_dilations):
@@ -140,7 +147,7 @@ class VocoderConfig:
         fields = json.loads(self.to_json())
         return {k: fields[k] for k in ("audio", "upsample_rates", "upsample_initial_channel",
                                        "resblock_kernel_sizes", "resblock_dilations", "resblock_plain_convs",
-                                       "lookahead_hops")}
+                                       "upsampler", "lookahead_hops")}
 
 
 def vocoder_config(preset_name: str) -> VocoderConfig:
@@ -215,17 +222,37 @@ class CausalUpsample(nn.Module):
     T*rate outputs (dropping the rate that spill past the end) makes the
     output hop of frame j depend on frames j and j - 1 only: no look-ahead,
     and a stream keeps one input frame.
+
+    ``nearest=True`` is nearest-neighbour upsampling followed by a causal conv
+    of rate + 1 taps, written as the same transposed conv: repeating each
+    frame ``rate`` times and convolving with w is a transposed conv whose
+    kernel is w smoothed by a box of ``rate`` ones, 2 * rate taps long. The
+    box puts a zero of the kernel's response at every multiple of the input
+    rate, so a steady input gives a steady output. A free 2 * rate kernel
+    need not, and its uneven sum over the output phases is a tone at the
+    input rate and its multiples: the "tonal artifacts" of Pons et al. 2021,
+    "Upsampling artifacts in neural audio synthesis". Both have the same
+    cost and the same stream; the nearest kernel has rate - 1 fewer free taps.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, rate: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, rate: int, nearest: bool = False) -> None:
         super().__init__()
-        self.rate = rate
-        conv = nn.ConvTranspose1d(in_channels, out_channels, 2 * rate, rate)
+        self.rate, self.nearest = rate, nearest
+        conv = nn.ConvTranspose1d(in_channels, out_channels, rate + 1 if nearest else 2 * rate, rate)
         nn.init.normal_(conv.weight, 0.0, 0.01)
         self.conv = weight_norm(conv)
 
+    @property
+    def kernel(self) -> torch.Tensor:
+        """The transposed conv's (in_channels, out_channels, 2 * rate) kernel."""
+        weight = self.conv.weight
+        if not self.nearest:
+            return weight
+        return sum(F.pad(weight, (shift, self.rate - 1 - shift)) for shift in range(self.rate))  # the box
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)[:, :, :x.shape[-1] * self.rate]  # (batch, out_channels, time * rate)
+        y = F.conv_transpose1d(x, self.kernel, self.conv.bias, self.rate)
+        return y[:, :, :x.shape[-1] * self.rate]  # (batch, out_channels, time * rate)
 
 
 class ResBlock(nn.Module):
@@ -275,7 +302,7 @@ def silence(like: torch.Tensor, frames: int) -> torch.Tensor:
 class HiFiGANGenerator(nn.Module):
     """Normalised log-mel (batch, n_mels, frames) -> waveform (batch, frames * hop).
 
-    conv_pre, then per upsampling stage: a causal transposed conv and a
+    conv_pre, then per upsampling stage: a causal upsampler (``CausalUpsample``) and a
     multi-receptive-field fusion (the mean of ResBlocks of different kernel
     sizes); then conv_post and tanh. The input is ``normalize_mel(MelSpectrogram(wave))``:
     the same patches the speaking head predicts. A 2-D mel gives a 1-D wave.
@@ -294,7 +321,7 @@ class HiFiGANGenerator(nn.Module):
         self.ups = nn.ModuleList()
         self.mrfs = nn.ModuleList()
         for rate in cfg.upsample_rates:
-            self.ups.append(CausalUpsample(channels, channels // 2, rate))
+            self.ups.append(CausalUpsample(channels, channels // 2, rate, cfg.upsampler == "nearest"))
             channels //= 2
             self.mrfs.append(nn.ModuleList(
                 ResBlock(channels, k, d, cfg.resblock_plain_convs)
@@ -386,7 +413,7 @@ class UpsampleStream:
 
     def __init__(self, layer: CausalUpsample, batch_size: int) -> None:
         conv = layer.conv
-        weight = conv.weight.detach().flatten(1).T  # (out * 2 * rate, in)
+        weight = layer.kernel.detach().flatten(1).T  # (out * 2 * rate, in)
         self.weight = weight.clone(memory_format=torch.contiguous_format)
         self.bias = conv.bias.detach()[:, None, None].clone()
         self.rate = layer.rate
@@ -727,8 +754,9 @@ def save_vocoder(
 def load_vocoder(path: str | os.PathLike, preset: str, device: str | torch.device = "cpu") -> HiFiGANGenerator:
     """Read a ``save_vocoder`` file (or a training run's directory) into an eval-mode fp32 generator."""
     path, metadata, tensors = read_weights(path, "vocoder", CHECKPOINT_FORMAT, preset)
-    cfg = vocoder_config(preset)
     saved = json.loads(metadata["config"])
+    saved.setdefault("upsampler", "transposed")  # files from before the choice existed
+    cfg = replace(vocoder_config(preset), upsampler=saved["upsampler"])  # a choice of the run's, not the preset's
     if {k: saved.get(k) for k in cfg.generator_fields()} != cfg.generator_fields():
         raise ValueError(
             f"{path}: made for preset {preset!r} but with another generator shape or audio config "
@@ -938,6 +966,7 @@ def train_vocoder(
     lr_decay: float | None = None,
     stft_loss_weight: float | None = None,
     discriminator_warmup: int | None = None,
+    upsampler: str | None = None,
 ) -> Path:
     """Train the vocoder on random segments of the corpus's train split; returns the run directory.
 
@@ -976,14 +1005,22 @@ def train_vocoder(
     ``stft_loss_weight`` (default: the config's, 0) adds a multi-resolution
     STFT loss to the mel loss, in both phases; a resumed run keeps its own
     unless it is given again.
+
+    ``upsampler`` (default: the config's, ``"transposed"``) is the
+    generator's ``CausalUpsample`` kind, part of its shape: a resumed run
+    keeps its own and refuses another, and ``init`` must match it.
     """
     started_with = started_config(out_dir) if resume else None
     if started_with is not None:
         batch_size = batch_size or started_with["batch_size"]
         segment_seconds = segment_seconds or started_with["segment_seconds"]
+        started_upsampler = started_with.get("upsampler", "transposed")
+        if upsampler is not None and upsampler != started_upsampler:
+            raise ValueError(f"{out_dir} was started with the {started_upsampler!r} upsampler; "
+                             f"it cannot resume with {upsampler!r}")
     # given, else the resumed run's own, else the config's (an explicit 0 is a value, not "not given")
     recipe = {"discriminator_start": discriminator_start, "discriminator_warmup": discriminator_warmup,
-              "lr_decay": lr_decay, "stft_loss_weight": stft_loss_weight}
+              "lr_decay": lr_decay, "stft_loss_weight": stft_loss_weight, "upsampler": upsampler}
     for field, value in recipe.items():
         if value is None and started_with is not None:
             value = started_with.get(field)  # runs from before a field existed lack it

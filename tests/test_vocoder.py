@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -18,6 +19,7 @@ from michi_lite.audio import MelSpectrogram, normalize_mel
 from michi_lite.train import latest_checkpoint, load_checkpoint, save_checkpoint
 from michi_lite.vocoder import (
     LOSSES,
+    CausalUpsample,
     GriffinLim,
     HiFiGANGenerator,
     MultiPeriodDiscriminator,
@@ -39,6 +41,7 @@ TINY = vocoder_config("tiny")
 TINY_RESBLOCK2 = replace(
     TINY, resblock_kernel_sizes=(3, 5), resblock_dilations=((1, 2), (2, 6)), resblock_plain_convs=False
 )
+TINY_NEAREST = replace(TINY, upsampler="nearest")
 HOP = TINY.audio.hop_length
 CHUNK = TINY.audio.mels_per_frame  # mel columns in one 80 ms frame
 
@@ -71,7 +74,7 @@ def stream_in_chunks(generator: HiFiGANGenerator, mel: torch.Tensor, chunk: int 
     return torch.cat(chunks, dim=-1)
 
 
-@pytest.mark.parametrize("cfg", [TINY, TINY_RESBLOCK2], ids=["resblock1", "resblock2"])
+@pytest.mark.parametrize("cfg", [TINY, TINY_RESBLOCK2, TINY_NEAREST], ids=["resblock1", "resblock2", "nearest"])
 @pytest.mark.parametrize("batch", [None, 2])
 def test_streaming_vocoder_matches_offline(cfg, batch):
     generator = loud_generator(cfg)
@@ -93,6 +96,31 @@ def test_streaming_in_chunks_shorter_than_a_layers_context_matches_offline(chunk
     with torch.no_grad():
         offline = generator(mel)
     assert (stream_in_chunks(generator, mel, chunk) - offline).abs().max() < 1e-4
+
+
+def test_nearest_upsampler_is_nearest_neighbour_repetition_then_a_causal_conv():
+    torch.manual_seed(0)
+    rate = 4
+    up = CausalUpsample(3, 2, rate, nearest=True)
+    x = torch.randn(2, 3, 6)
+    taps = up.conv.weight.detach()  # (in, out, rate + 1)
+    repeated = F.pad(x.repeat_interleave(rate, dim=-1), (rate, 0))
+    expected = F.conv1d(repeated, taps.transpose(0, 1).flip(-1), up.conv.bias.detach())  # y[t] = sum_k w[k] x[t - k]
+    with torch.no_grad():
+        assert up.kernel.shape == (3, 2, 2 * rate)
+        assert (up(x) - expected).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("nearest", [False, True], ids=["transposed", "nearest"])
+def test_only_the_nearest_upsampler_turns_a_steady_input_into_a_steady_output(nearest):
+    """A free transposed-conv kernel sums unevenly over the output phases: a tone at the input rate."""
+    torch.manual_seed(0)
+    rate = 5
+    up = CausalUpsample(4, 3, rate, nearest=nearest)
+    with torch.no_grad():
+        y = up(torch.ones(1, 4, 8))[..., rate:]  # past the first hop, which sees the zero before the input
+    ripple = (y - y.mean(-1, keepdim=True)).abs().max() / y.abs().mean()
+    assert ripple < 1e-5 if nearest else ripple > 0.1
 
 
 def test_a_stream_and_its_flush_give_vocode_after_the_lookahead():
@@ -490,6 +518,47 @@ def test_checkpoint_with_another_config_or_format_raises(tmp_path):
     save_file(tensors, tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="not a michi_lite vocoder checkpoint"):
         load_vocoder(tmp_path / "other.safetensors", "tiny")
+
+
+def test_a_nearest_upsampling_generator_saves_and_loads_as_itself(tmp_path):
+    generator = loud_generator(TINY_NEAREST)
+    path = save_vocoder(tmp_path / "nearest.safetensors", generator, "tiny")
+    loaded = load_vocoder(path, "tiny")
+    assert loaded.cfg.upsampler == "nearest"
+    mel = random_mel(3 * CHUNK)
+    with torch.no_grad():
+        assert (loaded(mel) - generator(mel)).abs().max() < 1e-5
+
+
+def test_a_checkpoint_from_before_the_upsampler_choice_loads_as_transposed(tmp_path):
+    path = save_vocoder(tmp_path / "tiny.safetensors", loud_generator(), "tiny")
+    config = json.loads(TINY.to_json())
+    del config["upsampler"]
+    save_file(load_file(path), tmp_path / "older.safetensors",
+              metadata={"format": "michi_lite.vocoder/1", "preset": "tiny", "config": json.dumps(config)})
+    assert load_vocoder(tmp_path / "older.safetensors", "tiny").cfg.upsampler == "transposed"
+
+
+def test_bad_upsampler_is_refused():
+    with pytest.raises(ValueError, match="upsampler must be one of"):
+        replace(TINY, upsampler="linear")
+
+
+def test_a_resumed_run_keeps_its_upsampler_and_init_must_match_it(tiny_corpus, tmp_path):
+    from michi_lite.cli import main
+
+    run = tmp_path / "run"
+    args = train_command(tiny_corpus, run)
+    main(args + ["--steps", "1", "--upsampler", "nearest"])
+    main(args + ["--steps", "2", "--resume"])  # not given again: the run's own
+    assert json.loads((latest_checkpoint(run) / "state.json").read_text())["config"]["upsampler"] == "nearest"
+    assert load_vocoder(run, "tiny").cfg.upsampler == "nearest"
+    with pytest.raises(ValueError, match="started with the 'nearest' upsampler"):
+        train_vocoder(TINY, tiny_corpus, run, steps=3, resume=True, upsampler="transposed")
+    with pytest.raises(ValueError, match="another shape"):  # a run of the preset's transposed convs
+        train_vocoder(TINY, tiny_corpus, tmp_path / "other", steps=1, init=run)
+    with pytest.raises(SystemExit):
+        main(args + ["--steps", "3", "--upsampler", "linear"])
 
 
 def read_log(run) -> list[dict]:
