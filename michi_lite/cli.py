@@ -5,7 +5,7 @@
     michi-lite data pack       --data DIR --out DIR [--splits S ...]
     michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init G]
                                [--discriminator-start N] [--discriminator-warmup N] [--lr-decay GAMMA]
-                               [--stft-loss WEIGHT]
+                               [--stft-loss WEIGHT] [--multiscale-mel WEIGHT] [--upsampler transposed|nearest]
     michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
     michi-lite export vocoder|listener|speaker --preset P --ckpt RUN --out FILE
@@ -128,7 +128,8 @@ def cmd_train_vocoder(args: argparse.Namespace) -> None:
                         batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
                         max_minutes=args.max_minutes, init=args.init,
                         discriminator_start=args.discriminator_start, lr_decay=args.lr_decay,
-                        stft_loss_weight=args.stft_loss, discriminator_warmup=args.discriminator_warmup,
+                        stft_loss_weight=args.stft_loss, multiscale_mel_loss_weight=args.multiscale_mel,
+                        discriminator_warmup=args.discriminator_warmup,
                         upsampler=args.upsampler)
     report_run(run, args.preset, "vocoder")
 
@@ -351,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
             stage_train.add_argument("--stft-loss", type=non_negative_float, metavar="WEIGHT",
                                      help="add a multi-resolution STFT loss with this weight to the mel loss "
                                           "(default: 0, HiFi-GAN's recipe; a resumed run keeps its own unless given)")
+            stage_train.add_argument("--multiscale-mel", type=non_negative_float, metavar="WEIGHT",
+                                     help="add a multi-scale mel loss (log-mel L1 at windows of 2 to 128 ms, DAC's) "
+                                          "with this weight (default: 0, HiFi-GAN's recipe; a resumed run keeps "
+                                          "its own unless given)")
             stage_train.add_argument("--upsampler", choices=("transposed", "nearest"),
                                      help="the generator's upsampling layers: transposed convs (HiFi-GAN's, the "
                                           "default) or nearest-neighbour upsampling and a conv; a resumed run "

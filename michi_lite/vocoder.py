@@ -23,10 +23,11 @@ lines up with the mel.
    the last (kernel - 1) * dilation samples of its input, so a chunk costs the
    same however long the stream is, and the samples equal the offline ones.
 3. ``MultiPeriodDiscriminator`` and ``MultiResolutionDiscriminator`` with the
-   least-squares GAN, feature-matching and mel L1 losses (and, if weighted, a
-   multi-resolution STFT loss), and ``train_vocoder``, which can let the
-   generator learn alone from its mel loss first (``discriminator_start``)
-   and the fresh discriminators alone next (``discriminator_warmup``).
+   least-squares GAN, feature-matching and mel L1 losses (and, if weighted,
+   a multi-resolution STFT loss and a multi-scale mel loss), and
+   ``train_vocoder``, which can let the generator learn alone from its mel
+   loss first (``discriminator_start``) and the fresh discriminators alone
+   next (``discriminator_warmup``).
 4. ``GriffinLim``: the classic baseline through the same interface.
 5. ``save_vocoder`` / ``load_vocoder``: safetensors with the preset in the metadata.
 """
@@ -47,7 +48,15 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 from torch.nn.utils.parametrize import is_parametrized, remove_parametrizations
 
-from michi_lite.audio import SILENCE_MEL, MelSpectrogram, denormalize_mel, load_audio, normalize_mel
+from michi_lite.audio import (
+    MEL_FLOOR,
+    SILENCE_MEL,
+    MelSpectrogram,
+    denormalize_mel,
+    load_audio,
+    mel_filterbank,
+    normalize_mel,
+)
 from michi_lite.config import AudioConfig, get_config
 from michi_lite.data.corpus import load_manifest
 from michi_lite.train import fit, loader_workers, read_weights, started_config, training_device, write_weights
@@ -94,6 +103,11 @@ class VocoderConfig:
     # it sees the detail between mel bands that the mel loss averages away. 0 is HiFi-GAN's recipe.
     stft_loss_weight: float = 0.0
     stft_loss_resolutions: tuple[tuple[int, int, int], ...] = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))
+    # A multi-scale mel loss beside them (DAC's, Kumar et al. 2023): the log-mel L1 at windows from
+    # 2 ms to 128 ms, each with a hop of a quarter window and a mel band for every 6.4 samples of it.
+    # 0 is HiFi-GAN's recipe.
+    multiscale_mel_loss_weight: float = 0.0
+    multiscale_mel_windows: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048)
     # Steps in which the generator learns alone, from the mel L1, before the discriminators
     # join (a warm-up as in Parallel WaveGAN, Yamamoto et al. 2020). 0 is HiFi-GAN's recipe.
     # Without the discriminators a lite step costs about a fifteenth on a CPU.
@@ -127,6 +141,10 @@ class VocoderConfig:
             raise ValueError(f"lr_decay must be in (0, 1], not {self.lr_decay}")
         if not self.stft_loss_weight >= 0:  # NaN too
             raise ValueError(f"stft_loss_weight must be 0 or more, not {self.stft_loss_weight}")
+        if not self.multiscale_mel_loss_weight >= 0:
+            raise ValueError(f"multiscale_mel_loss_weight must be 0 or more, not {self.multiscale_mel_loss_weight}")
+        if not self.multiscale_mel_windows or min(self.multiscale_mel_windows) < 32:
+            raise ValueError("multiscale_mel_windows must be one or more windows of at least 32 samples")
 
     @property
     def lookahead_samples(self) -> int:
@@ -712,6 +730,42 @@ def stft_loss(
     return total / len(resolutions)
 
 
+class MultiScaleMelLoss(nn.Module):
+    """The log-mel L1 at several windows (DAC's mel loss, Kumar et al. 2023): lower is closer, differentiable.
+
+    Each window of ``win`` samples has a hop of ``win // 4`` and ``win * 5 // 32``
+    mel bands (5 at 2 ms, 320 at 128 ms, at 16 kHz): the short windows
+    resolve time to a millisecond or two, the long ones frequency finer than
+    the pitch harmonics' spacing, and every window gives the bands below
+    1 kHz a third of its mel bands, against an eighth of its FFT bins.
+    Magnitudes are clamped at
+    ``MEL_FLOOR`` before the natural log, as in the model's own mels. The L1
+    is averaged over the windows; both waves are cut to the shorter one.
+    """
+
+    def __init__(self, audio: AudioConfig, windows: tuple[int, ...]) -> None:
+        super().__init__()
+        self.windows = windows
+        for win in windows:
+            filters = mel_filterbank(audio.sample_rate, win, win * 5 // 32, audio.f_min, audio.f_max)
+            self.register_buffer(f"filters_{win}", filters, persistent=False)
+            self.register_buffer(f"window_{win}", torch.hann_window(win), persistent=False)
+
+    def forward(self, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        n = min(predicted.shape[-1], target.shape[-1])
+        predicted, target = predicted[..., :n].float(), target[..., :n].float()
+        total = 0.0
+        for win in self.windows:
+            filters, window = getattr(self, f"filters_{win}"), getattr(self, f"window_{win}")
+            mels = [
+                torch.log(torch.clamp(filters @ torch.stft(w, win, win // 4, window=window, return_complex=True).abs(),
+                                      min=MEL_FLOOR))
+                for w in (predicted, target)
+            ]
+            total = total + F.l1_loss(mels[0], mels[1])
+        return total / len(self.windows)
+
+
 # the evaluation's resolutions: not the ones a generator may have been trained on (the config's)
 EVAL_STFT_RESOLUTIONS = ((512, 128, 512), (1024, 256, 1024), (2048, 512, 2048))
 
@@ -793,7 +847,8 @@ class AudioSegments(torch.utils.data.Dataset):
 
 
 # the training log's columns
-LOSSES = ["generator_loss", "mel_loss", "stft_loss", "feature_loss", "adversarial_loss", "discriminator_loss"]
+LOSSES = ["generator_loss", "mel_loss", "stft_loss", "multiscale_mel_loss", "feature_loss", "adversarial_loss",
+          "discriminator_loss"]
 
 
 class VocoderTrainer:
@@ -805,6 +860,7 @@ class VocoderTrainer:
         self.mpd = MultiPeriodDiscriminator(cfg).to(self.device)
         self.mrd = MultiResolutionDiscriminator(cfg).to(self.device)
         self.mel = MelSpectrogram(cfg.audio).to(self.device)
+        self.multiscale_mel = MultiScaleMelLoss(cfg.audio, cfg.multiscale_mel_windows).to(self.device)
         adam = dict(lr=cfg.learning_rate, betas=cfg.adam_betas)
         self.opt_g = torch.optim.AdamW(self.generator.parameters(), **adam)
         self.opt_d = torch.optim.AdamW([*self.mpd.parameters(), *self.mrd.parameters()], **adam)
@@ -829,8 +885,8 @@ class VocoderTrainer:
         """One HiFi-GAN step on a batch of real audio (batch, samples): discriminators, then generator.
 
         While ``warming_up``, the generator alone learns from its mel loss (and
-        the STFT loss, if weighted) and the discriminators wait; then, while
-        ``generator_waiting``, the discriminators alone learn. What it returns
+        the STFT and multi-scale mel losses, if weighted) and the discriminators
+        wait; then, while ``generator_waiting``, the discriminators alone learn. What it returns
         leaves out the losses not computed (empty in the log).
         """
         wave = wave.to(self.device)
@@ -861,7 +917,7 @@ class VocoderTrainer:
             return {"mel_loss": mel_loss.item(), "discriminator_loss": d_loss.item()}
 
         # Generator: sound like the mel says, and fool the discriminators.
-        mel_loss, spectral_loss, g_loss = self.reconstruction_loss(fake, wave, mel_real)
+        reconstruction, g_loss = self.reconstruction_loss(fake, wave, mel_real)
         adv_loss = fm_loss = 0.0
         with self.autocast:
             for disc in (self.mpd, self.mrd):
@@ -877,31 +933,36 @@ class VocoderTrainer:
 
         self.sched_g.step()
         self.sched_d.step()
-        losses = {"generator_loss": g_loss, "mel_loss": mel_loss, "stft_loss": spectral_loss,
+        losses = {"generator_loss": g_loss, **reconstruction,
                   "feature_loss": fm_loss, "adversarial_loss": adv_loss, "discriminator_loss": d_loss}
-        return {name: loss.item() for name, loss in losses.items() if loss is not None}
+        return {name: loss.item() for name, loss in losses.items()}
 
     def reconstruction_loss(
         self, fake: torch.Tensor, wave: torch.Tensor, mel_real: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """The mel L1, the STFT loss (None, not computed, while its weight is 0) and their weighted sum."""
-        mel_loss = F.l1_loss(self.mel(fake), mel_real)
-        total = self.cfg.mel_loss_weight * mel_loss
-        spectral_loss = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Each reconstruction loss by name, and their weighted sum.
+
+        The mel L1 always; the STFT and multi-scale mel losses only while weighted (not computed at 0).
+        """
+        losses = {"mel_loss": F.l1_loss(self.mel(fake), mel_real)}
+        total = self.cfg.mel_loss_weight * losses["mel_loss"]
         if self.cfg.stft_loss_weight:
-            spectral_loss = stft_loss(fake, wave, self.cfg.stft_loss_resolutions)
-            total = total + self.cfg.stft_loss_weight * spectral_loss
-        return mel_loss, spectral_loss, total
+            losses["stft_loss"] = stft_loss(fake, wave, self.cfg.stft_loss_resolutions)
+            total = total + self.cfg.stft_loss_weight * losses["stft_loss"]
+        if self.cfg.multiscale_mel_loss_weight:
+            losses["multiscale_mel_loss"] = self.multiscale_mel(fake, wave)
+            total = total + self.cfg.multiscale_mel_loss_weight * losses["multiscale_mel_loss"]
+        return losses, total
 
     def generator_alone_step(self, fake: torch.Tensor, wave: torch.Tensor, mel_real: torch.Tensor) -> dict[str, float]:
         """The generator's update from its reconstruction losses alone, without the discriminators."""
-        mel_loss, spectral_loss, g_loss = self.reconstruction_loss(fake, wave, mel_real)
+        reconstruction, g_loss = self.reconstruction_loss(fake, wave, mel_real)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
         self.sched_g.step()
-        losses = {"generator_loss": g_loss, "mel_loss": mel_loss, "stft_loss": spectral_loss}
-        return {name: loss.item() for name, loss in losses.items() if loss is not None}  # no discriminators' yet
+        losses = {"generator_loss": g_loss, **reconstruction}  # no discriminators' yet
+        return {name: loss.item() for name, loss in losses.items()}
 
     def start_generator_from(self, plain: HiFiGANGenerator) -> None:
         """Copy an exported generator (weight norm folded in) into this weight-normed one.
@@ -965,6 +1026,7 @@ def train_vocoder(
     discriminator_start: int | None = None,
     lr_decay: float | None = None,
     stft_loss_weight: float | None = None,
+    multiscale_mel_loss_weight: float | None = None,
     discriminator_warmup: int | None = None,
     upsampler: str | None = None,
 ) -> Path:
@@ -1003,8 +1065,9 @@ def train_vocoder(
     its own unless it is given again.
 
     ``stft_loss_weight`` (default: the config's, 0) adds a multi-resolution
-    STFT loss to the mel loss, in both phases; a resumed run keeps its own
-    unless it is given again.
+    STFT loss to the mel loss, in both phases, and ``multiscale_mel_loss_weight``
+    (default: the config's, 0) a multi-scale mel loss (``MultiScaleMelLoss``);
+    a resumed run keeps each of its own unless it is given again.
 
     ``upsampler`` (default: the config's, ``"transposed"``) is the
     generator's ``CausalUpsample`` kind, part of its shape: a resumed run
@@ -1020,7 +1083,8 @@ def train_vocoder(
                              f"it cannot resume with {upsampler!r}")
     # given, else the resumed run's own, else the config's (an explicit 0 is a value, not "not given")
     recipe = {"discriminator_start": discriminator_start, "discriminator_warmup": discriminator_warmup,
-              "lr_decay": lr_decay, "stft_loss_weight": stft_loss_weight, "upsampler": upsampler}
+              "lr_decay": lr_decay, "stft_loss_weight": stft_loss_weight,
+              "multiscale_mel_loss_weight": multiscale_mel_loss_weight, "upsampler": upsampler}
     for field, value in recipe.items():
         if value is None and started_with is not None:
             value = started_with.get(field)  # runs from before a field existed lack it

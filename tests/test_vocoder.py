@@ -24,6 +24,7 @@ from michi_lite.vocoder import (
     HiFiGANGenerator,
     MultiPeriodDiscriminator,
     MultiResolutionDiscriminator,
+    MultiScaleMelLoss,
     VocoderTrainer,
     adversarial_loss,
     discriminator_loss,
@@ -42,6 +43,8 @@ TINY_RESBLOCK2 = replace(
     TINY, resblock_kernel_sizes=(3, 5), resblock_dilations=((1, 2), (2, 6)), resblock_plain_convs=False
 )
 TINY_NEAREST = replace(TINY, upsampler="nearest")
+# the losses of HiFi-GAN's recipe: the others are computed only while weighted
+HIFIGAN_LOSSES = sorted(set(LOSSES) - {"stft_loss", "multiscale_mel_loss"})
 HOP = TINY.audio.hop_length
 CHUNK = TINY.audio.mels_per_frame  # mel columns in one 80 ms frame
 
@@ -282,7 +285,7 @@ def test_the_generator_learns_alone_until_the_discriminators_start():
 
     assert not trainer.warming_up
     losses = trainer.step(wave)  # step 3: HiFi-GAN's, which has no STFT loss
-    assert sorted(losses) == sorted(set(LOSSES) - {"stft_loss"}) and all(math.isfinite(v) for v in losses.values())
+    assert sorted(losses) == HIFIGAN_LOSSES and all(math.isfinite(v) for v in losses.values())
     assert not all(torch.equal(a, b) for a, b in zip(discriminators, weights(trainer.mpd, trainer.mrd)))
 
     with pytest.raises(ValueError, match="discriminator_start"):
@@ -310,43 +313,57 @@ def test_the_discriminators_warm_up_alone_against_a_held_generator():
 
     assert not trainer.generator_waiting and (trainer.sched_g.last_epoch, trainer.sched_d.last_epoch) == (1, 2)
     losses = trainer.step(wave)  # step 4: both learn
-    assert sorted(losses) == sorted(set(LOSSES) - {"stft_loss"})
+    assert sorted(losses) == HIFIGAN_LOSSES
     assert not all(torch.equal(a, b) for a, b in zip(generator, weights(trainer.generator)))
 
     with pytest.raises(ValueError, match="discriminator_warmup"):
         replace(TINY, discriminator_warmup=-1)
 
 
-def test_a_weighted_stft_loss_joins_the_mel_loss_in_both_phases():
+@pytest.mark.parametrize("weight, column", [("stft_loss_weight", "stft_loss"),
+                                            ("multiscale_mel_loss_weight", "multiscale_mel_loss")])
+def test_a_weighted_reconstruction_loss_joins_the_mel_loss_in_both_phases(weight, column):
     torch.manual_seed(0)
     plain = VocoderTrainer(replace(TINY, discriminator_start=1), torch.device("cpu"))
     torch.manual_seed(0)  # the same starting weights
-    weighted = VocoderTrainer(replace(TINY, discriminator_start=1, stft_loss_weight=2.0), torch.device("cpu"))
+    weighted = VocoderTrainer(replace(TINY, discriminator_start=1, **{weight: 2.0}), torch.device("cpu"))
     wave = 0.1 * torch.randn(2, TINY.segment_samples)
     for phase in ("generator alone", "with the discriminators"):
-        without, with_stft = plain.step(wave), weighted.step(wave)
-        assert "stft_loss" not in without, phase
-        assert with_stft["stft_loss"] > 0, phase
-        if phase == "generator alone":  # same weights, same batch: the loss differs by the weighted STFT term
-            extra = with_stft["generator_loss"] - without["generator_loss"]
-            assert extra == pytest.approx(2.0 * with_stft["stft_loss"], rel=1e-4)
-    assert sorted(with_stft) == sorted(LOSSES)
+        without, with_extra = plain.step(wave), weighted.step(wave)
+        assert column not in without, phase
+        assert with_extra[column] > 0, phase
+        if phase == "generator alone":  # same weights, same batch: the loss differs by the weighted term
+            extra = with_extra["generator_loss"] - without["generator_loss"]
+            assert extra == pytest.approx(2.0 * with_extra[column], rel=1e-4)
+    assert sorted(with_extra) == sorted([*HIFIGAN_LOSSES, column])
     for bad in (-1.0, float("nan")):
-        with pytest.raises(ValueError, match="stft_loss_weight"):
-            replace(TINY, stft_loss_weight=bad)
+        with pytest.raises(ValueError, match=weight):
+            replace(TINY, **{weight: bad})
 
 
-def test_stft_loss_is_differentiable_and_pulls_towards_the_target():
+@pytest.mark.parametrize("name", ["stft", "multiscale mel"])
+def test_a_reconstruction_loss_is_differentiable_and_pulls_towards_the_target(name):
+    if name == "stft":
+        def loss_of(predicted, target):
+            return stft_loss(predicted, target, TINY.stft_loss_resolutions)
+    else:
+        loss_of = MultiScaleMelLoss(TINY.audio, TINY.multiscale_mel_windows)
     torch.manual_seed(0)
     target = 0.3 * torch.randn(4000)
     predicted = (target + 0.1 * torch.randn(4000)).requires_grad_()
-    loss = stft_loss(predicted, target, TINY.stft_loss_resolutions)
+    loss = loss_of(predicted, target)
     loss.backward()
     with torch.no_grad():
-        nearer = stft_loss(predicted - 0.01 * predicted.grad / predicted.grad.abs().max(), target,
-                           TINY.stft_loss_resolutions)
+        nearer = loss_of(predicted - 0.01 * predicted.grad / predicted.grad.abs().max(), target)
     assert 0 < nearer < loss
-    assert stft_loss(target, target, TINY.stft_loss_resolutions) < 1e-6
+    assert loss_of(target, target) < 1e-6
+
+
+def test_the_multiscale_mel_loss_refuses_windows_too_short_for_its_bands():
+    with pytest.raises(ValueError, match="multiscale_mel_windows"):
+        replace(TINY, multiscale_mel_windows=(16, 64))  # 16 samples would give it no whole mel band
+    with pytest.raises(ValueError, match="multiscale_mel_windows"):
+        replace(TINY, multiscale_mel_windows=())
 
 
 def test_a_resumed_run_keeps_its_discriminator_start(tiny_corpus, tmp_path):
@@ -403,25 +420,29 @@ def test_lr_decay_sets_the_schedule_and_a_resumed_run_keeps_or_changes_it(tiny_c
         train_vocoder(TINY, tiny_corpus, run, steps=5, resume=True, lr_decay=0.0)
 
 
-def test_a_resumed_run_keeps_or_changes_its_stft_loss_weight(tiny_corpus, tmp_path):
+@pytest.mark.parametrize("flag, field, column", [
+    ("--stft-loss", "stft_loss_weight", "stft_loss"),
+    ("--multiscale-mel", "multiscale_mel_loss_weight", "multiscale_mel_loss"),
+])
+def test_a_resumed_run_keeps_or_changes_a_reconstruction_loss_weight(tiny_corpus, tmp_path, flag, field, column):
     from michi_lite.cli import main
 
     run = tmp_path / "run"
     args = train_command(tiny_corpus, run)
 
     def weight() -> float:
-        return json.loads((latest_checkpoint(run) / "state.json").read_text())["config"]["stft_loss_weight"]
+        return json.loads((latest_checkpoint(run) / "state.json").read_text())["config"][field]
 
-    main(args + ["--steps", "1", "--stft-loss", "3"])
+    main(args + ["--steps", "1", flag, "3"])
     main(args + ["--steps", "2", "--resume"])  # not given again: the run's own 3
     assert weight() == 3.0
-    main(args + ["--steps", "3", "--resume", "--stft-loss", "0"])  # an explicit 0 turns it off
+    main(args + ["--steps", "3", "--resume", flag, "0"])  # an explicit 0 turns it off
     assert weight() == 0.0
     rows = read_log(run)
-    assert [bool(r["stft_loss"]) for r in rows] == [True, True, False]  # not computed: an empty cell
+    assert [bool(r[column]) for r in rows] == [True, True, False]  # not computed: an empty cell
     for bad in ("-1", "nan"):
         with pytest.raises(SystemExit):
-            main(args + ["--steps", "4", "--resume", "--stft-loss", bad])
+            main(args + ["--steps", "4", "--resume", flag, bad])
 
 
 def test_griffin_lim_round_trip_keeps_a_sine():
