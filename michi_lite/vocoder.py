@@ -738,9 +738,9 @@ class MultiScaleMelLoss(nn.Module):
     resolve time to a millisecond or two, the long ones frequency finer than
     the pitch harmonics' spacing, and every window gives the bands below
     1 kHz a third of its mel bands, against an eighth of its FFT bins.
-    Magnitudes are clamped at
-    ``MEL_FLOOR`` before the natural log, as in the model's own mels. The L1
-    is averaged over the windows; both waves are cut to the shorter one.
+    Magnitudes are clamped at ``MEL_FLOOR`` before the natural log, as in the
+    model's own mels. The L1 is averaged over the windows; both waves are cut
+    to the shorter one.
     """
 
     def __init__(self, audio: AudioConfig, windows: tuple[int, ...]) -> None:
@@ -757,11 +757,9 @@ class MultiScaleMelLoss(nn.Module):
         total = 0.0
         for win in self.windows:
             filters, window = getattr(self, f"filters_{win}"), getattr(self, f"window_{win}")
-            mels = [
-                torch.log(torch.clamp(filters @ torch.stft(w, win, win // 4, window=window, return_complex=True).abs(),
-                                      min=MEL_FLOOR))
-                for w in (predicted, target)
-            ]
+            spectra = [torch.stft(w, win, win // 4, window=window, return_complex=True).abs()
+                       for w in (predicted, target)]  # (batch, win // 2 + 1, frames)
+            mels = [torch.log(torch.clamp(filters @ spectrum, min=MEL_FLOOR)) for spectrum in spectra]
             total = total + F.l1_loss(mels[0], mels[1])
         return total / len(self.windows)
 
@@ -886,8 +884,8 @@ class VocoderTrainer:
 
         While ``warming_up``, the generator alone learns from its mel loss (and
         the STFT and multi-scale mel losses, if weighted) and the discriminators
-        wait; then, while ``generator_waiting``, the discriminators alone learn. What it returns
-        leaves out the losses not computed (empty in the log).
+        wait; then, while ``generator_waiting``, the discriminators alone learn.
+        What it returns leaves out the losses not computed (empty in the log).
         """
         wave = wave.to(self.device)
         with self.autocast, torch.set_grad_enabled(not self.generator_waiting):
