@@ -492,9 +492,10 @@ display(Markdown("\n".join(rows)))
 # by every perceptual measure: its pitch harmonics are smeared, the gaps
 # between them filled (in the 250-500 Hz band its energy lies almost evenly
 # over the 10 Hz bins: a spread of 0.52, against the original's 1.19). The
-# discriminators of part 7 did the same to the reference. Here the comb is
-# not what holds PESQ down; the harmonics are, and the transposed upsampler,
-# comb and all, makes them more readily. The reference keeps HiFi-GAN's
+# discriminators of part 7 did the same to the reference. Between these
+# two the comb is not what holds PESQ down: the one with a third of it and
+# smeared harmonics scores lower, and the transposed upsampler, comb and
+# all, makes the harmonics more readily. The reference keeps HiFi-GAN's
 # transposed convolutions.
 
 # %% [markdown]
