@@ -129,8 +129,7 @@ def cmd_train_vocoder(args: argparse.Namespace) -> None:
                         max_minutes=args.max_minutes, init=args.init,
                         discriminator_start=args.discriminator_start, lr_decay=args.lr_decay,
                         stft_loss_weight=args.stft_loss, multiscale_mel_loss_weight=args.multiscale_mel,
-                        discriminator_warmup=args.discriminator_warmup,
-                        upsampler=args.upsampler)
+                        discriminator_warmup=args.discriminator_warmup, upsampler=args.upsampler)
     report_run(run, args.preset, "vocoder")
 
 
