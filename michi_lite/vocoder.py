@@ -144,7 +144,8 @@ class VocoderConfig:
         if not self.multiscale_mel_loss_weight >= 0:
             raise ValueError(f"multiscale_mel_loss_weight must be 0 or more, not {self.multiscale_mel_loss_weight}")
         if not self.multiscale_mel_windows or min(self.multiscale_mel_windows) < 32:
-            raise ValueError("multiscale_mel_windows must be one or more windows of at least 32 samples")
+            raise ValueError("multiscale_mel_windows must be one or more windows of at least 32 samples "
+                             "(5 mel bands, DAC's shortest)")
 
     @property
     def lookahead_samples(self) -> int:

@@ -361,7 +361,7 @@ def test_a_reconstruction_loss_is_differentiable_and_pulls_towards_the_target(na
 
 def test_the_multiscale_mel_loss_refuses_windows_too_short_for_its_bands():
     with pytest.raises(ValueError, match="multiscale_mel_windows"):
-        replace(TINY, multiscale_mel_windows=(16, 64))  # 16 samples would give it no whole mel band
+        replace(TINY, multiscale_mel_windows=(16, 64))  # 16 samples: 2 mel bands, under DAC's shortest window's 5
     with pytest.raises(ValueError, match="multiscale_mel_windows"):
         replace(TINY, multiscale_mel_windows=())
 
