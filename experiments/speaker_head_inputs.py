@@ -124,14 +124,8 @@ def judged(sample, rows: list[dict], model, vocoder, judge) -> dict:
             "heard": heard}
 
 
-def prepare(description: str, previous=previous_patches):
-    """The command line, the reference model, vocoder and judge, and cached rows for train and test utterances.
-
-    ``previous`` is passed to ``cached_conditions``.
-
-    Returns (args, model, vocoder, judge, train rows, test rows, results so
-    far: the args and the judge's WER on the test rows' real mels, vocoded).
-    """
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The command line these experiments share; each may add its own arguments before parsing."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", required=True, help="a built lite corpus")
     parser.add_argument("--json", required=True, help="where the results go")
@@ -141,8 +135,17 @@ def prepare(description: str, previous=previous_patches):
     parser.add_argument("--test-utterances", type=int, default=16)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=256, help="frames per training step")
-    args = parser.parse_args()
+    return parser
 
+
+def prepare(args: argparse.Namespace, previous=previous_patches):
+    """The reference model, vocoder and judge, and cached rows for train and test utterances.
+
+    ``args`` come from ``arguments``; ``previous`` is passed to ``cached_conditions``.
+
+    Returns (model, vocoder, judge, train rows, test rows, results so far:
+    the args and the judge's WER on the test rows' real mels, vocoded).
+    """
     tokenizer = load_tokenizer()
     model = load_speaker(args.ckpt, "lite", tokenizer)
     vocoder, judge = load_vocoder(args.vocoder, "lite"), load_whisper()
@@ -159,11 +162,12 @@ def prepare(description: str, previous=previous_patches):
 
     heard = [hear_patches(r["patches"], vocoder, judge, model.cfg.audio) for r in test_rows]
     results = {"args": vars(args), "real_mels_vocoded": word_error_rate([r["text"] for r in test_rows], heard)}
-    return args, model, vocoder, judge, train_rows, test_rows, results
+    return model, vocoder, judge, train_rows, test_rows, results
 
 
 def main() -> None:
-    args, model, vocoder, judge, train_rows, test_rows, results = prepare(__doc__.split("\n")[0])
+    args = arguments(__doc__.split("\n")[0]).parse_args()
+    model, vocoder, judge, train_rows, test_rows, results = prepare(args)
     reference = model.speaking_head
     results["reference"] = judged(lambda c, p, k: reference.sample(c, k, torch.Generator().manual_seed(0)),
                                   test_rows, model, vocoder, judge)

@@ -33,7 +33,7 @@ import json
 
 import torch
 import torch.nn.functional as F
-from speaker_head_inputs import HeadVariant, judged, prepare
+from speaker_head_inputs import HeadVariant, arguments, judged, prepare
 
 from michi_lite.data.phonemes import N_PHONEME_IDS, PAD_PHONEME
 from michi_lite.flow import SpeakingHead
@@ -88,7 +88,8 @@ class DueVariant(HeadVariant):
 
 
 def main() -> None:
-    args, model, vocoder, judge, train_rows, test_rows, results = prepare(__doc__.split("\n")[0], due_of)
+    args = arguments(__doc__.split("\n")[0]).parse_args()
+    model, vocoder, judge, train_rows, test_rows, results = prepare(args, due_of)
     for name in ("base", "due", "due_alone"):
         variant = DueVariant(name, model, model.cfg.head_width, model.cfg.head_depth)
         variant.train(train_rows, args.steps, args.batch)
