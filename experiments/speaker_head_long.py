@@ -6,8 +6,8 @@ backbone has already given, a small fraction of that. So the reference's
 backbone and phoneme reader (frozen) give each frame's condition from the
 real past (teacher-forced) for a sample of train utterances, as in
 ``speaker_head_inputs.py`` (whose caching and judging this reuses), and the
-reference's own head trains on, with the speech model's optimizer settings,
-a warm-up and a half cosine, many times the frames it met in joint training.
+reference's own head trains on them alone, at the learning rate the speech
+model gives its heads, with a warm-up and a half cosine.
 
 Every ``--judge-every`` steps the Whisper judge hears its 4-step patches,
 made from the real past, for test utterances of seen voices and for 8 of
@@ -15,7 +15,7 @@ its train utterances, through the reference vocoder; the head so far is
 written beside the JSON each time. data/speaker/README.md reports a run of::
 
     python experiments/speaker_head_long.py --data corpus/lite --json head_long.json \\
-        --train-utterances 2000 --steps 8000 --batch 512 --judge-every 2000
+        --train-utterances 2000 --steps 6000 --batch 512 --judge-every 1500
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def main() -> None:
     results.update(train_frames=len(cond), log=[], judged={})
     print(f"{len(cond)} train frames cached", flush=True)
 
-    def sample(c: torch.Tensor, previous: torch.Tensor, steps: int) -> torch.Tensor:
+    def sample(c: torch.Tensor, previous: torch.Tensor, steps: int) -> torch.Tensor:  # as ``judged`` calls it
         return head.sample(c, steps, torch.Generator().manual_seed(0))
 
     def hear(step: int) -> None:

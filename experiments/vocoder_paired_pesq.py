@@ -76,6 +76,7 @@ def main() -> None:
         "pairs": [{"first": a, "second": b, **paired(arrays[a], arrays[b])}
                   for a, b in itertools.combinations(arrays, 2)],
         "per_utterance": {name: [round(float(value), 4) for value in values] for name, values in scores.items()},
+        "utterances": [{"id": record["id"], "voice": record["voice"]} for record in records],  # in that order
         "run": run_info(args.preset),
     }
     for pair in report["pairs"]:
