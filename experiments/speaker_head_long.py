@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file
 from speaker_head_inputs import arguments, judged, prepare
 
-from michi_lite.model import warmup_cosine
+from michi_lite.train import warmup_cosine
 
 HEAD_LEARNING_RATE = 6e-4  # the speech model's for its heads (``SpeakerTrainer``)
 WARMUP_STEPS = 100

@@ -38,7 +38,8 @@ from michi_lite.data.corpus import load_manifest
 from michi_lite.data.words import Word
 from michi_lite.eval import next_patch_errors, perplexity_sentences, spread_over_voices, voice_groups
 from michi_lite.frame_decoder import FrameCache
-from michi_lite.model import audio_patches, load_speaker, quantized_for_cpu, speaker_streams, voice_prompt
+from michi_lite.audio import audio_patches, voice_prompt
+from michi_lite.model import load_speaker, quantized_for_cpu, speaker_streams
 
 
 def stepped(model, inputs: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ import soxr
 import torch
 import torch.nn.functional as F
 
-from michi_lite.config import AudioConfig
+from michi_lite.config import FRAME_SECONDS, AudioConfig
 
 logger = logging.getLogger(__name__)
 
@@ -328,3 +329,42 @@ def mel_from_patches(patches: torch.Tensor, cfg: AudioConfig) -> torch.Tensor:
     n_frames = patches.shape[-2]
     columns = patches.reshape(*patches.shape[:-2], n_frames * cfg.mels_per_frame, cfg.n_mels)
     return columns.transpose(-1, -2)
+
+
+# --- voice prompts ------------------------------------------------------------------
+
+MIN_PROMPT_SECONDS = 1.0
+MAX_PROMPT_SECONDS = 10.0
+SPEECH_MARGIN = 1.0  # a patch is speech if its mean normalised log-mel is this far above silence's
+
+
+def audio_patches(wave: torch.Tensor, audio: AudioConfig) -> torch.Tensor:
+    """(samples,) -> (frames, patch_dim): normalised log-mel, one 80 ms patch per frame."""
+    frontend = MelSpectrogram(audio).to(wave.device)
+    return mel_patches(normalize_mel(frontend(pad_to_frames(wave, audio))), audio)
+
+
+def speech_patches(patches: torch.Tensor) -> torch.Tensor:
+    """The patches of a voice prompt that hold speech: pauses say nothing about a voice."""
+    return patches[patches.mean(-1) > SILENCE_MEL + SPEECH_MARGIN]
+
+
+def voice_prompt(wave: np.ndarray | torch.Tensor, audio: AudioConfig, source: str = "voice prompt") -> torch.Tensor:
+    """A waveform at ``audio.sample_rate`` -> its speech patches (frames, patch_dim), checked.
+
+    The first ``MAX_PROMPT_SECONDS`` are used. Fewer than ``MIN_PROMPT_SECONDS``
+    of speech (after pauses are dropped) is an ``AudioError``: a voice cannot
+    be told from less.
+    """
+    wave = torch.as_tensor(wave, dtype=torch.float32)[:round(MAX_PROMPT_SECONDS * audio.sample_rate)]
+    patches = speech_patches(audio_patches(wave, audio))
+    have = len(patches) * FRAME_SECONDS
+    if have < MIN_PROMPT_SECONDS:
+        raise AudioError(f"{source}: {have:.2f} s of speech; a voice prompt needs at least "
+                         f"{MIN_PROMPT_SECONDS:g} s (ideally 3-10 s) of one person speaking")
+    return patches
+
+
+def load_voice_prompt(path: str | os.PathLike, audio: AudioConfig) -> torch.Tensor:
+    """A voice prompt file (any rate or channel count: it is resampled and mixed to mono) -> speech patches."""
+    return voice_prompt(load_audio(path, audio.sample_rate, max_seconds=600.0), audio, source=str(path))

@@ -1,6 +1,6 @@
 """``michi-lite``: the one command line the notebooks, tests, CI and benchmarks share.
 
-    michi-lite data build      --preset P --out DIR
+    michi-lite data build      --preset P --out DIR [--voice V] [--hours H]
     michi-lite data subset     --data DIR --out DIR --hours H [--splits S ...] [--seed N]
     michi-lite data pack       --data DIR --out DIR [--splits S ...]
     michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init G]
@@ -30,6 +30,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,13 @@ def decay_factor(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:  # NaN too
@@ -88,7 +96,10 @@ def write_json(report: dict, path: str | None) -> None:
 def cmd_data_build(args: argparse.Namespace) -> None:
     from .data.corpus import build_corpus
 
-    manifest = build_corpus(get_config(args.preset), args.out)
+    cfg = get_config(args.preset)
+    if args.hours is not None:
+        cfg = replace(cfg, corpus=replace(cfg.corpus, min_hours=args.hours))
+    manifest = build_corpus(cfg, args.out, voice=args.voice)
     summary = json.loads((manifest.parent / "corpus.json").read_text())
     print(f"built {summary['utterances']} utterances, {summary['hours']:.2f} h, "
           f"{len(summary['voices'])} voices -> {manifest}")
@@ -151,6 +162,15 @@ def cmd_train_speaker(args: argparse.Namespace) -> None:
     report_run(run, args.preset, "speaker")
 
 
+def cmd_train_acoustic(args: argparse.Namespace) -> None:
+    from .train_acoustic import train_acoustic
+
+    run = train_acoustic(args.preset, args.data, args.out, steps=args.steps, resume=args.resume,
+                         batch_size=args.batch_size, voices=args.voice, checkpoint_every=args.checkpoint_every,
+                         max_minutes=args.max_minutes)
+    report_run(run, args.preset, "acoustic")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     import torch
 
@@ -207,6 +227,13 @@ def cmd_bench_listener(args: argparse.Namespace) -> None:
     write_json(bench_listener(args.preset, args.ckpt, seconds=args.seconds, threads=args.threads), args.json)
 
 
+def cmd_eval_acoustic(args: argparse.Namespace) -> None:
+    from .eval import evaluate_acoustic
+
+    write_json(evaluate_acoustic(args.preset, args.ckpt, args.data, args.vocoder, voices=args.voice,
+                                 max_utterances=args.max_utterances), args.json)
+
+
 def cmd_eval_speaker(args: argparse.Namespace) -> None:
     from .eval import evaluate_speaker
 
@@ -227,7 +254,8 @@ def cmd_say(args: argparse.Namespace) -> None:
 
     from .audio import save_audio
     from .backbone import load_tokenizer
-    from .model import load_speaker, load_voice_prompt, quantized_for_cpu
+    from .audio import load_voice_prompt
+    from .model import load_speaker, quantized_for_cpu
     from .say import Speaker, split_text
     from .vocoder import load_vocoder
 
@@ -294,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     build = data.add_parser("build", help="synthesise and align a corpus")
     add_preset(build)
     build.add_argument("--out", required=True, help="corpus directory (re-running resumes)")
+    build.add_argument("--voice", default=None,
+                       help="one voice speaks the whole plan, each sentence in its usual split (e.g. "
+                            "espeak-en-us-m3-p40-s150)")
+    build.add_argument("--hours", type=positive_float, default=None, help="audio to build (default: the preset's)")
     build.set_defaults(run=cmd_data_build)
     subset = data.add_parser("subset", help="copy a few hours of a corpus, every speaker in turn")
     subset.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
@@ -318,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
          20_000, 200, "utterances per step (default: 8)"),
         ("speaker", cmd_train_speaker, "the speech model: SmolLM2 with LoRA, text head and speaking head (TTS)",
          20_000, 100, "utterances per step (default: 8)"),
+        ("acoustic", cmd_train_acoustic, "the acoustic model: timed phonemes to mel patches, with its speaking head",
+         20_000, 250, "utterances per step (default: 16; a resumed run keeps its own)"),
     ):
         stage_train = train.add_parser(stage, help=what)
         add_preset(stage_train)
@@ -359,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      help="the generator's upsampling layers: transposed convs (HiFi-GAN's, the "
                                           "default) or nearest-neighbour upsampling and a conv; a resumed run "
                                           "keeps its own")
+        if stage == "acoustic":
+            stage_train.add_argument("--voice", action="append",
+                                     help="train on this voice's utterances only (repeatable; default: every voice "
+                                          "with phoneme timings; a resumed run keeps its own)")
         if stage == "speaker":
             stage_train.add_argument("--init", help="start from this speech model's weights (a run or .safetensors); "
                                                     "modules it lacks start fresh")
@@ -410,6 +448,17 @@ def build_parser() -> argparse.ArgumentParser:
     speaker_eval.add_argument("--json", help="write the report here too")
     speaker_eval.add_argument("--max-utterances", type=positive_int, help="at most N test utterances per voice group")
     speaker_eval.set_defaults(run=cmd_eval_speaker)
+    acoustic_eval = evaluate.add_parser("acoustic", help="the acoustic model speaking held-out test sentences from "
+                                                         "their text, its own timing; heard by Whisper")
+    add_preset(acoustic_eval)
+    acoustic_eval.add_argument("--ckpt", required=True, help="an acoustic run directory or .safetensors file")
+    acoustic_eval.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
+    acoustic_eval.add_argument("--vocoder", default=str(REFERENCE_VOCODER),
+                               help="the vocoder the mels go through (default: the reference)")
+    acoustic_eval.add_argument("--voice", action="append", help="only this voice's test sentences (repeatable)")
+    acoustic_eval.add_argument("--json", help="write the report here too")
+    acoustic_eval.add_argument("--max-utterances", type=positive_int, help="at most N test utterances per voice group")
+    acoustic_eval.set_defaults(run=cmd_eval_acoustic)
 
     bench = commands.add_parser("bench", help="time a piece").add_subparsers(dest="what", required=True)
     for stage, run, what, default in (

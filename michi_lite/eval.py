@@ -413,7 +413,8 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
     from speechmos import dnsmos
 
     from .backbone import load_tokenizer
-    from .model import audio_patches, build_backbone, load_speaker, quantized_for_cpu, speaker_streams, voice_prompt
+    from .audio import audio_patches, voice_prompt
+    from .model import build_backbone, load_speaker, quantized_for_cpu, speaker_streams
     from .say import Speaker
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -549,4 +550,134 @@ def speaker_summary(rows: list[dict], steps: tuple[int, ...]) -> dict:
                      / sum(r["by_steps"][k]["audio_seconds"] for r in rows)}
             for k in steps
         },
+    }
+
+
+ACOUSTIC_STEPS = (0, 1, 4)  # Euler steps of the speaking head; 0: the regressed mel, no sampling
+ACOUSTIC_MAIN_STEPS = 4
+
+
+def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.PathLike,
+                      vocoder_ckpt: str | os.PathLike, voices: list[str] | None = None,
+                      max_utterances: int | None = None, steps: tuple[int, ...] = ACOUSTIC_STEPS,
+                      seed: int = 0) -> dict:
+    """The acoustic model speaking test sentences it never trained on, from their text alone; judged independently.
+
+    Each test utterance (of ``voices``, if given) is spoken from its text's
+    phonemes (``sentence_phonemes``) with the model's own durations, in the
+    voice of *another* test utterance of the same voice, through the
+    vocoder ``vocoder_ckpt``. Per voice group, and apart for the ``stress``
+    sentences (numbers, units, abbreviations, homographs) and the ``plain``:
+
+    * ``judge_wer`` at ``ACOUSTIC_MAIN_STEPS`` steps and ``by_steps`` (0: the
+      regressed mel), beside ``judge_wer_real`` (the real audio) and
+      ``judge_wer_resynthesized`` (the real mel through the same vocoder:
+      the best any mel can do through it);
+    * ``judge_wer_engine_timed``: the same phonemes held for as long as the
+      engine held them, so timing is not the model's own, and
+      ``mel_l1_engine_timed``, that mel's mean absolute error against the
+      real one: a cheap proxy of quality, free of the judge's noise;
+    * ``duration_ratio``: generated over real seconds (median and the share
+      within ±25%), and ``duration_error``, the mean absolute error of the
+      predicted log(1 + columns) per phoneme against the engine's.
+    """
+    from .acoustic import columns_per_phoneme, load_acoustic, prompt_columns, text_phoneme_ids
+    from .audio import audio_patches
+    from .data.phonemes import phoneme_id
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_acoustic(ckpt, preset, device)
+    audio = model.cfg.audio
+    vocoder = load_vocoder(vocoder_ckpt, preset, device)
+    judge = load_whisper()
+    test = [r for r in load_manifest(data_dir, "test") if voices is None or r["voice"] in voices]
+    if not test:
+        raise ValueError(f"{data_dir}: no test utterances" + (f" of {', '.join(voices)}" if voices else ""))
+    by_voice: dict[str, list[dict]] = defaultdict(list)
+    for r in test:
+        by_voice[r["voice"]].append(r)
+
+    def hear(patches: torch.Tensor) -> tuple[str, float]:
+        wave = vocoder.vocode(mel_from_patches(patches, audio)).float().cpu().numpy()
+        return transcribe(wave, audio.sample_rate, judge), len(wave) / audio.sample_rate
+
+    report: dict = {"groups": {}}
+    groups = defaultdict(list)
+    for r in test:
+        groups[r.get("voice_split", "unknown")].append(r)
+    for group, records in sorted(groups.items()):
+        rows = []
+        for record in tqdm(spread_over_voices(records, max_utterances), desc=f"acoustic eval, {group} voices",
+                           unit="utt"):
+            others = by_voice[record["voice"]]
+            prompt = others[(others.index(record) + 1) % len(others)]  # the next test utterance of this voice
+            real = load_audio(Path(data_dir) / record["path"], audio.sample_rate)
+            prompt_wave = load_audio(Path(data_dir) / prompt["path"], audio.sample_rate)
+            real_patches = audio_patches(torch.from_numpy(real), audio).to(device)
+            row = {"text": record["text"], "category": record["category"], "voice": record["voice"],
+                   "heard_real": transcribe(real, audio.sample_rate, judge), "real_seconds": len(real) / audio.sample_rate,
+                   "by_steps": {}}
+            with torch.inference_mode():
+                voice = model.voice(prompt_columns(prompt_wave, audio, prompt["id"]).to(device)[None])
+                row["heard_resynthesized"], _ = hear(real_patches)
+                phonemes = text_phoneme_ids(record["text"]).to(device)
+                for k in steps:
+                    started = time.perf_counter()
+                    patches, _ = model.speak(phonemes, voice, k, torch.Generator(device).manual_seed(seed))
+                    heard, seconds = hear(patches)
+                    row["by_steps"][k] = {"heard": heard, "audio_seconds": seconds,
+                                          "seconds": time.perf_counter() - started}
+                if record.get("phonemes"):
+                    timed = torch.tensor([phoneme_id(p[0]) for p in record["phonemes"]], device=device)
+                    ends = np.array([p[2] for p in record["phonemes"]])
+                    columns = real_patches.shape[0] * audio.mels_per_frame
+                    durations = torch.from_numpy(columns_per_phoneme(ends, columns, audio)).to(device)
+                    patches, _ = model.speak(timed, voice, ACOUSTIC_MAIN_STEPS,
+                                             torch.Generator(device).manual_seed(seed), durations=durations)
+                    row["heard_engine_timed"], _ = hear(patches)
+                    row["mel_l1_engine_timed"] = float((patches - real_patches).abs().mean())
+                    predicted = model.durations(timed[None], voice)[0]
+                    row["duration_error"] = float((predicted - torch.log1p(durations.float())).abs().mean())
+            rows.append(row)
+        report["groups"][group] = {
+            "all": acoustic_summary(rows, steps),
+            "stress": acoustic_summary([r for r in rows if r["category"].startswith("stress")], steps),
+            "plain": acoustic_summary([r for r in rows if not r["category"].startswith("stress")], steps),
+        }
+        logger.info("acoustic eval, %s voices: %s", group, report["groups"][group]["all"])
+    report["voices"] = sorted(by_voice)
+    report["checkpoint"], report["vocoder"] = str(ckpt), str(vocoder_ckpt)
+    report["run"] = run_info(preset)
+    return report
+
+
+def acoustic_summary(rows: list[dict], steps: tuple[int, ...]) -> dict:
+    """``evaluate_acoustic``'s numbers over some of its rows."""
+    if not rows:
+        return {"n_utterances": 0}
+    texts = [r["text"] for r in rows]
+    main = ACOUSTIC_MAIN_STEPS if ACOUSTIC_MAIN_STEPS in steps else steps[-1]
+    ratios = np.array([r["by_steps"][main]["audio_seconds"] / r["real_seconds"] for r in rows])
+    timed = [r for r in rows if "heard_engine_timed" in r]
+    return {
+        "n_utterances": len(rows),
+        "n_voices": len({r["voice"] for r in rows}),
+        "steps": main,
+        "judge_wer": word_error_rate(texts, [r["by_steps"][main]["heard"] for r in rows]),
+        "judge_wer_real": word_error_rate(texts, [r["heard_real"] for r in rows]),
+        "judge_wer_resynthesized": word_error_rate(texts, [r["heard_resynthesized"] for r in rows]),
+        "judge_wer_engine_timed": word_error_rate([r["text"] for r in timed], [r["heard_engine_timed"] for r in timed])
+        if timed else None,
+        "mel_l1_engine_timed": mean_or_none([r["mel_l1_engine_timed"] for r in timed]),
+        "duration_error": mean_or_none([r["duration_error"] for r in timed]),
+        "duration_ratio_median": float(np.median(ratios)),
+        "duration_within_25_percent": float(np.mean(np.abs(ratios - 1) <= 0.25)),
+        "by_steps": {
+            str(k): {"judge_wer": word_error_rate(texts, [r["by_steps"][k]["heard"] for r in rows]),
+                     "real_time_factor": sum(r["by_steps"][k]["seconds"] for r in rows)
+                     / sum(r["by_steps"][k]["audio_seconds"] for r in rows)}
+            for k in steps
+        },
+        "utterances": [{"text": r["text"], "heard": r["by_steps"][main]["heard"], "heard_real": r["heard_real"]}
+                       for r in rows],
     }

@@ -55,7 +55,7 @@ from .config import FRAME_SECONDS, AudioConfig, get_config
 from .data.corpus import load_manifest
 from .data.frames import PAD_TOKEN, TokenGrid, frame_tokens
 from .data.words import Word
-from .train import fit, loader_workers, read_weights, training_device, write_weights
+from .train import ShuffledBatches, fit, loader_workers, read_weights, training_device, write_weights
 
 logger = logging.getLogger(__name__)
 
@@ -614,8 +614,9 @@ def train_listener(
                 sum(p.numel() for p in listener.parameters()) / 1e6, steps, batch_size, device)
     dataset = ListenerUtterances(data_dir, listener.cfg, tokenizer)
     workers = loader_workers(device)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                         collate_fn=ListenerUtterances.collate, drop_last=len(dataset) > batch_size)
+    order = ShuffledBatches(len(dataset), batch_size, seed, drop_last=len(dataset) > batch_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=workers,
+                                         collate_fn=ListenerUtterances.collate)
     return fit(trainer, loader, out_dir, steps, LOSSES, resume=resume, checkpoint_every=checkpoint_every,
                log_every=log_every, max_minutes=max_minutes, desc="listener")
 

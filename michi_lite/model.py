@@ -44,23 +44,19 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
-import random
 from collections import deque
-from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 from transformers import Cache
 
-from .audio import SILENCE_MEL, AudioError, MelSpectrogram, load_audio, mel_patches, normalize_mel, pad_to_frames
+from .audio import (SILENCE_MEL, audio_patches, load_audio, speech_patches)
 from .config import FRAME_SECONDS, AudioConfig, get_config
 from .data.corpus import load_manifest
 from .data.frames import PAD_TOKEN, frame_tokens, token_chunks
@@ -70,7 +66,7 @@ from .data.words import Word
 from .flow import SpeakingHead
 from .frame_decoder import FrameDecoder
 from .listen import int8_linears
-from .train import fit, loader_workers, read_weights, training_device, write_weights
+from .train import LengthBuckets, fit, loader_workers, read_weights, training_device, warmup_cosine, write_weights
 
 logger = logging.getLogger(__name__)
 
@@ -346,43 +342,6 @@ class SpeechModel(nn.Module):
 
 # --- voice prompts -----------------------------------------------------------------------------
 
-MIN_PROMPT_SECONDS = 1.0
-MAX_PROMPT_SECONDS = 10.0
-SPEECH_MARGIN = 1.0  # a patch is speech if its mean normalised log-mel is this far above silence's
-
-
-def audio_patches(wave: torch.Tensor, audio: AudioConfig) -> torch.Tensor:
-    """(samples,) -> (frames, patch_dim): normalised log-mel, one 80 ms patch per frame."""
-    frontend = MelSpectrogram(audio).to(wave.device)
-    return mel_patches(normalize_mel(frontend(pad_to_frames(wave, audio))), audio)
-
-
-def speech_patches(patches: torch.Tensor) -> torch.Tensor:
-    """The patches of a voice prompt that hold speech: pauses say nothing about a voice."""
-    return patches[patches.mean(-1) > SILENCE_MEL + SPEECH_MARGIN]
-
-
-def voice_prompt(wave: np.ndarray | torch.Tensor, audio: AudioConfig, source: str = "voice prompt") -> torch.Tensor:
-    """A waveform at ``audio.sample_rate`` -> its speech patches (frames, patch_dim), checked.
-
-    The first ``MAX_PROMPT_SECONDS`` are used. Fewer than ``MIN_PROMPT_SECONDS``
-    of speech (after pauses are dropped) is an ``AudioError``: a voice cannot
-    be told from less.
-    """
-    wave = torch.as_tensor(wave, dtype=torch.float32)[:round(MAX_PROMPT_SECONDS * audio.sample_rate)]
-    patches = speech_patches(audio_patches(wave, audio))
-    have = len(patches) * FRAME_SECONDS
-    if have < MIN_PROMPT_SECONDS:
-        raise AudioError(f"{source}: {have:.2f} s of speech; a voice prompt needs at least "
-                         f"{MIN_PROMPT_SECONDS:g} s (ideally 3-10 s) of one person speaking")
-    return patches
-
-
-def load_voice_prompt(path: str | os.PathLike, audio: AudioConfig) -> torch.Tensor:
-    """A voice prompt file (any rate or channel count: it is resampled and mixed to mono) -> speech patches."""
-    return voice_prompt(load_audio(path, audio.sample_rate, max_seconds=600.0), audio, source=str(path))
-
-
 # --- the training data ---------------------------------------------------------------------
 
 
@@ -492,7 +451,7 @@ class SpeakerUtterances(torch.utils.data.Dataset):
     """
 
     def __init__(self, data_dir: str | os.PathLike, cfg: SpeechModelConfig, tokenizer, split: str = "train",
-                 max_seconds: float = 8.0, prompt_seconds: tuple[float, float] = (2.0, 5.0), seed: int = 0) -> None:
+                 max_seconds: float = 8.0, prompt_seconds: tuple[float, float] = (2.0, 5.0)) -> None:
         self.data_dir, self.cfg, self.tokenizer = Path(data_dir), cfg, tokenizer
         self.pack = SpeakerPack(data_dir, cfg.audio) if is_pack(data_dir) else None
         records = self.pack.records if self.pack else load_manifest(data_dir)
@@ -503,7 +462,6 @@ class SpeakerUtterances(torch.utils.data.Dataset):
         for i, r in enumerate(self.records):
             self.by_voice.setdefault(r["voice"], []).append(i)
         self.prompt_seconds = prompt_seconds
-        self.rng = random.Random(seed)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -521,9 +479,10 @@ class SpeakerUtterances(torch.utils.data.Dataset):
         streams = speaker_streams(record["text"], words, self.patches(index), self.tokenizer, self.cfg,
                                   self.pack.phonemes if self.pack else None)
         others = [i for i in self.by_voice[record["voice"]] if i != index] or [index]
-        prompt = speech_patches(self.patches(self.rng.choice(others)))
-        frames = round(self.rng.uniform(*self.prompt_seconds) / FRAME_SECONDS)
-        start = self.rng.randint(0, max(0, len(prompt) - frames))
+        prompt = speech_patches(self.patches(others[int(torch.randint(len(others), ()))]))
+        low, high = self.prompt_seconds
+        frames = round((low + (high - low) * float(torch.rand(()))) / FRAME_SECONDS)
+        start = int(torch.randint(max(0, len(prompt) - frames) + 1, ()))
         return streams, prompt[start:start + frames]
 
     def lengths(self) -> list[float]:
@@ -548,28 +507,6 @@ class SpeakerUtterances(torch.utils.data.Dataset):
             text_mask=torch.stack([torch.arange(words) < len(s.text) for s, _ in items]))
 
 
-class LengthBuckets(torch.utils.data.Sampler):
-    """Batches of utterances of similar length (less padding), in a fresh random order every pass."""
-
-    def __init__(self, lengths: list[float], batch_size: int, seed: int = 0, pool: int = 50) -> None:
-        self.lengths, self.batch_size, self.pool = lengths, batch_size, pool
-        self.rng = random.Random(seed)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = list(range(len(self.lengths)))
-        self.rng.shuffle(order)
-        batches = []
-        span = self.batch_size * self.pool
-        for start in range(0, len(order), span):
-            chunk = sorted(order[start:start + span], key=self.lengths.__getitem__)
-            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        self.rng.shuffle(batches)
-        return iter(batches)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
-
-
 # --- training, saving, loading --------------------------------------------------------------
 
 CHECKPOINT_FORMAT = "michi_lite.speaker/1"
@@ -589,16 +526,6 @@ def build_speech_model(preset: str, tokenizer, pretrained: bool = True) -> Speec
     backbone = build_backbone(cfg, len(tokenizer), pretrained)
     return SpeechModel(cfg, backbone, tokenizer.convert_tokens_to_ids(PAD_TOKEN),
                        tokenizer.convert_tokens_to_ids(END_TOKEN))
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int, floor: float = 0.1):
-    """A learning-rate factor per step: a linear warm-up, then a half cosine down to ``floor`` at the last step."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        done = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done))
-    return factor
 
 
 class SpeakerTrainer:
@@ -754,7 +681,7 @@ def train_speaker(
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("speaker %s: %.2fM trained parameters, %d steps of %d utterances on %s", preset, trained / 1e6,
                 steps, batch_size, device)
-    dataset = SpeakerUtterances(data_dir, model.cfg, tokenizer, seed=seed)
+    dataset = SpeakerUtterances(data_dir, model.cfg, tokenizer)
     workers = loader_workers(device)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=LengthBuckets(dataset.lengths(), batch_size, seed),
                                          num_workers=workers, collate_fn=SpeakerUtterances.collate)

@@ -72,7 +72,7 @@ class Speaker:
     """A speech model, a vocoder and one voice, ready to speak text frame by frame.
 
     ``model`` has its adapters merged (``load_speaker`` merges them);
-    ``voice_patches`` are a voice prompt's speech patches (``michi_lite.model.voice_prompt``).
+    ``voice_patches`` are a voice prompt's speech patches (``michi_lite.audio.voice_prompt``).
     """
 
     def __init__(self, model: SpeechModel, vocoder: HiFiGANGenerator, tokenizer, voice_patches: torch.Tensor,

@@ -10,7 +10,12 @@ batch, and an ``export`` of the file inference loads. ``fit`` runs it:
   place, so a kill mid-write leaves the previous checkpoint whole;
 * ``resume``: the newest checkpoint is loaded, log rows past it are dropped
   (they are logged again), and training goes on, losing at most one
-  checkpoint interval;
+  checkpoint interval. The data order goes on too: batches come from an
+  ``EpochBatches`` sampler, whose order is a function of its seed and the
+  pass alone, and ``fit`` starts it at the batch the checkpoint's step
+  reached; the RNGs (torch, Python's, NumPy's) are restored, so what a
+  batch draws at random (a crop, a prompt, the flow's noise) is drawn again
+  as it would have been;
 * a progress bar with the losses and ``train_log.csv`` with a row every
   ``log_every`` steps. A loss the step did not compute (the vocoder's
   discriminators' while they wait) is left out of both: an empty cell in the
@@ -24,12 +29,14 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -65,6 +72,115 @@ def loader_workers(device: torch.device) -> int:
     return min(8, (os.cpu_count() or 1) - 1) if device.type == "cuda" else 0
 
 
+class EpochBatches(torch.utils.data.Sampler):
+    """Batches of dataset indices whose order depends only on a seed and the pass: resumable to the batch.
+
+    A subclass says how one pass is batched (``pass_batches``, from a
+    ``random.Random`` seeded by the seed and the pass's number). Each
+    ``iter`` yields the rest of the current pass, so a ``DataLoader`` on it
+    goes on pass after pass; ``start_at(n)`` makes the next batch the
+    ``n``-th of the whole sequence, which is what ``fit`` does on resume.
+    """
+
+    def __init__(self, n_batches: int, seed: int) -> None:
+        if n_batches < 1:
+            raise ValueError("no batch to train on: the dataset is empty")
+        self.n_batches, self.seed, self.served = n_batches, seed, 0
+
+    def pass_batches(self, rng: random.Random) -> list[list[int]]:
+        raise NotImplementedError
+
+    def start_at(self, batches_done: int) -> None:
+        self.served = batches_done
+
+    def __iter__(self) -> Iterator[list[int]]:
+        index, offset = divmod(self.served, self.n_batches)
+        for batch in self.pass_batches(random.Random(f"{self.seed}/{index}"))[offset:]:
+            self.served += 1
+            yield batch
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+
+class ShuffledBatches(EpochBatches):
+    """Every pass, the dataset shuffled and cut into batches (the last, shorter one dropped if ``drop_last``)."""
+
+    def __init__(self, size: int, batch_size: int, seed: int = 0, drop_last: bool = False) -> None:
+        self.size, self.batch_size, self.drop_last = size, batch_size, drop_last
+        super().__init__(size // batch_size if drop_last else math.ceil(size / batch_size), seed)
+
+    def pass_batches(self, rng: random.Random) -> list[list[int]]:
+        order = list(range(self.size))
+        rng.shuffle(order)
+        return [order[i:i + self.batch_size] for i in range(0, self.n_batches * self.batch_size, self.batch_size)]
+
+
+class LengthBuckets(EpochBatches):
+    """Batches of utterances of similar length (less padding), in a fresh random order every pass."""
+
+    def __init__(self, lengths: list[float], batch_size: int, seed: int = 0, pool: int = 50) -> None:
+        self.lengths, self.batch_size, self.pool = lengths, batch_size, pool
+        super().__init__(sum(math.ceil(len(lengths[i:i + batch_size * pool]) / batch_size)
+                             for i in range(0, len(lengths), batch_size * pool)), seed)
+
+    def pass_batches(self, rng: random.Random) -> list[list[int]]:
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        batches = []
+        span = self.batch_size * self.pool
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start:start + span], key=self.lengths.__getitem__)
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        rng.shuffle(batches)
+        return batches
+
+
+def rng_state() -> dict:
+    """Every RNG a training step may draw from, as tensors and plain values ``torch.load(weights_only=True)`` reads."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore ``rng_state``'s RNGs (a checkpoint from before Python's and NumPy's were kept restores torch's)."""
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        kind, keys, position, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, floor: float = 0.1):
+    """A learning-rate factor per step: a linear warm-up, then a half cosine down to ``floor`` at the last step."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        done = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done))
+    return factor
+
+
+def without_drawing(batches: Iterable) -> Iterator:
+    """Iterate ``batches`` without the global RNG draw a ``DataLoader`` makes to start each pass.
+
+    A resumed run starts its iterator mid-pass, where the uninterrupted run
+    drew nothing; with the draw the two would part from there on.
+    """
+    state = rng_state()
+    iterator = iter(batches)
+    set_rng_state(state)
+    return iterator
+
+
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     """The newest complete checkpoint directory of a run (half-written ones are never named step_*)."""
     steps = sorted(Path(out_dir).glob("checkpoints/step_*"))
@@ -81,10 +197,7 @@ def save_checkpoint(out_dir: Path, trainer: Trainer, step: int, seconds: float, 
     for name, module in trainer.modules().items():
         tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         save_file(tensors, str(tmp / f"{name}.safetensors"))
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save({**trainer.optimizer_state(), "rng": rng}, tmp / "optimizers.pt")
+    torch.save({**trainer.optimizer_state(), "rng": rng_state()}, tmp / "optimizers.pt")
     meta = {"step": step, "seconds": seconds, "preset": trainer.preset, "config": trainer.config()}
     (tmp / "state.json").write_text(json.dumps(meta, indent=2))
     if final.exists():
@@ -108,9 +221,7 @@ def load_checkpoint(checkpoint: Path, trainer: Trainer) -> tuple[int, float]:
         module.load_state_dict(load_file(str(checkpoint / f"{name}.safetensors"), device=str(trainer.device)))
     state = torch.load(checkpoint / "optimizers.pt", map_location=trainer.device, weights_only=True)
     trainer.load_optimizer_state(state)
-    torch.set_rng_state(state["rng"]["torch"].cpu())
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+    set_rng_state(state["rng"])
     return meta["step"], meta["seconds"]
 
 
@@ -149,6 +260,11 @@ def fit(
 ) -> Path:
     """Train ``trainer`` on ``batches`` (iterated again and again) until step ``steps``; returns ``out_dir``.
 
+    ``batches`` is a ``DataLoader`` whose ``batch_sampler`` is an
+    ``EpochBatches`` (or such a sampler's batches themselves), so that a
+    resumed run goes on with the batches an uninterrupted one would see; any
+    other iterable starts again from its beginning.
+
     ``losses`` are the names ``trainer.step`` returns, in the log's column
     order; a loss a step did not compute is NaN, and the progress bar leaves
     it out. With ``resume=True`` training continues from the newest
@@ -174,13 +290,18 @@ def fit(
     if not log_path.exists() or step == 0:
         with log_path.open("w", newline="") as f:
             csv.writer(f).writerow(columns)
+    order = getattr(batches, "batch_sampler", batches)
+    if isinstance(order, EpochBatches):
+        order.start_at(step)  # one batch a step
+    elif step:
+        logger.warning("resuming with batches that are not an EpochBatches: the data order starts again")
 
     bar = tqdm(total=steps, initial=step, desc=desc, unit="step")
     started = time.perf_counter() - seconds
     deadline = math.inf if max_minutes is None else time.perf_counter() + 60 * max_minutes
     out_of_time = False
     while step < steps and not out_of_time:
-        for batch in batches:
+        for batch in without_drawing(batches):
             result = trainer.step(batch)
             step += 1
             out_of_time = time.perf_counter() >= deadline

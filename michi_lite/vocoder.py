@@ -59,7 +59,8 @@ from michi_lite.audio import (
 )
 from michi_lite.config import AudioConfig, get_config
 from michi_lite.data.corpus import load_manifest
-from michi_lite.train import fit, loader_workers, read_weights, started_config, training_device, write_weights
+from michi_lite.train import (ShuffledBatches, fit, loader_workers, read_weights, started_config, training_device,
+                              write_weights)
 
 logger = logging.getLogger(__name__)
 
@@ -1107,8 +1108,9 @@ def train_vocoder(
         logger.info("vocoder: the discriminators learn alone from step %d to %d, then with the generator",
                     cfg.discriminator_start, cfg.discriminator_start + cfg.discriminator_warmup)
     workers = loader_workers(device)
+    segments = AudioSegments(data_dir, cfg)
     loader = torch.utils.data.DataLoader(
-        AudioSegments(data_dir, cfg), batch_size=cfg.batch_size, shuffle=True, num_workers=workers,
+        segments, batch_sampler=ShuffledBatches(len(segments), cfg.batch_size, seed), num_workers=workers,
         persistent_workers=workers > 0, pin_memory=device.type == "cuda",
     )
     return fit(trainer, loader, out_dir, steps, LOSSES, resume=resume, checkpoint_every=checkpoint_every,

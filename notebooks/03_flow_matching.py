@@ -64,14 +64,13 @@ from michi_lite.data.frames import PAD_TOKEN
 from michi_lite.data.phonemes import PAD_PHONEME, phoneme_name
 from michi_lite.data.words import Word
 from michi_lite.flow import SpeakingHead, euler_sample, flow_matching_loss, time_embedding
+from michi_lite.audio import audio_patches, voice_prompt
 from michi_lite.model import (
     SpeakerUtterances,
-    audio_patches,
     load_speaker,
     quantized_for_cpu,
     speaker_streams,
     speech_model_config,
-    voice_prompt,
 )
 from michi_lite.plots import loss_curves, spectrogram_comparison, step_sweep
 from michi_lite.say import Speaker

@@ -38,14 +38,16 @@ def test_eight_bits_keep_the_log_mel_within_half_a_step_and_silence_exact():
 
 
 def test_a_pack_gives_what_the_corpus_gives_without_asking_espeak(pack, tiny_corpus, tokenizer, monkeypatch):
-    corpus = SpeakerUtterances(tiny_corpus, TINY, tokenizer, seed=3)
+    corpus = SpeakerUtterances(tiny_corpus, TINY, tokenizer)
+    torch.manual_seed(3)  # prompts are drawn from torch's RNG
     expected = [corpus[i] for i in range(len(corpus))]
 
     def no_espeak(chunk):
         raise AssertionError(f"espeak-ng was asked for {chunk!r}")
 
     monkeypatch.setattr(michi_lite.data.phonemes, "chunk_phonemes", no_espeak)
-    packed = SpeakerUtterances(pack, TINY, tokenizer, seed=3)
+    packed = SpeakerUtterances(pack, TINY, tokenizer)
+    torch.manual_seed(3)
     assert [r["id"] for r in packed.records] == [r["id"] for r in corpus.records]
     for i, (streams, prompt) in enumerate(expected):
         got, got_prompt = packed[i]
@@ -53,7 +55,6 @@ def test_a_pack_gives_what_the_corpus_gives_without_asking_espeak(pack, tiny_cor
             assert torch.equal(getattr(got, name), getattr(streams, name)), name
         assert (got.patches - streams.patches).abs().max() <= HALF_STEP + 1e-5
         assert (got_prompt - prompt).abs().max() <= HALF_STEP + 1e-5  # the same prompt, from the same utterance
-    assert packed.rng.getstate() == corpus.rng.getstate()
     assert len(pickle.dumps(packed.pack)) < packed.pack.mels.nbytes / 10  # workers map the frames, not copy them
 
 

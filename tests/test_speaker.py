@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from michi_lite.audio import SILENCE_MEL, AudioError, save_audio
+from michi_lite.audio import SILENCE_MEL, AudioError, save_audio, voice_prompt
 from michi_lite.cli import main
 from michi_lite.data.frames import PAD_TOKEN
 from michi_lite.data.phonemes import PAD_PHONEME, chunk_phoneme_ids
@@ -24,7 +24,6 @@ from michi_lite.model import (
     speaker_streams,
     speech_model_config,
     tokens_and_chunks,
-    voice_prompt,
 )
 from michi_lite.say import MAX_SEGMENT_WORDS, Speaker, split_text
 from michi_lite.train import latest_checkpoint
@@ -291,7 +290,7 @@ def test_training_can_start_from_a_model_that_lacks_a_newer_module(tiny_corpus, 
 
 
 def test_the_learning_rate_warms_up_then_falls_to_a_tenth():
-    from michi_lite.model import warmup_cosine
+    from michi_lite.train import warmup_cosine
 
     factor = warmup_cosine(10, 110)
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)

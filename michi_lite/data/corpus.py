@@ -13,12 +13,19 @@ built with three guarantees:
 Each manifest line is one utterance::
 
     {"id", "path", "text", "voice", "speaker", "engine", "sample_rate", "duration",
-     "split", "voice_split", "category", "alignment", "words", ["whisper_words"]}
+     "split", "voice_split", "category", "alignment", "words", ["whisper_words"], ["phonemes"]}
 
 ``words`` are the engine's own word timings where it gives them (``alignment``
 is then "engine"), else Whisper's ("whisper"). For a sample of utterances per
 engine, ``whisper_words`` holds Whisper's timings too, for the comparison that
-``michi-lite eval alignment`` reports.
+``michi-lite eval alignment`` reports. Where the engine says when each
+phoneme sounds (espeak), ``phonemes`` holds ``[name, start, end]`` rows that
+tile the utterance, pauses named "_", stress marks as ``sentence_phonemes``
+writes them.
+
+``--voice`` builds the same plan spoken by one voice alone: every sentence
+keeps the split it has in the full corpus, so the one-voice corpus's test
+sentences are the full corpus's, never trained on.
 """
 
 from __future__ import annotations
@@ -39,9 +46,10 @@ from tqdm.auto import tqdm
 
 from ..audio import prepare_waveform, save_audio
 from ..config import Config, get_config
-from .engines import SpeechEngine, Voice, available_engines
+from .engines import SpeechEngine, Synthesis, Voice, available_engines
+from .phonemes import sentence_phonemes, stressed
 from .text import Sentence, sentences
-from .words import Word, normalize_text
+from .words import normalize_text
 
 logger = logging.getLogger(__name__)
 
@@ -116,16 +124,22 @@ def split_sequence(val_fraction: float, test_fraction: float) -> Iterator[str]:
         yield split
 
 
-def plan(cfg: Config, voices: list[Voice]) -> Iterator[PlannedUtterance]:
+def plan(cfg: Config, voices: list[Voice], only: str | None = None) -> Iterator[PlannedUtterance]:
     """The corpus as a deterministic stream of utterances, longest possible.
 
     Train and val sentences are spoken by one seen voice each, in turn; a test
     sentence is spoken by a seen voice *and* an unseen one, so the two kinds of
     voice are measured on the same sentences. Sentences that differ only in
-    case or punctuation ("7 pm", "7 PM.") share one split.
+    case or punctuation ("7 pm", "7 PM.") share one split. ``only`` names the
+    one voice that speaks every sentence instead.
     """
     c = cfg.corpus
-    seen, unseen = choose_voices(voices, c.seen_voices, c.unseen_voices, c.seed)
+    if only is None:
+        seen, unseen = choose_voices(voices, c.seen_voices, c.unseen_voices, c.seed)
+    else:
+        seen, unseen = [v for v in voices if v.name == only], []
+        if not seen:
+            raise ValueError(f"no installed engine has a voice {only!r}")
     if not seen:
         raise RuntimeError("no voice available to speak the corpus")
     seen_turn, unseen_turn = itertools.cycle(seen), itertools.cycle(unseen)
@@ -157,13 +171,21 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
-def speak(utterance: PlannedUtterance, engine: SpeechEngine,
-          sample_rate: int) -> tuple[np.ndarray, list[Word] | None]:
-    """Synthesise one utterance at the corpus rate, peak-normalised."""
+def speak(utterance: PlannedUtterance, engine: SpeechEngine, sample_rate: int) -> tuple[np.ndarray, Synthesis]:
+    """Synthesise one utterance: its waveform at the corpus rate, peak-normalised, and the engine's own output."""
     synthesis = engine.synthesize(utterance.sentence.text, utterance.voice)
     waveform = prepare_waveform(synthesis.waveform, synthesis.sample_rate, sample_rate, source=utterance.id)
     waveform = waveform * (PEAK_LEVEL / float(np.abs(waveform).max()))
-    return waveform, synthesis.words
+    return waveform, synthesis
+
+
+def phoneme_rows(utterance: PlannedUtterance, synthesis: Synthesis, duration: float) -> list[list]:
+    """The engine's timed phonemes as manifest rows ``[name, start, end]``, stress marks added where they agree."""
+    spoken = [p.name for p in synthesis.phonemes]
+    accent = utterance.voice.settings.get("voice", "en-us").split("+")[0]
+    names = stressed(spoken, sentence_phonemes(utterance.sentence.text, accent))
+    scale = duration / synthesis.duration  # resampling may shorten the audio by a sample
+    return [[name, round(p.start * scale, 4), round(p.end * scale, 4)] for name, p in zip(names, synthesis.phonemes)]
 
 
 def make_record(utterance: PlannedUtterance, engine: SpeechEngine, cfg: Config, out: Path,
@@ -173,11 +195,11 @@ def make_record(utterance: PlannedUtterance, engine: SpeechEngine, cfg: Config, 
 
     rate = cfg.audio.sample_rate
     try:
-        waveform, words = speak(utterance, engine, rate)
+        waveform, synthesis = speak(utterance, engine, rate)
     except (ValueError, RuntimeError, subprocess.SubprocessError) as error:  # AudioError is a ValueError
         logger.warning("skipping %s: %s", utterance.id, error)
         return None
-    duration = len(waveform) / rate
+    words, duration = synthesis.words, len(waveform) / rate
     if duration > MAX_UTTERANCE_SECONDS:
         logger.warning("skipping %s: %.1f s is longer than %.0f s", utterance.id, duration, MAX_UTTERANCE_SECONDS)
         return None
@@ -206,12 +228,17 @@ def make_record(utterance: PlannedUtterance, engine: SpeechEngine, cfg: Config, 
         record["words"] = [w.to_dict() for w in words]
         if compare_with_whisper:
             record["whisper_words"] = [w.to_dict() for w in heard]
+    if synthesis.phonemes:
+        record["phonemes"] = phoneme_rows(utterance, synthesis, duration)
     save_audio(out / record["path"], waveform, rate)
     return record
 
 
-def build_corpus(cfg: Config, out: str | os.PathLike) -> Path:
-    """Build (or finish building) the corpus of ``cfg`` in ``out``; returns the manifest path."""
+def build_corpus(cfg: Config, out: str | os.PathLike, voice: str | None = None) -> Path:
+    """Build (or finish building) the corpus of ``cfg`` in ``out``, or its plan spoken by one ``voice``.
+
+    Returns the manifest path.
+    """
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     engines = {e.name: e for e in available_engines()}
@@ -238,7 +265,7 @@ def build_corpus(cfg: Config, out: str | os.PathLike) -> Path:
     total_seconds = 0.0
     whisper_compared: Counter = Counter()
     with partial.open("a") as log:
-        for utterance in plan(cfg, voices):
+        for utterance in plan(cfg, voices, voice):
             if len(records) >= c.max_utterances or (target_seconds and total_seconds >= target_seconds):
                 break
             record = done.get(utterance.id)

@@ -6,7 +6,7 @@ installed and skipped (with the reason logged) if not:
 
 | engine   | runs through                  | voices                              | word timings           |
 |----------|-------------------------------|-------------------------------------|------------------------|
-| espeak   | libespeak-ng, ctypes          | 8 accents × 12 variants × 4 prosody | its WORD events        |
+| espeak   | libespeak-ng, ctypes          | 8 accents × 12 variants × 4 prosody | its WORD events [2]    |
 | flite    | libflite, ctypes              | kal (8 kHz), kal16, awb, rms, slt   | its Word relation      |
 | festival | `festival --pipe` + Scheme    | kal, ked (diphone), slt (HTS)       | its Word relation      |
 | piper    | piper-tts, packaged joe voice | one speaker × 3 speeds              | phoneme alignments [1] |
@@ -14,6 +14,8 @@ installed and skipped (with the reason logged) if not:
 
 [1] only with the `onnx` package installed, and only when piper's spoken words
 pair one to one with the written ones.
+[2] espeak also reports each phoneme as it is spoken (its PHONEME events):
+``Synthesis.phonemes`` holds them, the exact timing the speaking path learns from.
 
 Word timings, where an engine gives them, are reported against the *written*
 words of the input: one ``Word`` per whitespace-separated word that was
@@ -77,11 +79,21 @@ class Voice:
         return dict(self.params)
 
 
+@dataclass(frozen=True)
+class TimedPhoneme:
+    """One phoneme as an engine spoke it: espeak-ng's name (``"_"`` for a pause) and its span in seconds."""
+
+    name: str
+    start: float
+    end: float
+
+
 @dataclass
 class Synthesis:
     waveform: np.ndarray  # float32 mono in [-1, 1], shape (samples,)
     sample_rate: int  # the engine's native rate; resampling happens elsewhere
     words: list[Word] | None  # the engine's own word timings, None when it gives none
+    phonemes: list[TimedPhoneme] | None = None  # every phoneme and pause, end to end; None when not given
 
     @property
     def duration(self) -> float:
@@ -179,7 +191,8 @@ _ESPEAK_SYNCHRONOUS = 2  # AUDIO_OUTPUT_SYNCHRONOUS: espeak_Synth returns when a
 _ESPEAK_DONT_EXIT = 0x8000  # espeakINITIALIZE_DONT_EXIT: return an error instead of exit()
 _ESPEAK_CHARS_UTF8 = 1
 _ESPEAK_POS_CHARACTER = 1  # espeak_Synth counts its start position in characters
-_ESPEAK_EVENT_LIST_END, _ESPEAK_EVENT_WORD = 0, 1
+_ESPEAK_EVENT_LIST_END, _ESPEAK_EVENT_WORD, _ESPEAK_EVENT_PHONEME = 0, 1, 7
+_ESPEAK_PHONEME_EVENTS = 0x0001  # espeak_Initialize option: report every phoneme as it is spoken
 _ESPEAK_RATE, _ESPEAK_PITCH = 1, 3  # espeak_PARAMETER values
 
 
@@ -228,6 +241,27 @@ def _speech_end(loudness: np.ndarray, start: float, end: float) -> float:
     return float(min(end, max(start + 0.01, (first + loud[-1] + 1) / 100)))
 
 
+def _timed_phonemes(events: list[tuple[int, str]], num_samples: int, sample_rate: int) -> list[TimedPhoneme]:
+    """espeak's PHONEME events -> phonemes that tile [0, duration]: each ends where the next starts.
+
+    Its pauses ("_", "_:", "_!") become one pause "_" each run; ";" (which
+    palatalises the phoneme before it) is no sound of its own; the silence
+    before the first phoneme is a pause too. A phoneme espeak gives no time
+    (the "l" of "twelve" said at once with its "v") keeps a zero span.
+    """
+    marks: list[tuple[int, str]] = []
+    for sample, name in [(0, "_"), *events]:
+        name = "_" if name.startswith("_") else name
+        if name == ";" or (marks and name == "_" and marks[-1][1] == "_"):
+            continue
+        marks.append((min(max(sample, marks[-1][0] if marks else 0), num_samples), name))
+    if marks[1:] and marks[1][0] == 0:  # speech from the first sample: no leading pause
+        marks.pop(0)
+    ends = [sample for sample, _ in marks[1:]] + [num_samples]
+    return [TimedPhoneme(name, round(start / sample_rate, 5), round(end / sample_rate, 5))
+            for (start, name), end in zip(marks, ends)]
+
+
 class EspeakEngine(SpeechEngine):
     name = "espeak"
     gives_word_timings = True
@@ -244,6 +278,7 @@ class EspeakEngine(SpeechEngine):
         self._sample_rate = 0
         self._samples: list[np.ndarray] = []
         self._word_events: list[tuple[int, int]] = []  # (text_position, audio_position ms)
+        self._phoneme_events: list[tuple[int, str]] = []  # (sample, phoneme name)
         self._callback = _ESPEAK_CALLBACK(self._collect)  # kept referenced: C holds the pointer
 
     def _library(self) -> ctypes.CDLL | None:
@@ -261,7 +296,8 @@ class EspeakEngine(SpeechEngine):
                 ]
                 lib.espeak_Info.restype = ctypes.c_char_p
                 lib.espeak_Info.argtypes = [ctypes.POINTER(ctypes.c_char_p)]
-                sample_rate = lib.espeak_Initialize(_ESPEAK_SYNCHRONOUS, 0, None, _ESPEAK_DONT_EXIT)
+                sample_rate = lib.espeak_Initialize(_ESPEAK_SYNCHRONOUS, 0, None,
+                                                    _ESPEAK_DONT_EXIT | _ESPEAK_PHONEME_EVENTS)
                 if sample_rate <= 0:
                     return None
                 lib.espeak_SetSynthCallback(self._callback)
@@ -276,6 +312,9 @@ class EspeakEngine(SpeechEngine):
         while events and events[i].type != _ESPEAK_EVENT_LIST_END:
             if events[i].type == _ESPEAK_EVENT_WORD:
                 self._word_events.append((events[i].text_position, events[i].audio_position))
+            elif events[i].type == _ESPEAK_EVENT_PHONEME:
+                name = events[i].id.string.split(b"\0")[0].decode("utf-8", "replace")
+                self._phoneme_events.append((events[i].sample, name))
             i += 1
         return 0  # 0: carry on synthesizing
 
@@ -312,15 +351,17 @@ class EspeakEngine(SpeechEngine):
                 raise ValueError(f"espeak has no voice {settings['voice']!r}")
             lib.espeak_SetParameter(_ESPEAK_RATE, settings["rate"], 0)
             lib.espeak_SetParameter(_ESPEAK_PITCH, settings["pitch"], 0)
-            self._samples, self._word_events = [], []
+            lib.espeak_SetSynthCallback(self._callback)  # the phonemiser (data.phonemes) shares the library
+            self._samples, self._word_events, self._phoneme_events = [], [], []
             status = lib.espeak_Synth(
                 encoded, len(encoded) + 1, 0, _ESPEAK_POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None
             )
-            samples, events = self._samples, self._word_events
+            samples, events, phonemes = self._samples, self._word_events, self._phoneme_events
         if status != 0 or not samples:
             raise RuntimeError(f"espeak failed to synthesize {text!r} (status {status})")
         waveform = _as_float32(np.concatenate(samples))
-        return Synthesis(waveform, self._sample_rate, self._words(text, events, waveform))
+        return Synthesis(waveform, self._sample_rate, self._words(text, events, waveform),
+                         _timed_phonemes(phonemes, len(waveform), self._sample_rate))
 
     def _words(self, text: str, events: list[tuple[int, int]], waveform: np.ndarray) -> list[Word]:
         """Word events -> Words: start from the event, end at the next start minus silence.

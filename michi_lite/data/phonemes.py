@@ -30,11 +30,13 @@ PHONEMES = (
     "A:", "r-", "aI@", "aI3", "@-", "n-", "Z", "O", "e", "o", "aI2", "l-", "x", "?",
 )
 STRESS_MARKS = {"": 0, ",": 1, "'": 2}  # espeak-ng writes stress before the phoneme it falls on
-PAD_PHONEME, UNKNOWN_PHONEME = 0, 1
+PAD_PHONEME, UNKNOWN_PHONEME = 0, 1  # PAD is also the id of a pause: no phoneme sounds
+PAUSE = "_"  # a pause's name in a timed phoneme sequence (``engines.TimedPhoneme``)
 N_PHONEME_IDS = 2 + 3 * len(PHONEMES)
 _INDEX = {name: i for i, name in enumerate(PHONEMES)}
 
 _ESPEAK_SYNCHRONOUS, _ESPEAK_DONT_EXIT, _ESPEAK_CHARS_UTF8 = 2, 0x8000, 1
+_ESPEAK_PHONEME_EVENTS = 0x0001  # as the espeak engine initialises the library it shares with us
 _SEPARATOR = "_"
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
@@ -55,7 +57,7 @@ def _espeak() -> ctypes.CDLL:
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
         lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
-        if lib.espeak_Initialize(_ESPEAK_SYNCHRONOUS, 0, None, _ESPEAK_DONT_EXIT) <= 0:
+        if lib.espeak_Initialize(_ESPEAK_SYNCHRONOUS, 0, None, _ESPEAK_DONT_EXIT | _ESPEAK_PHONEME_EVENTS) <= 0:
             raise PhonemizerError("libespeak-ng failed to initialise")
         if lib.espeak_SetVoiceByName(b"en-us") != 0:
             raise PhonemizerError("libespeak-ng has no en-us voice")
@@ -63,25 +65,65 @@ def _espeak() -> ctypes.CDLL:
     return _library
 
 
-@functools.lru_cache(maxsize=65536)
-def chunk_phonemes(chunk: str) -> list[str]:
-    """One chunk of written text -> its phonemes as espeak-ng names, stress marks attached ([] if silent)."""
+def _clauses(text: str, accent: str) -> list[list[str]]:
+    """espeak-ng's phonemes of ``text``, clause by clause, as names with stress marks attached."""
     with _lock:
         lib = _espeak()
-        lib.espeak_SetVoiceByName(b"en-us")  # the speech engine may have left another voice set
-        text = ctypes.create_string_buffer(chunk.encode("utf-8"))
-        cursor = ctypes.c_char_p(ctypes.addressof(text))
+        lib.espeak_SetVoiceByName(accent.encode())  # the speech engine may have left another voice set
+        buffer = ctypes.create_string_buffer(text.encode("utf-8"))
+        cursor = ctypes.c_char_p(ctypes.addressof(buffer))
         clauses = []
         while cursor.value:  # espeak-ng phonemises one clause per call and moves the cursor on
             out = lib.espeak_TextToPhonemes(ctypes.byref(cursor), _ESPEAK_CHARS_UTF8, ord(_SEPARATOR) << 8)
             clauses.append((out or b"").decode("utf-8", "replace"))
     # ":" marks a pause and ";" palatalises the phoneme before it: neither is a sound of its own
-    names = re.split(r"[_\s]+", " ".join(clauses).replace(";", ""))
-    return [name.lstrip(":") for name in names if name.lstrip(":") not in ("", "!")]
+    names = [re.split(r"[_\s]+", clause.replace(";", "")) for clause in clauses]
+    return [[n.lstrip(":") for n in clause if n.lstrip(":") not in ("", "!")] for clause in names]
+
+
+@functools.lru_cache(maxsize=65536)
+def chunk_phonemes(chunk: str) -> list[str]:
+    """One chunk of written text -> its phonemes as espeak-ng names, stress marks attached ([] if silent)."""
+    return [name for clause in _clauses(chunk, "en-us") for name in clause]
+
+
+def sentence_phonemes(text: str, accent: str = "en-us") -> list[str]:
+    """What espeak-ng would say for ``text``, as the speaking path reads it: a pause, then each clause and a pause.
+
+    The same sequence, less stress marks, as espeak-ng speaks with its
+    phoneme events (``engines.TimedPhoneme``), but without their timing: how
+    long each phoneme lasts is for the model to say.
+
+        >>> sentence_phonemes("Hi, you.")
+        ['_', 'h', "'aI", '_', 'j', "u:", '_']
+    """
+    names = [PAUSE]
+    for clause in _clauses(text, accent):
+        if clause:
+            names += [*clause, PAUSE]
+    return names
+
+
+def stressed(spoken: list[str], written: list[str]) -> list[str]:
+    """The names espeak-ng spoke (no stress marks), with the stress marks of ``written`` where the two agree.
+
+    ``written`` is ``sentence_phonemes`` of the same text; where its phonemes,
+    stripped of stress, are not the spoken ones in the same order, ``spoken``
+    comes back as it is.
+    """
+    def bare(names: list[str]) -> list[str]:
+        return [n.lstrip(",'") for n in names if n != PAUSE]
+
+    if bare(spoken) != bare(written):
+        return spoken
+    marked = iter(n for n in written if n != PAUSE)
+    return [name if name == PAUSE else next(marked) for name in spoken]
 
 
 def phoneme_id(name: str) -> int:
-    """One phoneme name with its stress mark (``"'oU"``) -> its id in the table."""
+    """One phoneme name with its stress mark (``"'oU"``) -> its id in the table (a pause: ``PAD_PHONEME``)."""
+    if name == PAUSE:
+        return PAD_PHONEME
     stress = STRESS_MARKS.get(name[:1], 0)
     index = _INDEX.get(name[1:] if stress else name)
     return UNKNOWN_PHONEME if index is None else 2 + 3 * index + stress

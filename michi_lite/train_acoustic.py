@@ -1,0 +1,116 @@
+"""The acoustic model's training recipe (``michi-lite train acoustic``), on the shared loop of ``train.py``.
+
+One step: a batch of utterances of similar length, the sum of the three
+dense losses of ``AcousticModel.forward`` (mel L1, the speaking head's flow
+loss, log-duration MSE), AdamW with a warm-up and a half-cosine fall to a
+tenth, gradients clipped to norm 1. An exponential moving average of the
+weights is kept beside them and is what ``acoustic.safetensors`` holds: the
+averaged weights sound like the end of a cosine schedule wherever training
+stops.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .acoustic import AcousticModel, AcousticUtterances, acoustic_config, save_acoustic
+from .train import LengthBuckets, fit, started_config, training_device, warmup_cosine
+
+logger = logging.getLogger(__name__)
+
+LOSSES = ["loss", "mel_loss", "flow_loss", "duration_loss"]
+
+
+class AcousticTrainer:
+    """The acoustic model, its moving average and their optimizer, for ``fit``."""
+
+    def __init__(self, model: AcousticModel, preset: str, device: torch.device, total_steps: int,
+                 learning_rate: float = 1e-3, warmup_steps: int = 200, ema_decay: float = 0.999,
+                 recipe: dict | None = None) -> None:
+        self.model, self.preset, self.device = model.to(device), preset, device
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.ema_decay, self.total_steps, self.peak_learning_rate = ema_decay, total_steps, learning_rate
+        self.recipe = recipe or {}
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=learning_rate, weight_decay=0.01)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(warmup_steps, total_steps))
+
+    def step(self, batch) -> dict[str, float]:
+        self.model.train()
+        losses = self.model(batch.to(self.device))
+        loss = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.schedule.step()
+        with torch.no_grad():
+            for average, weight in zip(self.ema.parameters(), self.model.parameters()):
+                average.lerp_(weight, 1 - self.ema_decay)
+        return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"acoustic": self.model, "acoustic_ema": self.ema}
+
+    def optimizer_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
+
+    def load_optimizer_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+
+    def learning_rate(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def config(self) -> dict:
+        return {**self.shape(), "total_steps": self.total_steps, "learning_rate": self.peak_learning_rate,
+                "ema_decay": self.ema_decay, **self.recipe}
+
+    def shape(self) -> dict:
+        return {"model": self.model.cfg.to_dict()}
+
+    def export(self, out_dir: Path) -> None:
+        save_acoustic(out_dir / "acoustic.safetensors", self.ema, self.preset)
+
+
+def train_acoustic(
+    preset: str,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    steps: int = 20_000,
+    batch_size: int | None = None,
+    voices: list[str] | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 250,
+    log_every: int = 10,
+    max_minutes: float | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+) -> Path:
+    """Train the acoustic model on the train split of ``data_dir`` (``voices`` only, if given); see ``fit``.
+
+    A resumed run keeps the batch size, voices and seed it started with
+    (its data order depends on them) unless they are given again.
+    """
+    started = started_config(out_dir) if resume else None
+    if started is not None:
+        batch_size = batch_size or started["batch_size"]
+        voices = voices if voices is not None else started["voices"]
+        seed = started["seed"]
+    batch_size = batch_size or 16
+    device = training_device(device)
+    torch.manual_seed(seed)
+    model = AcousticModel(acoustic_config(preset))
+    trainer = AcousticTrainer(model, preset, device, steps,
+                              recipe={"batch_size": batch_size, "voices": voices, "seed": seed})
+    dataset = AcousticUtterances(data_dir, model.cfg, "train", voices=voices)
+    logger.info("acoustic %s: %.2fM parameters, %d steps of %d utterances (%d in the train split) on %s", preset,
+                sum(p.numel() for p in model.parameters()) / 1e6, steps, batch_size, len(dataset), device)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=LengthBuckets(dataset.lengths(), batch_size, seed),
+                                         collate_fn=dataset.collate)
+    return fit(trainer, loader, out_dir, steps, LOSSES, resume=resume, checkpoint_every=checkpoint_every,
+               log_every=log_every, max_minutes=max_minutes, desc="acoustic")

@@ -1,0 +1,124 @@
+"""The acoustic model: engine phoneme timings, the phoneme stream, streaming look-ahead, training and its files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from michi_lite.acoustic import (
+    AcousticModel,
+    acoustic_config,
+    columns_per_phoneme,
+    lay_out,
+    load_acoustic,
+    phoneme_stream,
+    save_acoustic,
+    text_phoneme_ids,
+)
+from michi_lite.cli import main
+from michi_lite.data.corpus import load_manifest
+from michi_lite.data.engines import get_engine
+from michi_lite.data.phonemes import PAD_PHONEME, sentence_phonemes, stressed
+
+TINY = acoustic_config("tiny")
+TEXT = "Hello there, Dr. Smith read 12.5 pages."
+
+
+def test_espeak_says_when_each_phoneme_sounds_and_they_tile_the_utterance():
+    engine = get_engine("espeak")
+    voice = next(v for v in engine.voices() if v.settings["voice"].startswith("en-us+"))
+    synthesis = engine.synthesize(TEXT, voice)
+    phonemes = synthesis.phonemes
+    assert phonemes[0].start == 0 and phonemes[-1].end == pytest.approx(synthesis.duration, abs=1e-4)
+    assert all(a.end == b.start for a, b in zip(phonemes, phonemes[1:]))
+    assert all(p.end >= p.start for p in phonemes)
+    # what it spoke is what ``sentence_phonemes`` reads for the text, so the stress marks can be laid on it
+    written = sentence_phonemes(TEXT)
+    spoken = [p.name for p in phonemes]
+    assert stressed(spoken, written) == written
+    assert written.count("_") == 4  # before, between the three clauses, after
+    assert stressed(["h", "@"], written) == ["h", "@"]  # where the two disagree the spoken names stay
+
+
+def test_a_built_corpus_keeps_espeak_phoneme_timings(tiny_corpus):
+    espeak = [r for r in load_manifest(tiny_corpus) if r["engine"] == "espeak"]
+    assert espeak and all(r.get("phonemes") for r in espeak)
+    for r in espeak:
+        rows = r["phonemes"]
+        assert rows[0][1] == 0 and rows[-1][2] == pytest.approx(r["duration"], abs=1e-3)
+        assert all(a[2] == b[1] for a, b in zip(rows, rows[1:]))
+
+
+def test_one_voice_speaks_the_plan_each_sentence_in_the_split_it_always_has(tiny_corpus, tmp_path, capsys):
+    voice = next(r["voice"] for r in load_manifest(tiny_corpus) if r["engine"] == "espeak")
+    main(["data", "build", "--preset", "tiny", "--out", str(tmp_path), "--voice", voice])
+    split_of = {r["text"]: r["split"] for r in load_manifest(tiny_corpus)}
+    records = load_manifest(tmp_path)
+    assert {r["voice"] for r in records} == {voice}
+    assert all(split_of.get(r["text"], r["split"]) == r["split"] for r in records)
+    assert {r["text"] for r in records} >= set(split_of)  # every planned sentence, one voice
+    with pytest.raises(SystemExit):
+        main(["data", "build", "--preset", "tiny", "--out", str(tmp_path / "x"), "--voice", "nobody"])
+    assert "no installed engine has a voice 'nobody'" in capsys.readouterr().err
+
+
+def test_columns_go_to_the_phoneme_their_window_centres_on():
+    # the 40 ms causal window of column c ends at (c + 1) * 10 ms: its centre is at (c - 1) * 10 ms
+    durations = columns_per_phoneme(np.array([0.035, 0.095, 0.2]), 20, TINY.audio)
+    assert durations.tolist() == [5, 6, 9]  # centres -10, 0, ..., 30 ms | 40 ... 90 | 100 ... and the rest
+    ids, since, until = phoneme_stream(torch.tensor([0, 7, 9]), torch.tensor([2, 3, 0]), max_count=8)
+    assert ids.tolist() == [0, 0, 7, 7, 7]
+    assert since.tolist() == [0, 1, 0, 1, 2] and until.tolist() == [1, 0, 2, 1, 0]
+    assert lay_out(torch.tensor([0, 7, 0]), torch.tensor([3, 4, 2]), 8).tolist() == [3, 4, 9]  # whole frames
+
+
+def test_a_column_depends_on_the_stream_at_most_lookahead_columns_ahead():
+    torch.manual_seed(0)
+    model = AcousticModel(TINY).eval()
+    ids = torch.randint(2, 50, (1, 40))
+    since, until = torch.zeros_like(ids), torch.zeros_like(ids)
+    voice = torch.randn(1, TINY.width)
+    before = model.hidden(ids, since, until, voice)
+    c = 20
+    changed = ids.clone()
+    changed[0, c + TINY.lookahead_columns + 1:] = 60
+    after = model.hidden(changed, since, until, voice)
+    assert torch.allclose(before[0, :c + 1], after[0, :c + 1], atol=1e-6)
+    assert not torch.allclose(before[0, c + 1:], after[0, c + 1:])
+
+
+def test_train_acoustic_resumes_with_its_own_recipe_and_its_file_speaks(tiny_corpus, tmp_path, one_thread):
+    run = tmp_path / "run"
+    voice = next(r["voice"] for r in load_manifest(tiny_corpus, "train") if r["engine"] == "espeak")
+    base = ["train", "acoustic", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(run)]
+    main(base + ["--steps", "2", "--batch-size", "2", "--voice", voice])
+    main(base + ["--steps", "4", "--resume"])
+    state = json.loads(max(run.glob("checkpoints/step_*")).joinpath("state.json").read_text())
+    assert state["step"] == 4 and state["config"]["voices"] == [voice] and state["config"]["batch_size"] == 2
+    rows = (run / "train_log.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,mel_loss,flow_loss,duration_loss,lr,seconds"
+
+    model = load_acoustic(run, "tiny")
+    phonemes = text_phoneme_ids("Read it twice.")
+    assert phonemes[0] == phonemes[-1] == PAD_PHONEME
+    voice_vector = model.voice(torch.randn(1, 30, TINY.audio.n_mels))
+    for steps in (0, 1, 4):
+        patches, durations = model.speak(phonemes, voice_vector, steps)
+        assert patches.shape == (int(durations.sum()) // 8, TINY.patch_dim) and torch.isfinite(patches).all()
+        assert (durations[phonemes != PAD_PHONEME] >= 1).all()
+
+
+def test_acoustic_files_refuse_another_preset_a_truncated_file_and_another_stage(tmp_path):
+    path = save_acoustic(tmp_path / "acoustic.safetensors", AcousticModel(TINY), "tiny", torch.float16)
+    assert load_acoustic(path, "tiny").phoneme.weight.dtype == torch.float32
+    with pytest.raises(ValueError, match="preset 'tiny'"):
+        load_acoustic(path, "lite")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="not a michi_lite acoustic checkpoint"):
+        load_acoustic(truncated, "tiny")
+    with pytest.raises(FileNotFoundError):
+        load_acoustic(tmp_path / "missing", "tiny")
