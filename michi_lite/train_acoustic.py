@@ -4,9 +4,9 @@ One step: a batch of utterances of similar length, the sum of the three
 dense losses of ``AcousticModel.forward`` (mel L1, the speaking head's flow
 loss, log-duration MSE), AdamW with a warm-up and a half-cosine fall to a
 tenth, gradients clipped to norm 1. An exponential moving average of the
-weights is kept beside them and is what ``acoustic.safetensors`` holds: the
-averaged weights sound like the end of a cosine schedule wherever training
-stops.
+weights (its horizon growing to ``1 / (1 - ema_decay)`` steps) is kept beside
+them and is what ``acoustic.safetensors`` holds: the averaged weights sound
+like the end of a cosine schedule wherever training stops.
 """
 
 from __future__ import annotations
@@ -48,9 +48,13 @@ class AcousticTrainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.schedule.step()
+        # the average's horizon grows with the steps taken (at most 1 / (1 - ema_decay)), so that early
+        # exports are not mostly the random start
+        done = self.schedule.last_epoch
+        decay = min(self.ema_decay, (1 + done) / (10 + done))
         with torch.no_grad():
             for average, weight in zip(self.ema.parameters(), self.model.parameters()):
-                average.lerp_(weight, 1 - self.ema_decay)
+                average.lerp_(weight, 1 - decay)
         return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
 
     def modules(self) -> dict[str, torch.nn.Module]:
