@@ -391,6 +391,20 @@ def save_acoustic(path: str | os.PathLike, model: AcousticModel, preset: str,
     return write_weights(path, tensors, metadata)
 
 
+def is_acoustic(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a ``save_acoustic`` file, or a run directory holding one."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        return (path / "acoustic.safetensors").is_file()
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == ACOUSTIC_FORMAT
+    except Exception:  # a missing, truncated or foreign file is not one; its loader says why
+        return False
+
+
 def load_acoustic(path: str | os.PathLike, preset: str, device: str | torch.device = "cpu") -> AcousticModel:
     """An ``AcousticModel`` from ``save_acoustic``'s file (or a training run's directory), in fp32, for inference."""
     from .train import read_weights

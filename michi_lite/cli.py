@@ -41,8 +41,9 @@ from .config import PRESETS, get_config
 REFERENCE_DATA = Path(__file__).resolve().parent.parent / "data"
 REFERENCE_LISTENER = REFERENCE_DATA / "listener" / "lite_listener.safetensors"
 REFERENCE_VOCODER = REFERENCE_DATA / "vocoder" / "lite_vocoder.safetensors"
-REFERENCE_SPEAKER = REFERENCE_DATA / "speaker" / "lite_speaker.safetensors"
 REFERENCE_VOICE = REFERENCE_DATA / "speaker" / "voice_prompt.flac"
+REFERENCE_ACOUSTIC = REFERENCE_DATA / "acoustic" / "lite_acoustic.safetensors"
+REFERENCE_ACOUSTIC_VOICE = REFERENCE_DATA / "acoustic" / "voice_prompt.flac"
 
 
 def add_preset(parser: argparse.ArgumentParser, default: str = "lite") -> None:
@@ -166,8 +167,8 @@ def cmd_train_acoustic(args: argparse.Namespace) -> None:
     from .train_acoustic import train_acoustic
 
     run = train_acoustic(args.preset, args.data, args.out, steps=args.steps, resume=args.resume,
-                         batch_size=args.batch_size, voices=args.voice, checkpoint_every=args.checkpoint_every,
-                         max_minutes=args.max_minutes)
+                         batch_size=args.batch_size, voices=args.voice, keep_exports=args.keep_exports,
+                         checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes)
     report_run(run, args.preset, "acoustic")
 
 
@@ -252,33 +253,46 @@ def cmd_say(args: argparse.Namespace) -> None:
 
     import torch
 
-    from .audio import save_audio
-    from .backbone import load_tokenizer
-    from .audio import load_voice_prompt
-    from .model import load_speaker, quantized_for_cpu
-    from .say import Speaker, split_text
+    from .acoustic import is_acoustic
+    from .audio import load_voice_prompt, save_audio
+    from .say import split_text
     from .vocoder import load_vocoder
 
     split_text(args.text)  # refuse empty text before loading anything
-    for path, what in ((args.ckpt, "speaker"), (args.vocoder, "vocoder"), (args.voice_prompt, "voice prompt")):
+    acoustic = is_acoustic(args.ckpt)
+    voice_prompt = args.voice_prompt or (REFERENCE_ACOUSTIC_VOICE if acoustic else REFERENCE_VOICE)
+    for path, what in ((args.ckpt, "speaker"), (args.vocoder, "vocoder"), (voice_prompt, "voice prompt")):
         if not Path(path).exists():
             raise FileNotFoundError(f"{path}: no {what} there")
-    tokenizer = load_tokenizer()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_speaker(args.ckpt, args.preset, tokenizer, device)
-    model = quantized_for_cpu(model) if device == "cpu" else model
-    audio = model.cfg.audio
-    speaker = Speaker(model, load_vocoder(args.vocoder, args.preset, device), tokenizer,
-                      load_voice_prompt(args.voice_prompt, audio), steps=args.steps, seed=args.seed)
+    vocoder = load_vocoder(args.vocoder, args.preset, device)
+    if acoustic:
+        from .acoustic import load_acoustic
+        from .say import AcousticSpeaker
+
+        model = load_acoustic(args.ckpt, args.preset, device)
+        speaker = AcousticSpeaker(model, vocoder, load_voice_prompt(voice_prompt, model.cfg.audio),
+                                  steps=args.steps, seed=args.seed)
+    else:
+        from .backbone import load_tokenizer
+        from .model import load_speaker, quantized_for_cpu
+        from .say import Speaker
+
+        tokenizer = load_tokenizer()
+        model = load_speaker(args.ckpt, args.preset, tokenizer, device)
+        model = quantized_for_cpu(model) if device == "cpu" else model
+        speaker = Speaker(model, vocoder, tokenizer, load_voice_prompt(voice_prompt, model.cfg.audio),
+                          steps=args.steps, seed=args.seed)
     started = time.perf_counter()
     chunks, first = [], None
     for chunk in speaker.stream(args.text):  # 80 ms at a time: a player could start on the first chunk
         first = first or time.perf_counter() - started
         chunks.append(chunk)
     wave = np.concatenate(chunks)[speaker.vocoder.cfg.lookahead_samples:]
-    path = save_audio(args.out, wave, audio.sample_rate)
+    rate = model.cfg.audio.sample_rate
+    path = save_audio(args.out, wave, rate)
     seconds = time.perf_counter() - started
-    print(f"{len(wave) / audio.sample_rate:.2f} s of speech -> {path} (first audio after {first * 1000:.0f} ms, "
+    print(f"{len(wave) / rate:.2f} s of speech -> {path} (first audio after {first * 1000:.0f} ms, "
           f"{seconds:.1f} s in all)")
 
 
@@ -397,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
             stage_train.add_argument("--voice", action="append",
                                      help="train on this voice's utterances only (repeatable; default: every voice "
                                           "with phoneme timings; a resumed run keeps its own)")
+            stage_train.add_argument("--keep-exports", action="store_true",
+                                     help="keep each checkpoint's export in exports/, for a learning curve")
         if stage == "speaker":
             stage_train.add_argument("--init", help="start from this speech model's weights (a run or .safetensors); "
                                                     "modules it lacks start fresh")
@@ -485,13 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
     say = commands.add_parser("say", help="speak text in a voice, streamed frame by frame (TTS mode)")
     say.add_argument("text", help="what to say (any length: long text is spoken sentence by sentence)")
     say.add_argument("--out", required=True, help="the .wav (or .flac) to write")
-    say.add_argument("--voice-prompt", default=str(REFERENCE_VOICE),
+    say.add_argument("--voice-prompt",
                      help="a few seconds (at least 1 s of speech; any rate, resampled) of the voice to speak in "
-                          "(default: a voice from the lite corpus)")
+                          "(default: the voice the reference was trained on)")
     say.add_argument("--steps", type=positive_int, default=4, help="Euler steps of the speaking head (default: 4)")
     add_preset(say)
-    say.add_argument("--ckpt", default=str(REFERENCE_SPEAKER),
-                     help="a speaker run or .safetensors (default: the committed lite reference)")
+    say.add_argument("--ckpt", default=str(REFERENCE_ACOUSTIC),
+                     help="an acoustic or speaker run or .safetensors (default: the committed lite acoustic model)")
     say.add_argument("--vocoder", default=str(REFERENCE_VOCODER),
                      help="a vocoder run or .safetensors (default: the committed lite reference)")
     say.add_argument("--seed", type=int, default=0, help="the sampling noise (default: 0)")

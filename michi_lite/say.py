@@ -27,14 +27,18 @@ import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .audio import mel_from_patches
 from .frame_decoder import FrameCache
-from .model import SpeechModel, VoicedChunks, tokens_and_chunks
 from .vocoder import HiFiGANGenerator
+
+if TYPE_CHECKING:  # the speech model's imports (transformers, peft) cost seconds that speaking acoustically need not
+    from .acoustic import AcousticModel
+    from .model import SpeechModel
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +97,8 @@ class Speaker:
     @torch.inference_mode()
     def segment_frames(self, text: str) -> Iterator[SpokenFrame]:
         """One segment's speech, frame by frame, as the model makes it."""
+        from .model import VoicedChunks, tokens_and_chunks
+
         model = self.model
         queue = tokens_and_chunks(text, self.tokenizer, model.cfg.max_phonemes)  # (token, phonemes or None)
         lead = model.cfg.text_lead_frames
@@ -141,6 +147,51 @@ class Speaker:
         for patch in self.patches(text):
             mel = mel_from_patches(patch[None].to(next(self.vocoder.parameters()).dtype), audio)  # (n_mels, 8)
             yield vocoder.push(mel).float().cpu().numpy()
+        yield vocoder.flush().float().cpu().numpy()
+
+    def say(self, text: str) -> np.ndarray:
+        """The whole waveform at once, lag removed: ``stream`` minus the vocoder's leading silence."""
+        wave = np.concatenate(list(self.stream(text)))
+        return wave[self.vocoder.cfg.lookahead_samples:]
+
+
+class AcousticSpeaker:
+    """The acoustic model (``michi_lite.acoustic``), a vocoder and one voice, ready to speak text.
+
+    Each sentence (``split_text``) is read as espeak-ng's phonemes; the model
+    lays them out with its own durations and makes the sentence's patches in
+    one pass, which the vocoder then streams 80 ms at a time, so the first
+    audio waits for one sentence's pass, not for the whole text.
+    ``voice_patches`` are a voice prompt's speech patches.
+    """
+
+    def __init__(self, model: AcousticModel, vocoder: HiFiGANGenerator, voice_patches: torch.Tensor, steps: int = 4,
+                 seed: int = 0) -> None:
+        if steps < 0:
+            raise ValueError(f"steps must be 0 (the regressed mel) or more, not {steps}")
+        self.model, self.vocoder, self.steps = model.eval(), vocoder.eval(), steps
+        self.device = next(model.parameters()).device
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        audio = model.cfg.audio
+        with torch.inference_mode():
+            self.voice = model.voice(voice_patches.reshape(1, -1, audio.n_mels).to(self.device))  # (1, width)
+
+    def patches(self, text: str) -> Iterator[torch.Tensor]:
+        """The whole text's audio patches (patch_dim,), one per 80 ms frame."""
+        from .acoustic import text_phoneme_ids
+
+        for segment in split_text(text):
+            patches, _ = self.model.speak(text_phoneme_ids(segment).to(self.device), self.voice, self.steps,
+                                          self.generator)
+            yield from patches
+
+    @torch.inference_mode()
+    def stream(self, text: str) -> Iterator[np.ndarray]:
+        """The text as audio, 80 ms of float32 samples at a time (the vocoder's look-ahead comes last)."""
+        vocoder = self.vocoder.stream()
+        audio = self.model.cfg.audio
+        for patch in self.patches(text):
+            yield vocoder.push(mel_from_patches(patch[None], audio)).float().cpu().numpy()
         yield vocoder.flush().float().cpu().numpy()
 
     def say(self, text: str) -> np.ndarray:

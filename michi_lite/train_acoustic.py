@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -78,7 +79,10 @@ class AcousticTrainer:
         return {"model": self.model.cfg.to_dict()}
 
     def export(self, out_dir: Path) -> None:
-        save_acoustic(out_dir / "acoustic.safetensors", self.ema, self.preset)
+        path = save_acoustic(out_dir / "acoustic.safetensors", self.ema, self.preset)
+        if self.recipe.get("keep_exports"):  # one file per checkpoint, for a learning curve
+            (out_dir / "exports").mkdir(exist_ok=True)
+            shutil.copyfile(path, out_dir / "exports" / f"step_{self.schedule.last_epoch:08d}.safetensors")
 
 
 def train_acoustic(
@@ -88,6 +92,7 @@ def train_acoustic(
     steps: int = 20_000,
     batch_size: int | None = None,
     voices: list[str] | None = None,
+    keep_exports: bool = False,
     resume: bool = False,
     checkpoint_every: int = 250,
     log_every: int = 10,
@@ -99,18 +104,21 @@ def train_acoustic(
 
     A resumed run keeps the batch size, voices and seed it started with
     (its data order depends on them) unless they are given again.
+    ``keep_exports`` keeps every checkpoint's export in ``exports/``.
     """
     started = started_config(out_dir) if resume else None
     if started is not None:
         batch_size = batch_size or started["batch_size"]
         voices = voices if voices is not None else started["voices"]
         seed = started["seed"]
+        keep_exports = keep_exports or started.get("keep_exports", False)
     batch_size = batch_size or 16
     device = training_device(device)
     torch.manual_seed(seed)
     model = AcousticModel(acoustic_config(preset))
     trainer = AcousticTrainer(model, preset, device, steps,
-                              recipe={"batch_size": batch_size, "voices": voices, "seed": seed})
+                              recipe={"batch_size": batch_size, "voices": voices, "seed": seed,
+                                      "keep_exports": keep_exports})
     dataset = AcousticUtterances(data_dir, model.cfg, "train", voices=voices)
     logger.info("acoustic %s: %.2fM parameters, %d steps of %d utterances (%d in the train split) on %s", preset,
                 sum(p.numel() for p in model.parameters()) / 1e6, steps, batch_size, len(dataset), device)

@@ -94,10 +94,11 @@ def test_train_acoustic_resumes_with_its_own_recipe_and_its_file_speaks(tiny_cor
     run = tmp_path / "run"
     voice = next(r["voice"] for r in load_manifest(tiny_corpus, "train") if r["engine"] == "espeak")
     base = ["train", "acoustic", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(run)]
-    main(base + ["--steps", "2", "--batch-size", "2", "--voice", voice])
-    main(base + ["--steps", "4", "--resume"])
+    main(base + ["--steps", "2", "--batch-size", "2", "--voice", voice, "--keep-exports", "--checkpoint-every", "1"])
+    main(base + ["--steps", "4", "--resume", "--checkpoint-every", "2"])
     state = json.loads(max(run.glob("checkpoints/step_*")).joinpath("state.json").read_text())
     assert state["step"] == 4 and state["config"]["voices"] == [voice] and state["config"]["batch_size"] == 2
+    assert sorted(p.name for p in (run / "exports").iterdir()) == [f"step_0000000{n}.safetensors" for n in (1, 2, 4)]
     rows = (run / "train_log.csv").read_text().splitlines()
     assert rows[0] == "step,loss,mel_loss,flow_loss,duration_loss,lr,seconds"
 
@@ -122,3 +123,31 @@ def test_acoustic_files_refuse_another_preset_a_truncated_file_and_another_stage
         load_acoustic(truncated, "tiny")
     with pytest.raises(FileNotFoundError):
         load_acoustic(tmp_path / "missing", "tiny")
+
+
+def test_say_speaks_with_an_acoustic_model_and_its_stream_is_its_whole(tmp_path, capsys, one_thread):
+    import soundfile as sf
+
+    from michi_lite.audio import save_audio, voice_prompt
+    from michi_lite.say import AcousticSpeaker
+    from michi_lite.vocoder import HiFiGANGenerator, load_vocoder, save_vocoder, vocoder_config
+
+    torch.manual_seed(0)
+    model_file = save_acoustic(tmp_path / "acoustic.safetensors", AcousticModel(TINY), "tiny")
+    vocoder_file = save_vocoder(tmp_path / "vocoder.safetensors", HiFiGANGenerator(vocoder_config("tiny")), "tiny")
+    rng = np.random.default_rng(0)
+    prompt = (rng.standard_normal(2 * 16_000) * 0.3).astype(np.float32)
+    speaker = AcousticSpeaker(load_acoustic(model_file, "tiny"), load_vocoder(vocoder_file, "tiny"),
+                              voice_prompt(prompt, TINY.audio), steps=2)
+    text = "Two sentences. The second, with a comma."
+    chunks = list(speaker.stream(text))
+    assert all(len(c) == TINY.audio.samples_per_frame for c in chunks[:-1])
+    lag = speaker.vocoder.cfg.lookahead_samples
+    assert np.allclose(np.concatenate(chunks)[lag:], AcousticSpeaker(
+        speaker.model, speaker.vocoder, voice_prompt(prompt, TINY.audio), steps=2).say(text), atol=1e-5)
+
+    save_audio(tmp_path / "voice.wav", prompt, 16_000)
+    main(["say", text, "--out", str(tmp_path / "out.wav"), "--voice-prompt", str(tmp_path / "voice.wav"),
+          "--preset", "tiny", "--ckpt", str(model_file), "--vocoder", str(vocoder_file)])
+    wave, rate = sf.read(str(tmp_path / "out.wav"))
+    assert rate == 16_000 and len(wave) > 0 and "first audio after" in capsys.readouterr().out
