@@ -324,3 +324,95 @@ def bench_speaker(preset: str, ckpt: str | os.PathLike | None = None, vocoder_ck
         torch.set_num_threads(previous_threads)
     report["run"] = run_info(preset)
     return report
+
+
+SAY_SENTENCE = "Hello, this is how quickly I start speaking."
+
+
+def bench_acoustic(preset: str, ckpt: str | os.PathLike | None = None, vocoder_ckpt: str | os.PathLike | None = None,
+                   runs: int = 7, threads: int = 2, new_process: bool = True) -> dict:
+    """Speaking with the acoustic model: per frame, per sentence, to first audio, and in a new process.
+
+    ``say`` makes a sentence's patches in one pass of the acoustic model,
+    then streams them through the vocoder. Timed over ``runs`` calls (one
+    more before, thrown away): the pass (regressed mel, 1 and 4 Euler
+    steps) per sentence and per 80 ms frame of it, one vocoder chunk, the
+    real-time factor of the whole of ``AcousticSpeaker.say``, and the time
+    from calling ``stream`` to its first samples. ``new_process`` also runs
+    ``michi-lite say`` in a fresh Python process, imports and loading
+    included, and reports its whole wall time: the most a user waits for
+    the first audio. Without checkpoints the weights are untrained: the
+    same arithmetic.
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    from .acoustic import AcousticModel, acoustic_config, load_acoustic, save_acoustic, text_phoneme_ids
+    from .say import AcousticSpeaker
+    from .vocoder import save_vocoder
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = (AcousticModel(acoustic_config(preset)) if ckpt is None else load_acoustic(ckpt, preset)).to(device).eval()
+    vocoder = (HiFiGANGenerator(vocoder_config(preset)).remove_weight_norm() if vocoder_ckpt is None
+               else load_vocoder(vocoder_ckpt, preset)).to(device).eval()
+    audio = model.cfg.audio
+    prompt = torch.randn(300, audio.n_mels, generator=torch.Generator().manual_seed(1)).to(device)
+    phonemes = text_phoneme_ids(SAY_SENTENCE).to(device)
+    report: dict = {"parameters": sum(p.numel() for p in model.parameters()), "sentence": SAY_SENTENCE,
+                    "checkpoint": None if ckpt is None else str(ckpt),
+                    "vocoder": None if vocoder_ckpt is None else str(vocoder_ckpt), "threads": threads,
+                    "device": device.type, "frame_ms": FRAME_SECONDS * 1000}
+
+    def repeated(fn: Callable[[], object]) -> list[float]:
+        fn()
+        return [timed(fn, device) * 1000 for _ in range(runs)]
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            voice = model.voice(prompt[None])
+            patches, _ = model.speak(phonemes, voice, 0)
+            report["sentence_frames"] = len(patches)
+            for k in (0, 1, 4):
+                ms = repeated(lambda k=k: model.speak(phonemes, voice, k, torch.Generator(device).manual_seed(0)))
+                report[f"sentence_pass_{k}_steps"] = {"ms_median": float(np.median(ms)),
+                                                      "ms_per_frame": float(np.median(ms)) / len(patches)}
+            stream = vocoder.stream()
+            mel = torch.zeros(audio.n_mels, audio.mels_per_frame, device=device)
+            ms = repeated(lambda: stream.push(mel))
+            report["vocoder_chunk"] = {"ms_median": float(np.median(ms)), "ms_p95": float(np.percentile(ms, 95))}
+        speaker = AcousticSpeaker(model, vocoder, prompt, steps=4)
+        ms = repeated(lambda: speaker.say(SAY_SENTENCE))
+        report["say_real_time_factor"] = float(np.median(ms)) / 1000 / (len(patches) * FRAME_SECONDS)
+
+        def first_chunk() -> None:
+            chunks = speaker.stream(SAY_SENTENCE)
+            next(chunks)
+            chunks.close()
+
+        ms = repeated(first_chunk)
+        report["time_to_first_audio_ms"] = {"median": float(np.median(ms)), "p95": float(np.percentile(ms, 95))}
+    finally:
+        torch.set_num_threads(previous_threads)
+    if new_process:
+        with tempfile.TemporaryDirectory() as tmp:
+            model_file = ckpt or save_acoustic(f"{tmp}/acoustic.safetensors", model, preset)
+            vocoder_file = vocoder_ckpt or save_vocoder(f"{tmp}/vocoder.safetensors", vocoder, preset)
+            command = [sys.executable, "-m", "michi_lite.cli", "say", SAY_SENTENCE, "--out", f"{tmp}/say.wav",
+                       "--preset", preset, "--ckpt", str(model_file), "--vocoder", str(vocoder_file)]
+            if ckpt is None:  # an untrained model has no voice of its own to be prompted with
+                from .audio import save_audio
+
+                save_audio(f"{tmp}/voice.wav", np.random.default_rng(0).standard_normal(48_000) * 0.3, 16_000)
+                command += ["--voice-prompt", f"{tmp}/voice.wav"]
+            seconds = []
+            for _ in range(3):
+                started = time.perf_counter()
+                subprocess.run(command, check=True, capture_output=True)
+                seconds.append(time.perf_counter() - started)
+        report["new_process_say_seconds"] = {"median": float(np.median(seconds)), "max": float(max(seconds)),
+                                             "sentence_seconds": len(patches) * FRAME_SECONDS}
+    report["run"] = run_info(preset)
+    return report

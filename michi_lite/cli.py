@@ -248,6 +248,12 @@ def cmd_bench_speaker(args: argparse.Namespace) -> None:
     write_json(bench_speaker(args.preset, args.ckpt, args.vocoder, threads=args.threads), args.json)
 
 
+def cmd_bench_acoustic(args: argparse.Namespace) -> None:
+    from .bench import bench_acoustic
+
+    write_json(bench_acoustic(args.preset, args.ckpt, args.vocoder, threads=args.threads), args.json)
+
+
 def cmd_say(args: argparse.Namespace) -> None:
     import time
 
@@ -497,6 +503,14 @@ def build_parser() -> argparse.ArgumentParser:
     speaker_bench.add_argument("--vocoder", help="a vocoder run or .safetensors (default: random, same speed)")
     speaker_bench.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: 2)")
     speaker_bench.set_defaults(run=cmd_bench_speaker)
+    acoustic_bench = bench.add_parser("acoustic", help="speaking with the acoustic model: per frame, per sentence, "
+                                                       "to first audio, and `say` in a new process")
+    add_preset(acoustic_bench)
+    acoustic_bench.add_argument("--json", help="write the report here too")
+    acoustic_bench.add_argument("--ckpt", help="an acoustic run or .safetensors (default: untrained, same speed)")
+    acoustic_bench.add_argument("--vocoder", help="a vocoder run or .safetensors (default: random, same speed)")
+    acoustic_bench.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: 2)")
+    acoustic_bench.set_defaults(run=cmd_bench_acoustic)
 
     say = commands.add_parser("say", help="speak text in a voice, streamed frame by frame (TTS mode)")
     say.add_argument("text", help="what to say (any length: long text is spoken sentence by sentence)")

@@ -151,3 +151,17 @@ def test_say_speaks_with_an_acoustic_model_and_its_stream_is_its_whole(tmp_path,
           "--preset", "tiny", "--ckpt", str(model_file), "--vocoder", str(vocoder_file)])
     wave, rate = sf.read(str(tmp_path / "out.wav"))
     assert rate == 16_000 and len(wave) > 0 and "first audio after" in capsys.readouterr().out
+
+
+def test_bench_acoustic_times_each_piece_and_a_new_say_process(tmp_path):
+    from michi_lite.bench import bench_acoustic
+
+    report = bench_acoustic("tiny", runs=2, threads=1)
+    frames = report["sentence_frames"]
+    assert frames > 10 and report["run"]["preset"] == "tiny"
+    for k in (0, 1, 4):
+        assert report[f"sentence_pass_{k}_steps"]["ms_per_frame"] * frames == pytest.approx(
+            report[f"sentence_pass_{k}_steps"]["ms_median"])
+    assert 0 < report["time_to_first_audio_ms"]["median"] and 0 < report["say_real_time_factor"]
+    assert report["new_process_say_seconds"]["median"] > report["time_to_first_audio_ms"]["median"] / 1000
+    json.dumps(report)  # plain numbers
