@@ -32,7 +32,8 @@ def test_tiny_corpus_has_the_promised_size_and_schema(tiny_corpus):
         assert abs(info.frames / info.samplerate - r["duration"]) < 1e-3
         assert r["words"], r["id"]
         starts = [w["start"] for w in r["words"]]
-        assert starts == sorted(starts) and starts[-1] < r["duration"] + 0.05
+        assert starts == sorted(starts)
+        assert all(0 <= w["start"] < w["end"] <= r["duration"] for w in r["words"]), r["id"]
     summary = json.loads((Path(tiny_corpus) / "corpus.json").read_text())
     assert summary["utterances"] == len(records) and set(summary["engines"]) == {r["engine"] for r in records}
 
@@ -159,3 +160,15 @@ def test_a_subset_takes_every_speaker_in_turn_and_keeps_the_test_split_out(tiny_
     assert summary["utterances"] == len(subset) and summary["subset_of"]["hours"] == hours
     with pytest.raises(ValueError, match="another directory"):
         subset_corpus(tiny_corpus, tiny_corpus, 1.0)
+
+
+def test_whisper_words_are_never_empty_nor_past_the_audio(monkeypatch):
+    from types import SimpleNamespace
+
+    from michi_lite.data import alignment
+
+    heard = [SimpleNamespace(word=" you", start=0.8, end=0.8), SimpleNamespace(word=" there", start=0.9, end=1.3),
+             SimpleNamespace(word=" ", start=1.3, end=1.3), SimpleNamespace(word=" end", start=1.0, end=1.0)]
+    monkeypatch.setattr(alignment, "_whisper_segments", lambda *args, **kwargs: [SimpleNamespace(words=heard)])
+    words = alignment.whisper_words(np.zeros(16_000), 16_000)  # one second
+    assert [(w.word, w.start, w.end) for w in words] == [("you", 0.8, 0.82), ("there", 0.9, 1.0), ("end", 0.98, 1.0)]

@@ -27,6 +27,7 @@ WHISPER_SAMPLE_RATE = 16_000
 # faster-whisper's default beam: with beam 1, tiny.en misheard synthetic speech
 # noticeably more often in our trials, and word timings come from the chosen beam.
 BEAM_SIZE = 5
+WHISPER_WORD_STEP = 0.02  # Whisper's timestamps come in steps of 20 ms
 
 
 def _whisper_segments(waveform: np.ndarray, sample_rate: int, model: WhisperModel | None, language: str,
@@ -46,11 +47,25 @@ def _whisper_segments(waveform: np.ndarray, sample_rate: int, model: WhisperMode
 
 def whisper_words(waveform: np.ndarray, sample_rate: int, model: WhisperModel | None = None,
                   language: str = "en") -> list[Word]:
-    """Whisper's word timings, in seconds from the start of the waveform."""
+    """Whisper's word timings, in seconds from the start of the waveform, each inside it and never empty.
+
+    Whisper times words to 20 ms and sometimes gives a word no time at all
+    (start = end) or ends one past the audio; such a word keeps 20 ms of the
+    audio from where it starts (or ending at the end).
+    """
     segments = _whisper_segments(waveform, sample_rate, model, language, word_timestamps=True)
-    # Whisper's words carry their leading space (" fox"); a word that is only a space is dropped.
-    return [Word(w.word.strip(), float(w.start), float(w.end))
-            for segment in segments for w in segment.words if w.word.strip()]
+    duration = len(waveform) / sample_rate
+    words = []
+    for w in (w for segment in segments for w in segment.words):
+        if not w.word.strip():  # Whisper's words carry their leading space (" fox"); a lone space is dropped
+            continue
+        end = min(float(w.end), duration)
+        start = min(float(w.start), end)
+        if end - start < WHISPER_WORD_STEP:
+            start = min(start, duration - WHISPER_WORD_STEP)
+            end = start + WHISPER_WORD_STEP
+        words.append(Word(w.word.strip(), round(max(start, 0.0), 4), round(end, 4)))
+    return words
 
 
 def transcribe(waveform: np.ndarray, sample_rate: int, model: WhisperModel | None = None,

@@ -54,6 +54,7 @@ from .words import normalize_text
 logger = logging.getLogger(__name__)
 
 MAX_UTTERANCE_SECONDS = 30.0
+WORD_END_SLACK = 0.005  # resampling may shorten the audio by a sample: a word ending that much past it is clipped
 PEAK_LEVEL = 0.9  # engines speak at very different levels; every file is peak-normalised to this
 
 
@@ -228,6 +229,12 @@ def make_record(utterance: PlannedUtterance, engine: SpeechEngine, cfg: Config, 
         record["words"] = [w.to_dict() for w in words]
         if compare_with_whisper:
             record["whisper_words"] = [w.to_dict() for w in heard]
+    broken = [w for w in record["words"] if not 0 <= w["start"] < w["end"] <= duration + WORD_END_SLACK]
+    if broken:  # no engine or aligner may write a word outside the audio or without time
+        logger.warning("skipping %s: word timings outside [0, %.3f] s or empty: %s", utterance.id, duration, broken)
+        return None
+    for w in record["words"]:
+        w["end"] = min(w["end"], duration)
     if synthesis.phonemes:
         record["phonemes"] = phoneme_rows(utterance, synthesis, duration)
     save_audio(out / record["path"], waveform, rate)
