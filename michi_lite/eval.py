@@ -369,6 +369,50 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
+class VoiceIdentifier:
+    """Whose voice is it? Resemblyzer's GE2E embeddings of a test split's real audio, one mean per voice.
+
+    ``judge`` compares a generated utterance with the real one it stands
+    for (``similarity``, against ``similarity_real``, the real prompt with
+    the real utterance: the ceiling) and says whether its nearest voice mean
+    is the voice it was prompted with (``identified``, against
+    ``identified_real``, the real utterance left out of its own voice's
+    mean).
+    """
+
+    def __init__(self, real: dict[str, np.ndarray], voice_of: dict[str, str], sample_rate: int, device: str) -> None:
+        from resemblyzer import VoiceEncoder
+
+        self.encoder, self.sample_rate, self.voice_of = VoiceEncoder(device, verbose=False), sample_rate, voice_of
+        self.embedding = {i: self.embed(wave) for i, wave in tqdm(real.items(), desc="voice embeddings", unit="utt")}
+        self.members: dict[str, list[str]] = defaultdict(list)
+        for i, voice in voice_of.items():
+            self.members[voice].append(i)
+        self.sums = {v: np.sum([self.embedding[i] for i in ids], axis=0) for v, ids in self.members.items()}
+
+    def embed(self, wave: np.ndarray) -> np.ndarray:
+        from resemblyzer import preprocess_wav
+
+        return self.encoder.embed_utterance(preprocess_wav(wave, source_sr=self.sample_rate))
+
+    def nearest(self, embedding: np.ndarray, leave_out: str | None = None) -> str:
+        scores = {}
+        for voice, total in self.sums.items():
+            n = len(self.members[voice])
+            if leave_out is not None and voice == self.voice_of[leave_out]:
+                total, n = total - self.embedding[leave_out], n - 1
+            scores[voice] = cosine(embedding, total / max(n, 1)) if n else -1.0
+        return max(scores, key=scores.get)
+
+    def judge(self, wave: np.ndarray, real_id: str, prompt_id: str) -> dict:
+        """``wave`` made to say ``real_id``'s sentence in ``prompt_id``'s voice: similarity and identification."""
+        generated, voice = self.embed(wave), self.voice_of[real_id]
+        return {"similarity": cosine(generated, self.embedding[real_id]),
+                "similarity_real": cosine(self.embedding[prompt_id], self.embedding[real_id]),
+                "identified": self.nearest(generated) == voice,
+                "identified_real": self.nearest(self.embedding[real_id], leave_out=real_id) == voice}
+
+
 def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.PathLike,
                      vocoder_ckpt: str | os.PathLike, max_utterances: int | None = None,
                      steps: tuple[int, ...] = SPEAKER_STEPS, seed: int = 0) -> dict:
@@ -409,11 +453,10 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
     ``perplexity`` is the backbone's on the test sentences as plain text,
     pretrained SmolLM2 against the speech model's (adapters merged).
     """
-    from resemblyzer import VoiceEncoder, preprocess_wav
     from speechmos import dnsmos
 
-    from .backbone import load_tokenizer
     from .audio import audio_patches, voice_prompt
+    from .backbone import load_tokenizer
     from .model import build_backbone, load_speaker, quantized_for_cpu, speaker_streams
     from .say import Speaker
 
@@ -437,26 +480,12 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
     speaking = quantized_for_cpu(model) if device == "cpu" else model
     vocoder = load_vocoder(vocoder_ckpt, preset, device)
     griffin_lim = GriffinLim(audio).to(device)
-    judge, voices = load_whisper(), VoiceEncoder(device, verbose=False)
-
-    def embed(wave: np.ndarray) -> np.ndarray:
-        return voices.embed_utterance(preprocess_wav(wave, source_sr=audio.sample_rate))
-
+    judge = load_whisper()
     real = {r["id"]: load_audio(Path(data_dir) / r["path"], audio.sample_rate) for r in test}
-    real_embedding = {r["id"]: embed(real[r["id"]]) for r in tqdm(test, desc="voice embeddings", unit="utt")}
+    identify = VoiceIdentifier(real, {r["id"]: r["voice"] for r in test}, audio.sample_rate, device)
     by_voice: dict[str, list[str]] = defaultdict(list)
     for r in test:
         by_voice[r["voice"]].append(r["id"])
-    centroid_sums = {v: np.sum([real_embedding[i] for i in ids], axis=0) for v, ids in by_voice.items()}
-
-    def nearest_voice(embedding: np.ndarray, leave_out: str | None = None, voice: str | None = None) -> str:
-        scores = {}
-        for v, total in centroid_sums.items():
-            n = len(by_voice[v])
-            if leave_out is not None and v == voice:
-                total, n = total - real_embedding[leave_out], n - 1
-            scores[v] = cosine(embedding, total / max(n, 1)) if n else -1.0
-        return max(scores, key=scores.get)
 
     report: dict = {"groups": {}, "perplexity": perplexity}
     for group, records in sorted(voice_groups(data_dir).items()):
@@ -496,12 +525,7 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
                     with torch.inference_mode():
                         row["heard_griffin_lim"] = transcribe(griffin_lim.vocode(mel).float().cpu().numpy(),
                                                               audio.sample_rate, judge)
-                    generated = embed(wave)
-                    row["similarity"] = cosine(generated, real_embedding[record["id"]])
-                    row["similarity_real"] = cosine(real_embedding[prompt_id], real_embedding[record["id"]])
-                    row["identified"] = nearest_voice(generated) == record["voice"]
-                    row["identified_real"] = nearest_voice(real_embedding[record["id"]], record["id"],
-                                                           record["voice"]) == record["voice"]
+                    row.update(identify.judge(wave, record["id"], prompt_id))
                     row["dnsmos"] = dnsmos.run(wave, sr=audio.sample_rate)
                     row["dnsmos_real"] = dnsmos.run(real[record["id"]], sr=audio.sample_rate)
             rows.append(row)
@@ -579,7 +603,9 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
       real one: a cheap proxy of quality, free of the judge's noise;
     * ``duration_ratio``: generated over real seconds (median and the share
       within ±25%), and ``duration_error``, the mean absolute error of the
-      predicted log(1 + columns) per phoneme against the engine's.
+      predicted log(1 + columns) per phoneme against the engine's;
+    * ``similarity`` and ``identified`` (``VoiceIdentifier``, at the most
+      Euler steps asked for) among every voice of the test split.
     """
     from .acoustic import columns_per_phoneme, load_acoustic, prompt_columns, text_phoneme_ids
     from .audio import audio_patches
@@ -590,16 +616,18 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
     audio = model.cfg.audio
     vocoder = load_vocoder(vocoder_ckpt, preset, device)
     judge = load_whisper()
-    test = [r for r in load_manifest(data_dir, "test") if voices is None or r["voice"] in voices]
+    everyone = load_manifest(data_dir, "test")
+    test = [r for r in everyone if voices is None or r["voice"] in voices]
     if not test:
         raise ValueError(f"{data_dir}: no test utterances" + (f" of {', '.join(voices)}" if voices else ""))
     by_voice: dict[str, list[dict]] = defaultdict(list)
     for r in test:
         by_voice[r["voice"]].append(r)
+    real = {r["id"]: load_audio(Path(data_dir) / r["path"], audio.sample_rate) for r in everyone}
+    identify = VoiceIdentifier(real, {r["id"]: r["voice"] for r in everyone}, audio.sample_rate, device)
 
-    def hear(patches: torch.Tensor) -> tuple[str, float]:
-        wave = vocoder.vocode(mel_from_patches(patches, audio)).float().cpu().numpy()
-        return transcribe(wave, audio.sample_rate, judge), len(wave) / audio.sample_rate
+    def vocoded(patches: torch.Tensor) -> np.ndarray:
+        return vocoder.vocode(mel_from_patches(patches, audio)).float().cpu().numpy()
 
     report: dict = {"groups": {}}
     groups = defaultdict(list)
@@ -611,22 +639,24 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
                            unit="utt"):
             others = by_voice[record["voice"]]
             prompt = others[(others.index(record) + 1) % len(others)]  # the next test utterance of this voice
-            real = load_audio(Path(data_dir) / record["path"], audio.sample_rate)
-            prompt_wave = load_audio(Path(data_dir) / prompt["path"], audio.sample_rate)
-            real_patches = audio_patches(torch.from_numpy(real), audio).to(device)
+            wave = real[record["id"]]
+            real_patches = audio_patches(torch.from_numpy(wave), audio).to(device)
             row = {"text": record["text"], "category": record["category"], "voice": record["voice"],
-                   "heard_real": transcribe(real, audio.sample_rate, judge), "real_seconds": len(real) / audio.sample_rate,
-                   "by_steps": {}}
+                   "heard_real": transcribe(wave, audio.sample_rate, judge),
+                   "real_seconds": len(wave) / audio.sample_rate, "by_steps": {}}
             with torch.inference_mode():
-                voice = model.voice(prompt_columns(prompt_wave, audio, prompt["id"]).to(device)[None])
-                row["heard_resynthesized"], _ = hear(real_patches)
+                voice = model.voice(prompt_columns(real[prompt["id"]], audio, prompt["id"]).to(device)[None])
+                row["heard_resynthesized"] = transcribe(vocoded(real_patches), audio.sample_rate, judge)
                 phonemes = text_phoneme_ids(record["text"]).to(device)
                 for k in steps:
                     started = time.perf_counter()
                     patches, _ = model.speak(phonemes, voice, k, torch.Generator(device).manual_seed(seed))
-                    heard, seconds = hear(patches)
-                    row["by_steps"][k] = {"heard": heard, "audio_seconds": seconds,
-                                          "seconds": time.perf_counter() - started}
+                    generated = vocoded(patches)
+                    row["by_steps"][k] = {"seconds": time.perf_counter() - started,
+                                          "heard": transcribe(generated, audio.sample_rate, judge),
+                                          "audio_seconds": len(generated) / audio.sample_rate}
+                    if k == max(steps):
+                        row.update(identify.judge(generated, record["id"], prompt["id"]))
                 if record.get("phonemes"):
                     timed = torch.tensor([phoneme_id(p[0]) for p in record["phonemes"]], device=device)
                     ends = np.array([p[2] for p in record["phonemes"]])
@@ -634,7 +664,7 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
                     durations = torch.from_numpy(columns_per_phoneme(ends, columns, audio)).to(device)
                     patches, _ = model.speak(timed, voice, ACOUSTIC_MAIN_STEPS,
                                              torch.Generator(device).manual_seed(seed), durations=durations)
-                    row["heard_engine_timed"], _ = hear(patches)
+                    row["heard_engine_timed"] = transcribe(vocoded(patches), audio.sample_rate, judge)
                     row["mel_l1_engine_timed"] = float((patches - real_patches).abs().mean())
                     predicted = model.durations(timed[None], voice)[0]
                     row["duration_error"] = float((predicted - torch.log1p(durations.float())).abs().mean())
@@ -645,7 +675,7 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
             "plain": acoustic_summary([r for r in rows if not r["category"].startswith("stress")], steps),
         }
         logger.info("acoustic eval, %s voices: %s", group, report["groups"][group]["all"])
-    report["voices"] = sorted(by_voice)
+    report["voices"], report["n_test_voices"] = sorted(by_voice), len(identify.members)
     report["checkpoint"], report["vocoder"] = str(ckpt), str(vocoder_ckpt)
     report["run"] = run_info(preset)
     return report
@@ -669,6 +699,8 @@ def acoustic_summary(rows: list[dict], steps: tuple[int, ...]) -> dict:
         "judge_wer_engine_timed": word_error_rate([r["text"] for r in timed], [r["heard_engine_timed"] for r in timed])
         if timed else None,
         "mel_l1_engine_timed": mean_or_none([r["mel_l1_engine_timed"] for r in timed]),
+        **{key: float(np.mean([r[key] for r in rows]))
+           for key in ("similarity", "similarity_real", "identified", "identified_real")},
         "duration_error": mean_or_none([r["duration_error"] for r in timed]),
         "duration_ratio_median": float(np.median(ratios)),
         "duration_within_25_percent": float(np.mean(np.abs(ratios - 1) <= 0.25)),

@@ -165,3 +165,21 @@ def test_bench_acoustic_times_each_piece_and_a_new_say_process(tmp_path):
     assert 0 < report["time_to_first_audio_ms"]["median"] and 0 < report["say_real_time_factor"]
     assert report["new_process_say_seconds"]["median"] > report["time_to_first_audio_ms"]["median"] / 1000
     json.dumps(report)  # plain numbers
+
+
+def test_eval_acoustic_judges_its_speech_beside_the_real_audio(tiny_corpus, tmp_path, one_thread):
+    from michi_lite.vocoder import HiFiGANGenerator, save_vocoder, vocoder_config
+
+    torch.manual_seed(0)
+    model_file = save_acoustic(tmp_path / "acoustic.safetensors", AcousticModel(TINY), "tiny")
+    vocoder_file = save_vocoder(tmp_path / "vocoder.safetensors", HiFiGANGenerator(vocoder_config("tiny")), "tiny")
+    out = tmp_path / "eval.json"
+    main(["eval", "acoustic", "--preset", "tiny", "--ckpt", str(model_file), "--data", str(tiny_corpus),
+          "--vocoder", str(vocoder_file), "--max-utterances", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert set(report["groups"]) == {"seen", "unseen"}
+    seen = report["groups"]["seen"]["all"]
+    assert seen["n_utterances"] == 1 and set(seen["by_steps"]) == {"0", "1", "4"}
+    assert 0 <= seen["judge_wer_real"] < seen["judge_wer"]  # an untrained model says nothing the judge can hear
+    assert 0 <= seen["identified_real"] <= 1 and -1 <= seen["similarity"] <= 1
+    assert report["n_test_voices"] == len({r["voice"] for r in load_manifest(tiny_corpus, "test")})
