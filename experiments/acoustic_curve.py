@@ -10,8 +10,9 @@ different test set (16 sentences of 36 voices), so read it as where it
 stood, not as a paired comparison. data/acoustic/README.md reports a run of::
 
     python experiments/acoustic_curve.py --run runs/acoustic_one_voice --data corpus/one_voice \\
-        --max-utterances 12 --json data/acoustic/lite_one_voice_curve.json \\
-        --figure figures/acoustic_learning_curve.png
+        --max-utterances 12 --json data/acoustic/lite_curve.json
+
+Notebook 03 draws the figure from the JSON; ``--figure`` draws it here too.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main() -> None:
     parser.add_argument("--max-utterances", type=int, default=12)
     parser.add_argument("--every", type=int, default=1, help="judge every N-th export")
     parser.add_argument("--json", required=True)
-    parser.add_argument("--figure", required=True)
+    parser.add_argument("--figure", help="a .png to draw the curve in")
     args = parser.parse_args()
 
     run = Path(args.run)
@@ -62,6 +63,8 @@ def main() -> None:
     Path(args.json).write_text(json.dumps({"acoustic": points, "first_design": first, "args": vars(args),
                                            "run": report["run"]}, indent=1) + "\n")
 
+    if args.figure is None:
+        return
     fig = Figure(figsize=(9, 3.6), layout="constrained")
     wer, proxy = fig.subplots(1, 2)
     wer.plot([p["cpu_minutes"] for p in points], [p["judge_wer"] for p in points], "o-",

@@ -185,6 +185,10 @@ def cmd_export(args: argparse.Namespace) -> None:
 
         listener = load_listener(args.ckpt, args.preset, len(load_tokenizer()))
         path = save_listener(args.out, listener, args.preset, torch.float16)
+    elif args.stage == "acoustic":
+        from .acoustic import load_acoustic, save_acoustic
+
+        path = save_acoustic(args.out, load_acoustic(args.ckpt, args.preset), args.preset, torch.float16)
     else:
         from .backbone import load_tokenizer
         from .model import load_speaker, save_speaker
@@ -427,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = export.add_subparsers(dest="stage", required=True)
     for stage, what in (("vocoder", "the generator alone, weight norm folded in, fp16"),
                         ("listener", "the encoder and head, fp16 (not the backbone's token table)"),
-                        ("speaker", "the adapters and new modules, fp16 (not SmolLM2's own weights)")):
+                        ("speaker", "the adapters and new modules, fp16 (not SmolLM2's own weights)"),
+                        ("acoustic", "the averaged weights, fp16")):
         stage_export = export.add_parser(stage, help=what)
         add_preset(stage_export)
         stage_export.add_argument("--ckpt", required=True, help=f"a {stage} run directory or .safetensors file")
