@@ -529,16 +529,28 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
                     row["dnsmos"] = dnsmos.run(wave, sr=audio.sample_rate)
                     row["dnsmos_real"] = dnsmos.run(real[record["id"]], sr=audio.sample_rate)
             rows.append(row)
-        report["groups"][group] = {
-            "all": speaker_summary(rows, steps),
-            "stress": speaker_summary([r for r in rows if r["category"].startswith("stress")], steps),
-            "plain": speaker_summary([r for r in rows if not r["category"].startswith("stress")], steps),
-        }
+        report["groups"][group] = by_category(rows, lambda some: speaker_summary(some, steps))
         logger.info("speaker eval, %s voices: %s", group, report["groups"][group]["all"])
     report["n_test_voices"] = len(by_voice)
     report["checkpoint"], report["vocoder"] = str(ckpt), str(vocoder_ckpt)
     report["run"] = run_info(preset)
     return report
+
+
+def by_category(rows: list[dict], summarize) -> dict:
+    """``summarize`` over all rows, over the ``stress`` sentences' (numbers, units, ...) and the ``plain`` ones'."""
+    return {"all": summarize(rows),
+            "stress": summarize([r for r in rows if r["category"].startswith("stress")]),
+            "plain": summarize([r for r in rows if not r["category"].startswith("stress")])}
+
+
+def by_steps(rows: list[dict], steps: tuple[int, ...]) -> dict:
+    """The judge's WER and the real-time factor of the speech made with each number of Euler steps."""
+    texts = [r["text"] for r in rows]
+    return {str(k): {"judge_wer": word_error_rate(texts, [r["by_steps"][k]["heard"] for r in rows]),
+                     "real_time_factor": sum(r["by_steps"][k]["seconds"] for r in rows)
+                     / sum(r["by_steps"][k]["audio_seconds"] for r in rows)}
+            for k in steps}
 
 
 def speaker_summary(rows: list[dict], steps: tuple[int, ...]) -> dict:
@@ -568,12 +580,7 @@ def speaker_summary(rows: list[dict], steps: tuple[int, ...]) -> dict:
         "speaker_id_accuracy_real": float(np.mean([r["identified_real"] for r in rows])),
         **{f"dnsmos_{part}": mos("dnsmos", f"{part}_mos") for part in ("ovrl", "sig", "bak")},
         **{f"dnsmos_{part}_real": mos("dnsmos_real", f"{part}_mos") for part in ("ovrl", "sig", "bak")},
-        "by_steps": {
-            str(k): {"judge_wer": word_error_rate(texts, [r["by_steps"][k]["heard"] for r in rows]),
-                     "real_time_factor": sum(r["by_steps"][k]["seconds"] for r in rows)
-                     / sum(r["by_steps"][k]["audio_seconds"] for r in rows)}
-            for k in steps
-        },
+        "by_steps": by_steps(rows, steps),
     }
 
 
@@ -641,7 +648,7 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
             prompt = others[(others.index(record) + 1) % len(others)]  # the next test utterance of this voice
             wave = real[record["id"]]
             real_patches = audio_patches(torch.from_numpy(wave), audio).to(device)
-            row = {"text": record["text"], "category": record["category"], "voice": record["voice"],
+            row = {"text": record["text"], "category": record.get("category", ""), "voice": record["voice"],
                    "heard_real": transcribe(wave, audio.sample_rate, judge),
                    "real_seconds": len(wave) / audio.sample_rate, "by_steps": {}}
             with torch.inference_mode():
@@ -669,11 +676,7 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
                     predicted = model.durations(timed[None], voice)[0]
                     row["duration_error"] = float((predicted - torch.log1p(durations.float())).abs().mean())
             rows.append(row)
-        report["groups"][group] = {
-            "all": acoustic_summary(rows, steps),
-            "stress": acoustic_summary([r for r in rows if r["category"].startswith("stress")], steps),
-            "plain": acoustic_summary([r for r in rows if not r["category"].startswith("stress")], steps),
-        }
+        report["groups"][group] = by_category(rows, lambda some: acoustic_summary(some, steps))
         logger.info("acoustic eval, %s voices: %s", group, report["groups"][group]["all"])
     report["voices"], report["n_test_voices"] = sorted(by_voice), len(identify.members)
     report["checkpoint"], report["vocoder"] = str(ckpt), str(vocoder_ckpt)
@@ -704,12 +707,7 @@ def acoustic_summary(rows: list[dict], steps: tuple[int, ...]) -> dict:
         "duration_error": mean_or_none([r["duration_error"] for r in timed]),
         "duration_ratio_median": float(np.median(ratios)),
         "duration_within_25_percent": float(np.mean(np.abs(ratios - 1) <= 0.25)),
-        "by_steps": {
-            str(k): {"judge_wer": word_error_rate(texts, [r["by_steps"][k]["heard"] for r in rows]),
-                     "real_time_factor": sum(r["by_steps"][k]["seconds"] for r in rows)
-                     / sum(r["by_steps"][k]["audio_seconds"] for r in rows)}
-            for k in steps
-        },
+        "by_steps": by_steps(rows, steps),
         "utterances": [{"text": r["text"], "heard": r["by_steps"][main]["heard"], "heard_real": r["heard_real"]}
                        for r in rows],
     }
