@@ -35,10 +35,13 @@
 #    audio stream, and the speaking head, speaking text in a prompted voice;
 # 4. the reference `lite` model: generated against real speech, a voice
 #    prompt from a voice held out of training, the evaluation and the
-#    speed.
+#    speed; it does not yet speak intelligibly;
+# 5. why it could not learn on a CPU, and the speaking path that does: an
+#    acoustic model told each phoneme's timing, whose speaking head is the
+#    same rectified flow, speaking words after minutes of training.
 #
-# Sections 1 and 2 train small models in seconds. Section 4 loads the
-# committed reference (`data/speaker/`).
+# Sections 1 and 2 train small models in seconds. Sections 4 and 5 load the
+# committed references (`data/speaker/`, `data/acoustic/`).
 
 # %%
 # %matplotlib inline
@@ -55,16 +58,17 @@ from IPython.display import Audio, Markdown, display
 from matplotlib.figure import Figure
 from torch import nn
 
-from michi_lite.audio import mel_from_patches, prepare_waveform
-from michi_lite.backbone import load_tokenizer
+from michi_lite.acoustic import columns_per_phoneme, load_acoustic, phoneme_stream, text_phoneme_ids
+from michi_lite.audio import audio_patches, load_voice_prompt, mel_from_patches, prepare_waveform, voice_prompt
+from michi_lite.backbone import load_tokenizer, load_whisper
 from michi_lite.cli import main as michi_lite
 from michi_lite.config import FRAME_SECONDS
+from michi_lite.data.alignment import transcribe
 from michi_lite.data.engines import all_voices, synthesize
 from michi_lite.data.frames import PAD_TOKEN
-from michi_lite.data.phonemes import PAD_PHONEME, phoneme_name
+from michi_lite.data.phonemes import PAD_PHONEME, phoneme_id, phoneme_name, sentence_phonemes, stressed
 from michi_lite.data.words import Word
 from michi_lite.flow import SpeakingHead, euler_sample, flow_matching_loss, time_embedding
-from michi_lite.audio import audio_patches, voice_prompt
 from michi_lite.model import (
     SpeakerUtterances,
     load_speaker,
@@ -689,3 +693,140 @@ display(Markdown("\n".join([
     f"| time to first audio | | {bench['time_to_first_audio_ms']['median']:.0f} | "
     f"{bench['time_to_first_audio_ms']['p95']:.0f} |",
 ])))
+
+# %% [markdown]
+# ## 5. A speaking path that learns on a CPU
+#
+# The reference above does not speak: after 337 CPU minutes its speech is
+# heard as babble (judge WER 1.29 on seen voices, against 0.60 on the real
+# audio, through the vocoder `say` loads). A review of why found three
+# things besides too little compute: every resumed run replayed the same
+# first batches (about one pass over the corpus was ever seen, not three);
+# the head's condition was not normalised (backbone channels up to 48, most
+# conditioning units stuck in SiLU's flat tail); and the flow loss gave the
+# backbone's adapters 1-3% of their gradient, so the backbone carried little
+# of the sound. Underneath all three: the head had to learn from 10 hours
+# of speech which sound each of SmolLM2's tokens makes, and when.
+#
+# The corpus's engines know that exactly. espeak-ng reports every phoneme
+# as it speaks it, so the corpus now keeps each utterance's phonemes with
+# their times, and a new **acoustic model** (`michi_lite.acoustic`) is
+# told, for every 10 ms mel column, which phoneme sounds there, how long it
+# has sounded and how long it has left. It learns how each phoneme sounds
+# in context and in a voice (a mel L1 on every column, dense), how long
+# each lasts (a duration predictor, so at inference espeak-ng gives only
+# the symbols), and the speaking head, the rectified flow of sections 1-2,
+# samples each 80 ms patch from the columns' features. FastSpeech 2 showed
+# the same thing on a GPU: with external durations, usable speech comes in
+# under 10k steps.
+#
+# The stream it reads, for a sentence spoken by espeak-ng:
+
+# %%
+ACOUSTIC = ROOT / "data" / "acoustic"
+VOICE = "espeak-en-us-m5-p60-s150"  # the voice the one-voice reference was trained on
+example = "The river was cold, so we waited."
+clip = synthesize(example, voices[VOICE])
+names = stressed([p.name for p in clip.phonemes], sentence_phonemes(example))
+ends = np.array([p.end for p in clip.phonemes])
+n_columns = len(prepare_waveform(clip.waveform, clip.sample_rate, lite.audio.sample_rate)) // lite.audio.hop_length
+columns = columns_per_phoneme(ends, n_columns, lite.audio)
+ids, since, until = phoneme_stream(torch.tensor([phoneme_id(n) for n in names]), torch.from_numpy(columns), 32)
+display(Markdown("\n".join([
+    "| phoneme | espeak-ng's start (s) | 10 ms columns |", "|---|---|---|",
+    *[f"| `{name}` | {p.start:.3f} | {n} |" for name, p, n in zip(names, clip.phonemes, columns)]])))
+print("columns 40-59, phoneme ids:", ids[40:60].tolist())
+print("            columns since :", since[40:60].tolist())
+print("            columns until :", until[40:60].tolist())
+
+# %% [markdown]
+# `michi-lite train acoustic` trains it (here on the tiny corpus of
+# section 2, a few seconds; the reference's command is in
+# `data/acoustic/README.md`):
+
+# %%
+michi_lite(["train", "acoustic", "--preset", "tiny", "--data", str(work / "corpus"), "--out", str(work / "acoustic"),
+            "--steps", "20", "--batch-size", "4"])
+acoustic_log = np.genfromtxt(work / "acoustic" / "train_log.csv", delimiter=",", names=True)
+print({name: round(float(acoustic_log[name][-1]), 3) for name in ("mel_loss", "flow_loss", "duration_loss")})
+
+# %% [markdown]
+# ### One voice, 45 minutes
+#
+# The first rung: one espeak-ng voice of the corpus (`michi-lite data build
+# --voice`, which speaks the corpus's own sentence plan in one voice, so
+# its test sentences are the corpus's, never trained on), trained for 45
+# minutes on these 2 CPU cores. Every export it kept on the way was judged
+# on the same 12 test sentences (`experiments/acoustic_curve.py`); the
+# first design's evals after its parts 3-5 are drawn beside it (16
+# sentences in 36 voices, so where it stood, not a paired comparison):
+
+# %%
+curve = json.loads((ACOUSTIC / "lite_curve.json").read_text())
+fig = Figure(figsize=(9, 3.4), layout="constrained")
+wer_ax, proxy_ax = fig.subplots(1, 2)
+minutes = [p["cpu_minutes"] for p in curve["acoustic"]]
+wer_ax.plot(minutes, [p["judge_wer"] for p in curve["acoustic"]], "o-", label="acoustic model, one voice")
+wer_ax.axhline(curve["acoustic"][-1]["judge_wer_real"], color="gray", ls="--", label="real audio")
+wer_ax.plot([p["cpu_minutes"] for p in curve["first_design"]], [p["judge_wer"] for p in curve["first_design"]],
+            "s-", color="tab:red", label="first design, 36 voices")
+wer_ax.set(xlabel="training, minutes on 2 CPU cores", ylabel="Whisper judge WER", ylim=(0, 1.5))
+wer_ax.legend(fontsize=7)
+proxy_ax.plot(minutes, [p["mel_l1_engine_timed"] for p in curve["acoustic"]], "o-")
+proxy_ax.set(xlabel="training, minutes on 2 CPU cores", ylabel="mel L1, engine-timed (the proxy)")
+fig.savefig(FIGURES / "03_acoustic_learning_curve.png", dpi=110)
+fig
+
+# %% [markdown]
+# The one-voice reference speaks a sentence written for this notebook
+# (never in any corpus), from its text alone, its timing its own, beside
+# espeak-ng saying it in the same voice; the Whisper judge hears both:
+
+# %%
+acoustic = load_acoustic(ACOUSTIC / "lite_acoustic.safetensors", "lite")
+judge = load_whisper()
+own_sentence = "Our neighbour's cat slept through the thunderstorm on the 3rd of May."
+espeak_said = spoken(own_sentence, VOICE)
+prompt = load_voice_prompt(ACOUSTIC / "voice_prompt.flac", lite.audio)  # speech patches (frames, patch_dim)
+with torch.inference_mode():
+    voice = acoustic.voice(prompt.reshape(1, -1, lite.audio.n_mels))
+    patches, durations = acoustic.speak(text_phoneme_ids(own_sentence), voice, steps=4,
+                                        generator=torch.Generator().manual_seed(0))
+    acoustic_mel = mel_from_patches(patches, lite.audio)
+    acoustic_said = vocoder.vocode(acoustic_mel).numpy()
+print("espeak-ng, heard as:     ", transcribe(espeak_said, lite.audio.sample_rate, judge))
+print("acoustic model, heard as:", transcribe(acoustic_said, lite.audio.sample_rate, judge))
+print(f"{len(acoustic_said) / lite.audio.sample_rate:.2f} s against espeak-ng's "
+      f"{len(espeak_said) / lite.audio.sample_rate:.2f} s")
+display(Audio(espeak_said, rate=lite.audio.sample_rate), Audio(acoustic_said, rate=lite.audio.sample_rate))
+fig = spectrogram_comparison({"espeak-ng": real_mel(espeak_said), "acoustic model, 4 steps": acoustic_mel.numpy()},
+                             lite.audio.hop_length / lite.audio.sample_rate, title=own_sentence)
+fig.savefig(FIGURES / "03_acoustic_spectrograms.png", dpi=110)
+fig
+
+# %% [markdown]
+# `michi-lite eval acoustic` on all of the voice's test sentences (the
+# same judge as above), and `michi-lite bench acoustic` on these 2 cores:
+
+# %%
+evaluation = json.loads((ACOUSTIC / "lite_eval.json").read_text())["groups"]["seen"]
+rows = ["| sentences | n | judge WER, 4 steps | 1 step | regressed mel | real audio | real mel, vocoded | "
+        "engine's timing | duration ratio |", "|---" * 9 + "|"]
+for part in ("all", "plain", "stress"):
+    r = evaluation[part]
+    rows.append(f"| {part} | {r['n_utterances']} | {r['judge_wer']:.3f} | {r['by_steps']['1']['judge_wer']:.3f} | "
+                f"{r['by_steps']['0']['judge_wer']:.3f} | {r['judge_wer_real']:.3f} | "
+                f"{r['judge_wer_resynthesized']:.3f} | {r['judge_wer_engine_timed']:.3f} | "
+                f"{r['duration_ratio_median']:.2f} |")
+display(Markdown("\n".join(rows)))
+speed = json.loads((ACOUSTIC / "lite_bench.json").read_text())
+print(f"one sentence's pass, 4 steps: {speed['sentence_pass_4_steps']['ms_per_frame']:.1f} ms per 80 ms frame; "
+      f"say's real-time factor {speed['say_real_time_factor']:.3f}; first audio after "
+      f"{speed['time_to_first_audio_ms']['median']:.0f} ms; a new `michi-lite say` process, all in "
+      f"{speed['new_process_say_seconds']['median']:.1f} s")
+
+# %% [markdown]
+# What is left (the speaking issue's next rungs): every voice of the corpus
+# (flite, festival, piper and hibari give no phoneme times yet), voice
+# prompts that pick among them, and the text head's own word timing joined
+# to the acoustic model's phoneme timing for duplex speech.
