@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .audio import SILENCE_MEL, audio_patches, load_audio, speech_patches, voice_prompt
-from .config import AudioConfig, get_config
+from .config import FRAME_SECONDS, AudioConfig, get_config
 from .data.phonemes import N_PHONEME_IDS, PAD_PHONEME, phoneme_id, sentence_phonemes
 from .flow import SpeakingHead
 
@@ -105,13 +105,13 @@ def phoneme_stream(phonemes: torch.Tensor, durations: torch.Tensor, max_count: i
     """Phoneme ids (P,) and their columns (P,) -> per column (C,): id, columns since its start, columns to its end."""
     ids = torch.repeat_interleave(phonemes, durations)
     starts = torch.repeat_interleave(torch.cumsum(durations, 0) - durations, durations)
-    since = torch.arange(len(ids)) - starts
+    since = torch.arange(len(ids), device=ids.device) - starts
     until = torch.repeat_interleave(durations, durations) - 1 - since
     return ids, since.clamp(max=max_count), until.clamp(max=max_count)
 
 
-def lay_out(phonemes: torch.Tensor, durations: torch.Tensor, mels_per_frame: int) -> torch.Tensor:
-    """Durations with the last (a pause) stretched to fill a whole number of frames. (P,)"""
+def lay_out(durations: torch.Tensor, mels_per_frame: int) -> torch.Tensor:
+    """Durations (P,) with the last phoneme's (a pause) stretched to fill a whole number of frames."""
     durations = durations.clone()
     durations[-1] += -int(durations.sum()) % mels_per_frame
     return durations
@@ -264,7 +264,7 @@ class AcousticModel(nn.Module):
         """
         if durations is None:
             durations = self.durations.columns(phonemes[None], voice)[0]
-        durations = lay_out(phonemes, durations, self.cfg.audio.mels_per_frame)
+        durations = lay_out(durations, self.cfg.audio.mels_per_frame)
         ids, since, until = phoneme_stream(phonemes, durations, self.cfg.max_count)
         hidden = self.hidden(ids[None], since[None], until[None], voice)
         if steps == 0:
@@ -344,12 +344,11 @@ class AcousticUtterances(torch.utils.data.Dataset):
         """Speech columns (C', n_mels) from another utterance of ``index``'s voice."""
         others = [i for i in self.by_voice[self.records[index]["voice"]] if i != index] or [index]
         other = others[int(torch.randint(len(others), ()))]
-        mel_per_frame = self.cfg.audio.mels_per_frame
         speech = speech_patches(self.mels[other].reshape(-1, self.cfg.patch_dim))
         low, high = self.prompt_seconds
-        frames = round((low + (high - low) * float(torch.rand(()))) / 0.08)
+        frames = round((low + (high - low) * float(torch.rand(()))) / FRAME_SECONDS)
         start = int(torch.randint(max(1, len(speech) - frames + 1), ()))
-        return speech[start:start + frames].reshape(-1, self.cfg.audio.n_mels)[: frames * mel_per_frame]
+        return speech[start:start + frames].reshape(-1, self.cfg.audio.n_mels)
 
     def __getitem__(self, index: int) -> tuple:
         phonemes, durations = self.streams[index]
