@@ -500,22 +500,20 @@ def build_parser() -> argparse.ArgumentParser:
         stage_bench.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
         stage_bench.set_defaults(run=run)
 
-    speaker_bench = bench.add_parser("speaker", help="per-80 ms-frame compute of speaking (backbone, speaking "
-                                                     "head, vocoder) and time to first audio")
-    add_preset(speaker_bench)
-    speaker_bench.add_argument("--json", help="write the report here too")
-    speaker_bench.add_argument("--ckpt", help="a speaker run or .safetensors (default: untrained, same speed)")
-    speaker_bench.add_argument("--vocoder", help="a vocoder run or .safetensors (default: random, same speed)")
-    speaker_bench.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: 2)")
-    speaker_bench.set_defaults(run=cmd_bench_speaker)
-    acoustic_bench = bench.add_parser("acoustic", help="speaking with the acoustic model: per frame, per sentence, "
-                                                       "to first audio, and `say` in a new process")
-    add_preset(acoustic_bench)
-    acoustic_bench.add_argument("--json", help="write the report here too")
-    acoustic_bench.add_argument("--ckpt", help="an acoustic run or .safetensors (default: untrained, same speed)")
-    acoustic_bench.add_argument("--vocoder", help="a vocoder run or .safetensors (default: random, same speed)")
-    acoustic_bench.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: 2)")
-    acoustic_bench.set_defaults(run=cmd_bench_acoustic)
+    for stage, run, what in (
+        ("speaker", cmd_bench_speaker, "per-80 ms-frame compute of speaking (backbone, speaking head, vocoder) and "
+                                       "time to first audio"),
+        ("acoustic", cmd_bench_acoustic, "speaking with the acoustic model: per frame, per sentence, to first audio, "
+                                         "and `say` in a new process"),
+    ):
+        speaking_bench = bench.add_parser(stage, help=what)
+        add_preset(speaking_bench)
+        speaking_bench.add_argument("--json", help="write the report here too")
+        speaking_bench.add_argument("--ckpt", help=f"a{'n' if stage == 'acoustic' else ''} {stage} run or "
+                                                   ".safetensors (default: untrained, same speed)")
+        speaking_bench.add_argument("--vocoder", help="a vocoder run or .safetensors (default: random, same speed)")
+        speaking_bench.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: 2)")
+        speaking_bench.set_defaults(run=run)
 
     say = commands.add_parser("say", help="speak text in a voice, streamed frame by frame (TTS mode)")
     say.add_argument("text", help="what to say (any length: long text is spoken sentence by sentence)")
