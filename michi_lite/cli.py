@@ -464,28 +464,25 @@ def build_parser() -> argparse.ArgumentParser:
                                     help="val: to choose between checkpoints without looking at the test split")
         if stage == "listener":
             stage_eval.add_argument("--delays", help="also save each word's emission delay (ms), per group, to .npz")
-    speaker_eval = evaluate.add_parser("speaker", help="the speech model speaking held-out test sentences in "
-                                                       "prompted voices: judge WER, speaker similarity and "
-                                                       "identification, DNSMOS, 1-8 sampling steps")
-    add_preset(speaker_eval)
-    speaker_eval.add_argument("--ckpt", required=True, help="a speaker run directory or .safetensors file")
-    speaker_eval.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
-    speaker_eval.add_argument("--vocoder", default=str(REFERENCE_VOCODER),
-                              help="a vocoder run or .safetensors (default: the committed lite reference)")
-    speaker_eval.add_argument("--json", help="write the report here too")
-    speaker_eval.add_argument("--max-utterances", type=positive_int, help="at most N test utterances per voice group")
-    speaker_eval.set_defaults(run=cmd_eval_speaker)
-    acoustic_eval = evaluate.add_parser("acoustic", help="the acoustic model speaking held-out test sentences from "
-                                                         "their text, its own timing; heard by Whisper")
-    add_preset(acoustic_eval)
-    acoustic_eval.add_argument("--ckpt", required=True, help="an acoustic run directory or .safetensors file")
-    acoustic_eval.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
-    acoustic_eval.add_argument("--vocoder", default=str(REFERENCE_VOCODER),
-                               help="the vocoder the mels go through (default: the reference)")
-    acoustic_eval.add_argument("--voice", action="append", help="only this voice's test sentences (repeatable)")
-    acoustic_eval.add_argument("--json", help="write the report here too")
-    acoustic_eval.add_argument("--max-utterances", type=positive_int, help="at most N test utterances per voice group")
-    acoustic_eval.set_defaults(run=cmd_eval_acoustic)
+    for stage, run, what in (
+        ("speaker", cmd_eval_speaker, "the speech model speaking held-out test sentences in prompted voices: judge "
+                                      "WER, speaker similarity and identification, DNSMOS, 1-8 sampling steps"),
+        ("acoustic", cmd_eval_acoustic, "the acoustic model speaking held-out test sentences from their text, its "
+                                        "own timing: judge WER, durations, speaker identification, 0-4 steps"),
+    ):
+        speaking_eval = evaluate.add_parser(stage, help=what)
+        add_preset(speaking_eval)
+        speaking_eval.add_argument("--ckpt", required=True, help=f"a{'n' if stage == 'acoustic' else ''} {stage} "
+                                                                 "run directory or .safetensors file")
+        speaking_eval.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
+        speaking_eval.add_argument("--vocoder", default=str(REFERENCE_VOCODER),
+                                   help="a vocoder run or .safetensors (default: the committed lite reference)")
+        speaking_eval.add_argument("--json", help="write the report here too")
+        speaking_eval.add_argument("--max-utterances", type=positive_int,
+                                   help="at most N test utterances per voice group")
+        speaking_eval.set_defaults(run=run)
+        if stage == "acoustic":
+            speaking_eval.add_argument("--voice", action="append", help="only this voice's test sentences (repeatable)")
 
     bench = commands.add_parser("bench", help="time a piece").add_subparsers(dest="what", required=True)
     for stage, run, what, default in (

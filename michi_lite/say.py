@@ -1,6 +1,12 @@
-"""Speaking text aloud, one 80 ms frame at a time: the speech model in TTS mode, streamed through the vocoder.
+"""Speaking text aloud, 80 ms at a time through the vocoder: the acoustic model, or the speech model in TTS mode.
 
-In TTS mode the text stream is forced: the words are given, and the model
+``AcousticSpeaker`` (what ``michi-lite say`` runs by default) reads each
+sentence's phonemes and makes its patches in one pass of the acoustic model
+(``michi_lite.acoustic``). ``Speaker`` runs the first speech model, below.
+Both stream their patches through the vocoder the same way
+(``StreamedSpeech``).
+
+In the speech model's TTS mode the text stream is forced: the words are given, and the model
 only decides *when* each token comes. On every frame the text head is asked
 whether a new token starts here, by sampling PAD or not-PAD from it; if not
 PAD, the next token of the text is fed, so the model paces
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -72,7 +79,37 @@ class SpokenFrame:
     patch: torch.Tensor  # (patch_dim,) normalised log-mel
 
 
-class Speaker:
+class StreamedSpeech(ABC):
+    """What every speaker shares: its ``patches`` of a text, streamed through its vocoder 80 ms at a time.
+
+    A subclass sets ``model`` (with ``cfg.audio``) and ``vocoder``, and
+    yields the text's patches (patch_dim,) from ``patches``.
+    """
+
+    model: SpeechModel | AcousticModel
+    vocoder: HiFiGANGenerator
+
+    @abstractmethod
+    def patches(self, text: str) -> Iterator[torch.Tensor]:
+        """The whole text's audio patches (patch_dim,), one per 80 ms frame."""
+
+    @torch.inference_mode()
+    def stream(self, text: str) -> Iterator[np.ndarray]:
+        """The text as audio, 80 ms of float32 samples at a time (the vocoder's look-ahead comes last)."""
+        vocoder = self.vocoder.stream()
+        audio = self.model.cfg.audio
+        for patch in self.patches(text):
+            mel = mel_from_patches(patch[None].to(next(self.vocoder.parameters()).dtype), audio)  # (n_mels, 8)
+            yield vocoder.push(mel).float().cpu().numpy()
+        yield vocoder.flush().float().cpu().numpy()
+
+    def say(self, text: str) -> np.ndarray:
+        """The whole waveform at once, lag removed: ``stream`` minus the vocoder's leading silence."""
+        wave = np.concatenate(list(self.stream(text)))
+        return wave[self.vocoder.cfg.lookahead_samples:]
+
+
+class Speaker(StreamedSpeech):
     """A speech model, a vocoder and one voice, ready to speak text frame by frame.
 
     ``model`` has its adapters merged (``load_speaker`` merges them);
@@ -139,23 +176,8 @@ class Speaker:
         for frame in self.frames(text):
             yield frame.patch
 
-    @torch.inference_mode()
-    def stream(self, text: str) -> Iterator[np.ndarray]:
-        """The text as audio, 80 ms of float32 samples at a time (the vocoder's look-ahead comes last)."""
-        vocoder = self.vocoder.stream()
-        audio = self.model.cfg.audio
-        for patch in self.patches(text):
-            mel = mel_from_patches(patch[None].to(next(self.vocoder.parameters()).dtype), audio)  # (n_mels, 8)
-            yield vocoder.push(mel).float().cpu().numpy()
-        yield vocoder.flush().float().cpu().numpy()
 
-    def say(self, text: str) -> np.ndarray:
-        """The whole waveform at once, lag removed: ``stream`` minus the vocoder's leading silence."""
-        wave = np.concatenate(list(self.stream(text)))
-        return wave[self.vocoder.cfg.lookahead_samples:]
-
-
-class AcousticSpeaker:
+class AcousticSpeaker(StreamedSpeech):
     """The acoustic model (``michi_lite.acoustic``), a vocoder and one voice, ready to speak text.
 
     Each sentence (``split_text``) is read as espeak-ng's phonemes; the model
@@ -184,17 +206,3 @@ class AcousticSpeaker:
             patches, _ = self.model.speak(text_phoneme_ids(segment).to(self.device), self.voice, self.steps,
                                           self.generator)
             yield from patches
-
-    @torch.inference_mode()
-    def stream(self, text: str) -> Iterator[np.ndarray]:
-        """The text as audio, 80 ms of float32 samples at a time (the vocoder's look-ahead comes last)."""
-        vocoder = self.vocoder.stream()
-        audio = self.model.cfg.audio
-        for patch in self.patches(text):
-            yield vocoder.push(mel_from_patches(patch[None], audio)).float().cpu().numpy()
-        yield vocoder.flush().float().cpu().numpy()
-
-    def say(self, text: str) -> np.ndarray:
-        """The whole waveform at once, lag removed: ``stream`` minus the vocoder's leading silence."""
-        wave = np.concatenate(list(self.stream(text)))
-        return wave[self.vocoder.cfg.lookahead_samples:]
