@@ -45,6 +45,7 @@ from .data.phonemes import N_PHONEME_IDS, PAD_PHONEME, phoneme_id, sentence_phon
 from .flow import SpeakingHead
 
 ACOUSTIC_FORMAT = "michi_lite.acoustic/1"
+SAMPLING_TEMPERATURE = 1.0  # the speaking head's noise scale at inference (``AcousticModel.speak``)
 
 
 @dataclass(frozen=True)
@@ -254,13 +255,14 @@ class AcousticModel(nn.Module):
 
     @torch.inference_mode()
     def speak(self, phonemes: torch.Tensor, voice: torch.Tensor, steps: int = 4,
-              generator: torch.Generator | None = None,
-              durations: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              generator: torch.Generator | None = None, durations: torch.Tensor | None = None,
+              temperature: float = SAMPLING_TEMPERATURE) -> tuple[torch.Tensor, torch.Tensor]:
         """One utterance's phoneme ids (P,) in a voice (1, width) -> (patches (F, patch_dim), durations (P,)).
 
         Durations are the model's own unless given (an engine's, to compare).
-        ``steps`` Euler steps of the speaking head per frame; 0 gives the
-        regressed mel instead of a sample.
+        ``steps`` Euler steps of the speaking head per frame from noise
+        scaled by ``temperature``; 0 steps gives the regressed mel instead
+        of a sample.
         """
         if durations is None:
             durations = self.durations.columns(phonemes[None], voice)[0]
@@ -269,7 +271,7 @@ class AcousticModel(nn.Module):
         hidden = self.hidden(ids[None], since[None], until[None], voice)
         if steps == 0:
             return self.mel(hidden)[0].reshape(-1, self.cfg.patch_dim), durations
-        return self.speaking_head.sample(self.condition(hidden)[0], steps, generator=generator), durations
+        return self.speaking_head.sample(self.condition(hidden)[0], steps, generator, temperature), durations
 
 
 def text_phoneme_ids(text: str) -> torch.Tensor:
@@ -299,7 +301,10 @@ class AcousticBatch:
 
 
 class AcousticUtterances(torch.utils.data.Dataset):
-    """A corpus's utterances with engine phoneme timings: their log-mel, computed once and kept in memory.
+    """A corpus's utterances with phoneme timings: their log-mel, computed once and kept in memory.
+
+    Timings are the engine's where it gave them, else the aligner's
+    (``aligner.align_corpus``), unless ``engine_timed_only``.
 
     An item is one utterance and a voice prompt: a random stretch of
     ``prompt_seconds`` of speech from another utterance of the same voice,
@@ -308,18 +313,22 @@ class AcousticUtterances(torch.utils.data.Dataset):
 
     def __init__(self, data_dir: str | os.PathLike, cfg: AcousticConfig, split: str = "train",
                  voices: list[str] | None = None, max_seconds: float = 12.0,
-                 prompt_seconds: tuple[float, float] = (2.0, 6.0)) -> None:
+                 prompt_seconds: tuple[float, float] = (2.0, 6.0), engine_timed_only: bool = False) -> None:
         from tqdm.auto import tqdm
 
+        from .aligner import read_aligned
         from .data.corpus import load_manifest
 
         self.cfg, self.prompt_seconds = cfg, prompt_seconds
         data_dir = Path(data_dir)
-        self.records = [r for r in load_manifest(data_dir, split) if r.get("phonemes")
+        aligned = {} if engine_timed_only else read_aligned(data_dir)
+        records = [{**r, "phonemes": aligned.get(r["id"])} if r.get("phonemes") is None else r
+                   for r in load_manifest(data_dir, split)]
+        self.records = [r for r in records if r.get("phonemes")
                         and r["duration"] <= max_seconds and (voices is None or r["voice"] in voices)]
         if not self.records:
             raise ValueError(f"{data_dir}: no {split} utterances of at most {max_seconds} s with phoneme timings "
-                             "(espeak voices give them; rebuild with `michi-lite data build`)")
+                             "(espeak voices give them, `michi-lite data align` the others)")
         self.mels, self.streams = [], []
         for record in tqdm(self.records, desc=f"log-mel, {split}", unit="utt"):
             wave = torch.from_numpy(load_audio(data_dir / record["path"], cfg.audio.sample_rate))
@@ -406,14 +415,11 @@ def is_acoustic(path: str | os.PathLike) -> bool:
 
 def load_acoustic(path: str | os.PathLike, preset: str, device: str | torch.device = "cpu") -> AcousticModel:
     """An ``AcousticModel`` from ``save_acoustic``'s file (or a training run's directory), in fp32, for inference."""
-    from .train import read_weights
+    from .train import read_shaped_weights
 
-    path, metadata, tensors = read_weights(path, "acoustic", ACOUSTIC_FORMAT, preset)
     cfg = acoustic_config(preset)
-    if json.loads(metadata.get("config", "{}")) != json.loads(json.dumps(cfg.to_dict())):
-        raise ValueError(f"{path}: this acoustic model has another shape than preset {preset!r} now has")
     model = AcousticModel(cfg)
-    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    model.load_state_dict(read_shaped_weights(path, "acoustic", ACOUSTIC_FORMAT, preset, cfg.to_dict()))
     return model.to(device).eval()
 
 

@@ -44,6 +44,7 @@ REFERENCE_VOCODER = REFERENCE_DATA / "vocoder" / "lite_vocoder.safetensors"
 REFERENCE_VOICE = REFERENCE_DATA / "speaker" / "voice_prompt.flac"
 REFERENCE_ACOUSTIC = REFERENCE_DATA / "acoustic" / "lite_acoustic.safetensors"
 REFERENCE_ACOUSTIC_VOICE = REFERENCE_DATA / "acoustic" / "voice_prompt.flac"
+REFERENCE_ALIGNER = REFERENCE_DATA / "aligner" / "lite_aligner.safetensors"
 
 
 def add_preset(parser: argparse.ArgumentParser, default: str = "lite") -> None:
@@ -126,6 +127,13 @@ def cmd_data_pack(args: argparse.Namespace) -> None:
           f"{len(pack['phonemes'])} phonemised chunks, {size:.0f} MB -> {path.parent}")
 
 
+def cmd_data_align(args: argparse.Namespace) -> None:
+    from .aligner import align_corpus, load_aligner, read_aligned
+
+    path = align_corpus(load_aligner(args.aligner, args.preset), args.data)
+    print(f"{len(read_aligned(args.data))} utterances have aligned phonemes -> {path}")
+
+
 def report_run(run: Path, preset: str, stage: str) -> None:
     from .train import latest_checkpoint
 
@@ -172,6 +180,15 @@ def cmd_train_acoustic(args: argparse.Namespace) -> None:
     report_run(run, args.preset, "acoustic")
 
 
+def cmd_train_aligner(args: argparse.Namespace) -> None:
+    from .train_aligner import train_aligner
+
+    run = train_aligner(args.preset, args.data, args.out, steps=args.steps, resume=args.resume,
+                        batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
+                        max_minutes=args.max_minutes)
+    report_run(run, args.preset, "aligner")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     import torch
 
@@ -185,6 +202,10 @@ def cmd_export(args: argparse.Namespace) -> None:
 
         listener = load_listener(args.ckpt, args.preset, len(load_tokenizer()))
         path = save_listener(args.out, listener, args.preset, torch.float16)
+    elif args.stage == "aligner":
+        from .aligner import load_aligner, save_aligner
+
+        path = save_aligner(args.out, load_aligner(args.ckpt, args.preset), args.preset, torch.float16)
     elif args.stage == "acoustic":
         from .acoustic import load_acoustic, save_acoustic
 
@@ -232,11 +253,19 @@ def cmd_bench_listener(args: argparse.Namespace) -> None:
     write_json(bench_listener(args.preset, args.ckpt, seconds=args.seconds, threads=args.threads), args.json)
 
 
+def cmd_eval_aligner(args: argparse.Namespace) -> None:
+    from .eval import evaluate_aligner
+
+    write_json(evaluate_aligner(args.preset, args.ckpt, args.data, args.split, args.max_utterances), args.json)
+
+
 def cmd_eval_acoustic(args: argparse.Namespace) -> None:
     from .eval import evaluate_acoustic
 
+    aligner = args.aligner or (REFERENCE_ALIGNER if args.preset == "lite" and REFERENCE_ALIGNER.exists() else None)
     write_json(evaluate_acoustic(args.preset, args.ckpt, args.data, args.vocoder, voices=args.voice,
-                                 max_utterances=args.max_utterances), args.json)
+                                 max_utterances=args.max_utterances, temperature=args.temperature,
+                                 aligner_ckpt=aligner), args.json)
 
 
 def cmd_eval_speaker(args: argparse.Namespace) -> None:
@@ -365,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--splits", nargs="+", default=["train"], choices=["train", "val", "test"],
                       help="which splits to pack (default: train)")
     pack.set_defaults(run=cmd_data_pack)
+    align = data.add_parser("align", help="time the phonemes of the utterances whose engine did not (for "
+                                          "`train acoustic`), with a phoneme aligner")
+    add_preset(align)
+    align.add_argument("--data", required=True, help="a corpus built by `michi-lite data build` (re-running resumes)")
+    align.add_argument("--aligner", default=str(REFERENCE_ALIGNER),
+                       help="an aligner run or .safetensors (default: the committed lite aligner)")
+    align.set_defaults(run=cmd_data_align)
 
     train = commands.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
     for stage, run, what, steps, every, batch in (
@@ -376,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
          20_000, 100, "utterances per step (default: 8)"),
         ("acoustic", cmd_train_acoustic, "the acoustic model: timed phonemes to mel patches, with its speaking head",
          20_000, 250, "utterances per step (default: 16; a resumed run keeps its own)"),
+        ("aligner", cmd_train_aligner, "the phoneme aligner: which phoneme sounds under each mel column, learnt "
+                                       "from espeak-ng's own timings", 2_000, 250,
+         "utterances per step (default: 16; a resumed run keeps its own)"),
     ):
         stage_train = train.add_parser(stage, help=what)
         add_preset(stage_train)
@@ -432,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     for stage, what in (("vocoder", "the generator alone, weight norm folded in, fp16"),
                         ("listener", "the encoder and head, fp16 (not the backbone's token table)"),
                         ("speaker", "the adapters and new modules, fp16 (not SmolLM2's own weights)"),
-                        ("acoustic", "the averaged weights, fp16")):
+                        ("acoustic", "the averaged weights, fp16"),
+                        ("aligner", "the phoneme classifier, fp16")):
         stage_export = export.add_parser(stage, help=what)
         add_preset(stage_export)
         stage_export.add_argument("--ckpt", required=True, help=f"a {stage} run directory or .safetensors file")
@@ -446,6 +486,15 @@ def build_parser() -> argparse.ArgumentParser:
     alignment.add_argument("--json", help="write the report here too")
     alignment.add_argument("--diffs", help="also save every boundary difference (ms), per engine, to this .npz")
     alignment.set_defaults(run=cmd_eval_alignment)
+    aligner = evaluate.add_parser("aligner", help="the phoneme aligner's borders against espeak-ng's own timings, "
+                                                  "and its column accuracy")
+    add_preset(aligner)
+    aligner.add_argument("--ckpt", required=True, help="an aligner run directory or .safetensors file")
+    aligner.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
+    aligner.add_argument("--split", choices=("test", "val"), default="test")
+    aligner.add_argument("--max-utterances", type=positive_int, help="at most N utterances per voice group")
+    aligner.add_argument("--json", help="write the report here too")
+    aligner.set_defaults(run=cmd_eval_aligner)
     for stage, run, what in (
         ("vocoder", cmd_eval_vocoder, "HiFi-GAN and Griffin-Lim on the test split: STFT distance, PESQ, STOI, "
                                       "judge WER"),
@@ -483,6 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
         speaking_eval.set_defaults(run=run)
         if stage == "acoustic":
             speaking_eval.add_argument("--voice", action="append", help="only this voice's test sentences (repeatable)")
+            speaking_eval.add_argument("--temperature", type=non_negative_float,
+                                       help="scale of the speaking head's starting noise (default: the model's)")
+            speaking_eval.add_argument("--aligner", help="a phoneme aligner for the phoneme accuracy of what is said "
+                                                         "(default: the committed lite aligner, for lite)")
 
     bench = commands.add_parser("bench", help="time a piece").add_subparsers(dest="what", required=True)
     for stage, run, what, default in (

@@ -591,7 +591,8 @@ ACOUSTIC_MAIN_STEPS = 4
 def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.PathLike,
                       vocoder_ckpt: str | os.PathLike, voices: list[str] | None = None,
                       max_utterances: int | None = None, steps: tuple[int, ...] = ACOUSTIC_STEPS,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, temperature: float | None = None,
+                      aligner_ckpt: str | os.PathLike | None = None) -> dict:
     """The acoustic model speaking test sentences it never trained on, from their text alone; judged independently.
 
     Each test utterance (of ``voices``, if given) is spoken from its text's
@@ -612,15 +613,31 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
       within ±25%), and ``duration_error``, the mean absolute error of the
       predicted log(1 + columns) per phoneme against the engine's;
     * ``similarity`` and ``identified`` (``VoiceIdentifier``, at the most
-      Euler steps asked for) among every voice of the test split.
+      Euler steps asked for) among every voice of the test split;
+    * ``phoneme_accuracy``, given a phoneme aligner (``aligner_ckpt``): how
+      often its classifier hears, under each generated column, the phoneme
+      the model was asked to say there (at ``ACOUSTIC_MAIN_STEPS``), beside
+      ``phoneme_accuracy_real`` on the real audio with the engine's timing.
+
+    Samples start from noise scaled by ``temperature`` (default: the model's
+    ``SAMPLING_TEMPERATURE``).
     """
-    from .acoustic import columns_per_phoneme, load_acoustic, prompt_columns, text_phoneme_ids
+    from .acoustic import SAMPLING_TEMPERATURE, columns_per_phoneme, load_acoustic, prompt_columns, text_phoneme_ids
+    from .aligner import load_aligner, phoneme_classes
     from .audio import audio_patches
     from .data.phonemes import phoneme_id
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_acoustic(ckpt, preset, device)
     audio = model.cfg.audio
+    temperature = SAMPLING_TEMPERATURE if temperature is None else temperature
+    aligner = None if aligner_ckpt is None else load_aligner(aligner_ckpt, preset, device)
+
+    def heard_phonemes(patches: torch.Tensor, phonemes: torch.Tensor, durations: torch.Tensor) -> float:
+        """The share of columns in which the aligner's classifier hears the phoneme laid out there."""
+        asked = phoneme_classes(torch.repeat_interleave(phonemes, durations))
+        heard = aligner.log_probs(patches.reshape(-1, audio.n_mels)).argmax(-1)[:len(asked)]
+        return float((heard == asked[:len(heard)]).float().mean())
     vocoder = load_vocoder(vocoder_ckpt, preset, device)
     judge = load_whisper()
     everyone = load_manifest(data_dir, "test")
@@ -657,20 +674,26 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
                 phonemes = text_phoneme_ids(record["text"]).to(device)
                 for k in steps:
                     started = time.perf_counter()
-                    patches, _ = model.speak(phonemes, voice, k, torch.Generator(device).manual_seed(seed))
+                    patches, laid_out = model.speak(phonemes, voice, k, torch.Generator(device).manual_seed(seed),
+                                                    temperature=temperature)
                     generated = vocoded(patches)
                     row["by_steps"][k] = {"seconds": time.perf_counter() - started,
                                           "heard": transcribe(generated, audio.sample_rate, judge),
                                           "audio_seconds": len(generated) / audio.sample_rate}
                     if k == max(steps):
                         row.update(identify.judge(generated, record["id"], prompt["id"]))
+                    if k == ACOUSTIC_MAIN_STEPS and aligner is not None:
+                        row["phoneme_accuracy"] = heard_phonemes(patches, phonemes, laid_out)
                 if record.get("phonemes"):
                     timed = torch.tensor([phoneme_id(p[0]) for p in record["phonemes"]], device=device)
                     ends = np.array([p[2] for p in record["phonemes"]])
                     columns = real_patches.shape[0] * audio.mels_per_frame
                     durations = torch.from_numpy(columns_per_phoneme(ends, columns, audio)).to(device)
                     patches, _ = model.speak(timed, voice, ACOUSTIC_MAIN_STEPS,
-                                             torch.Generator(device).manual_seed(seed), durations=durations)
+                                             torch.Generator(device).manual_seed(seed), durations=durations,
+                                             temperature=temperature)
+                    if aligner is not None:
+                        row["phoneme_accuracy_real"] = heard_phonemes(real_patches, timed, durations)
                     row["heard_engine_timed"] = transcribe(vocoded(patches), audio.sample_rate, judge)
                     row["mel_l1_engine_timed"] = float((patches - real_patches).abs().mean())
                     predicted = model.durations(timed[None], voice)[0]
@@ -680,6 +703,7 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
         logger.info("acoustic eval, %s voices: %s", group, report["groups"][group]["all"])
     report["voices"], report["n_test_voices"] = sorted(by_voice), len(identify.members)
     report["checkpoint"], report["vocoder"] = str(ckpt), str(vocoder_ckpt)
+    report["aligner"], report["temperature"] = None if aligner_ckpt is None else str(aligner_ckpt), temperature
     report["run"] = run_info(preset)
     return report
 
@@ -705,9 +729,66 @@ def acoustic_summary(rows: list[dict], steps: tuple[int, ...]) -> dict:
         **{key: float(np.mean([r[key] for r in rows]))
            for key in ("similarity", "similarity_real", "identified", "identified_real")},
         "duration_error": mean_or_none([r["duration_error"] for r in timed]),
+        "phoneme_accuracy": mean_or_none([r["phoneme_accuracy"] for r in rows if "phoneme_accuracy" in r]),
+        "phoneme_accuracy_real": mean_or_none([r["phoneme_accuracy_real"] for r in timed
+                                               if "phoneme_accuracy_real" in r]),
         "duration_ratio_median": float(np.median(ratios)),
         "duration_within_25_percent": float(np.mean(np.abs(ratios - 1) <= 0.25)),
         "by_steps": by_steps(rows, steps),
         "utterances": [{"text": r["text"], "heard": r["by_steps"][main]["heard"], "heard_real": r["heard_real"]}
                        for r in rows],
     }
+
+
+def evaluate_aligner(preset: str, ckpt: str | os.PathLike, data_dir: str | os.PathLike,
+                     split: str = "test", max_utterances: int | None = None) -> dict:
+    """The phoneme aligner against the engine's own timings, on the ``split`` utterances that have them.
+
+    Per voice group: ``border_error_ms`` (the median, mean and 90th
+    percentile distance between each aligned phoneme border and the
+    engine's), the share of borders within 20 and 40 ms, and
+    ``column_accuracy``, how often the classifier's own best class is the
+    phoneme sounding under a column (no sequence given: the cheap judge's
+    number).
+    """
+    from .acoustic import columns_per_phoneme
+    from .aligner import load_aligner, phoneme_classes
+    from .audio import audio_patches
+    from .data.phonemes import phoneme_id
+
+    aligner = load_aligner(ckpt, preset)
+    audio = aligner.cfg.audio
+    hop_ms = 1000 * audio.hop_length / audio.sample_rate
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for record in load_manifest(data_dir, split):
+        if record.get("phonemes"):
+            groups[record.get("voice_split", "unknown")].append(record)
+    if not groups:
+        raise ValueError(f"{data_dir}: no {split} utterances with the engine's phoneme timings")
+    report: dict = {"groups": {}}
+    for group, records in sorted(groups.items()):
+        errors, correct, columns = [], 0, 0
+        for record in tqdm(spread_over_voices(records, max_utterances), desc=f"aligner eval, {group} voices",
+                           unit="utt"):
+            wave = torch.from_numpy(load_audio(Path(data_dir) / record["path"], audio.sample_rate))
+            mel = audio_patches(wave, audio).reshape(-1, audio.n_mels)
+            ids = torch.tensor([phoneme_id(row[0]) for row in record["phonemes"]])
+            truth = columns_per_phoneme(np.array([row[2] for row in record["phonemes"]]), len(mel), audio)
+            keep = truth > 0  # a phoneme shorter than a column has no column to be found in
+            aligned = aligner.align(mel, ids[keep]).numpy()
+            errors.append(np.abs(np.cumsum(aligned)[:-1] - np.cumsum(truth[keep])[:-1]) * hop_ms)
+            guessed = aligner.log_probs(mel).argmax(-1)
+            correct += int((guessed == phoneme_classes(torch.repeat_interleave(ids, torch.from_numpy(truth)))).sum())
+            columns += len(mel)
+        borders = np.concatenate(errors)
+        report["groups"][group] = {
+            "n_utterances": len(errors), "n_voices": len({r["voice"] for r in records}), "n_borders": len(borders),
+            "border_error_ms": {"median": float(np.median(borders)), "mean": float(borders.mean()),
+                                "p90": float(np.percentile(borders, 90))},
+            "borders_within_20_ms": float(np.mean(borders <= 20)),
+            "borders_within_40_ms": float(np.mean(borders <= 40)),
+            "column_accuracy": correct / columns,
+        }
+        logger.info("aligner eval, %s voices: %s", group, report["groups"][group])
+    report["checkpoint"], report["split"], report["run"] = str(ckpt), split, run_info(preset)
+    return report

@@ -72,11 +72,17 @@ def flow_matching_loss(velocity: VelocityField, data: torch.Tensor, cond: torch.
 
 @torch.no_grad()
 def euler_sample(velocity: VelocityField, cond: torch.Tensor, dim: int, steps: int,
-                 noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Integrate dx/dt = v(x, t, cond) from noise at t = 0 to t = 1 in ``steps`` equal Euler steps."""
+                 noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                 temperature: float = 1.0) -> torch.Tensor:
+    """Integrate dx/dt = v(x, t, cond) from noise at t = 0 to t = 1 in ``steps`` equal Euler steps.
+
+    ``temperature`` scales fresh noise: below 1 the samples keep closer to
+    the condition's most likely patch (Grad-TTS and Matcha-TTS sample so).
+    """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, not {steps}")
-    x = noise if noise is not None else torch.randn(cond.shape[0], dim, generator=generator, device=cond.device)
+    x = noise if noise is not None else temperature * torch.randn(cond.shape[0], dim, generator=generator,
+                                                                  device=cond.device)
     for k in range(steps):
         t = torch.full((x.shape[0],), k / steps, device=x.device, dtype=x.dtype)
         x = x + velocity(x, t, cond) / steps
@@ -152,6 +158,7 @@ class SpeakingHead(nn.Module):
         _, t, x_t = path_point(patches, generator)
         return F.mse_loss(self.denoise(x_t, t, cond), patches)
 
-    def sample(self, cond: torch.Tensor, steps: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One patch per condition row, in ``steps`` Euler steps from fresh noise."""
-        return euler_sample(self, cond, self.patch_dim, steps, generator=generator)
+    def sample(self, cond: torch.Tensor, steps: int = 4, generator: torch.Generator | None = None,
+               temperature: float = 1.0) -> torch.Tensor:
+        """One patch per condition row, in ``steps`` Euler steps from fresh noise (scaled by ``temperature``)."""
+        return euler_sample(self, cond, self.patch_dim, steps, generator=generator, temperature=temperature)

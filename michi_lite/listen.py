@@ -55,7 +55,7 @@ from .config import FRAME_SECONDS, AudioConfig, get_config
 from .data.corpus import load_manifest
 from .data.frames import PAD_TOKEN, TokenGrid, frame_tokens
 from .data.words import Word
-from .train import ShuffledBatches, fit, loader_workers, read_weights, training_device, write_weights
+from .train import ScheduledTrainer, ShuffledBatches, fit, loader_workers, read_weights, training_device, write_weights
 
 logger = logging.getLogger(__name__)
 
@@ -514,7 +514,7 @@ CHECKPOINT_FORMAT = "michi_lite.listener/1"
 LOSSES = ["loss", "frame_accuracy", "token_accuracy"]
 
 
-class ListenerTrainer:
+class ListenerTrainer(ScheduledTrainer):
     """The listener and its optimizer: frame-level cross-entropy against the emission grid.
 
     The pretrained encoder learns at a tenth of the new head's rate, after a
@@ -550,16 +550,6 @@ class ListenerTrainer:
 
     def modules(self) -> dict[str, nn.Module]:
         return {"listener": self.listener}
-
-    def optimizer_state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
-
-    def load_optimizer_state(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-
-    def learning_rate(self) -> float:
-        return self.schedule.get_last_lr()[-1]
 
     def config(self) -> dict:
         return self.listener.cfg.to_dict()

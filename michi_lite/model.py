@@ -56,7 +56,7 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft
 from torch import nn
 from transformers import Cache
 
-from .audio import (SILENCE_MEL, audio_patches, load_audio, speech_patches)
+from .audio import SILENCE_MEL, audio_patches, load_audio, speech_patches
 from .config import FRAME_SECONDS, AudioConfig, get_config
 from .data.corpus import load_manifest
 from .data.frames import PAD_TOKEN, frame_tokens, token_chunks
@@ -66,7 +66,16 @@ from .data.words import Word
 from .flow import SpeakingHead
 from .frame_decoder import FrameDecoder
 from .listen import int8_linears
-from .train import LengthBuckets, fit, loader_workers, read_weights, training_device, warmup_cosine, write_weights
+from .train import (
+    LengthBuckets,
+    ScheduledTrainer,
+    fit,
+    loader_workers,
+    read_weights,
+    training_device,
+    warmup_cosine,
+    write_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -528,7 +537,7 @@ def build_speech_model(preset: str, tokenizer, pretrained: bool = True) -> Speec
                        tokenizer.convert_tokens_to_ids(END_TOKEN))
 
 
-class SpeakerTrainer:
+class SpeakerTrainer(ScheduledTrainer):
     """The speech model's adapters and new modules, and their optimizer.
 
     The loss is ``FLOW_LOSS_WEIGHT * flow_loss + TEXT_LOSS_WEIGHT * text_loss
@@ -556,25 +565,11 @@ class SpeakerTrainer:
             losses = self.model(batch.to(self.device))
         loss = (FLOW_LOSS_WEIGHT * losses["flow_loss"] + TEXT_LOSS_WEIGHT * losses["text_loss"]
                 + KEEP_LOSS_WEIGHT * losses["keep_loss"])
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
-        self.optimizer.step()
-        self.schedule.step()
+        self.update(loss)
         return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
 
     def modules(self) -> dict[str, nn.Module]:
         return {"speaker": TrainedWeights(self.model)}
-
-    def optimizer_state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
-
-    def load_optimizer_state(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-
-    def learning_rate(self) -> float:
-        return self.schedule.get_last_lr()[-1]
 
     def config(self) -> dict:
         return self.model.cfg.to_dict()

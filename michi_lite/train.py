@@ -62,6 +62,35 @@ class Trainer(Protocol):
     def export(self, out_dir: Path) -> None: ...  # refresh the file inference reads
 
 
+class ScheduledTrainer:
+    """What most stages share: one optimizer and its learning-rate schedule, kept in checkpoints.
+
+    A subclass sets ``self.optimizer`` and ``self.schedule`` and writes its
+    ``step`` around ``update``.
+    """
+
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+
+    def update(self, loss: torch.Tensor, max_norm: float = 1.0) -> None:
+        """One optimizer step on ``loss``: gradients clipped to ``max_norm``, then the schedule moves on."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], max_norm)
+        self.optimizer.step()
+        self.schedule.step()
+
+    def optimizer_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
+
+    def load_optimizer_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+
+    def learning_rate(self) -> float:
+        return self.schedule.get_last_lr()[-1]
+
+
 def training_device(device: str | torch.device | None = None) -> torch.device:
     """The device a stage trains on: the one asked for, else the GPU when there is one."""
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -359,3 +388,12 @@ def read_weights(path: str | os.PathLike, what: str, file_format: str, preset: s
         raise ValueError(f"{path}: this {what} was trained for preset {metadata.get('preset')!r}, but preset "
                          f"{preset!r} was asked for; pass --preset {metadata.get('preset')}")
     return path, metadata, tensors
+
+
+def read_shaped_weights(path: str | os.PathLike, what: str, file_format: str, preset: str,
+                        config: dict) -> dict[str, torch.Tensor]:
+    """``read_weights``' tensors in fp32, once the file's ``config`` metadata is the shape ``config`` gives."""
+    path, metadata, tensors = read_weights(path, what, file_format, preset)
+    if json.loads(metadata.get("config", "{}")) != json.loads(json.dumps(config)):
+        raise ValueError(f"{path}: this {what} has another shape than preset {preset!r} now has")
+    return {k: v.float() for k, v in tensors.items()}

@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 
 from .acoustic import AcousticModel, AcousticUtterances, acoustic_config, save_acoustic
-from .train import LengthBuckets, fit, started_config, training_device, warmup_cosine
+from .train import LengthBuckets, ScheduledTrainer, fit, started_config, training_device, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
 LOSSES = ["loss", "mel_loss", "flow_loss", "duration_loss"]
 
 
-class AcousticTrainer:
+class AcousticTrainer(ScheduledTrainer):
     """The acoustic model, its moving average and their optimizer, for ``fit``."""
 
     def __init__(self, model: AcousticModel, preset: str, device: torch.device, total_steps: int,
@@ -44,11 +44,7 @@ class AcousticTrainer:
         self.model.train()
         losses = self.model(batch.to(self.device))
         loss = sum(losses.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
-        self.schedule.step()
+        self.update(loss)
         # the average's horizon grows with the steps taken (at most 1 / (1 - ema_decay)), so that early
         # exports are not mostly the random start
         done = self.schedule.last_epoch
@@ -60,16 +56,6 @@ class AcousticTrainer:
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"acoustic": self.model, "acoustic_ema": self.ema}
-
-    def optimizer_state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
-
-    def load_optimizer_state(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-
-    def learning_rate(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
 
     def config(self) -> dict:
         return {**self.shape(), "total_steps": self.total_steps, "learning_rate": self.peak_learning_rate,

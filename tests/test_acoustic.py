@@ -43,6 +43,17 @@ def test_espeak_says_when_each_phoneme_sounds_and_they_tile_the_utterance():
     assert stressed(["h", "@"], written) == ["h", "@"]  # where the two disagree the spoken names stay
 
 
+def test_phonemising_many_sentences_first_loses_no_phoneme_of_the_next_synthesis():
+    # each voice selection queues an event for the next synthesis; hundreds of them
+    # (one per phonemised sentence, as `data align` does) once overflowed espeak-ng's event list
+    engine = get_engine("espeak")
+    voice = next(v for v in engine.voices() if v.settings["voice"].startswith("en-us+"))
+    before = [p.name for p in engine.synthesize(TEXT, voice).phonemes]
+    for i in range(300):
+        sentence_phonemes(f"Sentence number {i} of many.", "en-gb" if i % 2 else "en-us")
+    assert [p.name for p in engine.synthesize(TEXT, voice).phonemes] == before
+
+
 def test_a_built_corpus_keeps_espeak_phoneme_timings(tiny_corpus):
     espeak = [r for r in load_manifest(tiny_corpus) if r["engine"] == "espeak"]
     assert espeak and all(r.get("phonemes") for r in espeak)

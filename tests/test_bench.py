@@ -23,9 +23,9 @@ def test_bench_vocoder_times_streaming_hifigan_and_griffin_lim(report):
         numbers = cpu[name]
         assert numbers["n_chunks"] == 10  # 0.8 s of 80 ms chunks
         assert 0 < numbers["chunk_latency_ms_median"] <= numbers["chunk_latency_ms_p95"]
-        # the RTF is the mean chunk latency over 80 ms: the median agrees with it within a factor
-        chunk_rtf = numbers["chunk_latency_ms_median"] / report["chunk_ms"]
-        assert numbers["rtf"] / 3 < chunk_rtf < numbers["rtf"] * 3
+        # the RTF is the mean chunk latency over 80 ms; at least half the chunks take the median or
+        # longer, so the mean is at least half the median, however busy the machine
+        assert numbers["rtf"] * report["chunk_ms"] >= numbers["chunk_latency_ms_median"] / 2
     assert cpu["griffin_lim_offline"]["rtf"] > 0
     assert cpu["griffin_lim_sliding_window"]["window_seconds"] == pytest.approx(0.48)
 

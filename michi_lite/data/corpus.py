@@ -229,12 +229,14 @@ def make_record(utterance: PlannedUtterance, engine: SpeechEngine, cfg: Config, 
         record["words"] = [w.to_dict() for w in words]
         if compare_with_whisper:
             record["whisper_words"] = [w.to_dict() for w in heard]
-    broken = [w for w in record["words"] if not 0 <= w["start"] < w["end"] <= duration + WORD_END_SLACK]
+    for w in record["words"]:  # clipped to the duration as written, which is rounded
+        if w["end"] <= duration + WORD_END_SLACK:
+            w["end"] = min(w["end"], record["duration"])
+    broken = [w for w in record["words"] if not 0 <= w["start"] < w["end"] <= record["duration"]]
     if broken:  # no engine or aligner may write a word outside the audio or without time
-        logger.warning("skipping %s: word timings outside [0, %.3f] s or empty: %s", utterance.id, duration, broken)
+        logger.warning("skipping %s: word timings outside [0, %.4f] s or empty: %s", utterance.id,
+                       record["duration"], broken)
         return None
-    for w in record["words"]:
-        w["end"] = min(w["end"], duration)
     if synthesis.phonemes:
         record["phonemes"] = phoneme_rows(utterance, synthesis, duration)
     save_audio(out / record["path"], waveform, rate)

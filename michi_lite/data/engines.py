@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from .phonemes import espeak_lock, select_voice
 from .words import Word
 
 logger = logging.getLogger(__name__)
@@ -271,9 +272,10 @@ class EspeakEngine(SpeechEngine):
     rates = (150, 185)  # words per minute, 175 is normal
 
     def __init__(self) -> None:
-        # espeak-ng keeps one global synthesizer per process: initialise it once, and let
-        # one call at a time set the voice, synthesize and read the collected output.
-        self._lock = threading.Lock()
+        # espeak-ng keeps one global synthesizer per process, shared with the phonemiser:
+        # initialise it once, and let one call at a time set the voice, synthesize and
+        # read the collected output.
+        self._lock = espeak_lock
         self._lib: ctypes.CDLL | None = None
         self._sample_rate = 0
         self._samples: list[np.ndarray] = []
@@ -327,7 +329,7 @@ class EspeakEngine(SpeechEngine):
     def _installed_accents_and_variants(self) -> tuple[list[str], list[str]]:
         lib = self._library()
         with self._lock:
-            accents = [a for a in self.accents if lib.espeak_SetVoiceByName(a.encode()) == 0]
+            accents = [a for a in self.accents if select_voice(lib, a) == 0]
         data_dir = ctypes.c_char_p()
         lib.espeak_Info(ctypes.byref(data_dir))
         variant_dir = Path(data_dir.value.decode()) / "voices" / "!v"
@@ -347,11 +349,15 @@ class EspeakEngine(SpeechEngine):
         settings, lib = voice.settings, self._library()
         encoded = text.encode("utf-8")
         with self._lock:
-            if lib.espeak_SetVoiceByName(settings["voice"].encode()) != 0:
+            if select_voice(lib, settings["voice"]) != 0:
                 raise ValueError(f"espeak has no voice {settings['voice']!r}")
             lib.espeak_SetParameter(_ESPEAK_RATE, settings["rate"], 0)
             lib.espeak_SetParameter(_ESPEAK_PITCH, settings["pitch"], 0)
             lib.espeak_SetSynthCallback(self._callback)  # the phonemiser (data.phonemes) shares the library
+            # Each voice change queues an event for the next synthesis; after hundreds (the phonemiser
+            # switching accents) the queue overflows and would drop this text's first phoneme events.
+            # Synthesizing nothing delivers them; it takes about a millisecond.
+            lib.espeak_Synth(b"", 1, 0, _ESPEAK_POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None)
             self._samples, self._word_events, self._phoneme_events = [], [], []
             status = lib.espeak_Synth(
                 encoded, len(encoded) + 1, 0, _ESPEAK_POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None

@@ -38,8 +38,9 @@ _INDEX = {name: i for i, name in enumerate(PHONEMES)}
 _ESPEAK_SYNCHRONOUS, _ESPEAK_DONT_EXIT, _ESPEAK_CHARS_UTF8 = 2, 0x8000, 1
 _ESPEAK_PHONEME_EVENTS = 0x0001  # as the espeak engine initialises the library it shares with us
 _SEPARATOR = "_"
-_lock = threading.Lock()
+espeak_lock = threading.RLock()  # the library is one per process: the espeak engine holds this lock too
 _library: ctypes.CDLL | None = None
+_voice: str | None = None  # the voice last selected in the library, by either of us
 
 
 class PhonemizerError(RuntimeError):
@@ -59,17 +60,31 @@ def _espeak() -> ctypes.CDLL:
         lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
         if lib.espeak_Initialize(_ESPEAK_SYNCHRONOUS, 0, None, _ESPEAK_DONT_EXIT | _ESPEAK_PHONEME_EVENTS) <= 0:
             raise PhonemizerError("libespeak-ng failed to initialise")
-        if lib.espeak_SetVoiceByName(b"en-us") != 0:
+        if select_voice(lib, "en-us") != 0:
             raise PhonemizerError("libespeak-ng has no en-us voice")
         _library = lib
     return _library
 
 
+def select_voice(lib: ctypes.CDLL, name: str) -> int:
+    """Select espeak-ng's voice ``name`` unless it is selected already; 0 if it exists.
+
+    The caller holds ``espeak_lock``. Selecting a voice loads its files, and
+    queues an event that the next synthesis delivers (see ``EspeakEngine``).
+    """
+    global _voice
+    if name == _voice:
+        return 0
+    status = lib.espeak_SetVoiceByName(name.encode())
+    _voice = name if status == 0 else None
+    return status
+
+
 def _clauses(text: str, accent: str) -> list[list[str]]:
     """espeak-ng's phonemes of ``text``, clause by clause, as names with stress marks attached."""
-    with _lock:
+    with espeak_lock:
         lib = _espeak()
-        lib.espeak_SetVoiceByName(accent.encode())  # the speech engine may have left another voice set
+        select_voice(lib, accent)  # the speech engine may have left another voice set
         buffer = ctypes.create_string_buffer(text.encode("utf-8"))
         cursor = ctypes.c_char_p(ctypes.addressof(buffer))
         clauses = []
