@@ -415,11 +415,9 @@ def is_acoustic(path: str | os.PathLike) -> bool:
 
 def load_acoustic(path: str | os.PathLike, preset: str, device: str | torch.device = "cpu") -> AcousticModel:
     """An ``AcousticModel`` from ``save_acoustic``'s file (or a training run's directory), in fp32, for inference."""
-    from .train import read_shaped_weights
+    from .train import load_shaped_weights
 
-    cfg = acoustic_config(preset)
-    model = AcousticModel(cfg)
-    model.load_state_dict(read_shaped_weights(path, "acoustic", ACOUSTIC_FORMAT, preset, cfg.to_dict()))
+    model = load_shaped_weights(AcousticModel(acoustic_config(preset)), path, "acoustic", ACOUSTIC_FORMAT, preset)
     return model.to(device).eval()
 
 

@@ -154,11 +154,9 @@ def save_aligner(path: str | os.PathLike, model: PhonemeClassifier, preset: str,
 
 def load_aligner(path: str | os.PathLike, preset: str, device: str | torch.device = "cpu") -> PhonemeClassifier:
     """A ``PhonemeClassifier`` from ``save_aligner``'s file (or a training run's directory), in fp32."""
-    from .train import read_shaped_weights
+    from .train import load_shaped_weights
 
-    cfg = aligner_config(preset)
-    model = PhonemeClassifier(cfg)
-    model.load_state_dict(read_shaped_weights(path, "aligner", ALIGNER_FORMAT, preset, cfg.to_dict()))
+    model = load_shaped_weights(PhonemeClassifier(aligner_config(preset)), path, "aligner", ALIGNER_FORMAT, preset)
     return model.to(device).eval()
 
 

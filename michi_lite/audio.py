@@ -48,7 +48,9 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float = 600.0) -
 
     Channels are averaged to mono and the signal is resampled with soxr (HQ).
     The duration is checked from the header first, so an hours-long file is
-    refused without being read into memory.
+    refused without being read into memory. Anything wrong (no file, not
+    audio, empty, silent, too long, NaN or inf samples, ...) raises
+    ``AudioError`` (a ValueError) naming the file, which is only read.
     """
     path = Path(path)
     if not path.is_file():

@@ -9,7 +9,7 @@
     michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
     michi-lite export vocoder|listener|speaker --preset P --ckpt RUN --out FILE
-    michi-lite eval alignment  --preset P --data DIR --json OUT
+    michi-lite eval alignment  --preset P --data DIR --json OUT [--diffs NPZ]
     michi-lite eval vocoder    --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N] [--split S]
     michi-lite eval listener   --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N] [--delays NPZ]
     michi-lite eval speaker    --preset P --ckpt RUN --data DIR --json OUT [--vocoder V] [--max-utterances N]
@@ -20,8 +20,10 @@
     michi-lite transcribe      IN.wav [--preset P] [--ckpt RUN] [--json OUT]
     michi-lite demo            [--preset P] [--out DIR]
 
-Subcommands for the later stages (the joint model, chat) join here as they
-are built.
+Every ``eval`` measures on a built corpus or on any folder whose
+``manifest.jsonl`` gives at least each clip's ``path`` and ``text``
+(``data.corpus.load_eval_manifest``). Subcommands for the later stages (the
+joint model, chat) join here as they are built.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ REFERENCE_VOICE = REFERENCE_DATA / "speaker" / "voice_prompt.flac"
 REFERENCE_ACOUSTIC = REFERENCE_DATA / "acoustic" / "lite_acoustic.safetensors"
 REFERENCE_ACOUSTIC_VOICE = REFERENCE_DATA / "acoustic" / "voice_prompt.flac"
 REFERENCE_ALIGNER = REFERENCE_DATA / "aligner" / "lite_aligner.safetensors"
+EVAL_DATA = ("a corpus built by `michi-lite data build`, or any folder whose manifest.jsonl gives each clip's "
+             "path and text (a line without split is test; without voice, one held-out voice)")
 
 
 def add_preset(parser: argparse.ArgumentParser, default: str = "lite") -> None:
@@ -220,11 +224,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_alignment(args: argparse.Namespace) -> None:
-    from .eval import alignment_differences, evaluate_alignment
+    from .eval import evaluate_alignment
 
-    write_json(evaluate_alignment(args.data, args.preset), args.json)
-    if args.diffs:
-        np.savez_compressed(args.diffs, **alignment_differences(args.data))
+    write_json(evaluate_alignment(args.data, args.preset, diffs_path=args.diffs), args.json)
 
 
 def cmd_eval_vocoder(args: argparse.Namespace) -> None:
@@ -482,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="measure a stage").add_subparsers(dest="stage", required=True)
     alignment = evaluate.add_parser("alignment", help="engine word timings vs Whisper word timestamps")
     add_preset(alignment)
-    alignment.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
+    alignment.add_argument("--data", required=True, help=EVAL_DATA)
     alignment.add_argument("--json", help="write the report here too")
     alignment.add_argument("--diffs", help="also save every boundary difference (ms), per engine, to this .npz")
     alignment.set_defaults(run=cmd_eval_alignment)
@@ -490,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "and its column accuracy")
     add_preset(aligner)
     aligner.add_argument("--ckpt", required=True, help="an aligner run directory or .safetensors file")
-    aligner.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
+    aligner.add_argument("--data", required=True, help=EVAL_DATA)
     aligner.add_argument("--split", choices=("test", "val"), default="test")
     aligner.add_argument("--max-utterances", type=positive_int, help="at most N utterances per voice group")
     aligner.add_argument("--json", help="write the report here too")
@@ -504,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
         stage_eval = evaluate.add_parser(stage, help=what)
         add_preset(stage_eval)
         stage_eval.add_argument("--ckpt", required=True, help=f"a {stage} run directory or .safetensors file")
-        stage_eval.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
+        stage_eval.add_argument("--data", required=True, help=EVAL_DATA)
         stage_eval.add_argument("--json", help="write the report here too")
         stage_eval.add_argument("--max-utterances", type=positive_int, help="at most N test utterances per voice group")
         stage_eval.set_defaults(run=run)
@@ -523,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_preset(speaking_eval)
         speaking_eval.add_argument("--ckpt", required=True, help=f"a{'n' if stage == 'acoustic' else ''} {stage} "
                                                                  "run directory or .safetensors file")
-        speaking_eval.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
+        speaking_eval.add_argument("--data", required=True, help=EVAL_DATA)
         speaking_eval.add_argument("--vocoder", default=str(REFERENCE_VOCODER),
                                    help="a vocoder run or .safetensors (default: the committed lite reference)")
         speaking_eval.add_argument("--json", help="write the report here too")

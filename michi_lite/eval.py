@@ -7,7 +7,6 @@ import math
 import os
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import soxr
@@ -19,8 +18,15 @@ from tqdm.auto import tqdm
 from .audio import MelSpectrogram, load_audio, mel_from_patches, normalize_mel
 from .backbone import load_whisper
 from .config import get_config
-from .data.alignment import boundary_differences, summarize_differences, transcribe, word_error_rate
-from .data.corpus import load_manifest
+from .data.alignment import (
+    WHISPER_SAMPLE_RATE,
+    boundary_differences,
+    summarize_differences,
+    transcribe,
+    whisper_words,
+    word_error_rate,
+)
+from .data.corpus import load_eval_manifest
 from .data.words import Word
 from .provenance import run_info
 from .vocoder import GriffinLim, load_vocoder, stft_distance
@@ -29,27 +35,48 @@ logger = logging.getLogger(__name__)
 
 
 def alignment_differences(data_dir: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Per engine, the signed boundary differences (ms), Whisper's timing minus the engine's."""
+    """Per engine, the signed boundary differences (ms), Whisper's timing minus the engine's.
+
+    A built corpus compares the utterances it had Whisper time beside the
+    engine when it was built (``whisper_words``). A manifest made elsewhere
+    (no ``alignment`` field) has the ``words`` of each line compared with
+    Whisper's timing of its audio, made here.
+    """
+    records = load_eval_manifest(data_dir, split=None)
+    if not any(r.get("words") for r in records):
+        raise ValueError(f"{data_dir}: no line of the manifest has 'words', word timings to compare with Whisper's")
     per_engine: dict[str, list[np.ndarray]] = defaultdict(list)
-    for record in load_manifest(data_dir):
-        if record.get("alignment") != "engine" or "whisper_words" not in record:
+    judge = None
+    for record in records:
+        timed_by = record.get("alignment", "given")  # "given": timings from a manifest not built here
+        if timed_by not in ("engine", "given") or not record.get("words"):
+            continue
+        if "whisper_words" in record:
+            whisper = [Word.from_dict(w) for w in record["whisper_words"]]
+        elif timed_by == "given":
+            judge = judge or load_whisper()
+            wave = load_audio(record["path"], WHISPER_SAMPLE_RATE)
+            whisper = whisper_words(wave, WHISPER_SAMPLE_RATE, judge)
+        else:
             continue
         engine_words = [Word.from_dict(w) for w in record["words"]]
-        whisper = [Word.from_dict(w) for w in record["whisper_words"]]
         per_engine[record["engine"]].append(boundary_differences(engine_words, whisper))
     return {engine: np.concatenate(diffs) for engine, diffs in per_engine.items()}
 
 
-def evaluate_alignment(data_dir: str | os.PathLike, preset: str) -> dict:
+def evaluate_alignment(data_dir: str | os.PathLike, preset: str, diffs_path: str | os.PathLike | None = None) -> dict:
     """Median and 95th percentile word-boundary difference, engine timings vs Whisper.
 
     Both the start and the end of every word that the two alignments agree on
     count as one boundary each; ``median_signed_ms`` > 0 means Whisper puts
-    boundaries later than the engine.
+    boundaries later than the engine. Every difference goes to ``diffs_path``
+    (.npz, one array per engine) if it is given.
     """
     per_engine = alignment_differences(data_dir)
     if not per_engine:
         raise ValueError(f"{data_dir}: no utterance has both engine and Whisper word timings to compare")
+    if diffs_path:
+        np.savez_compressed(diffs_path, **per_engine)
     return {
         "engines": {engine: summarize_differences(diffs) for engine, diffs in sorted(per_engine.items())},
         "all": summarize_differences(np.concatenate(list(per_engine.values()))),
@@ -91,10 +118,12 @@ def voice_groups(data_dir: str | os.PathLike, split: str = "test") -> dict[str, 
     """A split of the corpus by voice group: "seen" (voices heard in training) and "unseen" (held out).
 
     The test split has both; the validation split, for choosing between
-    checkpoints without looking at the test split, only seen voices.
+    checkpoints without looking at the test split, only seen voices. A
+    manifest that does not say puts all its voices in "unseen"
+    (``load_eval_manifest``).
     """
     groups: dict[str, list[dict]] = defaultdict(list)
-    for record in load_manifest(data_dir, split):
+    for record in load_eval_manifest(data_dir, split):
         groups[record["voice_split"]].append(record)
     if not groups:
         raise ValueError(f"{data_dir}: the corpus has no {split} utterances to evaluate on")
@@ -130,7 +159,7 @@ def evaluate_vocoder(
         heard: dict[str, list[str]] = defaultdict(list)  # what the judge heard, per system and "original"
         n_samples = 0
         for record in tqdm(records, desc=f"vocoder eval, {group} voices", unit="utt"):
-            wave = load_audio(Path(data_dir) / record["path"], audio.sample_rate)
+            wave = load_audio(record["path"], audio.sample_rate)
             reference = wave[:len(wave) // audio.hop_length * audio.hop_length]  # (frames * hop,)
             n_samples += len(reference)
             with torch.inference_mode():
@@ -161,6 +190,16 @@ def evaluate_vocoder(
     report["checkpoint"] = str(ckpt)
     report["run"] = run_info(preset)
     return report
+
+
+def spoken_words(record: dict, wave: np.ndarray, sample_rate: int, judge) -> list[Word]:
+    """A manifest line's word timings, or Whisper's timing of its audio (as ``data build`` does) if it has none."""
+    if record.get("words"):
+        return [Word.from_dict(w) for w in record["words"]]
+    words = whisper_words(wave, sample_rate, judge)
+    if not words:
+        raise ValueError(f"{record['path']}: the manifest gives no 'words' and Whisper heard none to time")
+    return words
 
 
 def emission_delays(spoken: list[Word], heard: list, max_seconds: float = 2.0) -> np.ndarray:
@@ -205,7 +244,8 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
     * the frame accuracy against the emission grid, over all frames and over
       the frames that carry a token.
 
-    Each clip gets the trailing silence ``ListenerStream.flush`` adds.
+    Each clip gets the trailing silence ``ListenerStream.flush`` adds. A
+    manifest line without ``words`` is timed by Whisper (``spoken_words``).
     """
     from .backbone import load_tokenizer
     from .data.frames import PAD_TOKEN
@@ -248,8 +288,8 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
     for group, records in sorted(groups.items()):
         rows = []
         for record in tqdm(records[:max_utterances], desc=f"listener eval, {group} voices", unit="utt"):
-            wave = load_audio(Path(data_dir) / record["path"], audio.sample_rate)
-            words = [Word.from_dict(w) for w in record["words"]]
+            wave = load_audio(record["path"], audio.sample_rate)
+            words = spoken_words(record, wave, audio.sample_rate, judge)
             # as a stream ends: whole frames, then the quiet frames ``ListenerStream.flush`` adds
             frames = math.ceil(len(wave) / audio.samples_per_frame) + QUIET_FRAMES
             grid = torch.tensor(emission_grid(record["text"], words, tokenizer, frames).tokens)
@@ -451,7 +491,8 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
       abbreviations, homographs) and the ``plain`` ones.
 
     ``perplexity`` is the backbone's on the test sentences as plain text,
-    pretrained SmolLM2 against the speech model's (adapters merged).
+    pretrained SmolLM2 against the speech model's (adapters merged). A
+    manifest line without ``words`` is timed by Whisper (``spoken_words``).
     """
     from speechmos import dnsmos
 
@@ -460,13 +501,13 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
     from .model import build_backbone, load_speaker, quantized_for_cpu, speaker_streams
     from .say import Speaker
 
+    test = load_eval_manifest(data_dir, "test")  # first: a manifest it cannot use fails before anything loads
+    if not test:
+        raise ValueError(f"{data_dir}: the corpus has no test utterances to evaluate on")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer()
     model = load_speaker(ckpt, preset, tokenizer, device)
     audio = model.cfg.audio
-    test = load_manifest(data_dir, "test")
-    if not test:
-        raise ValueError(f"{data_dir}: the corpus has no test utterances to evaluate on")
     texts = perplexity_sentences(test)
     perplexity = {"speech_model": text_perplexity(model.decoder, tokenizer, texts),
                   "pretrained": text_perplexity(build_backbone(model.cfg, len(tokenizer)).to(device).eval(),
@@ -481,7 +522,7 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
     vocoder = load_vocoder(vocoder_ckpt, preset, device)
     griffin_lim = GriffinLim(audio).to(device)
     judge = load_whisper()
-    real = {r["id"]: load_audio(Path(data_dir) / r["path"], audio.sample_rate) for r in test}
+    real = {r["id"]: load_audio(r["path"], audio.sample_rate) for r in test}
     identify = VoiceIdentifier(real, {r["id"]: r["voice"] for r in test}, audio.sample_rate, device)
     by_voice: dict[str, list[str]] = defaultdict(list)
     for r in test:
@@ -501,9 +542,9 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
             voice = voice_prompt(real[prompt_id], audio, source=prompt_id)
             row = {"text": record["text"], "category": record["category"], "voice": record["voice"],
                    "heard_real": transcribe(real[record["id"]], audio.sample_rate, judge), "by_steps": {}}
-            streams = speaker_streams(record["text"], [Word.from_dict(w) for w in record["words"]],
-                                      audio_patches(torch.from_numpy(real[record["id"]]), audio), tokenizer,
-                                      model.cfg).to(device)
+            words = spoken_words(record, real[record["id"]], audio.sample_rate, judge)
+            streams = speaker_streams(record["text"], words, audio_patches(torch.from_numpy(real[record["id"]]), audio),
+                                      tokenizer, model.cfg).to(device)
             with torch.inference_mode():
                 voice_vector = model.prompt_voice(voice)
                 forced = teacher_forced_patches(model, streams, voice_vector, SPEAKER_MAIN_STEPS,
@@ -627,6 +668,10 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
     from .audio import audio_patches
     from .data.phonemes import phoneme_id
 
+    everyone = load_eval_manifest(data_dir, "test")  # first: a manifest it cannot use fails before anything loads
+    test = [r for r in everyone if voices is None or r["voice"] in voices]
+    if not test:
+        raise ValueError(f"{data_dir}: no test utterances" + (f" of {', '.join(voices)}" if voices else ""))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_acoustic(ckpt, preset, device)
     audio = model.cfg.audio
@@ -640,14 +685,10 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
         return float((heard == asked[:len(heard)]).float().mean())
     vocoder = load_vocoder(vocoder_ckpt, preset, device)
     judge = load_whisper()
-    everyone = load_manifest(data_dir, "test")
-    test = [r for r in everyone if voices is None or r["voice"] in voices]
-    if not test:
-        raise ValueError(f"{data_dir}: no test utterances" + (f" of {', '.join(voices)}" if voices else ""))
     by_voice: dict[str, list[dict]] = defaultdict(list)
     for r in test:
         by_voice[r["voice"]].append(r)
-    real = {r["id"]: load_audio(Path(data_dir) / r["path"], audio.sample_rate) for r in everyone}
+    real = {r["id"]: load_audio(r["path"], audio.sample_rate) for r in everyone}
     identify = VoiceIdentifier(real, {r["id"]: r["voice"] for r in everyone}, audio.sample_rate, device)
 
     def vocoded(patches: torch.Tensor) -> np.ndarray:
@@ -656,7 +697,7 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
     report: dict = {"groups": {}}
     groups = defaultdict(list)
     for r in test:
-        groups[r.get("voice_split", "unknown")].append(r)
+        groups[r["voice_split"]].append(r)
     for group, records in sorted(groups.items()):
         rows = []
         for record in tqdm(spread_over_voices(records, max_utterances), desc=f"acoustic eval, {group} voices",
@@ -665,7 +706,7 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
             prompt = others[(others.index(record) + 1) % len(others)]  # the next test utterance of this voice
             wave = real[record["id"]]
             real_patches = audio_patches(torch.from_numpy(wave), audio).to(device)
-            row = {"text": record["text"], "category": record.get("category", ""), "voice": record["voice"],
+            row = {"text": record["text"], "category": record["category"], "voice": record["voice"],
                    "heard_real": transcribe(wave, audio.sample_rate, judge),
                    "real_seconds": len(wave) / audio.sample_rate, "by_steps": {}}
             with torch.inference_mode():
@@ -756,21 +797,22 @@ def evaluate_aligner(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
     from .audio import audio_patches
     from .data.phonemes import phoneme_id
 
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for record in load_eval_manifest(data_dir, split):
+        if record.get("phonemes"):
+            groups[record["voice_split"]].append(record)
+    if not groups:
+        raise ValueError(f"{data_dir}: no {split} utterance has 'phonemes', the engine's phoneme timings to measure "
+                         "the aligner against")
     aligner = load_aligner(ckpt, preset)
     audio = aligner.cfg.audio
     hop_ms = 1000 * audio.hop_length / audio.sample_rate
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for record in load_manifest(data_dir, split):
-        if record.get("phonemes"):
-            groups[record.get("voice_split", "unknown")].append(record)
-    if not groups:
-        raise ValueError(f"{data_dir}: no {split} utterances with the engine's phoneme timings")
     report: dict = {"groups": {}}
     for group, records in sorted(groups.items()):
         errors, correct, columns = [], 0, 0
         for record in tqdm(spread_over_voices(records, max_utterances), desc=f"aligner eval, {group} voices",
                            unit="utt"):
-            wave = torch.from_numpy(load_audio(Path(data_dir) / record["path"], audio.sample_rate))
+            wave = torch.from_numpy(load_audio(record["path"], audio.sample_rate))
             mel = audio_patches(wave, audio).reshape(-1, audio.n_mels)
             ids = torch.tensor([phoneme_id(row[0]) for row in record["phonemes"]])
             truth = columns_per_phoneme(np.array([row[2] for row in record["phonemes"]]), len(mel), audio)

@@ -55,7 +55,17 @@ from .config import FRAME_SECONDS, AudioConfig, get_config
 from .data.corpus import load_manifest
 from .data.frames import PAD_TOKEN, TokenGrid, frame_tokens
 from .data.words import Word
-from .train import ScheduledTrainer, ShuffledBatches, fit, loader_workers, read_weights, training_device, write_weights
+from .train import (
+    ScheduledTrainer,
+    ShuffledBatches,
+    fit,
+    fitting_weights,
+    loader_workers,
+    read_weights,
+    saved_config,
+    training_device,
+    write_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -570,12 +580,17 @@ def save_listener(path: str | os.PathLike, listener: Listener, preset: str,
 
 
 def load_listener(path: str | os.PathLike, preset: str, vocab_size: int, device: str = "cpu") -> Listener:
-    """Read a ``save_listener`` file (or a training run's directory) into an eval-mode fp32 listener."""
+    """Read a ``save_listener`` file (or a training run's directory) into an eval-mode fp32 listener.
+
+    Raises FileNotFoundError for a missing file and ValueError for a foreign,
+    truncated or mismatched one (``read_weights``).
+    """
     path, metadata, tensors = read_weights(path, "listener", CHECKPOINT_FORMAT, preset)
     listener = build_listener(preset, vocab_size, pretrained=False)
-    if json.loads(metadata["config"]) != listener.cfg.to_dict():
+    if saved_config(path, metadata, "listener") != listener.cfg.to_dict():
         raise ValueError(f"{path}: made with another listener shape than preset {preset!r} has now")
-    listener.load_state_dict({k: v.float() for k, v in tensors.items()})
+    with fitting_weights(path, "listener"):
+        listener.load_state_dict({k: v.float() for k, v in tensors.items()})
     return listener.to(device).eval()
 
 

@@ -70,8 +70,10 @@ from .train import (
     LengthBuckets,
     ScheduledTrainer,
     fit,
+    fitting_weights,
     loader_workers,
     read_weights,
+    saved_config,
     training_device,
     warmup_cosine,
     write_weights,
@@ -237,8 +239,16 @@ class SpeechModel(nn.Module):
         return state
 
     def load_trained_state(self, state: dict[str, torch.Tensor], fresh: tuple[str, ...] = ()) -> None:
-        """Load ``trained_state``'s tensors; the modules named in ``fresh`` may be missing and keep their start."""
+        """Load ``trained_state``'s tensors; the modules named in ``fresh`` may be missing and keep their start.
+
+        Every adapter's weights must be there: peft would leave a missing one
+        as it starts, silently. Adapter weights missing or fitting no layer
+        raise ValueError.
+        """
         lora = {k.removeprefix("lora."): v for k, v in state.items() if k.startswith("lora.")}
+        missing = sorted(set(get_peft_model_state_dict(self.backbone)) - set(lora))
+        if missing:
+            raise ValueError(f"adapter weights missing: {missing[:3]}")
         result = set_peft_model_state_dict(self.backbone, lora)
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"adapter weights that fit no layer: {result.unexpected_keys[:3]}")
@@ -605,12 +615,17 @@ def save_speaker(path: str | os.PathLike, model: SpeechModel, preset: str, dtype
 
 def load_speaker(path: str | os.PathLike, preset: str, tokenizer, device: str | torch.device = "cpu",
                  merge: bool = True) -> SpeechModel:
-    """Read a ``save_speaker`` file (or a run's directory) onto pretrained SmolLM2; eval mode, adapters merged."""
+    """Read a ``save_speaker`` file (or a run's directory) onto pretrained SmolLM2; eval mode, adapters merged.
+
+    Raises FileNotFoundError for a missing file and ValueError for a foreign,
+    truncated or mismatched one (``read_weights``).
+    """
     path, metadata, tensors = read_weights(path, "speaker", CHECKPOINT_FORMAT, preset)
     model = build_speech_model(preset, tokenizer)
-    if json.loads(metadata["config"]) != json.loads(json.dumps(model.cfg.to_dict())):
+    if saved_config(path, metadata, "speaker") != json.loads(json.dumps(model.cfg.to_dict())):
         raise ValueError(f"{path}: made with another speech model shape than preset {preset!r} has now")
-    model.load_trained_state({k: v.float() for k, v in tensors.items()})
+    with fitting_weights(path, "speaker"):
+        model.load_trained_state({k: v.float() for k, v in tensors.items()})
     if merge:
         model.merge_adapters()
     return model.to(device).eval()
@@ -670,7 +685,8 @@ def train_speaker(
     model = build_speech_model(preset, tokenizer)
     if init is not None and not resume:
         path, _, tensors = read_weights(init, "speaker", CHECKPOINT_FORMAT, preset)
-        model.load_trained_state({k: v.float() for k, v in tensors.items()}, fresh=NEW_MODULES)
+        with fitting_weights(path, "speaker"):
+            model.load_trained_state({k: v.float() for k, v in tensors.items()}, fresh=NEW_MODULES)
         logger.info("speaker: starting from %s", path)
     trainer = SpeakerTrainer(model, preset, device, total_steps=steps)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)

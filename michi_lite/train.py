@@ -33,6 +33,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -368,8 +369,9 @@ def write_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], met
 def read_weights(path: str | os.PathLike, what: str, file_format: str, preset: str) -> tuple[Path, dict, dict]:
     """Open a ``write_weights`` file of a ``what`` (or the run directory holding ``{what}.safetensors``).
 
-    Returns (path, metadata, tensors). A missing file, a foreign or truncated
-    one, or weights made for another preset each raise an error saying which.
+    Returns (path, metadata, tensors). A missing file raises
+    FileNotFoundError; a foreign or truncated one, or weights made for
+    another preset, ValueError saying which. The file is only read.
     """
     path = Path(path)
     if path.is_dir():
@@ -390,10 +392,42 @@ def read_weights(path: str | os.PathLike, what: str, file_format: str, preset: s
     return path, metadata, tensors
 
 
-def read_shaped_weights(path: str | os.PathLike, what: str, file_format: str, preset: str,
-                        config: dict) -> dict[str, torch.Tensor]:
-    """``read_weights``' tensors in fp32, once the file's ``config`` metadata is the shape ``config`` gives."""
+def saved_config(path: Path, metadata: dict, what: str) -> dict:
+    """The config a ``read_weights`` file was saved with; ValueError if it has none that reads as a JSON object."""
+    try:
+        config = json.loads(metadata["config"])
+    except (KeyError, json.JSONDecodeError):
+        config = None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: not a michi_lite {what} checkpoint (no readable config)")
+    return config
+
+
+@contextmanager
+def fitting_weights(path: Path, what: str) -> Iterator[None]:
+    """Around loading a file's tensors into a module: tensors that do not fit it raise ValueError naming the file.
+
+    Torch says so with a RuntimeError of many lines, a loader's own checks
+    with a KeyError or ValueError. A file with today's config but other
+    tensors was made by other code, or damaged.
+    """
+    try:
+        yield
+    except (RuntimeError, KeyError, ValueError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise ValueError(f"{path}: its tensors do not fit a {what} of today's code ({reason})") from error
+
+
+def load_shaped_weights(model: nn.Module, path: str | os.PathLike, what: str, file_format: str,
+                        preset: str) -> nn.Module:
+    """``model`` (with a ``cfg``) given a ``write_weights`` file's tensors, once the file's config is its shape.
+
+    Raises as ``read_weights`` does, and ValueError for another shape or
+    tensors that do not fit.
+    """
     path, metadata, tensors = read_weights(path, what, file_format, preset)
-    if json.loads(metadata.get("config", "{}")) != json.loads(json.dumps(config)):
+    if saved_config(path, metadata, what) != json.loads(json.dumps(model.cfg.to_dict())):
         raise ValueError(f"{path}: this {what} has another shape than preset {preset!r} now has")
-    return {k: v.float() for k, v in tensors.items()}
+    with fitting_weights(path, what):
+        model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    return model

@@ -59,8 +59,8 @@ from michi_lite.audio import (
 )
 from michi_lite.config import AudioConfig, get_config
 from michi_lite.data.corpus import load_manifest
-from michi_lite.train import (ShuffledBatches, fit, loader_workers, read_weights, started_config, training_device,
-                              write_weights)
+from michi_lite.train import (ShuffledBatches, fit, fitting_weights, loader_workers, read_weights, saved_config,
+                              started_config, training_device, write_weights)
 
 logger = logging.getLogger(__name__)
 
@@ -806,9 +806,13 @@ def save_vocoder(
 
 
 def load_vocoder(path: str | os.PathLike, preset: str, device: str | torch.device = "cpu") -> HiFiGANGenerator:
-    """Read a ``save_vocoder`` file (or a training run's directory) into an eval-mode fp32 generator."""
+    """Read a ``save_vocoder`` file (or a training run's directory) into an eval-mode fp32 generator.
+
+    Raises FileNotFoundError for a missing file and ValueError for a foreign,
+    truncated or mismatched one (``read_weights``).
+    """
     path, metadata, tensors = read_weights(path, "vocoder", CHECKPOINT_FORMAT, preset)
-    saved = json.loads(metadata["config"])
+    saved = saved_config(path, metadata, "vocoder")
     saved.setdefault("upsampler", "transposed")  # files from before the choice existed
     cfg = replace(vocoder_config(preset), upsampler=saved["upsampler"])  # a choice of the run's, not the preset's
     if {k: saved.get(k) for k in cfg.generator_fields()} != cfg.generator_fields():
@@ -817,7 +821,8 @@ def load_vocoder(path: str | os.PathLike, preset: str, device: str | torch.devic
             "than today's; retrain it or restore the old config"
         )
     generator = HiFiGANGenerator(cfg).remove_weight_norm()
-    generator.load_state_dict({k: v.float() for k, v in tensors.items()})
+    with fitting_weights(path, "vocoder"):
+        generator.load_state_dict({k: v.float() for k, v in tensors.items()})
     return generator.to(device).eval()
 
 

@@ -26,6 +26,11 @@ writes them.
 ``--voice`` builds the same plan spoken by one voice alone: every sentence
 keeps the split it has in the full corpus, so the one-voice corpus's test
 sentences are the full corpus's, never trained on.
+
+Training reads a built corpus (``load_manifest``); the evaluations read any
+folder whose ``manifest.jsonl`` has at least ``path`` and ``text`` on each
+line (``load_eval_manifest``). Both check every line as they read it and
+name the line and the field that is wrong.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -158,18 +164,34 @@ def plan(cfg: Config, voices: list[Voice], only: str | None = None) -> Iterator[
             yield PlannedUtterance(f"{index:06d}-{voice.name}", sentence, voice, split, voice_split)
 
 
+def numbered_records(path: Path, log: bool = True) -> Iterator[tuple[int, dict]]:
+    """The JSON objects of a .jsonl file, one a line, each with its line number; blank lines are skipped.
+
+    A ``log`` is appended to as work is done, so a killed run may leave its
+    last line cut short: that line is skipped with a warning. Any other line
+    that is not a JSON object, and in a file written whole (``log=False``:
+    a manifest) a cut last line too, raises ValueError naming the line.
+    """
+    lines = path.read_bytes().splitlines(keepends=True)  # bytes: a cut may split a character too
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            if log and number == len(lines) and not line.endswith(b"\n"):
+                logger.warning("%s: ignoring a last line cut short", path)
+                continue
+            reason = f"{error.msg} at column {error.colno}" if isinstance(error, json.JSONDecodeError) else "not UTF-8"
+            raise ValueError(f"{path} line {number}: not a JSON object ({reason})") from error
+        if not isinstance(record, dict):
+            raise ValueError(f"{path} line {number}: not a JSON object but a {type(record).__name__}")
+        yield number, record
+
+
 def read_records(path: Path) -> list[dict]:
-    """Manifest lines, skipping a last line cut short by a killed run."""
-    if not path.exists():
-        return []
-    records = []
-    with path.open() as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                logger.warning("%s: ignoring a truncated line", path)
-    return records
+    """The records of a log (``numbered_records``), a cut last line skipped; [] if there is no file yet."""
+    return [record for _, record in numbered_records(path)] if path.exists() else []
 
 
 def speak(utterance: PlannedUtterance, engine: SpeechEngine, sample_rate: int) -> tuple[np.ndarray, Synthesis]:
@@ -329,13 +351,109 @@ def summarize(records: list[dict], cfg: Config) -> dict:
     }
 
 
-def load_manifest(data_dir: str | os.PathLike, split: str | None = None) -> list[dict]:
-    """The manifest of a built corpus, optionally one split of it."""
-    path = Path(data_dir) / "manifest.jsonl"
-    if not path.exists():
+def is_number(value) -> bool:
+    """A finite JSON number that a float holds: Python's json also reads NaN, Infinity and 400-digit integers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):  # a bool is an int to Python
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def are_timed_words(value) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(w, dict) and isinstance(w.get("word"), str) and is_number(w.get("start"))
+        and is_number(w.get("end")) for w in value)
+
+
+def are_timed_phonemes(value) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(p, list) and len(p) == 3 and isinstance(p[0], str) and is_number(p[1]) and is_number(p[2])
+        for p in value)
+
+
+# what each manifest field must hold, checked as a manifest is read: (test, what it says when it fails)
+FIELD_CHECKS = {
+    **{name: (lambda v: isinstance(v, str), "a string")
+       for name in ("id", "path", "text", "voice", "speaker", "engine", "split", "voice_split", "category",
+                    "alignment")},
+    "sample_rate": (lambda v: is_number(v) and v == int(v) and v > 0, "a positive whole number"),
+    "duration": (lambda v: is_number(v) and v > 0, "a positive number of seconds"),
+    "words": (are_timed_words, 'a list of {"word", "start", "end"}'),
+    "whisper_words": (are_timed_words, 'a list of {"word", "start", "end"}'),
+    "phonemes": (are_timed_phonemes, "a list of [name, start, end]"),
+}
+# what every built corpus has had on every line (newer fields, like "speaker", may be missing from older ones)
+CORPUS_FIELDS = ("id", "path", "text", "voice", "engine", "sample_rate", "duration", "split", "voice_split",
+                 "category", "alignment", "words")
+
+
+def check_record(record: dict, where: str, required: tuple[str, ...]) -> None:
+    """Raise ValueError, naming ``where`` and the field, if a field is missing or holds the wrong kind of value."""
+    for name in required:
+        if name not in record:
+            raise ValueError(f"{where}: no {name!r} field")
+    for name, (fits, kind) in FIELD_CHECKS.items():
+        if name in record and not fits(record[name]):
+            raise ValueError(f"{where}: {name!r} should be {kind}, not {json.dumps(record[name])[:60]}")
+
+
+def read_manifest(path: Path, required: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
+    """A manifest's records, each checked (``check_record``) and with where it is; FileNotFoundError if none."""
+    if not path.is_file():
         raise FileNotFoundError(f"{path} not found: build the corpus first with `michi-lite data build`")
-    records = read_records(path)
+    for number, record in numbered_records(path, log=False):
+        where = f"{path} line {number}"
+        check_record(record, where, required)
+        yield where, record
+
+
+def load_manifest(data_dir: str | os.PathLike, split: str | None = None) -> list[dict]:
+    """The manifest of a built corpus, optionally one split of it, for training on.
+
+    Raises FileNotFoundError if there is none, and ValueError, naming the
+    line and the field, for a line that is not a JSON object, lacks one of
+    ``CORPUS_FIELDS`` or holds a value of the wrong kind (``FIELD_CHECKS``).
+    """
+    records = [r for _, r in read_manifest(Path(data_dir) / "manifest.jsonl", CORPUS_FIELDS)]
     return [r for r in records if split is None or r["split"] == split]
+
+
+# what the evaluations assume of a line whose manifest does not say (see ``load_eval_manifest``)
+EVAL_DEFAULTS = {"split": "test", "voice": "unknown", "voice_split": "unseen", "engine": "unknown", "category": ""}
+
+
+def load_eval_manifest(data_dir: str | os.PathLike, split: str | None = "test") -> list[dict]:
+    """The ``split`` (None: all) of any folder's ``manifest.jsonl``, filled in for measuring on.
+
+    A built corpus's manifest, or any other whose lines have at least
+    ``path`` (relative to the folder, or absolute) and ``text``. What a line
+    does not say is taken to be ``EVAL_DEFAULTS``: split "test", all one
+    voice "unknown", held out ("unseen": who knows whether a training corpus
+    had the voice), engine "unknown", category "" (plain); ``id`` is the
+    path as written. ``path`` comes back absolute (the evaluation that reads
+    it says if no audio is there). Other fields an evaluation needs
+    (``words``, ``phonemes``, ...) are its to fill in or to ask for.
+
+    Raises FileNotFoundError if there is no manifest, and ValueError naming
+    the line and the field for a line that is not a JSON object, lacks
+    ``path`` or ``text``, holds a value of the wrong kind, has a text without
+    words, or has another line's ``id``.
+    """
+    folder = Path(data_dir)
+    chosen, ids = [], set()
+    for where, record in read_manifest(folder / "manifest.jsonl", ("path", "text")):
+        record = {**EVAL_DEFAULTS, "id": record["path"], **record}
+        if not normalize_text(record["text"]):
+            raise ValueError(f"{where}: 'text' has no words to measure against")
+        if record["id"] in ids:
+            raise ValueError(f"{where}: the id {record['id']!r} is an earlier line's too; give each line its own")
+        ids.add(record["id"])
+        if split is None or record["split"] == split:
+            record["path"] = str((folder / record["path"]).resolve())
+            chosen.append(record)
+    return chosen
 
 
 def subset_corpus(data_dir: str | os.PathLike, out: str | os.PathLike, hours: float,
