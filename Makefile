@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 
 .PHONY: setup demo test lab notebooks clean
 
+# Notebooks are executed for their stored outputs and re-executed by `make test` in the same
+# environment, so that pytest --nbval can compare the two: no progress bars (they show timings).
+NOTEBOOK_ENV := TQDM_DISABLE=1
+
 setup:
 	@bash scripts/setup.sh
 
@@ -14,7 +18,8 @@ demo: setup
 
 test: setup
 	$(BIN)/pytest tests
-	MICHI_LITE_PRESET=tiny $(BIN)/pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+	$(NOTEBOOK_ENV) $(BIN)/pytest --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg \
+		-p no:cacheprovider notebooks
 
 lab: setup
 	$(BIN)/jupyter lab notebooks
@@ -28,7 +33,7 @@ CLEAR := --ExecutePreprocessor.kernel_name=python3 --ClearMetadataPreprocessor.e
 
 notebooks: setup
 	$(BIN)/jupytext --sync notebooks/*.py
-	MICHI_LITE_PRESET=lite $(BIN)/jupyter nbconvert --to notebook --execute --inplace $(CLEAR) notebooks/*.ipynb
+	$(NOTEBOOK_ENV) $(BIN)/jupyter nbconvert --to notebook --execute --inplace $(CLEAR) notebooks/*.ipynb
 
 clean:
 	rm -rf demo_out .pytest_cache

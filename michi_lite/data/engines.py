@@ -630,8 +630,12 @@ class PiperEngine(SpeechEngine):
     def _piper_voice(self) -> Any:  # a piper.PiperVoice
         with self._lock:
             if self._voice is None:
+                import onnxruntime
                 from piper import PiperVoice
 
+                # the model samples noise inside its graph: seeded before the session is made, the same
+                # text and voice give the same audio in every run (a rebuilt corpus, a re-run notebook)
+                onnxruntime.set_seed(0)
                 self._voice = PiperVoice.load(_joe_model_path(), include_alignments=self.gives_word_timings)
             return self._voice
 
