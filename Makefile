@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 .PHONY: setup demo test lab notebooks clean
 
 # Notebooks are executed for their stored outputs and re-executed by `make test` in the same
-# environment, so that pytest --nbval can compare the two: no progress bars (they show timings).
+# environment, so that pytest --nbval can compare the two: no text progress bars (they show timings;
+# a notebook's own are widgets, stored as their first state).
 NOTEBOOK_ENV := TQDM_DISABLE=1
 
 setup:

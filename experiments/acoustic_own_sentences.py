@@ -1,12 +1,14 @@
-"""Does the acoustic model speak text no corpus ever held? Sentences written for this check, heard by the judge.
+"""Does the acoustic model speak text no corpus ever held, in voices it heard and voices it did not?
 
 The sentences below were written for this script (none comes from the
-corpus's sources). Each is spoken by ``say``'s ``AcousticSpeaker`` from the
-reference ``data/acoustic/lite_acoustic.safetensors``, with its own voice
-prompt and with a prompt in another engine's voice (piper ``joe``, the
-first speech model's prompt), and by espeak-ng itself in the voice the
-model learned, the real audio's ceiling. The Whisper judge hears all three;
-the durations are compared too. data/acoustic/README.md reports a run of::
+corpus's sources), and so was the prompt sentence. For each voice, the
+engine says the prompt sentence (a few seconds: the whole voice prompt),
+then ``say``'s ``AcousticSpeaker`` speaks every sentence in that voice from
+the reference ``data/acoustic/lite_acoustic.safetensors``, and the engine
+says them too, the real audio's ceiling. The Whisper judge hears both; the
+durations are compared. The default voices are two the reference trained on
+and two held out of the corpus's training split. data/acoustic/README.md
+reports a run of::
 
     python experiments/acoustic_own_sentences.py --json data/acoustic/lite_own_sentences.json
 """
@@ -19,7 +21,7 @@ import json
 import numpy as np
 
 from michi_lite.acoustic import load_acoustic
-from michi_lite.audio import load_voice_prompt, prepare_waveform
+from michi_lite.audio import prepare_waveform, voice_prompt
 from michi_lite.backbone import load_whisper
 from michi_lite.data.alignment import transcribe, word_error_rate
 from michi_lite.data.engines import all_voices, synthesize
@@ -41,35 +43,40 @@ SENTENCES = [
 ]
 
 
+PROMPT = "A quiet river ran past the old mill, and the children sat watching it for hours."
+SEEN, HELD_OUT = ["espeak-en-us-m5-p60-s150", "piper-joe-l085"], ["flite-rms", "festival-cmu-us-slt-arctic-hts"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", required=True)
     parser.add_argument("--model", default="data/acoustic/lite_acoustic.safetensors")
     parser.add_argument("--vocoder", default="data/vocoder/lite_vocoder.safetensors")
-    parser.add_argument("--voice", default="espeak-en-us-m5-p60-s150", help="the voice the model learned")
-    parser.add_argument("--prompts", nargs="+", default=["data/acoustic/voice_prompt.flac",
-                                                         "data/speaker/voice_prompt.flac"])
+    parser.add_argument("--voices", nargs="+", default=SEEN + HELD_OUT)
     args = parser.parse_args()
 
     model, vocoder, judge = load_acoustic(args.model, "lite"), load_vocoder(args.vocoder, "lite"), load_whisper()
     audio = model.cfg.audio
-    voice = next(v for v in all_voices() if v.name == args.voice)
-    report: dict = {"sentences": SENTENCES, "args": vars(args)}
-    real = []
-    for text in SENTENCES:
-        clip = synthesize(text, voice)
-        real.append(prepare_waveform(clip.waveform, clip.sample_rate, audio.sample_rate))
-    heard_real = [transcribe(wave, audio.sample_rate, judge) for wave in real]
-    report["espeak"] = {"judge_wer": word_error_rate(SENTENCES, heard_real), "heard": heard_real}
-    for prompt in args.prompts:
-        speaker = AcousticSpeaker(model, vocoder, load_voice_prompt(prompt, audio), steps=4)
+    voices = {v.name: v for v in all_voices()}
+
+    def engine_says(text: str, voice: str) -> np.ndarray:
+        clip = synthesize(text, voices[voice])
+        return prepare_waveform(clip.waveform, clip.sample_rate, audio.sample_rate)
+
+    report: dict = {"sentences": SENTENCES, "prompt": PROMPT, "held_out": HELD_OUT, "args": vars(args), "voices": {}}
+    for name in args.voices:
+        real = [engine_says(text, name) for text in SENTENCES]
+        speaker = AcousticSpeaker(model, vocoder, voice_prompt(engine_says(PROMPT, name), audio), steps=4)
         spoken = [speaker.say(text) for text in SENTENCES]
+        heard_real = [transcribe(wave, audio.sample_rate, judge) for wave in real]
         heard = [transcribe(wave, audio.sample_rate, judge) for wave in spoken]
         ratios = [len(s) / len(r) for s, r in zip(spoken, real)]
-        report[prompt] = {"judge_wer": word_error_rate(SENTENCES, heard), "heard": heard,
-                          "duration_ratio_median": float(np.median(ratios)),
-                          "duration_ratio_range": [float(min(ratios)), float(max(ratios))]}
-        print(prompt, report[prompt]["judge_wer"], report["espeak"]["judge_wer"], flush=True)
+        report["voices"][name] = {
+            "held_out": name in HELD_OUT, "judge_wer": word_error_rate(SENTENCES, heard),
+            "judge_wer_real": word_error_rate(SENTENCES, heard_real), "heard": heard, "heard_real": heard_real,
+            "duration_ratio_median": float(np.median(ratios)),
+            "duration_ratio_range": [float(min(ratios)), float(max(ratios))]}
+        print(name, {k: v for k, v in report["voices"][name].items() if "heard" not in k}, flush=True)
     report["run"] = run_info("lite")
     with open(args.json, "w") as f:
         json.dump(report, f, indent=1)

@@ -180,6 +180,7 @@ def cmd_train_acoustic(args: argparse.Namespace) -> None:
 
     run = train_acoustic(args.preset, args.data, args.out, steps=args.steps, resume=args.resume,
                          batch_size=args.batch_size, voices=args.voice, keep_exports=args.keep_exports,
+                         balance_engines=args.balance_engines, init=args.init,
                          checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes)
     report_run(run, args.preset, "acoustic")
 
@@ -464,6 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
                                           "with phoneme timings; a resumed run keeps its own)")
             stage_train.add_argument("--keep-exports", action="store_true",
                                      help="keep each checkpoint's export in exports/, for a learning curve")
+            stage_train.add_argument("--balance-engines", action="store_true",
+                                     help="repeat the utterances of engines with fewer of them, each engine's by "
+                                          "the square root of how many fewer (a resumed run keeps its own)")
+            stage_train.add_argument("--init", help="start from this acoustic model's weights (a run or "
+                                                    ".safetensors) with a fresh optimizer and schedule")
         if stage == "speaker":
             stage_train.add_argument("--init", help="start from this speech model's weights (a run or .safetensors); "
                                                     "modules it lacks start fresh")

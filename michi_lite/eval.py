@@ -7,6 +7,7 @@ import math
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import soxr
@@ -15,9 +16,9 @@ from pesq import PesqError, pesq
 from pystoi import stoi
 from tqdm.auto import tqdm
 
-from .audio import MelSpectrogram, load_audio, mel_from_patches, normalize_mel
+from .audio import AudioError, MelSpectrogram, load_audio, mel_from_patches, normalize_mel, voice_prompt
 from .backbone import load_whisper
-from .config import get_config
+from .config import AudioConfig, get_config
 from .data.alignment import (
     WHISPER_SAMPLE_RATE,
     boundary_differences,
@@ -329,6 +330,20 @@ SPEAKER_STEPS = (1, 2, 4, 8)
 SPEAKER_MAIN_STEPS = 4
 
 
+def prompt_for(record: dict, same_voice: list[dict], wave: Callable[[dict], np.ndarray],
+               audio: AudioConfig) -> dict | None:
+    """The utterance whose audio prompts ``record``'s voice: the next of ``same_voice`` (cyclically, never
+    ``record`` itself) with enough speech for a voice prompt (``audio.voice_prompt``); None if none has."""
+    at = same_voice.index(record)
+    for other in same_voice[at + 1:] + same_voice[:at]:
+        try:
+            voice_prompt(wave(other), audio)
+            return other
+        except AudioError:
+            continue
+    return None
+
+
 def spread_over_voices(records: list[dict], n: int | None) -> list[dict]:
     """Up to ``n`` records taken from each voice in turn, so a short eval still hears every voice."""
     by_voice: dict[str, list[dict]] = defaultdict(list)
@@ -496,7 +511,7 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
     """
     from speechmos import dnsmos
 
-    from .audio import audio_patches, voice_prompt
+    from .audio import audio_patches
     from .backbone import load_tokenizer
     from .model import build_backbone, load_speaker, quantized_for_cpu, speaker_streams
     from .say import Speaker
@@ -524,21 +539,21 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
     judge = load_whisper()
     real = {r["id"]: load_audio(r["path"], audio.sample_rate) for r in test}
     identify = VoiceIdentifier(real, {r["id"]: r["voice"] for r in test}, audio.sample_rate, device)
-    by_voice: dict[str, list[str]] = defaultdict(list)
+    by_voice: dict[str, list[dict]] = defaultdict(list)
     for r in test:
-        by_voice[r["voice"]].append(r["id"])
+        by_voice[r["voice"]].append(r)
 
     report: dict = {"groups": {}, "perplexity": perplexity}
     for group, records in sorted(voice_groups(data_dir).items()):
         rows = []
-        promptable = [r for r in records if len(by_voice[r["voice"]]) > 1]  # another utterance to prompt with
+        prompts = {r["id"]: prompt_for(r, by_voice[r["voice"]], lambda other: real[other["id"]], audio) for r in records}
+        promptable = [r for r in records if prompts[r["id"]] is not None]  # another utterance to prompt with
         if not promptable:
-            logger.warning("speaker eval: no %s voice has two test utterances, one to prompt with; skipped", group)
+            logger.warning("speaker eval: no %s voice has another test utterance to prompt with; skipped", group)
             continue
         for record in tqdm(spread_over_voices(promptable, max_utterances), desc=f"speaker eval, {group} voices",
                            unit="utt"):
-            ids = by_voice[record["voice"]]
-            prompt_id = ids[(ids.index(record["id"]) + 1) % len(ids)]  # the next test utterance of this voice
+            prompt_id = prompts[record["id"]]["id"]
             voice = voice_prompt(real[prompt_id], audio, source=prompt_id)
             row = {"text": record["text"], "category": record["category"], "voice": record["voice"],
                    "heard_real": transcribe(real[record["id"]], audio.sample_rate, judge), "by_steps": {}}
@@ -700,14 +715,18 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
         groups[r["voice_split"]].append(r)
     for group, records in sorted(groups.items()):
         rows = []
-        for record in tqdm(spread_over_voices(records, max_utterances), desc=f"acoustic eval, {group} voices",
+        prompts = {r["id"]: prompt_for(r, by_voice[r["voice"]], lambda other: real[other["id"]], audio) for r in records}
+        promptable = [r for r in records if prompts[r["id"]] is not None]
+        if len(promptable) < len(records):
+            logger.info("acoustic eval, %s voices: %d utterances left out, no other test utterance of their voice "
+                        "has speech enough to prompt with", group, len(records) - len(promptable))
+        for record in tqdm(spread_over_voices(promptable, max_utterances), desc=f"acoustic eval, {group} voices",
                            unit="utt"):
-            others = by_voice[record["voice"]]
-            prompt = others[(others.index(record) + 1) % len(others)]  # the next test utterance of this voice
+            prompt = prompts[record["id"]]
             wave = real[record["id"]]
             real_patches = audio_patches(torch.from_numpy(wave), audio).to(device)
             row = {"text": record["text"], "category": record["category"], "voice": record["voice"],
-                   "heard_real": transcribe(wave, audio.sample_rate, judge),
+                   "engine": record["engine"], "heard_real": transcribe(wave, audio.sample_rate, judge),
                    "real_seconds": len(wave) / audio.sample_rate, "by_steps": {}}
             with torch.inference_mode():
                 voice = model.voice(prompt_columns(real[prompt["id"]], audio, prompt["id"]).to(device)[None])
@@ -741,6 +760,9 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
                     row["duration_error"] = float((predicted - torch.log1p(durations.float())).abs().mean())
             rows.append(row)
         report["groups"][group] = by_category(rows, lambda some: acoustic_summary(some, steps))
+        report["groups"][group]["by_engine"] = {
+            engine: acoustic_summary([r for r in rows if r["engine"] == engine], steps)
+            for engine in sorted({r["engine"] for r in rows})}
         logger.info("acoustic eval, %s voices: %s", group, report["groups"][group]["all"])
     report["voices"], report["n_test_voices"] = sorted(by_voice), len(identify.members)
     report["checkpoint"], report["vocoder"] = str(ckpt), str(vocoder_ckpt)
@@ -776,8 +798,8 @@ def acoustic_summary(rows: list[dict], steps: tuple[int, ...]) -> dict:
         "duration_ratio_median": float(np.median(ratios)),
         "duration_within_25_percent": float(np.mean(np.abs(ratios - 1) <= 0.25)),
         "by_steps": by_steps(rows, steps),
-        "utterances": [{"text": r["text"], "heard": r["by_steps"][main]["heard"], "heard_real": r["heard_real"]}
-                       for r in rows],
+        "utterances": [{"text": r["text"], "voice": r["voice"], "heard": r["by_steps"][main]["heard"],
+                        "heard_real": r["heard_real"]} for r in rows],
     }
 
 

@@ -45,6 +45,7 @@ import copy
 import json
 import logging
 import os
+import warnings
 from collections import deque
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -210,7 +211,9 @@ class SpeechModel(nn.Module):
         lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGETS)
         for p in backbone.parameters():
             p.requires_grad_(False)
-        self.backbone = get_peft_model(backbone, lora)
+        with warnings.catch_warnings():  # peft asks transformers a question it deprecated: nothing to act on here
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            self.backbone = get_peft_model(backbone, lora)
         self.voice = VoiceEncoder(cfg.patch_dim, cfg.voice_width, cfg.hidden_size)
         self.audio_in = nn.Sequential(nn.Linear(cfg.patch_dim, cfg.hidden_size), nn.GELU(),
                                       nn.Linear(cfg.hidden_size, cfg.hidden_size))

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import torch
 
-from .acoustic import AcousticModel, AcousticUtterances, acoustic_config, save_acoustic
+from .acoustic import AcousticModel, AcousticUtterances, acoustic_config, load_acoustic, save_acoustic
 from .train import LengthBuckets, ScheduledTrainer, fit, started_config, training_device, warmup_cosine
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,17 @@ class AcousticTrainer(ScheduledTrainer):
             shutil.copyfile(path, out_dir / "exports" / f"step_{self.schedule.last_epoch:08d}.safetensors")
 
 
+def engine_balanced(records: list[dict]) -> list[int]:
+    """Indices into ``records``, each repeated by sqrt(n_max / n) where its engine has n and the most used n_max.
+
+    The corpus has many espeak-ng voices and one or two of each other engine:
+    unbalanced, those few voices are a small share of the batches.
+    """
+    counts = Counter(r["engine"] for r in records)
+    most = max(counts.values())
+    return [i for i, r in enumerate(records) for _ in range(round(math.sqrt(most / counts[r["engine"]])))]
+
+
 def train_acoustic(
     preset: str,
     data_dir: str | os.PathLike,
@@ -79,6 +92,8 @@ def train_acoustic(
     batch_size: int | None = None,
     voices: list[str] | None = None,
     keep_exports: bool = False,
+    balance_engines: bool = False,
+    init: str | os.PathLike | None = None,
     resume: bool = False,
     checkpoint_every: int = 250,
     log_every: int = 10,
@@ -91,6 +106,8 @@ def train_acoustic(
     A resumed run keeps the batch size, voices and seed it started with
     (its data order depends on them) unless they are given again.
     ``keep_exports`` keeps every checkpoint's export in ``exports/``.
+    ``balance_engines`` repeats utterances (``engine_balanced``); ``init``
+    starts from an acoustic model's weights instead of random ones.
     """
     started = started_config(out_dir) if resume else None
     if started is not None:
@@ -98,17 +115,26 @@ def train_acoustic(
         voices = voices if voices is not None else started["voices"]
         seed = started["seed"]
         keep_exports = keep_exports or started.get("keep_exports", False)
+        balance_engines = started.get("balance_engines", False)
+        init = started.get("init")  # recorded only: the checkpoint's weights are loaded over the start
     batch_size = batch_size or 16
     device = training_device(device)
     torch.manual_seed(seed)
     model = AcousticModel(acoustic_config(preset))
+    if init is not None and started is None:
+        model = load_acoustic(init, preset).train()
     trainer = AcousticTrainer(model, preset, device, steps,
                               recipe={"batch_size": batch_size, "voices": voices, "seed": seed,
-                                      "keep_exports": keep_exports})
+                                      "keep_exports": keep_exports, "balance_engines": balance_engines,
+                                      "init": None if init is None else str(init)})
     dataset = AcousticUtterances(data_dir, model.cfg, "train", voices=voices)
-    logger.info("acoustic %s: %.2fM parameters, %d steps of %d utterances (%d in the train split) on %s", preset,
-                sum(p.numel() for p in model.parameters()) / 1e6, steps, batch_size, len(dataset), device)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=LengthBuckets(dataset.lengths(), batch_size, seed),
-                                         collate_fn=dataset.collate)
+    indices = engine_balanced(dataset.records) if balance_engines else list(range(len(dataset)))
+    logger.info("acoustic %s: %.2fM parameters, %d steps of %d utterances (%d in the train split, %d drawn from) "
+                "on %s", preset, sum(p.numel() for p in model.parameters()) / 1e6, steps, batch_size, len(dataset),
+                len(indices), device)
+    lengths = dataset.lengths()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, indices), collate_fn=dataset.collate,
+        batch_sampler=LengthBuckets([lengths[i] for i in indices], batch_size, seed))
     return fit(trainer, loader, out_dir, steps, LOSSES, resume=resume, checkpoint_every=checkpoint_every,
                log_every=log_every, max_minutes=max_minutes, desc="acoustic")

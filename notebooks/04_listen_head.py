@@ -236,6 +236,9 @@ fig
 # was never in training):
 
 # %%
+# NBVAL_IGNORE_OUTPUT
+# the int8 listener's emissions near a decision threshold differ between runs by a word
+# now and then, so `make test` runs this cell without comparing what it prints
 seen_voice = synthesize(SENTENCE, voices["flite-awb"])
 seen_wave = torch.from_numpy(prepare_waveform(seen_voice.waveform, seen_voice.sample_rate, audio.sample_rate))
 for word in transcribe_stream(quantized_for_cpu(reference), seen_wave, tokenizer):

@@ -189,8 +189,11 @@ def test_eval_acoustic_judges_its_speech_beside_the_real_audio(tiny_corpus, tmp_
           "--vocoder", str(vocoder_file), "--max-utterances", "1", "--json", str(out)])
     report = json.loads(out.read_text())
     assert set(report["groups"]) == {"seen", "unseen"}
-    seen = report["groups"]["seen"]["all"]
-    assert seen["n_utterances"] == 1 and set(seen["by_steps"]) == {"0", "1", "4"}
-    assert 0 <= seen["judge_wer_real"] < seen["judge_wer"]  # an untrained model says nothing the judge can hear
-    assert 0 <= seen["identified_real"] <= 1 and -1 <= seen["similarity"] <= 1
+    # each seen voice of the tiny corpus has one test utterance: none has another to be prompted with
+    assert report["groups"]["seen"]["all"]["n_utterances"] == 0
+    unseen = report["groups"]["unseen"]["all"]
+    assert unseen["n_utterances"] == 1 and set(unseen["by_steps"]) == {"0", "1", "4"}
+    assert 0 <= unseen["judge_wer_real"] < unseen["judge_wer"]  # an untrained model says nothing the judge can hear
+    assert 0 <= unseen["identified_real"] <= 1 and -1 <= unseen["similarity"] <= 1
+    assert report["groups"]["unseen"]["by_engine"]["espeak"]["judge_wer"] == unseen["judge_wer"]  # its one engine
     assert report["n_test_voices"] == len({r["voice"] for r in load_manifest(tiny_corpus, "test")})

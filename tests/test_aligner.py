@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -25,7 +26,8 @@ from michi_lite.aligner import (
 from michi_lite.cli import main
 from michi_lite.data.corpus import load_manifest
 from michi_lite.data.phonemes import PAD_PHONEME, phoneme_id, sentence_phonemes
-from michi_lite.train import latest_checkpoint
+from michi_lite.train import latest_checkpoint, started_config
+from michi_lite.train_acoustic import engine_balanced
 
 AUDIO = aligner_config("lite").audio
 
@@ -114,6 +116,26 @@ def test_the_acoustic_model_trains_on_aligned_voices_unless_told_engine_timings_
     engine = AcousticUtterances(data, cfg, "train", max_seconds=60, engine_timed_only=True)
     assert {r["engine"] for r in engine.records} == {"espeak"}
     assert len(everything) > len(engine) and {r["engine"] for r in everything.records} > {"espeak"}
+
+
+def test_balancing_engines_repeats_the_rarer_engines_utterances_by_the_root_of_their_rarity():
+    records = [{"engine": "espeak"}] * 36 + [{"engine": "flite"}] * 4 + [{"engine": "piper"}]
+    counts = Counter(records[i]["engine"] for i in engine_balanced(records))
+    assert counts == {"espeak": 36, "flite": 12, "piper": 6}
+
+
+def test_a_balanced_run_starts_from_another_models_weights_and_resumes_balanced(aligned_corpus, tmp_path):
+    data, _ = aligned_corpus
+    torch.manual_seed(1)
+    start = save_acoustic(tmp_path / "start.safetensors", AcousticModel(acoustic_config("tiny")), "tiny")
+    run = tmp_path / "run"
+    train = ["train", "acoustic", "--preset", "tiny", "--data", str(data), "--out", str(run), "--batch-size", "2",
+             "--checkpoint-every", "2"]
+    main([*train, "--steps", "2", "--balance-engines", "--init", str(start)])
+    main([*train, "--steps", "4", "--resume"])
+    config = started_config(run)
+    assert config["balance_engines"] and config["init"] == str(start)
+    assert latest_checkpoint(run).name.endswith("4")
 
 
 def test_an_aligner_file_refuses_another_preset_and_another_kind_of_file(aligned_corpus, tmp_path):
