@@ -7,7 +7,6 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable
 
 import numpy as np
 import soxr
@@ -330,18 +329,28 @@ SPEAKER_STEPS = (1, 2, 4, 8)
 SPEAKER_MAIN_STEPS = 4
 
 
-def prompt_for(record: dict, same_voice: list[dict], wave: Callable[[dict], np.ndarray],
-               audio: AudioConfig) -> dict | None:
-    """The utterance whose audio prompts ``record``'s voice: the next of ``same_voice`` (cyclically, never
-    ``record`` itself) with enough speech for a voice prompt (``audio.voice_prompt``); None if none has."""
-    at = same_voice.index(record)
-    for other in same_voice[at + 1:] + same_voice[:at]:
+def prompt_partners(test: list[dict], real: dict[str, np.ndarray], audio: AudioConfig) -> dict[str, dict]:
+    """By test utterance id, the utterance whose audio prompts its voice: the next of the same voice in ``test``
+    (cyclically, never itself) with enough speech for a voice prompt (``audio.voice_prompt``). An utterance
+    whose voice has no other such utterance is left out."""
+    def can_prompt(record: dict) -> bool:
         try:
-            voice_prompt(wave(other), audio)
-            return other
+            voice_prompt(real[record["id"]], audio)
+            return True
         except AudioError:
-            continue
-    return None
+            return False
+
+    usable = {r["id"]: can_prompt(r) for r in test}
+    by_voice: dict[str, list[dict]] = defaultdict(list)
+    for r in test:
+        by_voice[r["voice"]].append(r)
+    partners = {}
+    for same_voice in by_voice.values():
+        for at, record in enumerate(same_voice):
+            partner = next((r for r in same_voice[at + 1:] + same_voice[:at] if usable[r["id"]]), None)
+            if partner is not None:
+                partners[record["id"]] = partner
+    return partners
 
 
 def spread_over_voices(records: list[dict], n: int | None) -> list[dict]:
@@ -539,15 +548,12 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
     judge = load_whisper()
     real = {r["id"]: load_audio(r["path"], audio.sample_rate) for r in test}
     identify = VoiceIdentifier(real, {r["id"]: r["voice"] for r in test}, audio.sample_rate, device)
-    by_voice: dict[str, list[dict]] = defaultdict(list)
-    for r in test:
-        by_voice[r["voice"]].append(r)
+    prompts = prompt_partners(test, real, audio)
 
     report: dict = {"groups": {}, "perplexity": perplexity}
     for group, records in sorted(voice_groups(data_dir).items()):
         rows = []
-        prompts = {r["id"]: prompt_for(r, by_voice[r["voice"]], lambda other: real[other["id"]], audio) for r in records}
-        promptable = [r for r in records if prompts[r["id"]] is not None]  # another utterance to prompt with
+        promptable = [r for r in records if r["id"] in prompts]  # another utterance to prompt with
         if not promptable:
             logger.warning("speaker eval: no %s voice has another test utterance to prompt with; skipped", group)
             continue
@@ -587,7 +593,7 @@ def evaluate_speaker(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
             rows.append(row)
         report["groups"][group] = by_category(rows, lambda some: speaker_summary(some, steps))
         logger.info("speaker eval, %s voices: %s", group, report["groups"][group]["all"])
-    report["n_test_voices"] = len(by_voice)
+    report["n_test_voices"] = len({r["voice"] for r in test})
     report["checkpoint"], report["vocoder"] = str(ckpt), str(vocoder_ckpt)
     report["run"] = run_info(preset)
     return report
@@ -698,25 +704,23 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
         asked = phoneme_classes(torch.repeat_interleave(phonemes, durations))
         heard = aligner.log_probs(patches.reshape(-1, audio.n_mels)).argmax(-1)[:len(asked)]
         return float((heard == asked[:len(heard)]).float().mean())
+
     vocoder = load_vocoder(vocoder_ckpt, preset, device)
     judge = load_whisper()
-    by_voice: dict[str, list[dict]] = defaultdict(list)
-    for r in test:
-        by_voice[r["voice"]].append(r)
     real = {r["id"]: load_audio(r["path"], audio.sample_rate) for r in everyone}
     identify = VoiceIdentifier(real, {r["id"]: r["voice"] for r in everyone}, audio.sample_rate, device)
 
     def vocoded(patches: torch.Tensor) -> np.ndarray:
         return vocoder.vocode(mel_from_patches(patches, audio)).float().cpu().numpy()
 
+    prompts = prompt_partners(test, real, audio)
     report: dict = {"groups": {}}
     groups = defaultdict(list)
     for r in test:
         groups[r["voice_split"]].append(r)
     for group, records in sorted(groups.items()):
         rows = []
-        prompts = {r["id"]: prompt_for(r, by_voice[r["voice"]], lambda other: real[other["id"]], audio) for r in records}
-        promptable = [r for r in records if prompts[r["id"]] is not None]
+        promptable = [r for r in records if r["id"] in prompts]
         if len(promptable) < len(records):
             logger.info("acoustic eval, %s voices: %d utterances left out, no other test utterance of their voice "
                         "has speech enough to prompt with", group, len(records) - len(promptable))
@@ -764,7 +768,7 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
             engine: acoustic_summary([r for r in rows if r["engine"] == engine], steps)
             for engine in sorted({r["engine"] for r in rows})}
         logger.info("acoustic eval, %s voices: %s", group, report["groups"][group]["all"])
-    report["voices"], report["n_test_voices"] = sorted(by_voice), len(identify.members)
+    report["voices"], report["n_test_voices"] = sorted({r["voice"] for r in test}), len(identify.members)
     report["checkpoint"], report["vocoder"] = str(ckpt), str(vocoder_ckpt)
     report["aligner"], report["temperature"] = None if aligner_ckpt is None else str(aligner_ckpt), temperature
     report["run"] = run_info(preset)
@@ -815,7 +819,7 @@ def evaluate_aligner(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
     number).
     """
     from .acoustic import columns_per_phoneme
-    from .aligner import load_aligner, phoneme_classes
+    from .aligner import force_align, load_aligner, phoneme_classes
     from .audio import audio_patches
     from .data.phonemes import phoneme_id
 
@@ -839,9 +843,10 @@ def evaluate_aligner(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
             ids = torch.tensor([phoneme_id(row[0]) for row in record["phonemes"]])
             truth = columns_per_phoneme(np.array([row[2] for row in record["phonemes"]]), len(mel), audio)
             keep = truth > 0  # a phoneme shorter than a column has no column to be found in
-            aligned = aligner.align(mel, ids[keep]).numpy()
+            log_probs = aligner.log_probs(mel)  # once: for the alignment and for the column accuracy
+            aligned = force_align(log_probs.cpu().numpy(), phoneme_classes(ids[keep]).numpy())
             errors.append(np.abs(np.cumsum(aligned)[:-1] - np.cumsum(truth[keep])[:-1]) * hop_ms)
-            guessed = aligner.log_probs(mel).argmax(-1)
+            guessed = log_probs.argmax(-1)
             correct += int((guessed == phoneme_classes(torch.repeat_interleave(ids, torch.from_numpy(truth)))).sum())
             columns += len(mel)
         borders = np.concatenate(errors)
