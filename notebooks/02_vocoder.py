@@ -377,7 +377,7 @@ for voice_name, heard in (("flite-awb", "seen"), ("flite-rms", "unseen")):
             f": PESQ-wb {pesq_wideband(original, samples, lite.sample_rate):.2f}, "
             f"STOI {short_time_intelligibility(original, samples, lite.sample_rate):.3f}")
         display(Markdown(f"**{name}**{scores}"), Audio(samples, rate=lite.sample_rate))
-    print(f"streamed 80 ms at a time vs offline: max |difference| "
+    print(f"streamed 80 ms at a time vs offline: max |difference| = "
           f"{np.abs(streamed - outputs['HiFi-GAN']).max():.1e}")
 
 # %%
