@@ -280,6 +280,28 @@ SILENCE_MEL = (math.log(MEL_FLOOR) - LOG_MEL_MEAN) / LOG_MEL_STD  # every bin of
 # --- the 80 ms frame clock -------------------------------------------------------
 
 
+def check_mel(mel: torch.Tensor, n_mels: int) -> None:
+    """Raise ValueError unless ``mel`` is a finite (n_mels, frames) or (batch, n_mels, frames) tensor."""
+    if not isinstance(mel, torch.Tensor):
+        raise ValueError(f"mel must be a torch.Tensor, got {type(mel).__name__}")
+    if mel.dim() not in (2, 3):
+        raise ValueError(
+            f"mel must have shape (n_mels, frames) or (batch, n_mels, frames), got {tuple(mel.shape)}"
+        )
+    if mel.shape[-2] != n_mels:
+        hint = " (is it transposed? mel is (n_mels, frames))" if mel.shape[-1] == n_mels else ""
+        raise ValueError(f"mel has {mel.shape[-2]} mel bins on axis -2, this vocoder expects {n_mels}{hint}")
+    if mel.shape[-1] == 0:
+        raise ValueError("mel has no frames")
+    if not torch.isfinite(mel).all():
+        raise ValueError("mel contains NaN or inf values")
+
+
+def silent_mel(like: torch.Tensor, frames: int) -> torch.Tensor:
+    """``frames`` columns of the normalised mel of digital silence, shaped and placed like ``like``."""
+    return like.new_full((*like.shape[:-1], frames), SILENCE_MEL)
+
+
 def frame_count(n_samples: int, cfg: AudioConfig) -> int:
     """How many 80 ms frames ``n_samples`` fill, the last one possibly partly."""
     return math.ceil(n_samples / cfg.samples_per_frame)

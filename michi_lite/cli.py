@@ -1,11 +1,12 @@
 """``michi-lite``: the one command line the notebooks, tests, CI and benchmarks share.
 
-    michi-lite data build      --preset P --out DIR [--voice V] [--hours H]
+    michi-lite data build      --preset P --out DIR [--voice V] [--hours H] [--turns T]
     michi-lite data subset     --data DIR --out DIR --hours H [--splits S ...] [--seed N]
     michi-lite data pack       --data DIR --out DIR [--splits S ...]
     michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init G]
                                [--discriminator-start N] [--discriminator-warmup N] [--lr-decay GAMMA]
                                [--stft-loss WEIGHT] [--multiscale-mel WEIGHT] [--upsampler transposed|nearest]
+                               [--arch hifigan|istft]
     michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
     michi-lite export vocoder|listener|speaker --preset P --ckpt RUN --out FILE
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import PRESETS, get_config
+from .config import PRESETS, TURNS, get_config
 
 # the reference weights committed with the project (a source checkout's data/)
 REFERENCE_DATA = Path(__file__).resolve().parent.parent / "data"
@@ -105,6 +106,8 @@ def cmd_data_build(args: argparse.Namespace) -> None:
     cfg = get_config(args.preset)
     if args.hours is not None:
         cfg = replace(cfg, corpus=replace(cfg.corpus, min_hours=args.hours))
+    if args.turns is not None:
+        cfg = replace(cfg, corpus=replace(cfg.corpus, turns=args.turns))
     manifest = build_corpus(cfg, args.out, voice=args.voice)
     summary = json.loads((manifest.parent / "corpus.json").read_text())
     print(f"built {summary['utterances']} utterances, {summary['hours']:.2f} h, "
@@ -153,7 +156,8 @@ def cmd_train_vocoder(args: argparse.Namespace) -> None:
                         max_minutes=args.max_minutes, init=args.init,
                         discriminator_start=args.discriminator_start, lr_decay=args.lr_decay,
                         stft_loss_weight=args.stft_loss, multiscale_mel_loss_weight=args.multiscale_mel,
-                        discriminator_warmup=args.discriminator_warmup, upsampler=args.upsampler)
+                        discriminator_warmup=args.discriminator_warmup, upsampler=args.upsampler,
+                        arch=args.arch)
     report_run(run, args.preset, "vocoder")
 
 
@@ -382,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one voice speaks the whole plan, each sentence in its usual split (e.g. "
                             "espeak-en-us-m3-p40-s150)")
     build.add_argument("--hours", type=positive_float, default=None, help="audio to build (default: the preset's)")
+    build.add_argument("--turns", choices=TURNS, default=None,
+                       help="sentences go round the seen voices (voice, the default) or round the engines "
+                            "first, so every engine gets an equal share (engine)")
     build.set_defaults(run=cmd_data_build)
     subset = data.add_parser("subset", help="copy a few hours of a corpus, every speaker in turn")
     subset.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
@@ -459,6 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      help="the generator's upsampling layers: transposed convs (HiFi-GAN's, the "
                                           "default) or nearest-neighbour upsampling and a conv; a resumed run "
                                           "keeps its own")
+            stage_train.add_argument("--arch", choices=("hifigan", "istft"),
+                                     help="the generator: hifigan (upsampling convs at the sample rate, the "
+                                          "default) or istft (ConvNeXt blocks at the frame rate and an inverse "
+                                          "STFT, Vocos's design made causal); a resumed run keeps its own")
         if stage == "acoustic":
             stage_train.add_argument("--voice", action="append",
                                      help="train on this voice's utterances only (repeatable; default: every voice "

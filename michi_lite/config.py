@@ -46,6 +46,9 @@ class ListenerConfig:
     whisper: str | None  # None: a randomly initialised small encoder
 
 
+TURNS = ("voice", "engine")
+
+
 @dataclass(frozen=True)
 class CorpusConfig:
     """What ``michi-lite data build`` makes for this preset."""
@@ -58,6 +61,11 @@ class CorpusConfig:
     test_fraction: float = 0.05
     whisper_sample: int = 100  # utterances per engine also aligned by Whisper, for the comparison
     seed: int = 0
+    turns: str = "voice"  # train and val sentences go round the seen voices, or round the engines ("engine")
+
+    def __post_init__(self) -> None:
+        if self.turns not in TURNS:
+            raise ValueError(f"corpus turns must be one of {', '.join(TURNS)}, not {self.turns!r}")
 
 
 @dataclass(frozen=True)

@@ -52,10 +52,12 @@ from michi_lite.audio import (
     MEL_FLOOR,
     SILENCE_MEL,
     MelSpectrogram,
+    check_mel,
     denormalize_mel,
     load_audio,
     mel_filterbank,
     normalize_mel,
+    silent_mel,
 )
 from michi_lite.config import AudioConfig, get_config
 from michi_lite.data.corpus import load_manifest
@@ -67,6 +69,7 @@ logger = logging.getLogger(__name__)
 LRELU_SLOPE = 0.1
 CHECKPOINT_FORMAT = "michi_lite.vocoder/1"
 UPSAMPLERS = ("transposed", "nearest")
+ARCHS = ("hifigan", "istft")
 
 
 # --- configuration ----------------------------------------------------------------
@@ -80,6 +83,10 @@ class VocoderConfig:
     audio: AudioConfig
     upsample_rates: tuple[int, ...]  # their product is the mel hop
     upsample_initial_channel: int  # halved after every upsampling
+    # "hifigan": ``HiFiGANGenerator``, upsampling at the sample rate; "istft": ``IstftGenerator``,
+    # ConvNeXt blocks at the frame rate and an inverse STFT. The upsample_* and resblock_* fields
+    # shape the first, the istft_* fields the second; discriminators and recipe serve both.
+    arch: str = "hifigan"
     resblock_kernel_sizes: tuple[int, ...] = (3, 7, 11)
     resblock_dilations: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
     resblock_plain_convs: bool = True  # True: HiFi-GAN's ResBlock1; False: the lighter ResBlock2
@@ -87,6 +94,9 @@ class VocoderConfig:
     # (``CausalUpsample``), free of the tone at each stage's input rate (Pons et al. 2021)
     upsampler: str = "transposed"
     lookahead_hops: int = 2  # frame i is answered with the samples this many hops before its own
+    istft_channels: int = 256  # the ConvNeXt blocks' width
+    istft_blocks: int = 8
+    istft_kernel_size: int = 7  # each block's causal depthwise conv, in frames
     mpd_periods: tuple[int, ...] = (2, 3, 5, 7, 11)
     mpd_channels: tuple[int, ...] = (32, 128, 512, 1024, 1024)
     # (n_fft, hop, win) of each STFT the resolution discriminator looks at (BigVGAN's)
@@ -130,6 +140,13 @@ class VocoderConfig:
             raise ValueError(f"upsampler must be one of {UPSAMPLERS}, not {self.upsampler!r}")
         if self.lookahead_hops < 0:
             raise ValueError(f"lookahead_hops must be 0 or more, not {self.lookahead_hops}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, not {self.arch!r}")
+        if self.arch == "istft" and self.lookahead_hops < 1:
+            raise ValueError("the istft generator's window is lookahead_hops + 1 hops long, and a one-hop "
+                             "window cannot overlap its neighbours: give lookahead_hops 1 or more")
+        if min(self.istft_channels, self.istft_blocks, self.istft_kernel_size) < 1:
+            raise ValueError("istft_channels, istft_blocks and istft_kernel_size must be 1 or more")
         if len(self.resblock_dilations) != len(self.resblock_kernel_sizes) or not all(self.resblock_dilations):
             raise ValueError("give every ResBlock kernel size its own non-empty tuple of dilations")
         if self.segment_samples <= self.lookahead_samples:
@@ -154,6 +171,11 @@ class VocoderConfig:
         return self.lookahead_hops * self.audio.hop_length
 
     @property
+    def istft_n_fft(self) -> int:
+        """The inverse STFT's frame: the look-ahead and the hop of the frame itself (``IstftGenerator``)."""
+        return (self.lookahead_hops + 1) * self.audio.hop_length
+
+    @property
     def segment_samples(self) -> int:
         """Training segment length, a whole number of mel hops."""
         hop = self.audio.hop_length
@@ -165,9 +187,10 @@ class VocoderConfig:
     def generator_fields(self) -> dict:
         """What a generator checkpoint must agree on to load: the audio and the generator's shape."""
         fields = json.loads(self.to_json())
-        return {k: fields[k] for k in ("audio", "upsample_rates", "upsample_initial_channel",
-                                       "resblock_kernel_sizes", "resblock_dilations", "resblock_plain_convs",
-                                       "upsampler", "lookahead_hops")}
+        shape = (("upsample_rates", "upsample_initial_channel", "resblock_kernel_sizes", "resblock_dilations",
+                  "resblock_plain_convs", "upsampler") if self.arch == "hifigan" else
+                 ("istft_channels", "istft_blocks", "istft_kernel_size"))
+        return {k: fields[k] for k in ("audio", "arch", "lookahead_hops", *shape)}
 
 
 def vocoder_config(preset_name: str) -> VocoderConfig:
@@ -197,6 +220,7 @@ def vocoder_config(preset_name: str) -> VocoderConfig:
             preset="tiny", audio=audio,
             upsample_rates=(5, 4, 4, 2),
             upsample_initial_channel=32, resblock_kernel_sizes=(3,), resblock_dilations=((1, 3),),
+            istft_channels=16, istft_blocks=2,
             mpd_periods=(2, 3), mpd_channels=(4, 8, 8), mrd_resolutions=((256, 64, 256),),
             mrd_channels=4, batch_size=2, segment_seconds=0.16, stft_loss_resolutions=((256, 64, 256),),
         )
@@ -212,7 +236,7 @@ def vocoder_config(preset_name: str) -> VocoderConfig:
         return VocoderConfig(
             preset="michi", audio=audio,
             upsample_rates=(5, 4, 4, 3),
-            upsample_initial_channel=384, segment_seconds=0.4,
+            upsample_initial_channel=384, istft_channels=512, segment_seconds=0.4,
         )
     raise ValueError(f"no vocoder for preset {preset_name!r}")
 
@@ -297,29 +321,25 @@ class ResBlock(nn.Module):
         return x
 
 
-def check_mel(mel: torch.Tensor, n_mels: int) -> None:
-    """Raise ValueError unless ``mel`` is a finite (n_mels, frames) or (batch, n_mels, frames) tensor."""
-    if not isinstance(mel, torch.Tensor):
-        raise ValueError(f"mel must be a torch.Tensor, got {type(mel).__name__}")
-    if mel.dim() not in (2, 3):
-        raise ValueError(
-            f"mel must have shape (n_mels, frames) or (batch, n_mels, frames), got {tuple(mel.shape)}"
-        )
-    if mel.shape[-2] != n_mels:
-        hint = " (is it transposed? mel is (n_mels, frames))" if mel.shape[-1] == n_mels else ""
-        raise ValueError(f"mel has {mel.shape[-2]} mel bins on axis -2, this vocoder expects {n_mels}{hint}")
-    if mel.shape[-1] == 0:
-        raise ValueError("mel has no frames")
-    if not torch.isfinite(mel).all():
-        raise ValueError("mel contains NaN or inf values")
+class CausalVocoder(nn.Module):
+    """What every generator here shares: ``forward`` is the causal network, lagging the mel by
+    ``cfg.lookahead_samples``; ``vocode`` gives whole clips' waveforms aligned with their mel."""
+
+    cfg: VocoderConfig
+    n_mels: int
+
+    def vocode(self, mel: torch.Tensor) -> torch.Tensor:
+        """A whole mel -> its waveform, aligned: frames * hop samples, sample n under mel frame n // hop.
+
+        Runs the generator over the mel plus ``lookahead_hops`` frames of
+        silence (which flush out the last samples) and drops the lag.
+        """
+        check_mel(mel, self.n_mels)
+        wave = self(torch.cat([mel, silent_mel(mel, self.cfg.lookahead_hops)], dim=-1))
+        return wave[..., self.cfg.lookahead_samples:]
 
 
-def silence(like: torch.Tensor, frames: int) -> torch.Tensor:
-    """``frames`` columns of the normalised mel of digital silence, shaped and placed like ``like``."""
-    return like.new_full((*like.shape[:-1], frames), SILENCE_MEL)
-
-
-class HiFiGANGenerator(nn.Module):
+class HiFiGANGenerator(CausalVocoder):
     """Normalised log-mel (batch, n_mels, frames) -> waveform (batch, frames * hop).
 
     conv_pre, then per upsampling stage: a causal upsampler (``CausalUpsample``) and a
@@ -328,8 +348,7 @@ class HiFiGANGenerator(nn.Module):
     the same patches the speaking head predicts. A 2-D mel gives a 1-D wave.
 
     ``forward`` is the causal network itself: its output lags the mel by
-    ``cfg.lookahead_samples`` (see the module docstring). ``vocode`` gives the
-    waveform aligned with the mel, for whole clips.
+    ``cfg.lookahead_samples`` (see the module docstring).
     """
 
     def __init__(self, cfg: VocoderConfig) -> None:
@@ -359,16 +378,6 @@ class HiFiGANGenerator(nn.Module):
         # HiFi-GAN's final leaky_relu uses the default slope 0.01, not 0.1
         x = torch.tanh(self.conv_post(F.leaky_relu(x)))  # (batch, 1, frames * hop)
         return x[0, 0] if unbatched else x[:, 0]
-
-    def vocode(self, mel: torch.Tensor) -> torch.Tensor:
-        """A whole mel -> its waveform, aligned: frames * hop samples, sample n under mel frame n // hop.
-
-        Runs the generator over the mel plus ``lookahead_hops`` frames of
-        silence (which flush out the last samples) and drops the lag.
-        """
-        check_mel(mel, self.n_mels)
-        wave = self(torch.cat([mel, silence(mel, self.cfg.lookahead_hops)], dim=-1))
-        return wave[..., self.cfg.lookahead_samples:]
 
     def remove_weight_norm(self) -> HiFiGANGenerator:
         """Fold weight norm into plain weights: same outputs, less work per call. Returns self."""
@@ -449,7 +458,29 @@ class UpsampleStream:
         return hops.permute(0, 2, 3, 1).reshape(-1, batch, time * self.rate).add_(self.bias)
 
 
-class StreamingVocoder:
+class VocoderStream:
+    """What every generator's stream shares: its lag, and ``flush`` at the end of a stream."""
+
+    generator: CausalVocoder
+    batch_size: int
+    started: bool
+
+    @property
+    def latency_samples(self) -> int:
+        return self.generator.cfg.lookahead_samples
+
+    @torch.inference_mode()
+    def flush(self) -> torch.Tensor:
+        """End the stream: the ``latency_samples`` still owed, for a mel that falls silent here."""
+        lookahead = self.generator.cfg.lookahead_hops
+        weight = next(self.generator.parameters())
+        if not self.started or lookahead == 0:
+            return weight.new_zeros(self.batch_size, 0).squeeze(0)
+        tail = weight.new_full((self.batch_size, self.generator.n_mels, lookahead), SILENCE_MEL)
+        return self.push(tail if self.batch_size > 1 else tail[0])
+
+
+class StreamingVocoder(VocoderStream):
     """Feed a generator one chunk of mel at a time; get exactly that chunk's samples.
 
     ``push(mel_chunk)`` takes (n_mels, k) or (batch, n_mels, k) columns (one
@@ -516,22 +547,180 @@ class StreamingVocoder:
         wave = torch.tanh(self.conv_post(F.leaky_relu(x)))[0]  # (batch, time * hop); slope 0.01, as in forward
         return wave[0] if mel_chunk.dim() == 2 else wave
 
-    @property
-    def latency_samples(self) -> int:
-        return self.generator.cfg.lookahead_samples
-
-    @torch.inference_mode()
-    def flush(self) -> torch.Tensor:
-        """End the stream: the ``latency_samples`` still owed, for a mel that falls silent here."""
-        lookahead = self.generator.cfg.lookahead_hops
-        if not self.started or lookahead == 0:
-            return self.conv_pre.past.new_zeros(self.batch_size, 0).squeeze(0)
-        tail = self.conv_pre.past.new_full((self.batch_size, self.generator.n_mels, lookahead), SILENCE_MEL)
-        return self.push(tail if self.batch_size > 1 else tail[0])
-
     def cache_numel(self) -> int:
         """How many numbers the stream keeps between chunks (the same for every chunk)."""
         return sum(layer.past.numel() for layer in self.layers)
+
+
+# --- the ISTFT generator -------------------------------------------------------------------
+#
+# HiFi-GAN spends its work at the sample rate: its last stage runs 16,000 steps
+# a second. Yet a normalised log-mel already gives most of each frame's short-time
+# spectrum, its magnitude blurred across the mel bands; what it leaves out is the
+# phase. Vocos (Siuzdak 2023) and iSTFTNet (Kaneko et al. 2022) let a network at
+# the frame rate predict each frame's complex spectrum, magnitude and phase, and
+# an inverse STFT turn the frames into samples: 100 network steps a second.
+#
+# Made causal: the inverse STFT's frames are ``lookahead_hops + 1`` hops long
+# (``cfg.istft_n_fft``), and frame i is laid on output samples
+# [i * hop, (i + lookahead_hops + 1) * hop). Output hop k is then the sum of
+# frames k - lookahead_hops .. k, complete when frame k arrives, and it answers
+# the wave ``lookahead_hops`` hops back, HiFi-GAN's lag. Frame i's window covers
+# wave [(i - lookahead_hops) * hop, (i + 1) * hop): nothing the mel frame i has
+# not shown (its window ends at (i + 1) * hop). That is the longest window the
+# look-ahead allows: 30 ms at 16 kHz, a frequency bin every 33 Hz.
+
+MAX_LOG_MAGNITUDE = math.log(100.0)  # Vocos clips the predicted magnitude at 100
+
+
+def synthesis_window(n_fft: int, hop: int) -> torch.Tensor:
+    """A Hann window divided by the overlap-add's sum of squared windows (torch.istft's envelope).
+
+    Frames cut from a wave by this Hann window and overlap-added through the
+    returned one give the wave back, so the head's magnitudes are an STFT's.
+    """
+    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
+    envelope = window.square().view(-1, hop).sum(0)  # (hop,): the same at every hop of the output
+    return (window.view(-1, hop) / envelope).flatten().float()  # (n_fft,)
+
+
+def overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
+    """Frames (batch, time, k * hop), frame i starting at sample i * hop -> (batch, (time + k - 1) * hop)."""
+    batch, time, n_fft = frames.shape
+    parts = frames.view(batch, time, n_fft // hop, hop)
+    out = frames.new_zeros(batch, time + parts.shape[2] - 1, hop)
+    for r in range(parts.shape[2]):
+        out[:, r:r + time] += parts[:, :, r]
+    return out.flatten(1)
+
+
+class ConvNeXtBlock(nn.Module):
+    """A causal depthwise conv over frames, then LayerNorm and a pointwise MLP, scaled, added back.
+
+    ConvNeXt's block (Liu et al. 2022) as Vocos uses it, padded on the left
+    only. ``mix`` is the part after the conv: it works frame by frame, so a
+    stream calls it as it is.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, layer_scale: float) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.depthwise = nn.Conv1d(channels, channels, kernel_size, groups=channels)
+        self.norm = nn.LayerNorm(channels, eps=1e-6)
+        self.expand = nn.Linear(channels, 3 * channels)
+        self.project = nn.Linear(3 * channels, channels)
+        self.scale = nn.Parameter(torch.full((channels,), layer_scale))  # small: each block starts near identity
+
+    def mix(self, h: torch.Tensor) -> torch.Tensor:
+        """(batch, time, channels) -> (batch, time, channels)"""
+        return self.scale * self.project(F.gelu(self.expand(self.norm(h))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.depthwise(F.pad(x, (self.kernel_size - 1, 0)))  # (batch, channels, time)
+        return x + self.mix(h.transpose(1, 2)).transpose(1, 2)
+
+
+class IstftGenerator(CausalVocoder):
+    """Normalised log-mel (batch, n_mels, frames) -> waveform (batch, frames * hop), through an inverse STFT.
+
+    A causal conv, ``istft_blocks`` ConvNeXt blocks and a linear head giving
+    each frame's log-magnitude and phase for ``istft_n_fft // 2 + 1`` bins;
+    then the inverse FFT, the synthesis window and the overlap-add. Same
+    interface, lag and look-ahead as ``HiFiGANGenerator``.
+    """
+
+    def __init__(self, cfg: VocoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.n_mels, self.hop_length, self.n_fft = cfg.audio.n_mels, cfg.audio.hop_length, cfg.istft_n_fft
+        channels, kernel = cfg.istft_channels, cfg.istft_kernel_size
+        self.conv_pre = nn.Conv1d(self.n_mels, channels, kernel)
+        self.blocks = nn.ModuleList(ConvNeXtBlock(channels, kernel, 1 / cfg.istft_blocks)
+                                    for _ in range(cfg.istft_blocks))
+        self.norm = nn.LayerNorm(channels, eps=1e-6)
+        self.head = nn.Linear(channels, self.n_fft + 2)  # log-magnitudes, then phases
+        self.register_buffer("window", synthesis_window(self.n_fft, self.hop_length), persistent=False)
+
+    def frames(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks' output (batch, time, channels) -> windowed waveform frames (batch, time, n_fft)."""
+        log_magnitude, phase = self.head(self.norm(x)).chunk(2, dim=-1)  # (batch, time, n_fft // 2 + 1) each
+        spectrum = torch.polar(log_magnitude.clamp(max=MAX_LOG_MAGNITUDE).exp(), phase)
+        return torch.fft.irfft(spectrum, n=self.n_fft) * self.window
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        check_mel(mel, self.n_mels)
+        unbatched = mel.dim() == 2
+        mel = mel.unsqueeze(0) if unbatched else mel
+        x = self.conv_pre(F.pad(mel, (self.cfg.istft_kernel_size - 1, 0)))  # (batch, channels, frames)
+        for block in self.blocks:
+            x = block(x)
+        wave = overlap_add(self.frames(x.transpose(1, 2)), self.hop_length)
+        wave = wave[:, :mel.shape[-1] * self.hop_length]  # the last frames' tails belong to later hops
+        return wave[0] if unbatched else wave
+
+    def stream(self, batch_size: int = 1) -> IstftStream:
+        return IstftStream(self, batch_size)
+
+
+class IstftStream(VocoderStream):
+    """``StreamingVocoder``'s interface for an ``IstftGenerator``: push mel chunks, get their samples.
+
+    It keeps each causal conv's last ``kernel - 1`` input frames and the
+    ``lookahead_hops`` hops of overlap-add that later frames still add to, all
+    starting at zeros as offline padding does, so the samples equal the
+    offline ones and every chunk costs the same.
+    """
+
+    def __init__(self, generator: IstftGenerator, batch_size: int = 1) -> None:
+        self.generator = generator
+        self.batch_size = batch_size
+        self.reset()
+
+    @torch.inference_mode()
+    def reset(self) -> None:
+        g, batch, context = self.generator, self.batch_size, self.generator.cfg.istft_kernel_size - 1
+        weight = g.conv_pre.weight
+        self.mel_past = weight.new_zeros(batch, g.n_mels, context)
+        self.block_pasts = [weight.new_zeros(batch, g.cfg.istft_channels, context) for _ in g.blocks]
+        self.tail = weight.new_zeros(batch, g.n_fft - g.hop_length)  # overlap-add still owed to later hops
+        self.started = False
+
+    @torch.inference_mode()
+    def push(self, mel_chunk: torch.Tensor) -> torch.Tensor:
+        g = self.generator
+        check_mel(mel_chunk, g.n_mels)
+        mel = mel_chunk.unsqueeze(0) if mel_chunk.dim() == 2 else mel_chunk  # (batch, n_mels, time)
+        if mel.shape[0] != self.batch_size:
+            raise ValueError(f"this stream was opened for batch size {self.batch_size}, got a chunk of {mel.shape[0]}")
+        self.started = True
+        time = mel.shape[-1]
+        mel = torch.cat([self.mel_past, mel], dim=-1)
+        self.mel_past = mel[..., time:]
+        x = g.conv_pre(mel)  # (batch, channels, time)
+        for i, block in enumerate(g.blocks):
+            h = torch.cat([self.block_pasts[i], x], dim=-1)
+            self.block_pasts[i] = h[..., time:]
+            x = x + block.mix(block.depthwise(h).transpose(1, 2)).transpose(1, 2)
+        wave = overlap_add(g.frames(x.transpose(1, 2)), g.hop_length)  # (batch, (time + lookahead) * hop)
+        wave[:, :self.tail.shape[-1]] += self.tail
+        samples = time * g.hop_length
+        self.tail = wave[:, samples:]
+        wave = wave[:, :samples]
+        return wave[0] if mel_chunk.dim() == 2 else wave
+
+    def cache_numel(self) -> int:
+        """How many numbers the stream keeps between chunks (the same for every chunk)."""
+        return self.mel_past.numel() + sum(p.numel() for p in self.block_pasts) + self.tail.numel()
+
+
+def build_generator(cfg: VocoderConfig) -> HiFiGANGenerator | IstftGenerator:
+    """A fresh generator of ``cfg.arch``."""
+    return HiFiGANGenerator(cfg) if cfg.arch == "hifigan" else IstftGenerator(cfg)
+
+
+def inference_ready(generator: CausalVocoder) -> CausalVocoder:
+    """The generator as inference runs it: HiFi-GAN's weight norm folded into plain weights. Returns it."""
+    return generator.remove_weight_norm() if isinstance(generator, HiFiGANGenerator) else generator
 
 
 # --- Griffin-Lim baseline ------------------------------------------------------------
@@ -784,7 +973,7 @@ def stft_distance(
 
 
 def save_vocoder(
-    path: str | os.PathLike, generator: HiFiGANGenerator, preset: str, dtype: torch.dtype = torch.float32
+    path: str | os.PathLike, generator: CausalVocoder, preset: str, dtype: torch.dtype = torch.float32
 ) -> Path:
     """Write the generator for inference (weight norm folded in) as safetensors, atomically.
 
@@ -795,32 +984,36 @@ def save_vocoder(
         raise ValueError(f"save in float32 or float16, not {dtype}")
     if preset != generator.cfg.preset:
         raise ValueError(f"this generator was built for preset {generator.cfg.preset!r}, not {preset!r}")
-    plain = HiFiGANGenerator(generator.cfg)
-    if not is_parametrized(generator.conv_pre.conv):  # weight norm already folded in
-        plain.remove_weight_norm()
+    plain = build_generator(generator.cfg)
+    if isinstance(generator, HiFiGANGenerator) and not is_parametrized(generator.conv_pre.conv):
+        plain.remove_weight_norm()  # weight norm already folded in
     plain.load_state_dict(generator.state_dict())
-    plain.remove_weight_norm()
-    tensors = {k: v.to(dtype) for k, v in plain.state_dict().items()}
+    tensors = {k: v.to(dtype) for k, v in inference_ready(plain).state_dict().items()}
     return write_weights(path, tensors, {"format": CHECKPOINT_FORMAT, "preset": preset,
                                          "config": generator.cfg.to_json()})
 
 
-def load_vocoder(path: str | os.PathLike, preset: str, device: str | torch.device = "cpu") -> HiFiGANGenerator:
+def load_vocoder(path: str | os.PathLike, preset: str, device: str | torch.device = "cpu") -> CausalVocoder:
     """Read a ``save_vocoder`` file (or a training run's directory) into an eval-mode fp32 generator.
 
     Raises FileNotFoundError for a missing file and ValueError for a foreign,
-    truncated or mismatched one (``read_weights``).
+    truncated or mismatched one (``read_weights``), or one of another
+    architecture or shape than the preset's today.
     """
     path, metadata, tensors = read_weights(path, "vocoder", CHECKPOINT_FORMAT, preset)
     saved = saved_config(path, metadata, "vocoder")
-    saved.setdefault("upsampler", "transposed")  # files from before the choice existed
-    cfg = replace(vocoder_config(preset), upsampler=saved["upsampler"])  # a choice of the run's, not the preset's
+    saved.setdefault("arch", "hifigan")  # files from before the choice existed
+    saved.setdefault("upsampler", "transposed")
+    if saved["arch"] not in ARCHS:
+        raise ValueError(f"{path}: a vocoder of architecture {saved['arch']!r}, which this version does not know")
+    # the architecture and the upsampler are choices of the run's, not the preset's
+    cfg = replace(vocoder_config(preset), arch=saved["arch"], upsampler=saved["upsampler"])
     if {k: saved.get(k) for k in cfg.generator_fields()} != cfg.generator_fields():
         raise ValueError(
             f"{path}: made for preset {preset!r} but with another generator shape or audio config "
             "than today's; retrain it or restore the old config"
         )
-    generator = HiFiGANGenerator(cfg).remove_weight_norm()
+    generator = inference_ready(build_generator(cfg))
     with fitting_weights(path, "vocoder"):
         generator.load_state_dict({k: v.float() for k, v in tensors.items()})
     return generator.to(device).eval()
@@ -861,7 +1054,7 @@ class VocoderTrainer:
 
     def __init__(self, cfg: VocoderConfig, device: torch.device) -> None:
         self.cfg, self.device, self.preset = cfg, device, cfg.preset
-        self.generator = HiFiGANGenerator(cfg).to(self.device)
+        self.generator = build_generator(cfg).to(self.device)
         self.mpd = MultiPeriodDiscriminator(cfg).to(self.device)
         self.mrd = MultiResolutionDiscriminator(cfg).to(self.device)
         self.mel = MelSpectrogram(cfg.audio).to(self.device)
@@ -970,14 +1163,18 @@ class VocoderTrainer:
         losses = {"generator_loss": g_loss, **reconstruction}  # no discriminators' yet
         return {name: loss.item() for name, loss in losses.items()}
 
-    def start_generator_from(self, plain: HiFiGANGenerator) -> None:
-        """Copy an exported generator (weight norm folded in) into this weight-normed one.
+    def start_generator_from(self, plain: CausalVocoder) -> None:
+        """Copy an exported generator (HiFi-GAN's weight norm folded in) into this run's.
 
         Assigning a weight to a weight-normed conv splits it back into
         direction and magnitude, so the outputs are the same as ``plain``'s.
         """
         if plain.cfg.generator_fields() != self.cfg.generator_fields():
-            raise ValueError("the generator to start from has another shape or audio config than this run's")
+            raise ValueError("the generator to start from has another architecture, shape or audio config "
+                             "than this run's")
+        if isinstance(plain, IstftGenerator):  # no weight norm: the weights are the same tensors
+            self.generator.load_state_dict(plain.state_dict())
+            return
         plain_convs = dict(plain.named_modules())
         with torch.no_grad():
             for name, module in self.generator.named_modules():
@@ -1035,6 +1232,7 @@ def train_vocoder(
     multiscale_mel_loss_weight: float | None = None,
     discriminator_warmup: int | None = None,
     upsampler: str | None = None,
+    arch: str | None = None,
 ) -> Path:
     """Train the vocoder on random segments of the corpus's train split; returns the run directory.
 
@@ -1077,20 +1275,22 @@ def train_vocoder(
 
     ``upsampler`` (default: the config's, ``"transposed"``) is the
     generator's ``CausalUpsample`` kind, part of its shape: a resumed run
-    keeps its own and refuses another, and ``init`` must match it.
+    keeps its own and refuses another, and ``init`` must match it. So is
+    ``arch`` (default: the config's, ``"hifigan"``): ``"istft"`` trains an
+    ``IstftGenerator`` with the same discriminators and losses.
     """
     started_with = started_config(out_dir) if resume else None
     if started_with is not None:
         batch_size = batch_size or started_with["batch_size"]
         segment_seconds = segment_seconds or started_with["segment_seconds"]
-        started_upsampler = started_with.get("upsampler", "transposed")
-        if upsampler is not None and upsampler != started_upsampler:
-            raise ValueError(f"{out_dir} was started with the {started_upsampler!r} upsampler; "
-                             f"it cannot resume with {upsampler!r}")
+        for field, asked, default in (("upsampler", upsampler, "transposed"), ("arch", arch, "hifigan")):
+            started = started_with.get(field, default)  # runs from before a field existed lack it
+            if asked is not None and asked != started:
+                raise ValueError(f"{out_dir} was started with {field} {started!r}; it cannot resume with {asked!r}")
     # given, else the resumed run's own, else the config's (an explicit 0 is a value, not "not given")
     recipe = {"discriminator_start": discriminator_start, "discriminator_warmup": discriminator_warmup,
               "lr_decay": lr_decay, "stft_loss_weight": stft_loss_weight,
-              "multiscale_mel_loss_weight": multiscale_mel_loss_weight, "upsampler": upsampler}
+              "multiscale_mel_loss_weight": multiscale_mel_loss_weight, "upsampler": upsampler, "arch": arch}
     for field, value in recipe.items():
         if value is None and started_with is not None:
             value = started_with.get(field)  # runs from before a field existed lack it
@@ -1104,8 +1304,8 @@ def train_vocoder(
         trainer.start_generator_from(load_vocoder(init, cfg.preset, device))
         logger.info("vocoder: generator starts from %s", init)
     n_params = sum(p.numel() for p in trainer.generator.parameters())
-    logger.info("vocoder %s: generator %.2fM parameters, %d steps of batch %d x %d samples on %s",
-                cfg.preset, n_params / 1e6, steps, cfg.batch_size, cfg.segment_samples, device)
+    logger.info("vocoder %s: %s generator, %.2fM parameters, %d steps of batch %d x %d samples on %s",
+                cfg.preset, cfg.arch, n_params / 1e6, steps, cfg.batch_size, cfg.segment_samples, device)
     if cfg.discriminator_start:
         logger.info("vocoder: the generator learns alone until step %d, then with the discriminators",
                     cfg.discriminator_start)

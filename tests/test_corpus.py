@@ -1,5 +1,6 @@
 import itertools
 import json
+from collections import Counter
 import shutil
 import subprocess
 import sys
@@ -144,6 +145,22 @@ def test_unseen_speakers_are_new_people_from_engines_that_are_also_seen():
     assert not {v.speaker for v in seen} & {v.speaker for v in unseen}
     assert len({v.speaker for v in seen}) == 36
     assert {v.engine for v in unseen} <= {v.engine for v in seen}
+
+
+def test_engine_turns_give_every_engine_an_equal_share_of_the_seen_sentences():
+    cfg = get_config("lite")
+    by_voice = list(itertools.islice(plan(cfg, all_voices()), 2000))
+    by_engine = list(itertools.islice(plan(replace(cfg, corpus=replace(cfg.corpus, turns="engine")), all_voices()), 2000))
+    seen = [u for u in by_engine if u.voice_split == "seen"]
+    shares = Counter(u.voice.engine for u in seen)
+    assert len(shares) >= 4 and max(shares.values()) - min(shares.values()) <= 1
+    assert Counter(u.voice.engine for u in by_voice if u.voice_split == "seen")["espeak"] > 0.6 * len(seen)
+    # the same sentences, splits and voices either way: only who speaks which sentence changes
+    assert [(u.sentence, u.split, u.voice_split) for u in by_engine] == [
+        (u.sentence, u.split, u.voice_split) for u in by_voice]
+    assert {u.voice for u in by_engine} == {u.voice for u in by_voice}
+    with pytest.raises(ValueError, match="turns"):
+        replace(cfg.corpus, turns="speaker")
 
 
 def test_a_subset_takes_every_speaker_in_turn_and_keeps_the_test_split_out(tiny_corpus, tmp_path):

@@ -22,6 +22,7 @@ from michi_lite.vocoder import (
     CausalUpsample,
     GriffinLim,
     HiFiGANGenerator,
+    IstftGenerator,
     MultiPeriodDiscriminator,
     MultiResolutionDiscriminator,
     MultiScaleMelLoss,
@@ -30,9 +31,11 @@ from michi_lite.vocoder import (
     discriminator_loss,
     feature_matching_loss,
     load_vocoder,
+    overlap_add,
     save_vocoder,
     stft_distance,
     stft_loss,
+    synthesis_window,
     train_vocoder,
     vocoder_config,
 )
@@ -574,12 +577,102 @@ def test_a_resumed_run_keeps_its_upsampler_and_init_must_match_it(tiny_corpus, t
     main(args + ["--steps", "2", "--resume"])  # not given again: the run's own
     assert json.loads((latest_checkpoint(run) / "state.json").read_text())["config"]["upsampler"] == "nearest"
     assert load_vocoder(run, "tiny").cfg.upsampler == "nearest"
-    with pytest.raises(ValueError, match="started with the 'nearest' upsampler"):
+    with pytest.raises(ValueError, match="started with upsampler 'nearest'"):
         train_vocoder(TINY, tiny_corpus, run, steps=3, resume=True, upsampler="transposed")
-    with pytest.raises(ValueError, match="another shape"):  # a run of the preset's transposed convs
+    with pytest.raises(ValueError, match="another architecture, shape"):  # a run of the preset's transposed convs
         train_vocoder(TINY, tiny_corpus, tmp_path / "other", steps=1, init=run)
     with pytest.raises(SystemExit):
         main(args + ["--steps", "3", "--upsampler", "linear"])
+
+
+# --- the ISTFT generator ----------------------------------------------------------------
+
+TINY_ISTFT = replace(TINY, arch="istft")
+
+
+def istft_generator(cfg=TINY_ISTFT, seed: int = 0) -> IstftGenerator:
+    torch.manual_seed(seed)
+    return IstftGenerator(cfg).eval()
+
+
+@pytest.mark.parametrize("chunk", [1, 3, CHUNK, 13])
+@pytest.mark.parametrize("batch", [None, 2])
+def test_istft_stream_matches_offline(chunk, batch):
+    generator = istft_generator()
+    mel = random_mel(39, batch)
+    with torch.no_grad():
+        offline = generator(mel)
+    streamed = stream_in_chunks(generator, mel, chunk)
+    assert streamed.shape == offline.shape == (*mel.shape[:-2], 39 * HOP)
+    assert offline.std() > 0.02  # a real signal, not near-silence where any two outputs agree
+    assert (streamed - offline).abs().max() < 1e-5
+
+
+def test_istft_stream_and_flush_give_vocode_with_a_constant_cache():
+    generator = istft_generator()
+    mel = random_mel(5 * CHUNK)
+    stream = generator.stream()
+    pushed, sizes = [], []
+    for i in range(0, mel.shape[-1], CHUNK):
+        pushed.append(stream.push(mel[:, i:i + CHUNK]))
+        sizes.append(stream.cache_numel())
+    lag = stream.latency_samples
+    assert lag == TINY_ISTFT.lookahead_hops * HOP and len(set(sizes)) == 1
+    with torch.no_grad():
+        aligned = generator.vocode(mel)
+    assert (torch.cat([*pushed, stream.flush()])[lag:] - aligned).abs().max() < 1e-5
+    stream.reset()
+    assert all(p.abs().max() == 0 for p in [stream.mel_past, stream.tail, *stream.block_pasts])
+
+
+def test_istft_generator_answers_each_frame_with_the_samples_under_it():
+    generator = istft_generator()
+    mel = random_mel(30)
+    changed = mel.clone()
+    changed[:, 20:] += 1.0
+    with torch.no_grad():
+        before, after = generator(mel), generator(changed)
+        aligned_before, aligned_after = generator.vocode(mel), generator.vocode(changed)
+    assert torch.equal(before[:20 * HOP], after[:20 * HOP])  # causal: frame 20 first sounds in hop 20
+    assert (before[20 * HOP:] - after[20 * HOP:]).abs().max() > 1e-3
+    first_changed = int(torch.nonzero((aligned_before - aligned_after).abs() > 1e-6)[0])
+    assert first_changed // HOP == 20 - TINY_ISTFT.lookahead_hops  # the hop the Hann window starts on at 0
+
+
+def test_the_synthesis_window_gives_a_stft_its_wave_back():
+    n_fft, hop = TINY_ISTFT.istft_n_fft, HOP
+    wave = torch.randn(40 * hop, generator=torch.Generator().manual_seed(0))
+    # frame i cut from wave[i * hop : i * hop + n_fft] through a Hann window, as an STFT does
+    frames = wave.unfold(0, n_fft, hop) * torch.hann_window(n_fft, periodic=True)  # (frames, n_fft)
+    rebuilt = overlap_add((frames * synthesis_window(n_fft, hop))[None], hop)[0]
+    covered = slice(n_fft - hop, len(rebuilt) - (n_fft - hop))  # the hops every frame window overlaps
+    assert (rebuilt[covered] - wave[covered]).abs().max() < 1e-5
+
+
+def test_an_istft_generator_trains_saves_and_refuses_the_other_arch(tiny_corpus, tmp_path):
+    from michi_lite.cli import main
+
+    run = tmp_path / "run"
+    args = train_command(tiny_corpus, run)
+    main(args + ["--steps", "2", "--arch", "istft"])
+    main(args + ["--steps", "3", "--resume"])  # not given again: the run's own
+    assert int(read_log(run)[-1]["step"]) == 3
+    loaded = load_vocoder(run, "tiny")
+    assert isinstance(loaded, IstftGenerator) and loaded.cfg.arch == "istft"
+    assert torch.isfinite(loaded.vocode(random_mel(CHUNK))).all()
+    with pytest.raises(ValueError, match="started with arch 'istft'"):
+        train_vocoder(TINY, tiny_corpus, run, steps=4, resume=True, arch="hifigan")
+    with pytest.raises(ValueError, match="another architecture"):
+        train_vocoder(TINY, tiny_corpus, tmp_path / "hifigan", steps=1, init=run)
+    main(train_command(tiny_corpus, tmp_path / "from_istft") + ["--steps", "1", "--arch", "istft", "--init", str(run)])
+    assert isinstance(load_vocoder(tmp_path / "from_istft", "tiny"), IstftGenerator)
+
+
+def test_istft_needs_a_lookahead_to_overlap_its_frames():
+    with pytest.raises(ValueError, match="lookahead_hops 1 or more"):
+        replace(TINY_ISTFT, lookahead_hops=0)
+    with pytest.raises(ValueError, match="arch must be one of"):
+        replace(TINY, arch="wavenet")
 
 
 def read_log(run) -> list[dict]:

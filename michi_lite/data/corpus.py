@@ -131,12 +131,27 @@ def split_sequence(val_fraction: float, test_fraction: float) -> Iterator[str]:
         yield split
 
 
+def turns(voices: list[Voice], by: str) -> Iterator[Voice]:
+    """The voices in turn, endlessly: each in turn (``by="voice"``), or each engine in turn, in the
+    order its first voice comes, and that engine's voices in turn (``by="engine"``)."""
+    if by == "voice":
+        return itertools.cycle(voices)
+    by_engine: dict[str, list[Voice]] = {}
+    for voice in voices:
+        by_engine.setdefault(voice.engine, []).append(voice)
+    engines = itertools.cycle([itertools.cycle(pool) for pool in by_engine.values()])
+    return (next(engine) for engine in engines)
+
+
 def plan(cfg: Config, voices: list[Voice], only: str | None = None) -> Iterator[PlannedUtterance]:
     """The corpus as a deterministic stream of utterances, longest possible.
 
     Train and val sentences are spoken by one seen voice each, in turn; a test
     sentence is spoken by a seen voice *and* an unseen one, so the two kinds of
-    voice are measured on the same sentences. Sentences that differ only in
+    voice are measured on the same sentences. With ``turns="engine"`` the
+    sentences go round the engines first and round each engine's seen voices
+    second, so an engine with one speaker gets as many sentences as one with
+    thirty (espeak-ng has most of the speakers). Sentences that differ only in
     case or punctuation ("7 pm", "7 PM.") share one split. ``only`` names the
     one voice that speaks every sentence instead.
     """
@@ -149,7 +164,7 @@ def plan(cfg: Config, voices: list[Voice], only: str | None = None) -> Iterator[
             raise ValueError(f"no installed engine has a voice {only!r}")
     if not seen:
         raise RuntimeError("no voice available to speak the corpus")
-    seen_turn, unseen_turn = itertools.cycle(seen), itertools.cycle(unseen)
+    seen_turn, unseen_turn = turns(seen, c.turns), itertools.cycle(unseen)
     splits = split_sequence(c.val_fraction, c.test_fraction)
     split_of: dict[str, str] = {}
     for index, sentence in enumerate(sentences(c.max_utterances, seed=c.seed)):
@@ -340,6 +355,7 @@ def summarize(records: list[dict], cfg: Config) -> dict:
         "preset": cfg.name,
         "speakers": len({r["speaker"] for r in records}),
         "seed": cfg.corpus.seed,
+        "turns": cfg.corpus.turns,
         "sample_rate": cfg.audio.sample_rate,
         "utterances": len(records),
         "hours": round(hours, 4),
