@@ -4,7 +4,8 @@ Those two engines report when each word ends (their Word relation) but not
 their phonemes. The aligner's phonemes are grouped into words (each written
 word's own phonemes, ``chunk_phonemes``; sentences whose words do not add up
 to the sentence's phonemes are skipped) and each word's end is compared with
-the engine's. Prints a JSON summary per engine.
+the engine's. The phonemes are aligned as ``michi-lite data align`` aligns
+them. Prints a JSON summary per engine.
 
     python experiments/aligner_word_borders.py --aligner data/aligner/lite_aligner.safetensors \
         --data corpus/lite_3h --json data/aligner/lite_word_borders.json
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from michi_lite.aligner import load_aligner, timed_rows
+from michi_lite.aligner import PRIOR_UTTERANCES, class_prior, load_aligner, timed_rows
 from michi_lite.audio import audio_patches, load_audio
 from michi_lite.data.corpus import load_manifest
 from michi_lite.data.phonemes import PAUSE, chunk_phonemes, phoneme_id, sentence_phonemes
@@ -43,14 +44,14 @@ def main() -> None:
     aligner = load_aligner(args.aligner, args.preset)
     audio = aligner.cfg.audio
     errors, skipped = defaultdict(list), defaultdict(int)
-    for record in load_manifest(args.data):
-        if record["engine"] not in ("flite", "festival") or record["alignment"] != "engine":
-            continue
-        wave = torch.from_numpy(load_audio(Path(args.data) / record["path"], audio.sample_rate))
-        mel = audio_patches(wave, audio).reshape(-1, audio.n_mels)
+    records = [r for r in load_manifest(args.data) if r["engine"] in ("flite", "festival") and r["alignment"] == "engine"]
+    mels = [audio_patches(torch.from_numpy(load_audio(Path(args.data) / r["path"], audio.sample_rate)), audio)
+            .reshape(-1, audio.n_mels) for r in records]
+    log_prior = class_prior([aligner.log_probs(mel).numpy() for mel in mels[:PRIOR_UTTERANCES]])  # as data align
+    for record, mel in zip(records, mels):
         names = sentence_phonemes(record["text"])
-        rows = timed_rows(names, aligner.align(mel, torch.tensor([phoneme_id(n) for n in names])).numpy(),
-                          record["duration"], audio)
+        ids = torch.tensor([phoneme_id(n) for n in names])
+        rows = timed_rows(names, aligner.align(mel, ids, log_prior).numpy(), record["duration"], audio)
         ends = word_ends(rows, record["words"])
         if ends is None or len(ends) != len(record["words"]):
             skipped[record["engine"]] += 1

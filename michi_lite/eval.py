@@ -819,7 +819,7 @@ def evaluate_aligner(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
     number).
     """
     from .acoustic import columns_per_phoneme
-    from .aligner import force_align, load_aligner, phoneme_classes
+    from .aligner import MIN_PHONEME_COLUMNS, class_prior, force_align, load_aligner, phoneme_classes
     from .audio import audio_patches
     from .data.phonemes import phoneme_id
 
@@ -836,15 +836,19 @@ def evaluate_aligner(preset: str, ckpt: str | os.PathLike, data_dir: str | os.Pa
     report: dict = {"groups": {}}
     for group, records in sorted(groups.items()):
         errors, correct, columns = [], 0, 0
+        heard = []  # (record, columns, their log-probabilities), each computed once
         for record in tqdm(spread_over_voices(records, max_utterances), desc=f"aligner eval, {group} voices",
                            unit="utt"):
             wave = torch.from_numpy(load_audio(record["path"], audio.sample_rate))
             mel = audio_patches(wave, audio).reshape(-1, audio.n_mels)
+            heard.append((record, mel, aligner.log_probs(mel).cpu()))
+        log_prior = class_prior([log_probs.numpy() for _, _, log_probs in heard])
+        for record, mel, log_probs in heard:
             ids = torch.tensor([phoneme_id(row[0]) for row in record["phonemes"]])
             truth = columns_per_phoneme(np.array([row[2] for row in record["phonemes"]]), len(mel), audio)
             keep = truth > 0  # a phoneme shorter than a column has no column to be found in
-            log_probs = aligner.log_probs(mel)  # once: for the alignment and for the column accuracy
-            aligned = force_align(log_probs.cpu().numpy(), phoneme_classes(ids[keep]).numpy())
+            aligned = force_align(log_probs.numpy() - log_prior, phoneme_classes(ids[keep]).numpy(),
+                                  MIN_PHONEME_COLUMNS)  # as data align decodes
             errors.append(np.abs(np.cumsum(aligned)[:-1] - np.cumsum(truth[keep])[:-1]) * hop_ms)
             guessed = log_probs.argmax(-1)
             correct += int((guessed == phoneme_classes(torch.repeat_interleave(ids, torch.from_numpy(truth)))).sum())

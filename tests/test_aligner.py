@@ -17,6 +17,7 @@ from michi_lite.aligner import (
     ALIGNED_FILE,
     N_CLASSES,
     aligner_config,
+    class_prior,
     force_align,
     load_aligner,
     phoneme_classes,
@@ -49,6 +50,26 @@ def test_forced_alignment_follows_the_scores_in_order_and_gives_every_phoneme_a_
     assert durations.min() >= 1 and durations.sum() == len(truth)
     with pytest.raises(ValueError, match="cannot fit"):
         force_align(log_probs[:3], np.array([0, 5, 7, 0]))
+
+
+def test_a_minimum_length_keeps_an_unsure_phoneme_from_a_single_column():
+    # the scores favour 5 throughout the first word: unsure, a plain path gives 9 one column
+    truth = [0] * 2 + [5] * 6 + [7] * 4 + [0] * 2
+    log_probs = np.full((len(truth), N_CLASSES), -5.0)
+    log_probs[np.arange(len(truth)), truth] = 0.0
+    classes = np.array([0, 5, 9, 7, 0])
+    assert force_align(log_probs, classes)[2] == 1
+    durations = force_align(log_probs, classes, min_columns=3)
+    assert durations.tolist()[1:4] == [3, 3, 4] and durations.sum() == len(truth)
+    assert durations[0] >= 1 and durations[-1] >= 1  # pauses keep a minimum of one column
+    # too short for three columns a phoneme: one each, as before
+    assert force_align(log_probs[:6], classes, min_columns=3).sum() == 6
+
+
+def test_the_class_prior_is_the_mean_posterior():
+    posteriors = [np.array([[0.5, 0.5], [1.0, 0.0]]), np.array([[0.0, 1.0]])]
+    prior = class_prior([np.log(p + 1e-12) for p in posteriors])
+    assert np.exp(prior) == pytest.approx([0.5, 0.5], abs=1e-5)
 
 
 @settings(max_examples=50, deadline=None)
