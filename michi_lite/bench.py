@@ -20,13 +20,15 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from .config import FRAME_SECONDS, AudioConfig
 from .provenance import run_info
-from .vocoder import GriffinLim, HiFiGANGenerator, load_vocoder, vocoder_config
+from .vocoder import (ARCHS, CausalVocoder, GriffinLim, HiFiGANGenerator, build_generator, inference_ready,
+                      load_vocoder, vocoder_config)
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +58,8 @@ def latency_summary(seconds: list[float], audio_seconds: float) -> dict:
     }
 
 
-def bench_hifigan_streaming(generator: HiFiGANGenerator, mel: torch.Tensor, audio: AudioConfig) -> dict:
-    """Push ``mel`` (n_mels, frames) through a ``StreamingVocoder`` one 80 ms chunk at a time."""
+def bench_streaming(generator: CausalVocoder, mel: torch.Tensor, audio: AudioConfig) -> dict:
+    """Push ``mel`` (n_mels, frames) through the generator's stream one 80 ms chunk at a time."""
     device = mel.device
     chunk = audio.mels_per_frame
     stream = generator.stream()
@@ -104,10 +106,11 @@ def bench_griffin_lim_sliding_window(griffin_lim: GriffinLim, mel: torch.Tensor,
 
 def bench_vocoder(preset: str, ckpt: str | os.PathLike | None = None, seconds: float = 10.0,
                   threads: int = 1) -> dict:
-    """RTF and per-80 ms-chunk latency of streaming HiFi-GAN and of Griffin-Lim, on the CPU and any GPU.
+    """RTF and per-80 ms-chunk latency of the streaming generators and of Griffin-Lim, on the CPU and any GPU.
 
-    Without ``ckpt`` the generator has random weights: the arithmetic, and so
-    the speed, does not depend on their values. The input is a random
+    Without ``ckpt`` both architectures are timed, each with random weights:
+    the arithmetic, and so the speed, does not depend on their values. With
+    ``ckpt``, that generator (``hifigan_streaming`` or ``istft_streaming``). The input is a random
     normalised mel of ``seconds`` of audio (a whole number of 80 ms frames),
     for the same reason. ``threads`` sets torch's CPU threads for the run
     (on 2 shared cores, 1 was measured fastest: a second thread spin-waits).
@@ -119,15 +122,17 @@ def bench_vocoder(preset: str, ckpt: str | os.PathLike | None = None, seconds: f
     if ckpt is None:
         with torch.random.fork_rng():  # seeded weights, without touching the caller's random state
             torch.manual_seed(0)
-            generator = HiFiGANGenerator(cfg).remove_weight_norm().eval()  # as load_vocoder returns it
+            # as load_vocoder returns them
+            generators = {arch: inference_ready(build_generator(replace(cfg, arch=arch))).eval() for arch in ARCHS}
     else:
         generator = load_vocoder(ckpt, preset)
+        generators = {generator.cfg.arch: generator}
     griffin_lim = GriffinLim(audio)
 
     report: dict = {
         "audio_seconds": n_frames * audio.hop_length / audio.sample_rate,
         "chunk_ms": FRAME_SECONDS * 1000,
-        "hifigan_parameters": sum(p.numel() for p in generator.parameters()),
+        **{f"{arch}_parameters": sum(p.numel() for p in g.parameters()) for arch, g in generators.items()},
         "random_weights": ckpt is None,  # speed does not depend on the weights' values
         "checkpoint": None if ckpt is None else str(ckpt),
         "griffin_lim_iterations": griffin_lim.n_iter,
@@ -139,10 +144,10 @@ def bench_vocoder(preset: str, ckpt: str | os.PathLike | None = None, seconds: f
     try:
         for device in devices:
             logger.info("timing the %s vocoders on %s", preset, device)
-            generator, griffin_lim, mel = generator.to(device), griffin_lim.to(device), mel.to(device)
+            griffin_lim, mel = griffin_lim.to(device), mel.to(device)
             with torch.inference_mode():
                 report[device.type] = {
-                    "hifigan_streaming": bench_hifigan_streaming(generator, mel, audio),
+                    **{f"{arch}_streaming": bench_streaming(g.to(device), mel, audio) for arch, g in generators.items()},
                     "griffin_lim_offline": bench_griffin_lim_offline(griffin_lim, mel, audio),
                     "griffin_lim_sliding_window": bench_griffin_lim_sliding_window(griffin_lim, mel, audio),
                 }

@@ -15,11 +15,12 @@ def report():
     return bench_vocoder("tiny", seconds=0.8)
 
 
-def test_bench_vocoder_times_streaming_hifigan_and_griffin_lim(report):
+def test_bench_vocoder_times_both_streaming_generators_and_griffin_lim(report):
     assert report["random_weights"] and report["audio_seconds"] == pytest.approx(0.8)
     assert report["threads"] == 1 and report["run"]["preset"] == "tiny"
     cpu = report["cpu"]
-    for name in ("hifigan_streaming", "griffin_lim_sliding_window"):
+    assert report["istft_parameters"] > 0 and report["hifigan_parameters"] > 0
+    for name in ("hifigan_streaming", "istft_streaming", "griffin_lim_sliding_window"):
         numbers = cpu[name]
         assert numbers["n_chunks"] == 10  # 0.8 s of 80 ms chunks
         assert 0 < numbers["chunk_latency_ms_median"] <= numbers["chunk_latency_ms_p95"]
@@ -40,4 +41,4 @@ def test_bench_vocoder_command_writes_json_and_loads_a_checkpoint(tmp_path):
     written = json.loads(out.read_text())
     assert not written["random_weights"] and written["checkpoint"] == str(ckpt)
     assert written["threads"] == asked and torch.get_num_threads() == threads  # put back after the run
-    assert written["cpu"]["hifigan_streaming"]["n_chunks"] == 5
+    assert written["cpu"]["hifigan_streaming"]["n_chunks"] == 5 and "istft_streaming" not in written["cpu"]
