@@ -218,7 +218,13 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
 
 
 def save_checkpoint(out_dir: Path, trainer: Trainer, step: int, seconds: float, keep: int = 2) -> Path:
-    """Write everything a resume needs into a temporary directory, then rename it into place."""
+    """Write everything a resume needs into a temporary directory, then rename it into place.
+
+    The trainer's export may draw random numbers (building a model to save
+    draws its initial weights); the RNGs are put back afterwards, as the
+    checkpoint has them, since a resumed run never makes those draws.
+    """
+    state = rng_state()
     checkpoints = out_dir / "checkpoints"
     final = checkpoints / f"step_{step:08d}"
     tmp = checkpoints / f".tmp_step_{step:08d}"
@@ -227,7 +233,7 @@ def save_checkpoint(out_dir: Path, trainer: Trainer, step: int, seconds: float, 
     for name, module in trainer.modules().items():
         tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         save_file(tensors, str(tmp / f"{name}.safetensors"))
-    torch.save({**trainer.optimizer_state(), "rng": rng_state()}, tmp / "optimizers.pt")
+    torch.save({**trainer.optimizer_state(), "rng": state}, tmp / "optimizers.pt")
     meta = {"step": step, "seconds": seconds, "preset": trainer.preset, "config": trainer.config()}
     (tmp / "state.json").write_text(json.dumps(meta, indent=2))
     if final.exists():
@@ -236,6 +242,7 @@ def save_checkpoint(out_dir: Path, trainer: Trainer, step: int, seconds: float, 
     for old in sorted(checkpoints.glob("step_*"))[:-keep]:
         shutil.rmtree(old)
     trainer.export(out_dir)
+    set_rng_state(state)
     return final
 
 

@@ -1241,9 +1241,10 @@ def train_vocoder(
     With ``resume=True`` training continues from the newest checkpoint, so a
     killed run loses at most ``checkpoint_every`` steps, and keeps the batch
     size and segment length it was started with unless they are given again.
-    Weights, optimizer moments, learning-rate schedules and RNG states are
-    restored; the data order is drawn afresh, so a resumed run matches an
-    uninterrupted one statistically, not bit for bit. ``max_minutes`` ends
+    Weights, optimizer moments, learning-rate schedules, RNG states and the
+    data order are restored (``train.fit``): on a CPU, where segments are
+    cropped in the training process, a resumed run draws the batches and
+    crops an uninterrupted one would have. ``max_minutes`` ends
     this call early, with a checkpoint, once it has trained that long.
 
     ``init`` starts a new run's generator from an exported one (a

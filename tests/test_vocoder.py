@@ -668,6 +668,19 @@ def test_an_istft_generator_trains_saves_and_refuses_the_other_arch(tiny_corpus,
     assert isinstance(load_vocoder(tmp_path / "from_istft", "tiny"), IstftGenerator)
 
 
+@pytest.mark.parametrize("arch", ["hifigan", "istft"])
+def test_a_resumed_run_trains_as_an_uninterrupted_one(tiny_corpus, tmp_path, arch):
+    """Weights, optimizers, crops and batch order all carry over: the same losses, step for step."""
+    recipe = dict(batch_size=2, checkpoint_every=2, log_every=1, arch=arch)
+    train_vocoder(TINY, tiny_corpus, tmp_path / "straight", steps=4, **recipe)
+    train_vocoder(TINY, tiny_corpus, tmp_path / "cut", steps=2, **recipe)
+    train_vocoder(TINY, tiny_corpus, tmp_path / "cut", steps=4, resume=True, **recipe)
+    straight, cut = read_log(tmp_path / "straight"), read_log(tmp_path / "cut")
+    assert [r["step"] for r in cut] == ["1", "2", "3", "4"]
+    for a, b in zip(straight, cut):
+        assert float(a["generator_loss"]) == pytest.approx(float(b["generator_loss"]), rel=1e-5)
+
+
 def test_istft_needs_a_lookahead_to_overlap_its_frames():
     with pytest.raises(ValueError, match="lookahead_hops 1 or more"):
         replace(TINY_ISTFT, lookahead_hops=0)
