@@ -41,7 +41,7 @@ import torch
 
 from .audio import mel_from_patches
 from .frame_decoder import FrameCache
-from .vocoder import HiFiGANGenerator
+from .vocoder import CausalVocoder
 
 if TYPE_CHECKING:  # the speech model's imports (transformers, peft) cost seconds that speaking acoustically need not
     from .acoustic import AcousticModel
@@ -87,7 +87,7 @@ class StreamedSpeech(ABC):
     """
 
     model: SpeechModel | AcousticModel
-    vocoder: HiFiGANGenerator
+    vocoder: CausalVocoder
 
     @abstractmethod
     def patches(self, text: str) -> Iterator[torch.Tensor]:
@@ -116,7 +116,7 @@ class Speaker(StreamedSpeech):
     ``voice_patches`` are a voice prompt's speech patches (``michi_lite.audio.voice_prompt``).
     """
 
-    def __init__(self, model: SpeechModel, vocoder: HiFiGANGenerator, tokenizer, voice_patches: torch.Tensor,
+    def __init__(self, model: SpeechModel, vocoder: CausalVocoder, tokenizer, voice_patches: torch.Tensor,
                  steps: int = 4, seed: int = 0) -> None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, not {steps}")
@@ -187,7 +187,7 @@ class AcousticSpeaker(StreamedSpeech):
     ``voice_patches`` are a voice prompt's speech patches.
     """
 
-    def __init__(self, model: AcousticModel, vocoder: HiFiGANGenerator, voice_patches: torch.Tensor, steps: int = 4,
+    def __init__(self, model: AcousticModel, vocoder: CausalVocoder, voice_patches: torch.Tensor, steps: int = 4,
                  seed: int = 0) -> None:
         if steps < 0:
             raise ValueError(f"steps must be 0 (the regressed mel) or more, not {steps}")

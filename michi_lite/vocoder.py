@@ -1,4 +1,5 @@
-"""A causal HiFi-GAN vocoder that streams 80 ms at a time, its GAN training, and a Griffin-Lim baseline.
+"""Causal vocoders that stream 80 ms at a time (HiFi-GAN, and an inverse-STFT head), their GAN training,
+and a Griffin-Lim baseline.
 
 The model says a normalised log-mel patch per 80 ms frame; the vocoder turns it
 into sound. It has to do so *as the frames arrive*, so every convolution here is
@@ -22,14 +23,19 @@ lines up with the mel.
    each by a step of its own (``ConvStream``, ``UpsampleStream``) that keeps
    the last (kernel - 1) * dilation samples of its input, so a chunk costs the
    same however long the stream is, and the samples equal the offline ones.
-3. ``MultiPeriodDiscriminator`` and ``MultiResolutionDiscriminator`` with the
+3. ``IstftGenerator`` and ``IstftStream``: ConvNeXt blocks at the frame rate
+   predict each frame's magnitude and phase, and an inverse STFT whose window
+   the look-ahead bounds makes the samples (Vocos's design, made causal); the
+   same interface, lag, training and checkpoints (``cfg.arch``).
+4. ``MultiPeriodDiscriminator`` and ``MultiResolutionDiscriminator`` with the
    least-squares GAN, feature-matching and mel L1 losses (and, if weighted,
    a multi-resolution STFT loss and a multi-scale mel loss), and
    ``train_vocoder``, which can let the generator learn alone from its mel
    loss first (``discriminator_start``) and the fresh discriminators alone
    next (``discriminator_warmup``).
-4. ``GriffinLim``: the classic baseline through the same interface.
-5. ``save_vocoder`` / ``load_vocoder``: safetensors with the preset in the metadata.
+5. ``GriffinLim``: the classic baseline through the same interface.
+6. ``save_vocoder`` / ``load_vocoder``: safetensors with the preset and the
+   config in the metadata; a file loads as the architecture it was trained as.
 """
 
 from __future__ import annotations
