@@ -151,7 +151,8 @@ def plan(cfg: Config, voices: list[Voice], only: str | None = None) -> Iterator[
     voice are measured on the same sentences. With ``turns="engine"`` the
     sentences go round the engines first and round each engine's seen voices
     second, so an engine with one speaker gets as many sentences as one with
-    thirty (espeak-ng has most of the speakers). Sentences that differ only in
+    thirty (espeak-ng has most of the speakers), and val and test sentences
+    go round them in turns of their own, so every split hears every engine. Sentences that differ only in
     case or punctuation ("7 pm", "7 PM.") share one split. ``only`` names the
     one voice that speaks every sentence instead.
     """
@@ -165,6 +166,10 @@ def plan(cfg: Config, voices: list[Voice], only: str | None = None) -> Iterator[
     if not seen:
         raise RuntimeError("no voice available to speak the corpus")
     seen_turn, unseen_turn = turns(seen, c.turns), itertools.cycle(unseen)
+    # Val and test sentences come at a steady period (every 20th for 5%), which shares factors
+    # with the number of engines: taking their voices from the same turn as train's would hear
+    # them in one or two engines only. With engine turns each has a turn of its own.
+    own_turns = {split: turns(seen, c.turns) for split in ("val", "test")} if c.turns == "engine" else {}
     splits = split_sequence(c.val_fraction, c.test_fraction)
     split_of: dict[str, str] = {}
     for index, sentence in enumerate(sentences(c.max_utterances, seed=c.seed)):
@@ -172,7 +177,8 @@ def plan(cfg: Config, voices: list[Voice], only: str | None = None) -> Iterator[
         if key not in split_of:
             split_of[key] = next(splits)
         split = split_of[key]
-        speakers = [(next(seen_turn), "seen")]
+        voice = next(seen_turn)  # a train sentence's voice follows its place in the plan
+        speakers = [(next(own_turns[split]) if split in own_turns else voice, "seen")]
         if split == "test" and unseen:
             speakers.append((next(unseen_turn), "unseen"))
         for voice, voice_split in speakers:
