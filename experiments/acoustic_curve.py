@@ -14,7 +14,7 @@ comparison. data/acoustic/README.md reports runs of::
     python experiments/acoustic_curve.py --run runs/acoustic_one_voice --data corpus/one_voice \\
         --max-utterances 12 --json data/acoustic/lite_one_voice_curve.json
     python experiments/acoustic_curve.py --run runs/acoustic_lite --data corpus/lite_3h \\
-        --max-utterances 24 --every 2 --json data/acoustic/lite_curve.json
+        --max-utterances 24 --every 2 --json data/acoustic/lite_voice_turns_curve.json
 
 Notebook 03 draws the figure from the JSONs; ``--figure`` draws one here too.
 """
