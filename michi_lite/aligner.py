@@ -231,8 +231,9 @@ def align_corpus(aligner: PhonemeClassifier, data_dir: str | os.PathLike, accent
     ``accent``), as the acoustic model reads them at inference. The scores
     are divided by the class prior of the corpus's untimed speech
     (``class_prior``) and every phoneme lasts ``MIN_PHONEME_COLUMNS`` or
-    more (``force_align``). Each utterance is appended as it is done, so a killed run resumes where it
-    stopped; the manifest is not touched (``data build`` may rewrite it).
+    more (``force_align``). Each utterance is appended as it is done, so a
+    killed run resumes where it stopped; the manifest is not touched
+    (``data build`` may rewrite it).
     """
     from tqdm.auto import tqdm
 

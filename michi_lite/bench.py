@@ -146,8 +146,10 @@ def bench_vocoder(preset: str, ckpt: str | os.PathLike | None = None, seconds: f
             logger.info("timing the %s vocoders on %s", preset, device)
             griffin_lim, mel = griffin_lim.to(device), mel.to(device)
             with torch.inference_mode():
+                streams = {f"{arch}_streaming": bench_streaming(g.to(device), mel, audio)
+                           for arch, g in generators.items()}
                 report[device.type] = {
-                    **{f"{arch}_streaming": bench_streaming(g.to(device), mel, audio) for arch, g in generators.items()},
+                    **streams,
                     "griffin_lim_offline": bench_griffin_lim_offline(griffin_lim, mel, audio),
                     "griffin_lim_sliding_window": bench_griffin_lim_sliding_window(griffin_lim, mel, audio),
                 }

@@ -150,8 +150,9 @@ def test_unseen_speakers_are_new_people_from_engines_that_are_also_seen():
 
 def test_engine_turns_give_every_engine_an_equal_share_of_the_seen_sentences():
     cfg = get_config("lite")
+    engine_turns = replace(cfg, corpus=replace(cfg.corpus, turns="engine"))
     by_voice = list(itertools.islice(plan(cfg, all_voices()), 2000))
-    by_engine = list(itertools.islice(plan(replace(cfg, corpus=replace(cfg.corpus, turns="engine")), all_voices()), 2000))
+    by_engine = list(itertools.islice(plan(engine_turns, all_voices()), 2000))
     seen = [u for u in by_engine if u.voice_split == "seen"]
     for split in ("val", "test"):  # every split hears every engine: val and test in equal shares
         shares = Counter(u.voice.engine for u in seen if u.split == split)
@@ -169,7 +170,7 @@ def test_engine_turns_give_every_engine_an_equal_share_of_the_seen_sentences():
     # the same sentences, splits and voices either way: only who speaks which sentence changes
     assert [(u.sentence, u.split, u.voice_split) for u in by_engine] == [
         (u.sentence, u.split, u.voice_split) for u in by_voice]
-    more = itertools.islice(plan(replace(cfg, corpus=replace(cfg.corpus, turns="engine")), all_voices()), 4000)
+    more = itertools.islice(plan(engine_turns, all_voices()), 4000)
     assert {u.voice for u in more} == {u.voice for u in by_voice}  # espeak-ng's 31 voices take a while to come round
     with pytest.raises(ValueError, match="turns"):
         replace(cfg.corpus, turns="speaker")
