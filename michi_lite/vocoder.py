@@ -465,11 +465,21 @@ class UpsampleStream:
 
 
 class VocoderStream:
-    """What every generator's stream shares: its lag, and ``flush`` at the end of a stream."""
+    """What every generator's stream shares: its opening, the check of each chunk, its lag, and
+    ``flush`` at the end of a stream. A stream says how it ``reset``s and how it ``push``es."""
 
-    generator: CausalVocoder
-    batch_size: int
-    started: bool
+    def __init__(self, generator: CausalVocoder, batch_size: int = 1) -> None:
+        self.generator = generator
+        self.batch_size = batch_size
+        self.reset()
+
+    def start_chunk(self, mel_chunk: torch.Tensor) -> None:
+        """Refuse a chunk that is not a finite mel of this stream's batch size; mark the stream started."""
+        check_mel(mel_chunk, self.generator.n_mels)
+        batch = 1 if mel_chunk.dim() == 2 else mel_chunk.shape[0]
+        if batch != self.batch_size:
+            raise ValueError(f"this stream was opened for batch size {self.batch_size}, got a chunk of {batch}")
+        self.started = True
 
     @property
     def latency_samples(self) -> int:
@@ -504,11 +514,6 @@ class StreamingVocoder(VocoderStream):
     another device) reach it after a ``reset``.
     """
 
-    def __init__(self, generator: HiFiGANGenerator, batch_size: int = 1) -> None:
-        self.generator = generator
-        self.batch_size = batch_size
-        self.reset()
-
     @torch.inference_mode()
     def reset(self) -> None:
         """Start a new stream: every layer's past back to zeros, the generator's weights copied afresh."""
@@ -530,11 +535,7 @@ class StreamingVocoder(VocoderStream):
 
     @torch.inference_mode()
     def push(self, mel_chunk: torch.Tensor) -> torch.Tensor:
-        check_mel(mel_chunk, self.generator.n_mels)
-        batch = 1 if mel_chunk.dim() == 2 else mel_chunk.shape[0]
-        if batch != self.batch_size:
-            raise ValueError(f"this stream was opened for batch size {self.batch_size}, got a chunk of {batch}")
-        self.started = True
+        self.start_chunk(mel_chunk)
         mel = mel_chunk.unsqueeze(1) if mel_chunk.dim() == 2 else mel_chunk.transpose(0, 1)  # (n_mels, batch, time)
         x = self.conv_pre(mel)  # (channels, batch, time)
         # HiFiGANGenerator.forward, layer by layer; each ResBlock is its lists of dilated and plain convs
@@ -677,11 +678,6 @@ class IstftStream(VocoderStream):
     offline ones and every chunk costs the same.
     """
 
-    def __init__(self, generator: IstftGenerator, batch_size: int = 1) -> None:
-        self.generator = generator
-        self.batch_size = batch_size
-        self.reset()
-
     @torch.inference_mode()
     def reset(self) -> None:
         g, batch, context = self.generator, self.batch_size, self.generator.cfg.istft_kernel_size - 1
@@ -694,11 +690,8 @@ class IstftStream(VocoderStream):
     @torch.inference_mode()
     def push(self, mel_chunk: torch.Tensor) -> torch.Tensor:
         g = self.generator
-        check_mel(mel_chunk, g.n_mels)
+        self.start_chunk(mel_chunk)
         mel = mel_chunk.unsqueeze(0) if mel_chunk.dim() == 2 else mel_chunk  # (batch, n_mels, time)
-        if mel.shape[0] != self.batch_size:
-            raise ValueError(f"this stream was opened for batch size {self.batch_size}, got a chunk of {mel.shape[0]}")
-        self.started = True
         time = mel.shape[-1]
         mel = torch.cat([self.mel_past, mel], dim=-1)
         self.mel_past = mel[..., time:]

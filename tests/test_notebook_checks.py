@@ -6,14 +6,14 @@ import time
 from pathlib import Path
 
 import pytest
+from nbval.plugin import get_sanitize_patterns
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def sanitize(text: str) -> str:
-    """The config's patterns applied as pytest --nbval applies them."""
-    config = (NOTEBOOKS / "nbval_sanitize.cfg").read_text()
-    for regex, replace in re.findall(r"^regex: (.*)$\n^replace: (.*)$", config, flags=re.MULTILINE):
+    """The config's patterns, read and applied as pytest --nbval reads and applies them."""
+    for regex, replace in get_sanitize_patterns((NOTEBOOKS / "nbval_sanitize.cfg").read_text()):
         text = re.sub(regex, replace, text)
     return text
 
