@@ -141,26 +141,28 @@ class VoiceEncoder(nn.Module):
 class ConvBlock(nn.Module):
     """Pre-norm residual convolution over columns, ``kernel // 2`` on each side."""
 
-    def __init__(self, width: int, kernel: int) -> None:
+    def __init__(self, width: int, kernel: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(width)
         self.conv = nn.Conv1d(width, 2 * width, kernel, padding=kernel // 2)
         self.out = nn.Linear(width, width)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(self.norm(x).transpose(1, 2)).transpose(1, 2)
-        return x + self.out(F.glu(h, dim=-1))
+        return x + self.dropout(self.out(F.glu(h, dim=-1)))
 
 
 class WindowedAttentionBlock(nn.Module):
     """Pre-norm self-attention over the last ``window`` columns (itself included), then an MLP."""
 
-    def __init__(self, width: int, heads: int, window: int) -> None:
+    def __init__(self, width: int, heads: int, window: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.heads, self.window = heads, window
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, w = x.shape
@@ -168,19 +170,19 @@ class WindowedAttentionBlock(nn.Module):
         i = torch.arange(c, device=x.device)
         allowed = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.window)  # (C, C)
         h = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, heads, C, w / heads)
-        x = x + self.proj(h.transpose(1, 2).reshape(b, c, w))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.dropout(self.proj(h.transpose(1, 2).reshape(b, c, w)))
+        return x + self.dropout(self.mlp(self.norm2(x)))
 
 
 class DurationPredictor(nn.Module):
     """Phoneme ids (B, P) and a voice (B, width) -> log(1 + columns) of each phoneme (B, P)."""
 
-    def __init__(self, cfg: AcousticConfig) -> None:
+    def __init__(self, cfg: AcousticConfig, dropout: float = 0.0) -> None:
         super().__init__()
         w = cfg.duration_width
         self.embedding = nn.Embedding(N_PHONEME_IDS, w)
         self.voice = nn.Linear(cfg.width, w)
-        self.blocks = nn.ModuleList(ConvBlock(w, 3) for _ in range(3))
+        self.blocks = nn.ModuleList(ConvBlock(w, 3, dropout) for _ in range(3))
         self.out = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, 1))
 
     def forward(self, phonemes: torch.Tensor, voice: torch.Tensor) -> torch.Tensor:
@@ -196,19 +198,25 @@ class DurationPredictor(nn.Module):
 
 
 class AcousticModel(nn.Module):
-    """The phoneme stream and a voice -> mel columns, and per frame the speaking head's patch."""
+    """The phoneme stream and a voice -> mel columns, and per frame the speaking head's patch.
 
-    def __init__(self, cfg: AcousticConfig) -> None:
+    ``dropout`` and ``duration_dropout`` (the duration predictor's; training
+    only, not part of the shape) drop each residual branch's output: without
+    them the lite model learnt its train sentences' durations by heart
+    (``data/acoustic/README.md``).
+    """
+
+    def __init__(self, cfg: AcousticConfig, dropout: float = 0.0, duration_dropout: float = 0.0) -> None:
         super().__init__()
         self.cfg = cfg
         w, audio = cfg.width, cfg.audio
         self.voice_encoder = VoiceEncoder(audio.n_mels, cfg.voice_width, w)
-        self.durations = DurationPredictor(cfg)
+        self.durations = DurationPredictor(cfg, duration_dropout)
         self.phoneme = nn.Embedding(N_PHONEME_IDS, w)
         self.since = nn.Embedding(cfg.max_count + 1, w)
         self.until = nn.Embedding(cfg.max_count + 1, w)
-        self.convs = nn.ModuleList(ConvBlock(w, cfg.kernel) for _ in range(cfg.conv_layers))
-        self.attention = nn.ModuleList(WindowedAttentionBlock(w, cfg.heads, cfg.window)
+        self.convs = nn.ModuleList(ConvBlock(w, cfg.kernel, dropout) for _ in range(cfg.conv_layers))
+        self.attention = nn.ModuleList(WindowedAttentionBlock(w, cfg.heads, cfg.window, dropout)
                                        for _ in range(cfg.attention_layers))
         self.norm = nn.LayerNorm(w)
         self.mel_out = nn.Linear(w, audio.n_mels)

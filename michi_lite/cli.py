@@ -3,20 +3,29 @@
     michi-lite data build      --preset P --out DIR [--voice V] [--hours H] [--turns T]
     michi-lite data subset     --data DIR --out DIR --hours H [--splits S ...] [--seed N]
     michi-lite data pack       --data DIR --out DIR [--splits S ...]
+    michi-lite data align      --preset P --data DIR [--aligner A]
     michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init G]
                                [--discriminator-start N] [--discriminator-warmup N] [--lr-decay GAMMA]
                                [--stft-loss WEIGHT] [--multiscale-mel WEIGHT] [--upsampler transposed|nearest]
                                [--arch hifigan|istft]
     michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
-    michi-lite export vocoder|listener|speaker --preset P --ckpt RUN --out FILE
+    michi-lite train aligner   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
+    michi-lite train acoustic  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
+                               [--voice V ...] [--keep-exports] [--balance-engines] [--dropout P]
+                               [--duration-dropout P]
+    michi-lite export vocoder|listener|speaker|acoustic|aligner --preset P --ckpt RUN --out FILE
     michi-lite eval alignment  --preset P --data DIR --json OUT [--diffs NPZ]
+    michi-lite eval aligner    --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N] [--split S]
     michi-lite eval vocoder    --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N] [--split S]
     michi-lite eval listener   --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N] [--delays NPZ]
     michi-lite eval speaker    --preset P --ckpt RUN --data DIR --json OUT [--vocoder V] [--max-utterances N]
+    michi-lite eval acoustic   --preset P --ckpt RUN --data DIR --json OUT [--vocoder V] [--max-utterances N]
+                               [--voice V ...] [--temperature T] [--aligner A] [--split S]
     michi-lite bench vocoder   --preset P --json OUT [--ckpt RUN] [--seconds S] [--threads T]
     michi-lite bench listener  --preset P --json OUT [--ckpt RUN] [--seconds S] [--threads T]
     michi-lite bench speaker   --preset P --json OUT [--ckpt RUN] [--vocoder V] [--threads T]
+    michi-lite bench acoustic  --preset P --json OUT [--ckpt RUN] [--vocoder V] [--threads T]
     michi-lite say "TEXT"      --out OUT.wav [--voice-prompt REF.wav] [--steps K] [--preset P] [--ckpt RUN]
     michi-lite transcribe      IN.wav [--preset P] [--ckpt RUN] [--json OUT]
     michi-lite demo            [--preset P] [--out DIR]
@@ -55,6 +64,11 @@ EVAL_DATA = ("a corpus built by `michi-lite data build`, or any folder whose man
 def add_preset(parser: argparse.ArgumentParser, default: str = "lite") -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default=default,
                         help=f"model and data size (default: {default})")
+
+
+def add_split(parser: argparse.ArgumentParser, choosing: str) -> None:
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help=f"val: to choose between {choosing} without looking at the test split")
 
 
 def positive_int(text: str) -> int:
@@ -184,7 +198,8 @@ def cmd_train_acoustic(args: argparse.Namespace) -> None:
 
     run = train_acoustic(args.preset, args.data, args.out, steps=args.steps, resume=args.resume,
                          batch_size=args.batch_size, voices=args.voice, keep_exports=args.keep_exports,
-                         balance_engines=args.balance_engines, init=args.init,
+                         balance_engines=args.balance_engines, dropout=args.dropout,
+                         duration_dropout=args.duration_dropout, init=args.init,
                          checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes)
     report_run(run, args.preset, "acoustic")
 
@@ -272,7 +287,7 @@ def cmd_eval_acoustic(args: argparse.Namespace) -> None:
     aligner = args.aligner or (REFERENCE_ALIGNER if args.preset == "lite" and REFERENCE_ALIGNER.exists() else None)
     write_json(evaluate_acoustic(args.preset, args.ckpt, args.data, args.vocoder, voices=args.voice,
                                  max_utterances=args.max_utterances, temperature=args.temperature,
-                                 aligner_ckpt=aligner), args.json)
+                                 aligner_ckpt=aligner, split=args.split), args.json)
 
 
 def cmd_eval_speaker(args: argparse.Namespace) -> None:
@@ -479,6 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
             stage_train.add_argument("--balance-engines", action="store_true",
                                      help="repeat the utterances of engines with fewer of them, each engine's by "
                                           "the square root of how many fewer (a resumed run keeps its own)")
+            stage_train.add_argument("--dropout", type=float, default=0.0,
+                                     help="dropout on the acoustic layers' residual branches in training "
+                                          "(default: 0; a resumed run keeps its own)")
+            stage_train.add_argument("--duration-dropout", type=float, default=0.0,
+                                     help="the same in the duration predictor (default: 0)")
             stage_train.add_argument("--init", help="start from this acoustic model's weights (a run or "
                                                     ".safetensors) with a fresh optimizer and schedule")
         if stage == "speaker":
@@ -510,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_preset(aligner)
     aligner.add_argument("--ckpt", required=True, help="an aligner run directory or .safetensors file")
     aligner.add_argument("--data", required=True, help=EVAL_DATA)
-    aligner.add_argument("--split", choices=("test", "val"), default="test")
+    add_split(aligner, "checkpoints")
     aligner.add_argument("--max-utterances", type=positive_int, help="at most N utterances per voice group")
     aligner.add_argument("--json", help="write the report here too")
     aligner.set_defaults(run=cmd_eval_aligner)
@@ -528,8 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
         stage_eval.add_argument("--max-utterances", type=positive_int, help="at most N test utterances per voice group")
         stage_eval.set_defaults(run=run)
         if stage == "vocoder":
-            stage_eval.add_argument("--split", choices=("test", "val"), default="test",
-                                    help="val: to choose between checkpoints without looking at the test split")
+            add_split(stage_eval, "checkpoints")
         if stage == "listener":
             stage_eval.add_argument("--delays", help="also save each word's emission delay (ms), per group, to .npz")
     for stage, run, what in (
@@ -555,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        help="scale of the speaking head's starting noise (default: the model's)")
             speaking_eval.add_argument("--aligner", help="a phoneme aligner for the phoneme accuracy of what is said "
                                                          "(default: the committed lite aligner, for lite)")
+            add_split(speaking_eval, "settings (the temperature)")
 
     bench = commands.add_parser("bench", help="time a piece").add_subparsers(dest="what", required=True)
     for stage, run, what, default in (

@@ -654,7 +654,7 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
                       vocoder_ckpt: str | os.PathLike, voices: list[str] | None = None,
                       max_utterances: int | None = None, steps: tuple[int, ...] = ACOUSTIC_STEPS,
                       seed: int = 0, temperature: float | None = None,
-                      aligner_ckpt: str | os.PathLike | None = None) -> dict:
+                      aligner_ckpt: str | os.PathLike | None = None, split: str = "test") -> dict:
     """The acoustic model speaking test sentences it never trained on, from their text alone; judged independently.
 
     Each test utterance (of ``voices``, if given) is spoken from its text's
@@ -682,17 +682,19 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
       ``phoneme_accuracy_real`` on the real audio with the engine's timing.
 
     Samples start from noise scaled by ``temperature`` (default: the model's
-    ``SAMPLING_TEMPERATURE``).
+    ``SAMPLING_TEMPERATURE``). ``split="val"`` measures on the validation
+    sentences instead (seen voices only), to choose a setting such as the
+    temperature without looking at the test split.
     """
     from .acoustic import SAMPLING_TEMPERATURE, columns_per_phoneme, load_acoustic, prompt_columns, text_phoneme_ids
     from .aligner import load_aligner, phoneme_classes
     from .audio import audio_patches
     from .data.phonemes import phoneme_id
 
-    everyone = load_eval_manifest(data_dir, "test")  # first: a manifest it cannot use fails before anything loads
+    everyone = load_eval_manifest(data_dir, split)  # first: a manifest it cannot use fails before anything loads
     test = [r for r in everyone if voices is None or r["voice"] in voices]
     if not test:
-        raise ValueError(f"{data_dir}: no test utterances" + (f" of {', '.join(voices)}" if voices else ""))
+        raise ValueError(f"{data_dir}: no {split} utterances" + (f" of {', '.join(voices)}" if voices else ""))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_acoustic(ckpt, preset, device)
     audio = model.cfg.audio
@@ -771,7 +773,7 @@ def evaluate_acoustic(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
     report["voices"], report["n_test_voices"] = sorted({r["voice"] for r in test}), len(identify.members)
     report["checkpoint"], report["vocoder"] = str(ckpt), str(vocoder_ckpt)
     report["aligner"], report["temperature"] = None if aligner_ckpt is None else str(aligner_ckpt), temperature
-    report["run"] = run_info(preset)
+    report["split"], report["run"] = split, run_info(preset)
     return report
 
 

@@ -6,12 +6,15 @@ loss, log-duration MSE), AdamW with a warm-up and a half-cosine fall to a
 tenth, gradients clipped to norm 1. An exponential moving average of the
 weights (its horizon growing to ``1 / (1 - ema_decay)`` steps) is kept beside
 them and is what ``acoustic.safetensors`` holds: the averaged weights sound
-like the end of a cosine schedule wherever training stops.
+like the end of a cosine schedule wherever training stops. At every
+checkpoint the average's losses on the validation split are appended to
+``val_log.csv``, the proxy that shows when more steps stop helping.
 """
 
 from __future__ import annotations
 
 import copy
+import csv
 import logging
 import math
 import os
@@ -27,6 +30,7 @@ from .train import LengthBuckets, ScheduledTrainer, fit, started_config, trainin
 logger = logging.getLogger(__name__)
 
 LOSSES = ["loss", "mel_loss", "flow_loss", "duration_loss"]
+VAL_UTTERANCES = 256  # validation utterances scored at every checkpoint (a few seconds on 2 cores)
 
 
 class AcousticTrainer(ScheduledTrainer):
@@ -34,8 +38,9 @@ class AcousticTrainer(ScheduledTrainer):
 
     def __init__(self, model: AcousticModel, preset: str, device: torch.device, total_steps: int,
                  learning_rate: float = 1e-3, warmup_steps: int = 200, ema_decay: float = 0.999,
-                 recipe: dict | None = None) -> None:
+                 recipe: dict | None = None, validation: AcousticUtterances | None = None) -> None:
         self.model, self.preset, self.device = model.to(device), preset, device
+        self.validation = validation
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.ema_decay, self.total_steps, self.peak_learning_rate = ema_decay, total_steps, learning_rate
         self.recipe = recipe or {}
@@ -67,10 +72,50 @@ class AcousticTrainer(ScheduledTrainer):
         return {"model": self.model.cfg.to_dict()}
 
     def export(self, out_dir: Path) -> None:
+        step = self.schedule.last_epoch
         path = save_acoustic(out_dir / "acoustic.safetensors", self.ema, self.preset)
         if self.recipe.get("keep_exports"):  # one file per checkpoint, for a learning curve
             (out_dir / "exports").mkdir(exist_ok=True)
-            shutil.copyfile(path, out_dir / "exports" / f"step_{self.schedule.last_epoch:08d}.safetensors")
+            shutil.copyfile(path, out_dir / "exports" / f"step_{step:08d}.safetensors")
+        if self.validation is not None:
+            log_validation(out_dir / "val_log.csv", step, validation_losses(self.ema, self.validation))
+
+
+@torch.no_grad()
+def validation_losses(model: AcousticModel, data: AcousticUtterances, batch_size: int = 16,
+                      seed: int = 0) -> dict[str, float]:
+    """``model``'s three losses on the first ``VAL_UTTERANCES`` of ``data``, its noise and prompts seeded: the
+    same draws at every call, so that two checkpoints differ only by their weights. The global RNG is left as it was."""
+    was_training = model.training
+    model.eval()
+    n = min(len(data), VAL_UTTERANCES)
+    totals: Counter = Counter()
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in range(0, n, batch_size):
+            indices = range(start, min(n, start + batch_size))
+            losses = model(data.collate([data[i] for i in indices]).to(device))
+            for name, value in losses.items():
+                totals[name] += value.item() * len(indices)
+    model.train(was_training)
+    return {name: total / n for name, total in totals.items()}
+
+
+def log_validation(path: Path, step: int, losses: dict[str, float]) -> None:
+    """Append a step's validation losses to ``path``, dropping rows of that step or later (a resumed run's)."""
+    columns = ["step", *LOSSES[1:]]
+    rows = []
+    if path.exists():
+        with path.open(newline="") as f:
+            rows = [row for row in csv.DictReader(f) if row.get("step", "").isdigit() and int(row["step"]) < step]
+    rows.append({"step": step, **{name: f"{losses[name]:.5f}" for name in columns[1:]}})
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
 
 
 def engine_balanced(records: list[dict]) -> list[int]:
@@ -93,6 +138,8 @@ def train_acoustic(
     voices: list[str] | None = None,
     keep_exports: bool = False,
     balance_engines: bool = False,
+    dropout: float = 0.0,
+    duration_dropout: float = 0.0,
     init: str | os.PathLike | None = None,
     resume: bool = False,
     checkpoint_every: int = 250,
@@ -116,18 +163,25 @@ def train_acoustic(
         seed = started["seed"]
         keep_exports = keep_exports or started.get("keep_exports", False)
         balance_engines = started.get("balance_engines", False)
+        dropout = started.get("dropout", 0.0)
+        duration_dropout = started.get("duration_dropout", 0.0)
         init = started.get("init")  # recorded only: the checkpoint's weights are loaded over the start
     batch_size = batch_size or 16
     device = training_device(device)
     torch.manual_seed(seed)
-    model = AcousticModel(acoustic_config(preset))
+    model = AcousticModel(acoustic_config(preset), dropout, duration_dropout)
     if init is not None and started is None:
-        model = load_acoustic(init, preset).train()
-    trainer = AcousticTrainer(model, preset, device, steps,
+        model.load_state_dict(load_acoustic(init, preset).state_dict())
+    dataset = AcousticUtterances(data_dir, model.cfg, "train", voices=voices)
+    try:
+        validation = AcousticUtterances(data_dir, model.cfg, "val", voices=voices)
+    except ValueError:  # a corpus (or a voice) with no timed validation utterance: no val_log.csv
+        validation = None
+    trainer = AcousticTrainer(model, preset, device, steps, validation=validation,
                               recipe={"batch_size": batch_size, "voices": voices, "seed": seed,
                                       "keep_exports": keep_exports, "balance_engines": balance_engines,
+                                      "dropout": dropout, "duration_dropout": duration_dropout,
                                       "init": None if init is None else str(init)})
-    dataset = AcousticUtterances(data_dir, model.cfg, "train", voices=voices)
     indices = engine_balanced(dataset.records) if balance_engines else list(range(len(dataset)))
     logger.info("acoustic %s: %.2fM parameters, %d steps of %d utterances (%d in the train split, %d drawn from) "
                 "on %s", preset, sum(p.numel() for p in model.parameters()) / 1e6, steps, batch_size, len(dataset),

@@ -10,6 +10,7 @@ import torch
 
 from michi_lite.acoustic import (
     AcousticModel,
+    AcousticUtterances,
     acoustic_config,
     columns_per_phoneme,
     lay_out,
@@ -22,6 +23,7 @@ from michi_lite.cli import main
 from michi_lite.data.corpus import load_manifest
 from michi_lite.data.engines import get_engine
 from michi_lite.data.phonemes import PAD_PHONEME, sentence_phonemes, stressed
+from michi_lite.train_acoustic import log_validation, validation_losses
 
 TINY = acoustic_config("tiny")
 TEXT = "Hello there, Dr. Smith read 12.5 pages."
@@ -105,13 +107,18 @@ def test_train_acoustic_resumes_with_its_own_recipe_and_its_file_speaks(tiny_cor
     run = tmp_path / "run"
     voice = next(r["voice"] for r in load_manifest(tiny_corpus, "train") if r["engine"] == "espeak")
     base = ["train", "acoustic", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(run)]
-    main(base + ["--steps", "2", "--batch-size", "2", "--voice", voice, "--keep-exports", "--checkpoint-every", "1"])
+    main(base + ["--steps", "2", "--batch-size", "2", "--voice", voice, "--keep-exports", "--checkpoint-every", "1",
+                 "--dropout", "0.1", "--duration-dropout", "0.3"])
     main(base + ["--steps", "4", "--resume", "--checkpoint-every", "2"])
     state = json.loads(max(run.glob("checkpoints/step_*")).joinpath("state.json").read_text())
     assert state["step"] == 4 and state["config"]["voices"] == [voice] and state["config"]["batch_size"] == 2
+    assert state["config"]["dropout"] == 0.1 and state["config"]["duration_dropout"] == 0.3
     assert sorted(p.name for p in (run / "exports").iterdir()) == [f"step_0000000{n}.safetensors" for n in (1, 2, 4)]
     rows = (run / "train_log.csv").read_text().splitlines()
     assert rows[0] == "step,loss,mel_loss,flow_loss,duration_loss,lr,seconds"
+    val_rows = (run / "val_log.csv").read_text().splitlines()  # one a checkpoint, the average's, on the val split
+    assert val_rows[0] == "step,mel_loss,flow_loss,duration_loss"
+    assert [row.split(",")[0] for row in val_rows[1:]] == ["1", "2", "4"]
 
     model = load_acoustic(run, "tiny")
     phonemes = text_phoneme_ids("Read it twice.")
@@ -121,6 +128,21 @@ def test_train_acoustic_resumes_with_its_own_recipe_and_its_file_speaks(tiny_cor
         patches, durations = model.speak(phonemes, voice_vector, steps)
         assert patches.shape == (int(durations.sum()) // 8, TINY.patch_dim) and torch.isfinite(patches).all()
         assert (durations[phonemes != PAD_PHONEME] >= 1).all()
+
+
+def test_validation_losses_repeat_and_leave_the_training_rng_alone(tiny_corpus, tmp_path):
+    data = AcousticUtterances(tiny_corpus, TINY, "val")
+    model = AcousticModel(TINY, dropout=0.5)  # in training mode, as the trainer holds it
+    torch.manual_seed(3)
+    before = torch.random.get_rng_state()
+    first, second = validation_losses(model, data), validation_losses(model, data)
+    assert first == second and set(first) == {"mel_loss", "flow_loss", "duration_loss"}
+    assert torch.equal(torch.random.get_rng_state(), before) and model.training
+
+    log = tmp_path / "val_log.csv"
+    for step in (10, 20, 30, 20):  # a run killed after step 30's row and resumed from its step-10 checkpoint
+        log_validation(log, step, first)
+    assert [row.split(",")[0] for row in log.read_text().splitlines()] == ["step", "10", "20"]
 
 
 def test_acoustic_files_refuse_another_preset_a_truncated_file_and_another_stage(tmp_path):
@@ -197,3 +219,11 @@ def test_eval_acoustic_judges_its_speech_beside_the_real_audio(tiny_corpus, tmp_
     assert 0 <= unseen["identified_real"] <= 1 and -1 <= unseen["similarity"] <= 1
     assert report["groups"]["unseen"]["by_engine"]["espeak"]["judge_wer"] == unseen["judge_wer"]  # its one engine
     assert report["n_test_voices"] == len({r["voice"] for r in load_manifest(tiny_corpus, "test")})
+    assert report["split"] == "test"
+
+    # the validation split, to choose a setting on: its voices are all seen ones
+    main(["eval", "acoustic", "--preset", "tiny", "--ckpt", str(model_file), "--data", str(tiny_corpus),
+          "--vocoder", str(vocoder_file), "--max-utterances", "1", "--split", "val", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["split"] == "val" and set(report["groups"]) == {"seen"}
+    assert report["n_test_voices"] == len({r["voice"] for r in load_manifest(tiny_corpus, "val")})
