@@ -777,47 +777,69 @@ print({name: round(float(acoustic_log[name][-1]), 3) for name in ("mel_loss", "f
 #
 # With every voice timed, the second rung trained on all of the `lite`
 # corpus's seen voices (3 hours, sentences round the voices: espeak-ng, with
-# 31 of the 36, spoke 2,148 of the 2,418 train sentences). Every export it
-# kept on the way was judged on the same test sentences of seen voices
-# (`experiments/acoustic_curve.py`), beside the cheap proxy: how often the
-# aligner's classifier hears, under each generated 10 ms column, the phoneme
-# the model was asked to say there. The first design's evals after its
-# parts 3-5 are drawn beside them (16 sentences in 36 voices, so where it
-# stood, not a paired comparison):
+# 31 of the 36, spoke 2,148 of the 2,418 train sentences), and it babbled in
+# the voices of the engines it had about 65 utterances each of (judge WER
+# 0.87 in their seen voices, 0.80 in held-out festival ones, where the real
+# audio is heard at 0.14). The third rung trained the same recipe for 36
+# minutes on a corpus in which every engine has an equal share (`michi-lite
+# data build --turns engine`), its phonemes timed by the aligner's decoding
+# with a minimum length (a plain Viterbi path had squeezed a third of those
+# engines' phonemes into a single 10 ms column). It spoke them, and then
+# learnt its 2,329 train sentences by heart: on validation sentences its
+# duration error was lowest after 2,000 steps and rose after, while in
+# training it fell five times lower. The reference `say` loads, the fourth
+# rung, has twice the data (the same plan run to 6 hours) and dropout (0.1
+# in the acoustic layers, 0.5 in the duration predictor), and trained for
+# 63 minutes.
+#
+# Every export each rung kept on the way was judged on test sentences of
+# seen voices (`experiments/acoustic_curve.py`): the first two rungs on
+# their own (mostly espeak-ng's), the third and fourth on the same 24
+# sentences of the seen festival, flite, hibari and piper voices; beside
+# the judge, the cheap proxy: how often the aligner's classifier hears,
+# under each generated 10 ms column, the phoneme the model was asked to say
+# there. The first design's evals after its parts 3-5 are drawn too (16
+# sentences in 36 voices, so where it stood, not a paired comparison):
 
 # %%
-curve = json.loads((ACOUSTIC / "lite_voice_turns_curve.json").read_text())
-one_voice = json.loads((ACOUSTIC / "lite_one_voice_curve.json").read_text())
+curves = {"one voice (its test sentences)": ("lite_one_voice_curve.json", "^-", "tab:blue"),
+          "second rung: every seen voice, mostly espeak-ng": ("lite_voice_turns_curve.json", "o-", "tab:orange"),
+          "third rung: every engine, 3 h": ("lite_engines_3h_curve.json", "D-", "tab:green"),
+          "the reference: every engine, 6 h, dropout": ("lite_curve.json", "s-", "tab:purple")}
+curves = {label: (json.loads((ACOUSTIC / name).read_text()), style, color)
+          for label, (name, style, color) in curves.items()}
 fig = Figure(figsize=(10, 3.6), layout="constrained")
 wer_ax, proxy_ax = fig.subplots(1, 2)
-for points, style, label in ((one_voice["acoustic"], "^-", "one voice (its test sentences)"),
-                             (curve["acoustic"], "o-", "every seen voice (the second rung)")):
-    wer_ax.plot([p["cpu_minutes"] for p in points], [p["judge_wer"] for p in points], style, label=label)
-wer_ax.axhline(curve["acoustic"][-1]["judge_wer_real"], color="gray", ls="--", label="real audio, seen voices")
-wer_ax.plot([p["cpu_minutes"] for p in curve["first_design"]], [p["judge_wer"] for p in curve["first_design"]],
-            "s-", color="tab:red", label="first design, 36 voices")
-wer_ax.set(xlabel="training, minutes on 2 CPU cores", ylabel="Whisper judge WER", ylim=(0, 1.5))
+for label, (curve, style, color) in curves.items():
+    minutes = [p["cpu_minutes"] for p in curve["acoustic"]]
+    wer_ax.plot(minutes, [p["judge_wer"] for p in curve["acoustic"]], style, color=color, label=label)
+    if "phoneme_accuracy" in curve["acoustic"][0]:  # the one-voice run's curve predates the proxy
+        proxy_ax.plot(minutes, [p["phoneme_accuracy"] for p in curve["acoustic"]], style, color=color, label=label)
+reference = curves["the reference: every engine, 6 h, dropout"][0]
+wer_ax.axhline(reference["acoustic"][-1]["judge_wer_real"], color="gray", ls="--",
+               label="real audio, the last two's sentences")
+first = reference["first_design"]
+wer_ax.plot([p["cpu_minutes"] for p in first], [p["judge_wer"] for p in first], "x-", color="tab:red",
+            label="first design, 36 voices")
+wer_ax.set(xlabel="training, minutes on 2 CPU cores", ylabel="Whisper judge WER, 4 steps", ylim=(0, 1.5))
 wer_ax.legend(fontsize=7)
-minutes = [p["cpu_minutes"] for p in curve["acoustic"]]
-proxy_ax.plot(minutes, [p["phoneme_accuracy"] for p in curve["acoustic"]], "o-", color="tab:orange",
-              label="generated, 4 steps")
-proxy_ax.axhline(curve["acoustic"][-1]["phoneme_accuracy_real"], color="gray", ls="--", label="real audio")
 proxy_ax.set(xlabel="training, minutes on 2 CPU cores", ylabel="phoneme heard where asked", ylim=(0, 1))
 proxy_ax.legend(fontsize=7)
 fig.savefig(FIGURES / "03_acoustic_learning_curve.png", dpi=110)
 fig
 
 # %% [markdown]
-# Those test sentences are mostly espeak-ng's, and so was the training: in
-# the voices of the engines it had about 65 utterances each of, the second
-# rung babbled (judge WER 0.87 in their seen voices, 0.80 in held-out
-# festival ones, where the real audio is heard at 0.14). The third rung, the
-# reference `say` loads, trains the same recipe for 36 minutes on a corpus
-# in which every engine has an equal share (`michi-lite data build --turns
-# engine`), its phonemes timed by the aligner's decoding with a minimum
-# length (a plain Viterbi path had squeezed a third of those engines'
-# phonemes into a single 10 ms column, and a run on those timings learnt
-# durations five times worse).
+# On the same 24 sentences, both from no noise (the temperature now
+# chosen), the third rung ended at 0.34 after 36 minutes; the fourth was
+# at 0.34 after 21 minutes, 0.30 after 42 and 0.32 at its end, 63 (on 24
+# sentences the judge's WER moves by about 5 points on its own; the real
+# audio: 0.12). The first design is far above both, after five times the
+# minutes. The phoneme proxy is flat for these voices (0.45-0.47 at every
+# point), unlike in the second rung's mostly espeak-ng sentences: the
+# aligner's classifier learnt its phonemes from espeak-ng's voices, and for
+# engines that give no timing of their own there is no real-audio score to
+# hold it against. Here it tells little; the validation losses
+# (`data/acoustic/lite_val_log.csv`) were the proxy that moved.
 #
 # ### The reference speaking in voices it never heard
 #
@@ -858,16 +880,16 @@ fig
 # `michi-lite eval acoustic` on the test sentences of the engine-balanced
 # corpus (never trained on), each spoken from its text alone with the
 # model's own timing, prompted with another test sentence of its voice, by
-# engine, beside the second rung on the same sentences. The seen voices are
-# one each of festival, flite, hibari and piper (espeak-ng's seen voices
-# have one test sentence each, none to prompt with). "Identified" is how
-# often Resemblyzer puts the speech nearest its own voice among every voice
-# of the test split:
+# engine, beside the third rung on the same sentences, both from no noise.
+# The seen voices are one each of festival, flite, hibari and piper
+# (espeak-ng's seen voices have one test sentence each, none to prompt
+# with). "Identified" is how often Resemblyzer puts the speech nearest its
+# own voice among every voice of the test split:
 
 # %%
 evaluation = json.loads((ACOUSTIC / "lite_eval.json").read_text())["groups"]
-before = json.loads((ACOUSTIC / "lite_voice_turns_eval_on_engines.json").read_text())["groups"]
-rows = ["| voices | engine | n | judge WER, 4 steps | 1 step | real audio | second rung, 4 steps | 1 step | "
+before = json.loads((ACOUSTIC / "lite_engines_3h_eval_temperature_0.json").read_text())["groups"]
+rows = ["| voices | engine | n | judge WER, 4 steps | 1 step | real audio | third rung, 4 steps | 1 step | "
         "identified | duration ratio |", "|---" * 10 + "|"]
 for group, label in (("seen", "seen"), ("unseen", "held out")):
     for engine in ["all", *sorted(evaluation[group]["by_engine"])]:
@@ -883,15 +905,19 @@ print(f"one sentence's pass, 4 steps: {speed['sentence_pass_4_steps']['ms_per_fr
       f"{speed['new_process_say_seconds']['median']:.1f} s")
 
 # %% [markdown]
-# Given the other engines' hours, the model speaks them: their seen voices
-# fell from babble (0.87) to 0.41 at 4 steps and 0.33 at 1, held-out
-# voices from 0.54 to 0.38 and 0.29 (the real audio's 0.29), and held-out
-# festival from 0.80 to 0.37. It is not yet the real audio in the seen
-# voices (0.14), and at 1 step it is better than at 4 in every group: the
-# flow's sampling noise is heard as errors. The prompt picks a held-out
-# voice less often than before (29% against 40%): the corpus has a fifth of
-# the espeak-ng speech it had, over the same 31 voices. `data/acoustic/README.md`
-# has sentences written for the check in seven voices, and what comes next.
+# In the seen voices the judge now hears the model at 0.24 at 4 steps
+# (the third rung: 0.35), 10.5 points above the real audio: the issue's
+# rung asks for at most 10, so it is not yet met, by half a point. One
+# step is within 1.4 points of four, the prompted voice is identified in
+# every sentence, and the speech lasts a median 1.07 times the real. Plain
+# sentences are 6 points from the real audio, the stress sentences 17: the
+# judge mishears names and the first words of a sentence more than the
+# numbers. Held-out voices are heard at 0.25, better than their real audio
+# (0.29; espeak-ng's voices are hard for the judge); the prompt picks a
+# held-out voice in 29% of sentences. The speaking head's temperature was
+# chosen on validation sentences: from no noise, four steps are heard 3
+# points better than at 0.6. `data/acoustic/README.md` has the commands,
+# sentences written for the check in seven voices, and what comes next.
 #
 # What is left: the text head's own word timing joined to the acoustic
 # model's phoneme timing for duplex speech (the joint-training notebook),
