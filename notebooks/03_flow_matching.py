@@ -910,13 +910,13 @@ print(f"one sentence's pass, 4 steps: {speed['sentence_pass_4_steps']['ms_per_fr
 # rung asks for at most 10, so it is not yet met, by half a point. One
 # step is within 1.4 points of four, the prompted voice is identified in
 # every sentence, and the speech lasts a median 1.07 times the real. Plain
-# sentences are 6 points from the real audio, the stress sentences 17: the
-# judge mishears names and the first words of a sentence more than the
-# numbers. Held-out voices are heard at 0.25, better than their real audio
-# (0.29; espeak-ng's voices are hard for the judge); the prompt picks a
-# held-out voice in 29% of sentences. The speaking head's temperature was
-# chosen on validation sentences: from no noise, four steps are heard 3
-# points better than at 0.6. `data/acoustic/README.md` has the commands,
+# sentences are 6 points from the real audio, the stress sentences 17,
+# where the judge mishears the words around the numbers (names among them)
+# more than the numbers. Held-out voices are heard at 0.25, better than
+# their real audio (0.29; espeak-ng's voices are hard for the judge); the
+# prompt picks a held-out voice in 29% of sentences. The speaking head's
+# temperature was chosen on validation sentences: from no noise, four
+# steps are heard 3 points better than at 0.6. `data/acoustic/README.md` has the commands,
 # sentences written for the check in seven voices, and what comes next.
 #
 # What is left: the text head's own word timing joined to the acoustic
