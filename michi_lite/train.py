@@ -269,12 +269,13 @@ def started_config(out_dir: str | os.PathLike) -> dict | None:
 
 
 def truncate_log(log_path: Path, step: int, columns: list[str]) -> None:
-    """Drop log rows past ``step`` (after a resume they are logged again) and any row a kill cut short."""
+    """Drop log rows past ``step`` (after a resume they are logged again) and any row a kill cut short
+    (one whose last column is missing or empty)."""
     if not log_path.exists():
         return
     with log_path.open(newline="") as f:
         rows = [row for row in csv.DictReader(f)
-                if None not in row.values() and row["seconds"] and int(row["step"]) <= step]
+                if None not in row.values() and row[columns[-1]] and int(row["step"]) <= step]
     tmp = log_path.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, columns)

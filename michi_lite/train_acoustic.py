@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .acoustic import AcousticModel, AcousticUtterances, acoustic_config, load_acoustic, save_acoustic
-from .train import LengthBuckets, ScheduledTrainer, fit, started_config, training_device, warmup_cosine
+from .train import LengthBuckets, ScheduledTrainer, fit, started_config, training_device, truncate_log, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +84,11 @@ class AcousticTrainer(ScheduledTrainer):
 @torch.no_grad()
 def validation_losses(model: AcousticModel, data: AcousticUtterances, batch_size: int = 16,
                       seed: int = 0) -> dict[str, float]:
-    """``model``'s three losses on the first ``VAL_UTTERANCES`` of ``data``, its noise and prompts seeded: the
-    same draws at every call, so that two checkpoints differ only by their weights. The global RNG is left as it was."""
+    """``model``'s three losses on the first ``VAL_UTTERANCES`` of ``data``, averaged over utterances.
+
+    Its noise and prompts are seeded: the same draws at every call, so two
+    checkpoints differ only by their weights. The global RNG is left as it was.
+    """
     was_training = model.training
     model.eval()
     n = min(len(data), VAL_UTTERANCES)
@@ -103,19 +106,15 @@ def validation_losses(model: AcousticModel, data: AcousticUtterances, batch_size
 
 
 def log_validation(path: Path, step: int, losses: dict[str, float]) -> None:
-    """Append a step's validation losses to ``path``, dropping rows of that step or later (a resumed run's)."""
+    """Append a step's validation losses to ``path``, after dropping rows of that step or later (a resumed run's)."""
     columns = ["step", *LOSSES[1:]]
-    rows = []
-    if path.exists():
-        with path.open(newline="") as f:
-            rows = [row for row in csv.DictReader(f) if row.get("step", "").isdigit() and int(row["step"]) < step]
-    rows.append({"step": step, **{name: f"{losses[name]:.5f}" for name in columns[1:]}})
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    truncate_log(path, step - 1, columns)
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        if new:
+            writer.writeheader()
+        writer.writerow({"step": step, **{name: f"{losses[name]:.5f}" for name in columns[1:]}})
 
 
 def engine_balanced(records: list[dict]) -> list[int]:

@@ -152,9 +152,9 @@ def plan(cfg: Config, voices: list[Voice], only: str | None = None) -> Iterator[
     sentences go round the engines first and round each engine's seen voices
     second, so an engine with one speaker gets as many sentences as one with
     thirty (espeak-ng has most of the speakers), and val and test sentences
-    go round them in turns of their own, so every split hears every engine. Sentences that differ only in
-    case or punctuation ("7 pm", "7 PM.") share one split. ``only`` names the
-    one voice that speaks every sentence instead.
+    go round them in turns of their own, so every split hears every engine.
+    Sentences that differ only in case or punctuation ("7 pm", "7 PM.") share
+    one split. ``only`` names the one voice that speaks every sentence instead.
     """
     c = cfg.corpus
     if only is None:
@@ -177,8 +177,8 @@ def plan(cfg: Config, voices: list[Voice], only: str | None = None) -> Iterator[
         if key not in split_of:
             split_of[key] = next(splits)
         split = split_of[key]
-        voice = next(seen_turn)  # a train sentence's voice follows its place in the plan
-        speakers = [(next(own_turns[split]) if split in own_turns else voice, "seen")]
+        train_voice = next(seen_turn)  # a train sentence's voice follows its place in the plan
+        speakers = [(next(own_turns[split]) if split in own_turns else train_voice, "seen")]
         if split == "test" and unseen:
             speakers.append((next(unseen_turn), "unseen"))
         for voice, voice_split in speakers:
