@@ -18,7 +18,8 @@ Two parts, each supervised densely:
   columns since it began, columns until it ends) and a voice vector pooled
   from a few seconds of audio -> a mel column each (L1, the dense target),
   and per 80 ms frame the condition of the speaking head, the rectified flow
-  of ``flow.py``, which samples the frame's patch.
+  of ``flow.py``, which samples the frame's patch by refining those columns
+  (their regression is its prior: ``AcousticConfig.flow_prior``).
 
 It streams on the frame clock: convolutions over the phoneme stream look
 ``lookahead_columns`` ahead (the stream is laid out before it is voiced),
@@ -65,6 +66,7 @@ class AcousticConfig:
     duration_width: int = 128
     head_width: int = 256
     head_depth: int = 3
+    flow_prior: bool = True  # the head refines the regressed mel (``flow.py``, PRIOR) instead of starting from zero
 
     @property
     def patch_dim(self) -> int:
@@ -244,6 +246,15 @@ class AcousticModel(nn.Module):
         """Column features -> the regressed normalised log-mel (B, C, n_mels)."""
         return self.mel_out(hidden)
 
+    def prior(self, mel: torch.Tensor) -> torch.Tensor:
+        """The regressed mel (B, C, n_mels) as the speaking head's prior: per frame (B, F, patch_dim).
+
+        Not detached: the flow loss's error of the head's guess (the prior
+        plus the head's change to it) trains the regression too, as it
+        trained the column features when the head guessed whole patches.
+        """
+        return mel.reshape(mel.shape[0], -1, self.cfg.patch_dim)
+
     def condition(self, hidden: torch.Tensor) -> torch.Tensor:
         """Column features (B, C, width) -> each frame's speaking-head condition (B, F, mels_per_frame * width)."""
         b, c, w = hidden.shape
@@ -254,11 +265,13 @@ class AcousticModel(nn.Module):
         voice = self.voice(batch.prompt, batch.prompt_mask)
         hidden = self.hidden(batch.ids, batch.since, batch.until, voice)
         mask = batch.column_mask.unsqueeze(-1)
-        mel_loss = ((self.mel(hidden) - batch.mel).abs() * mask).sum() / (mask.sum() * batch.mel.shape[-1])
+        mel = self.mel(hidden)
+        mel_loss = ((mel - batch.mel).abs() * mask).sum() / (mask.sum() * batch.mel.shape[-1])
         cond = self.condition(hidden)[batch.frame_mask]  # (frames in the batch, cond)
         patches = batch.mel.reshape(*batch.frame_mask.shape, -1)[batch.frame_mask]  # (frames, patch_dim)
         pick = torch.randperm(len(patches), device=patches.device)[:flow_frames]  # the head is per frame
-        flow_loss = self.speaking_head.loss(patches[pick], cond[pick])
+        prior = self.prior(mel)[batch.frame_mask][pick] if self.cfg.flow_prior else None
+        flow_loss = self.speaking_head.loss(patches[pick], cond[pick], prior=prior)
         predicted = self.durations(batch.phonemes, voice)
         target = torch.log1p(batch.durations.float())
         duration_loss = ((predicted - target) ** 2 * batch.phoneme_mask).sum() / batch.phoneme_mask.sum()
@@ -272,17 +285,19 @@ class AcousticModel(nn.Module):
 
         Durations are the model's own unless given (an engine's, to compare).
         ``steps`` Euler steps of the speaking head per frame from noise
-        scaled by ``temperature``; 0 steps gives the regressed mel instead
-        of a sample.
+        scaled by ``temperature`` (centred on the regressed mel if the head
+        refines it, ``flow_prior``); 0 steps gives the regressed mel itself.
         """
         if durations is None:
             durations = self.durations.columns(phonemes[None], voice)[0]
         durations = lay_out(durations, self.cfg.audio.mels_per_frame)
         ids, since, until = phoneme_stream(phonemes, durations, self.cfg.max_count)
         hidden = self.hidden(ids[None], since[None], until[None], voice)
+        mel = self.mel(hidden)
         if steps == 0:
-            return self.mel(hidden)[0].reshape(-1, self.cfg.patch_dim), durations
-        return self.speaking_head.sample(self.condition(hidden)[0], steps, generator, temperature), durations
+            return self.prior(mel)[0], durations
+        prior = self.prior(mel)[0] if self.cfg.flow_prior else None
+        return self.speaking_head.sample(self.condition(hidden)[0], steps, generator, temperature, prior), durations
 
 
 def text_phoneme_ids(text: str) -> torch.Tensor:

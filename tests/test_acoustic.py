@@ -103,6 +103,16 @@ def test_a_column_depends_on_the_stream_at_most_lookahead_columns_ahead():
     assert not torch.allclose(before[0, c + 1:], after[0, c + 1:])
 
 
+def test_a_new_speaking_head_starts_as_the_regression_it_refines():
+    torch.manual_seed(0)
+    model = AcousticModel(TINY).eval()
+    phonemes, voice = text_phoneme_ids(TEXT), torch.randn(1, TINY.width)
+    regressed, durations = model.speak(phonemes, voice, steps=0)
+    for temperature in (0.0, 1.0):  # the head guesses the prior unchanged; the last Euler step lands on its guess
+        sampled, _ = model.speak(phonemes, voice, steps=4, durations=durations, temperature=temperature)
+        assert torch.allclose(sampled, regressed, atol=1e-5)
+
+
 def test_train_acoustic_resumes_with_its_own_recipe_and_its_file_speaks(tiny_corpus, tmp_path, one_thread):
     run = tmp_path / "run"
     voice = next(r["voice"] for r in load_manifest(tiny_corpus, "train") if r["engine"] == "espeak")

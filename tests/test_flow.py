@@ -42,25 +42,59 @@ def test_the_head_trains_on_its_clean_patch_error_not_the_velocity_error():
     """A guess off by the same amount costs the same near noise and near data: no 1 / (1 - t)^2 weight."""
     head = SpeakingHead(patch_dim=6, cond_dim=3, width=16, depth=2)
     data, cond = torch.randn(512, 6), torch.randn(512, 3)
-    head.denoise = lambda x_t, t, c: data + 0.5  # every guess is 0.5 off in every number
+    head.denoise = lambda x_t, t, c, prior=None: data + 0.5  # every guess is 0.5 off in every number
     assert abs(head.loss(data, cond).item() - 0.25) < 1e-6
     assert flow_matching_loss(head, data, cond) > 1.0  # the same guesses, scored as velocities
 
 
-def test_the_head_learns_a_conditional_two_mode_toy_and_few_steps_suffice():
-    """Condition +1 -> data near (2, 2), condition -1 -> near (-2, -2): samples must land by their condition."""
+def two_mode_head(steps: int, with_prior: bool = False) -> SpeakingHead:
+    """A head trained on condition +1 -> data near (2, 2), -1 -> near (-2, -2); the prior, if any, is (c, c)."""
     torch.manual_seed(0)
     head = SpeakingHead(patch_dim=2, cond_dim=1, width=32, depth=2)
     optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
-    for _ in range(400):
+    for _ in range(steps):
         cond = torch.randint(0, 2, (128, 1)).float() * 2 - 1
         data = 2 * cond.expand(128, 2) + 0.1 * torch.randn(128, 2)
-        loss = head.loss(data, cond)
+        loss = head.loss(data, cond, prior=cond.expand(128, 2) if with_prior else None)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    return head
+
+
+def test_the_head_learns_a_conditional_two_mode_toy_and_few_steps_suffice():
+    """Samples must land by their condition."""
+    head = two_mode_head(400)
     cond = torch.tensor([[1.0], [-1.0]]).repeat(100, 1)
     for steps in (1, 4):
         samples = head.sample(cond, steps, generator=torch.Generator().manual_seed(1))
         error = (samples - 2 * cond.expand(-1, 2)).norm(dim=-1)
         assert error.median() < 0.5, (steps, float(error.median()))
+
+
+def test_with_a_prior_a_new_head_keeps_it_and_the_paths_start_around_it():
+    head = SpeakingHead(patch_dim=6, cond_dim=3, width=16, depth=2)
+    prior, cond = torch.randn(4, 6), torch.randn(4, 3)
+    assert torch.equal(head.sample(cond, 4, temperature=0.0, prior=prior), prior)  # nothing to refine yet
+
+    data, far, starts = torch.randn(4096, 6), torch.full((4096, 6), 5.0), []
+
+    def perfect(x_t, t, c, prior=None):
+        starts.append((x_t - t[:, None] * data) / (1 - t[:, None]))  # x_t = (1 - t) x_0 + t x_1, solved for x_0
+        return data
+
+    head.denoise = perfect
+    assert head.loss(data, torch.zeros(4096, 3), prior=far) == 0
+    assert torch.allclose(starts[0].mean(0), far[0], atol=0.1)  # noise around the prior
+    assert torch.allclose(starts[0].std(0), torch.ones(6), atol=0.1)
+
+
+def test_a_head_refines_a_prior_that_is_half_way_to_the_data():
+    """The prior holds half of each point's offset from zero; samples must land on the points, not the prior."""
+    head = two_mode_head(300, with_prior=True)
+    cond = torch.tensor([[1.0], [-1.0]]).repeat(100, 1)
+    for temperature in (0.0, 1.0):
+        samples = head.sample(cond, 4, generator=torch.Generator().manual_seed(1), temperature=temperature,
+                              prior=cond.expand(-1, 2))
+        error = (samples - 2 * cond.expand(-1, 2)).norm(dim=-1)
+        assert error.median() < 0.3, (temperature, float(error.median()))
