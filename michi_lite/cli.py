@@ -7,7 +7,7 @@
     michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init G]
                                [--discriminator-start N] [--discriminator-warmup N] [--lr-decay GAMMA]
                                [--stft-loss WEIGHT] [--multiscale-mel WEIGHT] [--upsampler transposed|nearest]
-                               [--arch hifigan|istft]
+                               [--arch hifigan|istft] [--istft-phase frame|advance] [--phase-loss W]
     michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
     michi-lite train aligner   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
@@ -171,7 +171,7 @@ def cmd_train_vocoder(args: argparse.Namespace) -> None:
                         discriminator_start=args.discriminator_start, lr_decay=args.lr_decay,
                         stft_loss_weight=args.stft_loss, multiscale_mel_loss_weight=args.multiscale_mel,
                         discriminator_warmup=args.discriminator_warmup, upsampler=args.upsampler,
-                        arch=args.arch)
+                        arch=args.arch, istft_phase=args.istft_phase, phase_loss_weight=args.phase_loss)
     report_run(run, args.preset, "vocoder")
 
 
@@ -485,6 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      help="the generator: hifigan (upsampling convs at the sample rate, the "
                                           "default) or istft (ConvNeXt blocks at the frame rate and an inverse "
                                           "STFT, Vocos's design made causal); a resumed run keeps its own")
+            stage_train.add_argument("--istft-phase", choices=("frame", "advance"),
+                                     help="what the istft head gives: each frame's phase (the default, Vocos's) "
+                                          "or how far each bin's phase turns from one frame to the next, summed "
+                                          "over frames; a resumed run keeps its own")
+            stage_train.add_argument("--phase-loss", type=non_negative_float, metavar="WEIGHT",
+                                     help="with --istft-phase advance: an L1 on the phase advances against the "
+                                          "real wave's, loudness-weighted, with this weight (default: 0; a "
+                                          "resumed run keeps its own unless given)")
         if stage == "acoustic":
             stage_train.add_argument("--voice", action="append",
                                      help="train on this voice's utterances only (repeatable; default: every voice "

@@ -134,7 +134,7 @@ def evaluate_vocoder(
     preset: str, ckpt: str | os.PathLike, data_dir: str | os.PathLike, max_utterances: int | None = None,
     split: str = "test",
 ) -> dict:
-    """Resynthesise the test split (or ``split``) from its mels with HiFi-GAN (``ckpt``) and Griffin-Lim; measure both.
+    """Resynthesise the test split (or ``split``) from its mels with a vocoder (``ckpt``) and Griffin-Lim; measure both.
 
     Per voice group (``seen``: voices heard in training, ``unseen``: held out;
     the test sentences are never in training) and per system: the mean
@@ -143,12 +143,15 @@ def evaluate_vocoder(
     beside ``judge_wer_original``, its WER on the originals: the floor a
     perfect vocoder would reach. ``ckpt`` is a training run's directory or a
     ``save_vocoder`` file. The originals are cut to frames * hop samples, the
-    length both vocoders return. ``max_utterances`` caps each group.
+    length both vocoders return. ``max_utterances`` caps each group. The
+    learnt vocoder's results are under its architecture's name (``"hifigan"``
+    or ``"istft"``, also in ``"arch"``), Griffin-Lim's under ``"griffin_lim"``.
     """
     groups = voice_groups(data_dir, split)
     audio = get_config(preset).audio
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    systems = {"hifigan": load_vocoder(ckpt, preset, device), "griffin_lim": GriffinLim(audio).to(device)}
+    learnt = load_vocoder(ckpt, preset, device)
+    systems = {learnt.cfg.arch: learnt, "griffin_lim": GriffinLim(audio).to(device)}
     frontend = MelSpectrogram(audio).to(device)
     judge = load_whisper()
 
@@ -187,6 +190,7 @@ def evaluate_vocoder(
         logger.info("vocoder eval, %s voices: %s", group, report["groups"][group])
     report["n_utterances"] = sum(g["n_utterances"] for g in report["groups"].values())
     report["split"] = split
+    report["arch"] = learnt.cfg.arch
     report["checkpoint"] = str(ckpt)
     report["run"] = run_info(preset)
     return report

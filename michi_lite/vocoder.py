@@ -76,6 +76,7 @@ LRELU_SLOPE = 0.1
 CHECKPOINT_FORMAT = "michi_lite.vocoder/1"
 UPSAMPLERS = ("transposed", "nearest")
 ARCHS = ("hifigan", "istft")
+ISTFT_PHASES = ("frame", "advance")
 
 
 # --- configuration ----------------------------------------------------------------
@@ -103,6 +104,9 @@ class VocoderConfig:
     istft_channels: int = 256  # the ConvNeXt blocks' width
     istft_blocks: int = 8
     istft_kernel_size: int = 7  # each block's causal depthwise conv, in frames
+    # "frame": the head gives each frame's phases (Vocos's); "advance": how far each bin's phase
+    # turns since the frame before, summed over frames as a phase vocoder does (``IstftGenerator``)
+    istft_phase: str = "frame"
     mpd_periods: tuple[int, ...] = (2, 3, 5, 7, 11)
     mpd_channels: tuple[int, ...] = (32, 128, 512, 1024, 1024)
     # (n_fft, hop, win) of each STFT the resolution discriminator looks at (BigVGAN's)
@@ -133,6 +137,10 @@ class VocoderConfig:
     # the generator as it stands, before it hears their verdicts (Parallel WaveGAN's trainer holds
     # its generator back the same way, with generator_train_start_steps). 0 is HiFi-GAN's recipe.
     discriminator_warmup: int = 0
+    # An L1 on the phase advance of each bin from frame to frame (the instantaneous frequency,
+    # wrapped, APNet's, Ai and Ling 2023), against the real wave's, weighted by how loud the bin
+    # is: the one direct supervision the phase can have. Only for istft_phase "advance"; 0 is off.
+    phase_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if math.prod(self.upsample_rates) != self.audio.hop_length:
@@ -151,6 +159,13 @@ class VocoderConfig:
         if self.arch == "istft" and self.lookahead_hops < 1:
             raise ValueError("the istft generator's window is lookahead_hops + 1 hops long, and a one-hop "
                              "window cannot overlap its neighbours: give lookahead_hops 1 or more")
+        if self.istft_phase not in ISTFT_PHASES:
+            raise ValueError(f"istft_phase must be one of {ISTFT_PHASES}, not {self.istft_phase!r}")
+        if not self.phase_loss_weight >= 0:
+            raise ValueError(f"phase_loss_weight must be 0 or more, not {self.phase_loss_weight}")
+        if self.phase_loss_weight and (self.arch, self.istft_phase) != ("istft", "advance"):
+            raise ValueError("the phase loss trains the istft generator's phase advances: give arch 'istft' "
+                             "and istft_phase 'advance'")
         if min(self.istft_channels, self.istft_blocks, self.istft_kernel_size) < 1:
             raise ValueError("istft_channels, istft_blocks and istft_kernel_size must be 1 or more")
         if len(self.resblock_dilations) != len(self.resblock_kernel_sizes) or not all(self.resblock_dilations):
@@ -195,7 +210,7 @@ class VocoderConfig:
         fields = json.loads(self.to_json())
         shape = (("upsample_rates", "upsample_initial_channel", "resblock_kernel_sizes", "resblock_dilations",
                   "resblock_plain_convs", "upsampler") if self.arch == "hifigan" else
-                 ("istft_channels", "istft_blocks", "istft_kernel_size"))
+                 ("istft_channels", "istft_blocks", "istft_kernel_size", "istft_phase"))
         return {k: fields[k] for k in ("audio", "arch", "lookahead_hops", *shape)}
 
 
@@ -634,48 +649,125 @@ class IstftGenerator(CausalVocoder):
     each frame's log-magnitude and phase for ``istft_n_fft // 2 + 1`` bins;
     then the inverse FFT, the synthesis window and the overlap-add. Same
     interface, lag and look-ahead as ``HiFiGANGenerator``.
+
+    With ``istft_phase`` "advance" the head's second half is how far each
+    bin's phase turns since the frame before, and the phases are their sum
+    over frames (``integrate_phase``). The frames overlap by two hops, so a
+    steady tone needs its phase to turn by its frequency times the hop from
+    one frame to the next; a head that only sees the mel cannot tell where
+    in that turn a frame is, and with "frame" phases it must learn to wobble
+    its input into one, while with "advance" a steady mel is a steady tone
+    at any frequency. Its spectra are taken about the window's centre
+    (every other bin's sign flipped), where the bins under one tone share
+    its phase: bins that start together and turn together stay together.
     """
 
     def __init__(self, cfg: VocoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.n_mels, self.hop_length, self.n_fft = cfg.audio.n_mels, cfg.audio.hop_length, cfg.istft_n_fft
+        self.advancing = cfg.istft_phase == "advance"
         channels, kernel = cfg.istft_channels, cfg.istft_kernel_size
         self.conv_pre = nn.Conv1d(self.n_mels, channels, kernel)
         self.blocks = nn.ModuleList(ConvNeXtBlock(channels, kernel, 1 / cfg.istft_blocks)
                                     for _ in range(cfg.istft_blocks))
         self.norm = nn.LayerNorm(channels, eps=1e-6)
-        self.head = nn.Linear(channels, self.n_fft + 2)  # log-magnitudes, then phases
+        self.head = nn.Linear(channels, self.n_fft + 2)  # log-magnitudes, then phases (or their advances)
         self.register_buffer("window", synthesis_window(self.n_fft, self.hop_length), persistent=False)
+        bins = torch.arange(self.n_fft // 2 + 1)
+        signs = 1.0 - 2.0 * (bins % 2) if self.advancing else torch.ones(len(bins))  # about the centre
+        self.register_buffer("signs", signs, persistent=False)
 
-    def frames(self, x: torch.Tensor) -> torch.Tensor:
-        """The blocks' output (batch, time, channels) -> windowed waveform frames (batch, time, n_fft)."""
-        log_magnitude, phase = self.head(self.norm(x)).chunk(2, dim=-1)  # (batch, time, n_fft // 2 + 1) each
-        spectrum = torch.polar(log_magnitude.clamp(max=MAX_LOG_MAGNITUDE).exp(), phase)
-        return torch.fft.irfft(spectrum, n=self.n_fft) * self.window
+    def trunk(self, mel: torch.Tensor) -> torch.Tensor:
+        """Normalised log-mel (batch, n_mels, frames) -> the blocks' output (batch, frames, channels)."""
+        x = self.conv_pre(F.pad(mel, (self.cfg.istft_kernel_size - 1, 0)))  # (batch, channels, frames)
+        for block in self.blocks:
+            x = block(x)
+        return x.transpose(1, 2)
+
+    def spectra(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The blocks' output -> each frame's log-magnitudes and phases (or advances), (batch, time, bins) each."""
+        log_magnitude, phase = self.head(self.norm(x)).chunk(2, dim=-1)
+        return log_magnitude, phase
+
+    def frames(
+        self, log_magnitude: torch.Tensor, phase: torch.Tensor, start: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``spectra``'s output -> windowed waveform frames (batch, time, n_fft), and where the phases stand.
+
+        For "advance", ``start`` (batch, bins, float64) is where the phases
+        stood before the first frame (zeros if None) and the second result
+        where they stand after the last; for "frame" it is None.
+        """
+        if self.advancing:
+            phase, start = integrate_phase(phase, start)
+        spectrum = torch.polar(log_magnitude.clamp(max=MAX_LOG_MAGNITUDE).exp(), phase) * self.signs
+        frames = torch.fft.irfft(spectrum, n=self.n_fft) * self.window
+        return frames, start
+
+    def waveform(self, log_magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        """``spectra``'s output for a whole utterance -> its waveform (batch, frames * hop)."""
+        wave = overlap_add(self.frames(log_magnitude, phase)[0], self.hop_length)
+        return wave[:, :log_magnitude.shape[1] * self.hop_length]  # the last frames' tails belong to later hops
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         check_mel(mel, self.n_mels)
         unbatched = mel.dim() == 2
         mel = mel.unsqueeze(0) if unbatched else mel
-        x = self.conv_pre(F.pad(mel, (self.cfg.istft_kernel_size - 1, 0)))  # (batch, channels, frames)
-        for block in self.blocks:
-            x = block(x)
-        wave = overlap_add(self.frames(x.transpose(1, 2)), self.hop_length)
-        wave = wave[:, :mel.shape[-1] * self.hop_length]  # the last frames' tails belong to later hops
+        wave = self.waveform(*self.spectra(self.trunk(mel)))
         return wave[0] if unbatched else wave
 
     def stream(self, batch_size: int = 1) -> IstftStream:
         return IstftStream(self, batch_size)
 
 
+def integrate_phase(advance: torch.Tensor, start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame phase advances (batch, time, bins) -> the phases they sum to, and where the sum ends.
+
+    Frame t's phase is ``start`` plus the advances of frames 0 to t, wrapped
+    to [-pi, pi). The sum runs in float64 and the end is returned wrapped
+    (batch, bins), so a stream that carries it from chunk to chunk gives the
+    offline phases to about 1e-12 however long it runs.
+    """
+    total = advance.double().cumsum(dim=1)
+    if start is not None:
+        total = total + start.unsqueeze(1)
+    wrapped = torch.remainder(total + math.pi, 2 * math.pi) - math.pi
+    return wrapped.to(advance.dtype), wrapped[:, -1].detach()
+
+
+def phase_advance_loss(advance: torch.Tensor, wave: torch.Tensor, cfg: VocoderConfig) -> torch.Tensor:
+    """How far a generator's phase advances are from the real wave's, wrapped, weighted by loudness.
+
+    ``advance`` (batch, frames, bins) is an "advance" generator's for the mel
+    of ``wave`` (batch, frames * hop). Frame i of the wave is cut where the
+    generator's frame i lies, [(i - lookahead) * hop, (i + 1) * hop), under a
+    Hann window; the real advance is the angle from each frame's bin to the
+    next one's. The wrapped difference's magnitude is averaged with weights
+    (|X_t| |X_t-1|) ** 0.15 (magnitudes compressed to the power 0.3, as
+    speech enhancement does): a bin's phase matters as much as it is heard,
+    and the loud low harmonics do not drown the rest. The first
+    ``lookahead_hops`` frames, cut partly from before the segment, are left out.
+    """
+    hop, n_fft, skip = cfg.audio.hop_length, cfg.istft_n_fft, cfg.lookahead_hops
+    frames = F.pad(wave, (cfg.lookahead_samples, 0)).unfold(-1, n_fft, hop)  # (batch, frames, n_fft)
+    spectrum = torch.fft.rfft(frames * torch.hann_window(n_fft, device=wave.device), dim=-1)
+    spectrum = spectrum[:, skip:]
+    real = torch.angle(spectrum[:, 1:]) - torch.angle(spectrum[:, :-1])
+    difference = advance[:, skip + 1:] - real
+    error = torch.atan2(torch.sin(difference), torch.cos(difference)).abs()  # wrapped to [0, pi]
+    weight = (spectrum[:, 1:].abs() * spectrum[:, :-1].abs()).pow(0.15)
+    return (weight * error).sum() / weight.sum().clamp(min=1e-8)
+
+
 class IstftStream(VocoderStream):
     """``StreamingVocoder``'s interface for an ``IstftGenerator``: push mel chunks, get their samples.
 
-    It keeps each causal conv's last ``kernel - 1`` input frames and the
-    ``lookahead_hops`` hops of overlap-add that later frames still add to, all
-    starting at zeros as offline padding does, so the samples equal the
-    offline ones and every chunk costs the same.
+    It keeps each causal conv's last ``kernel - 1`` input frames, the
+    ``lookahead_hops`` hops of overlap-add that later frames still add to
+    and, for "advance" phases, where each bin's phase stands, all starting
+    at zeros as offline padding does, so the samples equal the offline ones
+    and every chunk costs the same.
     """
 
     @torch.inference_mode()
@@ -685,6 +777,7 @@ class IstftStream(VocoderStream):
         self.mel_past = weight.new_zeros(batch, g.n_mels, context)
         self.block_pasts = [weight.new_zeros(batch, g.cfg.istft_channels, context) for _ in g.blocks]
         self.tail = weight.new_zeros(batch, g.n_fft - g.hop_length)  # overlap-add still owed to later hops
+        self.phase = weight.new_zeros(batch, g.n_fft // 2 + 1, dtype=torch.float64) if g.advancing else None
         self.started = False
 
     @torch.inference_mode()
@@ -704,7 +797,8 @@ class IstftStream(VocoderStream):
             taps = h.unfold(-1, time, 1)  # (batch, channels, kernel, time): taps[..., j, t] = h[..., t + j]
             conv = torch.einsum("bckt,ck->btc", taps, block.depthwise.weight[:, 0]) + block.depthwise.bias
             x = x + block.mix(conv).transpose(1, 2)
-        wave = overlap_add(g.frames(x.transpose(1, 2)), g.hop_length)  # (batch, (time + lookahead) * hop)
+        frames, self.phase = g.frames(*g.spectra(x.transpose(1, 2)), self.phase)
+        wave = overlap_add(frames, g.hop_length)  # (batch, (time + lookahead) * hop)
         wave[:, :self.tail.shape[-1]] += self.tail
         samples = time * g.hop_length
         self.tail = wave[:, samples:]
@@ -713,7 +807,8 @@ class IstftStream(VocoderStream):
 
     def cache_numel(self) -> int:
         """How many numbers the stream keeps between chunks (the same for every chunk)."""
-        return self.mel_past.numel() + sum(p.numel() for p in self.block_pasts) + self.tail.numel()
+        phase = 0 if self.phase is None else self.phase.numel()
+        return self.mel_past.numel() + sum(p.numel() for p in self.block_pasts) + self.tail.numel() + phase
 
 
 def build_generator(cfg: VocoderConfig) -> HiFiGANGenerator | IstftGenerator:
@@ -1007,10 +1102,12 @@ def load_vocoder(path: str | os.PathLike, preset: str, device: str | torch.devic
     saved = saved_config(path, metadata, "vocoder")
     saved.setdefault("arch", "hifigan")  # files from before the choice existed
     saved.setdefault("upsampler", "transposed")
+    saved.setdefault("istft_phase", "frame")
     if saved["arch"] not in ARCHS:
         raise ValueError(f"{path}: a vocoder of architecture {saved['arch']!r}, which this version does not know")
     # the architecture and the upsampler are choices of the run's, not the preset's
-    cfg = replace(vocoder_config(preset), arch=saved["arch"], upsampler=saved["upsampler"])
+    cfg = replace(vocoder_config(preset), arch=saved["arch"], upsampler=saved["upsampler"],
+                  istft_phase=saved["istft_phase"])
     if {k: saved.get(k) for k in cfg.generator_fields()} != cfg.generator_fields():
         raise ValueError(
             f"{path}: made for preset {preset!r} but with another generator shape or audio config "
@@ -1048,8 +1145,8 @@ class AudioSegments(torch.utils.data.Dataset):
 
 
 # the training log's columns
-LOSSES = ["generator_loss", "mel_loss", "stft_loss", "multiscale_mel_loss", "feature_loss", "adversarial_loss",
-          "discriminator_loss"]
+LOSSES = ["generator_loss", "mel_loss", "stft_loss", "multiscale_mel_loss", "phase_loss", "feature_loss",
+          "adversarial_loss", "discriminator_loss"]
 
 
 class VocoderTrainer:
@@ -1095,7 +1192,16 @@ class VocoderTrainer:
         with self.autocast, torch.set_grad_enabled(not self.generator_waiting):
             # under bf16 the waveform carries about 8 bits of mantissa: fine for the losses, whose
             # mel L1 works on log magnitudes, and the generator itself stays in fp32 for inference
-            fake = self.generator(normalize_mel(self.mel(wave))).float()  # (batch, frames * hop)
+            mel = normalize_mel(self.mel(wave))
+            if self.cfg.phase_loss_weight:  # the head's phase advances are needed beside the wave
+                log_magnitude, advance = self.generator.spectra(self.generator.trunk(mel))
+                # the phases learn from the phase loss alone: through the sum over frames, every later
+                # frame's share of the other losses piles onto each advance, and in a paired probe that
+                # pulled the advances away from the real ones (phase loss 1.60 against 1.17, first 250 steps)
+                fake = self.generator.waveform(log_magnitude, advance.detach()).float()  # (batch, frames * hop)
+                phase_loss = phase_advance_loss(advance.float(), wave, self.cfg)
+            else:
+                fake, phase_loss = self.generator(mel).float(), None
         # The output lags its mel by the look-ahead: line the two waves up by dropping
         # the generator's first samples (answers to frames before the segment) and the
         # real wave's last ones (not answered yet).
@@ -1103,7 +1209,7 @@ class VocoderTrainer:
         fake, wave = fake[:, lag:], wave[:, :wave.shape[-1] - lag]  # (batch, segment - lag)
         mel_real = self.mel(wave)  # (batch, n_mels, frames - lookahead_hops)
         if self.warming_up:
-            return self.generator_alone_step(fake, wave, mel_real)
+            return self.generator_alone_step(fake, wave, mel_real, phase_loss)
 
         # Discriminators: tell real from generated (the generator is not updated here).
         with self.autocast:
@@ -1119,7 +1225,7 @@ class VocoderTrainer:
             return {"mel_loss": mel_loss.item(), "discriminator_loss": d_loss.item()}
 
         # Generator: sound like the mel says, and fool the discriminators.
-        reconstruction, g_loss = self.reconstruction_loss(fake, wave, mel_real)
+        reconstruction, g_loss = self.reconstruction_loss(fake, wave, mel_real, phase_loss)
         adv_loss = fm_loss = 0.0
         with self.autocast:
             for disc in (self.mpd, self.mrd):
@@ -1140,11 +1246,12 @@ class VocoderTrainer:
         return {name: loss.item() for name, loss in losses.items()}
 
     def reconstruction_loss(
-        self, fake: torch.Tensor, wave: torch.Tensor, mel_real: torch.Tensor
+        self, fake: torch.Tensor, wave: torch.Tensor, mel_real: torch.Tensor, phase_loss: torch.Tensor | None = None
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Each reconstruction loss by name, and their weighted sum.
 
-        The mel L1 always; the STFT and multi-scale mel losses only while weighted (not computed at 0).
+        The mel L1 always; the STFT and multi-scale mel losses only while weighted (not computed at 0);
+        the phase loss, computed by ``step`` where the head's advances are at hand, if given.
         """
         losses = {"mel_loss": F.l1_loss(self.mel(fake), mel_real)}
         total = self.cfg.mel_loss_weight * losses["mel_loss"]
@@ -1154,11 +1261,16 @@ class VocoderTrainer:
         if self.cfg.multiscale_mel_loss_weight:
             losses["multiscale_mel_loss"] = self.multiscale_mel(fake, wave)
             total = total + self.cfg.multiscale_mel_loss_weight * losses["multiscale_mel_loss"]
+        if phase_loss is not None:
+            losses["phase_loss"] = phase_loss
+            total = total + self.cfg.phase_loss_weight * phase_loss
         return losses, total
 
-    def generator_alone_step(self, fake: torch.Tensor, wave: torch.Tensor, mel_real: torch.Tensor) -> dict[str, float]:
+    def generator_alone_step(
+        self, fake: torch.Tensor, wave: torch.Tensor, mel_real: torch.Tensor, phase_loss: torch.Tensor | None
+    ) -> dict[str, float]:
         """The generator's update from its reconstruction losses alone, without the discriminators."""
-        reconstruction, g_loss = self.reconstruction_loss(fake, wave, mel_real)
+        reconstruction, g_loss = self.reconstruction_loss(fake, wave, mel_real, phase_loss)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
@@ -1236,6 +1348,8 @@ def train_vocoder(
     discriminator_warmup: int | None = None,
     upsampler: str | None = None,
     arch: str | None = None,
+    istft_phase: str | None = None,
+    phase_loss_weight: float | None = None,
 ) -> Path:
     """Train the vocoder on random segments of the corpus's train split; returns the run directory.
 
@@ -1281,20 +1395,26 @@ def train_vocoder(
     generator's ``CausalUpsample`` kind, part of its shape: a resumed run
     keeps its own and refuses another, and ``init`` must match it. So is
     ``arch`` (default: the config's, ``"hifigan"``): ``"istft"`` trains an
-    ``IstftGenerator`` with the same discriminators and losses.
+    ``IstftGenerator`` with the same discriminators and losses, and
+    ``istft_phase`` (default: the config's, ``"frame"``) is its head's kind,
+    part of its shape too. ``phase_loss_weight`` (default: the config's, 0)
+    weights ``phase_advance_loss`` for an "advance" head; a resumed run keeps
+    its own unless it is given again.
     """
     started_with = started_config(out_dir) if resume else None
     if started_with is not None:
         batch_size = batch_size or started_with["batch_size"]
         segment_seconds = segment_seconds or started_with["segment_seconds"]
-        for field, asked, default in (("upsampler", upsampler, "transposed"), ("arch", arch, "hifigan")):
+        for field, asked, default in (("upsampler", upsampler, "transposed"), ("arch", arch, "hifigan"),
+                                      ("istft_phase", istft_phase, "frame")):
             started = started_with.get(field, default)  # runs from before a field existed lack it
             if asked is not None and asked != started:
                 raise ValueError(f"{out_dir} was started with {field} {started!r}; it cannot resume with {asked!r}")
     # given, else the resumed run's own, else the config's (an explicit 0 is a value, not "not given")
     recipe = {"discriminator_start": discriminator_start, "discriminator_warmup": discriminator_warmup,
               "lr_decay": lr_decay, "stft_loss_weight": stft_loss_weight,
-              "multiscale_mel_loss_weight": multiscale_mel_loss_weight, "upsampler": upsampler, "arch": arch}
+              "multiscale_mel_loss_weight": multiscale_mel_loss_weight, "upsampler": upsampler, "arch": arch,
+              "istft_phase": istft_phase, "phase_loss_weight": phase_loss_weight}
     for field, value in recipe.items():
         if value is None and started_with is not None:
             value = started_with.get(field)  # runs from before a field existed lack it

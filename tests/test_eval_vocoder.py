@@ -53,7 +53,7 @@ def test_eval_vocoder_reports_every_metric_for_both_voice_groups_and_systems(eva
         # Griffin-Lim inverts the true mel: far closer than a generator trained for 2 steps
         assert group["griffin_lim"]["stft_distance"] < group["hifigan"]["stft_distance"]
         assert group["griffin_lim"]["pesq_wb"] > group["hifigan"]["pesq_wb"]
-    assert eval_report["split"] == "test"
+    assert eval_report["split"] == "test" and eval_report["arch"] == "hifigan"
     assert eval_report["checkpoint"] and eval_report["run"]["preset"] == "tiny"
 
 
@@ -85,6 +85,15 @@ def test_eval_vocoder_on_the_validation_split_for_choosing_checkpoints(tiny_corp
     assert report["groups"]["seen"]["audio_seconds"] == pytest.approx(first_val["duration"], abs=0.011)
 
 
+def test_eval_vocoder_names_the_learnt_vocoder_by_its_architecture(tiny_corpus, tmp_path):
+    run = train_vocoder(vocoder_config("tiny"), tiny_corpus, tmp_path / "istft", steps=1, batch_size=2,
+                        arch="istft", istft_phase="advance")
+    report = evaluate_vocoder("tiny", run, tiny_corpus, max_utterances=1, split="val")
+    assert report["arch"] == "istft" and set(report["groups"]["seen"]) >= {"istft", "griffin_lim"}
+    assert "hifigan" not in report["groups"]["seen"]
+    assert 1.0 <= report["groups"]["seen"]["istft"]["pesq_wb"] <= 4.65
+
+
 def test_eval_vocoder_without_test_utterances_fails_clearly(tiny_corpus, tiny_vocoder_run, tmp_path):
     train_only = [r for r in load_manifest(tiny_corpus) if r["split"] == "train"]
     (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_only))
@@ -109,12 +118,15 @@ def test_export_writes_a_small_fp16_file_that_loads(tiny_vocoder_run, tmp_path):
         assert (full.vocode(mel) - half.vocode(mel)).abs().max() < 1e-2
 
 
-def test_the_committed_lite_vocoder_loads_and_resynthesises_unheard_speech():
-    """The reference weights in data/ still fit today's code, and give intelligible speech on a new sentence."""
+@pytest.mark.parametrize("name, arch", [("lite_vocoder", "istft"), ("lite_hifigan", "hifigan")])
+def test_the_committed_lite_vocoders_load_and_resynthesise_unheard_speech(name, arch):
+    """The weights in data/ (the reference, and notebook 02's HiFi-GAN) still fit today's code, and give
+    intelligible speech on a new sentence."""
     from michi_lite.audio import MelSpectrogram, normalize_mel, pad_to_frames, prepare_waveform
     from michi_lite.data.engines import get_engine
 
-    reference = load_vocoder(REPO / "data" / "vocoder" / "lite_vocoder.safetensors", "lite")
+    reference = load_vocoder(REPO / "data" / "vocoder" / f"{name}.safetensors", "lite")
+    assert reference.cfg.arch == arch
     audio = reference.cfg.audio
     flite = get_engine("flite")
     spoken = flite.synthesize("Streaming speech, one frame at a time.", flite.voices()[0])
@@ -122,5 +134,5 @@ def test_the_committed_lite_vocoder_loads_and_resynthesises_unheard_speech():
     with torch.no_grad():
         vocoded = reference.vocode(normalize_mel(MelSpectrogram(audio)(torch.from_numpy(wave)))).numpy()
     assert vocoded.shape == wave.shape
-    # it scores 0.92; white noise scores 0.38, and its own output half a second off 0.14
+    # the HiFi-GAN scores 0.92; white noise scores 0.38, and its own output half a second off 0.14
     assert short_time_intelligibility(wave, vocoded, audio.sample_rate) > 0.75

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from michi_lite.audio import MelSpectrogram, normalize_mel
-from michi_lite.train import latest_checkpoint, load_checkpoint, save_checkpoint
+from michi_lite.train import latest_checkpoint, load_checkpoint, save_checkpoint, started_config
 from michi_lite.vocoder import (
     LOSSES,
     CausalUpsample,
@@ -30,8 +30,10 @@ from michi_lite.vocoder import (
     adversarial_loss,
     discriminator_loss,
     feature_matching_loss,
+    integrate_phase,
     load_vocoder,
     overlap_add,
+    phase_advance_loss,
     save_vocoder,
     stft_distance,
     stft_loss,
@@ -47,7 +49,7 @@ TINY_RESBLOCK2 = replace(
 )
 TINY_NEAREST = replace(TINY, upsampler="nearest")
 # the losses of HiFi-GAN's recipe: the others are computed only while weighted
-HIFIGAN_LOSSES = sorted(set(LOSSES) - {"stft_loss", "multiscale_mel_loss"})
+HIFIGAN_LOSSES = sorted(set(LOSSES) - {"stft_loss", "multiscale_mel_loss", "phase_loss"})
 HOP = TINY.audio.hop_length
 CHUNK = TINY.audio.mels_per_frame  # mel columns in one 80 ms frame
 
@@ -588,6 +590,7 @@ def test_a_resumed_run_keeps_its_upsampler_and_init_must_match_it(tiny_corpus, t
 # --- the ISTFT generator ----------------------------------------------------------------
 
 TINY_ISTFT = replace(TINY, arch="istft")
+TINY_ADVANCE = replace(TINY_ISTFT, istft_phase="advance")
 
 
 def istft_generator(cfg=TINY_ISTFT, seed: int = 0) -> IstftGenerator:
@@ -597,8 +600,9 @@ def istft_generator(cfg=TINY_ISTFT, seed: int = 0) -> IstftGenerator:
 
 @pytest.mark.parametrize("chunk", [1, 3, CHUNK, 13])
 @pytest.mark.parametrize("batch", [None, 2])
-def test_istft_stream_matches_offline(chunk, batch):
-    generator = istft_generator()
+@pytest.mark.parametrize("cfg", [TINY_ISTFT, TINY_ADVANCE], ids=["frame", "advance"])
+def test_istft_stream_matches_offline(chunk, batch, cfg):
+    generator = istft_generator(cfg)
     mel = random_mel(39, batch)
     with torch.no_grad():
         offline = generator(mel)
@@ -608,8 +612,9 @@ def test_istft_stream_matches_offline(chunk, batch):
     assert (streamed - offline).abs().max() < 1e-5
 
 
-def test_istft_stream_and_flush_give_vocode_with_a_constant_cache():
-    generator = istft_generator()
+@pytest.mark.parametrize("cfg", [TINY_ISTFT, TINY_ADVANCE], ids=["frame", "advance"])
+def test_istft_stream_and_flush_give_vocode_with_a_constant_cache(cfg):
+    generator = istft_generator(cfg)
     mel = random_mel(5 * CHUNK)
     stream = generator.stream()
     pushed, sizes = [], []
@@ -617,12 +622,13 @@ def test_istft_stream_and_flush_give_vocode_with_a_constant_cache():
         pushed.append(stream.push(mel[:, i:i + CHUNK]))
         sizes.append(stream.cache_numel())
     lag = stream.latency_samples
-    assert lag == TINY_ISTFT.lookahead_hops * HOP and len(set(sizes)) == 1
+    assert lag == cfg.lookahead_hops * HOP and len(set(sizes)) == 1
     with torch.no_grad():
         aligned = generator.vocode(mel)
     assert (torch.cat([*pushed, stream.flush()])[lag:] - aligned).abs().max() < 1e-5
     stream.reset()
-    assert all(p.abs().max() == 0 for p in [stream.mel_past, stream.tail, *stream.block_pasts])
+    phase = [] if stream.phase is None else [stream.phase]
+    assert all(p.abs().max() == 0 for p in [stream.mel_past, stream.tail, *stream.block_pasts, *phase])
 
 
 def test_istft_generator_answers_each_frame_with_the_samples_under_it():
@@ -647,6 +653,76 @@ def test_the_synthesis_window_gives_a_stft_its_wave_back():
     rebuilt = overlap_add((frames * synthesis_window(n_fft, hop))[None], hop)[0]
     covered = slice(n_fft - hop, len(rebuilt) - (n_fft - hop))  # the hops every frame window overlaps
     assert (rebuilt[covered] - wave[covered]).abs().max() < 1e-5
+
+
+def test_phases_summed_chunk_by_chunk_equal_the_offline_sum_however_long():
+    advance = 3 * torch.randn(1, 20_000, 9, generator=torch.Generator().manual_seed(0))  # 200 s of frames
+    offline, _ = integrate_phase(advance)
+    parts, start = [], None
+    for i in range(0, advance.shape[1], 8):
+        phase, start = integrate_phase(advance[:, i:i + 8], start)
+        parts.append(phase)
+    assert (torch.cat(parts, dim=1) - offline).abs().max() < 1e-5
+    assert offline.abs().max() <= math.pi
+
+
+def steady_spectra(generator: IstftGenerator, frequency: float, phase_kind: str, frames: int = 60):
+    """log-magnitudes loud at the bins around ``frequency`` and the same phases (or advances) every frame."""
+    bins = generator.n_fft // 2 + 1
+    centre = frequency * generator.n_fft / TINY.audio.sample_rate
+    distance = (torch.arange(bins) - centre).abs()
+    log_magnitude = torch.where(distance < 2, 0.0, -30.0).expand(1, frames, bins)
+    advance = 2 * math.pi * frequency * HOP / TINY.audio.sample_rate  # how far a tone turns in one hop
+    phase = torch.full((1, frames, bins), advance if phase_kind == "advance" else 0.0)
+    return log_magnitude, phase
+
+
+def test_a_steady_advance_head_plays_a_steady_tone_at_any_frequency():
+    """What "advance" is for: frames that all look the same add up to a tone between the hop's harmonics.
+
+    Identical frames one hop apart repeat every hop, so a "frame" head that
+    sees a steady mel plays the hop rate's harmonics (multiples of 100 Hz at
+    16 kHz), whatever the tone; summed advances turn each frame on by the hop.
+    """
+    rate, frequency = TINY.audio.sample_rate, 1234.0  # between two multiples of rate / hop
+    peaks = {}
+    for kind in ("frame", "advance"):
+        generator = istft_generator(replace(TINY_ISTFT, istft_phase=kind))
+        wave = generator.waveform(*steady_spectra(generator, frequency, kind))[0, 10 * HOP:]  # past the start
+        spectrum = torch.fft.rfft(wave * torch.hann_window(len(wave))).abs()
+        peaks[kind] = float(spectrum.argmax()) * rate / len(wave)
+    assert abs(peaks["advance"] - frequency) < 10
+    harmonic = rate / HOP
+    assert abs(peaks["frame"] / harmonic - round(peaks["frame"] / harmonic)) * harmonic < 10
+
+
+def test_a_real_stft_through_an_advance_head_gives_the_wave_back_and_no_phase_loss():
+    generator = istft_generator(TINY_ADVANCE)
+    wave = torch.randn(2, 40 * HOP, generator=torch.Generator().manual_seed(0))
+    n_fft, lag = TINY_ADVANCE.istft_n_fft, TINY_ADVANCE.lookahead_samples
+    frames = F.pad(wave, (lag, 0)).unfold(-1, n_fft, HOP)  # frame i: wave[(i - lookahead) * hop, (i + 1) * hop)
+    spectrum = torch.fft.rfft(frames * torch.hann_window(n_fft), dim=-1) * generator.signs  # about the centre
+    phase = torch.angle(spectrum)
+    advance = torch.cat([phase[:, :1], phase[:, 1:] - phase[:, :-1]], dim=1)
+    rebuilt = generator.waveform(spectrum.abs().log(), advance)
+    assert (rebuilt[:, lag:] - wave[:, :-lag]).abs().max() < 1e-4  # the generator's lag
+    assert phase_advance_loss(advance, wave, TINY_ADVANCE) < 1e-5
+    assert phase_advance_loss(advance + 0.5, wave, TINY_ADVANCE) == pytest.approx(0.5, abs=1e-4)
+
+
+def test_the_phase_loss_needs_an_advance_head(tiny_corpus, tmp_path):
+    with pytest.raises(ValueError, match="istft_phase 'advance'"):
+        replace(TINY_ISTFT, phase_loss_weight=1.0)
+    with pytest.raises(ValueError, match="istft_phase must be one of"):
+        replace(TINY_ISTFT, istft_phase="group_delay")
+    run = tmp_path / "run"
+    train_vocoder(TINY, tiny_corpus, run, steps=2, batch_size=2, arch="istft", istft_phase="advance",
+                  phase_loss_weight=1.0)
+    log = read_log(run)
+    assert float(log[-1]["phase_loss"]) > 0 and started_config(run)["phase_loss_weight"] == 1
+    assert load_vocoder(run, "tiny").cfg.istft_phase == "advance"
+    with pytest.raises(ValueError, match="started with istft_phase 'advance'"):
+        train_vocoder(TINY, tiny_corpus, run, steps=3, resume=True, istft_phase="frame")
 
 
 def test_an_istft_generator_trains_saves_and_refuses_the_other_arch(tiny_corpus, tmp_path):
