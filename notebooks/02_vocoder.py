@@ -341,7 +341,8 @@ fig
 # ## 7. The first model: a causal HiFi-GAN
 #
 # The first `lite` vocoder (`data/vocoder/lite_hifigan.safetensors`,
-# fp16, 0.68 MB; the reference until section 10's replaced it) was trained with `michi-lite train vocoder` in six
+# fp16, 0.68 MB; the reference until section 10's replaced it) was
+# trained with `michi-lite train vocoder` in six
 # parts. On one H200, for 22 minutes, on 36-speaker subsets of the `lite`
 # corpus's train split: 6,498 steps of batch 16 on 0.7 h, then (`--init`,
 # fresh discriminators) 4,179 steps of batch 48 on 0.6 h, which beat batch

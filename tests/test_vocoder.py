@@ -744,10 +744,12 @@ def test_an_istft_generator_trains_saves_and_refuses_the_other_arch(tiny_corpus,
     assert isinstance(load_vocoder(tmp_path / "from_istft", "tiny"), IstftGenerator)
 
 
-@pytest.mark.parametrize("arch", ["hifigan", "istft"])
-def test_a_resumed_run_trains_as_an_uninterrupted_one(tiny_corpus, tmp_path, arch):
+@pytest.mark.parametrize("generator", [dict(arch="hifigan"), dict(arch="istft"),
+                                       dict(arch="istft", istft_phase="advance", phase_loss_weight=1.0)],
+                         ids=["hifigan", "istft", "istft_advance"])
+def test_a_resumed_run_trains_as_an_uninterrupted_one(tiny_corpus, tmp_path, generator):
     """Weights, optimizers, crops and batch order all carry over: the same losses, step for step."""
-    recipe = dict(batch_size=2, checkpoint_every=2, log_every=1, arch=arch)
+    recipe = dict(batch_size=2, checkpoint_every=2, log_every=1, **generator)
     train_vocoder(TINY, tiny_corpus, tmp_path / "straight", steps=4, **recipe)
     train_vocoder(TINY, tiny_corpus, tmp_path / "cut", steps=2, **recipe)
     train_vocoder(TINY, tiny_corpus, tmp_path / "cut", steps=4, resume=True, **recipe)
