@@ -912,6 +912,6 @@ print(f"ISTFT stream on {json.loads((REFERENCE / 'lite_istft_bench.json').read_t
 # sentences). Where the gap lies was measured: on validation utterances its own
 # magnitudes with the real phases score 3.50, the real magnitudes with its
 # phases 2.18. The magnitudes are there; the phases drift. The curve above
-# was still rising when the run was stopped, and `data/vocoder/README.md`
-# lists what we would try next, first a head that sees the phases it has
-# already played.
+# was still rising when the run was stopped; `data/vocoder/README.md`
+# lists what would close the gap, and a first try at a head that sees the
+# phases it has already played (no gain yet in 8 minutes).
