@@ -736,23 +736,33 @@ def integrate_phase(advance: torch.Tensor, start: torch.Tensor | None = None) ->
     return wrapped.to(advance.dtype), wrapped[:, -1].detach()
 
 
+def generator_frame_spectra(wave: torch.Tensor, cfg: VocoderConfig) -> torch.Tensor:
+    """A wave (batch, frames * hop) -> its STFT in an ``IstftGenerator``'s frames (batch, frames, bins), complex.
+
+    Frame i is cut where the generator's frame i lies, [(i - lookahead) * hop,
+    (i + 1) * hop), zeros before the wave's start, under a Hann window: the
+    spectra whose magnitudes and phases give the wave back through the
+    generator's synthesis (about the frame's start; an "advance" head's are
+    these times its ``signs``).
+    """
+    frames = F.pad(wave, (cfg.lookahead_samples, 0)).unfold(-1, cfg.istft_n_fft, cfg.audio.hop_length)
+    return torch.fft.rfft(frames * torch.hann_window(cfg.istft_n_fft, device=wave.device), dim=-1)
+
+
 def phase_advance_loss(advance: torch.Tensor, wave: torch.Tensor, cfg: VocoderConfig) -> torch.Tensor:
     """How far a generator's phase advances are from the real wave's, wrapped, weighted by loudness.
 
     ``advance`` (batch, frames, bins) is an "advance" generator's for the mel
-    of ``wave`` (batch, frames * hop). Frame i of the wave is cut where the
-    generator's frame i lies, [(i - lookahead) * hop, (i + 1) * hop), under a
-    Hann window; the real advance is the angle from each frame's bin to the
-    next one's. The wrapped difference's magnitude is averaged with weights
+    of ``wave`` (batch, frames * hop). The real advance is the angle from each
+    bin of the wave's ``generator_frame_spectra`` to the next frame's. The
+    wrapped difference's magnitude is averaged with weights
     (|X_t| |X_t-1|) ** 0.15 (magnitudes compressed to the power 0.3, as
     speech enhancement does): a bin's phase matters as much as it is heard,
     and the loud low harmonics do not drown the rest. The first
     ``lookahead_hops`` frames, cut partly from before the segment, are left out.
     """
-    hop, n_fft, skip = cfg.audio.hop_length, cfg.istft_n_fft, cfg.lookahead_hops
-    frames = F.pad(wave, (cfg.lookahead_samples, 0)).unfold(-1, n_fft, hop)  # (batch, frames, n_fft)
-    spectrum = torch.fft.rfft(frames * torch.hann_window(n_fft, device=wave.device), dim=-1)
-    spectrum = spectrum[:, skip:]
+    skip = cfg.lookahead_hops
+    spectrum = generator_frame_spectra(wave, cfg)[:, skip:]
     real = torch.angle(spectrum[:, 1:]) - torch.angle(spectrum[:, :-1])
     difference = advance[:, skip + 1:] - real
     error = torch.atan2(torch.sin(difference), torch.cos(difference)).abs()  # wrapped to [0, pi]
