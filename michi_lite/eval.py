@@ -228,19 +228,78 @@ def emission_delays(spoken: list[Word], heard: list, max_seconds: float = 2.0) -
     return np.array(delays)
 
 
-def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.PathLike,
-                      max_utterances: int | None = None, delays_path: str | os.PathLike | None = None) -> dict:
-    """The listening head on the test split, per voice group, with the stress sentences on their own.
+# What ``evaluate_listener``'s robustness table does to each clip: (name, change); the noise is pink.
+ROBUSTNESS_CONDITIONS = (
+    ("clean", {}),
+    ("noise_snr_20db", {"snr_db": 20}),
+    ("noise_snr_10db", {"snr_db": 10}),
+    ("noise_snr_5db", {"snr_db": 5}),
+    ("reverb_rt60_0.6s", {"rt60": 0.6}),
+    ("band_limit_8khz", {"band_limit": 8000}),
+    ("speed_0.9", {"speed": 0.9}),
+    ("speed_1.1", {"speed": 1.1}),
+)
 
-    For each group:
+
+def changed_clip(wave: np.ndarray, sample_rate: int, change: dict, seed: int) -> np.ndarray:
+    """One ``ROBUSTNESS_CONDITIONS`` change applied to a clip, its noise or room drawn from ``seed``."""
+    from .data.augment import add_noise, band_limit, change_speed, reverberate
+
+    rng = np.random.default_rng(seed)
+    if "snr_db" in change:
+        return add_noise(wave, change["snr_db"], rng, "pink")
+    if "rt60" in change:
+        return reverberate(wave, sample_rate, change["rt60"], rng)
+    if "band_limit" in change:
+        return band_limit(wave, sample_rate, change["band_limit"])
+    if "speed" in change:
+        return change_speed(wave, change["speed"])[0]
+    return wave
+
+
+def listener_groups(data_dir: str | os.PathLike, held_out_dirs: tuple = ()) -> dict[str, list[dict]]:
+    """The listener's test sets: the corpus test split's "seen" and held-out voices, and other folders'.
+
+    Each folder of ``held_out_dirs`` (any manifest ``load_eval_manifest``
+    reads: other engines' voices, people's recordings) joins the held-out
+    group, its lines reported by their ``engine`` (say "people" for
+    recordings).
+    """
+    groups = voice_groups(data_dir)
+    held_out = groups.pop("unseen", [])
+    for folder in held_out_dirs:
+        held_out += load_eval_manifest(folder)
+    return {"seen": groups.get("seen", []), "held_out": held_out}
+
+
+def wer_summary(rows: list[dict]) -> dict:
+    """The listener's WERs over some of ``evaluate_listener``'s rows, beside offline Whisper's, and their ratio."""
+    texts = [r["text"] for r in rows]
+    streaming = word_error_rate(texts, [r["heard"] for r in rows])
+    whisper = word_error_rate(texts, [r["whisper"] for r in rows])
+    return {"n_utterances": len(rows), "wer_streaming": streaming, "wer_whisper_offline": whisper,
+            "wer_ratio": streaming / whisper if whisper > 0 else None}
+
+
+def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.PathLike,
+                      max_utterances: int | None = None, delays_path: str | os.PathLike | None = None,
+                      held_out_dirs: tuple = (), robustness: int = 0) -> dict:
+    """The listening head on held-out sentences: voices seen in training, and voices, engines and people never heard.
+
+    ``listener_groups`` makes the groups; ``max_utterances`` caps each
+    engine of each group (spread over its voices). For each group, over all
+    its clips, its plain and stress sentences, each stress category
+    (numbers, units, abbreviations, homographs, ...) and each engine:
 
     * ``wer_streaming``: the corpus WER of what the head's emitted tokens
       spell, run on whole clips (equal to a frame-by-frame fp32 stream, see
       ``tests/test_listen.py``, and faster to score);
-    * ``wer_streaming_int8``: the same for the int8 version a CPU streams
-      with, fed 80 ms at a time as a microphone would;
+    * ``wer_streaming_int8`` (over all, plain and stress): the same for the
+      int8 version a CPU streams with, fed 80 ms at a time as a microphone
+      would;
     * ``wer_whisper_offline``: Whisper tiny.en (the judge) on the same audio,
-      with the whole clip in view: the full-context baseline;
+      with the whole clip in view: the full-context baseline; ``wer_ratio``,
+      the streaming WER over it;
     * the emission delay, emission time minus the aligned end of the word,
       over the words the head got right (``emission_delays``): median and
       95th percentile in ms, and every delay in ``delays_path`` (.npz, one
@@ -248,8 +307,11 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
     * the frame accuracy against the emission grid, over all frames and over
       the frames that carry a token.
 
-    Each clip gets the trailing silence ``ListenerStream.flush`` adds. A
-    manifest line without ``words`` is timed by Whisper (``spoken_words``).
+    ``robustness`` > 0 adds a table: on that many held-out clips (spread
+    over engines), the streaming and Whisper WERs under each
+    ``ROBUSTNESS_CONDITIONS`` change. Each clip gets the trailing silence
+    ``ListenerStream.flush`` adds. A manifest line without ``words`` is
+    timed by Whisper (``spoken_words``).
     """
     from .backbone import load_tokenizer
     from .data.frames import PAD_TOKEN
@@ -263,7 +325,7 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
         words_from_logits,
     )
 
-    groups = voice_groups(data_dir)
+    groups = listener_groups(data_dir, tuple(held_out_dirs))
     tokenizer = load_tokenizer()
     pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
     listener = load_listener(ckpt, preset, len(tokenizer))
@@ -271,15 +333,22 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
     audio = listener.cfg.audio
     judge = load_whisper()
 
+    def logits_of(wave: np.ndarray, frames: int) -> torch.Tensor:
+        padded = torch.from_numpy(np.pad(wave, (0, frames * audio.samples_per_frame - len(wave))))
+        with torch.inference_mode():
+            return listener(clip_features(padded.float(), audio)[None])[1][0]  # (frames, vocab)
+
+    def heard_offline(wave: np.ndarray) -> str:
+        frames = math.ceil(len(wave) / audio.samples_per_frame) + QUIET_FRAMES
+        return " ".join(h.word for h in words_from_logits(logits_of(wave, frames), tokenizer))
+
     def summary(rows: list[dict]) -> dict:
         delays = np.concatenate([r["delays"] for r in rows]) if rows else np.zeros(0)
         frames = sum(r["frames"] for r in rows)
         token_frames = sum(r["token_frames"] for r in rows)
         return {
-            "n_utterances": len(rows),
-            "wer_streaming": word_error_rate([r["text"] for r in rows], [r["heard"] for r in rows]),
+            **wer_summary(rows),
             "wer_streaming_int8": word_error_rate([r["text"] for r in rows], [r["heard_int8"] for r in rows]),
-            "wer_whisper_offline": word_error_rate([r["text"] for r in rows], [r["whisper"] for r in rows]),
             "emission_delay_ms_median": float(np.median(delays)) if len(delays) else None,
             "emission_delay_ms_p95": float(np.percentile(delays, 95)) if len(delays) else None,
             "n_words_timed": int(len(delays)),
@@ -287,44 +356,77 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
             "token_frame_accuracy": sum(r["token_frames_right"] for r in rows) / max(token_frames, 1),
         }
 
+    def capped(records: list[dict]) -> list[dict]:
+        by_engine: dict[str, list[dict]] = defaultdict(list)
+        for record in records:
+            by_engine[record["engine"]].append(record)
+        return [r for _, engine_records in sorted(by_engine.items())
+                for r in spread_over_voices(engine_records, max_utterances)]
+
     report: dict = {"groups": {}}
     all_delays = {}
-    for group, records in sorted(groups.items()):
+    for group, records in groups.items():
         rows = []
-        for record in tqdm(records[:max_utterances], desc=f"listener eval, {group} voices", unit="utt"):
+        for record in tqdm(capped(records), desc=f"listener eval, {group} voices", unit="utt"):
             wave = load_audio(record["path"], audio.sample_rate)
             words = spoken_words(record, wave, audio.sample_rate, judge)
             # as a stream ends: whole frames, then the quiet frames ``ListenerStream.flush`` adds
             frames = math.ceil(len(wave) / audio.samples_per_frame) + QUIET_FRAMES
-            grid = torch.tensor(emission_grid(record["text"], words, tokenizer, frames).tokens)
-            padded = torch.from_numpy(np.pad(wave, (0, len(grid) * audio.samples_per_frame - len(wave))))
-            with torch.inference_mode():
-                _, logits = listener(clip_features(padded, audio)[None])
-            logits = logits[0]  # (frames, vocab)
+            grid = torch.tensor(emission_grid(record["text"], words, tokenizer, frames,
+                                              listener.cfg.delay_frames).tokens)
+            logits = logits_of(wave, len(grid))
             heard = words_from_logits(logits, tokenizer)
             right, tokens = logits.argmax(-1) == grid, grid != pad_id
-            delays = emission_delays(words, heard)
             rows.append({
                 "text": record["text"], "heard": " ".join(h.word for h in heard),
                 "heard_int8": " ".join(h.word for h in transcribe_stream(listener_int8, torch.from_numpy(wave),
                                                                          tokenizer)),
                 "whisper": transcribe(wave, audio.sample_rate, judge),
-                "delays": delays, "category": record["category"],
+                "delays": emission_delays(words, heard), "category": record["category"],
+                "engine": record["engine"], "path": record["path"],
                 "frames": len(grid), "frames_right": int(right.sum()),
                 "token_frames": int(tokens.sum()), "token_frames_right": int((right & tokens).sum()),
             })
+        if not rows:
+            continue
+        categories = sorted({r["category"] for r in rows if r["category"].startswith("stress")})
+        engines = sorted({r["engine"] for r in rows})
         report["groups"][group] = {
-            "all": summary(rows),
-            "stress": summary([r for r in rows if r["category"].startswith("stress")]),
-            "plain": summary([r for r in rows if not r["category"].startswith("stress")]),
+            **by_category(rows, summary),
+            "categories": {c: wer_summary([r for r in rows if r["category"] == c]) for c in categories},
+            "engines": {e: summary([r for r in rows if r["engine"] == e]) for e in engines},
         }
         all_delays[group] = np.concatenate([r["delays"] for r in rows])
         logger.info("listener eval, %s voices: %s", group, report["groups"][group]["all"])
+        if group == "held_out" and robustness:
+            report["robustness"] = robustness_table(
+                spread_over_engines(rows, robustness), audio.sample_rate, heard_offline, judge)
     if delays_path:
         np.savez_compressed(delays_path, **all_delays)
+    report["conditions"] = {name: change for name, change in ROBUSTNESS_CONDITIONS} if robustness else None
     report["checkpoint"] = str(ckpt)
+    report["held_out_dirs"] = [str(d) for d in held_out_dirs]
     report["run"] = run_info(preset)
     return report
+
+
+def spread_over_engines(rows: list[dict], n: int) -> list[dict]:
+    """Up to ``n`` rows taken from each engine in turn."""
+    return spread_over_voices([{**r, "voice": r["engine"]} for r in rows], n)
+
+
+def robustness_table(rows: list[dict], sample_rate: int, heard_offline, judge) -> dict:
+    """The streaming listener's and offline Whisper's WER on ``rows``' clips under each robustness condition."""
+    table = {}
+    for name, change in ROBUSTNESS_CONDITIONS:
+        changed = []
+        for i, row in enumerate(tqdm(rows, desc=f"listener robustness, {name}", unit="utt")):
+            wave = changed_clip(load_audio(row["path"], sample_rate), sample_rate, change, seed=i)
+            changed.append({"text": row["text"], "heard": heard_offline(wave),
+                            "whisper": transcribe(wave, sample_rate, judge)})
+        table[name] = wer_summary(changed)
+        logger.info("listener robustness, %s: %s", name, table[name])
+    return table
 
 
 # --- the speech model ------------------------------------------------------------------------

@@ -14,13 +14,17 @@ scaled by the clip's loudest moment, so four changes make it stream:
    ``window_frames - 1`` frames before, nothing later. A stream keeps those
    keys and values per layer, so each frame costs the same;
 3. **a fixed feature floor** instead of one relative to the clip's maximum;
-4. **positions that never run out**: Whisper's sinusoids, computed for any
-   position instead of read from its 1,500-row table. Training sees
-   utterances of up to 12 s; the window keeps what attention sees local, so
-   longer streams keep working.
+4. **positions that never run out**: Whisper's 1,500 positions (30 s),
+   counted round and round: position p gets the sinusoid of p mod 1,500.
+   Training sees utterances of up to 12 s, each batch starting at a random
+   position, so every position and the wrap from 1,499 to 0 are heard in
+   training, and a stream of any length stays among them. (Counting on
+   past 1,500, as the first reference did, gave garbage after about 12 s.)
 
 The look-ahead is zero frames: the outputs for frame t use audio up to the
-end of frame t. Per frame, the head returns an ``embedding`` in the
+end of frame t. A word is emitted ``delay_frames`` frames after the frame
+where it ends (``emission_grid``), what it heard meanwhile telling it from
+the start of a longer word. Per frame, the head returns an ``embedding`` in the
 backbone's token-embedding space (``embedding_dim``) and the logits of a text
 token, scored against the backbone's own (frozen) token embeddings, so the
 listener writes in the backbone's vocabulary without a 49k-row output layer.
@@ -42,9 +46,10 @@ import math
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
@@ -52,6 +57,7 @@ from torch import nn
 
 from .audio import MelSpectrogram, load_audio
 from .config import FRAME_SECONDS, AudioConfig, get_config
+from .data.augment import Augmenter
 from .data.corpus import load_manifest
 from .data.frames import PAD_TOKEN, TokenGrid, frame_tokens
 from .data.words import Word
@@ -63,6 +69,7 @@ from .train import (
     loader_workers,
     read_weights,
     saved_config,
+    started_config,
     training_device,
     write_weights,
 )
@@ -82,6 +89,8 @@ WHISPER_FLOOR = -6.5
 
 # Frames of silence that end a stream, and that complete a word when nothing follows: 320 ms.
 QUIET_FRAMES = 4
+# Whisper's position table has a row per 20 ms for 30 s; a stream counts its positions round it.
+WHISPER_POSITIONS = 1500
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,7 @@ class ListenerConfig:
     ffn: int = 1536
     window_frames: int = 25  # attention sees this many 80 ms frames: the current one and 24 before (2 s)
     embedding_dim: int = 576  # the backbone's hidden size: where the embeddings and token scores live
+    delay_frames: int = 0  # a word is emitted this many frames after the frame where it ends
 
     def to_dict(self) -> dict:
         """The config as JSON gives it back (tuples as lists), for checkpoints and comparing with them."""
@@ -118,11 +128,12 @@ def listener_config(preset: str) -> ListenerConfig:
     audio = AudioConfig()  # 16 kHz, 80 mels: Whisper's rate and bands
     if cfg.listener.whisper is None:
         return ListenerConfig(audio=audio, whisper=None, width=64, heads=2, layers=2, ffn=128,
-                              window_frames=6, embedding_dim=cfg.backbone.hidden_size)
+                              window_frames=6, embedding_dim=cfg.backbone.hidden_size, delay_frames=1)
     if cfg.listener.whisper == "tiny.en":
-        return ListenerConfig(audio=audio, whisper="tiny.en", embedding_dim=cfg.backbone.hidden_size)
+        return ListenerConfig(audio=audio, whisper="tiny.en", embedding_dim=cfg.backbone.hidden_size,
+                              delay_frames=2)
     return ListenerConfig(audio=audio, whisper=cfg.listener.whisper, width=512, heads=8, layers=6, ffn=2048,
-                          embedding_dim=cfg.backbone.hidden_size)
+                          embedding_dim=cfg.backbone.hidden_size, delay_frames=2)
 
 
 def sinusoids(positions: torch.Tensor, channels: int) -> torch.Tensor:
@@ -201,12 +212,16 @@ class StreamingWhisperEncoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(cfg.width, cfg.heads, cfg.ffn) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.width)
 
-    def forward(self, features: torch.Tensor, whisper: bool = False) -> torch.Tensor:
-        """Features (batch, n_mels, 2n) -> hidden states (batch, n, width)."""
+    def forward(self, features: torch.Tensor, whisper: bool = False, start: int = 0) -> torch.Tensor:
+        """Features (batch, n_mels, 2n) -> hidden states (batch, n, width).
+
+        ``start`` is the position of the first state: a stream's positions
+        go round ``WHISPER_POSITIONS``, and training starts clips anywhere on it.
+        """
         x = F.gelu(self.conv1(F.pad(features, (1, 1) if whisper else (2, 0))))
         x = F.gelu(self.conv2(F.pad(x, (1, 1) if whisper else (1, 0)))).transpose(1, 2)  # (batch, n, width)
         n = x.shape[1]
-        x = x + sinusoids(torch.arange(n, device=x.device), self.cfg.width)
+        x = x + sinusoids((start + torch.arange(n, device=x.device)) % WHISPER_POSITIONS, self.cfg.width)
         mask = None if whisper else block_causal_mask(n, self.cfg.positions_per_frame, self.cfg.window_frames,
                                                       x.device)
         for layer in self.layers:
@@ -222,8 +237,8 @@ class StreamingWhisperEncoder(nn.Module):
         state.conv1 = x[..., -1:]
         x = F.gelu(conv_as_matmul(self.conv2, x)).transpose(1, 2)  # (batch, per_frame, width)
         positions = torch.arange(state.position, state.position + x.shape[1], device=x.device)
-        state.position += x.shape[1]
-        x = x + sinusoids(positions, self.cfg.width)
+        state.position = (state.position + x.shape[1]) % WHISPER_POSITIONS
+        x = x + sinusoids(positions % WHISPER_POSITIONS, self.cfg.width)
         keep = (self.cfg.window_frames - 1) * self.cfg.positions_per_frame  # the frames before this one
         for i, layer in enumerate(self.layers):
             x, (k, v) = layer(x, past=state.keys_values[i])
@@ -468,28 +483,41 @@ def build_listener(preset: str, vocab_size: int, pretrained: bool = True) -> Lis
 # --- what the listener learns to emit ----------------------------------------------------
 
 
-def emission_grid(text: str, words: list[Word], tokenizer, n_frames: int) -> TokenGrid:
-    """The listener's targets: each word's tokens on the frame in which the word *ends*.
+def emission_grid(text: str, words: list[Word], tokenizer, n_frames: int, delay_frames: int = 0) -> TokenGrid:
+    """The listener's targets: each word's tokens ``delay_frames`` after the frame in which the word *ends*.
 
     The backbone's own text grid puts a word on the frame where it starts,
     which a causal listener cannot know yet. So the listener is taught to
-    emit a word on the last frame its audio overlaps, as soon as it has heard
-    it all (tokens of long words spill into the next frames). The grid has
-    at least ``n_frames`` frames, more when the last word's tokens spill past
-    the audio: give the listener that many frames, the extra ones silent.
+    emit a word once it has heard it all, and ``delay_frames`` more: the
+    last frame its audio overlaps, plus that many frames of what follows,
+    which tells a word from the start of a longer one (tokens of long words
+    spill into the next frames). The grid has at least ``n_frames`` frames,
+    more when the last word's tokens spill past the audio: give the listener
+    that many frames, the extra ones silent.
     """
     frame_ms = round(FRAME_SECONDS * 1000)
-    heard = [Word(w.word, (math.ceil(round(w.end * 1000) / frame_ms) - 1) * FRAME_SECONDS, w.end) for w in words]
+    heard = [Word(w.word, (math.ceil(round(w.end * 1000) / frame_ms) - 1 + delay_frames) * FRAME_SECONDS, w.end)
+             for w in words]
     grid = frame_tokens(text, heard, tokenizer)
     return TokenGrid(tokens=grid.tokens + [grid.pad_id] * (n_frames - len(grid)), pad_id=grid.pad_id)
 
 
 class ListenerUtterances(torch.utils.data.Dataset):
-    """(Whisper-scale features, emission-grid targets) of a corpus split's utterances up to ``max_seconds``."""
+    """A corpus split's utterances up to ``max_seconds``, as (heard features, clean features, targets).
+
+    The heard features are what the listener learns from; the clean ones are
+    what the teacher hears (``ListenerTrainer``), both Whisper-scale. With an
+    ``augment``, an item is an ``(index, batch number)`` pair (from
+    ``EpochBatches.with_numbers``) that seeds the clip's random changes, so a
+    resumed run hears the clips an uninterrupted one would; the clean clip
+    keeps its speed change, the heard one has the room and the noise too.
+    Without, both are the clip as it is.
+    """
 
     def __init__(self, data_dir: str | os.PathLike, cfg: ListenerConfig, tokenizer, split: str = "train",
-                 max_seconds: float = 12.0) -> None:
+                 max_seconds: float = 12.0, augment: Augmenter | None = None, seed: int = 0) -> None:
         self.data_dir, self.cfg, self.tokenizer = Path(data_dir), cfg, tokenizer
+        self.augment, self.seed = augment, seed
         self.records = [r for r in load_manifest(data_dir, split) if r["duration"] <= max_seconds]
         if not self.records:
             raise ValueError(f"{data_dir}: no {split} utterances of at most {max_seconds} s")
@@ -497,43 +525,95 @@ class ListenerUtterances(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        index, draw = item if isinstance(item, tuple) else (item, 0)
         record = self.records[index]
-        wave = torch.from_numpy(load_audio(self.data_dir / record["path"], self.cfg.audio.sample_rate))
+        clean = load_audio(self.data_dir / record["path"], self.cfg.audio.sample_rate)
+        heard, speed = clean, 1.0
+        if self.augment is not None:
+            clean, heard, speed = self.augment(clean, np.random.default_rng([self.seed, draw, index]))
         frame = self.cfg.audio.samples_per_frame
-        words = [Word.from_dict(w) for w in record["words"]]
-        grid = emission_grid(record["text"], words, self.tokenizer, math.ceil(len(wave) / frame))
-        wave = F.pad(wave, (0, len(grid) * frame - len(wave)))  # whole frames, and silence for spilled tokens
-        return clip_features(wave, self.cfg.audio), torch.tensor(grid.tokens)
+        words = [Word(w["word"], w["start"] / speed, w["end"] / speed) for w in record["words"]]
+        grid = emission_grid(record["text"], words, self.tokenizer, math.ceil(len(clean) / frame),
+                             self.cfg.delay_frames)
+
+        def features(wave: np.ndarray) -> torch.Tensor:  # whole frames, and silence for spilled tokens
+            wave = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+            return clip_features(F.pad(wave, (0, len(grid) * frame - len(wave))), self.cfg.audio)
+
+        heard_features = features(heard)
+        clean_features = heard_features if heard is clean else features(clean)
+        return heard_features, clean_features, torch.tensor(grid.tokens)
 
     @staticmethod
-    def collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def collate(items: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pad to the longest: features with the floor value (silence), targets with -100 (no loss)."""
-        frames = max(len(targets) for _, targets in items)
-        mels_per_frame = items[0][0].shape[-1] // len(items[0][1])
+        frames = max(len(item[-1]) for item in items)
+        mels_per_frame = items[0][0].shape[-1] // len(items[0][-1])
         silence = (WHISPER_FLOOR + 4) / 4
-        features = torch.stack([F.pad(f, (0, frames * mels_per_frame - f.shape[-1]), value=silence)
-                                for f, _ in items])
-        targets = torch.stack([F.pad(t, (0, frames - len(t)), value=-100) for _, t in items])
-        return features, targets  # (batch, n_mels, frames * mels_per_frame), (batch, frames)
+
+        def padded(f: torch.Tensor) -> torch.Tensor:
+            return F.pad(f, (0, frames * mels_per_frame - f.shape[-1]), value=silence)
+
+        heard = torch.stack([padded(item[0]) for item in items])
+        clean = torch.stack([padded(item[1]) for item in items])
+        targets = torch.stack([F.pad(item[-1], (0, frames - len(item[-1])), value=-100) for item in items])
+        return heard, clean, targets  # (batch, n_mels, frames * mels_per_frame) twice, (batch, frames)
 
 
 # --- training, saving, loading --------------------------------------------------------------
 
 CHECKPOINT_FORMAT = "michi_lite.listener/1"
-LOSSES = ["loss", "frame_accuracy", "token_accuracy"]
+LOSSES = ["loss", "token_loss", "distill_loss", "frame_accuracy", "token_accuracy"]
+
+
+def teacher_encoder(cfg: ListenerConfig) -> StreamingWhisperEncoder:
+    """The frozen encoder the listener learns to sound like: Whisper's pretrained one (a random one for ``tiny``).
+
+    It runs offline, as Whisper does (``forward(whisper=True)``: the whole
+    clip in view), on the clean clip.
+    """
+    teacher = StreamingWhisperEncoder(cfg)
+    if cfg.whisper is not None:
+        teacher.load_state_dict(whisper_encoder_state(cfg.whisper))
+    return teacher.requires_grad_(False).eval()
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, valid_frames: torch.Tensor,
+                      per_frame: int, delay_frames: int) -> torch.Tensor:
+    """Mean squared distance between the causal encoder's states and the offline teacher's, ``delay_frames`` back.
+
+    ``student``, ``teacher``: (batch, positions, width); ``valid_frames``
+    (batch, frames) marks the frames that are not batch padding. The student
+    at frame t has heard up to the end of frame t and is compared with the
+    teacher's frame t - delay_frames, which is what it will emit words from.
+    """
+    shift = per_frame * delay_frames
+    valid = valid_frames.repeat_interleave(per_frame, dim=1)[:, shift:]  # (batch, positions - shift)
+    error = (student[:, shift:] - teacher[:, :teacher.shape[1] - shift]).pow(2).mean(-1)
+    return (error * valid).sum() / valid.sum().clamp(min=1)
 
 
 class ListenerTrainer(ScheduledTrainer):
-    """The listener and its optimizer: frame-level cross-entropy against the emission grid.
+    """The listener and its optimizer: cross-entropy against the emission grid, plus distillation.
 
-    The pretrained encoder learns at a tenth of the new head's rate, after a
-    linear warm-up, so the first steps of a random head do not wreck it.
+    The token loss is the frame-level cross-entropy on the heard clip, whose
+    encoder positions start at a random point of ``WHISPER_POSITIONS`` (drawn
+    from torch's generator, which a checkpoint keeps). With
+    ``distill`` > 0 the encoder's states are also pulled towards the offline
+    ``teacher_encoder``'s on the clean clip (``distillation_loss``, weighted
+    by ``distill``): what Whisper knows of voices the corpus never had is
+    kept rather than traded for the corpus's own. The pretrained encoder
+    learns at a tenth of the new head's rate, after a linear warm-up, so the
+    first steps of a random head do not wreck it.
     """
 
     def __init__(self, listener: Listener, preset: str, device: torch.device, pad_id: int,
-                 learning_rate: float = 3e-4, warmup_steps: int = 50) -> None:
+                 learning_rate: float = 3e-4, warmup_steps: int = 50, distill: float = 0.0,
+                 recipe: dict | None = None) -> None:
         self.listener, self.preset, self.device, self.pad_id = listener.to(device), preset, device, pad_id
+        self.distill, self.recipe = distill, {"distill": distill, **(recipe or {})}
+        self.teacher = teacher_encoder(listener.cfg).to(device) if distill > 0 else None
         head = [*listener.project.parameters(), listener.token_bias]
         self.optimizer = torch.optim.AdamW([
             {"params": listener.encoder.parameters(), "lr": learning_rate / 10},
@@ -541,11 +621,20 @@ class ListenerTrainer(ScheduledTrainer):
         ], weight_decay=0.01)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup_steps))
 
-    def step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
-        features, targets = (t.to(self.device) for t in batch)
+    def step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        heard, clean, targets = (t.to(self.device) for t in batch)
         self.listener.train()
-        _, logits = self.listener(features)  # (batch, frames, vocab)
-        loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100)
+        hidden = self.listener.encoder(heard, start=int(torch.randint(WHISPER_POSITIONS, ())))
+        _, logits = self.listener.head(hidden)  # (batch, frames, vocab)
+        token_loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100)
+        loss, result = token_loss, {"token_loss": token_loss.item()}
+        if self.teacher is not None:
+            with torch.no_grad():
+                taught = self.teacher(clean, whisper=True)
+            cfg = self.listener.cfg
+            distill = distillation_loss(hidden, taught, targets != -100, cfg.positions_per_frame, cfg.delay_frames)
+            loss = loss + self.distill * distill
+            result["distill_loss"] = distill.item()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.listener.parameters(), 1.0)
@@ -555,17 +644,17 @@ class ListenerTrainer(ScheduledTrainer):
             predicted, counted = logits.argmax(-1), targets != -100
             tokens = counted & (targets != self.pad_id)
             right = (predicted == targets) & counted
-        return {"loss": loss.item(), "frame_accuracy": (right.sum() / counted.sum()).item(),
+        return {"loss": loss.item(), **result, "frame_accuracy": (right.sum() / counted.sum()).item(),
                 "token_accuracy": ((right & tokens).sum() / tokens.sum().clamp(min=1)).item()}
 
     def modules(self) -> dict[str, nn.Module]:
         return {"listener": self.listener}
 
     def config(self) -> dict:
-        return self.listener.cfg.to_dict()
+        return {**self.listener.cfg.to_dict(), "recipe": self.recipe}
 
     def shape(self) -> dict:
-        return self.config()
+        return self.listener.cfg.to_dict()
 
     def export(self, out_dir: Path) -> None:
         save_listener(out_dir / "listener.safetensors", self.listener, self.preset)
@@ -582,13 +671,19 @@ def save_listener(path: str | os.PathLike, listener: Listener, preset: str,
 def load_listener(path: str | os.PathLike, preset: str, vocab_size: int, device: str = "cpu") -> Listener:
     """Read a ``save_listener`` file (or a training run's directory) into an eval-mode fp32 listener.
 
-    Raises FileNotFoundError for a missing file and ValueError for a foreign,
+    Its ``cfg.delay_frames`` is the file's: the delay the head was taught
+    (none for files from before the delay was a setting). Raises
+    FileNotFoundError for a missing file and ValueError for a foreign,
     truncated or mismatched one (``read_weights``).
     """
     path, metadata, tensors = read_weights(path, "listener", CHECKPOINT_FORMAT, preset)
     listener = build_listener(preset, vocab_size, pretrained=False)
-    if saved_config(path, metadata, "listener") != listener.cfg.to_dict():
+    saved = {"delay_frames": 0, **saved_config(path, metadata, "listener")}  # files from before delays: none
+    if {**saved, "delay_frames": 0} != {**listener.cfg.to_dict(), "delay_frames": 0}:
         raise ValueError(f"{path}: made with another listener shape than preset {preset!r} has now")
+    # the emission delay is what the head was taught, not its shape: the file says which
+    listener.cfg = replace(listener.cfg, delay_frames=saved["delay_frames"])
+    listener.encoder.cfg = listener.cfg
     with fitting_weights(path, "listener"):
         listener.load_state_dict({k: v.float() for k, v in tensors.items()})
     return listener.to(device).eval()
@@ -606,20 +701,45 @@ def train_listener(
     max_minutes: float | None = None,
     device: str | torch.device | None = None,
     seed: int = 0,
+    augment: bool | None = None,
+    distill: float | None = None,
+    init: str | os.PathLike | None = None,
 ) -> Path:
-    """Fine-tune the listener on the corpus's train split (see ``fit`` for checkpoints and resuming)."""
+    """Fine-tune the listener on the corpus's train split (see ``fit`` for checkpoints and resuming).
+
+    ``augment`` (default on): each clip with a random speed, loudness, room,
+    band limit and noise (``Augmenter``); ``distill`` (default 1): the
+    weight of the teacher's loss (0: none); ``init``: start from a listener
+    file's weights instead of Whisper's (its emission delay may differ: the
+    head learns the new one). A resumed run keeps the recipe it started
+    with, batch size and seed included.
+    """
     from .backbone import load_tokenizer
 
+    started = started_config(out_dir) if resume else None
+    if started is not None and "recipe" in started:
+        recipe = started["recipe"]
+        augment, distill, batch_size, seed = recipe["augment"], recipe["distill"], recipe["batch_size"], recipe["seed"]
+        init = None  # the checkpoint's weights are loaded over any start
+    augment = True if augment is None else augment
+    distill = 1.0 if distill is None else distill
     tokenizer = load_tokenizer()
     device = training_device(device)
     torch.manual_seed(seed)
     listener = build_listener(preset, len(tokenizer))
-    trainer = ListenerTrainer(listener, preset, device, tokenizer.convert_tokens_to_ids(PAD_TOKEN))
+    if init is not None:
+        path, _, tensors = read_weights(init, "listener", CHECKPOINT_FORMAT, preset)
+        with fitting_weights(path, "listener"):
+            listener.load_state_dict({k: v.float() for k, v in tensors.items()})
+    recipe = {"augment": augment, "batch_size": batch_size, "seed": seed, "init": None if init is None else str(init)}
+    trainer = ListenerTrainer(listener, preset, device, tokenizer.convert_tokens_to_ids(PAD_TOKEN), distill=distill,
+                              recipe=recipe)
     logger.info("listener %s: %.2fM trained parameters, %d steps of %d utterances on %s", preset,
                 sum(p.numel() for p in listener.parameters()) / 1e6, steps, batch_size, device)
-    dataset = ListenerUtterances(data_dir, listener.cfg, tokenizer)
+    augmenter = Augmenter(listener.cfg.audio.sample_rate) if augment else None
+    dataset = ListenerUtterances(data_dir, listener.cfg, tokenizer, augment=augmenter, seed=seed)
     workers = loader_workers(device)
-    order = ShuffledBatches(len(dataset), batch_size, seed, drop_last=len(dataset) > batch_size)
+    order = ShuffledBatches(len(dataset), batch_size, seed, drop_last=len(dataset) > batch_size).with_numbers()
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=workers,
                                          collate_fn=ListenerUtterances.collate)
     return fit(trainer, loader, out_dir, steps, LOSSES, resume=resume, checkpoint_every=checkpoint_every,

@@ -116,6 +116,13 @@ class EpochBatches(torch.utils.data.Sampler):
         if n_batches < 1:
             raise ValueError("no batch to train on: the dataset is empty")
         self.n_batches, self.seed, self.served = n_batches, seed, 0
+        self.numbered = False
+
+    def with_numbers(self) -> EpochBatches:
+        """Yield ``(index, batch number)`` pairs instead of indices: a dataset that draws random changes
+        per item seeds them with the pair, so a resumed run draws what an uninterrupted one would."""
+        self.numbered = True
+        return self
 
     def pass_batches(self, rng: random.Random) -> list[list[int]]:
         raise NotImplementedError
@@ -127,7 +134,7 @@ class EpochBatches(torch.utils.data.Sampler):
         index, offset = divmod(self.served, self.n_batches)
         for batch in self.pass_batches(random.Random(f"{self.seed}/{index}"))[offset:]:
             self.served += 1
-            yield batch
+            yield [(i, self.served - 1) for i in batch] if self.numbered else batch
 
     def __len__(self) -> int:
         return self.n_batches

@@ -5,10 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Speech engines, their voices and the text corpora the corpus builder reads.
+# Speech engines, their voices and the text corpora the corpus builder reads; alsa-utils
+# for its few recordings of a person (the listener's people test set, scripts/listener_test_sets.sh).
 DEBIAN_PACKAGES=(
     python3-venv
-    espeak-ng libespeak-ng1 flite
+    espeak-ng libespeak-ng1 flite alsa-utils
     festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
     bible-kjv fortunes wamerican
 )

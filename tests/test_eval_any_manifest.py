@@ -133,10 +133,11 @@ def test_eval_vocoder_measures_the_test_lines_of_a_hand_written_manifest(clips, 
 
 def test_eval_listener_times_the_words_of_a_plain_manifest_with_whisper(plain, checkpoints, tmp_path):
     report = run_eval("listener", plain, checkpoints, tmp_path, "--max-utterances", "1")
-    result = report["groups"]["unseen"]["all"]
-    assert set(report["groups"]) == {"unseen"} and result["n_utterances"] == 1
+    result = report["groups"]["held_out"]["all"]
+    assert set(report["groups"]) == {"held_out"} and result["n_utterances"] == 1  # one engine: "unknown"
+    assert set(report["groups"]["held_out"]["engines"]) == {"unknown"}
     assert result["wer_whisper_offline"] < 1 and result["token_frame_accuracy"] >= 0
-    assert report["groups"]["unseen"]["plain"]["n_utterances"] == 1  # no category: a plain sentence
+    assert report["groups"]["held_out"]["plain"]["n_utterances"] == 1  # no category: a plain sentence
 
 
 def test_eval_speaker_prompts_each_line_with_another_of_the_one_unknown_voice(plain, checkpoints, tmp_path):

@@ -10,20 +10,26 @@ import pytest
 import torch
 
 from michi_lite.backbone import read_ctranslate2_weights, whisper_model_dir
-from michi_lite.data.frames import PAD_TOKEN, text_from_grid
+from michi_lite.data.augment import Augmenter
+from michi_lite.data.frames import PAD_TOKEN, TokenGrid, text_from_grid
 from michi_lite.data.words import Word
+from michi_lite.eval import ROBUSTNESS_CONDITIONS, changed_clip
 from michi_lite.listen import (
     QUIET_FRAMES,
+    WHISPER_POSITIONS,
     EncoderState,
     HeardFrame,
+    ListenerUtterances,
     StreamingWhisperEncoder,
     WordAssembler,
     block_causal_mask,
     build_listener,
     clip_features,
+    distillation_loss,
     emission_grid,
     listener_config,
     load_listener,
+    save_listener,
     sinusoids,
     whisper_encoder_state,
 )
@@ -144,6 +150,42 @@ def test_the_emission_grid_puts_each_word_on_the_frame_where_it_ends(tokenizer):
     assert text_from_grid(grid, tokenizer) == "Hello there."
 
 
+def test_a_delayed_grid_emits_each_word_that_many_frames_later(tokenizer):
+    words = [Word("Hello", 0.10, 0.42), Word("there.", 0.50, 0.80)]
+    grid = emission_grid("Hello there.", words, tokenizer, n_frames=14, delay_frames=2)
+    labels = grid.labels(tokenizer)
+    assert labels[7] == "Hello" and labels[11] == " there" and labels[12] == "."
+    assert text_from_grid(grid, tokenizer) == "Hello there."
+
+
+def test_the_distillation_loss_compares_each_frame_with_the_teachers_frame_delay_frames_before():
+    teacher = torch.randn(2, 6 * 4, 8)  # 6 frames of 4 positions
+    student = torch.roll(teacher, shifts=2 * 4, dims=1)  # the teacher, two frames late
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    assert distillation_loss(student, teacher, valid, per_frame=4, delay_frames=2) == pytest.approx(0.0)
+    assert distillation_loss(student, teacher, valid, per_frame=4, delay_frames=1) > 0.5
+    valid[:, 3:] = False  # batch padding counts for nothing
+    student[:, 3 * 4:] += 100.0
+    assert distillation_loss(student, teacher, valid, per_frame=4, delay_frames=2) == pytest.approx(0.0)
+
+
+def test_training_clips_are_drawn_from_their_index_and_batch_number(tiny_corpus, tokenizer):
+    plain = ListenerUtterances(tiny_corpus, TINY, tokenizer)
+    heard, clean, targets = plain[0]
+    assert torch.equal(heard, clean) and heard.shape[-1] == len(targets) * TINY.audio.mels_per_frame
+    augmented = ListenerUtterances(tiny_corpus, TINY, tokenizer, augment=Augmenter(TINY.audio.sample_rate), seed=3)
+    draws = [augmented[(0, n)] for n in range(6)]
+    assert all(torch.equal(a, b) for a, b in zip(draws[0], augmented[(0, 0)]))
+    assert any(not torch.equal(d[0], draws[0][0]) for d in draws[1:])
+    for heard, clean, targets in draws:  # the clean clip keeps the speed change, and the targets follow it
+        assert heard.shape == clean.shape and heard.shape[-1] == len(targets) * TINY.audio.mels_per_frame
+        assert text_from_grid(TokenGrid(targets.tolist(), plain_pad(tokenizer)), tokenizer) == plain.records[0]["text"]
+
+
+def plain_pad(tokenizer) -> int:
+    return tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+
+
 def test_words_assemble_from_tokens_with_the_time_of_their_first_token(tokenizer):
     assembler = WordAssembler(tokenizer)
     pad = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
@@ -180,6 +222,40 @@ def test_train_listener_checkpoints_logs_and_resumes(tiny_corpus, tiny_listener_
         assert listener(clip_features(noise(0.8), TINY.audio)[None])[1].shape == (1, 10, len(tokenizer))
 
 
+def test_a_resumed_listener_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    from michi_lite.cli import main
+
+    def train(out, steps, *extra):
+        main(["train", "listener", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(out),
+              "--steps", str(steps), "--batch-size", "2", "--checkpoint-every", "1", *extra])
+
+    train(tmp_path / "whole", 3)
+    train(tmp_path / "parts", 2)
+    train(tmp_path / "parts", 3, "--resume")  # same augmented clips, teacher and order as the whole run's
+    whole, parts = (load_file(str(tmp_path / run / "listener.safetensors")) for run in ("whole", "parts"))
+    assert all(torch.equal(whole[name], parts[name]) for name in whole)
+
+
+def test_a_listener_file_says_its_emission_delay_and_one_from_before_delays_reads_as_none(tmp_path, tokenizer):
+    from safetensors.torch import load_file, save_file
+
+    listener = build_listener("tiny", len(tokenizer))
+    save_listener(tmp_path / "now.safetensors", listener, "tiny")
+    assert load_listener(tmp_path / "now.safetensors", "tiny", len(tokenizer)).cfg.delay_frames == TINY.delay_frames
+    config = {k: v for k, v in TINY.to_dict().items() if k != "delay_frames"}
+    save_file(load_file(str(tmp_path / "now.safetensors")), str(tmp_path / "before.safetensors"),
+              metadata={"format": "michi_lite.listener/1", "preset": "tiny", "config": json.dumps(config)})
+    before = load_listener(tmp_path / "before.safetensors", "tiny", len(tokenizer))
+    assert before.cfg.delay_frames == 0 and before.encoder.cfg.delay_frames == 0
+    wider = {**TINY.to_dict(), "width": 2 * TINY.width}
+    save_file(load_file(str(tmp_path / "now.safetensors")), str(tmp_path / "wider.safetensors"),
+              metadata={"format": "michi_lite.listener/1", "preset": "tiny", "config": json.dumps(wider)})
+    with pytest.raises(ValueError, match="another listener shape"):
+        load_listener(tmp_path / "wider.safetensors", "tiny", len(tokenizer))
+
+
 def test_a_foreign_listener_checkpoint_is_refused(tmp_path, tokenizer):
     from safetensors.torch import save_file
 
@@ -188,23 +264,49 @@ def test_a_foreign_listener_checkpoint_is_refused(tmp_path, tokenizer):
         load_listener(tmp_path, "tiny", len(tokenizer))
 
 
-def test_eval_listener_reports_every_measure_per_voice_group(tiny_corpus, tiny_listener_run, tmp_path):
+def test_eval_listener_reports_every_measure_per_group_engine_and_category(tiny_corpus, tiny_listener_run, tmp_path):
     from michi_lite.cli import main
+    from michi_lite.data.corpus import load_manifest
 
+    people = tmp_path / "people"  # a folder of clips from elsewhere: here two corpus clips named as recordings
+    people.mkdir()
+    records = load_manifest(tiny_corpus)[:2]
+    (people / "manifest.jsonl").write_text("".join(
+        json.dumps({"path": str(tiny_corpus / r["path"]), "text": r["text"], "engine": "people"}) + "\n"
+        for r in records))
     out = tmp_path / "listener.json"
     main(["eval", "listener", "--preset", "tiny", "--ckpt", str(tiny_listener_run), "--data", str(tiny_corpus),
-          "--json", str(out), "--max-utterances", "1", "--delays", str(tmp_path / "delays.npz")])
+          "--json", str(out), "--max-utterances", "1", "--delays", str(tmp_path / "delays.npz"),
+          "--held-out", str(people), "--robustness", "2"])
     report = json.loads(out.read_text())
     delays = np.load(tmp_path / "delays.npz")
     assert {k: len(delays[k]) for k in delays} == {g: r["all"]["n_words_timed"] for g, r in report["groups"].items()}
-    assert set(report["groups"]) == {"seen", "unseen"}
+    assert set(report["groups"]) == {"seen", "held_out"}
+    assert "people" in report["groups"]["held_out"]["engines"]
     for group in report["groups"].values():
         result = group["all"]
-        assert result["n_utterances"] == 1
+        assert result["n_utterances"] == len(group["engines"])  # one clip per engine
+        assert sum(e["n_utterances"] for e in group["engines"].values()) == result["n_utterances"]
         assert 0.0 <= result["frame_accuracy"] <= 1.0 and 0.0 <= result["token_frame_accuracy"] <= 1.0
         # Whisper hears the speech; an untrained head emits a word on most frames, far more than were said
         assert result["wer_whisper_offline"] < 1.0 < min(result["wer_streaming"], result["wer_streaming_int8"])
-        assert group["stress"]["n_utterances"] + group["plain"]["n_utterances"] == 1
+        assert result["wer_ratio"] == pytest.approx(result["wer_streaming"] / result["wer_whisper_offline"])
+        assert group["stress"]["n_utterances"] + group["plain"]["n_utterances"] == result["n_utterances"]
+        assert all(c.startswith("stress:") for c in group["categories"])
+        assert sum(c["n_utterances"] for c in group["categories"].values()) == group["stress"]["n_utterances"]
+    table = report["robustness"]
+    assert set(table) == set(report["conditions"]) and {"clean", "noise_snr_5db", "speed_1.1"} <= set(table)
+    assert all(row["n_utterances"] == 2 and row["wer_streaming"] > 1.0 for row in table.values())
+
+
+def test_each_robustness_condition_changes_the_clip_as_named():
+    wave = (0.3 * np.sin(np.arange(16_000) * 0.05)).astype(np.float32)
+    changed = {name: changed_clip(wave, 16_000, change, seed=0) for name, change in ROBUSTNESS_CONDITIONS}
+    assert changed["clean"] is wave
+    assert len(changed["speed_1.1"]) < len(wave) < len(changed["speed_0.9"])
+    noise = {name: np.mean((changed[name] - wave) ** 2) for name in ("noise_snr_20db", "noise_snr_5db")}
+    assert noise["noise_snr_5db"] == pytest.approx(noise["noise_snr_20db"] * 10 ** 1.5, rel=0.01)
+    assert not np.allclose(changed["reverb_rt60_0.6s"], wave) and len(changed["band_limit_8khz"]) == len(wave)
 
 
 def test_transcribe_streams_a_file_and_writes_the_words_it_emitted(tiny_listener_run, tmp_path, capsys):
@@ -228,11 +330,19 @@ def test_transcribe_refuses_bad_audio(tiny_listener_run, tmp_path):
         main(["transcribe", str(tmp_path / "empty.wav"), "--preset", "tiny", "--ckpt", str(tiny_listener_run)])
 
 
-def test_a_stream_longer_than_whispers_30_s_runs(tiny_listener_run, tokenizer):
-    listener = load_listener(tiny_listener_run, "tiny", len(tokenizer))
+def test_a_stream_goes_round_whispers_30_s_of_positions_and_hears_alike_on_every_lap(tiny_listener):
+    wave = noise(34.0)  # 1,700 encoder positions: past the 1,500 of Whisper's table
+    stream = tiny_listener.stream()
+    heard = [f for i in range(0, len(wave), 4 * FRAME) for f in stream.push(wave[i:i + 4 * FRAME])]
+    assert stream.state.position < WHISPER_POSITIONS
     with torch.no_grad():
-        _, logits = listener(clip_features(torch.zeros(int(40 * TINY.audio.sample_rate)), TINY.audio)[None])
-    assert logits.shape[1] == 500  # 40 s streams past Whisper's 30 s without an error
+        embeddings, _ = tiny_listener(clip_features(wave, TINY.audio)[None])
+        # the same 2.4 s of audio, 30 s apart, seen through the same window of positions
+        first = tiny_listener.encoder(clip_features(wave[:3 * 16_000], TINY.audio)[None])
+        lap = tiny_listener.encoder(clip_features(wave[:3 * 16_000], TINY.audio)[None], start=WHISPER_POSITIONS)
+    assert len(heard) == embeddings.shape[1] == 425
+    assert (torch.stack([f.embedding for f in heard]) - embeddings[0]).abs().max() < 1e-4
+    assert torch.equal(first, lap)
 
 
 def test_bench_listener_reports_per_frame_times(tmp_path):

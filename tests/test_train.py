@@ -55,12 +55,24 @@ def seed(value: int) -> None:
     np.random.seed(value)
 
 
+class Items(torch.utils.data.Dataset):
+    """Item i is i; item (i, n), from numbered batches, is i drawn in batch n, as 1000 n + i."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, item) -> torch.Tensor:
+        index, draw = item if isinstance(item, tuple) else (item, 0)
+        return torch.tensor(1000 * draw + index)
+
+
 def loader(order) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(torch.arange(10), batch_sampler=order)
+    return torch.utils.data.DataLoader(Items(), batch_sampler=order)
 
 
 @pytest.mark.parametrize("order", [lambda: ShuffledBatches(10, 3, seed=5, drop_last=True),
-                                   lambda: LengthBuckets([float(i % 4) for i in range(10)], 3, seed=5, pool=2)])
+                                   lambda: LengthBuckets([float(i % 4) for i in range(10)], 3, seed=5, pool=2),
+                                   lambda: ShuffledBatches(10, 3, seed=5, drop_last=True).with_numbers()])
 def test_a_resumed_run_sees_the_batches_and_draws_an_uninterrupted_one_would(order, tmp_path):
     seed(0)
     whole = RecordingTrainer()
@@ -84,3 +96,11 @@ def test_every_pass_holds_every_item_once_in_a_new_order():
             assert len(batches) == len(order)
         assert passes[0] != passes[1]
     assert sum(len(b) for b in ShuffledBatches(10, 3, seed=1, drop_last=True)) == 9
+
+
+def test_numbered_batches_give_each_item_the_number_of_its_batch_in_the_whole_run():
+    plain = ShuffledBatches(10, 3, seed=1, drop_last=True)
+    numbered = ShuffledBatches(10, 3, seed=1, drop_last=True).with_numbers()
+    batches = list(numbered) + list(numbered)  # two passes
+    assert [{n for _, n in batch} for batch in batches] == [{n} for n in range(6)]
+    assert [[i for i, _ in batch] for batch in batches] == list(plain) + list(plain)
