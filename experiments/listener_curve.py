@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -39,34 +38,16 @@ import torch
 from michi_lite.audio import load_audio
 from michi_lite.backbone import load_tokenizer
 from michi_lite.data.alignment import word_error_rate
-from michi_lite.data.corpus import load_eval_manifest
-from michi_lite.eval import spread_over_voices
-from michi_lite.listen import QUIET_FRAMES, clip_features, load_listener, words_from_logits
-
-
-def proxy_clips(data: str, held_out: list[str], per_engine: int) -> list[dict]:
-    """The fixed clips: per engine, ``per_engine`` of the corpus's held-out voices and of each held-out folder."""
-    by_engine: dict[str, list[dict]] = defaultdict(list)
-    for record in load_eval_manifest(data):
-        if record["voice_split"] == "unseen":
-            by_engine[record["engine"]].append(record)
-    for folder in held_out:
-        for record in load_eval_manifest(folder):
-            by_engine[record["engine"]].append(record)
-    return [r for _, records in sorted(by_engine.items()) for r in spread_over_voices(records, per_engine)]
+from michi_lite.eval import listener_groups, per_engine
+from michi_lite.listen import clip_logits, load_listener, words_from_logits
 
 
 def proxy_wer(path: Path, clips: list[dict], waves: list[np.ndarray], tokenizer) -> dict[str, float]:
     listener = load_listener(path, "lite", len(tokenizer))
-    audio = listener.cfg.audio
     heard: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for record, wave in zip(clips, waves):
-        frames = math.ceil(len(wave) / audio.samples_per_frame) + QUIET_FRAMES
-        padded = torch.from_numpy(np.pad(wave, (0, frames * audio.samples_per_frame - len(wave))))
-        with torch.inference_mode():
-            logits = listener(clip_features(padded, audio)[None])[1][0]
-        heard[record["engine"]].append((record["text"], " ".join(w.word for w in words_from_logits(logits,
-                                                                                                   tokenizer))))
+        words = words_from_logits(clip_logits(listener, wave), tokenizer)
+        heard[record["engine"]].append((record["text"], " ".join(w.word for w in words)))
     result = {engine: word_error_rate(*zip(*pairs)) for engine, pairs in heard.items()}
     result["all"] = word_error_rate(*zip(*[pair for pairs in heard.values() for pair in pairs]))
     return result
@@ -90,7 +71,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     tokenizer = load_tokenizer()
-    clips = proxy_clips(args.data, args.held_out, args.per_engine)
+    clips = per_engine(listener_groups(args.data, tuple(args.held_out))["held_out"], args.per_engine)
     waves = [load_audio(r["path"], 16_000) for r in clips]
     points = []
     if args.first:

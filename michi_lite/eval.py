@@ -272,6 +272,14 @@ def listener_groups(data_dir: str | os.PathLike, held_out_dirs: tuple = ()) -> d
     return {"seen": groups.get("seen", []), "held_out": held_out}
 
 
+def per_engine(records: list[dict], n: int | None) -> list[dict]:
+    """Up to ``n`` records of each engine (in engine order), each engine's spread over its voices."""
+    by_engine: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        by_engine[record["engine"]].append(record)
+    return [r for _, engine_records in sorted(by_engine.items()) for r in spread_over_voices(engine_records, n)]
+
+
 def wer_summary(rows: list[dict]) -> dict:
     """The listener's WERs over some of ``evaluate_listener``'s rows, beside offline Whisper's, and their ratio."""
     texts = [r["text"] for r in rows]
@@ -317,7 +325,7 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
     from .data.frames import PAD_TOKEN
     from .listen import (
         QUIET_FRAMES,
-        clip_features,
+        clip_logits,
         emission_grid,
         load_listener,
         quantized_for_cpu,
@@ -333,14 +341,8 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
     audio = listener.cfg.audio
     judge = load_whisper()
 
-    def logits_of(wave: np.ndarray, frames: int) -> torch.Tensor:
-        padded = torch.from_numpy(np.pad(wave, (0, frames * audio.samples_per_frame - len(wave))))
-        with torch.inference_mode():
-            return listener(clip_features(padded.float(), audio)[None])[1][0]  # (frames, vocab)
-
     def heard_offline(wave: np.ndarray) -> str:
-        frames = math.ceil(len(wave) / audio.samples_per_frame) + QUIET_FRAMES
-        return " ".join(h.word for h in words_from_logits(logits_of(wave, frames), tokenizer))
+        return " ".join(h.word for h in words_from_logits(clip_logits(listener, wave), tokenizer))
 
     def summary(rows: list[dict]) -> dict:
         delays = np.concatenate([r["delays"] for r in rows]) if rows else np.zeros(0)
@@ -356,25 +358,18 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
             "token_frame_accuracy": sum(r["token_frames_right"] for r in rows) / max(token_frames, 1),
         }
 
-    def capped(records: list[dict]) -> list[dict]:
-        by_engine: dict[str, list[dict]] = defaultdict(list)
-        for record in records:
-            by_engine[record["engine"]].append(record)
-        return [r for _, engine_records in sorted(by_engine.items())
-                for r in spread_over_voices(engine_records, max_utterances)]
-
     report: dict = {"groups": {}}
     all_delays = {}
     for group, records in groups.items():
         rows = []
-        for record in tqdm(capped(records), desc=f"listener eval, {group} voices", unit="utt"):
+        for record in tqdm(per_engine(records, max_utterances), desc=f"listener eval, {group} voices", unit="utt"):
             wave = load_audio(record["path"], audio.sample_rate)
             words = spoken_words(record, wave, audio.sample_rate, judge)
             # as a stream ends: whole frames, then the quiet frames ``ListenerStream.flush`` adds
             frames = math.ceil(len(wave) / audio.samples_per_frame) + QUIET_FRAMES
             grid = torch.tensor(emission_grid(record["text"], words, tokenizer, frames,
                                               listener.cfg.delay_frames).tokens)
-            logits = logits_of(wave, len(grid))
+            logits = clip_logits(listener, wave, len(grid))
             heard = words_from_logits(logits, tokenizer)
             right, tokens = logits.argmax(-1) == grid, grid != pad_id
             rows.append({

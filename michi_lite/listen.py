@@ -677,13 +677,12 @@ def load_listener(path: str | os.PathLike, preset: str, vocab_size: int, device:
     truncated or mismatched one (``read_weights``).
     """
     path, metadata, tensors = read_weights(path, "listener", CHECKPOINT_FORMAT, preset)
-    listener = build_listener(preset, vocab_size, pretrained=False)
     saved = {"delay_frames": 0, **saved_config(path, metadata, "listener")}  # files from before delays: none
-    if {**saved, "delay_frames": 0} != {**listener.cfg.to_dict(), "delay_frames": 0}:
-        raise ValueError(f"{path}: made with another listener shape than preset {preset!r} has now")
     # the emission delay is what the head was taught, not its shape: the file says which
-    listener.cfg = replace(listener.cfg, delay_frames=saved["delay_frames"])
-    listener.encoder.cfg = listener.cfg
+    cfg = replace(listener_config(preset), delay_frames=saved["delay_frames"])
+    if saved != cfg.to_dict():
+        raise ValueError(f"{path}: made with another listener shape than preset {preset!r} has now")
+    listener = Listener(cfg, token_embeddings(preset, vocab_size))
     with fitting_weights(path, "listener"):
         listener.load_state_dict({k: v.float() for k, v in tensors.items()})
     return listener.to(device).eval()
@@ -819,6 +818,21 @@ def transcribe_stream(listener: Listener, wave: torch.Tensor, tokenizer, chunk_s
         emit(assembler.add(frame))
     emit(assembler.finish())
     return heard
+
+
+def clip_logits(listener: Listener, wave: np.ndarray | torch.Tensor, n_frames: int | None = None) -> torch.Tensor:
+    """A whole clip's token logits (frames, vocab), as a stream of it emits them (fp32, equal to frame by frame).
+
+    The clip is padded with silence to ``n_frames`` whole frames, by default
+    its own frames and the ``QUIET_FRAMES`` that ``ListenerStream.flush``
+    adds at the end of a stream.
+    """
+    audio = listener.cfg.audio
+    wave = torch.as_tensor(wave, dtype=torch.float32)
+    n_frames = n_frames or math.ceil(len(wave) / audio.samples_per_frame) + QUIET_FRAMES
+    padded = F.pad(wave, (0, n_frames * audio.samples_per_frame - len(wave)))
+    with torch.inference_mode():
+        return listener(clip_features(padded, audio)[None])[1][0]
 
 
 def words_from_logits(logits: torch.Tensor, tokenizer) -> list[HeardWord]:
