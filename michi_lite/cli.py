@@ -9,7 +9,8 @@
     michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init G]
                                [--discriminator-start N] [--discriminator-warmup N] [--lr-decay GAMMA]
                                [--stft-loss WEIGHT] [--multiscale-mel WEIGHT] [--upsampler transposed|nearest]
-                               [--arch hifigan|istft] [--istft-phase frame|advance] [--phase-loss W]
+                               [--arch hifigan|istft] [--istft-phase frame|advance|pghi] [--phase-loss W]
+                               [--magnitude-loss W] [--mel-loss W]
     michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
                                [--distill W] [--no-augment]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
@@ -196,7 +197,8 @@ def cmd_train_vocoder(args: argparse.Namespace) -> None:
                         discriminator_start=args.discriminator_start, lr_decay=args.lr_decay,
                         stft_loss_weight=args.stft_loss, multiscale_mel_loss_weight=args.multiscale_mel,
                         discriminator_warmup=args.discriminator_warmup, upsampler=args.upsampler,
-                        arch=args.arch, istft_phase=args.istft_phase, phase_loss_weight=args.phase_loss)
+                        arch=args.arch, istft_phase=args.istft_phase, phase_loss_weight=args.phase_loss,
+                        magnitude_loss_weight=args.magnitude_loss, mel_loss_weight=args.mel_loss)
     report_run(run, args.preset, "vocoder")
 
 
@@ -472,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
     for stage, run, what, steps, every, batch in (
-        ("vocoder", cmd_train_vocoder, "the causal HiFi-GAN vocoder (GAN training on the corpus audio)",
+        ("vocoder", cmd_train_vocoder, "the causal vocoder (HiFi-GAN or an inverse-STFT head) on the corpus audio",
          100_000, 1000, "segments per step (default: the preset's)"),
         ("listener", cmd_train_listener, "the streaming listening head (Whisper's encoder, fine-tuned)",
          20_000, 200, "utterances per step (default: 8)"),
@@ -537,14 +539,22 @@ def build_parser() -> argparse.ArgumentParser:
                                      help="the generator: hifigan (upsampling convs at the sample rate, the "
                                           "default) or istft (ConvNeXt blocks at the frame rate and an inverse "
                                           "STFT, Vocos's design made causal); a resumed run keeps its own")
-            stage_train.add_argument("--istft-phase", choices=("frame", "advance"),
-                                     help="what the istft head gives: each frame's phase (the default, Vocos's) "
-                                          "or how far each bin's phase turns from one frame to the next, summed "
-                                          "over frames; a resumed run keeps its own")
+            stage_train.add_argument("--istft-phase", choices=("frame", "advance", "pghi"),
+                                     help="what the istft head gives: each frame's phase (the default, Vocos's), "
+                                          "how far each bin's phase turns from one frame to the next, summed "
+                                          "over frames, or (pghi) magnitudes only, the phases computed from "
+                                          "them; a resumed run keeps its own")
             stage_train.add_argument("--phase-loss", type=non_negative_float, metavar="WEIGHT",
                                      help="with --istft-phase advance: an L1 on the phase advances against the "
                                           "real wave's, loudness-weighted, with this weight (default: 0; a "
                                           "resumed run keeps its own unless given)")
+            stage_train.add_argument("--magnitude-loss", type=non_negative_float, metavar="WEIGHT",
+                                     help="with --arch istft: an L1 on the head's log-magnitudes against the real "
+                                          "wave's in the same frames, with this weight (default: 0; what a pghi "
+                                          "head learns from; a resumed run keeps its own unless given)")
+            stage_train.add_argument("--mel-loss", type=non_negative_float, metavar="WEIGHT",
+                                     help="the mel L1's weight (default: 45, HiFi-GAN's; 0 logs it without "
+                                          "learning from it; a resumed run keeps its own unless given)")
         if stage == "acoustic":
             stage_train.add_argument("--voice", action="append",
                                      help="train on this voice's utterances only (repeatable; default: every voice "
@@ -595,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     aligner.add_argument("--json", help="write the report here too")
     aligner.set_defaults(run=cmd_eval_aligner)
     for stage, run, what in (
-        ("vocoder", cmd_eval_vocoder, "HiFi-GAN and Griffin-Lim on the test split: STFT distance, PESQ, STOI, "
+        ("vocoder", cmd_eval_vocoder, "a vocoder and Griffin-Lim on the test split: STFT distance, PESQ, STOI, "
                                       "judge WER"),
         ("listener", cmd_eval_listener, "the streaming listening head on the test split: WER vs offline "
                                         "Whisper, emission delay, frame accuracy"),

@@ -26,7 +26,10 @@ lines up with the mel.
 3. ``IstftGenerator`` and ``IstftStream``: ConvNeXt blocks at the frame rate
    predict each frame's magnitude and phase, and an inverse STFT whose window
    the look-ahead bounds makes the samples (Vocos's design, made causal); the
-   same interface, lag, training and checkpoints (``cfg.arch``).
+   same interface, lag, training and checkpoints (``cfg.arch``). Its head can
+   give the phases' advances instead, or magnitudes alone, taught directly
+   (``magnitude_loss``), with the phases computed from them
+   (``phase_from_magnitude``, phase-gradient integration).
 4. ``MultiPeriodDiscriminator`` and ``MultiResolutionDiscriminator`` with the
    least-squares GAN, feature-matching and mel L1 losses (and, if weighted,
    a multi-resolution STFT loss and a multi-scale mel loss), and
@@ -76,7 +79,7 @@ LRELU_SLOPE = 0.1
 CHECKPOINT_FORMAT = "michi_lite.vocoder/1"
 UPSAMPLERS = ("transposed", "nearest")
 ARCHS = ("hifigan", "istft")
-ISTFT_PHASES = ("frame", "advance")
+ISTFT_PHASES = ("frame", "advance", "pghi")
 
 
 # --- configuration ----------------------------------------------------------------
@@ -105,7 +108,8 @@ class VocoderConfig:
     istft_blocks: int = 8
     istft_kernel_size: int = 7  # each block's causal depthwise conv, in frames
     # "frame": the head gives each frame's phases (Vocos's); "advance": how far each bin's phase
-    # turns since the frame before, summed over frames as a phase vocoder does (``IstftGenerator``)
+    # turns since the frame before, summed over frames as a phase vocoder does; "pghi": the head
+    # gives magnitudes only, and the phases follow from them (``phase_from_magnitude``)
     istft_phase: str = "frame"
     mpd_periods: tuple[int, ...] = (2, 3, 5, 7, 11)
     mpd_channels: tuple[int, ...] = (32, 128, 512, 1024, 1024)
@@ -141,6 +145,10 @@ class VocoderConfig:
     # wrapped, APNet's, Ai and Ling 2023), against the real wave's, weighted by how loud the bin
     # is: the one direct supervision the phase can have. Only for istft_phase "advance"; 0 is off.
     phase_loss_weight: float = 0.0
+    # An L1 on the head's log-magnitudes against the real wave's, in the generator's own frames
+    # (``magnitude_loss``): what a "pghi" head learns from, since its phases follow from them.
+    # Only for arch "istft"; 0 is off.
+    magnitude_loss_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if math.prod(self.upsample_rates) != self.audio.hop_length:
@@ -166,6 +174,10 @@ class VocoderConfig:
         if self.phase_loss_weight and (self.arch, self.istft_phase) != ("istft", "advance"):
             raise ValueError("the phase loss trains the istft generator's phase advances: give arch 'istft' "
                              "and istft_phase 'advance'")
+        if not self.magnitude_loss_weight >= 0:
+            raise ValueError(f"magnitude_loss_weight must be 0 or more, not {self.magnitude_loss_weight}")
+        if self.magnitude_loss_weight and self.arch != "istft":
+            raise ValueError("the magnitude loss trains the istft generator's magnitudes: give arch 'istft'")
         if min(self.istft_channels, self.istft_blocks, self.istft_kernel_size) < 1:
             raise ValueError("istft_channels, istft_blocks and istft_kernel_size must be 1 or more")
         if len(self.resblock_dilations) != len(self.resblock_kernel_sizes) or not all(self.resblock_dilations):
@@ -660,22 +672,29 @@ class IstftGenerator(CausalVocoder):
     at any frequency. Its spectra are taken about the window's centre
     (every other bin's sign flipped), where the bins under one tone share
     its phase: bins that start together and turn together stay together.
+
+    With "pghi" the head gives log-magnitudes alone, taught directly by the
+    real wave's in the same frames (``magnitude_loss``), and the phases are
+    computed from them (``phase_from_magnitude``): nothing about the phase
+    is learnt.
     """
 
     def __init__(self, cfg: VocoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.n_mels, self.hop_length, self.n_fft = cfg.audio.n_mels, cfg.audio.hop_length, cfg.istft_n_fft
-        self.advancing = cfg.istft_phase == "advance"
+        self.phase_kind = cfg.istft_phase
         channels, kernel = cfg.istft_channels, cfg.istft_kernel_size
         self.conv_pre = nn.Conv1d(self.n_mels, channels, kernel)
         self.blocks = nn.ModuleList(ConvNeXtBlock(channels, kernel, 1 / cfg.istft_blocks)
                                     for _ in range(cfg.istft_blocks))
         self.norm = nn.LayerNorm(channels, eps=1e-6)
-        self.head = nn.Linear(channels, self.n_fft + 2)  # log-magnitudes, then phases (or their advances)
+        bins = self.n_fft // 2 + 1
+        # log-magnitudes, then (but for "pghi") phases or their advances
+        self.head = nn.Linear(channels, bins if self.phase_kind == "pghi" else 2 * bins)
         self.register_buffer("window", synthesis_window(self.n_fft, self.hop_length), persistent=False)
-        bins = torch.arange(self.n_fft // 2 + 1)
-        signs = 1.0 - 2.0 * (bins % 2) if self.advancing else torch.ones(len(bins))  # about the centre
+        bins = torch.arange(bins)
+        signs = torch.ones(len(bins)) if self.phase_kind == "frame" else 1.0 - 2.0 * (bins % 2)  # about the centre
         self.register_buffer("signs", signs, persistent=False)
 
     def trunk(self, mel: torch.Tensor) -> torch.Tensor:
@@ -685,27 +704,39 @@ class IstftGenerator(CausalVocoder):
             x = block(x)
         return x.transpose(1, 2)
 
-    def spectra(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The blocks' output -> each frame's log-magnitudes and phases (or advances), (batch, time, bins) each."""
-        log_magnitude, phase = self.head(self.norm(x)).chunk(2, dim=-1)
+    def spectra(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The blocks' output -> each frame's log-magnitudes and phases (or advances), (batch, time, bins) each.
+
+        A "pghi" head's phases are None: ``frames`` computes them.
+        """
+        out = self.head(self.norm(x))
+        if self.phase_kind == "pghi":
+            return out, None
+        log_magnitude, phase = out.chunk(2, dim=-1)
         return log_magnitude, phase
 
     def frames(
-        self, log_magnitude: torch.Tensor, phase: torch.Tensor, start: torch.Tensor | None = None
+        self, log_magnitude: torch.Tensor, phase: torch.Tensor | None, start: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``spectra``'s output -> windowed waveform frames (batch, time, n_fft), and where the phases stand.
 
-        For "advance", ``start`` (batch, bins, float64) is where the phases
-        stood before the first frame (zeros if None) and the second result
-        where they stand after the last; for "frame" it is None.
+        For "advance" and "pghi", ``start`` is where the phases stood before
+        the first frame (float64; None: as after silence) and the second
+        result where they stand after the last, to carry into the next call
+        (``integrate_phase``, ``phase_from_magnitude``); for "frame" it is None.
+        A "pghi" head's phases come from its magnitudes without a gradient:
+        the magnitudes learn from their own loss, not through the phases.
         """
-        if self.advancing:
+        if self.phase_kind == "advance":
             phase, start = integrate_phase(phase, start)
+        elif self.phase_kind == "pghi":
+            phase, start = phase_from_magnitude(log_magnitude.detach(), self.hop_length, start)
+            phase = phase.to(log_magnitude.dtype)
         spectrum = torch.polar(log_magnitude.clamp(max=MAX_LOG_MAGNITUDE).exp(), phase) * self.signs
         frames = torch.fft.irfft(spectrum, n=self.n_fft) * self.window
         return frames, start
 
-    def waveform(self, log_magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    def waveform(self, log_magnitude: torch.Tensor, phase: torch.Tensor | None) -> torch.Tensor:
         """``spectra``'s output for a whole utterance -> its waveform (batch, frames * hop)."""
         wave = overlap_add(self.frames(log_magnitude, phase)[0], self.hop_length)
         return wave[:, :log_magnitude.shape[1] * self.hop_length]  # the last frames' tails belong to later hops
@@ -734,6 +765,75 @@ def integrate_phase(advance: torch.Tensor, start: torch.Tensor | None = None) ->
         total = total + start.unsqueeze(1)
     wrapped = torch.remainder(total + math.pi, 2 * math.pi) - math.pi
     return wrapped.to(advance.dtype), wrapped[:, -1].detach()
+
+
+# A Hann window of L samples is close to the Gaussian exp(-pi t^2 / (HANN_GAUSSIAN * L^2)) (Prusa,
+# Balazs and Sondergaard 2017, Table 1), whose STFT ties phase to log-magnitude exactly.
+HANN_GAUSSIAN = 0.25645
+# Log-magnitudes below this are flat ground to the phase (and to ``magnitude_loss``): about 100 dB
+# under a loud harmonic's, where the slopes are noise.
+LOG_MAGNITUDE_FLOOR = math.log(1e-4)
+
+
+def phase_from_magnitude(
+    log_magnitude: torch.Tensor, hop: int, start: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Phases for log-magnitudes (batch, time, bins) of spectra about a Hann window's centre, frame by frame.
+
+    Through a Gaussian window an STFT's log-magnitude s and phase phi are
+    the real and imaginary parts of one analytic function, so each gives
+    the other's slopes: a bin's phase turns per hop by
+    ``hop * (2 pi m / N + N / gamma * ds/dm)`` (its own frequency, pulled
+    towards the peak it sits beside), and from bin to bin it steps by
+    ``-gamma / (N * hop) * ds/dn`` (N the frame, gamma = HANN_GAUSSIAN *
+    N^2). Phase-gradient heap integration (PGHI; Prusa, Balazs and
+    Sondergaard 2017, real-time form Prusa and Holighaus 2017) adds those
+    slopes up from the loudest coefficients outwards. Here, vectorised:
+    each frame's peaks (bins no quieter than their neighbours) turn on
+    from the frame before (the trapezoid of the two frames' turns), and
+    every other bin takes the phase of the peak its magnitude climbs to,
+    stepped bin by bin down the slope, so the bins under one harmonic move
+    as one, which the head's summed advances could not keep
+    (``integrate_phase``). ds/dn looks back one frame only: causal.
+
+    ``start`` (batch, 3, bins, float64) is the previous frame's floored
+    log-magnitudes, phases and turns (None: as after silence); the second
+    result is the same after the last frame, so a stream that carries it
+    gives the offline phases exactly. Returns float64 phases wrapped to
+    [-pi, pi).
+    """
+    batch, time, bins = log_magnitude.shape
+    if time == 0:
+        raise ValueError("phase_from_magnitude needs one frame or more")
+    n_fft = 2 * (bins - 1)
+    gamma = HANN_GAUSSIAN * n_fft ** 2
+    s = log_magnitude.double().clamp(min=LOG_MAGNITUDE_FLOOR)
+    frequency = 2 * math.pi * torch.arange(bins, dtype=torch.float64, device=s.device) / n_fft
+    if start is None:  # silence: floored magnitudes, no phase yet, each bin turning at its own frequency
+        start = torch.stack([torch.full_like(s[:, 0], LOG_MAGNITUDE_FLOOR), torch.zeros_like(s[:, 0]),
+                             (hop * frequency).expand_as(s[:, 0])], dim=1)
+    before, phase, turn_before = start.unbind(1)
+    turn = hop * (frequency + n_fft / gamma * F.pad((s[..., 2:] - s[..., :-2]) / 2, (1, 1)))
+    slope = -gamma / (n_fft * hop) * (s - torch.cat([before.unsqueeze(1), s[:, :-1]], dim=1))
+    # each bin points at its louder neighbour (itself at a peak), and knows its phase relative to it
+    neighbours = torch.stack([F.pad(s[..., :-1], (1, 0), value=-math.inf), s,
+                              F.pad(s[..., 1:], (0, 1), value=-math.inf)], dim=-1)
+    choice = torch.where(neighbours.amax(-1) == s, 1, neighbours.argmax(-1))  # 0 left, 1 itself, 2 right
+    index = torch.arange(bins, device=s.device) + choice - 1
+    step = (slope[..., :-1] + slope[..., 1:]) / 2  # phase of bin m + 1 less bin m's
+    offset = torch.zeros_like(s)
+    offset[..., :-1] -= torch.where(choice[..., :-1] == 2, step, 0.0)
+    offset[..., 1:] += torch.where(choice[..., 1:] == 0, step, 0.0)
+    for _ in range(math.ceil(math.log2(bins)) + 1):  # pointer jumping: every bin reaches its peak
+        offset = offset + offset.gather(-1, index)
+        index = index.gather(-1, index)
+    phases = torch.empty_like(s)
+    for t in range(time):
+        turned = phase + (turn_before + turn[:, t]) / 2  # every bin turned on from the frame before ...
+        phase = turned.gather(-1, index[:, t]) + offset[:, t]  # ... each then set by its peak's
+        phase = torch.remainder(phase + math.pi, 2 * math.pi) - math.pi
+        phases[:, t], turn_before = phase, turn[:, t]
+    return phases, torch.stack([s[:, -1], phase, turn_before], dim=1)
 
 
 def generator_frame_spectra(wave: torch.Tensor, cfg: VocoderConfig) -> torch.Tensor:
@@ -770,6 +870,19 @@ def phase_advance_loss(advance: torch.Tensor, wave: torch.Tensor, cfg: VocoderCo
     return (weight * error).sum() / weight.sum().clamp(min=1e-8)
 
 
+def magnitude_loss(log_magnitude: torch.Tensor, wave: torch.Tensor, cfg: VocoderConfig) -> torch.Tensor:
+    """The mean L1 between a generator's log-magnitudes (batch, frames, bins) and those of ``wave``'s own frames.
+
+    Both are floored at ``LOG_MAGNITUDE_FLOOR`` (and the prediction capped
+    at ``MAX_LOG_MAGNITUDE``, as synthesis caps it). The first
+    ``lookahead_hops`` frames, cut partly from before the segment, are left out.
+    """
+    skip = cfg.lookahead_hops
+    target = generator_frame_spectra(wave, cfg)[:, skip:].abs().clamp(min=math.exp(LOG_MAGNITUDE_FLOOR)).log()
+    predicted = log_magnitude[:, skip:].float().clamp(LOG_MAGNITUDE_FLOOR, MAX_LOG_MAGNITUDE)
+    return F.l1_loss(predicted, target)
+
+
 class IstftStream(VocoderStream):
     """``StreamingVocoder``'s interface for an ``IstftGenerator``: push mel chunks, get their samples.
 
@@ -787,7 +900,10 @@ class IstftStream(VocoderStream):
         self.mel_past = weight.new_zeros(batch, g.n_mels, context)
         self.block_pasts = [weight.new_zeros(batch, g.cfg.istft_channels, context) for _ in g.blocks]
         self.tail = weight.new_zeros(batch, g.n_fft - g.hop_length)  # overlap-add still owed to later hops
-        self.phase = weight.new_zeros(batch, g.n_fft // 2 + 1, dtype=torch.float64) if g.advancing else None
+        # where the phases stand between chunks: zeros for "advance"; None for "pghi", whose
+        # phase_from_magnitude starts as after silence, and for "frame", which keeps none
+        advancing = g.phase_kind == "advance"
+        self.phase = weight.new_zeros(batch, g.n_fft // 2 + 1, dtype=torch.float64) if advancing else None
         self.started = False
 
     @torch.inference_mode()
@@ -1155,8 +1271,8 @@ class AudioSegments(torch.utils.data.Dataset):
 
 
 # the training log's columns
-LOSSES = ["generator_loss", "mel_loss", "stft_loss", "multiscale_mel_loss", "phase_loss", "feature_loss",
-          "adversarial_loss", "discriminator_loss"]
+LOSSES = ["generator_loss", "mel_loss", "stft_loss", "multiscale_mel_loss", "phase_loss", "magnitude_loss",
+          "feature_loss", "adversarial_loss", "discriminator_loss"]
 
 
 class VocoderTrainer:
@@ -1203,15 +1319,20 @@ class VocoderTrainer:
             # under bf16 the waveform carries about 8 bits of mantissa: fine for the losses, whose
             # mel L1 works on log magnitudes, and the generator itself stays in fp32 for inference
             mel = normalize_mel(self.mel(wave))
-            if self.cfg.phase_loss_weight:  # the head's phase advances are needed beside the wave
-                log_magnitude, advance = self.generator.spectra(self.generator.trunk(mel))
-                # the phases learn from the phase loss alone: through the sum over frames, every later
-                # frame's share of the other losses piles onto each advance, and in a paired probe that
-                # pulled the advances away from the real ones (phase loss 1.60 against 1.17, first 250 steps)
-                fake = self.generator.waveform(log_magnitude, advance.detach()).float()  # (batch, frames * hop)
-                phase_loss = phase_advance_loss(advance.float(), wave, self.cfg)
+            head_losses = {}  # losses on the istft head's own outputs, beside the wave's
+            if self.cfg.phase_loss_weight or self.cfg.magnitude_loss_weight:
+                log_magnitude, phase = self.generator.spectra(self.generator.trunk(mel))
+                if self.cfg.phase_loss_weight:
+                    head_losses["phase_loss"] = phase_advance_loss(phase.float(), wave, self.cfg)
+                    # the phases learn from the phase loss alone: through the sum over frames, every later
+                    # frame's share of the other losses piles onto each advance, and in a paired probe that
+                    # pulled the advances away from the real ones (phase loss 1.60 against 1.17, first 250 steps)
+                    phase = phase.detach()
+                if self.cfg.magnitude_loss_weight:
+                    head_losses["magnitude_loss"] = magnitude_loss(log_magnitude, wave, self.cfg)
+                fake = self.generator.waveform(log_magnitude, phase).float()  # (batch, frames * hop)
             else:
-                fake, phase_loss = self.generator(mel).float(), None
+                fake = self.generator(mel).float()
         # The output lags its mel by the look-ahead: line the two waves up by dropping
         # the generator's first samples (answers to frames before the segment) and the
         # real wave's last ones (not answered yet).
@@ -1219,7 +1340,7 @@ class VocoderTrainer:
         fake, wave = fake[:, lag:], wave[:, :wave.shape[-1] - lag]  # (batch, segment - lag)
         mel_real = self.mel(wave)  # (batch, n_mels, frames - lookahead_hops)
         if self.warming_up:
-            return self.generator_alone_step(fake, wave, mel_real, phase_loss)
+            return self.generator_alone_step(fake, wave, mel_real, head_losses)
 
         # Discriminators: tell real from generated (the generator is not updated here).
         with self.autocast:
@@ -1235,7 +1356,7 @@ class VocoderTrainer:
             return {"mel_loss": mel_loss.item(), "discriminator_loss": d_loss.item()}
 
         # Generator: sound like the mel says, and fool the discriminators.
-        reconstruction, g_loss = self.reconstruction_loss(fake, wave, mel_real, phase_loss)
+        reconstruction, g_loss = self.reconstruction_loss(fake, wave, mel_real, head_losses)
         adv_loss = fm_loss = 0.0
         with self.autocast:
             for disc in (self.mpd, self.mrd):
@@ -1256,14 +1377,17 @@ class VocoderTrainer:
         return {name: loss.item() for name, loss in losses.items()}
 
     def reconstruction_loss(
-        self, fake: torch.Tensor, wave: torch.Tensor, mel_real: torch.Tensor, phase_loss: torch.Tensor | None = None
+        self, fake: torch.Tensor, wave: torch.Tensor, mel_real: torch.Tensor,
+        head_losses: dict[str, torch.Tensor] | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Each reconstruction loss by name, and their weighted sum.
 
-        The mel L1 always; the STFT and multi-scale mel losses only while weighted (not computed at 0);
-        the phase loss, computed by ``step`` where the head's advances are at hand, if given.
+        The mel L1 always (at weight 0 for the log only, without a gradient); the STFT and multi-scale
+        mel losses only while weighted (not computed at 0); the istft head's phase and magnitude
+        losses, computed by ``step`` where the head's outputs are at hand, if given.
         """
-        losses = {"mel_loss": F.l1_loss(self.mel(fake), mel_real)}
+        with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.cfg.mel_loss_weight)):
+            losses = {"mel_loss": F.l1_loss(self.mel(fake), mel_real)}
         total = self.cfg.mel_loss_weight * losses["mel_loss"]
         if self.cfg.stft_loss_weight:
             losses["stft_loss"] = stft_loss(fake, wave, self.cfg.stft_loss_resolutions)
@@ -1271,16 +1395,16 @@ class VocoderTrainer:
         if self.cfg.multiscale_mel_loss_weight:
             losses["multiscale_mel_loss"] = self.multiscale_mel(fake, wave)
             total = total + self.cfg.multiscale_mel_loss_weight * losses["multiscale_mel_loss"]
-        if phase_loss is not None:
-            losses["phase_loss"] = phase_loss
-            total = total + self.cfg.phase_loss_weight * phase_loss
+        for name, loss in (head_losses or {}).items():
+            losses[name] = loss
+            total = total + getattr(self.cfg, f"{name}_weight") * loss
         return losses, total
 
     def generator_alone_step(
-        self, fake: torch.Tensor, wave: torch.Tensor, mel_real: torch.Tensor, phase_loss: torch.Tensor | None
+        self, fake: torch.Tensor, wave: torch.Tensor, mel_real: torch.Tensor, head_losses: dict[str, torch.Tensor]
     ) -> dict[str, float]:
         """The generator's update from its reconstruction losses alone, without the discriminators."""
-        reconstruction, g_loss = self.reconstruction_loss(fake, wave, mel_real, phase_loss)
+        reconstruction, g_loss = self.reconstruction_loss(fake, wave, mel_real, head_losses)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
@@ -1360,6 +1484,8 @@ def train_vocoder(
     arch: str | None = None,
     istft_phase: str | None = None,
     phase_loss_weight: float | None = None,
+    magnitude_loss_weight: float | None = None,
+    mel_loss_weight: float | None = None,
 ) -> Path:
     """Train the vocoder on random segments of the corpus's train split; returns the run directory.
 
@@ -1408,8 +1534,11 @@ def train_vocoder(
     ``IstftGenerator`` with the same discriminators and losses, and
     ``istft_phase`` (default: the config's, ``"frame"``) is its head's kind,
     part of its shape too. ``phase_loss_weight`` (default: the config's, 0)
-    weights ``phase_advance_loss`` for an "advance" head; a resumed run keeps
-    its own unless it is given again.
+    weights ``phase_advance_loss`` for an "advance" head, and
+    ``magnitude_loss_weight`` (default: the config's, 0) ``magnitude_loss``
+    for any istft head (a "pghi" head's one teacher); ``mel_loss_weight``
+    (default: the config's, 45) the mel L1, logged at 0 but not learnt from.
+    A resumed run keeps each of its own unless it is given again.
     """
     started_with = started_config(out_dir) if resume else None
     if started_with is not None:
@@ -1424,7 +1553,8 @@ def train_vocoder(
     recipe = {"discriminator_start": discriminator_start, "discriminator_warmup": discriminator_warmup,
               "lr_decay": lr_decay, "stft_loss_weight": stft_loss_weight,
               "multiscale_mel_loss_weight": multiscale_mel_loss_weight, "upsampler": upsampler, "arch": arch,
-              "istft_phase": istft_phase, "phase_loss_weight": phase_loss_weight}
+              "istft_phase": istft_phase, "phase_loss_weight": phase_loss_weight,
+              "magnitude_loss_weight": magnitude_loss_weight, "mel_loss_weight": mel_loss_weight}
     for field, value in recipe.items():
         if value is None and started_with is not None:
             value = started_with.get(field)  # runs from before a field existed lack it

@@ -30,10 +30,13 @@ from michi_lite.vocoder import (
     adversarial_loss,
     discriminator_loss,
     feature_matching_loss,
+    generator_frame_spectra,
     integrate_phase,
     load_vocoder,
+    magnitude_loss,
     overlap_add,
     phase_advance_loss,
+    phase_from_magnitude,
     save_vocoder,
     stft_distance,
     stft_loss,
@@ -49,7 +52,7 @@ TINY_RESBLOCK2 = replace(
 )
 TINY_NEAREST = replace(TINY, upsampler="nearest")
 # the losses of HiFi-GAN's recipe: the others are computed only while weighted
-HIFIGAN_LOSSES = sorted(set(LOSSES) - {"stft_loss", "multiscale_mel_loss", "phase_loss"})
+HIFIGAN_LOSSES = sorted(set(LOSSES) - {"stft_loss", "multiscale_mel_loss", "phase_loss", "magnitude_loss"})
 HOP = TINY.audio.hop_length
 CHUNK = TINY.audio.mels_per_frame  # mel columns in one 80 ms frame
 
@@ -591,6 +594,8 @@ def test_a_resumed_run_keeps_its_upsampler_and_init_must_match_it(tiny_corpus, t
 
 TINY_ISTFT = replace(TINY, arch="istft")
 TINY_ADVANCE = replace(TINY_ISTFT, istft_phase="advance")
+TINY_PGHI = replace(TINY_ISTFT, istft_phase="pghi")
+ISTFT_HEADS = dict(argvalues=[TINY_ISTFT, TINY_ADVANCE, TINY_PGHI], ids=["frame", "advance", "pghi"])
 
 
 def istft_generator(cfg=TINY_ISTFT, seed: int = 0) -> IstftGenerator:
@@ -600,7 +605,7 @@ def istft_generator(cfg=TINY_ISTFT, seed: int = 0) -> IstftGenerator:
 
 @pytest.mark.parametrize("chunk", [1, 3, CHUNK, 13])
 @pytest.mark.parametrize("batch", [None, 2])
-@pytest.mark.parametrize("cfg", [TINY_ISTFT, TINY_ADVANCE], ids=["frame", "advance"])
+@pytest.mark.parametrize("cfg", **ISTFT_HEADS)
 def test_istft_stream_matches_offline(chunk, batch, cfg):
     generator = istft_generator(cfg)
     mel = random_mel(39, batch)
@@ -612,7 +617,7 @@ def test_istft_stream_matches_offline(chunk, batch, cfg):
     assert (streamed - offline).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("cfg", [TINY_ISTFT, TINY_ADVANCE], ids=["frame", "advance"])
+@pytest.mark.parametrize("cfg", **ISTFT_HEADS)
 def test_istft_stream_and_flush_give_vocode_with_a_constant_cache(cfg):
     generator = istft_generator(cfg)
     mel = random_mel(5 * CHUNK)
@@ -710,6 +715,69 @@ def test_a_real_stft_through_an_advance_head_gives_the_wave_back_and_no_phase_lo
     assert phase_advance_loss(advance + 0.5, wave, TINY_ADVANCE) == pytest.approx(0.5, abs=1e-4)
 
 
+def test_phases_from_magnitudes_chunk_by_chunk_equal_the_offline_ones():
+    log_magnitude = 2 * torch.randn(2, 300, 41, generator=torch.Generator().manual_seed(0))
+    offline, end = phase_from_magnitude(log_magnitude, HOP)
+    parts, start = [], None
+    for i in range(0, log_magnitude.shape[1], 8):
+        phase, start = phase_from_magnitude(log_magnitude[:, i:i + 8], HOP, start)
+        parts.append(phase)
+    assert torch.equal(torch.cat(parts, dim=1), offline) and torch.equal(start, end)
+    assert offline.abs().max() <= math.pi and offline.dtype == torch.float64
+
+
+def test_a_pghi_head_gives_a_wave_back_from_its_magnitudes_alone():
+    """Phases computed from a real STFT's magnitudes rebuild a gliding two-tone wave: pitch and spectrum.
+
+    The same magnitudes with random phases do far worse: the phases carry
+    the wave, and the magnitudes tell them.
+    """
+    generator = istft_generator(TINY_PGHI)
+    rate, lag = TINY.audio.sample_rate, TINY_PGHI.lookahead_samples
+    t = torch.arange(60 * HOP) / rate
+    wave = (torch.sin(2 * math.pi * (300 * t + 100 * t ** 2)) + 0.5 * torch.sin(2 * math.pi * 1234 * t))[None]
+    log_magnitude = generator_frame_spectra(wave, TINY_PGHI).abs().log().float()
+    rebuilt = generator.waveform(log_magnitude, None)[:, lag:]
+    scrambled = torch.rand(log_magnitude.shape, generator=torch.Generator().manual_seed(0)) * 2 * math.pi
+    noisy = overlap_add(torch.fft.irfft(torch.polar(log_magnitude.exp(), scrambled), n=generator.n_fft)
+                        * generator.window, HOP)[:, lag:wave.shape[-1]]
+    def magnitudes(w):  # past the start, where the first frames are cut from silence
+        return torch.stft(w[0, 10 * HOP:], 512, 128, window=torch.hann_window(512), return_complex=True).abs()
+
+    original = magnitudes(wave[:, :-lag])
+    convergence = {name: float(torch.linalg.norm(magnitudes(out) - original) / torch.linalg.norm(original))
+                   for name, out in (("pghi", rebuilt), ("random", noisy))}
+    assert convergence["pghi"] < 0.25 and convergence["random"] > 0.5
+    spectrum = torch.fft.rfft(rebuilt[0, -20 * HOP:] * torch.hann_window(20 * HOP)).abs()
+    assert abs(float(spectrum[int(1100 * 20 * HOP / rate):].argmax()) * rate / (20 * HOP) + 1100 - 1234) < 15
+
+
+def test_the_magnitude_loss_is_zero_for_the_real_magnitudes():
+    wave = torch.randn(2, 40 * HOP, generator=torch.Generator().manual_seed(0))
+    log_magnitude = generator_frame_spectra(wave, TINY_PGHI).abs().log()
+    assert magnitude_loss(log_magnitude, wave, TINY_PGHI) < 1e-5
+    assert magnitude_loss(log_magnitude + 0.5, wave, TINY_PGHI) == pytest.approx(0.5, abs=1e-3)
+    with pytest.raises(ValueError, match="arch 'istft'"):
+        replace(TINY, magnitude_loss_weight=1.0)
+
+
+def test_a_pghi_head_learns_from_its_magnitudes(tiny_corpus, tmp_path):
+    from michi_lite.cli import main
+
+    run = tmp_path / "run"
+    main(train_command(tiny_corpus, run) + ["--steps", "2", "--arch", "istft", "--istft-phase", "pghi",
+                                            "--magnitude-loss", "1", "--mel-loss", "0", "--discriminator-start", "10"])
+    assert started_config(run)["mel_loss_weight"] == 0 and started_config(run)["magnitude_loss_weight"] == 1
+    log = read_log(run)
+    assert all(float(row["magnitude_loss"]) > 0 and float(row["mel_loss"]) > 0 for row in log)
+    assert float(log[0]["generator_loss"]) == pytest.approx(float(log[0]["magnitude_loss"]), rel=1e-5)
+    loaded = load_vocoder(run, "tiny")
+    assert loaded.cfg.istft_phase == "pghi" and loaded.head.out_features == loaded.n_fft // 2 + 1
+    advance = save_vocoder(tmp_path / "advance.safetensors", istft_generator(TINY_ADVANCE), "tiny")
+    with pytest.raises(ValueError, match="another architecture, shape"):
+        train_vocoder(TINY, tiny_corpus, tmp_path / "other", steps=1, arch="istft", istft_phase="pghi", init=advance)
+
+
 def test_the_phase_loss_needs_an_advance_head(tiny_corpus, tmp_path):
     with pytest.raises(ValueError, match="istft_phase 'advance'"):
         replace(TINY_ISTFT, phase_loss_weight=1.0)
@@ -745,8 +813,10 @@ def test_an_istft_generator_trains_saves_and_refuses_the_other_arch(tiny_corpus,
 
 
 @pytest.mark.parametrize("generator", [dict(arch="hifigan"), dict(arch="istft"),
-                                       dict(arch="istft", istft_phase="advance", phase_loss_weight=1.0)],
-                         ids=["hifigan", "istft", "istft_advance"])
+                                       dict(arch="istft", istft_phase="advance", phase_loss_weight=1.0),
+                                       dict(arch="istft", istft_phase="pghi", magnitude_loss_weight=1.0,
+                                            mel_loss_weight=0.0)],
+                         ids=["hifigan", "istft", "istft_advance", "istft_pghi"])
 def test_a_resumed_run_trains_as_an_uninterrupted_one(tiny_corpus, tmp_path, generator):
     """Weights, optimizers, crops and batch order all carry over: the same losses, step for step."""
     recipe = dict(batch_size=2, checkpoint_every=2, log_every=1, **generator)
