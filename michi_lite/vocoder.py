@@ -842,8 +842,8 @@ def generator_frame_spectra(wave: torch.Tensor, cfg: VocoderConfig) -> torch.Ten
     Frame i is cut where the generator's frame i lies, [(i - lookahead) * hop,
     (i + 1) * hop), zeros before the wave's start, under a Hann window: the
     spectra whose magnitudes and phases give the wave back through the
-    generator's synthesis (about the frame's start; an "advance" head's are
-    these times its ``signs``).
+    generator's synthesis (about the frame's start; an "advance" or "pghi"
+    head's, about its centre, are these times its ``signs``).
     """
     frames = F.pad(wave, (cfg.lookahead_samples, 0)).unfold(-1, cfg.istft_n_fft, cfg.audio.hop_length)
     return torch.fft.rfft(frames * torch.hann_window(cfg.istft_n_fft, device=wave.device), dim=-1)
