@@ -46,6 +46,7 @@ from .data.phonemes import N_PHONEME_IDS, PAD_PHONEME, phoneme_id, sentence_phon
 from .flow import SpeakingHead
 
 ACOUSTIC_FORMAT = "michi_lite.acoustic/1"
+ACOUSTIC_MELS_FORMAT = "michi_lite.acoustic_mels/1"
 # the speaking head's noise scale at inference (``AcousticModel.speak``), chosen on the validation split: the lite
 # reference's 4-step speech was heard at judge WER 0.261 from no noise, 0.269 at 0.3 and 0.292 at 0.6 on the same
 # 103 seen-voice sentences (1 step: 0.232 to 0.236 at all three; data/acoustic/lite_val_temperature.json)
@@ -445,6 +446,54 @@ def load_acoustic(path: str | os.PathLike, preset: str, device: str | torch.devi
 
     model = load_shaped_weights(AcousticModel(acoustic_config(preset)), path, "acoustic", ACOUSTIC_FORMAT, preset)
     return model.to(device).eval()
+
+
+# --- its mels on the engine's timing, for the vocoder ------------------------------------------
+
+
+def speak_on_engine_timing(model: AcousticModel, data_dir: str | os.PathLike, split: str = "train",
+                           steps: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The model's mel (C, n_mels) for each utterance of ``split`` with phoneme timings, by utterance id.
+
+    Each is spoken from its phonemes held as long as the engine held them
+    (in the voice of a random other utterance of its speaker, ``steps``
+    Euler steps at ``SAMPLING_TEMPERATURE``), so its columns line up with
+    the real audio's: a vocoder can learn from these mels against the real
+    wave ("ground-truth aligned" mels; HiFi-GAN is fine-tuned on Tacotron
+    2's this way). The model's mels are smoother than real ones, and a
+    vocoder that has only heard real ones plays that smoothness as breath.
+    """
+    from tqdm.auto import tqdm
+
+    utterances = AcousticUtterances(data_dir, model.cfg, split, max_seconds=float("inf"))
+    device = next(model.parameters()).device
+    torch.manual_seed(seed)  # the voice prompts' draws
+    mels = {}
+    for index in tqdm(range(len(utterances)), desc=f"acoustic mels, {split}", unit="utt"):
+        phonemes, durations, real, prompt = utterances[index]
+        with torch.inference_mode():
+            voice = model.voice(prompt.to(device)[None])
+            patches, _ = model.speak(phonemes.to(device), voice, steps, torch.Generator(device).manual_seed(index),
+                                     durations=durations.to(device))
+        mels[utterances.records[index]["id"]] = patches.reshape(real.shape).cpu()
+    return mels
+
+
+def write_acoustic_mels(path: str | os.PathLike, mels: dict[str, torch.Tensor], preset: str,
+                        acoustic: str | os.PathLike, steps: int) -> Path:
+    """``speak_on_engine_timing``'s mels in fp16, with what made them, for ``train vocoder --acoustic-mels``."""
+    from .train import write_weights
+
+    metadata = {"format": ACOUSTIC_MELS_FORMAT, "preset": preset, "acoustic": str(acoustic), "steps": str(steps)}
+    return write_weights(path, {k: v.half() for k, v in mels.items()}, metadata)
+
+
+def read_acoustic_mels(path: str | os.PathLike, preset: str) -> dict[str, torch.Tensor]:
+    """``write_acoustic_mels``'s file -> mels (C, n_mels) in fp32 by utterance id; a foreign file raises ValueError."""
+    from .train import read_weights
+
+    _, _, mels = read_weights(path, "acoustic mels", ACOUSTIC_MELS_FORMAT, preset)
+    return {k: v.float() for k, v in mels.items()}
 
 
 def prompt_columns(wave: np.ndarray | torch.Tensor, audio: AudioConfig, source: str = "voice prompt") -> torch.Tensor:

@@ -133,6 +133,8 @@ def bench_vocoder(preset: str, ckpt: str | os.PathLike | None = None, seconds: f
         "audio_seconds": n_frames * audio.hop_length / audio.sample_rate,
         "chunk_ms": FRAME_SECONDS * 1000,
         **{f"{arch}_parameters": sum(p.numel() for p in g.parameters()) for arch, g in generators.items()},
+        # how far each stream's samples lag its mel: the look-ahead, and a pghi head's phases' if it looks ahead
+        **{f"{arch}_lag_ms": g.cfg.lookahead_samples / audio.sample_rate * 1000 for arch, g in generators.items()},
         "random_weights": ckpt is None,  # speed does not depend on the weights' values
         "checkpoint": None if ckpt is None else str(ckpt),
         "griffin_lim_iterations": griffin_lim.n_iter,

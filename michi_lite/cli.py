@@ -6,11 +6,12 @@
     michi-lite data align      --preset P --data DIR [--aligner A]
     michi-lite data held-out   --data DIR --out DIR [--per-voice N] [--engines E ...]
     michi-lite data recordings --out DIR [--debian-root DIR] [--sdists DIR]
+    michi-lite data acoustic-mels --preset P --data DIR [--acoustic W] [--out FILE] [--steps K]
     michi-lite train vocoder   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init G]
                                [--discriminator-start N] [--discriminator-warmup N] [--lr-decay GAMMA]
                                [--stft-loss WEIGHT] [--multiscale-mel WEIGHT] [--upsampler transposed|nearest]
                                [--arch hifigan|istft] [--istft-phase frame|advance|pghi] [--phase-loss W]
-                               [--magnitude-loss W] [--mel-loss W]
+                               [--magnitude-loss W] [--mel-loss W] [--acoustic-mels FILE --acoustic-mel-share P]
     michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
                                [--distill W] [--no-augment]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
@@ -19,6 +20,7 @@
                                [--voice V ...] [--keep-exports] [--balance-engines] [--dropout P]
                                [--duration-dropout P]
     michi-lite export vocoder|listener|speaker|acoustic|aligner --preset P --ckpt RUN --out FILE
+                               [--phase-lookahead-hops H]   (vocoder)
     michi-lite eval alignment  --preset P --data DIR --json OUT [--diffs NPZ]
     michi-lite eval aligner    --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N] [--split S]
     michi-lite eval vocoder    --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N] [--split S]
@@ -111,6 +113,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {value}")
+    return value
+
+
 def write_json(report: dict, path: str | None) -> None:
     text = json.dumps(report, indent=2)
     if path:
@@ -181,6 +190,15 @@ def cmd_data_align(args: argparse.Namespace) -> None:
     print(f"{len(read_aligned(args.data))} utterances have aligned phonemes -> {path}")
 
 
+def cmd_data_acoustic_mels(args: argparse.Namespace) -> None:
+    from .acoustic import load_acoustic, speak_on_engine_timing, write_acoustic_mels
+
+    mels = speak_on_engine_timing(load_acoustic(args.acoustic, args.preset), args.data, steps=args.steps)
+    out = args.out or Path(args.data) / "acoustic_mels.safetensors"
+    path = write_acoustic_mels(out, mels, args.preset, args.acoustic, args.steps)
+    print(f"the acoustic model's mels of {len(mels)} train utterances -> {path}")
+
+
 def report_run(run: Path, preset: str, stage: str) -> None:
     from .train import latest_checkpoint
 
@@ -198,7 +216,8 @@ def cmd_train_vocoder(args: argparse.Namespace) -> None:
                         stft_loss_weight=args.stft_loss, multiscale_mel_loss_weight=args.multiscale_mel,
                         discriminator_warmup=args.discriminator_warmup, upsampler=args.upsampler,
                         arch=args.arch, istft_phase=args.istft_phase, phase_loss_weight=args.phase_loss,
-                        magnitude_loss_weight=args.magnitude_loss, mel_loss_weight=args.mel_loss)
+                        magnitude_loss_weight=args.magnitude_loss, mel_loss_weight=args.mel_loss,
+                        acoustic_mels=args.acoustic_mels, acoustic_mel_share=args.acoustic_mel_share)
     report_run(run, args.preset, "vocoder")
 
 
@@ -244,9 +263,12 @@ def cmd_export(args: argparse.Namespace) -> None:
     import torch
 
     if args.stage == "vocoder":
-        from .vocoder import load_vocoder, save_vocoder
+        from .vocoder import load_vocoder, save_vocoder, with_phase_lookahead
 
-        path = save_vocoder(args.out, load_vocoder(args.ckpt, args.preset), args.preset, torch.float16)
+        generator = load_vocoder(args.ckpt, args.preset)
+        if args.phase_lookahead_hops is not None:
+            generator = with_phase_lookahead(generator, args.phase_lookahead_hops)
+        path = save_vocoder(args.out, generator, args.preset, torch.float16)
     elif args.stage == "listener":
         from .backbone import load_tokenizer
         from .listen import load_listener, save_listener
@@ -471,6 +493,18 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--aligner", default=str(REFERENCE_ALIGNER),
                        help="an aligner run or .safetensors (default: the committed lite aligner)")
     align.set_defaults(run=cmd_data_align)
+    acoustic_mels = data.add_parser("acoustic-mels", help="the acoustic model's mels of a corpus's train utterances, "
+                                                          "on the engine's timing, for `train vocoder "
+                                                          "--acoustic-mels`")
+    add_preset(acoustic_mels)
+    acoustic_mels.add_argument("--data", required=True, help="a corpus with phoneme timings (`data build`, "
+                                                             "`data align`)")
+    acoustic_mels.add_argument("--acoustic", default=str(REFERENCE_ACOUSTIC),
+                               help="an acoustic run or .safetensors (default: the committed lite model)")
+    acoustic_mels.add_argument("--out", help="the .safetensors file to write (default: DATA/acoustic_mels.safetensors)")
+    acoustic_mels.add_argument("--steps", type=positive_int, default=4,
+                               help="Euler steps of the speaking head, as `say` takes (default: 4)")
+    acoustic_mels.set_defaults(run=cmd_data_acoustic_mels)
 
     train = commands.add_parser("train", help="train a stage").add_subparsers(dest="stage", required=True)
     for stage, run, what, steps, every, batch in (
@@ -555,6 +589,13 @@ def build_parser() -> argparse.ArgumentParser:
             stage_train.add_argument("--mel-loss", type=non_negative_float, metavar="WEIGHT",
                                      help="the mel L1's weight (default: 45, HiFi-GAN's; 0 logs it without "
                                           "learning from it; a resumed run keeps its own unless given)")
+            stage_train.add_argument("--acoustic-mels", metavar="FILE",
+                                     help="the acoustic model's mels of this corpus's train utterances (`michi-lite "
+                                          "data acoustic-mels`), for --acoustic-mel-share")
+            stage_train.add_argument("--acoustic-mel-share", type=fraction, metavar="P",
+                                     help="the share of segments whose mel is the acoustic model's instead of the "
+                                          "real audio's, the losses still against the real audio (default: 0; a "
+                                          "resumed run keeps its own unless given)")
         if stage == "acoustic":
             stage_train.add_argument("--voice", action="append",
                                      help="train on this voice's utterances only (repeatable; default: every voice "
@@ -586,6 +627,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_preset(stage_export)
         stage_export.add_argument("--ckpt", required=True, help=f"a {stage} run directory or .safetensors file")
         stage_export.add_argument("--out", required=True, help="the .safetensors file to write")
+        if stage == "vocoder":
+            stage_export.add_argument(
+                "--phase-lookahead-hops", type=int, choices=(0, 1),
+                help="a pghi head's phases: 1 centres each frame's time slope on it, holding it back a hop "
+                     "(10 ms more lag); 0 looks back only (default: the run's)")
         stage_export.set_defaults(run=cmd_export)
 
     evaluate = commands.add_parser("eval", help="measure a stage").add_subparsers(dest="stage", required=True)

@@ -63,6 +63,7 @@ from michi_lite.audio import (
     MelSpectrogram,
     check_mel,
     denormalize_mel,
+    frame_count,
     load_audio,
     mel_filterbank,
     normalize_mel,
@@ -111,6 +112,10 @@ class VocoderConfig:
     # turns since the frame before, summed over frames as a phase vocoder does; "pghi": the head
     # gives magnitudes only, and the phases follow from them (``phase_from_magnitude``)
     istft_phase: str = "frame"
+    # Frames a "pghi" head's phases look ahead: 0, each frame's time slope of the log-magnitude is
+    # the step from the frame before; 1, it is centred (the frames before and after), and each frame
+    # waits for the next, one hop more lag. A setting of synthesis, not of the weights.
+    phase_lookahead_hops: int = 0
     mpd_periods: tuple[int, ...] = (2, 3, 5, 7, 11)
     mpd_channels: tuple[int, ...] = (32, 128, 512, 1024, 1024)
     # (n_fft, hop, win) of each STFT the resolution discriminator looks at (BigVGAN's)
@@ -149,6 +154,11 @@ class VocoderConfig:
     # (``magnitude_loss``): what a "pghi" head learns from, since its phases follow from them.
     # Only for arch "istft"; 0 is off.
     magnitude_loss_weight: float = 0.0
+    # The share of training segments whose mel is the acoustic model's instead of the real wave's
+    # (``acoustic.speak_on_engine_timing``: columns laid on the engine's timing, so they line up with
+    # the wave the losses compare against), from the file ``acoustic_mels``. 0 is off.
+    acoustic_mels: str | None = None
+    acoustic_mel_share: float = 0.0
 
     def __post_init__(self) -> None:
         if math.prod(self.upsample_rates) != self.audio.hop_length:
@@ -164,6 +174,15 @@ class VocoderConfig:
             raise ValueError(f"lookahead_hops must be 0 or more, not {self.lookahead_hops}")
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, not {self.arch!r}")
+        if not 0 <= self.acoustic_mel_share <= 1:
+            raise ValueError(f"acoustic_mel_share must be between 0 and 1, not {self.acoustic_mel_share}")
+        if self.acoustic_mel_share and not self.acoustic_mels:
+            raise ValueError("acoustic_mel_share needs acoustic_mels, a file of `michi-lite data acoustic-mels`")
+        if self.phase_lookahead_hops not in (0, 1):
+            raise ValueError(f"phase_lookahead_hops must be 0 or 1, not {self.phase_lookahead_hops}")
+        if self.phase_lookahead_hops and (self.arch, self.istft_phase) != ("istft", "pghi"):
+            raise ValueError("phase_lookahead_hops is for an istft generator with pghi phases, computed from "
+                             "its magnitudes; other heads have no phase to look ahead for")
         if self.arch == "istft" and self.lookahead_hops < 1:
             raise ValueError("the istft generator's window is lookahead_hops + 1 hops long, and a one-hop "
                              "window cannot overlap its neighbours: give lookahead_hops 1 or more")
@@ -199,9 +218,14 @@ class VocoderConfig:
                              "(5 mel bands, DAC's shortest)")
 
     @property
+    def delay_hops(self) -> int:
+        """How many hops the generator's output lags the mel it is given: its look-ahead and its phases'."""
+        return self.lookahead_hops + self.phase_lookahead_hops
+
+    @property
     def lookahead_samples(self) -> int:
         """How far the generator's output lags the mel it is given, in samples."""
-        return self.lookahead_hops * self.audio.hop_length
+        return self.delay_hops * self.audio.hop_length
 
     @property
     def istft_n_fft(self) -> int:
@@ -364,11 +388,11 @@ class CausalVocoder(nn.Module):
     def vocode(self, mel: torch.Tensor) -> torch.Tensor:
         """A whole mel -> its waveform, aligned: frames * hop samples, sample n under mel frame n // hop.
 
-        Runs the generator over the mel plus ``lookahead_hops`` frames of
+        Runs the generator over the mel plus ``delay_hops`` frames of
         silence (which flush out the last samples) and drops the lag.
         """
         check_mel(mel, self.n_mels)
-        wave = self(torch.cat([mel, silent_mel(mel, self.cfg.lookahead_hops)], dim=-1))
+        wave = self(torch.cat([mel, silent_mel(mel, self.cfg.delay_hops)], dim=-1))
         return wave[..., self.cfg.lookahead_samples:]
 
 
@@ -515,11 +539,11 @@ class VocoderStream:
     @torch.inference_mode()
     def flush(self) -> torch.Tensor:
         """End the stream: the ``latency_samples`` still owed, for a mel that falls silent here."""
-        lookahead = self.generator.cfg.lookahead_hops
+        delay = self.generator.cfg.delay_hops
         weight = next(self.generator.parameters())
-        if not self.started or lookahead == 0:
+        if not self.started or delay == 0:
             return weight.new_zeros(self.batch_size, 0).squeeze(0)
-        tail = weight.new_full((self.batch_size, self.generator.n_mels, lookahead), SILENCE_MEL)
+        tail = weight.new_full((self.batch_size, self.generator.n_mels, delay), SILENCE_MEL)
         return self.push(tail if self.batch_size > 1 else tail[0])
 
 
@@ -723,18 +747,41 @@ class IstftGenerator(CausalVocoder):
         For "advance" and "pghi", ``start`` is where the phases stood before
         the first frame (float64; None: as after silence) and the second
         result where they stand after the last, to carry into the next call
-        (``integrate_phase``, ``phase_from_magnitude``); for "frame" it is None.
+        (``integrate_phase``, ``pghi_phases``); for "frame" it is None. With
+        phase look-ahead the frames are the ones ``pghi_phases`` synthesises.
         A "pghi" head's phases come from its magnitudes without a gradient:
         the magnitudes learn from their own loss, not through the phases.
         """
         if self.phase_kind == "advance":
             phase, start = integrate_phase(phase, start)
         elif self.phase_kind == "pghi":
-            phase, start = phase_from_magnitude(log_magnitude.detach(), self.hop_length, start)
-            phase = phase.to(log_magnitude.dtype)
+            log_magnitude, phase, start = self.pghi_phases(log_magnitude, start)
         spectrum = torch.polar(log_magnitude.clamp(max=MAX_LOG_MAGNITUDE).exp(), phase) * self.signs
         frames = torch.fft.irfft(spectrum, n=self.n_fft) * self.window
         return frames, start
+
+    def pghi_phases(
+        self, log_magnitude: torch.Tensor, start: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A "pghi" head's log-magnitudes -> those to synthesise, their phases, and the state to carry on.
+
+        Without phase look-ahead the frames are synthesised as they come.
+        With it (``phase_lookahead_hops`` 1) each frame is held back until
+        the next gives its centred time slope: the frames synthesised are
+        the one held from before (silence at first) and all given but the
+        last, which is held in the state's last row.
+        """
+        if not self.cfg.phase_lookahead_hops:
+            phase, state = phase_from_magnitude(log_magnitude.detach(), self.hop_length, start)
+            return log_magnitude, phase.to(log_magnitude.dtype), state
+        if start is None:
+            held = torch.full_like(log_magnitude[:, :1], LOG_MAGNITUDE_FLOOR)
+        else:
+            held, start = start[:, 3:].to(log_magnitude.dtype), start[:, :3]
+        magnitudes = torch.cat([held, log_magnitude], dim=1)
+        now, following = magnitudes[:, :-1], magnitudes[:, 1:].detach()
+        phase, state = phase_from_magnitude(now.detach(), self.hop_length, start, following)
+        return now, phase.to(log_magnitude.dtype), torch.cat([state, following[:, -1:].double()], dim=1)
 
     def waveform(self, log_magnitude: torch.Tensor, phase: torch.Tensor | None) -> torch.Tensor:
         """``spectra``'s output for a whole utterance -> its waveform (batch, frames * hop)."""
@@ -776,7 +823,7 @@ LOG_MAGNITUDE_FLOOR = math.log(1e-4)
 
 
 def phase_from_magnitude(
-    log_magnitude: torch.Tensor, hop: int, start: torch.Tensor | None = None
+    log_magnitude: torch.Tensor, hop: int, start: torch.Tensor | None = None, following: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Phases for log-magnitudes (batch, time, bins) of spectra about a Hann window's centre, frame by frame.
 
@@ -794,7 +841,9 @@ def phase_from_magnitude(
     every other bin takes the phase of the peak its magnitude climbs to,
     stepped bin by bin down the slope, so the bins under one harmonic move
     as one, which the head's summed advances could not keep
-    (``integrate_phase``). ds/dn looks back one frame only: causal.
+    (``integrate_phase``). ds/dn looks back one frame only: causal; given
+    ``following``, each frame's next frame's log-magnitudes (batch, time,
+    bins), it is centred on the frame, as the paper's offline form has it.
 
     ``start`` (batch, 3, bins, float64) is the previous frame's floored
     log-magnitudes, phases and turns (None: as after silence); the second
@@ -814,7 +863,11 @@ def phase_from_magnitude(
                              (hop * frequency).expand_as(s[:, 0])], dim=1)
     before, phase, turn_before = start.unbind(1)
     turn = hop * (frequency + n_fft / gamma * F.pad((s[..., 2:] - s[..., :-2]) / 2, (1, 1)))
-    slope = -gamma / (n_fft * hop) * (s - torch.cat([before.unsqueeze(1), s[:, :-1]], dim=1))
+    previous = torch.cat([before.unsqueeze(1), s[:, :-1]], dim=1)
+    if following is None:
+        slope = -gamma / (n_fft * hop) * (s - previous)
+    else:
+        slope = -gamma / (n_fft * hop) * (following.double().clamp(min=LOG_MAGNITUDE_FLOOR) - previous) / 2
     # each bin points at its louder neighbour (itself at a peak), and knows its phase relative to it
     neighbours = torch.stack([F.pad(s[..., :-1], (1, 0), value=-math.inf), s,
                               F.pad(s[..., 1:], (0, 1), value=-math.inf)], dim=-1)
@@ -845,7 +898,8 @@ def generator_frame_spectra(wave: torch.Tensor, cfg: VocoderConfig) -> torch.Ten
     generator's synthesis (about the frame's start; an "advance" or "pghi"
     head's, about its centre, are these times its ``signs``).
     """
-    frames = F.pad(wave, (cfg.lookahead_samples, 0)).unfold(-1, cfg.istft_n_fft, cfg.audio.hop_length)
+    reach = cfg.istft_n_fft - cfg.audio.hop_length  # how far frame 0 reaches back before the wave
+    frames = F.pad(wave, (reach, 0)).unfold(-1, cfg.istft_n_fft, cfg.audio.hop_length)
     return torch.fft.rfft(frames * torch.hann_window(cfg.istft_n_fft, device=wave.device), dim=-1)
 
 
@@ -888,9 +942,10 @@ class IstftStream(VocoderStream):
 
     It keeps each causal conv's last ``kernel - 1`` input frames, the
     ``lookahead_hops`` hops of overlap-add that later frames still add to
-    and, for "advance" phases, where each bin's phase stands, all starting
-    at zeros as offline padding does, so the samples equal the offline ones
-    and every chunk costs the same.
+    and, for "advance" and "pghi" phases, where each bin's phase stands (and
+    the frame a pghi head looking ahead holds back), all starting as offline
+    padding does, so the samples equal the offline ones and every chunk
+    costs the same.
     """
 
     @torch.inference_mode()
@@ -1217,6 +1272,13 @@ def save_vocoder(
                                          "config": generator.cfg.to_json()})
 
 
+def with_phase_lookahead(generator: CausalVocoder, hops: int) -> CausalVocoder:
+    """The same weights, their "pghi" phases looking ``hops`` frames ahead (``phase_lookahead_hops``)."""
+    changed = build_generator(replace(generator.cfg, phase_lookahead_hops=hops))
+    changed.load_state_dict(generator.state_dict())
+    return changed.to(next(generator.parameters()).device).train(generator.training)
+
+
 def load_vocoder(path: str | os.PathLike, preset: str, device: str | torch.device = "cpu") -> CausalVocoder:
     """Read a ``save_vocoder`` file (or a training run's directory) into an eval-mode fp32 generator.
 
@@ -1229,11 +1291,12 @@ def load_vocoder(path: str | os.PathLike, preset: str, device: str | torch.devic
     saved.setdefault("arch", "hifigan")  # files from before the choice existed
     saved.setdefault("upsampler", "transposed")
     saved.setdefault("istft_phase", "frame")
+    saved.setdefault("phase_lookahead_hops", 0)
     if saved["arch"] not in ARCHS:
         raise ValueError(f"{path}: a vocoder of architecture {saved['arch']!r}, which this version does not know")
-    # the architecture and the upsampler are choices of the run's, not the preset's
+    # the architecture, the upsampler and the phases' look-ahead are choices of the run's, not the preset's
     cfg = replace(vocoder_config(preset), arch=saved["arch"], upsampler=saved["upsampler"],
-                  istft_phase=saved["istft_phase"])
+                  istft_phase=saved["istft_phase"], phase_lookahead_hops=saved["phase_lookahead_hops"])
     if {k: saved.get(k) for k in cfg.generator_fields()} != cfg.generator_fields():
         raise ValueError(
             f"{path}: made for preset {preset!r} but with another generator shape or audio config "
@@ -1249,7 +1312,14 @@ def load_vocoder(path: str | os.PathLike, preset: str, device: str | torch.devic
 
 
 class AudioSegments(torch.utils.data.Dataset):
-    """Random fixed-length crops of the corpus's train utterances, starting on a mel hop."""
+    """Random fixed-length crops of the corpus's train utterances, starting on a mel hop.
+
+    An item is the crop (segment,). With ``cfg.acoustic_mel_share``, it is
+    (crop, mel (n_mels, segment / hop), whether that mel is the acoustic
+    model's): each crop of an utterance in ``cfg.acoustic_mels`` takes the
+    acoustic model's columns under it with that probability (else zeros,
+    and the trainer computes the real mel).
+    """
 
     def __init__(self, data_dir: str | os.PathLike, cfg: VocoderConfig, split: str = "train") -> None:
         self.data_dir = Path(data_dir)
@@ -1258,16 +1328,36 @@ class AudioSegments(torch.utils.data.Dataset):
             raise ValueError(f"{data_dir}: the {split} split is empty")
         self.audio = cfg.audio
         self.segment = cfg.segment_samples
+        self.share, self.acoustic_mels = cfg.acoustic_mel_share, {}
+        if self.share:
+            from .acoustic import read_acoustic_mels
+
+            self.acoustic_mels = read_acoustic_mels(cfg.acoustic_mels, cfg.preset)
+            if not any(r["id"] in self.acoustic_mels for r in self.records):
+                raise ValueError(f"{cfg.acoustic_mels}: no mels of the {split} utterances of {data_dir}; make them "
+                                 f"with `michi-lite data acoustic-mels --data {data_dir}`")
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        wave = torch.from_numpy(load_audio(self.data_dir / self.records[index]["path"], self.audio.sample_rate))
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, bool]:
+        record, hop = self.records[index], self.audio.hop_length
+        wave = torch.from_numpy(load_audio(self.data_dir / record["path"], self.audio.sample_rate))
+        spoken = self.acoustic_mels.get(record["id"])
+        if spoken is not None and len(spoken) != frame_count(len(wave), self.audio) * self.audio.mels_per_frame:
+            raise ValueError(f"{record['id']}: its acoustic mel has {len(spoken)} columns, not those of its audio "
+                             f"({len(wave)} samples); were the mels made from another corpus?")
         wave = F.pad(wave, (0, max(0, self.segment - len(wave))))  # short utterances: pad with silence
-        hops = (len(wave) - self.segment) // self.audio.hop_length
-        start = int(torch.randint(hops + 1, ())) * self.audio.hop_length
-        return wave[start:start + self.segment]  # (segment,)
+        hops = (len(wave) - self.segment) // hop
+        start = int(torch.randint(hops + 1, ())) * hop
+        crop = wave[start:start + self.segment]  # (segment,)
+        if not self.share:
+            return crop
+        columns = self.segment // hop
+        if spoken is None or float(torch.rand(())) >= self.share:
+            return crop, torch.zeros(self.audio.n_mels, columns), False
+        spoken = spoken[start // hop:start // hop + columns].T  # (n_mels, columns or fewer: padded as the wave)
+        return crop, F.pad(spoken, (0, columns - spoken.shape[-1]), value=SILENCE_MEL), True
 
 
 # the training log's columns
@@ -1306,19 +1396,26 @@ class VocoderTrainer:
         """Whether the next step trains the discriminators alone (the first ``discriminator_warmup`` of theirs)."""
         return not self.warming_up and self.sched_d.last_epoch < self.cfg.discriminator_warmup
 
-    def step(self, wave: torch.Tensor) -> dict[str, float]:
+    def step(self, batch: torch.Tensor | list[torch.Tensor]) -> dict[str, float]:
         """One HiFi-GAN step on a batch of real audio (batch, samples): discriminators, then generator.
+
+        With acoustic mels (``AudioSegments``) the batch is (audio, mels,
+        which are given), and the generator hears the given mels in place of
+        the real audio's; every loss still compares with the real audio.
 
         While ``warming_up``, the generator alone learns from its mel loss (and
         the STFT and multi-scale mel losses, if weighted) and the discriminators
         wait; then, while ``generator_waiting``, the discriminators alone learn.
         What it returns leaves out the losses not computed (empty in the log).
         """
+        wave, spoken, given = (batch, None, None) if isinstance(batch, torch.Tensor) else batch
         wave = wave.to(self.device)
         with self.autocast, torch.set_grad_enabled(not self.generator_waiting):
             # under bf16 the waveform carries about 8 bits of mantissa: fine for the losses, whose
             # mel L1 works on log magnitudes, and the generator itself stays in fp32 for inference
             mel = normalize_mel(self.mel(wave))
+            if spoken is not None:
+                mel = torch.where(given.to(self.device)[:, None, None], spoken.to(self.device), mel)
             head_losses = {}  # losses on the istft head's own outputs, beside the wave's
             if self.cfg.phase_loss_weight or self.cfg.magnitude_loss_weight:
                 log_magnitude, phase = self.generator.spectra(self.generator.trunk(mel))
@@ -1486,6 +1583,8 @@ def train_vocoder(
     phase_loss_weight: float | None = None,
     magnitude_loss_weight: float | None = None,
     mel_loss_weight: float | None = None,
+    acoustic_mels: str | os.PathLike | None = None,
+    acoustic_mel_share: float | None = None,
 ) -> Path:
     """Train the vocoder on random segments of the corpus's train split; returns the run directory.
 
@@ -1539,6 +1638,13 @@ def train_vocoder(
     for any istft head (a "pghi" head's one teacher); ``mel_loss_weight``
     (default: the config's, 45) the mel L1, logged at 0 but not learnt from.
     A resumed run keeps each of its own unless it is given again.
+
+    ``acoustic_mels`` (a ``michi-lite data acoustic-mels`` file of the same
+    corpus) and ``acoustic_mel_share`` (default: the config's, 0) let the
+    generator hear the acoustic model's mels in that share of segments, the
+    losses still against the real audio: a vocoder fine-tuned this way
+    (from ``init``) learns to play the smoother mels the speaking path
+    makes. A resumed run keeps both unless they are given again.
     """
     started_with = started_config(out_dir) if resume else None
     if started_with is not None:
@@ -1554,7 +1660,9 @@ def train_vocoder(
               "lr_decay": lr_decay, "stft_loss_weight": stft_loss_weight,
               "multiscale_mel_loss_weight": multiscale_mel_loss_weight, "upsampler": upsampler, "arch": arch,
               "istft_phase": istft_phase, "phase_loss_weight": phase_loss_weight,
-              "magnitude_loss_weight": magnitude_loss_weight, "mel_loss_weight": mel_loss_weight}
+              "magnitude_loss_weight": magnitude_loss_weight, "mel_loss_weight": mel_loss_weight,
+              "acoustic_mels": None if acoustic_mels is None else str(acoustic_mels),
+              "acoustic_mel_share": acoustic_mel_share}
     for field, value in recipe.items():
         if value is None and started_with is not None:
             value = started_with.get(field)  # runs from before a field existed lack it

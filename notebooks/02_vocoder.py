@@ -37,8 +37,10 @@
 # 10. the reference `lite` vocoder, an hour of the ISTFT generator with
 #     summed phase advances, and where its phases fall short,
 # 11. phases computed from the magnitudes (phase-gradient integration) and
-#     a head taught its magnitudes directly, against the others, and why it
-#     is not the reference yet.
+#     a head taught its magnitudes directly, against the others,
+# 12. two steps on: its phases a frame ahead (above Griffin-Lim), and its
+#     magnitudes fitted to the speech model's mels, and why it is not the
+#     reference yet.
 #
 # Sections 3 to 5, 8 and 11 build the `lite` models; section 6 trains the
 # `tiny` one for a few seconds; the models of sections 7, 10 and 11 are the
@@ -1105,3 +1107,139 @@ display(Markdown("\n".join(rows)))
 # more latency) takes its validation PESQ-wb from 3.23 to 3.46 on 16
 # utterances, from the same magnitudes; and its magnitude head has only
 # ever seen real mels, not the speaking head's.
+#
+# ## 12. Two steps on: a frame ahead, and the speech model's mels
+#
+# **The time slope, centred.** ∂*s*/∂*n* steers each bin's step from its
+# peak; looking back one frame, it answers an onset one frame late. Looking
+# one frame ahead as well, the difference centred on the frame as the
+# paper's offline PGHI takes it, costs one hop: the stream holds each frame
+# back until the next has come (`phase_lookahead_hops=1`, 10 ms more lag,
+# 30 ms in all). It is a setting of synthesis, not of the weights: `michi-lite
+# export vocoder --phase-lookahead-hops 1` sets it on a trained head. On the
+# 40 validation utterances of section 9:
+
+# %%
+val_pesq = json.loads((REFERENCE / "lite_pghi_ahead_val.json").read_text())["pesq_wb"]
+labels = {"data/vocoder/lite_pghi.safetensors": "the pghi head of section 11, time slope looking back",
+          "runs/pghi_ahead.safetensors": "the same weights, time slope centred (a frame ahead)",
+          "runs/pghi_tuned_ahead.safetensors": "tuned on the speech model's mels (below), a frame ahead",
+          "data/vocoder/lite_vocoder.safetensors": "the advance head of section 10 (the reference)",
+          "griffin-lim": "Griffin-Lim, offline, 32 iterations"}
+rows = ["| 40 validation utterances, seen voices | PESQ-wb |", "|---|---|"]
+rows += [f"| {labels[name]} | {value:.2f} |" for name, value in val_pesq.items()]
+display(Markdown("\n".join(rows)))
+
+# %% [markdown]
+# And on section 10's test utterances:
+
+# %%
+reports["ahead"] = json.loads((REFERENCE / "lite_pghi_ahead_eval.json").read_text())
+reports["tuned"] = json.loads((REFERENCE / "lite_pghi_tuned_eval.json").read_text())
+display(Markdown(eval_rows([("ISTFT, advance (the reference)", reports["advance"], "istft"),
+                            ("ISTFT, pghi, looking back", reports["pghi"], "istft"),
+                            ("ISTFT, pghi, a frame ahead", reports["ahead"], "istft"),
+                            ("ISTFT, pghi, tuned, a frame ahead", reports["tuned"], "istft"),
+                            ("Griffin-Lim", reports["ahead"], "griffin_lim")])))
+
+# %% [markdown]
+# **The speech model's mels.** A vocoder that has only heard real mels
+# plays what it is given. The acoustic model of notebook 03 says each
+# column's mel as a regression refined by a few flow steps, and it says the
+# harmonics smoothly, more so the higher they lie. In real speech a smooth
+# spectrum is breath, and the magnitude head plays it as breath, with no
+# harmonic for the phases to lock to. Here the acoustic model speaks this
+# notebook's sentence in the voice `say` uses, and both heads play it
+# (spectrograms of their audio below 2.5 kHz, its first two seconds):
+
+# %%
+from michi_lite.acoustic import load_acoustic, prompt_columns, text_phoneme_ids  # noqa: E402
+from michi_lite.audio import load_audio, mel_from_patches  # noqa: E402
+from michi_lite.vocoder import with_phase_lookahead  # noqa: E402
+
+acoustic = load_acoustic(ROOT / "data" / "acoustic" / "lite_acoustic.safetensors", "lite")
+prompt = load_audio(ROOT / "data" / "acoustic" / "voice_prompt.flac", lite.sample_rate)
+heads = {"the advance head (the reference)": load_vocoder(REFERENCE / "lite_vocoder.safetensors", "lite"),
+         "the pghi head, a frame ahead": with_phase_lookahead(load_vocoder(REFERENCE / "lite_pghi.safetensors",
+                                                                           "lite"), 1)}
+with torch.inference_mode():
+    voice = acoustic.voice(prompt_columns(prompt, lite)[None])
+    patches, _ = acoustic.speak(text_phoneme_ids(SENTENCE), voice, steps=4)
+    spoken_mel = mel_from_patches(patches, lite)
+    played = {name: head.vocode(spoken_mel).numpy() for name, head in heads.items()}
+
+fig = Figure(figsize=(12, 6), layout="constrained")
+axes = fig.subplots(len(played) + 1, 1, sharex=True)
+seconds = spoken_mel.shape[-1] * lite.hop_length / lite.sample_rate
+axes[0].imshow(spoken_mel.numpy(), origin="lower", aspect="auto", cmap="magma", extent=(0, seconds, 0, lite.n_mels))
+axes[0].set_title("the speech model's mel, as the vocoder hears it", loc="left", fontsize=10)
+axes[0].set_ylabel("mel bin")
+for axis, (name, samples) in zip(axes[1:], played.items()):
+    # 64 ms windows: 16 Hz bins, fine enough to see each harmonic of a voice apart
+    spectrum = torch.stft(torch.from_numpy(samples), 1024, 128, window=torch.hann_window(1024), return_complex=True)
+    shown = spectrum.abs()[:161].clamp(min=1e-5).log().numpy()  # 0 to 2.5 kHz
+    axis.imshow(shown, origin="lower", aspect="auto", cmap="magma", vmin=-8, extent=(0, seconds, 0, 2.5))
+    axis.set_title(f"{name}: its audio", loc="left", fontsize=10)
+    axis.set_ylabel("kHz")
+axes[-1].set(xlabel="time (s)", xlim=(0, 2))
+fig.savefig(FIGURES / "02_acoustic_mels.png", dpi=90)
+display(fig, *(Audio(samples, rate=lite.sample_rate) for samples in played.values()))
+
+# %% [markdown]
+# The magnitude head follows the voice's harmonics where the mel shows
+# them and goes smooth where it does not. The advance head, which learnt
+# its magnitudes and phases together through losses on the wave, draws
+# lines at fixed frequencies through everything, the silence before the
+# voice included: a buzz that a listener (and the judge) may take for
+# voicing where the mel has lost it. Which one the judge hears better is
+# measured below, on test sentences.
+#
+# Fine-tuning on the acoustic model's own mels is how HiFi-GAN's authors
+# fitted it to Tacotron 2. `michi-lite data acoustic-mels` has the acoustic
+# model say every train utterance with its phonemes held as long as the
+# engine held them, so its columns line up with the real audio's; `train
+# vocoder --acoustic-mels FILE --acoustic-mel-share 0.5` then plays those
+# mels in half of the segments, the magnitude loss still against the real
+# audio. 2,000 steps from the pghi head, 5 CPU minutes (the "tuned" rows
+# above). Through each head, the judge's WER on the speech model's test
+# sentences (`michi-lite eval acoustic`, notebook 03: each spoken from its
+# text alone, in the voice of another utterance of its voice):
+
+# %%
+SPEAKING = ROOT / "data" / "acoustic"
+rows = ["| `eval acoustic`, judge WER, test | seen voices | held-out voices |", "|---|---|---|"]
+for label, name, key in (("the real audio", "istft", "judge_wer_real"),
+                         ("through the advance head (the reference)", "istft", "judge_wer"),
+                         ("through the pghi head, looking back", "pghi", "judge_wer"),
+                         ("through the pghi head, a frame ahead", "pghi_ahead", "judge_wer"),
+                         ("through the pghi head tuned, a frame ahead", "pghi_tuned", "judge_wer")):
+    report = json.loads((SPEAKING / f"lite_eval_{name}_vocoder.json").read_text())["groups"]
+    rows.append(f"| {label} | {report['seen']['all'][key]:.3f} | {report['unseen']['all'][key]:.3f} |")
+display(Markdown("\n".join(rows)))
+
+# %% [markdown]
+# ### Speed
+
+# %%
+bench = json.loads((REFERENCE / "lite_pghi_ahead_bench.json").read_text())
+r = bench["cpu"]["istft_streaming"]
+display(Markdown(f"The pghi head a frame ahead, {bench['run']['cpu_count']} CPU cores, one thread: RTF "
+                 f"{r['rtf']:.3f}, {r['chunk_latency_ms_median']:.1f} ms per 80 ms chunk (median; p95 "
+                 f"{r['chunk_latency_ms_p95']:.1f}), its samples {bench['istft_lag_ms']:.0f} ms behind its mel."))
+
+# %% [markdown]
+# ### Where it stands
+#
+# Looking a frame ahead for its phases, the magnitude head meets every bar
+# the project sets a vocoder of real mels: PESQ-wb 3.50 on test sentences
+# of seen voices and 3.34 on unseen ones, above Griffin-Lim on the same
+# utterances (3.40, 3.26), the judge hearing it as well as the originals,
+# at a thirty-seventh of real time on one thread and 30 ms behind its mel.
+# It is still not the reference `say` and the notebooks after this one
+# load: the speech model's mels are heard better through the advance head,
+# the only one of the three within the speaking path's bar (10 points
+# above the real audio). Tuning the magnitude head on those mels moved the
+# held-out voices and not the seen ones. What it lacks is harmonics where
+# the mel is smooth, and a loss that rewards the mean cannot make them: the
+# next step is an adversarial one, or an acoustic model whose mels keep them
+# (`data/vocoder/README.md`).

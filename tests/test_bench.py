@@ -20,6 +20,7 @@ def test_bench_vocoder_times_both_streaming_generators_and_griffin_lim(report):
     assert report["threads"] == 1 and report["run"]["preset"] == "tiny"
     cpu = report["cpu"]
     assert report["istft_parameters"] > 0 and report["hifigan_parameters"] > 0
+    assert report["istft_lag_ms"] == report["hifigan_lag_ms"] == 20  # two hops of look-ahead
     for name in ("hifigan_streaming", "istft_streaming", "griffin_lim_sliding_window"):
         numbers = cpu[name]
         assert numbers["n_chunks"] == 10  # 0.8 s of 80 ms chunks

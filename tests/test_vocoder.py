@@ -19,6 +19,7 @@ from michi_lite.audio import MelSpectrogram, normalize_mel
 from michi_lite.train import latest_checkpoint, load_checkpoint, save_checkpoint, started_config
 from michi_lite.vocoder import (
     LOSSES,
+    AudioSegments,
     CausalUpsample,
     GriffinLim,
     HiFiGANGenerator,
@@ -595,7 +596,9 @@ def test_a_resumed_run_keeps_its_upsampler_and_init_must_match_it(tiny_corpus, t
 TINY_ISTFT = replace(TINY, arch="istft")
 TINY_ADVANCE = replace(TINY_ISTFT, istft_phase="advance")
 TINY_PGHI = replace(TINY_ISTFT, istft_phase="pghi")
-ISTFT_HEADS = dict(argvalues=[TINY_ISTFT, TINY_ADVANCE, TINY_PGHI], ids=["frame", "advance", "pghi"])
+TINY_PGHI_AHEAD = replace(TINY_PGHI, phase_lookahead_hops=1)
+ISTFT_HEADS = dict(argvalues=[TINY_ISTFT, TINY_ADVANCE, TINY_PGHI, TINY_PGHI_AHEAD],
+                   ids=["frame", "advance", "pghi", "pghi_ahead"])
 
 
 def istft_generator(cfg=TINY_ISTFT, seed: int = 0) -> IstftGenerator:
@@ -627,7 +630,7 @@ def test_istft_stream_and_flush_give_vocode_with_a_constant_cache(cfg):
         pushed.append(stream.push(mel[:, i:i + CHUNK]))
         sizes.append(stream.cache_numel())
     lag = stream.latency_samples
-    assert lag == cfg.lookahead_hops * HOP and len(set(sizes)) == 1
+    assert lag == (cfg.lookahead_hops + cfg.phase_lookahead_hops) * HOP and len(set(sizes)) == 1
     with torch.no_grad():
         aligned = generator.vocode(mel)
     assert (torch.cat([*pushed, stream.flush()])[lag:] - aligned).abs().max() < 1e-5
@@ -726,14 +729,14 @@ def test_phases_from_magnitudes_chunk_by_chunk_equal_the_offline_ones():
     assert offline.abs().max() <= math.pi and offline.dtype == torch.float64
 
 
-def test_a_pghi_head_gives_a_wave_back_from_its_magnitudes_alone():
+def two_tone_convergence(cfg) -> dict[str, float]:
     """Phases computed from a real STFT's magnitudes rebuild a gliding two-tone wave: pitch and spectrum.
 
-    The same magnitudes with random phases do far worse: the phases carry
-    the wave, and the magnitudes tell them.
+    Returns the spectral convergence (relative error of the magnitudes of
+    the rebuilt wave) through ``cfg``'s pghi phases and through random ones.
     """
-    generator = istft_generator(TINY_PGHI)
-    rate, lag = TINY.audio.sample_rate, TINY_PGHI.lookahead_samples
+    generator = istft_generator(cfg)
+    rate, lag = TINY.audio.sample_rate, cfg.lookahead_samples
     t = torch.arange(60 * HOP) / rate
     wave = (torch.sin(2 * math.pi * (300 * t + 100 * t ** 2)) + 0.5 * torch.sin(2 * math.pi * 1234 * t))[None]
     log_magnitude = generator_frame_spectra(wave, TINY_PGHI).abs().log().float()
@@ -745,11 +748,37 @@ def test_a_pghi_head_gives_a_wave_back_from_its_magnitudes_alone():
         return torch.stft(w[0, 10 * HOP:], 512, 128, window=torch.hann_window(512), return_complex=True).abs()
 
     original = magnitudes(wave[:, :-lag])
-    convergence = {name: float(torch.linalg.norm(magnitudes(out) - original) / torch.linalg.norm(original))
-                   for name, out in (("pghi", rebuilt), ("random", noisy))}
-    assert convergence["pghi"] < 0.25 and convergence["random"] > 0.5
     spectrum = torch.fft.rfft(rebuilt[0, -20 * HOP:] * torch.hann_window(20 * HOP)).abs()
     assert abs(float(spectrum[int(1100 * 20 * HOP / rate):].argmax()) * rate / (20 * HOP) + 1100 - 1234) < 15
+    return {name: float(torch.linalg.norm(magnitudes(out) - original) / torch.linalg.norm(original))
+            for name, out in (("pghi", rebuilt), ("random", noisy))}
+
+
+def test_a_pghi_head_gives_a_wave_back_from_its_magnitudes_alone():
+    """The same magnitudes with random phases do far worse: the phases carry the wave, and the magnitudes tell them.
+
+    Looking a frame ahead, the time slope centred on each frame, rebuilds it closer still.
+    """
+    causal, ahead = two_tone_convergence(TINY_PGHI), two_tone_convergence(TINY_PGHI_AHEAD)
+    assert causal["pghi"] < 0.25 and causal["random"] > 0.5
+    assert ahead["pghi"] < causal["pghi"]
+
+
+def test_only_a_pghi_head_looks_ahead_for_its_phases(tmp_path):
+    from michi_lite.cli import main
+
+    with pytest.raises(ValueError, match="phase_lookahead_hops is for an istft generator with pghi"):
+        replace(TINY_ADVANCE, phase_lookahead_hops=1)
+    with pytest.raises(ValueError, match="0 or 1"):
+        replace(TINY_PGHI, phase_lookahead_hops=2)
+    causal = save_vocoder(tmp_path / "causal.safetensors", istft_generator(TINY_PGHI), "tiny")
+    main(["export", "vocoder", "--preset", "tiny", "--ckpt", str(causal), "--out", str(tmp_path / "ahead.safetensors"),
+          "--phase-lookahead-hops", "1"])
+    before, after = load_vocoder(causal, "tiny"), load_vocoder(tmp_path / "ahead.safetensors", "tiny")
+    assert before.cfg.lookahead_samples == TINY.lookahead_hops * HOP  # a file without the field looks back
+    assert after.cfg.phase_lookahead_hops == 1 and after.cfg.lookahead_samples == before.cfg.lookahead_samples + HOP
+    weights = zip(before.state_dict().values(), after.state_dict().values())
+    assert all(torch.equal(a.half().float(), b) for a, b in weights)  # the same weights, in fp16
 
 
 def test_the_magnitude_loss_is_zero_for_the_real_magnitudes():
@@ -776,6 +805,55 @@ def test_a_pghi_head_learns_from_its_magnitudes(tiny_corpus, tmp_path):
     advance = save_vocoder(tmp_path / "advance.safetensors", istft_generator(TINY_ADVANCE), "tiny")
     with pytest.raises(ValueError, match="another architecture, shape"):
         train_vocoder(TINY, tiny_corpus, tmp_path / "other", steps=1, arch="istft", istft_phase="pghi", init=advance)
+
+
+def test_a_vocoder_hears_the_acoustic_models_mels_against_the_real_audio(tiny_corpus, tmp_path, one_thread):
+    from michi_lite.acoustic import AcousticModel, acoustic_config, read_acoustic_mels, save_acoustic
+    from michi_lite.cli import main
+
+    torch.manual_seed(0)
+    acoustic = save_acoustic(tmp_path / "acoustic.safetensors", AcousticModel(acoustic_config("tiny")), "tiny")
+    made = tmp_path / "mels.safetensors"
+    main(["data", "acoustic-mels", "--preset", "tiny", "--data", str(tiny_corpus), "--acoustic", str(acoustic),
+          "--out", str(made), "--steps", "1"])
+    mels = read_acoustic_mels(made, "tiny")
+    cfg = replace(TINY_PGHI, acoustic_mels=str(made), acoustic_mel_share=1.0)
+    segments = AudioSegments(tiny_corpus, cfg)
+    index = next(i for i, r in enumerate(segments.records) if r["id"] in mels)
+    crop, mel, given = segments[index]
+    full = mels[segments.records[index]["id"]].T  # (n_mels, columns): the crop's columns are a stretch of it
+    assert given and any(torch.equal(mel, full[:, k:k + mel.shape[1]]) for k in range(full.shape[1] - mel.shape[1] + 1))
+
+    # the trainer plays the given mels in place of the real ones, the loss still against the real audio
+    wave = torch.stack([segments[i][0] for i in range(2)])
+    real = normalize_mel(MelSpectrogram(TINY.audio)(wave))
+    losses = {}
+    for name, spoken, flags in (("real", real, [True, True]), ("not given", real + 3, [False, False]),
+                                ("given", real + 3, [True, False])):
+        torch.manual_seed(0)
+        recipe = replace(TINY_PGHI, magnitude_loss_weight=1.0, discriminator_start=10)
+        trainer = VocoderTrainer(recipe, torch.device("cpu"))
+        losses[name] = trainer.step((wave, spoken, torch.tensor(flags)))["magnitude_loss"]
+    assert losses["real"] == losses["not given"] != losses["given"]
+
+    run = tmp_path / "run"
+    main(train_command(tiny_corpus, run) + ["--steps", "2", "--arch", "istft", "--istft-phase", "pghi",
+                                            "--magnitude-loss", "1", "--acoustic-mels", str(made),
+                                            "--acoustic-mel-share", "0.5"])
+    main(train_command(tiny_corpus, run) + ["--steps", "3", "--resume"])
+    assert started_config(run)["acoustic_mel_share"] == 0.5 and int(read_log(run)[-1]["step"]) == 3
+    with pytest.raises(ValueError, match="acoustic_mel_share needs acoustic_mels"):
+        replace(TINY_PGHI, acoustic_mel_share=0.5)
+    some_id = next(iter(mels))
+    save_file({some_id: torch.zeros(3, TINY.audio.n_mels, dtype=torch.float16)}, str(tmp_path / "other.safetensors"),
+              metadata={"format": "michi_lite.acoustic_mels/1", "preset": "tiny"})
+    other = AudioSegments(tiny_corpus, replace(cfg, acoustic_mels=str(tmp_path / "other.safetensors")))
+    with pytest.raises(ValueError, match="another corpus"):
+        other[next(i for i, r in enumerate(other.records) if r["id"] == some_id)]
+    save_file({"nobody": torch.zeros(3, 2)}, str(tmp_path / "nobody.safetensors"),
+              metadata={"format": "michi_lite.acoustic_mels/1", "preset": "tiny"})
+    with pytest.raises(ValueError, match="no mels of the train utterances"):
+        AudioSegments(tiny_corpus, replace(cfg, acoustic_mels=str(tmp_path / "nobody.safetensors")))
 
 
 def test_the_phase_loss_needs_an_advance_head(tiny_corpus, tmp_path):
