@@ -1237,7 +1237,7 @@ display(Markdown(f"The pghi head a frame ahead, {bench['run']['cpu_count']} CPU 
 # at a thirty-seventh of real time on one thread and 30 ms behind its mel.
 # It is still not the reference `say` and the notebooks after this one
 # load: the speech model's mels are heard better through the advance head,
-# the only one of the three within the speaking path's bar (10 points
+# the only one of the four within the speaking path's bar (10 points
 # above the real audio). Tuning the magnitude head on those mels moved the
 # held-out voices and not the seen ones. What it lacks is harmonics where
 # the mel is smooth, and a loss that rewards the mean cannot make them: the
