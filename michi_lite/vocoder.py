@@ -1295,8 +1295,11 @@ def load_vocoder(path: str | os.PathLike, preset: str, device: str | torch.devic
     if saved["arch"] not in ARCHS:
         raise ValueError(f"{path}: a vocoder of architecture {saved['arch']!r}, which this version does not know")
     # the architecture, the upsampler and the phases' look-ahead are choices of the run's, not the preset's
-    cfg = replace(vocoder_config(preset), arch=saved["arch"], upsampler=saved["upsampler"],
-                  istft_phase=saved["istft_phase"], phase_lookahead_hops=saved["phase_lookahead_hops"])
+    try:
+        cfg = replace(vocoder_config(preset), arch=saved["arch"], upsampler=saved["upsampler"],
+                      istft_phase=saved["istft_phase"], phase_lookahead_hops=saved["phase_lookahead_hops"])
+    except (TypeError, ValueError) as error:  # a damaged or hand-edited config: say which file
+        raise ValueError(f"{path}: its config makes no vocoder ({error})") from error
     if {k: saved.get(k) for k in cfg.generator_fields()} != cfg.generator_fields():
         raise ValueError(
             f"{path}: made for preset {preset!r} but with another generator shape or audio config "
