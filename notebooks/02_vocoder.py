@@ -62,7 +62,15 @@ import torch.nn.functional as F
 from IPython.display import Audio, Markdown, display
 from matplotlib.figure import Figure
 
-from michi_lite.audio import MelSpectrogram, normalize_mel, pad_to_frames, prepare_waveform
+from michi_lite.acoustic import load_acoustic, prompt_columns, text_phoneme_ids
+from michi_lite.audio import (
+    MelSpectrogram,
+    load_audio,
+    mel_from_patches,
+    normalize_mel,
+    pad_to_frames,
+    prepare_waveform,
+)
 from michi_lite.cli import main as michi_lite
 from michi_lite.config import FRAME_SECONDS, get_config
 from michi_lite.data.engines import all_voices, synthesize
@@ -86,6 +94,7 @@ from michi_lite.vocoder import (
     overlap_add,
     phase_from_magnitude,
     vocoder_config,
+    with_phase_lookahead,
 )
 
 logging.basicConfig(level=logging.WARNING)
@@ -1153,10 +1162,6 @@ display(Markdown(eval_rows([("ISTFT, advance (the reference)", reports["advance"
 # (spectrograms of their audio below 2.5 kHz, its first two seconds):
 
 # %%
-from michi_lite.acoustic import load_acoustic, prompt_columns, text_phoneme_ids  # noqa: E402
-from michi_lite.audio import load_audio, mel_from_patches  # noqa: E402
-from michi_lite.vocoder import with_phase_lookahead  # noqa: E402
-
 acoustic = load_acoustic(ROOT / "data" / "acoustic" / "lite_acoustic.safetensors", "lite")
 prompt = load_audio(ROOT / "data" / "acoustic" / "voice_prompt.flac", lite.sample_rate)
 heads = {"the advance head (the reference)": load_vocoder(REFERENCE / "lite_vocoder.safetensors", "lite"),
