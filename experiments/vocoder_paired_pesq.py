@@ -14,7 +14,8 @@ utterances instead, N of each voice (a folder from ``data held-out`` or
 ``data recordings``: voices and people no vocoder trained on).
 
 data/vocoder/README.md reports part 9 against its control and part 6, and the
-pghi head on other engines' voices and on people::
+pghi head on other engines' voices and on people (``lite_vocoder.safetensors``
+was the advance head then, ``lite_advance.safetensors`` now)::
 
     python experiments/vocoder_paired_pesq.py --data corpus/lite --max-utterances 200 \\
         --json data/vocoder/lite_paired_pesq_part9.json \\

@@ -16,10 +16,10 @@ ones (mean absolute difference in nats, each floored at
 their frame's loudest). PESQ-wb against the original, without the judge:
 about a second an utterance on 2 CPU cores.
 
-data/vocoder/README.md reports the advance head (the reference) and the
+data/vocoder/README.md reports the advance head (the reference then) and the
 pghi head::
 
-    cp data/vocoder/lite_vocoder.safetensors runs/advance_reference.safetensors
+    cp data/vocoder/lite_advance.safetensors runs/advance_reference.safetensors
     python experiments/vocoder_phase_from_magnitude.py --data corpus/lite_6h_engines --max-utterances 40 \\
         --json data/vocoder/lite_phase_from_magnitude.json \\
         runs/advance_reference.safetensors data/vocoder/lite_pghi.safetensors

@@ -12,6 +12,7 @@
                                [--stft-loss WEIGHT] [--multiscale-mel WEIGHT] [--upsampler transposed|nearest]
                                [--arch hifigan|istft] [--istft-phase frame|advance|pghi] [--phase-loss W]
                                [--magnitude-loss W] [--mel-loss W] [--acoustic-mels FILE --acoustic-mel-share P]
+                               [--acoustic-mel-teacher VOCODER]
     michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
                                [--distill W] [--no-augment]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
@@ -217,7 +218,8 @@ def cmd_train_vocoder(args: argparse.Namespace) -> None:
                         discriminator_warmup=args.discriminator_warmup, upsampler=args.upsampler,
                         arch=args.arch, istft_phase=args.istft_phase, phase_loss_weight=args.phase_loss,
                         magnitude_loss_weight=args.magnitude_loss, mel_loss_weight=args.mel_loss,
-                        acoustic_mels=args.acoustic_mels, acoustic_mel_share=args.acoustic_mel_share)
+                        acoustic_mels=args.acoustic_mels, acoustic_mel_share=args.acoustic_mel_share,
+                        acoustic_mel_teacher=args.acoustic_mel_teacher)
     report_run(run, args.preset, "vocoder")
 
 
@@ -595,6 +597,10 @@ def build_parser() -> argparse.ArgumentParser:
             stage_train.add_argument("--acoustic-mel-share", type=fraction, metavar="P",
                                      help="the share of segments whose mel is the acoustic model's instead of the "
                                           "real audio's, the losses still against the real audio (default: 0; a "
+                                          "resumed run keeps its own unless given)")
+            stage_train.add_argument("--acoustic-mel-teacher", metavar="VOCODER",
+                                     help="a vocoder file whose audio of each acoustic mel those segments' losses "
+                                          "compare with, in place of the real audio (default: the real audio; a "
                                           "resumed run keeps its own unless given)")
         if stage == "acoustic":
             stage_train.add_argument("--voice", action="append",

@@ -159,6 +159,11 @@ class VocoderConfig:
     # the wave the losses compare against), from the file ``acoustic_mels``. 0 is off.
     acoustic_mels: str | None = None
     acoustic_mel_share: float = 0.0
+    # A vocoder file whose audio of each acoustic mel those segments are compared against, in place
+    # of the real audio. The acoustic model's mels are smooth where real ones show harmonics, and no
+    # real wave says which harmonics a smooth mel should get: against the real audio a head learns
+    # their average, breath. A teacher's audio is one fixed answer it can learn. None: the real audio.
+    acoustic_mel_teacher: str | None = None
 
     def __post_init__(self) -> None:
         if math.prod(self.upsample_rates) != self.audio.hop_length:
@@ -178,6 +183,8 @@ class VocoderConfig:
             raise ValueError(f"acoustic_mel_share must be between 0 and 1, not {self.acoustic_mel_share}")
         if self.acoustic_mel_share and not self.acoustic_mels:
             raise ValueError("acoustic_mel_share needs acoustic_mels, a file of `michi-lite data acoustic-mels`")
+        if self.acoustic_mel_teacher and not self.acoustic_mel_share:
+            raise ValueError("acoustic_mel_teacher speaks the acoustic mels: give acoustic_mels and a share above 0")
         if self.phase_lookahead_hops not in (0, 1):
             raise ValueError(f"phase_lookahead_hops must be 0 or 1, not {self.phase_lookahead_hops}")
         if self.phase_lookahead_hops and (self.arch, self.istft_phase) != ("istft", "pghi"):
@@ -1321,7 +1328,10 @@ class AudioSegments(torch.utils.data.Dataset):
     (crop, mel (n_mels, segment / hop), whether that mel is the acoustic
     model's): each crop of an utterance in ``cfg.acoustic_mels`` takes the
     acoustic model's columns under it with that probability (else zeros,
-    and the trainer computes the real mel).
+    and the trainer computes the real mel). With ``cfg.acoustic_mel_teacher``
+    such a crop is the teacher's audio of those columns, not the real audio:
+    the teacher speaks every acoustic mel once, here, and its waves are kept
+    (fp16, about 700 MB for six hours of speech).
     """
 
     def __init__(self, data_dir: str | os.PathLike, cfg: VocoderConfig, split: str = "train") -> None:
@@ -1339,6 +1349,15 @@ class AudioSegments(torch.utils.data.Dataset):
             if not any(r["id"] in self.acoustic_mels for r in self.records):
                 raise ValueError(f"{cfg.acoustic_mels}: no mels of the {split} utterances of {data_dir}; make them "
                                  f"with `michi-lite data acoustic-mels --data {data_dir}`")
+        self.teacher_waves = self.teacher_speaks(cfg) if cfg.acoustic_mel_teacher else {}
+
+    def teacher_speaks(self, cfg: VocoderConfig) -> dict[str, torch.Tensor]:
+        """The teacher's audio of each acoustic mel of this split (fp16), aligned with it as ``vocode`` aligns."""
+        teacher = load_vocoder(cfg.acoustic_mel_teacher, cfg.preset)
+        ids = [r["id"] for r in self.records if r["id"] in self.acoustic_mels]
+        logger.info("vocoder: %s speaks the %d acoustic mels", cfg.acoustic_mel_teacher, len(ids))
+        with torch.inference_mode(), torch.random.fork_rng():  # the data order does not depend on the teacher
+            return {i: teacher.vocode(self.acoustic_mels[i].T.float()).half() for i in ids}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -1360,6 +1379,9 @@ class AudioSegments(torch.utils.data.Dataset):
         if spoken is None or float(torch.rand(())) >= self.share:
             return crop, torch.zeros(self.audio.n_mels, columns), False
         spoken = spoken[start // hop:start // hop + columns].T  # (n_mels, columns or fewer: padded as the wave)
+        if self.teacher_waves:
+            taught = self.teacher_waves[record["id"]][start:start + self.segment].float()
+            crop = F.pad(taught, (0, self.segment - len(taught)))
         return crop, F.pad(spoken, (0, columns - spoken.shape[-1]), value=SILENCE_MEL), True
 
 
@@ -1588,6 +1610,7 @@ def train_vocoder(
     mel_loss_weight: float | None = None,
     acoustic_mels: str | os.PathLike | None = None,
     acoustic_mel_share: float | None = None,
+    acoustic_mel_teacher: str | os.PathLike | None = None,
 ) -> Path:
     """Train the vocoder on random segments of the corpus's train split; returns the run directory.
 
@@ -1647,7 +1670,12 @@ def train_vocoder(
     generator hear the acoustic model's mels in that share of segments, the
     losses still against the real audio: a vocoder fine-tuned this way
     (from ``init``) learns to play the smoother mels the speaking path
-    makes. A resumed run keeps both unless they are given again.
+    makes. ``acoustic_mel_teacher`` (a vocoder file) makes those segments'
+    losses compare with its audio of the acoustic mel instead: the real
+    audio's harmonics cannot be told from a smooth mel, and a head that
+    learns them from it learns their blur, while a teacher's harmonics are
+    one answer it can learn. A resumed run keeps all three unless they are
+    given again.
     """
     started_with = started_config(out_dir) if resume else None
     if started_with is not None:
@@ -1665,7 +1693,8 @@ def train_vocoder(
               "istft_phase": istft_phase, "phase_loss_weight": phase_loss_weight,
               "magnitude_loss_weight": magnitude_loss_weight, "mel_loss_weight": mel_loss_weight,
               "acoustic_mels": None if acoustic_mels is None else str(acoustic_mels),
-              "acoustic_mel_share": acoustic_mel_share}
+              "acoustic_mel_share": acoustic_mel_share,
+              "acoustic_mel_teacher": None if acoustic_mel_teacher is None else str(acoustic_mel_teacher)}
     for field, value in recipe.items():
         if value is None and started_with is not None:
             value = started_with.get(field)  # runs from before a field existed lack it

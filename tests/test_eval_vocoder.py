@@ -118,15 +118,17 @@ def test_export_writes_a_small_fp16_file_that_loads(tiny_vocoder_run, tmp_path):
         assert (full.vocode(mel) - half.vocode(mel)).abs().max() < 1e-2
 
 
-@pytest.mark.parametrize("name, arch", [("lite_vocoder", "istft"), ("lite_hifigan", "hifigan")])
-def test_the_committed_lite_vocoders_load_and_resynthesise_unheard_speech(name, arch):
-    """The weights in data/ (the reference, and notebook 02's HiFi-GAN) still fit today's code, and give
+@pytest.mark.parametrize("name, arch, phase", [("lite_vocoder", "istft", "pghi"), ("lite_pghi", "istft", "pghi"),
+                                               ("lite_advance", "istft", "advance"),
+                                               ("lite_hifigan", "hifigan", "frame")])
+def test_the_committed_lite_vocoders_load_and_resynthesise_unheard_speech(name, arch, phase):
+    """The weights in data/ (the reference, and notebook 02's other heads) still fit today's code, and give
     intelligible speech on a new sentence."""
     from michi_lite.audio import MelSpectrogram, normalize_mel, pad_to_frames, prepare_waveform
     from michi_lite.data.engines import get_engine
 
     reference = load_vocoder(REPO / "data" / "vocoder" / f"{name}.safetensors", "lite")
-    assert reference.cfg.arch == arch
+    assert (reference.cfg.arch, reference.cfg.istft_phase) == (arch, phase)
     audio = reference.cfg.audio
     flite = get_engine("flite")
     spoken = flite.synthesize("Streaming speech, one frame at a time.", flite.voices()[0])

@@ -807,15 +807,27 @@ def test_a_pghi_head_learns_from_its_magnitudes(tiny_corpus, tmp_path):
         train_vocoder(TINY, tiny_corpus, tmp_path / "other", steps=1, arch="istft", istft_phase="pghi", init=advance)
 
 
-def test_a_vocoder_hears_the_acoustic_models_mels_against_the_real_audio(tiny_corpus, tmp_path, one_thread):
-    from michi_lite.acoustic import AcousticModel, acoustic_config, read_acoustic_mels, save_acoustic
+@pytest.fixture(scope="module")
+def acoustic_mels_file(tiny_corpus, tmp_path_factory):
+    """A random tiny acoustic model's mels of the tiny corpus's train utterances (`data acoustic-mels`)."""
+    from michi_lite.acoustic import AcousticModel, acoustic_config, save_acoustic
     from michi_lite.cli import main
 
+    tmp = tmp_path_factory.mktemp("acoustic_mels")
     torch.manual_seed(0)
-    acoustic = save_acoustic(tmp_path / "acoustic.safetensors", AcousticModel(acoustic_config("tiny")), "tiny")
-    made = tmp_path / "mels.safetensors"
+    acoustic = save_acoustic(tmp / "acoustic.safetensors", AcousticModel(acoustic_config("tiny")), "tiny")
+    made = tmp / "mels.safetensors"
     main(["data", "acoustic-mels", "--preset", "tiny", "--data", str(tiny_corpus), "--acoustic", str(acoustic),
           "--out", str(made), "--steps", "1"])
+    return made
+
+
+def test_a_vocoder_hears_the_acoustic_models_mels_against_the_real_audio(tiny_corpus, acoustic_mels_file, tmp_path,
+                                                                         one_thread):
+    from michi_lite.acoustic import read_acoustic_mels
+    from michi_lite.cli import main
+
+    made = acoustic_mels_file
     mels = read_acoustic_mels(made, "tiny")
     cfg = replace(TINY_PGHI, acoustic_mels=str(made), acoustic_mel_share=1.0)
     segments = AudioSegments(tiny_corpus, cfg)
@@ -854,6 +866,49 @@ def test_a_vocoder_hears_the_acoustic_models_mels_against_the_real_audio(tiny_co
               metadata={"format": "michi_lite.acoustic_mels/1", "preset": "tiny"})
     with pytest.raises(ValueError, match="no mels of the train utterances"):
         AudioSegments(tiny_corpus, replace(cfg, acoustic_mels=str(tmp_path / "nobody.safetensors")))
+
+
+def test_a_teachers_audio_of_the_acoustic_mels_replaces_the_real_audio(tiny_corpus, acoustic_mels_file, tmp_path,
+                                                                       one_thread):
+    from michi_lite.acoustic import read_acoustic_mels
+    from michi_lite.cli import main
+
+    torch.manual_seed(0)
+    teacher_file = save_vocoder(tmp_path / "teacher.safetensors", istft_generator(TINY_ADVANCE), "tiny")
+    mels = read_acoustic_mels(acoustic_mels_file, "tiny")
+    plain = replace(TINY_PGHI, acoustic_mels=str(acoustic_mels_file), acoustic_mel_share=0.5)
+    taught = replace(plain, acoustic_mel_teacher=str(teacher_file))
+    segments = {"plain": AudioSegments(tiny_corpus, plain), "taught": AudioSegments(tiny_corpus, taught)}
+    items = {}
+    for name, dataset in segments.items():  # the same seed draws the same crops and shares, teacher or not
+        torch.manual_seed(3)
+        items[name] = [dataset[i % len(dataset)] for i in range(12)]
+    teacher = load_vocoder(teacher_file, "tiny")
+    hop = TINY.audio.hop_length
+    n_given = 0
+    for i, ((real, mel, given), (crop, same_mel, same_given)) in enumerate(zip(items["plain"], items["taught"])):
+        assert torch.equal(mel, same_mel) and given == same_given
+        if not given:
+            assert torch.equal(crop, real)
+            continue
+        n_given += 1  # the crop is the teacher's audio of the mel's stretch of the utterance, fp16
+        full = mels[segments["taught"].records[i % len(segments["taught"])]["id"]].T
+        k = next(k for k in range(full.shape[1] - mel.shape[1] + 1) if torch.equal(mel, full[:, k:k + mel.shape[1]]))
+        spoken = teacher.vocode(full).detach()[k * hop:k * hop + len(crop)]
+        assert not torch.allclose(crop, real, atol=1e-3)
+        torch.testing.assert_close(crop[:len(spoken)], spoken.half().float())
+    assert 0 < n_given < 12
+
+    run = tmp_path / "run"
+    main(train_command(tiny_corpus, run) + ["--steps", "2", "--arch", "istft", "--istft-phase", "pghi",
+                                            "--magnitude-loss", "1", "--acoustic-mels", str(acoustic_mels_file),
+                                            "--acoustic-mel-share", "0.5", "--acoustic-mel-teacher", str(teacher_file)])
+    main(train_command(tiny_corpus, run) + ["--steps", "3", "--resume"])
+    assert started_config(run)["acoustic_mel_teacher"] == str(teacher_file) and int(read_log(run)[-1]["step"]) == 3
+    with pytest.raises(ValueError, match="acoustic_mel_teacher speaks the acoustic mels"):
+        replace(TINY_PGHI, acoustic_mel_teacher=str(teacher_file))
+    with pytest.raises(ValueError, match="not a michi_lite vocoder checkpoint"):
+        AudioSegments(tiny_corpus, replace(taught, acoustic_mel_teacher=str(acoustic_mels_file)))
 
 
 def test_the_phase_loss_needs_an_advance_head(tiny_corpus, tmp_path):
