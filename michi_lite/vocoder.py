@@ -1426,7 +1426,8 @@ class VocoderTrainer:
 
         With acoustic mels (``AudioSegments``) the batch is (audio, mels,
         which are given), and the generator hears the given mels in place of
-        the real audio's; every loss still compares with the real audio.
+        the audio's own; every loss still compares with the audio (the real
+        audio, or a teacher's of the given mel).
 
         While ``warming_up``, the generator alone learns from its mel loss (and
         the STFT and multi-scale mel losses, if weighted) and the discriminators
