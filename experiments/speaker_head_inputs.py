@@ -34,7 +34,8 @@ from michi_lite.backbone import load_tokenizer, load_whisper
 from michi_lite.data.alignment import word_error_rate
 from michi_lite.eval import hear_patches, voice_groups
 from michi_lite.flow import MIN_REMAINING_TIME, SpeakingHead, euler_sample
-from michi_lite.model import SILENCE_MEL, SpeakerUtterances, load_speaker
+from michi_lite.model import SILENCE_MEL, load_speaker
+from michi_lite.train_speaker import SpeakerUtterances
 from michi_lite.vocoder import load_vocoder
 
 DROP_TEXT = 0.15  # the share of training frames the guided head sees without its text part

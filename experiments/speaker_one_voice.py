@@ -31,7 +31,9 @@ import torch
 from michi_lite.backbone import load_tokenizer, load_whisper
 from michi_lite.data.alignment import word_error_rate
 from michi_lite.eval import hear_patches, next_patch_errors, teacher_forced_patches
-from michi_lite.model import LengthBuckets, SpeakerTrainer, SpeakerUtterances, load_speaker
+from michi_lite.model import load_speaker
+from michi_lite.train import LengthBuckets
+from michi_lite.train_speaker import SpeakerTrainer, SpeakerUtterances
 from michi_lite.vocoder import load_vocoder
 
 

@@ -44,6 +44,7 @@ from .audio import SILENCE_MEL, audio_patches, load_audio, speech_patches, voice
 from .config import FRAME_SECONDS, AudioConfig, get_config
 from .data.phonemes import N_PHONEME_IDS, PAD_PHONEME, phoneme_id, sentence_phonemes
 from .flow import SpeakingHead
+from .weights import load_shaped_weights, read_weights, write_weights
 
 ACOUSTIC_FORMAT = "michi_lite.acoustic/1"
 ACOUSTIC_MELS_FORMAT = "michi_lite.acoustic_mels/1"
@@ -419,7 +420,6 @@ class AcousticUtterances(torch.utils.data.Dataset):
 def save_acoustic(path: str | os.PathLike, model: AcousticModel, preset: str,
                   dtype: torch.dtype = torch.float32) -> Path:
     """The model's weights (``dtype``) with its preset and shape, for ``load_acoustic``."""
-    from .train import write_weights
 
     tensors = {k: v.to(dtype) for k, v in model.state_dict().items()}
     metadata = {"format": ACOUSTIC_FORMAT, "preset": preset, "config": json.dumps(model.cfg.to_dict())}
@@ -442,7 +442,6 @@ def is_acoustic(path: str | os.PathLike) -> bool:
 
 def load_acoustic(path: str | os.PathLike, preset: str, device: str | torch.device = "cpu") -> AcousticModel:
     """An ``AcousticModel`` from ``save_acoustic``'s file (or a training run's directory), in fp32, for inference."""
-    from .train import load_shaped_weights
 
     model = load_shaped_weights(AcousticModel(acoustic_config(preset)), path, "acoustic", ACOUSTIC_FORMAT, preset)
     return model.to(device).eval()
@@ -482,7 +481,6 @@ def speak_on_engine_timing(model: AcousticModel, data_dir: str | os.PathLike, sp
 def write_acoustic_mels(path: str | os.PathLike, mels: dict[str, torch.Tensor], preset: str,
                         acoustic: str | os.PathLike, steps: int) -> Path:
     """``speak_on_engine_timing``'s mels in fp16, with what made them, for ``train vocoder --acoustic-mels``."""
-    from .train import write_weights
 
     metadata = {"format": ACOUSTIC_MELS_FORMAT, "preset": preset, "acoustic": str(acoustic), "steps": str(steps)}
     return write_weights(path, {k: v.half() for k, v in mels.items()}, metadata)
@@ -490,7 +488,6 @@ def write_acoustic_mels(path: str | os.PathLike, mels: dict[str, torch.Tensor], 
 
 def read_acoustic_mels(path: str | os.PathLike, preset: str) -> dict[str, torch.Tensor]:
     """``write_acoustic_mels``'s file -> mels (C, n_mels) in fp32 by utterance id; a foreign file raises ValueError."""
-    from .train import read_weights
 
     _, _, mels = read_weights(path, "acoustic mels", ACOUSTIC_MELS_FORMAT, preset)
     return {k: v.float() for k, v in mels.items()}

@@ -37,6 +37,7 @@ from torch import nn
 
 from .config import AudioConfig, get_config
 from .data.phonemes import PHONEMES, UNKNOWN_PHONEME
+from .weights import load_shaped_weights, write_weights
 
 ALIGNER_FORMAT = "michi_lite.aligner/1"
 N_CLASSES = 2 + len(PHONEMES)  # pause, unknown, then each phoneme of the table
@@ -182,7 +183,6 @@ def force_align(log_probs: np.ndarray, classes: np.ndarray, min_columns: int = 1
 def save_aligner(path: str | os.PathLike, model: PhonemeClassifier, preset: str,
                  dtype: torch.dtype = torch.float32) -> Path:
     """The classifier's weights (``dtype``) with its preset and shape, for ``load_aligner``."""
-    from .train import write_weights
 
     tensors = {k: v.to(dtype) for k, v in model.state_dict().items()}
     metadata = {"format": ALIGNER_FORMAT, "preset": preset, "config": json.dumps(model.cfg.to_dict())}
@@ -191,7 +191,6 @@ def save_aligner(path: str | os.PathLike, model: PhonemeClassifier, preset: str,
 
 def load_aligner(path: str | os.PathLike, preset: str, device: str | torch.device = "cpu") -> PhonemeClassifier:
     """A ``PhonemeClassifier`` from ``save_aligner``'s file (or a training run's directory), in fp32."""
-    from .train import load_shaped_weights
 
     model = load_shaped_weights(PhonemeClassifier(aligner_config(preset)), path, "aligner", ALIGNER_FORMAT, preset)
     return model.to(device).eval()

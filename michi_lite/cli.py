@@ -208,7 +208,8 @@ def report_run(run: Path, preset: str, stage: str) -> None:
 
 
 def cmd_train_vocoder(args: argparse.Namespace) -> None:
-    from .vocoder import train_vocoder, vocoder_config
+    from .train_vocoder import train_vocoder
+    from .vocoder import vocoder_config
 
     run = train_vocoder(vocoder_config(args.preset), args.data, args.out, steps=args.steps, resume=args.resume,
                         batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
@@ -224,7 +225,7 @@ def cmd_train_vocoder(args: argparse.Namespace) -> None:
 
 
 def cmd_train_listener(args: argparse.Namespace) -> None:
-    from .listen import train_listener
+    from .train_listener import train_listener
 
     run = train_listener(args.preset, args.data, args.out, steps=args.steps, resume=args.resume,
                          batch_size=args.batch_size or 8, checkpoint_every=args.checkpoint_every,
@@ -233,7 +234,7 @@ def cmd_train_listener(args: argparse.Namespace) -> None:
 
 
 def cmd_train_speaker(args: argparse.Namespace) -> None:
-    from .model import train_speaker
+    from .train_speaker import train_speaker
 
     run = train_speaker(args.preset, args.data, args.out, steps=args.steps, resume=args.resume,
                         batch_size=args.batch_size or 8, checkpoint_every=args.checkpoint_every,

@@ -1,7 +1,10 @@
 """What every training stage shares: checkpoints that survive a kill, resuming, the loop and its CSV log.
 
 A stage supplies a ``Trainer``: its modules and optimizers, one ``step`` on a
-batch, and an ``export`` of the file inference loads. ``fit`` runs it:
+batch, and an ``export`` of the file inference loads (``weights.py``). Each
+stage's recipe is a module beside this one (``train_vocoder``,
+``train_listener``, ``train_speaker``, ``train_acoustic``,
+``train_aligner``); the models never import them. ``fit`` runs it:
 
 * a checkpoint every N steps (and at the end, and when ``max_minutes`` is
   up) into ``checkpoints/step_N/``: weights as safetensors, optimizer moments,
@@ -33,13 +36,11 @@ import random
 import shutil
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -366,83 +367,3 @@ def fit(
     if out_of_time and step < steps:
         logger.info("stopping at step %d after %.1f minutes; --resume goes on", step, max_minutes)
     return out_dir
-
-
-# --- the files inference loads ------------------------------------------------------------
-
-
-def write_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Safetensors with string metadata, written to a temporary name and renamed: a reader never sees half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path
-
-
-def read_weights(path: str | os.PathLike, what: str, file_format: str, preset: str) -> tuple[Path, dict, dict]:
-    """Open a ``write_weights`` file of a ``what`` (or the run directory holding ``{what}.safetensors``).
-
-    Returns (path, metadata, tensors). A missing file raises
-    FileNotFoundError; a foreign or truncated one, or weights made for
-    another preset, ValueError saying which. The file is only read.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / f"{what}.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no {what} checkpoint here")
-    try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except Exception as error:  # safetensors raises its own error types for a truncated or foreign file
-        raise ValueError(f"{path}: not a michi_lite {what} checkpoint ({error})") from error
-    if metadata.get("format") != file_format:
-        raise ValueError(f"{path}: not a michi_lite {what} checkpoint (format {metadata.get('format')!r})")
-    if metadata.get("preset") != preset:
-        raise ValueError(f"{path}: this {what} was trained for preset {metadata.get('preset')!r}, but preset "
-                         f"{preset!r} was asked for; pass --preset {metadata.get('preset')}")
-    return path, metadata, tensors
-
-
-def saved_config(path: Path, metadata: dict, what: str) -> dict:
-    """The config a ``read_weights`` file was saved with; ValueError if it has none that reads as a JSON object."""
-    try:
-        config = json.loads(metadata["config"])
-    except (KeyError, json.JSONDecodeError):
-        config = None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: not a michi_lite {what} checkpoint (no readable config)")
-    return config
-
-
-@contextmanager
-def fitting_weights(path: Path, what: str) -> Iterator[None]:
-    """Around loading a file's tensors into a module: tensors that do not fit it raise ValueError naming the file.
-
-    Torch says so with a RuntimeError of many lines, a loader's own checks
-    with a KeyError or ValueError. A file with today's config but other
-    tensors was made by other code, or damaged.
-    """
-    try:
-        yield
-    except (RuntimeError, KeyError, ValueError) as error:
-        reason = " ".join(str(error).split())[:200]
-        raise ValueError(f"{path}: its tensors do not fit a {what} of today's code ({reason})") from error
-
-
-def load_shaped_weights(model: nn.Module, path: str | os.PathLike, what: str, file_format: str,
-                        preset: str) -> nn.Module:
-    """``model`` (with a ``cfg``) given a ``write_weights`` file's tensors, once the file's config is its shape.
-
-    Raises as ``read_weights`` does, and ValueError for another shape or
-    tensors that do not fit.
-    """
-    path, metadata, tensors = read_weights(path, what, file_format, preset)
-    if saved_config(path, metadata, what) != json.loads(json.dumps(model.cfg.to_dict())):
-        raise ValueError(f"{path}: this {what} has another shape than preset {preset!r} now has")
-    with fitting_weights(path, what):
-        model.load_state_dict({k: v.float() for k, v in tensors.items()})
-    return model

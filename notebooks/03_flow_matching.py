@@ -69,15 +69,10 @@ from michi_lite.data.frames import PAD_TOKEN
 from michi_lite.data.phonemes import PAD_PHONEME, phoneme_id, phoneme_name, sentence_phonemes, stressed
 from michi_lite.data.words import Word
 from michi_lite.flow import SpeakingHead, euler_sample, flow_matching_loss, time_embedding
-from michi_lite.model import (
-    SpeakerUtterances,
-    load_speaker,
-    quantized_for_cpu,
-    speaker_streams,
-    speech_model_config,
-)
+from michi_lite.model import load_speaker, quantized_for_cpu, speaker_streams, speech_model_config
 from michi_lite.plots import loss_curves, spectrogram_comparison, step_sweep
 from michi_lite.say import Speaker
+from michi_lite.train_speaker import SpeakerUtterances
 from michi_lite.vocoder import load_vocoder
 
 logging.basicConfig(level=logging.WARNING)

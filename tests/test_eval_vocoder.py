@@ -12,7 +12,8 @@ from michi_lite.audio import load_audio
 from michi_lite.cli import main
 from michi_lite.data.corpus import load_manifest
 from michi_lite.eval import evaluate_vocoder, pesq_wideband, short_time_intelligibility
-from michi_lite.vocoder import load_vocoder, train_vocoder, vocoder_config
+from michi_lite.train_vocoder import train_vocoder
+from michi_lite.vocoder import load_vocoder, vocoder_config
 
 SAMPLE_RATE = vocoder_config("tiny").audio.sample_rate
 REPO = Path(__file__).resolve().parent.parent

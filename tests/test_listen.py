@@ -19,13 +19,11 @@ from michi_lite.listen import (
     WHISPER_POSITIONS,
     EncoderState,
     HeardFrame,
-    ListenerUtterances,
     StreamingWhisperEncoder,
     WordAssembler,
     block_causal_mask,
     build_listener,
     clip_features,
-    distillation_loss,
     emission_grid,
     listener_config,
     load_listener,
@@ -34,6 +32,7 @@ from michi_lite.listen import (
     whisper_encoder_state,
 )
 from michi_lite.train import latest_checkpoint
+from michi_lite.train_listener import ListenerUtterances, distillation_loss
 
 TINY = listener_config("tiny")
 FRAME = TINY.audio.samples_per_frame

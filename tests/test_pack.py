@@ -13,7 +13,8 @@ import michi_lite.data.phonemes
 from michi_lite.audio import SILENCE_MEL, MelSpectrogram, normalize_mel
 from michi_lite.cli import main
 from michi_lite.data.pack import MEL_SPAN, MEL_STEPS, dequantize_mel, quantize_mel
-from michi_lite.model import SpeakerUtterances, speech_model_config
+from michi_lite.model import speech_model_config
+from michi_lite.train_speaker import SpeakerUtterances
 from michi_lite.train import latest_checkpoint
 
 TINY = speech_model_config("tiny")

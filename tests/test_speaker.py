@@ -17,7 +17,6 @@ from michi_lite.frame_decoder import FrameCache
 from michi_lite.model import (
     END_TOKEN,
     SpeakerStreams,
-    SpeakerUtterances,
     VoicedChunks,
     build_speech_model,
     load_speaker,
@@ -27,6 +26,7 @@ from michi_lite.model import (
 )
 from michi_lite.say import MAX_SEGMENT_WORDS, Speaker, split_text
 from michi_lite.train import latest_checkpoint
+from michi_lite.train_speaker import SpeakerUtterances
 from michi_lite.vocoder import HiFiGANGenerator, save_vocoder, vocoder_config
 
 TINY = speech_model_config("tiny")
@@ -152,7 +152,7 @@ def test_training_prompts_come_from_another_utterance_of_the_same_voice(tiny_cor
 
 
 def test_a_few_steps_on_one_batch_lower_both_losses(tiny_corpus, tokenizer):
-    from michi_lite.model import SpeakerTrainer
+    from michi_lite.train_speaker import SpeakerTrainer
 
     torch.manual_seed(0)
     model = build_speech_model("tiny", tokenizer)
@@ -168,7 +168,7 @@ def test_a_few_steps_on_one_batch_lower_both_losses(tiny_corpus, tokenizer):
 
 
 def test_a_step_in_bf16_autocast_keeps_the_weights_and_losses_in_fp32(tiny_corpus, tokenizer):
-    from michi_lite.model import SpeakerTrainer
+    from michi_lite.train_speaker import SpeakerTrainer
 
     torch.manual_seed(0)
     model = build_speech_model("tiny", tokenizer)
@@ -273,7 +273,7 @@ def test_train_speaker_checkpoints_only_what_it_trains_and_resumes(tiny_corpus, 
 def test_training_can_start_from_a_model_that_lacks_a_newer_module(tiny_corpus, speaker_run, tokenizer, tmp_path):
     from safetensors.torch import load_file
 
-    from michi_lite.train import write_weights
+    from michi_lite.weights import write_weights
 
     older = {k: v for k, v in load_file(speaker_run / "speaker.safetensors").items()
              if not k.startswith("phoneme_reader.")}

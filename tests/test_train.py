@@ -1,7 +1,9 @@
-"""The shared training loop: a resumed run continues the data order and the random draws where it stopped."""
+"""The shared training loop: a resumed run continues the data order and the random draws where it stopped;
+and the recipes stay out of the models."""
 
 from __future__ import annotations
 
+import ast
 import random
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+import michi_lite
 from michi_lite.train import LengthBuckets, ShuffledBatches, fit
 
 
@@ -104,3 +107,19 @@ def test_numbered_batches_give_each_item_the_number_of_its_batch_in_the_whole_ru
     batches = list(numbered) + list(numbered)  # two passes
     assert [{n for _, n in batch} for batch in batches] == [{n} for n in range(6)]
     assert [[i for i, _ in batch] for batch in batches] == list(plain) + list(plain)
+
+
+def test_models_and_inference_import_no_trainer():
+    """Each stage's recipe sits in a ``train_*`` module beside the shared loop; a model, a loader or an
+    inference path never imports one (only the command line, which dispatches to them)."""
+    package = Path(michi_lite.__file__).parent
+    recipes = {"train"} | {path.stem for path in package.glob("train_*.py")}
+    assert {"train_vocoder", "train_listener", "train_speaker", "train_acoustic", "train_aligner"} <= recipes
+    importers = {}
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+            if any(name.split(".")[-1] in recipes for name in names):
+                importers.setdefault(path.stem, set()).update(n.split(".")[-1] for n in names)
+    assert set(importers) <= recipes | {"cli"}, {k: v for k, v in importers.items() if k not in recipes | {"cli"}}

@@ -17,9 +17,8 @@ from torch import nn
 
 from michi_lite.audio import MelSpectrogram, normalize_mel
 from michi_lite.train import latest_checkpoint, load_checkpoint, save_checkpoint, started_config
+from michi_lite.train_vocoder import LOSSES, AudioSegments, VocoderTrainer, train_vocoder
 from michi_lite.vocoder import (
-    LOSSES,
-    AudioSegments,
     CausalUpsample,
     GriffinLim,
     HiFiGANGenerator,
@@ -27,7 +26,6 @@ from michi_lite.vocoder import (
     MultiPeriodDiscriminator,
     MultiResolutionDiscriminator,
     MultiScaleMelLoss,
-    VocoderTrainer,
     adversarial_loss,
     discriminator_loss,
     feature_matching_loss,
@@ -42,7 +40,6 @@ from michi_lite.vocoder import (
     stft_distance,
     stft_loss,
     synthesis_window,
-    train_vocoder,
     vocoder_config,
 )
 

@@ -1,0 +1,258 @@
+"""The listener's training recipe (``michi-lite train listener``), on the shared loop of ``train.py``.
+
+``ListenerUtterances`` gives each utterance as the listener hears it (by
+chance changed: speed, loudness, a room, a telephone band, noise) and as the
+teacher hears it, with its emission grid (``listen.emission_grid``);
+``ListenerTrainer`` is one step: the frame-level cross-entropy against the
+grid, plus the distance of the causal encoder's states from the offline
+Whisper encoder's on the clean clip (``distillation_loss``);
+``train_listener`` runs it with checkpoints, resuming and the log, and
+exports the file ``load_listener`` reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .audio import load_audio
+from .data.augment import Augmenter
+from .data.corpus import load_manifest
+from .data.frames import PAD_TOKEN
+from .data.words import Word
+from .listen import (
+    WHISPER_FLOOR,
+    WHISPER_POSITIONS,
+    CHECKPOINT_FORMAT,
+    Listener,
+    ListenerConfig,
+    StreamingWhisperEncoder,
+    build_listener,
+    clip_features,
+    emission_grid,
+    save_listener,
+    whisper_encoder_state,
+)
+from .train import ScheduledTrainer, ShuffledBatches, fit, loader_workers, started_config, training_device
+from .weights import fitting_weights, read_weights
+
+logger = logging.getLogger(__name__)
+
+
+class ListenerUtterances(torch.utils.data.Dataset):
+    """A corpus split's utterances up to ``max_seconds``, as (heard features, clean features, targets).
+
+    The heard features are what the listener learns from; the clean ones are
+    what the teacher hears (``ListenerTrainer``), both Whisper-scale. With an
+    ``augment``, an item is an ``(index, batch number)`` pair (from
+    ``EpochBatches.with_numbers``) that seeds the clip's random changes, so a
+    resumed run hears the clips an uninterrupted one would; the clean clip
+    keeps its speed change, the heard one has the room and the noise too.
+    Without, both are the clip as it is.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, cfg: ListenerConfig, tokenizer, split: str = "train",
+                 max_seconds: float = 12.0, augment: Augmenter | None = None, seed: int = 0) -> None:
+        self.data_dir, self.cfg, self.tokenizer = Path(data_dir), cfg, tokenizer
+        self.augment, self.seed = augment, seed
+        self.records = [r for r in load_manifest(data_dir, split) if r["duration"] <= max_seconds]
+        if not self.records:
+            raise ValueError(f"{data_dir}: no {split} utterances of at most {max_seconds} s")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        index, draw = item if isinstance(item, tuple) else (item, 0)
+        record = self.records[index]
+        clean = load_audio(self.data_dir / record["path"], self.cfg.audio.sample_rate)
+        heard, speed = clean, 1.0
+        if self.augment is not None:
+            clean, heard, speed = self.augment(clean, np.random.default_rng([self.seed, draw, index]))
+        frame = self.cfg.audio.samples_per_frame
+        words = [Word(w["word"], w["start"] / speed, w["end"] / speed) for w in record["words"]]
+        grid = emission_grid(record["text"], words, self.tokenizer, math.ceil(len(clean) / frame),
+                             self.cfg.delay_frames)
+
+        def features(wave: np.ndarray) -> torch.Tensor:  # whole frames, and silence for spilled tokens
+            wave = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+            return clip_features(F.pad(wave, (0, len(grid) * frame - len(wave))), self.cfg.audio)
+
+        heard_features = features(heard)
+        clean_features = heard_features if heard is clean else features(clean)
+        return heard_features, clean_features, torch.tensor(grid.tokens)
+
+    @staticmethod
+    def collate(items: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pad to the longest: features with the floor value (silence), targets with -100 (no loss)."""
+        frames = max(len(item[-1]) for item in items)
+        mels_per_frame = items[0][0].shape[-1] // len(items[0][-1])
+        silence = (WHISPER_FLOOR + 4) / 4
+
+        def padded(f: torch.Tensor) -> torch.Tensor:
+            return F.pad(f, (0, frames * mels_per_frame - f.shape[-1]), value=silence)
+
+        heard = torch.stack([padded(item[0]) for item in items])
+        clean = torch.stack([padded(item[1]) for item in items])
+        targets = torch.stack([F.pad(item[-1], (0, frames - len(item[-1])), value=-100) for item in items])
+        return heard, clean, targets  # (batch, n_mels, frames * mels_per_frame) twice, (batch, frames)
+
+
+LOSSES = ["loss", "token_loss", "distill_loss", "frame_accuracy", "token_accuracy"]
+
+
+def teacher_encoder(cfg: ListenerConfig) -> StreamingWhisperEncoder:
+    """The frozen encoder the listener learns to sound like: Whisper's pretrained one (a random one for ``tiny``).
+
+    It runs offline, as Whisper does (``forward(whisper=True)``: the whole
+    clip in view), on the clean clip.
+    """
+    teacher = StreamingWhisperEncoder(cfg)
+    if cfg.whisper is not None:
+        teacher.load_state_dict(whisper_encoder_state(cfg.whisper))
+    return teacher.requires_grad_(False).eval()
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, valid_frames: torch.Tensor,
+                      per_frame: int, delay_frames: int) -> torch.Tensor:
+    """Mean squared distance between the causal encoder's states and the offline teacher's, ``delay_frames`` back.
+
+    ``student``, ``teacher``: (batch, positions, width); ``valid_frames``
+    (batch, frames) marks the frames that are not batch padding. The student
+    at frame t has heard up to the end of frame t and is compared with the
+    teacher's frame t - delay_frames, which is what it will emit words from.
+    """
+    shift = per_frame * delay_frames
+    valid = valid_frames.repeat_interleave(per_frame, dim=1)[:, shift:]  # (batch, positions - shift)
+    error = (student[:, shift:] - teacher[:, :teacher.shape[1] - shift]).pow(2).mean(-1)
+    return (error * valid).sum() / valid.sum().clamp(min=1)
+
+
+class ListenerTrainer(ScheduledTrainer):
+    """The listener and its optimizer: cross-entropy against the emission grid, plus distillation.
+
+    The token loss is the frame-level cross-entropy on the heard clip, whose
+    encoder positions start at a random point of ``WHISPER_POSITIONS`` (drawn
+    from torch's generator, which a checkpoint keeps). With
+    ``distill`` > 0 the encoder's states are also pulled towards the offline
+    ``teacher_encoder``'s on the clean clip (``distillation_loss``, weighted
+    by ``distill``): what Whisper knows of voices the corpus never had is
+    kept rather than traded for the corpus's own. The pretrained encoder
+    learns at a tenth of the new head's rate, after a linear warm-up, so the
+    first steps of a random head do not wreck it.
+    """
+
+    def __init__(self, listener: Listener, preset: str, device: torch.device, pad_id: int,
+                 learning_rate: float = 3e-4, warmup_steps: int = 50, distill: float = 0.0,
+                 recipe: dict | None = None) -> None:
+        self.listener, self.preset, self.device, self.pad_id = listener.to(device), preset, device, pad_id
+        self.distill, self.recipe = distill, {"distill": distill, **(recipe or {})}
+        self.teacher = teacher_encoder(listener.cfg).to(device) if distill > 0 else None
+        head = [*listener.project.parameters(), listener.token_bias]
+        self.optimizer = torch.optim.AdamW([
+            {"params": listener.encoder.parameters(), "lr": learning_rate / 10},
+            {"params": head, "lr": learning_rate},
+        ], weight_decay=0.01)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup_steps))
+
+    def step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        heard, clean, targets = (t.to(self.device) for t in batch)
+        self.listener.train()
+        hidden = self.listener.encoder(heard, start=int(torch.randint(WHISPER_POSITIONS, ())))
+        _, logits = self.listener.head(hidden)  # (batch, frames, vocab)
+        token_loss = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100)
+        loss, result = token_loss, {"token_loss": token_loss.item()}
+        if self.teacher is not None:
+            with torch.no_grad():
+                taught = self.teacher(clean, whisper=True)
+            cfg = self.listener.cfg
+            distill = distillation_loss(hidden, taught, targets != -100, cfg.positions_per_frame, cfg.delay_frames)
+            loss = loss + self.distill * distill
+            result["distill_loss"] = distill.item()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.listener.parameters(), 1.0)
+        self.optimizer.step()
+        self.schedule.step()
+        with torch.no_grad():
+            predicted, counted = logits.argmax(-1), targets != -100
+            tokens = counted & (targets != self.pad_id)
+            right = (predicted == targets) & counted
+        return {"loss": loss.item(), **result, "frame_accuracy": (right.sum() / counted.sum()).item(),
+                "token_accuracy": ((right & tokens).sum() / tokens.sum().clamp(min=1)).item()}
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"listener": self.listener}
+
+    def config(self) -> dict:
+        return {**self.listener.cfg.to_dict(), "recipe": self.recipe}
+
+    def shape(self) -> dict:
+        return self.listener.cfg.to_dict()
+
+    def export(self, out_dir: Path) -> None:
+        save_listener(out_dir / "listener.safetensors", self.listener, self.preset)
+
+
+def train_listener(
+    preset: str,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    steps: int,
+    resume: bool = False,
+    batch_size: int = 8,
+    checkpoint_every: int = 200,
+    log_every: int = 10,
+    max_minutes: float | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    augment: bool | None = None,
+    distill: float | None = None,
+    init: str | os.PathLike | None = None,
+) -> Path:
+    """Fine-tune the listener on the corpus's train split (see ``fit`` for checkpoints and resuming).
+
+    ``augment`` (default on): each clip with a random speed, loudness, room,
+    band limit and noise (``Augmenter``); ``distill`` (default 1): the
+    weight of the teacher's loss (0: none); ``init``: start from a listener
+    file's weights instead of Whisper's (its emission delay may differ: the
+    head learns the new one). A resumed run keeps the recipe it started
+    with, batch size and seed included.
+    """
+    from .backbone import load_tokenizer
+
+    started = started_config(out_dir) if resume else None
+    if started is not None and "recipe" in started:
+        recipe = started["recipe"]
+        augment, distill, batch_size, seed = recipe["augment"], recipe["distill"], recipe["batch_size"], recipe["seed"]
+        init = None  # the checkpoint's weights are loaded over any start
+    augment = True if augment is None else augment
+    distill = 1.0 if distill is None else distill
+    tokenizer = load_tokenizer()
+    device = training_device(device)
+    torch.manual_seed(seed)
+    listener = build_listener(preset, len(tokenizer))
+    if init is not None:
+        path, _, tensors = read_weights(init, "listener", CHECKPOINT_FORMAT, preset)
+        with fitting_weights(path, "listener"):
+            listener.load_state_dict({k: v.float() for k, v in tensors.items()})
+    recipe = {"augment": augment, "batch_size": batch_size, "seed": seed, "init": None if init is None else str(init)}
+    trainer = ListenerTrainer(listener, preset, device, tokenizer.convert_tokens_to_ids(PAD_TOKEN), distill=distill,
+                              recipe=recipe)
+    logger.info("listener %s: %.2fM trained parameters, %d steps of %d utterances on %s", preset,
+                sum(p.numel() for p in listener.parameters()) / 1e6, steps, batch_size, device)
+    augmenter = Augmenter(listener.cfg.audio.sample_rate) if augment else None
+    dataset = ListenerUtterances(data_dir, listener.cfg, tokenizer, augment=augmenter, seed=seed)
+    workers = loader_workers(device)
+    order = ShuffledBatches(len(dataset), batch_size, seed, drop_last=len(dataset) > batch_size).with_numbers()
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=workers,
+                                         collate_fn=ListenerUtterances.collate)
+    return fit(trainer, loader, out_dir, steps, LOSSES, resume=resume, checkpoint_every=checkpoint_every,
+               log_every=log_every, max_minutes=max_minutes, desc="listener")
