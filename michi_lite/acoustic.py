@@ -486,11 +486,14 @@ def write_acoustic_mels(path: str | os.PathLike, mels: dict[str, torch.Tensor], 
     return write_weights(path, {k: v.half() for k, v in mels.items()}, metadata)
 
 
-def read_acoustic_mels(path: str | os.PathLike, preset: str) -> dict[str, torch.Tensor]:
-    """``write_acoustic_mels``'s file -> mels (C, n_mels) in fp32 by utterance id; a foreign file raises ValueError."""
+def read_acoustic_mels(path: str | os.PathLike, preset: str,
+                       dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """``write_acoustic_mels``'s file -> mels (C, n_mels) by utterance id, as ``dtype`` (the file holds fp16).
 
+    A foreign file raises ValueError.
+    """
     _, _, mels = read_weights(path, "acoustic mels", ACOUSTIC_MELS_FORMAT, preset)
-    return {k: v.float() for k, v in mels.items()}
+    return {k: v.to(dtype) for k, v in mels.items()}
 
 
 def prompt_columns(wave: np.ndarray | torch.Tensor, audio: AudioConfig, source: str = "voice prompt") -> torch.Tensor:

@@ -71,7 +71,8 @@ class AudioSegments(torch.utils.data.Dataset):
         if self.share:
             from .acoustic import read_acoustic_mels
 
-            self.acoustic_mels = read_acoustic_mels(cfg.acoustic_mels, cfg.preset)
+            # kept as the file has them (fp16: 300 MB for six hours of speech), each crop made fp32
+            self.acoustic_mels = read_acoustic_mels(cfg.acoustic_mels, cfg.preset, torch.float16)
             if not any(r["id"] in self.acoustic_mels for r in self.records):
                 raise ValueError(f"{cfg.acoustic_mels}: no mels of the {split} utterances of {data_dir}; make them "
                                  f"with `michi-lite data acoustic-mels --data {data_dir}`")
@@ -104,7 +105,8 @@ class AudioSegments(torch.utils.data.Dataset):
         columns = self.segment // hop
         if spoken is None or float(torch.rand(())) >= self.share:
             return crop, torch.zeros(self.audio.n_mels, columns), False
-        spoken = spoken[start // hop:start // hop + columns].T  # (n_mels, columns or fewer: padded as the wave)
+        # (n_mels, columns, or fewer: padded as the wave is)
+        spoken = spoken[start // hop:start // hop + columns].T.float()
         if self.teacher_waves:
             taught = self.teacher_waves[record["id"]][start:start + self.segment].float()
             crop = F.pad(taught, (0, self.segment - len(taught)))
