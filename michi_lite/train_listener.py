@@ -28,9 +28,9 @@ from .data.corpus import load_manifest
 from .data.frames import PAD_TOKEN
 from .data.words import Word
 from .listen import (
+    CHECKPOINT_FORMAT,
     WHISPER_FLOOR,
     WHISPER_POSITIONS,
-    CHECKPOINT_FORMAT,
     Listener,
     ListenerConfig,
     StreamingWhisperEncoder,
