@@ -420,7 +420,6 @@ class AcousticUtterances(torch.utils.data.Dataset):
 def save_acoustic(path: str | os.PathLike, model: AcousticModel, preset: str,
                   dtype: torch.dtype = torch.float32) -> Path:
     """The model's weights (``dtype``) with its preset and shape, for ``load_acoustic``."""
-
     tensors = {k: v.to(dtype) for k, v in model.state_dict().items()}
     metadata = {"format": ACOUSTIC_FORMAT, "preset": preset, "config": json.dumps(model.cfg.to_dict())}
     return write_weights(path, tensors, metadata)
@@ -442,7 +441,6 @@ def is_acoustic(path: str | os.PathLike) -> bool:
 
 def load_acoustic(path: str | os.PathLike, preset: str, device: str | torch.device = "cpu") -> AcousticModel:
     """An ``AcousticModel`` from ``save_acoustic``'s file (or a training run's directory), in fp32, for inference."""
-
     model = load_shaped_weights(AcousticModel(acoustic_config(preset)), path, "acoustic", ACOUSTIC_FORMAT, preset)
     return model.to(device).eval()
 
@@ -481,7 +479,6 @@ def speak_on_engine_timing(model: AcousticModel, data_dir: str | os.PathLike, sp
 def write_acoustic_mels(path: str | os.PathLike, mels: dict[str, torch.Tensor], preset: str,
                         acoustic: str | os.PathLike, steps: int) -> Path:
     """``speak_on_engine_timing``'s mels in fp16, with what made them, for ``train vocoder --acoustic-mels``."""
-
     metadata = {"format": ACOUSTIC_MELS_FORMAT, "preset": preset, "acoustic": str(acoustic), "steps": str(steps)}
     return write_weights(path, {k: v.half() for k, v in mels.items()}, metadata)
 

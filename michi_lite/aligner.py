@@ -183,7 +183,6 @@ def force_align(log_probs: np.ndarray, classes: np.ndarray, min_columns: int = 1
 def save_aligner(path: str | os.PathLike, model: PhonemeClassifier, preset: str,
                  dtype: torch.dtype = torch.float32) -> Path:
     """The classifier's weights (``dtype``) with its preset and shape, for ``load_aligner``."""
-
     tensors = {k: v.to(dtype) for k, v in model.state_dict().items()}
     metadata = {"format": ALIGNER_FORMAT, "preset": preset, "config": json.dumps(model.cfg.to_dict())}
     return write_weights(path, tensors, metadata)
@@ -191,7 +190,6 @@ def save_aligner(path: str | os.PathLike, model: PhonemeClassifier, preset: str,
 
 def load_aligner(path: str | os.PathLike, preset: str, device: str | torch.device = "cpu") -> PhonemeClassifier:
     """A ``PhonemeClassifier`` from ``save_aligner``'s file (or a training run's directory), in fp32."""
-
     model = load_shaped_weights(PhonemeClassifier(aligner_config(preset)), path, "aligner", ALIGNER_FORMAT, preset)
     return model.to(device).eval()
 

@@ -597,8 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "data acoustic-mels`), for --acoustic-mel-share")
             stage_train.add_argument("--acoustic-mel-share", type=fraction, metavar="P",
                                      help="the share of segments whose mel is the acoustic model's instead of the "
-                                          "real audio's, the losses still against the real audio (default: 0; a "
-                                          "resumed run keeps its own unless given)")
+                                          "real audio's, the losses still against the real audio, or the "
+                                          "--acoustic-mel-teacher's (default: 0; a resumed run keeps its own unless "
+                                          "given)")
             stage_train.add_argument("--acoustic-mel-teacher", metavar="VOCODER",
                                      help="a vocoder file whose audio of each acoustic mel those segments' losses "
                                           "compare with, in place of the real audio (default: the real audio; a "

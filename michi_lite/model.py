@@ -348,8 +348,6 @@ class SpeechModel(nn.Module):
         return {"text_loss": text_loss, "flow_loss": flow_loss, "keep_loss": keep_loss, "timing_accuracy": timing}
 
 
-# --- voice prompts -----------------------------------------------------------------------------
-
 # --- the training data ---------------------------------------------------------------------
 
 
@@ -450,7 +448,7 @@ def speaker_streams(text: str, words: list[Word], patches: torch.Tensor, tokeniz
                           torch.tensor([token for token, _ in plain]))
 
 
-# --- saving, loading --------------------------------------------------------------------------
+# --- building, saving, loading -------------------------------------------------------------------
 
 CHECKPOINT_FORMAT = "michi_lite.speaker/1"
 

@@ -11,6 +11,7 @@ it with checkpoints, resuming and the log, and exports the generator
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -312,6 +313,17 @@ class VocoderTrainer:
         save_vocoder(out_dir / "vocoder.safetensors", self.generator, self.preset)
 
 
+def teacher_digest(path: str | os.PathLike | None) -> str | None:
+    """The SHA-256 of a teacher vocoder's file (of ``vocoder.safetensors`` in a run's directory); None for none."""
+    if path is None:
+        return None
+    path = Path(path)
+    path = path / "vocoder.safetensors" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no teacher vocoder here")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def train_vocoder(
     cfg: VocoderConfig,
     data_dir: str | os.PathLike,
@@ -404,7 +416,8 @@ def train_vocoder(
     audio's harmonics cannot be told from a smooth mel, and a head that
     learns them from it learns their blur, while a teacher's harmonics are
     one answer it can learn. A resumed run keeps all three unless they are
-    given again.
+    given again; a share of 0 drops the teacher, and a resumed run refuses
+    a teacher file that changed since it started (``teacher_digest``).
     """
     started_with = started_config(out_dir) if resume else None
     if started_with is not None:
@@ -428,6 +441,14 @@ def train_vocoder(
         if value is None and started_with is not None:
             value = started_with.get(field)  # runs from before a field existed lack it
         recipe[field] = getattr(cfg, field) if value is None else value
+    if not recipe["acoustic_mel_share"]:
+        recipe["acoustic_mel_teacher"] = None  # no segment hears an acoustic mel: there is nothing to teach
+    recipe["acoustic_mel_teacher_digest"] = teacher_digest(recipe["acoustic_mel_teacher"])
+    if started_with is not None and started_with.get("acoustic_mel_teacher") == recipe["acoustic_mel_teacher"]:
+        started = started_with.get("acoustic_mel_teacher_digest")
+        if started is not None and started != recipe["acoustic_mel_teacher_digest"]:
+            raise ValueError(f"{out_dir} was started with another file at {recipe['acoustic_mel_teacher']}: its "
+                             f"segments would hear other targets; put the teacher back, or name a new one")
     cfg = replace(cfg, batch_size=batch_size or cfg.batch_size, segment_seconds=segment_seconds or cfg.segment_seconds,
                   **recipe)
     device = training_device(device)

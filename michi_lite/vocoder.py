@@ -156,6 +156,9 @@ class VocoderConfig:
     # real wave says which harmonics a smooth mel should get: against the real audio a head learns
     # their average, breath. A teacher's audio is one fixed answer it can learn. None: the real audio.
     acoustic_mel_teacher: str | None = None
+    # The teacher file's SHA-256, recorded when a run starts: a resumed run whose teacher is another
+    # file under the same name would hear other targets, and refuses to.
+    acoustic_mel_teacher_digest: str | None = None
 
     def __post_init__(self) -> None:
         if math.prod(self.upsample_rates) != self.audio.hop_length:

@@ -118,8 +118,9 @@ def test_models_and_inference_import_no_trainer():
     importers = {}
     for path in package.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+            names = ([node.module or "", *(alias.name for alias in node.names)] if isinstance(node, ast.ImportFrom)
                      else [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
-            if any(name.split(".")[-1] in recipes for name in names):
-                importers.setdefault(path.stem, set()).update(n.split(".")[-1] for n in names)
+            hits = {name.split(".")[-1] for name in names} & recipes  # `from .train_x import y`, `from . import train_x`
+            if hits:
+                importers.setdefault(path.stem, set()).update(hits)
     assert set(importers) <= recipes | {"cli"}, {k: v for k, v in importers.items() if k not in recipes | {"cli"}}

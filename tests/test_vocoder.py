@@ -866,7 +866,7 @@ def test_a_vocoder_hears_the_acoustic_models_mels_against_the_real_audio(tiny_co
 
 
 def test_a_teachers_audio_of_the_acoustic_mels_replaces_the_real_audio(tiny_corpus, acoustic_mels_file, tmp_path,
-                                                                       one_thread):
+                                                                       one_thread, capsys):
     from michi_lite.acoustic import read_acoustic_mels
     from michi_lite.cli import main
 
@@ -902,6 +902,13 @@ def test_a_teachers_audio_of_the_acoustic_mels_replaces_the_real_audio(tiny_corp
                                             "--acoustic-mel-share", "0.5", "--acoustic-mel-teacher", str(teacher_file)])
     main(train_command(tiny_corpus, run) + ["--steps", "3", "--resume"])
     assert started_config(run)["acoustic_mel_teacher"] == str(teacher_file) and int(read_log(run)[-1]["step"]) == 3
+    # another file under the teacher's name would give other targets: refused; a share of 0 needs no teacher
+    save_vocoder(teacher_file, istft_generator(TINY_ADVANCE, seed=1), "tiny")
+    with pytest.raises(SystemExit):
+        main(train_command(tiny_corpus, run) + ["--steps", "4", "--resume"])
+    assert "started with another file at" in capsys.readouterr().err
+    main(train_command(tiny_corpus, run) + ["--steps", "4", "--resume", "--acoustic-mel-share", "0"])
+    assert started_config(run)["acoustic_mel_teacher"] is None and int(read_log(run)[-1]["step"]) == 4
     with pytest.raises(ValueError, match="acoustic_mel_teacher speaks the acoustic mels"):
         replace(TINY_PGHI, acoustic_mel_teacher=str(teacher_file))
     with pytest.raises(ValueError, match="not a michi_lite vocoder checkpoint"):

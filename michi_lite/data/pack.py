@@ -2,7 +2,7 @@
 
 For every utterance it trains on, the speech model reads the normalised
 log-mel of its audio and the espeak-ng phonemes of its words
-(``model.SpeakerUtterances``). Computed from the corpus's FLAC on the fly,
+(``train_speaker.SpeakerUtterances``). Computed from the corpus's FLAC on the fly,
 they need libespeak-ng wherever training runs, and they cost little beside a
 training step on a CPU but can keep a GPU waiting: on 2 CPU cores a batch of
 8 ``lite`` utterances took 130-150 ms to make from the corpus and 21-26 ms
