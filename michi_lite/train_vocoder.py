@@ -44,6 +44,7 @@ from .vocoder import (
     save_vocoder,
     stft_loss,
 )
+from .weights import weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -315,13 +316,7 @@ class VocoderTrainer:
 
 def teacher_digest(path: str | os.PathLike | None) -> str | None:
     """The SHA-256 of a teacher vocoder's file (of ``vocoder.safetensors`` in a run's directory); None for none."""
-    if path is None:
-        return None
-    path = Path(path)
-    path = path / "vocoder.safetensors" if path.is_dir() else path
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no teacher vocoder here")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return None if path is None else hashlib.sha256(weights_file(path, "vocoder").read_bytes()).hexdigest()
 
 
 def train_vocoder(

@@ -33,6 +33,19 @@ def write_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], met
     return path
 
 
+def weights_file(path: str | os.PathLike, what: str) -> Path:
+    """The file of a ``what``'s weights: ``path`` itself, or ``{what}.safetensors`` in a run's directory.
+
+    A missing file raises FileNotFoundError.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / f"{what}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no {what} checkpoint here")
+    return path
+
+
 def read_weights(path: str | os.PathLike, what: str, file_format: str, preset: str) -> tuple[Path, dict, dict]:
     """Open a ``write_weights`` file of a ``what`` (or the run directory holding ``{what}.safetensors``).
 
@@ -40,11 +53,7 @@ def read_weights(path: str | os.PathLike, what: str, file_format: str, preset: s
     FileNotFoundError; a foreign or truncated one, or weights made for
     another preset, ValueError saying which. The file is only read.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / f"{what}.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no {what} checkpoint here")
+    path = weights_file(path, what)
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
