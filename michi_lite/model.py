@@ -15,8 +15,16 @@ The text stream ``y`` is the inner monologue: each token on the frame where
 its word starts (``data.frames``), PAD elsewhere, and ``<|im_end|>`` on the
 frame where speech ends. The audio stream ``a`` runs ``text_lead_frames``
 behind it, so a word is chosen before it is voiced; its first frames are
-silence. The user's streams (the listener's embedding and tokens) will be
-summed into the same positions in the joint stage.
+silence.
+
+The user's streams join the same positions: what the listening head heard
+on frame p (its embedding and its text token or PAD, ``UserStreams``) is
+summed into position p + 1 beside what the model said on frame p, through
+one learnt projection of both (``user_in``: the user's token must not read
+as the model's own). So position p + 1 holds all of frame p, both sides of
+the conversation, and predicts the model's frame p + 1. Which streams are
+filled says what the model is doing: its own alone, speaking (TTS); the
+user's with the model's text, listening and answering (the joint stage).
 
 A token says which word comes, not how it sounds. So the speaking head also
 reads the phonemes of the chunk of text being voiced (``data.phonemes``),
@@ -70,7 +78,8 @@ logger = logging.getLogger(__name__)
 
 END_TOKEN = "<|im_end|>"  # SmolLM2's end of a turn: here, the frame where speech ends
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-NEW_MODULES = ("voice", "audio_in", "phoneme_reader", "speaking_head")  # trained beside the adapters and text_bias
+# trained beside the adapters and text_bias
+NEW_MODULES = ("voice", "audio_in", "user_in", "phoneme_reader", "speaking_head")
 
 
 @dataclass(frozen=True)
@@ -203,6 +212,11 @@ class SpeechModel(nn.Module):
         self.voice = VoiceEncoder(cfg.patch_dim, cfg.voice_width, cfg.hidden_size)
         self.audio_in = nn.Sequential(nn.Linear(cfg.patch_dim, cfg.hidden_size), nn.GELU(),
                                       nn.Linear(cfg.hidden_size, cfg.hidden_size))
+        # the user's embedding and token embedding -> the backbone; zero at first, so a model trained without a
+        # user (and a speaker file from before the user streams) hears none until joint training teaches it
+        self.user_in = nn.Linear(2 * cfg.hidden_size, cfg.hidden_size)
+        nn.init.zeros_(self.user_in.weight)
+        nn.init.zeros_(self.user_in.bias)
         self.text_bias = nn.Parameter(torch.zeros(backbone.embed_tokens.num_embeddings))
         self.phoneme_reader = PhonemeReader(cfg)
         self.speaking_head = SpeakingHead(cfg.patch_dim, 3 * cfg.hidden_size, cfg.head_width, cfg.head_depth)
@@ -275,9 +289,17 @@ class SpeechModel(nn.Module):
             return self.scorer(hidden)
         return hidden @ self.token_embedding.weight.T + self.text_bias
 
-    def frame_inputs(self, tokens: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        """What the model said on a frame, (batch, frames) tokens and patches -> (batch, frames, hidden)."""
-        return self.token_embedding(tokens) + self.audio_in(patches)
+    def frame_inputs(self, tokens: torch.Tensor, patches: torch.Tensor, user: UserStreams | None = None) -> torch.Tensor:
+        """What was said on frames: the model's (batch, frames) tokens and patches, and what it heard of the
+        user on the same frames if ``user`` is given -> backbone positions (batch, frames, hidden)."""
+        inputs = self.token_embedding(tokens) + self.audio_in(patches)
+        if user is None:
+            return inputs
+        if user.tokens.shape != tokens.shape or user.embeddings.shape != inputs.shape:
+            raise ValueError(f"the user's streams cover {tuple(user.tokens.shape)} frames, the model's "
+                             f"{tuple(tokens.shape)}: they must be the same frames")
+        heard = torch.cat([user.embeddings.to(inputs.dtype), self.token_embedding(user.tokens)], dim=-1)
+        return inputs + self.user_in(heard)
 
     def head_condition(self, hidden: torch.Tensor, tokens: torch.Tensor, voice: torch.Tensor,
                        phonemes: torch.Tensor, since: torch.Tensor) -> torch.Tensor:
@@ -308,7 +330,11 @@ class SpeechModel(nn.Module):
         tokens, patches, phonemes, since = (x[None] if one else x for x in (
             streams.tokens, streams.patches, streams.phonemes, streams.since))
         mask = None if one else streams.mask
-        inputs = torch.cat([voice[:, None], self.frame_inputs(tokens[:, :-1], patches[:, :-1])], dim=1)
+        user = streams.user
+        if user is not None:  # frame p is heard at position p + 1, as the model's own: the last frame at none
+            user = UserStreams(user.embeddings[None], user.tokens[None]) if one else user
+            user = UserStreams(user.embeddings[:, :-1], user.tokens[:, :-1])
+        inputs = torch.cat([voice[:, None], self.frame_inputs(tokens[:, :-1], patches[:, :-1], user)], dim=1)
         attention = None if mask is None else mask.long()
         hidden = self.decoder(inputs_embeds=inputs, attention_mask=attention).last_hidden_state
         return hidden, self.head_condition(hidden, tokens, voice[:, None], phonemes, since)
@@ -352,6 +378,21 @@ class SpeechModel(nn.Module):
 
 
 @dataclass
+class UserStreams:
+    """What the listening head heard of the user on each frame: its embedding and its text token or PAD.
+
+    Batched (batch, frames, ...) or one conversation's (frames, ...), as the
+    model's own streams beside them.
+    """
+
+    embeddings: torch.Tensor  # (batch, frames, hidden) in the backbone's token-embedding space (``Listener``)
+    tokens: torch.Tensor  # (batch, frames)
+
+    def to(self, device: torch.device) -> UserStreams:
+        return UserStreams(self.embeddings.to(device), self.tokens.to(device))
+
+
+@dataclass
 class SpeakerBatch:
     tokens: torch.Tensor  # (batch, frames) the text stream
     patches: torch.Tensor  # (batch, frames, patch_dim) the audio stream, text_lead_frames behind
@@ -362,9 +403,10 @@ class SpeakerBatch:
     prompt_mask: torch.Tensor  # (batch, prompt_frames)
     text: torch.Tensor  # (batch, n) each utterance's words as plain text, token ids, right-padded
     text_mask: torch.Tensor  # (batch, n) True on real tokens
+    user: UserStreams | None = None  # what the model heard on the same frames; None: no user (TTS)
 
     def to(self, device: torch.device) -> SpeakerBatch:
-        return SpeakerBatch(**{k: v.to(device) for k, v in vars(self).items()})
+        return SpeakerBatch(**{k: None if v is None else v.to(device) for k, v in vars(self).items()})
 
 
 class VoicedChunks:
@@ -418,9 +460,10 @@ class SpeakerStreams:
     phonemes: torch.Tensor  # (frames, max_phonemes) phoneme ids of the chunk each audio frame voices
     since: torch.Tensor  # (frames,) frames since that chunk began
     text: torch.Tensor  # (n,) the words as plain text (token ids): the text-only sample
+    user: UserStreams | None = None  # (frames, ...) what the model heard on the same frames; None: no user
 
     def to(self, device: torch.device) -> SpeakerStreams:
-        return SpeakerStreams(**{k: v.to(device) for k, v in vars(self).items()})
+        return SpeakerStreams(**{k: None if v is None else v.to(device) for k, v in vars(self).items()})
 
 
 def speaker_streams(text: str, words: list[Word], patches: torch.Tensor, tokenizer, cfg: SpeechModelConfig,
@@ -481,8 +524,8 @@ def load_speaker(path: str | os.PathLike, preset: str, tokenizer, device: str | 
     model = build_speech_model(preset, tokenizer)
     if saved_config(path, metadata, "speaker") != json.loads(json.dumps(model.cfg.to_dict())):
         raise ValueError(f"{path}: made with another speech model shape than preset {preset!r} has now")
-    with fitting_weights(path, "speaker"):
-        model.load_trained_state({k: v.float() for k, v in tensors.items()})
+    with fitting_weights(path, "speaker"):  # a file from before the user streams has no user_in: it hears none
+        model.load_trained_state({k: v.float() for k, v in tensors.items()}, fresh=("user_in",))
     if merge:
         model.merge_adapters()
     return model.to(device).eval()

@@ -17,6 +17,7 @@ from michi_lite.frame_decoder import FrameCache
 from michi_lite.model import (
     END_TOKEN,
     SpeakerStreams,
+    UserStreams,
     VoicedChunks,
     build_speech_model,
     load_speaker,
@@ -136,6 +137,52 @@ def test_the_phoneme_reader_starts_silent_and_reads_only_the_chunk(tokenizer):
     assert torch.equal(reader(hidden, phonemes, since), read)
     nothing = torch.full_like(phonemes, PAD_PHONEME)
     assert torch.isfinite(reader(hidden, nothing, since)).all()  # before the first word: the "nothing" key
+
+
+def heard_user(batch: int, frames: int, tokenizer, seed: int = 0) -> UserStreams:
+    """What a listener might hear of a user: random embeddings, a word token every third frame, PAD elsewhere."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.full((batch, frames), tokenizer.convert_tokens_to_ids(PAD_TOKEN))
+    tokens[:, ::3] = torch.randint(100, 1000, (batch, len(range(0, frames, 3))), generator=generator)
+    return UserStreams(torch.randn(batch, frames, TINY.hidden_size, generator=generator), tokens)
+
+
+def test_the_user_streams_start_unheard_and_each_frame_reaches_only_later_positions(tiny_corpus, tokenizer):
+    torch.manual_seed(0)
+    model = build_speech_model("tiny", tokenizer).eval()
+    data = SpeakerUtterances(tiny_corpus, TINY, tokenizer)
+    batch = SpeakerUtterances.collate([data[0], data[1]])
+    voice = model.voice(batch.prompt, batch.prompt_mask)
+    frames = batch.tokens.shape[1]
+    with torch.no_grad():
+        alone, _ = model.teacher_forced(batch, voice)
+        batch.user = heard_user(2, frames, tokenizer)
+        heard, _ = model.teacher_forced(batch, voice)
+        assert torch.equal(heard, alone)  # a model trained without a user hears none (and old files load so)
+        torch.nn.init.normal_(model.user_in.weight, std=0.05)
+        heard, _ = model.teacher_forced(batch, voice)
+        changed = heard_user(2, frames, tokenizer, seed=1)
+        changed.embeddings[:, :4], changed.tokens[:, :4] = batch.user.embeddings[:, :4], batch.user.tokens[:, :4]
+        batch.user = changed  # the user's frames from 4 on are other than before
+        other, _ = model.teacher_forced(batch, voice)
+    # position p + 1 holds frame p: positions up to 4 heard the same user, position 5 on heard another
+    assert (heard - alone).abs().amax((0, 2))[1:].min() > 1e-4
+    assert torch.allclose(other[:, :5], heard[:, :5], atol=1e-6)
+    assert (other[:, 5:] - heard[:, 5:]).abs().amax((0, 2)).min() > 1e-4
+    with pytest.raises(ValueError, match="must be the same frames"):
+        model.frame_inputs(batch.tokens, batch.patches, heard_user(2, frames - 1, tokenizer))
+
+
+def test_a_batch_with_a_user_teaches_the_user_projection(tiny_corpus, tokenizer):
+    torch.manual_seed(0)
+    model = build_speech_model("tiny", tokenizer)
+    data = SpeakerUtterances(tiny_corpus, TINY, tokenizer)
+    batch = SpeakerUtterances.collate([data[0], data[1]])
+    batch.user = heard_user(2, batch.tokens.shape[1], tokenizer)
+    losses = model(batch.to(torch.device("cpu")))
+    losses["text_loss"].backward()
+    assert model.user_in.weight.grad.abs().max() > 0
+    assert "user_in.weight" in model.trained_state()
 
 
 def test_training_prompts_come_from_another_utterance_of_the_same_voice(tiny_corpus, tokenizer):
