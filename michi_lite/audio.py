@@ -119,10 +119,24 @@ def prepare_waveform(
     return audio
 
 
+MAX_SAVED_CHANNELS = 8  # a 2-D waveform with at most this many rows is (channels, samples)
+
+
 def save_audio(path: str | Path, waveform: np.ndarray | torch.Tensor, sample_rate: int) -> Path:
-    """Write a mono waveform as 16-bit PCM: FLAC for a ``.flac`` suffix, else WAV."""
+    """Write a waveform as 16-bit PCM: FLAC for a ``.flac`` suffix, else WAV.
+
+    Mono is (samples,). Several channels, such as a dialogue's user and
+    assistant, are (channels, samples), channel 0 first: time last, as every
+    array in this package holds it (soundfile wants it the other way round).
+    Each channel passes the same checks a mono waveform does.
+    """
     path = Path(path)
-    audio = np.clip(_as_float_mono(waveform, str(path)), -1.0, 1.0)
+    if getattr(waveform, "ndim", None) == 2 and waveform.shape[0] <= MAX_SAVED_CHANNELS:  # a list: refused below
+        channels = [np.clip(_as_float_mono(channel, f"{path} channel {i}"), -1.0, 1.0)
+                    for i, channel in enumerate(waveform)]
+        audio = np.stack(channels, axis=1)  # (samples, channels)
+    else:
+        audio = np.clip(_as_float_mono(waveform, str(path)), -1.0, 1.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     file_format = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
     sf.write(str(path), audio, sample_rate, subtype="PCM_16", format=file_format)

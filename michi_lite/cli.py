@@ -1,6 +1,7 @@
 """``michi-lite``: the one command line the notebooks, tests, CI and benchmarks share.
 
     michi-lite data build      --preset P --out DIR [--voice V] [--hours H] [--turns T]
+    michi-lite data dialogues  --preset P --out DIR [--hours H] [--answers llm|templates]
     michi-lite data subset     --data DIR --out DIR --hours H [--splits S ...] [--seed N]
     michi-lite data pack       --data DIR --out DIR [--splits S ...]
     michi-lite data align      --preset P --data DIR [--aligner A]
@@ -55,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import PRESETS, TURNS, get_config
+from .config import ANSWER_SOURCES, PRESETS, TURNS, get_config
 
 # the reference weights committed with the project (a source checkout's data/)
 REFERENCE_DATA = Path(__file__).resolve().parent.parent / "data"
@@ -141,6 +142,20 @@ def cmd_data_build(args: argparse.Namespace) -> None:
     summary = json.loads((manifest.parent / "corpus.json").read_text())
     print(f"built {summary['utterances']} utterances, {summary['hours']:.2f} h, "
           f"{len(summary['voices'])} voices -> {manifest}")
+
+
+def cmd_data_dialogues(args: argparse.Namespace) -> None:
+    from .data.dialogues import build_dialogues
+
+    cfg = get_config(args.preset)
+    if args.hours is not None:
+        cfg = replace(cfg, dialogues=replace(cfg.dialogues, hours=args.hours))
+    if args.answers is not None:
+        cfg = replace(cfg, dialogues=replace(cfg.dialogues, answers=args.answers))
+    manifest = build_dialogues(cfg, args.out)
+    summary = json.loads((manifest.parent / "dialogues.json").read_text())
+    print(f"built {summary['dialogues']} dialogues, {summary['hours']:.2f} h, "
+          f"{len(summary['user_voices'])} user voices -> {manifest}")
 
 
 def cmd_data_subset(args: argparse.Namespace) -> None:
@@ -458,6 +473,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sentences go round the seen voices (voice, the default) or round the engines "
                             "first, so every engine gets an equal share (engine)")
     build.set_defaults(run=cmd_data_build)
+    dialogues = data.add_parser("dialogues", help="spoken two-party conversations: the user on channel 0, the "
+                                                  "assistant on channel 1, with interruptions and backchannels")
+    add_preset(dialogues)
+    dialogues.add_argument("--out", required=True, help="dialogue corpus directory (re-running resumes)")
+    dialogues.add_argument("--hours", type=positive_float, default=None,
+                           help="conversation to build (default: the preset's)")
+    dialogues.add_argument("--answers", choices=ANSWER_SOURCES, default=None,
+                           help="who writes the assistant's answers: SmolLM2-135M-Instruct (llm) or the fact base's "
+                                "templates (default: the preset's; templates for tiny, llm otherwise)")
+    dialogues.set_defaults(run=cmd_data_dialogues)
     subset = data.add_parser("subset", help="copy a few hours of a corpus, every speaker in turn")
     subset.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`")
     subset.add_argument("--out", required=True, help="the new, smaller corpus directory")

@@ -68,6 +68,36 @@ class CorpusConfig:
             raise ValueError(f"corpus turns must be one of {', '.join(TURNS)}, not {self.turns!r}")
 
 
+ANSWER_SOURCES = ("llm", "templates")
+
+
+@dataclass(frozen=True)
+class DialogueConfig:
+    """What ``michi-lite data dialogues`` makes for this preset: two-party conversations, user and assistant."""
+
+    hours: float  # dialogues are added until there is this much conversation (0: max_dialogues decides)
+    max_dialogues: int  # and never more than this many
+    min_exchanges: int  # user turns per dialogue (each answered by the assistant), drawn from min to max
+    max_exchanges: int
+    seen_user_voices: int  # user voice identities heard in train, val and test dialogues
+    unseen_user_voices: int  # user voice identities kept out of train and val entirely
+    # who writes the assistant's answers: SmolLM2-135M-Instruct ("llm", about 5-10 s an answer on 2 CPU
+    # cores) or the fact base's own answers ("templates", instant and deterministic everywhere)
+    answers: str = "llm"
+    assistant_voice: str = "flite-awb"  # the one voice the assistant speaks in (see data.dialogues)
+    user_engines: tuple[str, ...] = ()  # the engines whose voices play the user; () for every installed one
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.answers not in ANSWER_SOURCES:
+            raise ValueError(f"dialogue answers must be one of {', '.join(ANSWER_SOURCES)}, not {self.answers!r}")
+        if not 1 <= self.min_exchanges <= self.max_exchanges:
+            raise ValueError(f"dialogue exchanges must satisfy 1 <= min <= max, not "
+                             f"{self.min_exchanges}..{self.max_exchanges}")
+
+
 @dataclass(frozen=True)
 class Config:
     name: str
@@ -75,6 +105,7 @@ class Config:
     backbone: BackboneConfig
     listener: ListenerConfig
     corpus: CorpusConfig
+    dialogues: DialogueConfig
 
 
 PRESETS: dict[str, Config] = {
@@ -87,6 +118,11 @@ PRESETS: dict[str, Config] = {
             min_hours=0.0, max_utterances=24, seen_voices=4, unseen_voices=1,
             val_fraction=0.15, test_fraction=0.15, whisper_sample=2,
         ),
+        # engines with their own word timings only, so no Whisper loads: the whole build takes seconds
+        dialogues=DialogueConfig(
+            hours=0.0, max_dialogues=8, min_exchanges=3, max_exchanges=4, seen_user_voices=4, unseen_user_voices=1,
+            answers="templates", user_engines=("espeak", "flite", "festival"), val_fraction=0.15, test_fraction=0.25,
+        ),
     ),
     "lite": Config(
         name="lite",
@@ -97,6 +133,8 @@ PRESETS: dict[str, Config] = {
         ),
         listener=ListenerConfig(whisper="tiny.en"),
         corpus=CorpusConfig(min_hours=10.0, max_utterances=40_000, seen_voices=36, unseen_voices=6),
+        dialogues=DialogueConfig(hours=3.0, max_dialogues=20_000, min_exchanges=4, max_exchanges=8,
+                                 seen_user_voices=36, unseen_user_voices=6),
     ),
     "michi": Config(
         name="michi",
@@ -108,6 +146,8 @@ PRESETS: dict[str, Config] = {
         ),
         listener=ListenerConfig(whisper="base.en"),
         corpus=CorpusConfig(min_hours=100.0, max_utterances=400_000, seen_voices=80, unseen_voices=8),
+        dialogues=DialogueConfig(hours=30.0, max_dialogues=200_000, min_exchanges=4, max_exchanges=10,
+                                 seen_user_voices=80, unseen_user_voices=8),
     ),
 }
 

@@ -1,1 +1,1 @@
-"""Speech data: synthesis engines, word alignment, the frame grid and the corpus."""
+"""Speech data: synthesis engines, word alignment, the frame grid, the corpus and the dialogues."""

@@ -65,7 +65,7 @@ _PLAIN_TEXT = re.compile(r"[A-Za-z0-9 ,.;:!?'\"()-]+")
 _SENTENCE_END = re.compile(r"(?<=[.?!])\s+(?=[\"'(]?[A-Z])")
 
 
-def _is_speakable(text: str) -> bool:
+def is_speakable(text: str) -> bool:
     """Plain text of speakable length, with no dashes or stray quotes to trip an engine."""
     return (
         MIN_WORDS <= len(text.split()) <= MAX_WORDS
@@ -116,7 +116,7 @@ def _bible_chapter_sentences(chapter_text: str) -> list[str]:
             piece = piece[0].upper() + piece[1:]
             if piece[-1] not in ".?!":
                 piece += "."
-            if _is_speakable(piece):
+            if is_speakable(piece):
                 kept.append(piece)
     return kept
 
@@ -164,7 +164,7 @@ def _fortune_text(entry: str) -> str | None:
         text += "."
     if len(re.findall(r"[.?!](?:\s|$)", text)) > 2:  # keep one- or two-sentence sayings
         return None
-    return text if _is_speakable(text) else None
+    return text if is_speakable(text) else None
 
 
 @lru_cache(maxsize=None)
