@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .audio import AudioError, MelSpectrogram, load_audio, mel_from_patches, normalize_mel, voice_prompt
 from .backbone import load_whisper
-from .config import AudioConfig, get_config
+from .config import FRAME_SECONDS, AudioConfig, get_config
 from .data.alignment import (
     WHISPER_SAMPLE_RATE,
     boundary_differences,
@@ -145,7 +145,9 @@ def evaluate_vocoder(
     ``save_vocoder`` file. The originals are cut to frames * hop samples, the
     length both vocoders return. ``max_utterances`` caps each group. The
     learnt vocoder's results are under its architecture's name (``"hifigan"``
-    or ``"istft"``, also in ``"arch"``), Griffin-Lim's under ``"griffin_lim"``.
+    or ``"istft"``, also in ``"arch"``), Griffin-Lim's under ``"griffin_lim"``;
+    its ``stream_max_difference`` is the largest |streamed - offline| sample
+    of any utterance, streamed 80 ms at a time (``vocode_streaming``).
     """
     groups = voice_groups(data_dir, split)
     audio = get_config(preset).audio
@@ -153,6 +155,7 @@ def evaluate_vocoder(
     learnt = load_vocoder(ckpt, preset, device)
     systems = {learnt.cfg.arch: learnt, "griffin_lim": GriffinLim(audio).to(device)}
     frontend = MelSpectrogram(audio).to(device)
+    chunk_frames = round(FRAME_SECONDS * audio.sample_rate / audio.hop_length)  # streamed 80 ms at a time
     judge = load_whisper()
 
     report: dict = {"groups": {}}
@@ -160,6 +163,7 @@ def evaluate_vocoder(
         records = records[:max_utterances]
         scores: dict[str, dict[str, list[float]]] = {name: defaultdict(list) for name in systems}
         heard: dict[str, list[str]] = defaultdict(list)  # what the judge heard, per system and "original"
+        stream_differences: list[float] = []  # the learnt vocoder's max |streamed - offline| per utterance
         n_samples = 0
         for record in tqdm(records, desc=f"vocoder eval, {group} voices", unit="utt"):
             wave = load_audio(record["path"], audio.sample_rate)
@@ -168,6 +172,8 @@ def evaluate_vocoder(
             with torch.inference_mode():
                 mel = normalize_mel(frontend(torch.from_numpy(reference).to(device)))  # (n_mels, frames)
                 vocoded = {name: system.vocode(mel).float().cpu() for name, system in systems.items()}
+                streamed = learnt.vocode_streaming(mel, chunk_frames).float().cpu()
+            stream_differences.append(float((streamed - vocoded[learnt.cfg.arch]).abs().max()))
             heard["original"].append(transcribe(reference, audio.sample_rate, judge))
             for name, output in vocoded.items():  # output: (frames * hop,)
                 scores[name]["stft_distance"].append(stft_distance(output, torch.from_numpy(reference)))
@@ -187,6 +193,7 @@ def evaluate_vocoder(
                 for name in systems
             },
         }
+        report["groups"][group][learnt.cfg.arch]["stream_max_difference"] = max(stream_differences, default=None)
         logger.info("vocoder eval, %s voices: %s", group, report["groups"][group])
     report["n_utterances"] = sum(g["n_utterances"] for g in report["groups"].values())
     report["split"] = split

@@ -45,6 +45,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -397,6 +398,13 @@ class CausalVocoder(nn.Module):
         wave = self(torch.cat([mel, silent_mel(mel, self.cfg.delay_hops)], dim=-1))
         return wave[..., self.cfg.lookahead_samples:]
 
+    def vocode_streaming(self, mel: torch.Tensor, chunk_frames: int) -> torch.Tensor:
+        """``vocode``'s samples as a live stream gives them: the mel pushed ``chunk_frames`` at a time, flushed,
+        its lag dropped. Equal to ``vocode(mel)`` but for rounding."""
+        stream = self.stream(batch_size=1 if mel.dim() == 2 else mel.shape[0])
+        pieces = [stream.push(mel[..., i:i + chunk_frames]) for i in range(0, mel.shape[-1], chunk_frames)]
+        return torch.cat([*pieces, stream.flush()], dim=-1)[..., stream.latency_samples:]
+
 
 class HiFiGANGenerator(CausalVocoder):
     """Normalised log-mel (batch, n_mels, frames) -> waveform (batch, frames * hop).
@@ -654,12 +662,44 @@ def overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
     return out.flatten(1)
 
 
+ROW_BLOCK = 8  # rows per matrix product at inference: an 80 ms chunk's frames
+
+
+def row_blocked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``F.linear`` as a batch of products of ``ROW_BLOCK`` rows each, the last block padded with zeros.
+
+    A matrix library may add up a row's products in another order when the
+    product has another number of rows (here, under 8); in products of one
+    fixed shape every row gets the same sums wherever it sits, so a stream's
+    chunks and a whole clip give bit-identical rows.
+    """
+    rows = x.reshape(-1, x.shape[-1])
+    n = rows.shape[0]
+    blocks = F.pad(rows, (0, 0, 0, -n % ROW_BLOCK)).view(-1, ROW_BLOCK, rows.shape[-1])  # (blocks, 8, in)
+    out = torch.baddbmm(bias.expand(len(blocks), ROW_BLOCK, -1), blocks, weight.T.expand(len(blocks), -1, -1))
+    return out.view(-1, out.shape[-1])[:n].reshape(*x.shape[:-1], -1)
+
+
+def depthwise_sum(window: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """A depthwise conv over (batch, channels, kernel - 1 + time) -> (batch, channels, time), as the sum of its
+    taps' shifted copies in a fixed order: elementwise, so each frame's value is the same float whatever the
+    frames around it (a conv routine's need not be)."""
+    kernel = conv.kernel_size[0]
+    time = window.shape[-1] - kernel + 1
+    weight = conv.weight[:, 0]  # (channels, kernel)
+    out = conv.bias[:, None].expand(-1, time)
+    for j in range(kernel):
+        out = out + weight[:, j:j + 1] * window[..., j:j + time]
+    return out
+
+
 class ConvNeXtBlock(nn.Module):
     """A causal depthwise conv over frames, then LayerNorm and a pointwise MLP, scaled, added back.
 
     ConvNeXt's block (Liu et al. 2022) as Vocos uses it, padded on the left
-    only. ``mix`` is the part after the conv: it works frame by frame, so a
-    stream calls it as it is.
+    only. It is called on a window of frames, the ``kernel_size - 1`` before
+    and the ones it answers for, so offline (zeros before) and a stream
+    (the frames kept from the chunk before) run the same code.
     """
 
     def __init__(self, channels: int, kernel_size: int, layer_scale: float) -> None:
@@ -671,13 +711,17 @@ class ConvNeXtBlock(nn.Module):
         self.project = nn.Linear(3 * channels, channels)
         self.scale = nn.Parameter(torch.full((channels,), layer_scale))  # small: each block starts near identity
 
-    def mix(self, h: torch.Tensor) -> torch.Tensor:
-        """(batch, time, channels) -> (batch, time, channels)"""
-        return self.scale * self.project(F.gelu(self.expand(self.norm(h))))
+    def forward(self, window: torch.Tensor, linear: Callable[..., torch.Tensor] = F.linear) -> torch.Tensor:
+        """(batch, channels, kernel_size - 1 + time) -> (batch, channels, time).
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.depthwise(F.pad(x, (self.kernel_size - 1, 0)))  # (batch, channels, time)
-        return x + self.mix(h.transpose(1, 2)).transpose(1, 2)
+        ``linear`` computes the MLP's layers; in eval mode the depthwise conv
+        is ``depthwise_sum``, the same floats whatever the frames around.
+        """
+        x = window[..., self.kernel_size - 1:]
+        h = self.depthwise(window) if self.training else depthwise_sum(window, self.depthwise)  # the same, faster
+        h = self.norm(h.transpose(1, 2))  # (batch, time, channels)
+        h = linear(F.gelu(linear(h, self.expand.weight, self.expand.bias)), self.project.weight, self.project.bias)
+        return x + (self.scale * h).transpose(1, 2)
 
 
 class IstftGenerator(CausalVocoder):
@@ -723,11 +767,26 @@ class IstftGenerator(CausalVocoder):
         signs = torch.ones(len(bins)) if self.phase_kind == "frame" else 1.0 - 2.0 * (bins % 2)  # about the centre
         self.register_buffer("signs", signs, persistent=False)
 
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Every matrix product of the network: plain in training; in eval mode in fixed blocks of rows
+        (``row_blocked_linear``), with the convolutions as ``pre`` and ``depthwise_sum`` compute them, so that
+        a stream's chunks and a whole clip give the same magnitudes to the last bit."""
+        return F.linear(x, weight, bias) if self.training else row_blocked_linear(x, weight, bias)
+
+    def pre(self, window: torch.Tensor) -> torch.Tensor:
+        """``conv_pre`` over (batch, n_mels, kernel - 1 + time) -> (batch, channels, time); in eval mode as a
+        product per frame, in ``linear``'s blocks of rows."""
+        if self.training:
+            return self.conv_pre(window)
+        taps = window.unfold(-1, self.cfg.istft_kernel_size, 1).transpose(1, 2).flatten(2)  # (batch, time, n_mels * k)
+        return self.linear(taps, self.conv_pre.weight.flatten(1), self.conv_pre.bias).transpose(1, 2)
+
     def trunk(self, mel: torch.Tensor) -> torch.Tensor:
         """Normalised log-mel (batch, n_mels, frames) -> the blocks' output (batch, frames, channels)."""
-        x = self.conv_pre(F.pad(mel, (self.cfg.istft_kernel_size - 1, 0)))  # (batch, channels, frames)
+        context = self.cfg.istft_kernel_size - 1
+        x = self.pre(F.pad(mel, (context, 0)))  # (batch, channels, frames)
         for block in self.blocks:
-            x = block(x)
+            x = block(F.pad(x, (context, 0)), self.linear)
         return x.transpose(1, 2)
 
     def spectra(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -735,7 +794,7 @@ class IstftGenerator(CausalVocoder):
 
         A "pghi" head's phases are None: ``frames`` computes them.
         """
-        out = self.head(self.norm(x))
+        out = self.linear(self.norm(x), self.head.weight, self.head.bias)
         if self.phase_kind == "pghi":
             return out, None
         log_magnitude, phase = out.chunk(2, dim=-1)
@@ -969,17 +1028,13 @@ class IstftStream(VocoderStream):
         self.start_chunk(mel_chunk)
         mel = mel_chunk.unsqueeze(0) if mel_chunk.dim() == 2 else mel_chunk  # (batch, n_mels, time)
         time = mel.shape[-1]
-        mel = torch.cat([self.mel_past, mel], dim=-1)
+        mel = torch.cat([self.mel_past, mel], dim=-1)  # (batch, n_mels, context + time)
         self.mel_past = mel[..., time:]
-        x = g.conv_pre(mel)  # (batch, channels, time)
+        x = g.pre(mel)  # (batch, channels, time)
         for i, block in enumerate(g.blocks):
             h = torch.cat([self.block_pasts[i], x], dim=-1)  # (batch, channels, context + time)
             self.block_pasts[i] = h[..., time:]
-            # the depthwise conv as a weighted sum of shifted copies: on an 8-frame chunk at 256
-            # channels, a third of F.conv1d's time (timed side by side in one process, 2 CPU cores)
-            taps = h.unfold(-1, time, 1)  # (batch, channels, kernel, time): taps[..., j, t] = h[..., t + j]
-            conv = torch.einsum("bckt,ck->btc", taps, block.depthwise.weight[:, 0]) + block.depthwise.bias
-            x = x + block.mix(conv).transpose(1, 2)
+            x = block(h, g.linear)
         frames, self.phase = g.frames(*g.spectra(x.transpose(1, 2)), self.phase)
         wave = overlap_add(frames, g.hop_length)  # (batch, (time + lookahead) * hop)
         wave[:, :self.tail.shape[-1]] += self.tail

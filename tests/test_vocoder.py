@@ -36,6 +36,7 @@ from michi_lite.vocoder import (
     overlap_add,
     phase_advance_loss,
     phase_from_magnitude,
+    row_blocked_linear,
     save_vocoder,
     stft_distance,
     stft_loss,
@@ -617,6 +618,41 @@ def test_istft_stream_matches_offline(chunk, batch, cfg):
     assert (streamed - offline).abs().max() < 1e-5
 
 
+def test_row_blocked_products_give_each_row_the_same_bits_wherever_it_sits():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(256, 768)
+    x = torch.randn(2, 40, 256)
+    with torch.no_grad():
+        whole = row_blocked_linear(x, layer.weight, layer.bias)
+        assert torch.allclose(whole, layer(x), atol=1e-5)
+        for start, stop in ((0, 1), (3, 6), (5, 18), (39, 40)):  # a stream's chunks, of any size, anywhere
+            assert torch.equal(row_blocked_linear(x[:, start:stop], layer.weight, layer.bias), whole[:, start:stop])
+
+
+@pytest.mark.parametrize("chunk", [1, 3, CHUNK, 13])
+def test_in_eval_mode_a_stream_gives_the_offline_magnitudes_to_the_last_bit(chunk):
+    """What a pghi head's peaks are picked from: a last-bit difference could tip a near-tie."""
+    generator = istft_generator(TINY_PGHI)
+    seen: list[torch.Tensor] = []
+    frames = generator.frames
+    generator.frames = lambda log_magnitude, *rest: (seen.append(log_magnitude), frames(log_magnitude, *rest))[1]
+    mel = random_mel(5 * CHUNK, batch=2)
+    with torch.no_grad():
+        generator(mel)
+        stream_in_chunks(generator, mel, chunk)
+    offline, streamed = seen[0], torch.cat(seen[1:], dim=1)
+    assert torch.equal(streamed, offline)
+
+
+def test_an_istft_generator_in_eval_mode_computes_what_it_trains_with():
+    generator = istft_generator(TINY_PGHI)
+    mel = random_mel(3 * CHUNK)
+    with torch.no_grad():
+        evaluated = generator(mel)
+        trained = generator.train()(mel)
+    assert torch.allclose(evaluated, trained, atol=1e-5)
+
+
 @pytest.mark.parametrize("cfg", **ISTFT_HEADS)
 def test_istft_stream_and_flush_give_vocode_with_a_constant_cache(cfg):
     generator = istft_generator(cfg)
@@ -631,6 +667,7 @@ def test_istft_stream_and_flush_give_vocode_with_a_constant_cache(cfg):
     with torch.no_grad():
         aligned = generator.vocode(mel)
     assert (torch.cat([*pushed, stream.flush()])[lag:] - aligned).abs().max() < 1e-5
+    assert (generator.vocode_streaming(mel, 3) - aligned).abs().max() < 1e-5
     stream.reset()
     phase = [] if stream.phase is None else [stream.phase]
     assert all(p.abs().max() == 0 for p in [stream.mel_past, stream.tail, *stream.block_pasts, *phase])
