@@ -37,7 +37,8 @@ head is conditioned on.
 The backbone is SmolLM2 with LoRA adapters (``peft``) on every linear layer
 of every block, and its token embeddings stay frozen: the trained weights are
 the adapters, the voice encoder, the audio projection, a text-head bias, the
-phoneme reader and the speaking head, about 17M parameters in ``lite``. At
+phoneme reader and the speaking head, about 17M parameters in ``lite``, and
+the user's projection (0.66M more), which only the joint stage teaches. At
 inference the adapters are merged into the backbone, which then runs as a
 plain Llama.
 
@@ -289,15 +290,19 @@ class SpeechModel(nn.Module):
             return self.scorer(hidden)
         return hidden @ self.token_embedding.weight.T + self.text_bias
 
-    def frame_inputs(self, tokens: torch.Tensor, patches: torch.Tensor, user: UserStreams | None = None) -> torch.Tensor:
+    def frame_inputs(self, tokens: torch.Tensor, patches: torch.Tensor,
+                     user: UserStreams | None = None) -> torch.Tensor:
         """What was said on frames: the model's (batch, frames) tokens and patches, and what it heard of the
         user on the same frames if ``user`` is given -> backbone positions (batch, frames, hidden)."""
         inputs = self.token_embedding(tokens) + self.audio_in(patches)
         if user is None:
             return inputs
-        if user.tokens.shape != tokens.shape or user.embeddings.shape != inputs.shape:
+        if user.tokens.shape != tokens.shape:
             raise ValueError(f"the user's streams cover {tuple(user.tokens.shape)} frames, the model's "
                              f"{tuple(tokens.shape)}: they must be the same frames")
+        if user.embeddings.shape != inputs.shape:
+            raise ValueError(f"the user's embeddings are {tuple(user.embeddings.shape)}, the backbone's positions "
+                             f"{tuple(inputs.shape)}: a listener for another backbone?")
         heard = torch.cat([user.embeddings.to(inputs.dtype), self.token_embedding(user.tokens)], dim=-1)
         return inputs + self.user_in(heard)
 
@@ -505,7 +510,8 @@ def build_speech_model(preset: str, tokenizer, pretrained: bool = True) -> Speec
 
 
 def save_speaker(path: str | os.PathLike, model: SpeechModel, preset: str, dtype: torch.dtype = torch.float32) -> Path:
-    """The trained weights (adapters, voice encoder, audio projection, heads) as safetensors, written atomically."""
+    """The trained weights (adapters, voice encoder, audio and user projections, heads) as safetensors, written
+    atomically."""
     if model.merged:
         raise ValueError("the adapters are merged into the backbone; save before merge_adapters()")
     tensors = {k: v.to(dtype) for k, v in model.trained_state().items()}

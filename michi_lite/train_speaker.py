@@ -130,7 +130,9 @@ class SpeakerTrainer(ScheduledTrainer):
                  learning_rate: float = 6e-4, warmup_steps: int = 100, bf16: bool | None = None) -> None:
         self.model, self.preset, self.device = model.to(device), preset, device
         adapters = [p for n, p in model.backbone.named_parameters() if p.requires_grad]
-        heads = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+        # the user's projection learns in the joint stage: a speaker's utterances have no user
+        heads = [p for n, p in model.named_parameters()
+                 if p.requires_grad and not n.startswith(("backbone.", "user_in."))]
         self.optimizer = torch.optim.AdamW([{"params": adapters, "lr": learning_rate / 3},
                                             {"params": heads, "lr": learning_rate}], weight_decay=0.01)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(warmup_steps, total_steps))
@@ -171,7 +173,7 @@ class TrainedWeights:
         return self.model.trained_state()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.load_trained_state(state)
+        self.model.load_trained_state(state, fresh=("user_in",))  # a run from before the user streams: none
 
 
 def train_speaker(

@@ -12,7 +12,8 @@ def test_the_exact_velocity_of_a_point_mass_has_zero_loss_and_one_step_lands_on_
     def exact(x_t, t, cond):  # the straight path to a single point: v = (x1 - x_t) / (1 - t)
         return (target - x_t) / (1 - t[:, None])
 
-    assert flow_matching_loss(exact, target.expand(64, 2), torch.zeros(64, 1)) < 1e-10
+    torch.manual_seed(0)  # the loss draws times and noise: where t nears 1, float32 leaves up to about 1e-9
+    assert flow_matching_loss(exact, target.expand(64, 2), torch.zeros(64, 1)) < 1e-8
     for steps in (1, 3):
         assert torch.allclose(euler_sample(exact, torch.zeros(5, 1), 2, steps), target.expand(5, 2), atol=1e-5)
 

@@ -173,6 +173,20 @@ def test_the_user_streams_start_unheard_and_each_frame_reaches_only_later_positi
         model.frame_inputs(batch.tokens, batch.patches, heard_user(2, frames - 1, tokenizer))
 
 
+def test_a_speaker_file_from_before_the_user_streams_loads_hearing_no_user(speaker_run, tokenizer, tmp_path):
+    from safetensors.torch import load_file
+
+    from michi_lite.weights import write_weights
+
+    older = {k: v for k, v in load_file(speaker_run / "speaker.safetensors").items() if not k.startswith("user_in.")}
+    assert len(older) < len(load_file(speaker_run / "speaker.safetensors"))
+    config = json.dumps(speech_model_config("tiny").to_dict())
+    write_weights(tmp_path / "older.safetensors", older,
+                  {"format": "michi_lite.speaker/1", "preset": "tiny", "config": config})
+    model = load_speaker(tmp_path / "older.safetensors", "tiny", tokenizer, merge=False)
+    assert model.user_in.weight.abs().max() == 0 and model.user_in.bias.abs().max() == 0
+
+
 def test_a_batch_with_a_user_teaches_the_user_projection(tiny_corpus, tokenizer):
     torch.manual_seed(0)
     model = build_speech_model("tiny", tokenizer)
