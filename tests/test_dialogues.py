@@ -1,5 +1,6 @@
 import json
 import math
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -11,10 +12,10 @@ import soundfile as sf
 from michi_lite.cli import main
 from michi_lite.config import FRAME_SECONDS, get_config
 from michi_lite.data import dialogues as dialogues_module
-from michi_lite.data.dialogues import (BACKCHANNEL_RATE, CHANNELS, INTERRUPTION_RATE, OVERLAP_SECONDS,
-                                       REACTION_FRAMES, LlmAnswers, load_dialogues, plan_dialogues, speakable_answer,
-                                       speaking_frames)
-from michi_lite.data.dialogue_lines import FACT_BASE, GENERAL_QUESTIONS, memory_lines
+from michi_lite.data.dialogues import (BACKCHANNEL_RATE, CHANNELS, HELD_OUT_QUESTIONS, INTERRUPTION_RATE,
+                                       OVERLAP_SECONDS, REACTION_FRAMES, LlmAnswers, is_held_out, load_dialogues,
+                                       plan_dialogues, speakable_answer, speaking_frames)
+from michi_lite.data.dialogue_lines import FACT_BASE, GENERAL_QUESTIONS, INTERJECTIONS, memory_lines
 from michi_lite.data.engines import all_voices
 from michi_lite.data.words import normalize_text
 
@@ -111,6 +112,7 @@ def test_an_interruption_cuts_the_assistant_off_and_a_backchannel_does_not(dialo
                 continue
             interruptions += 1
             cut_in = next(t for t in turns if t["channel"] == "user" and t["start"] > answer["start"])
+            assert cut_in["interjected"] and cut_in["text"].split()[0] in INTERJECTIONS
             frames = (answer["end"] - cut_in["start"]) / FRAME_SECONDS
             assert REACTION_FRAMES[0] - 0.01 < frames < REACTION_FRAMES[1] + 0.01
             assert abs(frames - round(frames)) < 0.01  # a whole number of 80 ms frames after the user starts
@@ -126,6 +128,8 @@ def test_an_interruption_cuts_the_assistant_off_and_a_backchannel_does_not(dialo
             assert not answer["interrupted"]
             assert rms(audio[1, round(nod["end"] * rate):round(answer["end"] * rate)]) > SPEECH_RMS  # it goes on
             assert any(w["end"] > nod["end"] + 0.1 for w in answer["words"])  # still in a word after the nod
+        for turn in (t for t in turns if t["channel"] == "user"):  # "Sorry, ..." is marked, cut answer or not
+            assert turn["interjected"] == (turn["text"].split()[0] in INTERJECTIONS)
     assert interruptions >= 2 and backchannels >= 2
 
 
@@ -210,6 +214,16 @@ def test_a_build_will_not_mix_answer_sources(dialogues, tmp_path):
         dialogues_module.build_dialogues(replace(cfg, dialogues=replace(cfg.dialogues, answers="llm")), tmp_path)
 
 
+def test_a_build_will_not_resume_a_directory_built_with_another_plan(dialogues, tmp_path):
+    folder = tmp_path / "dialogues"
+    shutil.copytree(dialogues, folder)
+    cfg = get_config("tiny")
+    reseeded = replace(cfg, dialogues=replace(cfg.dialogues, seed=1))
+    problem = rf"{re.escape(str(folder))} was built with another plan or config: its dialogue .*another --out"
+    with pytest.raises(ValueError, match=problem):
+        dialogues_module.build_dialogues(reseeded, folder)
+
+
 def break_turn_end(record: dict) -> None:
     record["turns"][-1]["end"] = record["duration"] + 1.0
 
@@ -227,6 +241,10 @@ def words_past_turn(record: dict) -> None:
     record["turns"][0]["words"][-1]["end"] = record["turns"][0]["end"] + 0.5
 
 
+def first_answer(record: dict) -> dict:
+    return next(t for t in record["turns"] if t["channel"] == "assistant")
+
+
 @pytest.mark.parametrize("breaking, problem", [
     (lambda r: r.pop("turns"), "no 'turns' field"),
     (lambda r: r["turns"][0].pop("words"), r"turn 0: no 'words' field"),
@@ -235,6 +253,15 @@ def words_past_turn(record: dict) -> None:
     (overlap_user_turns, "the user starts at .* while still speaking"),
     (drop_assistant, "no assistant turn: a dialogue needs both channels"),
     (words_past_turn, "turn 0: words outside the turn"),
+    (lambda r: r.pop("user_speaker"), "no 'user_speaker' field"),
+    (lambda r: r.update(user_engine=3), "'user_engine' should be a string"),
+    (lambda r: r["turns"][0].update(kind="answer"), "turn 0: kind 'answer' does not fit the user channel"),
+    (lambda r: first_answer(r).update(kind="question"), "kind 'question' does not fit the assistant channel"),
+    (lambda r: r["turns"][0].pop("interjected"), "turn 0: a user turn must say whether it is 'interjected'"),
+    (lambda r: first_answer(r).pop("answer_source"), "an answer must say its 'answer_source'"),
+    (lambda r: first_answer(r).update(answer_source="gpt"), "'answer_source' should be one of llm, templates"),
+    (lambda r: r["turns"][0].update(heard_text="Hi"), "turn 0: a turn that is not interrupted has no 'heard_text'"),
+    (lambda r: first_answer(r).update(interrupted=True), "an interrupted turn must be the assistant's and say its"),
     ("mono", r"has 1 channel\(s\), not 2"),
     ("missing", "its audio audio/000000.flac is missing"),
 ])
@@ -274,6 +301,10 @@ def test_the_plan_is_deterministic_holds_voices_out_and_draws_events_at_the_name
     asked = {split: {e.line.text for d in planned if d.split == split for e in d.exchanges
                      if e.line.kind == "question" and e.line.key} for split in ("train", "val", "test")}
     assert asked["test"] and asked["val"] and not (asked["test"] | asked["val"]) & asked["train"]
+    for pool in (FACT_BASE, GENERAL_QUESTIONS):  # a quarter of each pool, rounded up, is kept for val and test
+        assert sum(map(is_held_out, pool)) == math.ceil(len(pool) / HELD_OUT_QUESTIONS)
+    assert sum(map(is_held_out, GENERAL_QUESTIONS)) >= 2
+    assert not any(is_held_out(e.line) for d in planned if d.split == "train" for e in d.exchanges)
 
 
 def test_every_template_answer_says_what_its_question_asks_for():

@@ -42,8 +42,9 @@ Timing, drawn per dialogue from the seed (rates are per answer):
   ones heard (begun before the fade; cut ones end at the stop) and
   ``heard_text`` says them; ``text`` is still the whole answer it meant;
 * ``BACKCHANNEL_RATE`` of the answers hear a user backchannel ("Mm-hm.")
-  in the pause after a word, the one nearest a point 30-70% in where it
-  fits; the assistant goes on.
+  just after a word ends (``BACKCHANNEL_DELAY`` later), the word ending
+  nearest a point 30-70% in where it fits; it overlaps the assistant, who
+  goes on.
 
 An answer too short to hold its event (an interruption that would cut less
 than ``MIN_CUT_SECONDS`` of it, or none of its words; no room for the
@@ -54,21 +55,28 @@ Each manifest line (``load_dialogues`` checks them all)::
     {"id", "path", "split", "voice_split", "user_voice", "user_speaker", "user_engine",
      "assistant_voice", "sample_rate", "duration", "answers", "rag",
      "turns": [{"channel", "kind", "text", "start", "end", "words", "alignment", "interrupted",
-                ["heard_text"], ["answer_source"]}, ...]}
+                ["interjected"], ["heard_text"], ["answer_source"]}, ...]}
 
 Turns come in time order. ``kind`` is "question", "recall", "request",
 "small_talk", "fact" or "backchannel" for the user and "answer" for the
 assistant; ``words`` are ``{"word", "start", "end"}`` in seconds of the clip,
 as the corpus writes them, timed by the engine ("engine"), by Whisper where
 the engine gives no timings ("whisper"), or, for a one-word turn, by its
-sound ("audio").
+sound ("audio"). Every user turn says whether it is ``interjected``: its
+text opens with "Sorry,", "Wait,"... because it was planned to cut the
+answer before it off. The plan decides that, so the opening stays when the
+answer turned out too short to cut (that answer is not ``interrupted``).
+Every answer says its ``answer_source``, "llm" or "templates"; only an
+interrupted answer has a ``heard_text``.
 
 Dialogues are held out like the corpus's sentences: each belongs to one of
 train, val and test, and a few user voices (``voice_split`` "unseen") speak
-only in test dialogues, every other test dialogue. A quarter of the
-questions with one right answer (``is_held_out``) are asked only in val and
-test dialogues, so a model is tested on answers it never learnt. The plan is the same for
-the same preset and seed, and a re-run skips every dialogue already written.
+only in test dialogues, every other test dialogue. A quarter (rounded up)
+of the town questions and a quarter of the general ones (``is_held_out``)
+are asked only in val and test dialogues, so a model is tested on answers
+it never learnt. The plan is the same for the same preset and seed, and a
+re-run skips every dialogue already written; it refuses a directory built
+with another plan (another seed, preset or config).
 (espeak-ng's audio and word times jitter by milliseconds from call to call,
 so a dialogue rebuilt after a kill says the same but may be timed a few
 milliseconds apart from the one that was lost.)
@@ -140,7 +148,7 @@ GREETING_RATE = 0.5  # dialogues that open with a greeting
 KIND_WEIGHTS = {"town": 0.35, "question": 0.2, "request": 0.25, "small_talk": 0.2}  # every other exchange
 RAG_DISTRACTORS = 1  # facts in the rag prefix that no question asks about
 SYSTEM_PROMPT = "You are a friendly voice assistant. Answer in one or two short, plain sentences."
-HELD_OUT_QUESTIONS = 4  # one in this many questions with a right answer is asked in val and test dialogues only
+HELD_OUT_QUESTIONS = 4  # one in this many town, and general, questions is asked in val and test dialogues only
 MAX_ANSWER_TOKENS = 60
 MAX_ANSWER_SENTENCES = 2
 
@@ -153,13 +161,18 @@ class PlannedExchange:
     """One user turn and the assistant's answer to it, with how the two are timed."""
 
     line: UserLine
-    text: str  # what the user says: the line's text, after an interjection when it interrupts
+    text: str  # the line's text, after an interjection ("Sorry, ...") when the answer before is planned to be
+    # interrupted: kept even if ``interrupt`` finds no room and that answer runs on (see ``interjected``)
     gap_before: float  # silence before the user starts: after the last answer (the first: after the clip starts)
     answer_gap: float  # from the user's end to the answer's start; negative: the assistant starts early
     event: str  # during the answer: "interrupted" (by the next user turn), "backchannel" or ""
     event_at: float  # where in the answer, as a fraction of its length
     reaction_frames: int  # an interrupted answer stops this many 80 ms frames after the user starts
     backchannel: str  # what the user says for a backchannel
+
+    @property
+    def interjected(self) -> bool:
+        return self.text != self.line.text
 
 
 @dataclass(frozen=True)
@@ -214,11 +227,24 @@ def dialogue_lines(rng: np.random.Generator, n: int, held_out: bool) -> list[Use
     return slots
 
 
+def held_out_questions() -> frozenset[str]:
+    """The texts of the questions kept for val and test: in each pool (town, general), the lines ranked by the
+    crc32 of their text, every ``HELD_OUT_QUESTIONS``-th of them from the first, so a quarter of each, rounded up."""
+    held = []
+    for pool in (FACT_BASE, GENERAL_QUESTIONS):
+        ranked = sorted((line.text for line in pool), key=lambda text: zlib.crc32(text.encode()))
+        held += ranked[::HELD_OUT_QUESTIONS]
+    return frozenset(held)
+
+
+HELD_OUT = held_out_questions()
+
+
 def is_held_out(line: UserLine) -> bool:
-    """Whether a question is asked only in val and test dialogues: about one in ``HELD_OUT_QUESTIONS``, chosen
-    by its words. So the answers a model is tested on were never answered in its training dialogues (what the
-    town's facts say still reaches it, in the rag prefix, as it does the pretrained backbone)."""
-    return zlib.crc32(line.text.encode()) % HELD_OUT_QUESTIONS == 0
+    """Whether a question is asked only in val and test dialogues (``held_out_questions``). So the answers a model
+    is tested on were never answered in its training dialogues (what the town's facts say still reaches it, in
+    the rag prefix, as it does the pretrained backbone)."""
+    return line.text in HELD_OUT
 
 
 def plan_dialogue(dialogue_id: str, split: str, voice_split: str, voice: Voice, cfg: Config,
@@ -475,6 +501,7 @@ class PlacedTurn:
     offset: int  # its first sample in the clip
     spoken: SpokenTurn  # as it sounds in the clip: cut and faded if interrupted
     interrupted: bool = False
+    interjected: bool = False  # a user turn that opens with a planned interjection
     answer_source: str | None = None
     heard_text: str | None = None
 
@@ -491,6 +518,8 @@ class PlacedTurn:
                       for w in self.spoken.words],
             "alignment": self.spoken.alignment, "interrupted": self.interrupted,
         }
+        if self.channel == "user":
+            turn["interjected"] = self.interjected
         if self.interrupted:
             turn["heard_text"] = self.heard_text
         if self.answer_source is not None:
@@ -555,8 +584,9 @@ def interrupt(timeline: Timeline, answer: PlacedTurn, exchange: PlannedExchange)
 
 def add_backchannel(timeline: Timeline, answer: PlacedTurn, exchange: PlannedExchange, user: Voice,
                     where: str) -> None:
-    """Place the user's backchannel in ``answer``: after the word ending nearest ``event_at`` into it where the
-    backchannel fits before ``BACKCHANNEL_CLEARANCE``, or nowhere (a short answer has no room)."""
+    """Place the user's backchannel in ``answer``: ``BACKCHANNEL_DELAY`` after the word ending nearest ``event_at``
+    into it where the backchannel fits before ``BACKCHANNEL_CLEARANCE``, or nowhere (a short answer has no room).
+    It overlaps the assistant's next words: the assistant goes on."""
     spoken, rate = answer.spoken, timeline.sample_rate
     if len(spoken.words) < 2:
         return
@@ -580,7 +610,8 @@ def make_dialogue(dialogue: PlannedDialogue, answers: AnswerSource, assistant: V
     for i, exchange in enumerate(exchanges):
         where = f"{dialogue.id} exchange {i}"
         asked = timeline.place(PlacedTurn("user", exchange.line.kind, exchange.text, next_start,
-                                          speak(exchange.text, user, rate, f"{where} (user)")))
+                                          speak(exchange.text, user, rate, f"{where} (user)"),
+                                          interjected=exchange.interjected))
         text, source = answers(dialogue, history, exchange)
         spoken = speak(text, assistant, rate, f"{where} (assistant)")
         # an early answer still starts after the user's first half: an answer needs something to answer
@@ -630,12 +661,30 @@ def make_record(dialogue: PlannedDialogue, answers: AnswerSource, assistant: Voi
     return record
 
 
+def check_reused(record: dict, dialogue: PlannedDialogue, assistant: Voice, answers: str, out: Path) -> None:
+    """Raise ValueError if the finished dialogue ``record`` in ``out`` is not the one planned under its id.
+
+    Ids number the plan, whatever the seed, preset or config, so a directory
+    built under another plan would otherwise mix its dialogues with this
+    plan's, and its splits with this plan's held-out voices and questions.
+    """
+    planned = {"split": dialogue.split, "voice_split": dialogue.voice_split, "user_voice": dialogue.user_voice.name,
+               "assistant_voice": assistant.name, "answers": answers}
+    differ = [f"{name} {record.get(name)!r}, not {value!r}" for name, value in planned.items()
+              if record.get(name) != value]
+    if differ:
+        raise ValueError(f"{out} was built with another plan or config: its dialogue {dialogue.id} has "
+                         f"{'; '.join(differ)}: build into another directory (another --out)")
+
+
 def build_dialogues(cfg: Config, out: str | os.PathLike) -> Path:
     """Build (or finish building) the dialogues of ``cfg`` in ``out``; returns the manifest path.
 
     Finished dialogues are appended to ``manifest.partial.jsonl`` one by one,
     after their audio, so a killed build loses at most the dialogue in
-    flight; ``manifest.jsonl`` is written whole at the end.
+    flight; ``manifest.jsonl`` is written whole at the end. A finished
+    dialogue that is not the one this plan has under its id (``check_reused``)
+    stops the build with a ValueError.
     """
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
@@ -664,7 +713,9 @@ def build_dialogues(cfg: Config, out: str | os.PathLike) -> Path:
             if target and total >= target:
                 break
             record = done.get(dialogue.id)
-            if record is None:
+            if record is not None:
+                check_reused(record, dialogue, assistant, d.answers, out)
+            else:
                 record = make_record(dialogue, answers, assistant, cfg, out)
                 if record is None:
                     continue
@@ -695,10 +746,11 @@ def build_dialogues(cfg: Config, out: str | os.PathLike) -> Path:
 def summarize(records: list[dict], cfg: Config) -> dict:
     """What the dialogues hold: sizes, voices, and how often each timing event actually happened."""
     answers = [t for r in records for t in r["turns"] if t["channel"] == "assistant"]
-    user_turns = [t for r in records for t in r["turns"] if t["channel"] == "user" and t["kind"] != "backchannel"]
-    overlaps = 0  # turn changes where the next speaker starts before the last one ended, without cutting it
+    # turn changes, and those where the next speaker starts before the last one ended, without cutting it
+    changes = overlaps = 0
     for r in records:
         speech = [t for t in r["turns"] if t["kind"] != "backchannel"]
+        changes += len(speech) - 1
         overlaps += sum(b["start"] < a["end"] and not a["interrupted"] for a, b in zip(speech, speech[1:]))
     voices: dict[str, dict] = {}
     for r in records:
@@ -706,8 +758,8 @@ def summarize(records: list[dict], cfg: Config) -> dict:
                                                 "dialogues": 0})
         v["dialogues"] += 1
 
-    def share(n: int, of: list) -> float:
-        return round(n / max(len(of), 1), 4)
+    def share(n: int, of: int) -> float:
+        return round(n / max(of, 1), 4)
 
     return {
         "preset": cfg.name,
@@ -720,12 +772,12 @@ def summarize(records: list[dict], cfg: Config) -> dict:
         "splits": dict(Counter(r["split"] for r in records)),
         "user_engines": dict(Counter(r["user_engine"] for r in records)),
         "kinds": dict(Counter(t["kind"] for r in records for t in r["turns"])),
-        "answers_interrupted": share(sum(t["interrupted"] for t in answers), answers),
+        "answers_interrupted": share(sum(t["interrupted"] for t in answers), len(answers)),
         "answers_with_backchannel": share(sum(t["kind"] == "backchannel" for r in records for t in r["turns"]),
-                                          answers),
-        "answers_by_llm": share(sum(t.get("answer_source") == "llm" for t in answers), answers),
-        "overlapping_turn_changes": share(overlaps, answers + user_turns),
-        "with_rag": share(sum(r["rag"] is not None for r in records), records),
+                                          len(answers)),
+        "answers_by_llm": share(sum(t.get("answer_source") == "llm" for t in answers), len(answers)),
+        "overlapping_turn_changes": share(overlaps, changes),
+        "with_rag": share(sum(r["rag"] is not None for r in records), len(records)),
         "user_voices": voices,
     }
 
@@ -735,7 +787,8 @@ def summarize(records: list[dict], cfg: Config) -> dict:
 
 # what each field must hold, checked as a manifest is read: (test, what it says when it fails)
 DIALOGUE_FIELDS = {
-    **{name: (lambda v: isinstance(v, str), "a string") for name in ("id", "path", "user_voice", "assistant_voice")},
+    **{name: (lambda v: isinstance(v, str), "a string")
+       for name in ("id", "path", "user_voice", "user_speaker", "user_engine", "assistant_voice")},
     "split": (lambda v: v in SPLITS, f"one of {', '.join(SPLITS)}"),
     "voice_split": (lambda v: v in ("seen", "unseen"), "seen or unseen"),
     "sample_rate": FIELD_CHECKS["sample_rate"],
@@ -781,6 +834,19 @@ def check_dialogue(record: dict, folder: Path, where: str) -> None:
     for n, turn in enumerate(record["turns"]):
         at = f"{where}, turn {n}"
         _check_fields(turn, TURN_FIELDS, at)
+        kinds = USER_KINDS if turn["channel"] == "user" else ("answer",)
+        if turn["kind"] not in kinds:
+            raise ValueError(f"{at}: kind {turn['kind']!r} does not fit the {turn['channel']} channel "
+                             f"(only {', '.join(kinds)})")
+        if turn["channel"] == "user" and not isinstance(turn.get("interjected"), bool):
+            raise ValueError(f"{at}: a user turn must say whether it is 'interjected' (true or false)")
+        if turn["channel"] == "assistant" and "answer_source" not in turn:
+            raise ValueError(f"{at}: an answer must say its 'answer_source'")
+        if "answer_source" in turn and turn["answer_source"] not in ANSWER_SOURCES:
+            raise ValueError(f"{at}: 'answer_source' should be one of {', '.join(ANSWER_SOURCES)}, "
+                             f"not {json.dumps(turn['answer_source'])[:60]}")
+        if "heard_text" in turn and not turn["interrupted"]:
+            raise ValueError(f"{at}: a turn that is not interrupted has no 'heard_text'")
         if not turn["start"] < turn["end"] <= record["duration"] + TIME_SLACK:
             raise ValueError(f"{at}: runs from {turn['start']} to {turn['end']} s, outside the clip's "
                              f"{record['duration']} s")
@@ -809,8 +875,11 @@ def load_dialogues(data_dir: str | os.PathLike, split: str | None = None) -> lis
     Raises FileNotFoundError if there is no manifest, and ValueError naming the
     manifest, the line (and the turn) and the problem: a missing field or one
     of the wrong kind, audio that is missing, not 2 channels, or not as long as
-    the line says, a turn outside the clip or overlapping the last turn of its
-    channel, words outside their turn, a dialogue without one of the channels.
+    the line says, a turn whose kind does not fit its channel, a user turn
+    without ``interjected``, an answer without its ``answer_source``, a
+    ``heard_text`` on a turn not interrupted or none on one that is, a turn
+    outside the clip or overlapping the last turn of its channel, words
+    outside their turn, a dialogue without one of the channels.
     """
     folder = Path(data_dir)
     path = folder / "manifest.jsonl"
