@@ -1,0 +1,173 @@
+"""The joint stage's data: a spoken dialogue as the speech model's streams, the user's among them.
+
+A dialogue of ``michi-lite data dialogues`` holds the user on channel 0 and
+the assistant on channel 1. The speech model plays the assistant, so its own
+streams are channel 1's (the text it says, each token on its word's start
+frame, ``<|im_end|>`` where each answer stops, interrupted or not, and its
+mel patches ``text_lead_frames`` behind), and what it hears of the user is
+what the listening head makes of channel 0, frame by frame: its embedding
+and the token it emits (``UserStreams``). The listener is frozen and runs
+once per dialogue, offline, which gives what its stream would
+(``listen.clip_logits``): the model learns from the hearing it will have,
+mistakes included, not from the user's true text.
+
+``JointDialogues`` serves a split as ``(SpeakerStreams, voice prompt)``
+pairs, the voice prompt an answer from another dialogue (the assistant has
+one voice), and ``collate`` batches them as ``train_speaker`` does, with the
+user's streams beside.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+
+from .audio import SILENCE_MEL, audio_patches, prepare_waveform, speech_patches
+from .config import FRAME_SECONDS
+from .data.dialogues import load_dialogues
+from .data.frames import PAD_TOKEN, frame_tokens
+from .data.words import Word
+from .listen import Listener, clip_features
+from .model import (END_TOKEN, SpeakerBatch, SpeakerStreams, SpeechModelConfig, UserStreams, VoicedChunks,
+                    tokens_and_chunks)
+from .train_speaker import SpeakerUtterances
+
+
+def frame_of(seconds: float) -> int:
+    """The 80 ms frame a time falls in (whole milliseconds first, as ``frame_tokens`` counts)."""
+    return round(seconds * 1000) // round(FRAME_SECONDS * 1000)
+
+
+def assistant_text_stream(turns: list[dict], n_frames: int, tokenizer) -> tuple[list[int], list[tuple[int, str]]]:
+    """The assistant's text stream (n_frames token ids) and, per answer, the frame its first token is on and the
+    text it says.
+
+    Each answer's tokens sit on their words' start frames (``frame_tokens``);
+    ``<|im_end|>`` on the frame where it stops (an interrupted one where it
+    was cut: only the words heard are said), PAD elsewhere. A token that
+    finds its frame taken moves to the next free one.
+    """
+    pad, end = tokenizer.convert_tokens_to_ids(PAD_TOKEN), tokenizer.convert_tokens_to_ids(END_TOKEN)
+    stream = [pad] * n_frames
+    said: list[tuple[int, str]] = []
+    next_free = 0
+    for turn in turns:
+        if turn["channel"] != "assistant" or not turn["words"]:
+            continue
+        text = turn["heard_text"] if turn["interrupted"] else turn["text"]
+        grid = frame_tokens(text, [Word.from_dict(w) for w in turn["words"]], tokenizer).tokens
+        first = None
+        for frame, token in enumerate(grid):
+            if token == pad:
+                continue
+            frame = max(frame, next_free)
+            if frame >= n_frames:
+                raise ValueError(f"an answer's tokens run past the dialogue's {n_frames} frames: {text!r}")
+            stream[frame], next_free = token, frame + 1
+            first = frame if first is None else first
+        stop = max(frame_of(turn["end"]), next_free)
+        if stop < n_frames:
+            stream[stop], next_free = end, stop + 1
+        said.append((first, text))
+    return stream, said
+
+
+def heard_user(listener: Listener, wave: np.ndarray, n_frames: int) -> UserStreams:
+    """What the listener makes of the user's channel (at the listener's rate), silence after its end: per
+    frame its embedding and the token it emits, (n_frames, hidden) and (n_frames,)."""
+    audio = listener.cfg.audio
+    wave = torch.from_numpy(wave[:n_frames * audio.samples_per_frame])
+    padded = F.pad(wave, (0, n_frames * audio.samples_per_frame - len(wave)))
+    with torch.no_grad():  # not inference mode: these are a model's inputs in training
+        embeddings, logits = listener(clip_features(padded, audio)[None])
+    return UserStreams(embeddings[0], logits[0].argmax(-1))
+
+
+def dialogue_streams(record: dict, user: UserStreams, patches: torch.Tensor, tokenizer,
+                     cfg: SpeechModelConfig) -> SpeakerStreams:
+    """One dialogue's streams: the assistant's text, audio and phonemes being voiced, and the user as heard.
+
+    ``patches`` (frames, patch_dim) are the assistant channel's. The audio
+    stream runs ``text_lead_frames`` behind the text, so the streams are
+    that much longer than the dialogue, and ``user`` must cover them all
+    (the listener hearing the silence after the end).
+    """
+    n_frames = len(patches)
+    lead = cfg.text_lead_frames
+    if len(user.tokens) != n_frames + lead:
+        raise ValueError(f"dialogue {record['id']}: the user is heard on {len(user.tokens)} frames, "
+                         f"the streams are {n_frames + lead} long")
+    tokens, said = assistant_text_stream(record["turns"], n_frames + lead, tokenizer)
+    silence = torch.full((lead, patches.shape[-1]), SILENCE_MEL)
+    audio = torch.cat([silence, patches])  # (n_frames + lead, patch_dim)
+    pad = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    starts: dict[int, list[int] | None] = {}  # frame -> the phonemes of the chunk whose first token is there
+    for first, text in said:
+        frame = first
+        for _, chunk in tokens_and_chunks(text, tokenizer, cfg.max_phonemes):
+            while tokens[frame] == pad:  # the answer's tokens in order, over the frames between its words
+                frame += 1
+            starts[frame] = chunk
+            frame += 1
+    voiced = VoicedChunks(cfg)
+    phonemes, since = zip(*(voiced.push(starts.get(frame)) for frame in range(len(tokens))))
+    plain = tokenizer(" ".join(text for _, text in said) or " ", add_special_tokens=False)["input_ids"]
+    return SpeakerStreams(torch.tensor(tokens), audio, torch.tensor(phonemes), torch.tensor(since),
+                          torch.tensor(plain), user)  # the answers as plain text: the keep loss's sample
+
+
+class JointDialogues(torch.utils.data.Dataset):
+    """A dialogue split as ``(SpeakerStreams with the user heard, voice prompt)``, computed once per dialogue.
+
+    The listener (frozen) hears every user channel when the split is
+    opened; the voice prompt is the speech of another dialogue's assistant,
+    a random stretch of ``prompt_seconds``.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, cfg: SpeechModelConfig, tokenizer, listener: Listener,
+                 split: str = "train", prompt_seconds: tuple[float, float] = (2.0, 5.0)) -> None:
+        self.data_dir, self.cfg, self.tokenizer = Path(data_dir), cfg, tokenizer
+        self.pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+        self.records = load_dialogues(data_dir, split)
+        if not self.records:
+            raise ValueError(f"{data_dir}: no {split} dialogues")
+        listener = listener.eval()
+        self.streams: list[SpeakerStreams] = []
+        for record in self.records:
+            stereo, rate = sf.read(self.data_dir / record["path"], dtype="float32", always_2d=True)  # (samples, 2)
+            assistant = torch.from_numpy(prepare_waveform(stereo[:, 1], rate, cfg.audio.sample_rate))
+            patches = audio_patches(assistant, cfg.audio)  # (frames, patch_dim)
+            user_wave = prepare_waveform(stereo[:, 0], rate, listener.cfg.audio.sample_rate)
+            user = heard_user(listener, user_wave, len(patches) + cfg.text_lead_frames)
+            self.streams.append(dialogue_streams(record, user, patches, tokenizer, cfg))
+        self.prompt_seconds = prompt_seconds
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def lengths(self) -> list[float]:
+        return [r["duration"] for r in self.records]
+
+    def __getitem__(self, index: int) -> tuple[SpeakerStreams, torch.Tensor]:
+        others = [i for i in range(len(self.streams)) if i != index] or [index]
+        other = self.streams[others[int(torch.randint(len(others), ()))]]
+        prompt = speech_patches(other.patches[self.cfg.text_lead_frames:])
+        low, high = self.prompt_seconds
+        frames = round((low + (high - low) * float(torch.rand(()))) / FRAME_SECONDS)
+        start = int(torch.randint(max(0, len(prompt) - frames) + 1, ()))
+        return self.streams[index], prompt[start:start + frames]
+
+    def collate(self, items: list[tuple[SpeakerStreams, torch.Tensor]]) -> SpeakerBatch:
+        """``SpeakerUtterances.collate``, with the user's streams beside (padding: PAD, zero embeddings)."""
+        batch = SpeakerUtterances.collate(items)
+        frames = batch.tokens.shape[1]
+        users = [s.user for s, _ in items]
+        batch.user = UserStreams(
+            torch.stack([F.pad(u.embeddings, (0, 0, 0, frames - len(u.tokens))) for u in users]),
+            torch.stack([F.pad(u.tokens, (0, frames - len(u.tokens)), value=self.pad_id) for u in users]))
+        return batch

@@ -1,0 +1,90 @@
+"""The joint stage's data: a spoken dialogue laid out as the speech model's streams, the user as heard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from michi_lite.config import get_config
+from michi_lite.data.dialogues import build_dialogues
+from michi_lite.data.frames import PAD_TOKEN
+from michi_lite.listen import build_listener, clip_logits
+from michi_lite.model import END_TOKEN, build_speech_model, speech_model_config
+from michi_lite.train_joint import JointDialogues, frame_of
+
+TINY = speech_model_config("tiny")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def dialogues(tmp_path_factory):
+    return build_dialogues(get_config("tiny"), tmp_path_factory.mktemp("dialogues")).parent
+
+
+@pytest.fixture(scope="module")
+def listener(tokenizer):
+    torch.manual_seed(0)
+    return build_listener("tiny", len(tokenizer), pretrained=False).eval()
+
+
+@pytest.fixture(scope="module")
+def joint(dialogues, tokenizer, listener):
+    return JointDialogues(dialogues, TINY, tokenizer, listener)
+
+
+def test_the_assistant_says_each_answer_as_heard_and_ends_it_where_it_stops(joint, tokenizer):
+    pad, end = tokenizer.convert_tokens_to_ids(PAD_TOKEN), tokenizer.convert_tokens_to_ids(END_TOKEN)
+    for record, streams in zip(joint.records, joint.streams):
+        tokens = streams.tokens.tolist()
+        answers = [t for t in record["turns"] if t["channel"] == "assistant"]
+        ends = [i for i, token in enumerate(tokens) if token == end]
+        assert len(ends) == len(answers)
+        start = 0
+        for answer, stop in zip(answers, ends):
+            said = tokenizer.decode([t for t in tokens[start:stop] if t != pad])
+            heard = answer["heard_text"] if answer["interrupted"] else answer["text"]
+            assert said.split() == heard.split()
+            said_on = [i for i in range(start, stop) if tokens[i] != pad]
+            assert said_on[0] == frame_of(answer["words"][0]["start"])  # the first word on its own start frame
+            assert stop == max(frame_of(answer["end"]), said_on[-1] + 1)  # where it stops (cut, or done)
+            start = stop + 1
+        assert all(token == pad for token in tokens[start:])
+    assert any(t["interrupted"] for r in joint.records for t in r["turns"])  # cut answers were among them
+
+
+def test_the_streams_line_up_the_audio_behind_the_text_and_the_user_as_the_listener_hears(
+        joint, dialogues, listener):
+    lead = TINY.text_lead_frames
+    record, streams = joint.records[0], joint.streams[0]
+    frames = len(streams.tokens)
+    assert streams.patches.shape == (frames, TINY.patch_dim)
+    assert streams.phonemes.shape == (frames, TINY.max_phonemes) and streams.since.shape == (frames,)
+    assert streams.user.embeddings.shape == (frames, TINY.hidden_size) and streams.user.tokens.shape == (frames,)
+    stereo, rate = sf.read(dialogues / record["path"], dtype="float32", always_2d=True)
+    assert frames == int(np.ceil(len(stereo) / (rate * 0.08))) + lead
+    assert (streams.patches[:lead] == streams.patches[:lead].min()).all()  # silence before the audio starts
+    logits = clip_logits(listener, stereo[:, 0], frames)  # the listener's own stream of the user's channel
+    assert torch.equal(streams.user.tokens, logits.argmax(-1))
+
+
+def test_a_batch_of_dialogues_trains_the_speech_model_to_hear_the_user(joint, tokenizer):
+    torch.manual_seed(0)
+    model = build_speech_model("tiny", tokenizer)
+    batch = joint.collate([joint[0], joint[1], joint[2]])
+    assert batch.user.tokens.shape == batch.tokens.shape
+    assert batch.user.embeddings.shape == (*batch.tokens.shape, TINY.hidden_size)
+    losses = model(batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["text_loss"].backward()
+    assert model.user_in.weight.grad.abs().max() > 0  # the projection learns from what the user said
+
+
+def test_a_split_without_dialogues_is_refused(dialogues, tokenizer, listener, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "manifest.jsonl").write_text("")
+    with pytest.raises(ValueError, match="no train dialogues"):
+        JointDialogues(empty, TINY, tokenizer, listener)
