@@ -17,6 +17,8 @@
     michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
                                [--distill W] [--no-augment]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
+    michi-lite train joint     --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
+                               [--listener L]
     michi-lite train aligner   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train acoustic  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
                                [--voice V ...] [--keep-exports] [--balance-engines] [--dropout P]
@@ -254,6 +256,18 @@ def cmd_train_speaker(args: argparse.Namespace) -> None:
     run = train_speaker(args.preset, args.data, args.out, steps=args.steps, resume=args.resume,
                         batch_size=args.batch_size or 8, checkpoint_every=args.checkpoint_every,
                         max_minutes=args.max_minutes, init=args.init)
+    report_run(run, args.preset, "speaker")
+
+
+def cmd_train_joint(args: argparse.Namespace) -> None:
+    from .train_joint import train_joint
+
+    listener = args.listener
+    if listener is None and args.preset == "lite":
+        listener = REFERENCE_DATA / "listener" / "lite_listener.safetensors"
+    run = train_joint(args.preset, args.data, args.out, steps=args.steps, listener=listener, init=args.init,
+                      resume=args.resume, batch_size=args.batch_size or 4, checkpoint_every=args.checkpoint_every,
+                      max_minutes=args.max_minutes)
     report_run(run, args.preset, "speaker")
 
 
@@ -542,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
          20_000, 200, "utterances per step (default: 8)"),
         ("speaker", cmd_train_speaker, "the speech model: SmolLM2 with LoRA, text head and speaking head (TTS)",
          20_000, 100, "utterances per step (default: 8)"),
+        ("joint", cmd_train_joint, "the speech model on dialogues, hearing the user through the listening head",
+         20_000, 100, "dialogues per step (default: 4)"),
         ("acoustic", cmd_train_acoustic, "the acoustic model: timed phonemes to mel patches, with its speaking head",
          20_000, 250, "utterances per step (default: 16; a resumed run keeps its own)"),
         ("aligner", cmd_train_aligner, "the phoneme aligner: which phoneme sounds under each mel column, learnt "
@@ -550,10 +566,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         stage_train = train.add_parser(stage, help=what)
         add_preset(stage_train)
-        stage_train.add_argument("--data", required=True, help="a corpus built by `michi-lite data build`"
+        stage_train.add_argument("--data", required=True, help="a dialogue corpus (`michi-lite data dialogues`)"
+                                 if stage == "joint" else "a corpus built by `michi-lite data build`"
                                  + (", or a pack of one (`michi-lite data pack`)" if stage == "speaker" else ""))
         stage_train.add_argument("--out", required=True,
-                                 help=f"run directory: checkpoints, train_log.csv, {stage}.safetensors")
+                                 help="run directory: checkpoints, train_log.csv, "
+                                      f"{'speaker' if stage == 'joint' else stage}.safetensors")
         stage_train.add_argument("--steps", type=positive_int, default=steps,
                                  help=f"train until this step (default: {steps})")
         stage_train.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
@@ -645,9 +663,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      help="the same in the duration predictor (default: 0)")
             stage_train.add_argument("--init", help="start from this acoustic model's weights (a run or "
                                                     ".safetensors) with a fresh optimizer and schedule")
-        if stage == "speaker":
+        if stage in ("speaker", "joint"):
             stage_train.add_argument("--init", help="start from this speech model's weights (a run or .safetensors); "
                                                     "modules it lacks start fresh")
+        if stage == "joint":
+            stage_train.add_argument("--listener", help="the frozen listening head (a run or .safetensors; default: "
+                                                        "the committed reference for lite, a random one for tiny)")
 
     export = commands.add_parser("export", help="a trained stage's weights, small, for sharing")
     export = export.add_subparsers(dest="stage", required=True)

@@ -14,7 +14,9 @@ mistakes included, not from the user's true text.
 ``JointDialogues`` serves a split as ``(SpeakerStreams, voice prompt)``
 pairs, the voice prompt an answer from another dialogue (the assistant has
 one voice), and ``collate`` batches them as ``train_speaker`` does, with the
-user's streams beside.
+user's streams beside. ``train_joint`` (``michi-lite train joint``) trains
+the speech model on them with the speaker stage's losses, the user's
+projection learning too.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from .config import FRAME_SECONDS
 from .data.dialogues import load_dialogues
 from .data.frames import PAD_TOKEN, frame_tokens
 from .data.words import Word
-from .listen import Listener, clip_features
+from .listen import Listener, build_listener, clip_features, load_listener
 from .model import (END_TOKEN, SpeakerBatch, SpeakerStreams, SpeechModelConfig, UserStreams, VoicedChunks,
                     tokens_and_chunks)
-from .train_speaker import SpeakerUtterances
+from .train import LengthBuckets, fit, loader_workers, training_device
+from .train_speaker import LOSSES, SpeakerTrainer, SpeakerUtterances, speech_model_from
 
 
 def frame_of(seconds: float) -> int:
@@ -171,3 +174,45 @@ class JointDialogues(torch.utils.data.Dataset):
             torch.stack([F.pad(u.embeddings, (0, 0, 0, frames - len(u.tokens))) for u in users]),
             torch.stack([F.pad(u.tokens, (0, frames - len(u.tokens)), value=self.pad_id) for u in users]))
         return batch
+
+
+def train_joint(
+    preset: str,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    steps: int,
+    listener: str | os.PathLike | None = None,
+    init: str | os.PathLike | None = None,
+    resume: bool = False,
+    batch_size: int = 4,
+    checkpoint_every: int = 100,
+    log_every: int = 10,
+    max_minutes: float | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+) -> Path:
+    """Train the speech model on a dialogue corpus's train split, hearing the user (``fit`` for checkpoints and
+    resuming, the data order included).
+
+    The losses are the speaker stage's (``SpeakerTrainer``): the assistant's
+    text stream, its patches' flow loss and the keep loss on its answers as
+    plain text, now with the user's projection learning too. ``listener``
+    is the frozen listening head (a file or run; None: a random one, for
+    tests); ``init`` a speech model to start from (the speaker stage's),
+    modules it lacks fresh. The run exports a speaker file, user projection
+    included (``load_speaker``).
+    """
+    from .backbone import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    device = training_device(device)
+    torch.manual_seed(seed)
+    model = speech_model_from(preset, tokenizer, None if resume else init)
+    heard_by = (load_listener(listener, preset, len(tokenizer)) if listener is not None
+                else build_listener(preset, len(tokenizer), pretrained=False))
+    dataset = JointDialogues(data_dir, model.cfg, tokenizer, heard_by)
+    trainer = SpeakerTrainer(model, preset, device, total_steps=steps, hears_user=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=LengthBuckets(dataset.lengths(), batch_size, seed),
+                                         num_workers=loader_workers(device), collate_fn=dataset.collate)
+    return fit(trainer, loader, out_dir, steps, LOSSES, resume=resume, checkpoint_every=checkpoint_every,
+               log_every=log_every, max_minutes=max_minutes, desc="joint")

@@ -127,12 +127,13 @@ class SpeakerTrainer(ScheduledTrainer):
     """
 
     def __init__(self, model: SpeechModel, preset: str, device: torch.device, total_steps: int,
-                 learning_rate: float = 6e-4, warmup_steps: int = 100, bf16: bool | None = None) -> None:
+                 learning_rate: float = 6e-4, warmup_steps: int = 100, bf16: bool | None = None,
+                 hears_user: bool = False) -> None:
         self.model, self.preset, self.device = model.to(device), preset, device
         adapters = [p for n, p in model.backbone.named_parameters() if p.requires_grad]
-        # the user's projection learns in the joint stage: a speaker's utterances have no user
-        heads = [p for n, p in model.named_parameters()
-                 if p.requires_grad and not n.startswith(("backbone.", "user_in."))]
+        # the user's projection learns in the joint stage (``hears_user``): a speaker's utterances have no user
+        heads = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")
+                 and (hears_user or not n.startswith("user_in."))]
         self.optimizer = torch.optim.AdamW([{"params": adapters, "lr": learning_rate / 3},
                                             {"params": heads, "lr": learning_rate}], weight_decay=0.01)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(warmup_steps, total_steps))
@@ -176,6 +177,18 @@ class TrainedWeights:
         self.model.load_trained_state(state, fresh=("user_in",))  # a run from before the user streams: none
 
 
+def speech_model_from(preset: str, tokenizer, init: str | os.PathLike | None) -> SpeechModel:
+    """A fresh speech model for training, or one with ``init``'s weights (a ``save_speaker`` file or a run), the
+    modules that file lacks (added since it was made) fresh."""
+    model = build_speech_model(preset, tokenizer)
+    if init is not None:
+        path, _, tensors = read_weights(init, "speaker", CHECKPOINT_FORMAT, preset)
+        with fitting_weights(path, "speaker"):
+            model.load_trained_state({k: v.float() for k, v in tensors.items()}, fresh=NEW_MODULES)
+        logger.info("speech model: starting from %s", path)
+    return model
+
+
 def train_speaker(
     preset: str,
     data_dir: str | os.PathLike,
@@ -201,12 +214,7 @@ def train_speaker(
     tokenizer = load_tokenizer()
     device = training_device(device)
     torch.manual_seed(seed)
-    model = build_speech_model(preset, tokenizer)
-    if init is not None and not resume:
-        path, _, tensors = read_weights(init, "speaker", CHECKPOINT_FORMAT, preset)
-        with fitting_weights(path, "speaker"):
-            model.load_trained_state({k: v.float() for k, v in tensors.items()}, fresh=NEW_MODULES)
-        logger.info("speaker: starting from %s", path)
+    model = speech_model_from(preset, tokenizer, None if resume else init)
     trainer = SpeakerTrainer(model, preset, device, total_steps=steps)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("speaker %s: %.2fM trained parameters, %d steps of %d utterances on %s", preset, trained / 1e6,

@@ -7,11 +7,12 @@ import pytest
 import soundfile as sf
 import torch
 
+from michi_lite.cli import main
 from michi_lite.config import get_config
 from michi_lite.data.dialogues import build_dialogues
 from michi_lite.data.frames import PAD_TOKEN
 from michi_lite.listen import build_listener, clip_logits
-from michi_lite.model import END_TOKEN, build_speech_model, speech_model_config
+from michi_lite.model import END_TOKEN, build_speech_model, load_speaker, save_speaker, speech_model_config
 from michi_lite.train_joint import JointDialogues, frame_of
 
 TINY = speech_model_config("tiny")
@@ -88,3 +89,23 @@ def test_a_split_without_dialogues_is_refused(dialogues, tokenizer, listener, tm
     (empty / "manifest.jsonl").write_text("")
     with pytest.raises(ValueError, match="no train dialogues"):
         JointDialogues(empty, TINY, tokenizer, listener)
+
+
+def test_train_joint_learns_to_hear_the_user_and_resumes_where_it_stopped(dialogues, tokenizer, tmp_path, capsys):
+    import csv
+
+    torch.manual_seed(1)
+    init = save_speaker(tmp_path / "speaker.safetensors", build_speech_model("tiny", tokenizer), "tiny")
+    run = tmp_path / "run"
+    command = ["train", "joint", "--preset", "tiny", "--data", str(dialogues), "--out", str(run),
+               "--batch-size", "2", "--checkpoint-every", "1", "--init", str(init)]
+    main(command + ["--steps", "2"])
+    main(command + ["--steps", "3", "--resume"])
+    rows = list(csv.DictReader((run / "train_log.csv").open()))
+    assert [int(r["step"]) for r in rows][-1] == 3 and all(float(r["text_loss"]) > 0 for r in rows)
+    model = load_speaker(run, "tiny", tokenizer, merge=False)
+    assert model.user_in.weight.abs().max() > 0  # it learnt to hear the user
+    with pytest.raises(SystemExit):
+        main(["train", "joint", "--preset", "lite", "--data", str(dialogues), "--out", str(run), "--steps", "4",
+              "--resume"])
+    assert "trained with preset 'tiny', not 'lite'" in capsys.readouterr().err
