@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .audio import AudioError, MelSpectrogram, load_audio, mel_from_patches, normalize_mel, voice_prompt
 from .backbone import load_whisper
-from .config import FRAME_SECONDS, AudioConfig, get_config
+from .config import AudioConfig, get_config
 from .data.alignment import (
     WHISPER_SAMPLE_RATE,
     boundary_differences,
@@ -155,7 +155,7 @@ def evaluate_vocoder(
     learnt = load_vocoder(ckpt, preset, device)
     systems = {learnt.cfg.arch: learnt, "griffin_lim": GriffinLim(audio).to(device)}
     frontend = MelSpectrogram(audio).to(device)
-    chunk_frames = round(FRAME_SECONDS * audio.sample_rate / audio.hop_length)  # streamed 80 ms at a time
+    chunk_frames = audio.mels_per_frame  # streamed 80 ms at a time
     judge = load_whisper()
 
     report: dict = {"groups": {}}
