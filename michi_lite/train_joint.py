@@ -1,4 +1,4 @@
-"""The joint stage's data: a spoken dialogue as the speech model's streams, the user's among them.
+"""The joint stage: a spoken dialogue as the speech model's streams, the user's among them, and the training.
 
 A dialogue of ``michi-lite data dialogues`` holds the user on channel 0 and
 the assistant on channel 1. The speech model plays the assistant, so its own
@@ -28,6 +28,7 @@ import numpy as np
 import soundfile as sf
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .audio import SILENCE_MEL, audio_patches, prepare_waveform, speech_patches
 from .config import FRAME_SECONDS
@@ -141,7 +142,7 @@ class JointDialogues(torch.utils.data.Dataset):
             raise ValueError(f"{data_dir}: no {split} dialogues")
         listener = listener.eval()
         self.streams: list[SpeakerStreams] = []
-        for record in self.records:
+        for record in tqdm(self.records, desc=f"hearing the {split} dialogues", unit="dialogue"):
             stereo, rate = sf.read(self.data_dir / record["path"], dtype="float32", always_2d=True)  # (samples, 2)
             assistant = torch.from_numpy(prepare_waveform(stereo[:, 1], rate, cfg.audio.sample_rate))
             patches = audio_patches(assistant, cfg.audio)  # (frames, patch_dim)
