@@ -45,7 +45,6 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -711,14 +710,16 @@ class ConvNeXtBlock(nn.Module):
         self.project = nn.Linear(3 * channels, channels)
         self.scale = nn.Parameter(torch.full((channels,), layer_scale))  # small: each block starts near identity
 
-    def forward(self, window: torch.Tensor, linear: Callable[..., torch.Tensor] = F.linear) -> torch.Tensor:
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
         """(batch, channels, kernel_size - 1 + time) -> (batch, channels, time).
 
-        ``linear`` computes the MLP's layers; in eval mode the depthwise conv
-        is ``depthwise_sum``, the same floats whatever the frames around.
+        In eval mode the depthwise conv is ``depthwise_sum`` and the MLP's
+        products ``row_blocked_linear``: the same floats for a frame whatever
+        the frames around it. Training keeps the conv and plain products.
         """
         x = window[..., self.kernel_size - 1:]
         h = self.depthwise(window) if self.training else depthwise_sum(window, self.depthwise)  # the same, faster
+        linear = F.linear if self.training else row_blocked_linear
         h = self.norm(h.transpose(1, 2))  # (batch, time, channels)
         h = linear(F.gelu(linear(h, self.expand.weight, self.expand.bias)), self.project.weight, self.project.bias)
         return x + (self.scale * h).transpose(1, 2)
@@ -768,9 +769,9 @@ class IstftGenerator(CausalVocoder):
         self.register_buffer("signs", signs, persistent=False)
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """Every matrix product of the network: plain in training; in eval mode in fixed blocks of rows
-        (``row_blocked_linear``), with the convolutions as ``pre`` and ``depthwise_sum`` compute them, so that
-        a stream's chunks and a whole clip give the same magnitudes to the last bit."""
+        """The first conv's and the head's products: plain in training; in eval mode in fixed blocks of rows
+        (``row_blocked_linear``), as the blocks compute theirs, so that a stream's chunks and a whole clip give
+        the same magnitudes to the last bit."""
         return F.linear(x, weight, bias) if self.training else row_blocked_linear(x, weight, bias)
 
     def pre(self, window: torch.Tensor) -> torch.Tensor:
@@ -786,7 +787,7 @@ class IstftGenerator(CausalVocoder):
         context = self.cfg.istft_kernel_size - 1
         x = self.pre(F.pad(mel, (context, 0)))  # (batch, channels, frames)
         for block in self.blocks:
-            x = block(F.pad(x, (context, 0)), self.linear)
+            x = block(F.pad(x, (context, 0)))
         return x.transpose(1, 2)
 
     def spectra(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -1034,7 +1035,7 @@ class IstftStream(VocoderStream):
         for i, block in enumerate(g.blocks):
             h = torch.cat([self.block_pasts[i], x], dim=-1)  # (batch, channels, context + time)
             self.block_pasts[i] = h[..., time:]
-            x = block(h, g.linear)
+            x = block(h)
         frames, self.phase = g.frames(*g.spectra(x.transpose(1, 2)), self.phase)
         wave = overlap_add(frames, g.hop_length)  # (batch, (time + lookahead) * hop)
         wave[:, :self.tail.shape[-1]] += self.tail
