@@ -30,13 +30,13 @@ from michi_lite.vocoder import (
     discriminator_loss,
     feature_matching_loss,
     generator_frame_spectra,
+    int8_linear,
     integrate_phase,
     load_vocoder,
     magnitude_loss,
     overlap_add,
     phase_advance_loss,
     phase_from_magnitude,
-    row_blocked_linear,
     save_vocoder,
     stft_distance,
     stft_loss,
@@ -618,15 +618,26 @@ def test_istft_stream_matches_offline(chunk, batch, cfg):
     assert (streamed - offline).abs().max() < 1e-5
 
 
-def test_row_blocked_products_give_each_row_the_same_bits_wherever_it_sits():
+def test_int8_products_give_each_row_the_same_bits_wherever_it_sits():
     torch.manual_seed(0)
     layer = torch.nn.Linear(256, 768)
     x = torch.randn(2, 40, 256)
     with torch.no_grad():
-        whole = row_blocked_linear(x, layer.weight, layer.bias)
-        assert torch.allclose(whole, layer(x), atol=1e-5)
+        whole = int8_linear(x, layer.weight, layer.bias)
+        exact = layer(x)
+        assert (whole - exact).abs().max() < 0.02 * exact.abs().max()  # int8 rounding, no worse
         for start, stop in ((0, 1), (3, 6), (5, 18), (39, 40)):  # a stream's chunks, of any size, anywhere
-            assert torch.equal(row_blocked_linear(x[:, start:stop], layer.weight, layer.bias), whole[:, start:stop])
+            assert torch.equal(int8_linear(x[:, start:stop], layer.weight, layer.bias), whole[:, start:stop])
+
+
+def test_int8_weights_are_made_again_when_the_weight_changes():
+    layer = torch.nn.Linear(16, 8)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        before = int8_linear(x, layer.weight, layer.bias)
+        layer.weight.mul_(2)  # as an optimizer step or a load would
+        after = int8_linear(x, layer.weight, layer.bias)
+    assert torch.allclose(after - layer.bias, 2 * (before - layer.bias), atol=1e-5)
 
 
 @pytest.mark.parametrize("chunk", [1, 3, CHUNK, 13])
@@ -644,13 +655,14 @@ def test_in_eval_mode_a_stream_gives_the_offline_magnitudes_to_the_last_bit(chun
     assert torch.equal(streamed, offline)
 
 
-def test_an_istft_generator_in_eval_mode_computes_what_it_trains_with():
+def test_an_istft_generator_in_eval_mode_computes_what_it_trains_with_to_int8_rounding():
     generator = istft_generator(TINY_PGHI)
-    mel = random_mel(3 * CHUNK)
+    mel = random_mel(3 * CHUNK).unsqueeze(0)
     with torch.no_grad():
-        evaluated = generator(mel)
-        trained = generator.train()(mel)
-    assert torch.allclose(evaluated, trained, atol=1e-5)
+        evaluated = generator.spectra(generator.trunk(mel))[0]
+        trained = generator.train().spectra(generator.trunk(mel))[0]
+    assert trained.std() > 0.3
+    assert (evaluated - trained).abs().max() < 0.05  # log-magnitudes: under 0.5 dB apart
 
 
 @pytest.mark.parametrize("cfg", **ISTFT_HEADS)
