@@ -18,7 +18,8 @@
                                [--distill W] [--no-augment]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
     michi-lite train joint     --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
-                               [--listener L]
+                               [--listener L] [--flow-loss-weight W]
+        (many processes: accelerate launch --num_processes N -m michi_lite.cli train joint ...)
     michi-lite train aligner   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train acoustic  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
                                [--voice V ...] [--keep-exports] [--balance-engines] [--dropout P]
@@ -260,6 +261,7 @@ def cmd_train_speaker(args: argparse.Namespace) -> None:
 
 
 def cmd_train_joint(args: argparse.Namespace) -> None:
+    from . import parallel
     from .train_joint import train_joint
 
     listener = args.listener
@@ -267,8 +269,9 @@ def cmd_train_joint(args: argparse.Namespace) -> None:
         listener = REFERENCE_DATA / "listener" / "lite_listener.safetensors"
     run = train_joint(args.preset, args.data, args.out, steps=args.steps, listener=listener, init=args.init,
                       resume=args.resume, batch_size=args.batch_size or 4, checkpoint_every=args.checkpoint_every,
-                      max_minutes=args.max_minutes)
-    report_run(run, args.preset, "speaker")
+                      max_minutes=args.max_minutes, flow_weight=args.flow_loss_weight)
+    if parallel.is_main():
+        report_run(run, args.preset, "speaker")
 
 
 def cmd_train_acoustic(args: argparse.Namespace) -> None:
@@ -669,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
         if stage == "joint":
             stage_train.add_argument("--listener", help="the frozen listening head (a run or .safetensors; default: "
                                                         "the committed reference for lite, a random one for tiny)")
+            stage_train.add_argument("--flow-loss-weight", type=float, metavar="W",
+                                     help="weight of the speaking head's flow loss (default: the speaker stage's, "
+                                          "1; 0: the text stream alone, for the acoustic model to voice)")
 
     export = commands.add_parser("export", help="a trained stage's weights, small, for sharing")
     export = export.add_subparsers(dest="stage", required=True)

@@ -22,7 +22,11 @@ stage's recipe is a module beside this one (``train_vocoder``,
 * a progress bar with the losses and ``train_log.csv`` with a row every
   ``log_every`` steps. A loss the step did not compute (the vocoder's
   discriminators' while they wait) is left out of both: an empty cell in the
-  log, where a loss that diverged is ``nan``.
+  log, where a loss that diverged is ``nan``;
+* many processes (``parallel.py``): under ``accelerate launch`` each
+  process trains on its share of every batch, the gradients averaged;
+  rank 0 alone writes the log and the checkpoints, which keep every
+  process's RNGs.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
+
+from . import parallel
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +81,13 @@ class ScheduledTrainer:
     schedule: torch.optim.lr_scheduler.LRScheduler
 
     def update(self, loss: torch.Tensor, max_norm: float = 1.0) -> None:
-        """One optimizer step on ``loss``: gradients clipped to ``max_norm``, then the schedule moves on."""
+        """One optimizer step on ``loss``: gradients averaged over the processes (if many) and clipped to
+        ``max_norm``, then the schedule moves on."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], max_norm)
+        parameters = [p for g in self.optimizer.param_groups for p in g["params"]]
+        parallel.average_gradients(parameters)
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
         self.optimizer.step()
         self.schedule.step()
 
@@ -111,6 +120,8 @@ class EpochBatches(torch.utils.data.Sampler):
     ``iter`` yields the rest of the current pass, so a ``DataLoader`` on it
     goes on pass after pass; ``start_at(n)`` makes the next batch the
     ``n``-th of the whole sequence, which is what ``fit`` does on resume.
+    Among many processes each gets its share of every batch
+    (``parallel.shard``).
     """
 
     def __init__(self, n_batches: int, seed: int) -> None:
@@ -135,7 +146,7 @@ class EpochBatches(torch.utils.data.Sampler):
         index, offset = divmod(self.served, self.n_batches)
         for batch in self.pass_batches(random.Random(f"{self.seed}/{index}"))[offset:]:
             self.served += 1
-            yield [(i, self.served - 1) for i in batch] if self.numbered else batch
+            yield parallel.shard([(i, self.served - 1) for i in batch] if self.numbered else batch)
 
     def __len__(self) -> int:
         return self.n_batches
@@ -225,12 +236,15 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     return steps[-1] if steps else None
 
 
-def save_checkpoint(out_dir: Path, trainer: Trainer, step: int, seconds: float, keep: int = 2) -> Path:
+def save_checkpoint(out_dir: Path, trainer: Trainer, step: int, seconds: float, keep: int = 2,
+                    process_rngs: list[dict] | None = None) -> Path:
     """Write everything a resume needs into a temporary directory, then rename it into place.
 
     The trainer's export may draw random numbers (building a model to save
     draws its initial weights); the RNGs are put back afterwards, as the
     checkpoint has them, since a resumed run never makes those draws.
+    ``process_rngs`` are every process's RNG states, in rank order, when
+    many train together (this one's is the first).
     """
     state = rng_state()
     checkpoints = out_dir / "checkpoints"
@@ -241,7 +255,8 @@ def save_checkpoint(out_dir: Path, trainer: Trainer, step: int, seconds: float, 
     for name, module in trainer.modules().items():
         tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         save_file(tensors, str(tmp / f"{name}.safetensors"))
-    torch.save({**trainer.optimizer_state(), "rng": state}, tmp / "optimizers.pt")
+    rngs = {"rng": state} if process_rngs is None else {"rng": state, "process_rngs": process_rngs}
+    torch.save({**trainer.optimizer_state(), **rngs}, tmp / "optimizers.pt")
     meta = {"step": step, "seconds": seconds, "preset": trainer.preset, "config": trainer.config()}
     (tmp / "state.json").write_text(json.dumps(meta, indent=2))
     if final.exists():
@@ -266,7 +281,12 @@ def load_checkpoint(checkpoint: Path, trainer: Trainer) -> tuple[int, float]:
         module.load_state_dict(load_file(str(checkpoint / f"{name}.safetensors"), device=str(trainer.device)))
     state = torch.load(checkpoint / "optimizers.pt", map_location=trainer.device, weights_only=True)
     trainer.load_optimizer_state(state)
-    set_rng_state(state["rng"])
+    process_rngs = state.get("process_rngs", [state["rng"]])
+    if len(process_rngs) != parallel.world_size():
+        logger.warning("%s was written by %d processes, not %d: each starts from the first one's random state",
+                       checkpoint, len(process_rngs), parallel.world_size())
+        process_rngs = [state["rng"]] * parallel.world_size()
+    set_rng_state(process_rngs[parallel.rank()])
     return meta["step"], meta["seconds"]
 
 
@@ -315,25 +335,30 @@ def fit(
     order; a loss a step did not compute is NaN, and the progress bar leaves
     it out. With ``resume=True`` training continues from the newest
     checkpoint; without it, an ``out_dir`` that already holds a run is
-    refused. ``max_minutes`` ends this call early, with a checkpoint.
+    refused. ``max_minutes`` ends this call early, with a checkpoint. Among
+    many processes (``parallel.start``) rank 0 writes the files, and all
+    stop together.
     """
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be at least 1, not {checkpoint_every}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    main = parallel.is_main()
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     columns = ["step", *losses, "lr", "seconds"]
     log_path = out_dir / "train_log.csv"
     checkpoint = latest_checkpoint(out_dir)
     step, seconds = 0, 0.0
     if resume and checkpoint is not None:
         step, seconds = load_checkpoint(checkpoint, trainer)
-        truncate_log(log_path, step, columns)
+        if main:
+            truncate_log(log_path, step, columns)
         logger.info("resuming from %s at step %d", checkpoint, step)
     elif checkpoint is not None:
         raise ValueError(f"{out_dir} already holds a run; pass resume=True (--resume) or choose another --out")
     elif resume:
         logger.info("no checkpoint in %s: starting from step 0", out_dir)
-    if not log_path.exists() or step == 0:
+    if main and (not log_path.exists() or step == 0):
         with log_path.open("w", newline="") as f:
             csv.writer(f).writerow(columns)
     order = getattr(batches, "batch_sampler", batches)
@@ -342,7 +367,8 @@ def fit(
     elif step:
         logger.warning("resuming with batches that are not an EpochBatches: the data order starts again")
 
-    bar = tqdm(total=steps, initial=step, desc=desc, unit="step")
+    quiet = {} if main else {"disable": True}  # one bar, rank 0's (TQDM_DISABLE still silences it)
+    bar = tqdm(total=steps, initial=step, desc=desc, unit="step", **quiet)
     started = time.perf_counter() - seconds
     deadline = math.inf if max_minutes is None else time.perf_counter() + 60 * max_minutes
     out_of_time = False
@@ -350,17 +376,19 @@ def fit(
         for batch in without_drawing(batches):
             result = trainer.step(batch)
             step += 1
-            out_of_time = time.perf_counter() >= deadline
+            out_of_time = parallel.any_process(time.perf_counter() >= deadline)
             bar.update()
             shown = [name for name in losses if name in result][:3]  # a diverged loss shows as nan
             bar.set_postfix({name: f"{result[name]:.3f}" for name in shown})
-            if step % log_every == 0 or step == steps or out_of_time:
+            if main and (step % log_every == 0 or step == steps or out_of_time):
                 row = {**result, "step": step, "lr": trainer.learning_rate(),
                        "seconds": round(time.perf_counter() - started, 2)}
                 with log_path.open("a", newline="") as f:
                     csv.DictWriter(f, columns).writerow(row)
             if step % checkpoint_every == 0 or step == steps or out_of_time:
-                save_checkpoint(out_dir, trainer, step, time.perf_counter() - started)
+                process_rngs = parallel.gather_objects(rng_state()) if parallel.world_size() > 1 else None
+                if main:
+                    save_checkpoint(out_dir, trainer, step, time.perf_counter() - started, process_rngs=process_rngs)
             if step == steps or out_of_time:
                 break
     bar.close()

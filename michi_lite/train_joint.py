@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import parallel
 from .audio import SILENCE_MEL, audio_patches, prepare_waveform, speech_patches
 from .config import FRAME_SECONDS
 from .data.dialogues import load_dialogues
@@ -39,7 +40,7 @@ from .listen import Listener, build_listener, clip_features, load_listener
 from .model import (END_TOKEN, SpeakerBatch, SpeakerStreams, SpeechModelConfig, UserStreams, VoicedChunks,
                     tokens_and_chunks)
 from .train import LengthBuckets, fit, loader_workers, training_device
-from .train_speaker import LOSSES, SpeakerTrainer, SpeakerUtterances, speech_model_from
+from .train_speaker import FLOW_LOSS_WEIGHT, LOSSES, SpeakerTrainer, SpeakerUtterances, speech_model_from
 
 
 def frame_of(seconds: float) -> int:
@@ -130,12 +131,15 @@ class JointDialogues(torch.utils.data.Dataset):
 
     The listener (frozen) hears every user channel when the split is
     opened; the voice prompt is the speech of another dialogue's assistant,
-    a random stretch of ``prompt_seconds``.
+    a random stretch of ``prompt_seconds``, drawn from a generator seeded by
+    the item's index and batch number (asked for as ``(index, number)``,
+    ``EpochBatches.with_numbers``), so a resumed run, and a batch split
+    among processes, draw what one uninterrupted process would.
     """
 
     def __init__(self, data_dir: str | os.PathLike, cfg: SpeechModelConfig, tokenizer, listener: Listener,
-                 split: str = "train", prompt_seconds: tuple[float, float] = (2.0, 5.0)) -> None:
-        self.data_dir, self.cfg, self.tokenizer = Path(data_dir), cfg, tokenizer
+                 split: str = "train", prompt_seconds: tuple[float, float] = (2.0, 5.0), seed: int = 0) -> None:
+        self.data_dir, self.cfg, self.tokenizer, self.seed = Path(data_dir), cfg, tokenizer, seed
         self.pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
         self.records = load_dialogues(data_dir, split)
         if not self.records:
@@ -157,13 +161,15 @@ class JointDialogues(torch.utils.data.Dataset):
     def lengths(self) -> list[float]:
         return [r["duration"] for r in self.records]
 
-    def __getitem__(self, index: int) -> tuple[SpeakerStreams, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[SpeakerStreams, torch.Tensor]:
+        index, draw = item if isinstance(item, tuple) else (item, 0)
+        rng = np.random.default_rng([self.seed, draw, index])
         others = [i for i in range(len(self.streams)) if i != index] or [index]
-        other = self.streams[others[int(torch.randint(len(others), ()))]]
+        other = self.streams[others[rng.integers(len(others))]]
         prompt = speech_patches(other.patches[self.cfg.text_lead_frames:])
         low, high = self.prompt_seconds
-        frames = round((low + (high - low) * float(torch.rand(()))) / FRAME_SECONDS)
-        start = int(torch.randint(max(0, len(prompt) - frames) + 1, ()))
+        frames = round(rng.uniform(low, high) / FRAME_SECONDS)
+        start = int(rng.integers(max(0, len(prompt) - frames) + 1))
         return self.streams[index], prompt[start:start + frames]
 
     def collate(self, items: list[tuple[SpeakerStreams, torch.Tensor]]) -> SpeakerBatch:
@@ -191,6 +197,7 @@ def train_joint(
     max_minutes: float | None = None,
     device: str | torch.device | None = None,
     seed: int = 0,
+    flow_weight: float | None = None,
 ) -> Path:
     """Train the speech model on a dialogue corpus's train split, hearing the user (``fit`` for checkpoints and
     resuming, the data order included).
@@ -201,19 +208,30 @@ def train_joint(
     is the frozen listening head (a file or run; None: a random one, for
     tests); ``init`` a speech model to start from (the speaker stage's),
     modules it lacks fresh. The run exports a speaker file, user projection
-    included (``load_speaker``).
+    included (``load_speaker``). ``flow_weight`` (None: the speaker
+    stage's) 0 trains the text stream alone, for the acoustic model to voice.
+
+    Under ``accelerate launch`` (or ``torchrun``) with N processes each
+    takes its share of every batch of ``batch_size`` dialogues and the
+    gradients are averaged (``parallel.py``): the same steps as one
+    process, N times the compute.
     """
     from .backbone import load_tokenizer
 
     tokenizer = load_tokenizer()
-    device = training_device(device)
+    device = parallel.start(training_device(device))
     torch.manual_seed(seed)
     model = speech_model_from(preset, tokenizer, None if resume else init)
     heard_by = (load_listener(listener, preset, len(tokenizer)) if listener is not None
                 else build_listener(preset, len(tokenizer), pretrained=False))
-    dataset = JointDialogues(data_dir, model.cfg, tokenizer, heard_by)
-    trainer = SpeakerTrainer(model, preset, device, total_steps=steps, hears_user=True)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=LengthBuckets(dataset.lengths(), batch_size, seed),
-                                         num_workers=loader_workers(device), collate_fn=dataset.collate)
-    return fit(trainer, loader, out_dir, steps, LOSSES, resume=resume, checkpoint_every=checkpoint_every,
-               log_every=log_every, max_minutes=max_minutes, desc="joint")
+    dataset = JointDialogues(data_dir, model.cfg, tokenizer, heard_by, seed=seed)
+    trainer = SpeakerTrainer(model, preset, device, total_steps=steps, hears_user=True,
+                             flow_weight=FLOW_LOSS_WEIGHT if flow_weight is None else flow_weight)
+    order = LengthBuckets(dataset.lengths(), batch_size, seed).with_numbers()
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=loader_workers(device),
+                                         collate_fn=dataset.collate)
+    try:
+        return fit(trainer, loader, out_dir, steps, LOSSES, resume=resume, checkpoint_every=checkpoint_every,
+                   log_every=log_every, max_minutes=max_minutes, desc="joint")
+    finally:
+        parallel.stop()

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import parallel
 from .audio import SILENCE_MEL, audio_patches, load_audio, speech_patches
 from .config import FRAME_SECONDS
 from .data.corpus import load_manifest
@@ -120,16 +121,21 @@ FLOW_LOSS_WEIGHT = 1.0
 class SpeakerTrainer(ScheduledTrainer):
     """The speech model's adapters and new modules, and their optimizer.
 
-    The loss is ``FLOW_LOSS_WEIGHT * flow_loss + TEXT_LOSS_WEIGHT * text_loss
+    The loss is ``flow_weight * flow_loss + TEXT_LOSS_WEIGHT * text_loss
     + KEEP_LOSS_WEIGHT * keep_loss``. The adapters learn at a third of the new
     modules' rate; the rate warms up linearly, then falls along a half cosine
-    to a tenth at ``total_steps``.
+    to a tenth at ``total_steps``. Among many processes each loss, a mean
+    over its share's frames or tokens, is weighted by that share
+    (``parallel.Shares``), so the step is the one a single process would
+    take on the whole batch.
     """
 
     def __init__(self, model: SpeechModel, preset: str, device: torch.device, total_steps: int,
                  learning_rate: float = 6e-4, warmup_steps: int = 100, bf16: bool | None = None,
-                 hears_user: bool = False) -> None:
+                 hears_user: bool = False, flow_weight: float = FLOW_LOSS_WEIGHT) -> None:
         self.model, self.preset, self.device = model.to(device), preset, device
+        self.weights = {"text_loss": TEXT_LOSS_WEIGHT, "flow_loss": flow_weight, "keep_loss": KEEP_LOSS_WEIGHT}
+        parallel.broadcast_parameters(model)
         adapters = [p for n, p in model.backbone.named_parameters() if p.requires_grad]
         # the user's projection learns in the joint stage (``hears_user``): a speaker's utterances have no user
         heads = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")
@@ -144,12 +150,15 @@ class SpeakerTrainer(ScheduledTrainer):
 
     def step(self, batch: SpeakerBatch) -> dict[str, float]:
         self.model.train()
+        batch = batch.to(self.device)
         with self.autocast:
-            losses = self.model(batch.to(self.device))
-        loss = (FLOW_LOSS_WEIGHT * losses["flow_loss"] + TEXT_LOSS_WEIGHT * losses["text_loss"]
-                + KEEP_LOSS_WEIGHT * losses["keep_loss"])
-        self.update(loss)
-        return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+            losses = self.model(batch)
+        frames, tokens = batch.mask.sum(), batch.text_mask.sum()
+        shares = parallel.Shares({"text_loss": frames, "flow_loss": frames, "timing_accuracy": frames,
+                                  "keep_loss": tokens})
+        self.update(sum(w * shares.weight(name) * losses[name] for name, w in self.weights.items()))
+        logged = shares.mean({k: v.item() for k, v in losses.items()})  # the whole batch's, on every process
+        return {"loss": sum(w * logged[name] for name, w in self.weights.items()), **logged}
 
     def modules(self) -> dict[str, nn.Module]:
         return {"speaker": TrainedWeights(self.model)}

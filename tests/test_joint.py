@@ -109,3 +109,39 @@ def test_train_joint_learns_to_hear_the_user_and_resumes_where_it_stopped(dialog
         main(["train", "joint", "--preset", "lite", "--data", str(dialogues), "--out", str(run), "--steps", "4",
               "--resume"])
     assert "trained with preset 'tiny', not 'lite'" in capsys.readouterr().err
+
+
+def test_two_processes_take_the_steps_one_process_takes_on_the_same_batches(dialogues, tokenizer, tmp_path):
+    """``accelerate launch`` with 2 CPU processes (gloo), killed and resumed, against one process uninterrupted.
+
+    The flow loss is off: its noise is drawn per process, for the frames each
+    has, so with it the two runs' steps agree in expectation, not to the bit.
+    """
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    torch.manual_seed(1)
+    init = save_speaker(tmp_path / "speaker.safetensors", build_speech_model("tiny", tokenizer), "tiny")
+    command = ["train", "joint", "--preset", "tiny", "--data", str(dialogues), "--batch-size", "4",
+               "--checkpoint-every", "1", "--init", str(init), "--flow-loss-weight", "0"]
+    main(command + ["--out", str(tmp_path / "one"), "--steps", "3"])  # 5 train dialogues: batches of 4, then 1
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "michi_lite.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    for steps, resume in (("2", []), ("3", ["--resume"])):
+        subprocess.run(launch + command + ["--out", str(tmp_path / "two"), "--steps", steps, *resume], env=env,
+                       check=True, capture_output=True)
+    one, two = ({r["step"]: r for r in csv.DictReader((tmp_path / run / "train_log.csv").open())}
+                for run in ("one", "two"))
+    assert list(one) == ["3"] and list(two) == ["2", "3"]  # a row at each call's end
+    for name in ("text_loss", "keep_loss", "timing_accuracy"):
+        assert float(two["3"][name]) == pytest.approx(float(one["3"][name]), rel=1e-5, abs=1e-7)
+    start, alone, together = (load_file(str(path)) for path in
+                              (init, tmp_path / "one" / "speaker.safetensors", tmp_path / "two" / "speaker.safetensors"))
+    moved = max((alone[k].float() - start[k].float()).abs().max() for k in start)
+    assert moved > 1e-6
+    assert max((alone[k].float() - together[k].float()).abs().max() for k in alone) < 1e-3 * moved
