@@ -1020,12 +1020,14 @@ display(Markdown("\n".join(rows)))
 # It streams like the others: the stream keeps each bin's last magnitude,
 # phase and turn beside the convolutions' pasts. Its peaks are a choice
 # between neighbouring bins, so the stream must give the same magnitudes as
-# the whole clip to the last bit, not just to 1e-7: in eval mode every
-# matrix product runs in blocks of 8 rows (`row_blocked_linear`; a matrix
-# library may add a row up in another order when it has fewer rows beside
-# it) and the convolutions as the same sums per frame, the same code
-# offline and in the stream. (Before, a stream of this sentence once
-# strayed 6e-2 from the offline samples: a near-tie that tipped.)
+# the whole clip to the last bit, not just to 1e-7 (a matrix library may
+# add a row up in another order when it has fewer rows beside it): in eval
+# mode every matrix product runs in int8 (`int8_linear`: each row of the
+# input and of the weight scaled to [-127, 127] by its own largest value,
+# the products summed as integers, which are exact in any order) and the
+# depthwise convolutions as sums of shifted copies, the same code offline
+# and in the stream. (Before, a stream of this sentence once strayed 6e-2
+# from the offline samples: a near-tie that tipped.)
 #
 # The sentence of section 1 again, in a voice it was trained on and in one
 # held out, beside the original, Griffin-Lim and the HiFi-GAN of section 7:
@@ -1273,9 +1275,13 @@ rows = ["| 40 validation utterances, seen voices | PESQ-wb |", "|---|---|"]
 rows += [f"| {labels[name]} | {value:.2f} |" for name, value in taught_val.items()]
 display(Markdown("\n".join(rows)))
 reports["taught"] = json.loads((REFERENCE / "lite_taught_eval.json").read_text())
+reports["int8"] = json.loads((REFERENCE / "lite_taught_eval_int8.json").read_text())
 display(Markdown(eval_rows([("ISTFT, pghi taught, a frame ahead (the reference)", reports["taught"], "istft"),
                             ("ISTFT, pghi, a frame ahead", reports["ahead"], "istft"),
-                            ("Griffin-Lim", reports["taught"], "griffin_lim")])))
+                            ("Griffin-Lim", reports["taught"], "griffin_lim"),
+                            ("the reference as it runs now (int8 products), test corpus rebuilt",
+                             reports["int8"], "istft"),
+                            ("Griffin-Lim, test corpus rebuilt", reports["int8"], "griffin_lim")])))
 
 # %% [markdown]
 # The sentence of section 1 once more, in a voice it was trained on and in
@@ -1295,15 +1301,20 @@ held_out_spectrograms("02_taught_spectrograms.png")
 #
 # `michi-lite bench vocoder`, on two draws of the 2-core machine (the same
 # CPU name, not the same speed: Griffin-Lim's column shows how fast each
-# was; side by side on the second, the code before the blocks of rows took
-# as long):
+# was, and the second was uneven from minute to minute). Float32 products
+# in blocks of 8 rows took as long as plain ones; int8 products, side by
+# side with them on the second draw, 0.58 to 0.71 of their time:
 
 # %%
 rows = ["| the reference, 2 CPU cores, one thread | RTF | ms per 80 ms chunk, median | p95 | Griffin-Lim offline RTF |",
         "|---|---|---|---|---|"]
-for name, when in (("lite_taught_bench.json", "plain products"),
-                   ("lite_taught_bench_row_blocked.json", "products in blocks of 8 rows, as now")):
-    bench = json.loads((REFERENCE / name).read_text())
+benches = [("plain float32 products", json.loads((REFERENCE / "lite_taught_bench.json").read_text())),
+           ("float32 products in blocks of 8 rows",
+            json.loads((REFERENCE / "lite_taught_bench_row_blocked.json").read_text()))]
+side_by_side = json.loads((REFERENCE / "lite_taught_bench_int8_vs_row_blocked.json").read_text())["runs"]
+benches += [(f"{run['code']}, side by side", run) for run in side_by_side]
+benches.append(("int8 products, as now", json.loads((REFERENCE / "lite_taught_bench_int8.json").read_text())))
+for when, bench in benches:
     r = bench["cpu"]["istft_streaming"]
     rows.append(f"| {when} ({bench['run']['utc'][:10]}) | {r['rtf']:.3f} | {r['chunk_latency_ms_median']:.1f} | "
                 f"{r['chunk_latency_ms_p95']:.1f} | {bench['cpu']['griffin_lim_offline']['rtf']:.3f} |")
@@ -1321,11 +1332,14 @@ print(f"its samples {bench['istft_lag_ms']:.0f} ms behind its mel")
 # bars are 3.2 and 3.0), level with or above offline Griffin-Lim on the same
 # utterances, and the judge hears its audio as well as the originals. It
 # streams 30 ms behind its mel, at a fortieth of real time on one thread
-# on the machine it was trained on (0.064 on a slower draw of the machine,
-# over the project's bar of 0.05), and gives its offline magnitudes to the
-# bit, its samples to 1.2e-7 on the 80 test utterances. Through it the speech model's
-# test sentences are heard 8.3 points above their real audio in the seen
-# voices, within the speaking path's 10. What is left (`data/vocoder/README.md`):
+# on the machine it was trained on; on a slower, uneven draw of the machine
+# its int8 products took it from RTF 0.064-0.093 to 0.040-0.066, about the
+# project's bar of 0.05. It gives its offline magnitudes to the bit and its
+# samples to 6e-8 on the 80 test utterances (PESQ-wb 3.46 and 3.31 with
+# int8 products, on the rebuilt test corpus). Through it the speech
+# model's test sentences are heard 8.2 points above their real audio in
+# the seen voices, within the speaking path's 10. What is left
+# (`data/vocoder/README.md`):
 # the lines it learnt hold their frequency where a voice's pitch moves, and
 # festival's voice is heard a little worse through it than through its
 # teacher; recordings of people still come out better through Griffin-Lim.
