@@ -18,7 +18,7 @@
                                [--distill W] [--no-augment]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
     michi-lite train joint     --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
-                               [--listener L] [--flow-loss-weight W]
+                               [--listener L] [--flow-loss-weight W] [--text-ratio R]
         (many processes: accelerate launch --num_processes N -m michi_lite.cli train joint ...)
     michi-lite train aligner   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train acoustic  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
@@ -269,7 +269,7 @@ def cmd_train_joint(args: argparse.Namespace) -> None:
         listener = REFERENCE_DATA / "listener" / "lite_listener.safetensors"
     run = train_joint(args.preset, args.data, args.out, steps=args.steps, listener=listener, init=args.init,
                       resume=args.resume, batch_size=args.batch_size or 4, checkpoint_every=args.checkpoint_every,
-                      max_minutes=args.max_minutes, flow_weight=args.flow_loss_weight)
+                      max_minutes=args.max_minutes, flow_weight=args.flow_loss_weight, text_ratio=args.text_ratio)
     if parallel.is_main():
         report_run(run, args.preset, "speaker")
 
@@ -675,6 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
             stage_train.add_argument("--flow-loss-weight", type=float, metavar="W",
                                      help="weight of the speaking head's flow loss (default: the speaker stage's, "
                                           "1; 0: the text stream alone, for the acoustic model to voice)")
+            stage_train.add_argument("--text-ratio", type=non_negative_float, default=1.0, metavar="R",
+                                     help="passages of plain text from outside the dialogues per dialogue, for the "
+                                          "keep loss (default: 1)")
 
     export = commands.add_parser("export", help="a trained stage's weights, small, for sharing")
     export = export.add_subparsers(dest="stage", required=True)

@@ -22,6 +22,7 @@ projection learning too.
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from .audio import SILENCE_MEL, audio_patches, prepare_waveform, speech_patches
 from .config import FRAME_SECONDS
 from .data.dialogues import load_dialogues
 from .data.frames import PAD_TOKEN, frame_tokens
+from .data.text import sentences
 from .data.words import Word
 from .listen import Listener, build_listener, clip_features, load_listener
 from .model import (END_TOKEN, SpeakerBatch, SpeakerStreams, SpeechModelConfig, UserStreams, VoicedChunks,
@@ -126,20 +128,38 @@ def dialogue_streams(record: dict, user: UserStreams, patches: torch.Tensor, tok
                           torch.tensor(plain), user)  # the answers as plain text: the keep loss's sample
 
 
+def outside_passages(tokenizer, n: int, seed: int = 0, sentences_per_passage: int = 3) -> list[torch.Tensor]:
+    """``n`` passages of plain text from outside the dialogues, token ids: a few of the corpus sentences each
+    (Bible verses, fortunes, stress sentences; ``data.text.sentences``), never the GPL that evaluation reads."""
+    pool = [sentence.text for sentence in sentences(n * sentences_per_passage, seed)]
+    random.Random(seed).shuffle(pool)  # sentences() comes grouped by source
+    k = sentences_per_passage
+    return [torch.tensor(tokenizer(" ".join(pool[i:i + k]), add_special_tokens=False)["input_ids"])
+            for i in range(0, len(pool) - k + 1, k)]
+
+
 class JointDialogues(torch.utils.data.Dataset):
-    """A dialogue split as ``(SpeakerStreams with the user heard, voice prompt)``, computed once per dialogue.
+    """A dialogue split as ``(SpeakerStreams with the user heard, voice prompt, text passages)``.
 
     The listener (frozen) hears every user channel when the split is
     opened; the voice prompt is the speech of another dialogue's assistant,
-    a random stretch of ``prompt_seconds``, drawn from a generator seeded by
-    the item's index and batch number (asked for as ``(index, number)``,
-    ``EpochBatches.with_numbers``), so a resumed run, and a batch split
-    among processes, draw what one uninterrupted process would.
+    a random stretch of ``prompt_seconds``. The passages are pure text from
+    outside the dialogues for the keep loss, ``text_ratio`` of them per
+    dialogue on average (``outside_passages``). Both are drawn from a
+    generator seeded by the item's index and batch number (asked for as
+    ``(index, number)``, ``EpochBatches.with_numbers``), so a resumed run,
+    and a batch split among processes, draw what one uninterrupted process
+    would.
     """
 
     def __init__(self, data_dir: str | os.PathLike, cfg: SpeechModelConfig, tokenizer, listener: Listener,
-                 split: str = "train", prompt_seconds: tuple[float, float] = (2.0, 5.0), seed: int = 0) -> None:
+                 split: str = "train", prompt_seconds: tuple[float, float] = (2.0, 5.0), seed: int = 0,
+                 text_ratio: float = 0.0) -> None:
+        if text_ratio < 0:
+            raise ValueError(f"text_ratio must be 0 or more, not {text_ratio}")
         self.data_dir, self.cfg, self.tokenizer, self.seed = Path(data_dir), cfg, tokenizer, seed
+        self.text_ratio = text_ratio
+        self.passages = outside_passages(tokenizer, 1000, seed) if text_ratio else []
         self.pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
         self.records = load_dialogues(data_dir, split)
         if not self.records:
@@ -161,7 +181,7 @@ class JointDialogues(torch.utils.data.Dataset):
     def lengths(self) -> list[float]:
         return [r["duration"] for r in self.records]
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[SpeakerStreams, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[SpeakerStreams, torch.Tensor, list[torch.Tensor]]:
         index, draw = item if isinstance(item, tuple) else (item, 0)
         rng = np.random.default_rng([self.seed, draw, index])
         others = [i for i in range(len(self.streams)) if i != index] or [index]
@@ -170,13 +190,21 @@ class JointDialogues(torch.utils.data.Dataset):
         low, high = self.prompt_seconds
         frames = round(rng.uniform(low, high) / FRAME_SECONDS)
         start = int(rng.integers(max(0, len(prompt) - frames) + 1))
-        return self.streams[index], prompt[start:start + frames]
+        whole, part = divmod(self.text_ratio, 1.0)
+        n_passages = int(whole) + int(rng.random() < part)
+        passages = [self.passages[i] for i in rng.integers(len(self.passages), size=n_passages)] if n_passages else []
+        return self.streams[index], prompt[start:start + frames], passages
 
-    def collate(self, items: list[tuple[SpeakerStreams, torch.Tensor]]) -> SpeakerBatch:
-        """``SpeakerUtterances.collate``, with the user's streams beside (padding: PAD, zero embeddings)."""
-        batch = SpeakerUtterances.collate(items)
+    def collate(self, items: list[tuple[SpeakerStreams, torch.Tensor, list[torch.Tensor]]]) -> SpeakerBatch:
+        """``SpeakerUtterances.collate``, with the user's streams beside (padding: PAD, zero embeddings) and the
+        passages as more rows of plain text after the answers'."""
+        batch = SpeakerUtterances.collate([(s, p) for s, p, _ in items])
+        rows = [s.text for s, _, _ in items] + [passage for _, _, passages in items for passage in passages]
+        words = max(len(r) for r in rows)
+        batch.text = torch.stack([F.pad(r, (0, words - len(r))) for r in rows])
+        batch.text_mask = torch.stack([torch.arange(words) < len(r) for r in rows])
         frames = batch.tokens.shape[1]
-        users = [s.user for s, _ in items]
+        users = [s.user for s, _, _ in items]
         batch.user = UserStreams(
             torch.stack([F.pad(u.embeddings, (0, 0, 0, frames - len(u.tokens))) for u in users]),
             torch.stack([F.pad(u.tokens, (0, frames - len(u.tokens)), value=self.pad_id) for u in users]))
@@ -198,13 +226,15 @@ def train_joint(
     device: str | torch.device | None = None,
     seed: int = 0,
     flow_weight: float | None = None,
+    text_ratio: float = 1.0,
 ) -> Path:
     """Train the speech model on a dialogue corpus's train split, hearing the user (``fit`` for checkpoints and
     resuming, the data order included).
 
     The losses are the speaker stage's (``SpeakerTrainer``): the assistant's
     text stream, its patches' flow loss and the keep loss on its answers as
-    plain text, now with the user's projection learning too. ``listener``
+    plain text and on ``text_ratio`` passages of outside text per dialogue
+    (``outside_passages``), now with the user's projection learning too. ``listener``
     is the frozen listening head (a file or run; None: a random one, for
     tests); ``init`` a speech model to start from (the speaker stage's),
     modules it lacks fresh. The run exports a speaker file, user projection
@@ -224,7 +254,7 @@ def train_joint(
     model = speech_model_from(preset, tokenizer, None if resume else init)
     heard_by = (load_listener(listener, preset, len(tokenizer)) if listener is not None
                 else build_listener(preset, len(tokenizer), pretrained=False))
-    dataset = JointDialogues(data_dir, model.cfg, tokenizer, heard_by, seed=seed)
+    dataset = JointDialogues(data_dir, model.cfg, tokenizer, heard_by, seed=seed, text_ratio=text_ratio)
     trainer = SpeakerTrainer(model, preset, device, total_steps=steps, hears_user=True,
                              flow_weight=FLOW_LOSS_WEIGHT if flow_weight is None else flow_weight)
     order = LengthBuckets(dataset.lengths(), batch_size, seed).with_numbers()

@@ -83,6 +83,20 @@ def test_a_batch_of_dialogues_trains_the_speech_model_to_hear_the_user(joint, to
     assert model.user_in.weight.grad.abs().max() > 0  # the projection learns from what the user said
 
 
+def test_outside_text_is_mixed_in_at_the_ratio_asked_the_same_for_the_same_item_and_batch(
+        dialogues, tokenizer, listener, joint):
+    mixed = JointDialogues(dialogues, TINY, tokenizer, listener, text_ratio=1.5)
+    drawn = [len(mixed[(i % len(mixed), n)][2]) for n in range(100) for i in range(2)]
+    assert set(drawn) == {1, 2} and abs(np.mean(drawn) - 1.5) < 0.15
+    again, first = mixed[(1, 7)], mixed[(1, 7)]
+    assert all(torch.equal(a, b) for a, b in zip(again[2], first[2])) and torch.equal(again[1], first[1])
+    assert torch.equal(first[1], joint[(1, 7)][1])  # the passages leave the voice prompt's draw as it was
+    batch = mixed.collate([mixed[(i, 3)] for i in range(3)])
+    answers = sum(len(s.text) for s in mixed.streams[:3])
+    assert batch.text.shape[0] == 3 + sum(len(mixed[(i, 3)][2]) for i in range(3))
+    assert batch.text_mask.sum() > answers  # the keep loss reads the passages after the answers
+
+
 def test_a_split_without_dialogues_is_refused(dialogues, tokenizer, listener, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
