@@ -198,6 +198,13 @@ class PhonemeReader(nn.Module):
         return self.out(torch.cat([read, since], dim=-1))
 
 
+def text_frame_kinds(targets: torch.Tensor, pad_id: int, end_id: int) -> dict[str, torch.Tensor]:
+    """Which text-stream targets are a word's token, PAD (nothing new said) or ``<|im_end|>`` (speech stops
+    here): one boolean mask per kind, the shape of ``targets``."""
+    pad, end = targets == pad_id, targets == end_id
+    return {"word": ~(pad | end), "pad": pad, "end": end}
+
+
 class SpeechModel(nn.Module):
     """Backbone + stream embeddings + text head + speaking head (see the module docstring for the layout)."""
 
@@ -362,11 +369,18 @@ class SpeechModel(nn.Module):
         return F.kl_div(adapted, pretrained, log_target=True, reduction="batchmean")
 
     def forward(self, batch: SpeakerBatch, flow_samples: int = 2) -> dict[str, torch.Tensor]:
-        """Teacher-forced training losses of a batch: text cross-entropy, the flow-matching loss, text keeping."""
+        """Teacher-forced training losses of a batch: text cross-entropy, the flow-matching loss, text keeping.
+
+        The text cross-entropy is also given on each kind of frame alone
+        (``text_frame_kinds``: word, pad, end), 0 for a kind the batch has none of.
+        """
         voice = self.voice(batch.prompt, batch.prompt_mask)  # (batch, hidden)
         hidden, cond = self.teacher_forced(batch, voice)
         logits = self.text_logits(hidden)
-        text_loss = F.cross_entropy(logits[batch.mask], batch.tokens[batch.mask])
+        targets = batch.tokens[batch.mask]
+        per_frame = F.cross_entropy(logits[batch.mask], targets, reduction="none")
+        text_loss = per_frame.mean()
+        kinds = text_frame_kinds(targets, self.pad_id, self.end_id)
         cond = cond[batch.mask]  # (n, 3 * hidden)
         targets = batch.patches[batch.mask]  # (n, patch_dim)
         # the head is small next to the backbone: several noise levels per frame cost little and steady the loss
@@ -376,7 +390,9 @@ class SpeechModel(nn.Module):
             words = batch.tokens[batch.mask] != self.pad_id
             timing = ((predicted != self.pad_id) == words).float().mean()
         keep_loss = self.text_keeping_loss(batch.text, batch.text_mask)
-        return {"text_loss": text_loss, "flow_loss": flow_loss, "keep_loss": keep_loss, "timing_accuracy": timing}
+        by_kind = {f"{kind}_loss": per_frame[where].sum() / where.sum().clamp(min=1) for kind, where in kinds.items()}
+        return {"text_loss": text_loss, **by_kind, "flow_loss": flow_loss, "keep_loss": keep_loss,
+                "timing_accuracy": timing}
 
 
 # --- the training data ---------------------------------------------------------------------

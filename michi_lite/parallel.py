@@ -140,9 +140,14 @@ class Shares:
         if world_size() > 1:
             dist.all_reduce(total, op=dist.ReduceOp.SUM)
         self.weights = {name: float(w) for name, w in zip(self.names, world_size() * local / total.clamp(min=1))}
+        self.totals = {name: float(t) for name, t in zip(self.names, total)}
 
     def weight(self, name: str) -> float:
         return self.weights[name]
+
+    def total(self, name: str) -> float:
+        """How many frames or tokens the global batch averages ``name`` over."""
+        return self.totals[name]
 
     def mean(self, values: dict[str, float]) -> dict[str, float]:
         """Per-process means of ``counts``'s names -> the global batch's means (other names: averaged as they are)."""

@@ -36,6 +36,7 @@ from .model import (
     build_speech_model,
     save_speaker,
     speaker_streams,
+    text_frame_kinds,
 )
 from .train import LengthBuckets, ScheduledTrainer, fit, loader_workers, training_device, warmup_cosine
 from .weights import fitting_weights, read_weights
@@ -108,7 +109,7 @@ class SpeakerUtterances(torch.utils.data.Dataset):
             text_mask=torch.stack([torch.arange(words) < len(s.text) for s, _ in items]))
 
 
-LOSSES = ["loss", "text_loss", "flow_loss", "keep_loss", "timing_accuracy"]
+LOSSES = ["loss", "text_loss", "word_loss", "pad_loss", "end_loss", "flow_loss", "keep_loss", "timing_accuracy"]
 TEXT_LOSS_WEIGHT = 1.0
 KEEP_LOSS_WEIGHT = 1.0  # text keeping (``SpeechModel.text_keeping_loss``): a KL divergence, on the text loss's scale
 # The flow loss (a mean squared error near 0.1) pulls on the shared adapters far more weakly than the text
@@ -154,10 +155,12 @@ class SpeakerTrainer(ScheduledTrainer):
         with self.autocast:
             losses = self.model(batch)
         frames, tokens = batch.mask.sum(), batch.text_mask.sum()
+        kinds = text_frame_kinds(batch.tokens[batch.mask], self.model.pad_id, self.model.end_id)
         shares = parallel.Shares({"text_loss": frames, "flow_loss": frames, "timing_accuracy": frames,
-                                  "keep_loss": tokens})
+                                  "keep_loss": tokens, **{f"{k}_loss": where.sum() for k, where in kinds.items()}})
         self.update(sum(w * shares.weight(name) * losses[name] for name, w in self.weights.items()))
         logged = shares.mean({k: v.item() for k, v in losses.items()})  # the whole batch's, on every process
+        logged = {k: v for k, v in logged.items() if shares.total(k)}  # a kind of frame the batch lacks: no value
         return {"loss": sum(w * logged[name] for name, w in self.weights.items()), **logged}
 
     def modules(self) -> dict[str, nn.Module]:

@@ -12,7 +12,8 @@ from michi_lite.config import get_config
 from michi_lite.data.dialogues import build_dialogues
 from michi_lite.data.frames import PAD_TOKEN
 from michi_lite.listen import build_listener, clip_logits
-from michi_lite.model import END_TOKEN, build_speech_model, load_speaker, save_speaker, speech_model_config
+from michi_lite.model import (END_TOKEN, build_speech_model, load_speaker, save_speaker, speech_model_config,
+                              text_frame_kinds)
 from michi_lite.train_joint import JointDialogues, frame_of
 
 TINY = speech_model_config("tiny")
@@ -79,6 +80,11 @@ def test_a_batch_of_dialogues_trains_the_speech_model_to_hear_the_user(joint, to
     assert batch.user.embeddings.shape == (*batch.tokens.shape, TINY.hidden_size)
     losses = model(batch)
     assert all(torch.isfinite(v) for v in losses.values())
+    counts = {kind: where.sum() for kind, where in text_frame_kinds(batch.tokens[batch.mask], model.pad_id,
+                                                                     model.end_id).items()}
+    assert all(counts.values())  # words, pauses and the answers' ends
+    by_kind = sum(n * losses[f"{kind}_loss"] for kind, n in counts.items()) / sum(counts.values())
+    assert torch.allclose(by_kind, losses["text_loss"])  # the kinds' losses split the text loss
     losses["text_loss"].backward()
     assert model.user_in.weight.grad.abs().max() > 0  # the projection learns from what the user said
 
@@ -152,7 +158,7 @@ def test_two_processes_take_the_steps_one_process_takes_on_the_same_batches(dial
     one, two = ({r["step"]: r for r in csv.DictReader((tmp_path / run / "train_log.csv").open())}
                 for run in ("one", "two"))
     assert list(one) == ["3"] and list(two) == ["2", "3"]  # a row at each call's end
-    for name in ("text_loss", "keep_loss", "timing_accuracy"):
+    for name in ("text_loss", "word_loss", "pad_loss", "keep_loss", "timing_accuracy"):
         assert float(two["3"][name]) == pytest.approx(float(one["3"][name]), rel=1e-5, abs=1e-7)
     start, alone, together = (load_file(str(path)) for path in
                               (init, tmp_path / "one" / "speaker.safetensors", tmp_path / "two" / "speaker.safetensors"))
