@@ -18,7 +18,7 @@
                                [--distill W] [--no-augment]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
     michi-lite train joint     --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
-                               [--listener L] [--flow-loss-weight W] [--text-ratio R]
+                               [--listener L] [--flow-loss-weight W] [--text-ratio R] [--checkpointing] [--bf16]
         (many processes: accelerate launch --num_processes N -m michi_lite.cli train joint ...)
     michi-lite train aligner   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train acoustic  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
@@ -38,6 +38,8 @@
     michi-lite bench listener  --preset P --json OUT [--ckpt RUN] [--seconds S] [--threads T]
     michi-lite bench speaker   --preset P --json OUT [--ckpt RUN] [--vocoder V] [--threads T]
     michi-lite bench acoustic  --preset P --json OUT [--ckpt RUN] [--vocoder V] [--threads T]
+    michi-lite bench joint     --preset P --json OUT [--batch-size B] [--seconds S] [--steps N] [--no-checkpointing]
+                               [--bf16]
     michi-lite say "TEXT"      --out OUT.wav [--voice-prompt REF.wav] [--steps K] [--preset P] [--ckpt RUN]
     michi-lite transcribe      IN.wav [--preset P] [--ckpt RUN] [--json OUT]
     michi-lite demo            [--preset P] [--out DIR]
@@ -269,7 +271,8 @@ def cmd_train_joint(args: argparse.Namespace) -> None:
         listener = REFERENCE_DATA / "listener" / "lite_listener.safetensors"
     run = train_joint(args.preset, args.data, args.out, steps=args.steps, listener=listener, init=args.init,
                       resume=args.resume, batch_size=args.batch_size or 4, checkpoint_every=args.checkpoint_every,
-                      max_minutes=args.max_minutes, flow_weight=args.flow_loss_weight, text_ratio=args.text_ratio)
+                      max_minutes=args.max_minutes, flow_weight=args.flow_loss_weight, text_ratio=args.text_ratio,
+                      checkpointing=args.checkpointing, bf16=args.bf16)
     if parallel.is_main():
         report_run(run, args.preset, "speaker")
 
@@ -386,6 +389,13 @@ def cmd_bench_speaker(args: argparse.Namespace) -> None:
     from .bench import bench_speaker
 
     write_json(bench_speaker(args.preset, args.ckpt, args.vocoder, threads=args.threads), args.json)
+
+
+def cmd_bench_joint(args: argparse.Namespace) -> None:
+    from .bench import bench_joint
+
+    write_json(bench_joint(args.preset, args.batch_size, args.seconds, args.steps, checkpointing=args.checkpointing,
+                           bf16=args.bf16, threads=args.threads), args.json)
 
 
 def cmd_bench_acoustic(args: argparse.Namespace) -> None:
@@ -678,6 +688,11 @@ def build_parser() -> argparse.ArgumentParser:
             stage_train.add_argument("--text-ratio", type=non_negative_float, default=1.0, metavar="R",
                                      help="passages of plain text from outside the dialogues per dialogue, for the "
                                           "keep loss (default: 1)")
+            stage_train.add_argument("--checkpointing", action="store_true",
+                                     help="recompute the backbone's activations in backward: less memory, about a "
+                                          "third more compute (`michi-lite bench joint` measures both)")
+            stage_train.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                                     help="bf16 autocast (default: on a GPU only)")
 
     export = commands.add_parser("export", help="a trained stage's weights, small, for sharing")
     export = export.add_subparsers(dest="stage", required=True)
@@ -790,6 +805,21 @@ def build_parser() -> argparse.ArgumentParser:
         speaking_bench.add_argument("--vocoder", help="a vocoder run or .safetensors (default: random, same speed)")
         speaking_bench.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: 2)")
         speaking_bench.set_defaults(run=run)
+
+    joint_bench = bench.add_parser("joint", help="peak memory and speed of `train joint` steps (random weights of "
+                                                 "the preset's shape), beside the memory model's estimate")
+    add_preset(joint_bench)
+    joint_bench.add_argument("--json", help="write the report here too")
+    joint_bench.add_argument("--batch-size", type=positive_int, default=2, help="dialogues a step (default: 2)")
+    joint_bench.add_argument("--seconds", type=positive_float, default=20.0,
+                             help="each dialogue's length (default: 20)")
+    joint_bench.add_argument("--steps", type=positive_int, default=2, help="steps timed after one warm-up (default: 2)")
+    joint_bench.add_argument("--no-checkpointing", dest="checkpointing", action="store_false",
+                             help="keep every layer's activations (default: recompute them in backward)")
+    joint_bench.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                             help="bf16 autocast (default: on a GPU only)")
+    joint_bench.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: 2)")
+    joint_bench.set_defaults(run=cmd_bench_joint)
 
     say = commands.add_parser("say", help="speak text in a voice, streamed frame by frame (TTS mode)")
     say.add_argument("text", help="what to say (any length: long text is spoken sentence by sentence)")

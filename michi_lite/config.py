@@ -39,6 +39,7 @@ class BackboneConfig:
     num_layers: int = 2
     num_heads: int = 4
     intermediate_size: int = 128
+    num_kv_heads: int | None = None  # grouped-query attention's key/value heads (None: as many as num_heads)
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ PRESETS: dict[str, Config] = {
         audio=AudioConfig(),
         backbone=BackboneConfig(
             hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
-            hidden_size=576, num_layers=30, num_heads=9, intermediate_size=1536,
+            hidden_size=576, num_layers=30, num_heads=9, intermediate_size=1536, num_kv_heads=3,
         ),
         listener=ListenerConfig(whisper="tiny.en"),
         corpus=CorpusConfig(min_hours=10.0, max_utterances=40_000, seen_voices=36, unseen_voices=6),
@@ -142,7 +143,7 @@ PRESETS: dict[str, Config] = {
                           n_mels=100, f_max=12_000.0),
         backbone=BackboneConfig(
             hub_id="HuggingFaceTB/SmolLM-360M",
-            hidden_size=960, num_layers=32, num_heads=15, intermediate_size=2560,
+            hidden_size=960, num_layers=32, num_heads=15, intermediate_size=2560, num_kv_heads=5,
         ),
         listener=ListenerConfig(whisper="base.en"),
         corpus=CorpusConfig(min_hours=100.0, max_utterances=400_000, seen_voices=80, unseen_voices=8),

@@ -66,7 +66,7 @@ from torch import nn
 from transformers import Cache
 
 from .audio import SILENCE_MEL
-from .config import FRAME_SECONDS, AudioConfig, get_config
+from .config import FRAME_SECONDS, AudioConfig, BackboneConfig, get_config
 from .data.frames import PAD_TOKEN, frame_tokens, token_chunks
 from .data.phonemes import N_PHONEME_IDS, PAD_PHONEME, chunk_phoneme_ids
 from .data.words import Word
@@ -122,15 +122,12 @@ def speech_model_config(preset: str) -> SpeechModelConfig:
 
 def build_backbone(cfg: SpeechModelConfig, vocab_size: int, pretrained: bool = True) -> nn.Module:
     """SmolLM2's decoder (no LM head: the text head reuses its token embeddings), or a random small Llama."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
     if cfg.hub_id is None:
         torch.manual_seed(0)
-        llama = LlamaConfig(vocab_size=vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-                            num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
-                            intermediate_size=cfg.intermediate_size, max_position_embeddings=8192,
-                            tie_word_embeddings=True)
-        return LlamaForCausalLM(llama).model
+        return random_llama(BackboneConfig(None, cfg.hidden_size, cfg.num_layers, cfg.num_heads,
+                                           cfg.intermediate_size), vocab_size)
     from .backbone import smollm_weights_dir
 
     folder = smollm_weights_dir(cfg.hub_id)
@@ -139,6 +136,19 @@ def build_backbone(cfg: SpeechModelConfig, vocab_size: int, pretrained: bool = T
     from transformers import AutoConfig
 
     return LlamaForCausalLM(AutoConfig.from_pretrained(folder)).model
+
+
+def random_llama(shape: BackboneConfig, vocab_size: int) -> nn.Module:
+    """A randomly initialised Llama decoder of ``shape``: the ``tiny`` backbone, or a preset's backbone where
+    only its cost matters (``bench joint``), with nothing to download."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaConfig(vocab_size=vocab_size, hidden_size=shape.hidden_size, num_hidden_layers=shape.num_layers,
+                        num_attention_heads=shape.num_heads,
+                        num_key_value_heads=shape.num_kv_heads or shape.num_heads,
+                        intermediate_size=shape.intermediate_size, max_position_embeddings=8192,
+                        tie_word_embeddings=True)
+    return LlamaForCausalLM(llama).model
 
 
 class VoiceEncoder(nn.Module):
@@ -269,6 +279,13 @@ class SpeechModel(nn.Module):
             if weights or name not in fresh:
                 getattr(self, name).load_state_dict(weights)
         self.text_bias.data.copy_(state["text_bias"])
+
+    def checkpoint_activations(self) -> SpeechModel:
+        """Keep only each backbone layer's input for backward and recompute the rest there (about a third more
+        compute for a fraction of the memory; ``memory.py``)."""
+        self.decoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        self.decoder.config.use_cache = False  # training keeps no cache, and checkpointing cannot
+        return self
 
     def merge_adapters(self) -> SpeechModel:
         """Fold LoRA into the backbone's weights: inference then runs a plain Llama, as fast as the original."""

@@ -227,6 +227,8 @@ def train_joint(
     seed: int = 0,
     flow_weight: float | None = None,
     text_ratio: float = 1.0,
+    checkpointing: bool = False,
+    bf16: bool | None = None,
 ) -> Path:
     """Train the speech model on a dialogue corpus's train split, hearing the user (``fit`` for checkpoints and
     resuming, the data order included).
@@ -240,6 +242,8 @@ def train_joint(
     modules it lacks fresh. The run exports a speaker file, user projection
     included (``load_speaker``). ``flow_weight`` (None: the speaker
     stage's) 0 trains the text stream alone, for the acoustic model to voice.
+    ``checkpointing`` recomputes the backbone's activations in backward;
+    ``bf16`` autocasts (None: on a GPU only). ``memory.py`` says what fits.
 
     Under ``accelerate launch`` (or ``torchrun``) with N processes each
     takes its share of every batch of ``batch_size`` dialogues and the
@@ -252,10 +256,12 @@ def train_joint(
     device = parallel.start(training_device(device))
     torch.manual_seed(seed)
     model = speech_model_from(preset, tokenizer, None if resume else init)
+    if checkpointing:
+        model.checkpoint_activations()
     heard_by = (load_listener(listener, preset, len(tokenizer)) if listener is not None
                 else build_listener(preset, len(tokenizer), pretrained=False))
     dataset = JointDialogues(data_dir, model.cfg, tokenizer, heard_by, seed=seed, text_ratio=text_ratio)
-    trainer = SpeakerTrainer(model, preset, device, total_steps=steps, hears_user=True,
+    trainer = SpeakerTrainer(model, preset, device, total_steps=steps, hears_user=True, bf16=bf16,
                              flow_weight=FLOW_LOSS_WEIGHT if flow_weight is None else flow_weight)
     order = LengthBuckets(dataset.lengths(), batch_size, seed).with_numbers()
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=loader_workers(device),

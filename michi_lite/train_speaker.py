@@ -146,8 +146,8 @@ class SpeakerTrainer(ScheduledTrainer):
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(warmup_steps, total_steps))
         # bf16 autocast (by default on a GPU; CPUs without bf16 instructions run it slower than fp32): fp32's
         # range, so no loss scaling; the weights, the optimizer and the losses stay fp32
-        bf16 = device.type == "cuda" if bf16 is None else bf16
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+        self.bf16 = device.type == "cuda" if bf16 is None else bf16
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
     def step(self, batch: SpeakerBatch) -> dict[str, float]:
         self.model.train()

@@ -43,3 +43,24 @@ def test_bench_vocoder_command_writes_json_and_loads_a_checkpoint(tmp_path):
     assert not written["random_weights"] and written["checkpoint"] == str(ckpt)
     assert written["threads"] == asked and torch.get_num_threads() == threads  # put back after the run
     assert written["cpu"]["hifigan_streaming"]["n_chunks"] == 5 and "istft_streaming" not in written["cpu"]
+
+
+def test_bench_joint_measures_a_training_step_beside_the_memory_model(tmp_path):
+    out = tmp_path / "joint.json"
+    main(["bench", "joint", "--preset", "tiny", "--seconds", "4", "--steps", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["checkpointing"] and not report["bf16"] and report["frames_per_dialogue"] == 50
+    assert report["positions_per_second"] > 0 and report["peak_rss_gb"] > 0
+    estimate = report["estimate_gb"]
+    assert estimate["total"] > sum(v for k, v in estimate.items() if k != "total") > 0
+
+
+def test_the_memory_model_saves_activations_by_checkpointing_and_fits_fewer_dialogues_in_less_memory():
+    from michi_lite.memory import StepShape, estimate, largest_batch
+
+    shape = StepShape(parameters=400_000_000, trained_parameters=20_000_000, layers=32, hidden_size=960,
+                      intermediate_size=2560, vocab_size=49152, batch_size=4, frames=375, text_tokens=400)
+    kept, recomputed = estimate(shape, bf16=True, checkpointing=False), estimate(shape, bf16=True, checkpointing=True)
+    assert recomputed["activations"] < kept["activations"] / 5 and recomputed["weights"] == kept["weights"]
+    assert estimate(shape, bf16=False, checkpointing=False)["activations"] == 2 * kept["activations"]
+    assert 0 < largest_batch(shape, 10.0) < largest_batch(shape, 22.0)

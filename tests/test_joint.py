@@ -165,3 +165,18 @@ def test_two_processes_take_the_steps_one_process_takes_on_the_same_batches(dial
     moved = max((alone[k].float() - start[k].float()).abs().max() for k in start)
     assert moved > 1e-6
     assert max((alone[k].float() - together[k].float()).abs().max() for k in alone) < 1e-3 * moved
+
+
+def test_recomputing_activations_gives_the_same_losses_and_gradients(joint, tokenizer):
+    batch = joint.collate([joint[0], joint[1]])
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = build_speech_model("tiny", tokenizer).train()
+        if checkpointing:
+            model.checkpoint_activations()
+        torch.manual_seed(1)  # the flow loss's noise
+        losses = model(batch)
+        (losses["text_loss"] + losses["flow_loss"]).backward()
+        grads.append((losses["text_loss"].detach(), model.user_in.weight.grad.clone()))
+    assert torch.allclose(grads[0][0], grads[1][0]) and torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
