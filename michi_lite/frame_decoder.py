@@ -15,9 +15,12 @@ same Llama computation as ``transformers``' with fewer operations per layer:
   position needs no attention mask.
 
 It holds its own copy of the weights, laid out that way, so ``int8_linears``
-can quantise it like any other module. The cache is a separate
-``FrameCache``, so one decoder serves any number of sequences. A decoder
-with LoRA adapters must be merged first (``SpeechModel.merge_adapters``).
+can quantise it like any other module. The cache is a separate object, so
+one decoder serves any number of sequences: a ``FrameCache`` keeps every
+position (a sentence, a dialogue's turn), a ``WindowCache`` the last
+``window`` of them in a fixed ring, for a conversation that goes on for an
+hour in constant memory and time a step. A decoder with LoRA adapters must
+be merged first (``SpeechModel.merge_adapters``).
 """
 
 from __future__ import annotations
@@ -68,6 +71,14 @@ class FrameCache:
         self.values: torch.Tensor | None = None
         self.length = 0  # positions held
 
+    def place(self, layers: int, batch: int, kv_heads: int, head_dim: int, n: int,
+              like: torch.Tensor) -> tuple[int, slice, slice]:
+        """Where ``n`` new positions go: their first rotary position, the slots they are written to and the
+        slots a query attends over (theirs included)."""
+        start, end = self.length, self.length + n
+        self.make_room(layers, batch, kv_heads, head_dim, end, like)
+        return start, slice(start, end), slice(0, end)
+
     def make_room(self, layers: int, batch: int, kv_heads: int, head_dim: int, needed: int,
                   like: torch.Tensor) -> None:
         """Grow to hold ``needed`` positions (the batch is fixed by the first call)."""
@@ -94,6 +105,43 @@ class FrameCache:
         if not 0 <= keep <= self.length:
             raise ValueError(f"cannot crop a cache of {self.length} positions to {keep}")
         self.length = keep
+
+
+class WindowCache(FrameCache):
+    """The last ``window`` positions' keys and values in a ring allocated once: constant memory and time a step.
+
+    Fed one position at a time once it is full, each new one overwrites the
+    oldest; a single query attends over the ring in any order (attention
+    sums over what it sees), so the slots need no reordering. Keys are
+    stored rotated by their rotary position, which the ring keeps below
+    ``2 * window``: when it gets there, ``FrameDecoder`` turns every stored
+    key back by ``window`` positions (rotations compose), so the angles stay
+    as precise after an hour as after a minute. The positions a query sees
+    are at most ``window - 1`` back, as in training on clips of that length.
+    """
+
+    def __init__(self, window: int) -> None:
+        if window < 1:
+            raise ValueError(f"a window holds at least one position, not {window}")
+        super().__init__()
+        self.window = window
+        self.offset = 0  # rotary position = length - offset
+
+    def place(self, layers: int, batch: int, kv_heads: int, head_dim: int, n: int,
+              like: torch.Tensor) -> tuple[int, slice, slice]:
+        slot = self.length % self.window
+        if n > 1 and (self.length + n > self.window):
+            raise ValueError(f"a window cache takes several positions at once only while it has room: {n} new ones "
+                             f"after {self.length} do not fit in {self.window}")
+        if self.keys is None:  # the ring, allocated once
+            self.keys, self.values = (like.new_zeros(layers, batch, kv_heads, self.window, head_dim) for _ in range(2))
+        elif self.keys.shape[1] != batch:
+            raise ValueError(f"this cache holds a batch of {self.keys.shape[1]}, not {batch}")
+        end = min(self.length + n, self.window)
+        return self.length - self.offset, slice(slot, slot + n), slice(0, end)
+
+    def crop(self, max_length: int) -> None:
+        raise ValueError("a window cache keeps a ring of positions: it cannot be cropped")
 
 
 class FrameDecoder(nn.Module):
@@ -126,29 +174,39 @@ class FrameDecoder(nn.Module):
 
     def forward(self, inputs: torch.Tensor, cache: FrameCache) -> torch.Tensor:
         batch, n, hidden = inputs.shape
-        start, end = cache.length, cache.length + n
-        cache.make_room(len(self.layers), batch, self.kv_heads, self.head_dim, end, inputs)
-        positions = torch.arange(start, end, device=inputs.device, dtype=self.inv_freq.dtype)
+        if isinstance(cache, WindowCache) and cache.length - cache.offset + n > 2 * cache.window:
+            self.rebase(cache)
+        first, write, visible = cache.place(len(self.layers), batch, self.kv_heads, self.head_dim, n, inputs)
+        positions = torch.arange(first, first + n, device=inputs.device, dtype=self.inv_freq.dtype)
         angles = torch.outer(positions, self.inv_freq).repeat(1, 2)  # (n, head_dim)
         cos, sin = ((f(angles) * self.rope_scale).to(inputs.dtype) for f in (torch.cos, torch.sin))
+        start = visible.stop - n  # positions the new ones see before themselves
         if n == 1 or start == 0:
             mask = None  # one position sees the whole cache; a fresh sequence is plainly causal
         else:  # new position i sees the cache and the new positions up to its own
-            mask = torch.ones(n, end, dtype=torch.bool, device=inputs.device).tril(start)
+            mask = torch.ones(n, visible.stop, dtype=torch.bool, device=inputs.device).tril(start)
 
         x = inputs
         for i, layer in enumerate(self.layers):
             q, k, v = layer.qkv(F.rms_norm(x, (hidden,), layer.attention_norm, self.eps)).split(layer.splits, dim=-1)
             q = rotate(q.view(batch, n, self.heads, self.head_dim).transpose(1, 2), cos, sin)
             k = rotate(k.view(batch, n, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
-            cache.keys[i, :, :, start:end] = k
-            cache.values[i, :, :, start:end] = v.view(batch, n, self.kv_heads, self.head_dim).transpose(1, 2)
+            cache.keys[i, :, :, write] = k
+            cache.values[i, :, :, write] = v.view(batch, n, self.kv_heads, self.head_dim).transpose(1, 2)
             attended = F.scaled_dot_product_attention(
-                q, cache.keys[i, :, :, :end], cache.values[i, :, :, :end], attn_mask=mask,
+                q, cache.keys[i, :, :, visible], cache.values[i, :, :, visible], attn_mask=mask,
                 is_causal=mask is None and n > 1, enable_gqa=self.kv_heads != self.heads,
             )  # (batch, heads, n, head_dim)
             x = x + layer.out(attended.transpose(1, 2).reshape(batch, n, self.heads * self.head_dim))
             gate, up = layer.gate_up(F.rms_norm(x, (hidden,), layer.mlp_norm, self.eps)).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
-        cache.length = end
+        cache.length += n
         return F.rms_norm(x, (hidden,), self.final_norm, self.eps)
+
+    def rebase(self, cache: WindowCache) -> None:
+        """Turn every key in ``cache`` back by ``cache.window`` positions, and its rotary positions with them."""
+        back = torch.tensor([-float(cache.window)], device=self.inv_freq.device, dtype=self.inv_freq.dtype)
+        angles = torch.outer(back, self.inv_freq).repeat(1, 2)  # (1, head_dim): a pure rotation, no scale
+        cos, sin = (f(angles).to(cache.keys.dtype) for f in (torch.cos, torch.sin))
+        cache.keys.copy_(rotate(cache.keys, cos, sin))
+        cache.offset += cache.window

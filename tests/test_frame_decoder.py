@@ -78,3 +78,37 @@ def test_a_decoder_with_unmerged_adapters_is_refused():
     adapted = get_peft_model(llama, LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).base_model.model
     with pytest.raises(ValueError, match="merge the adapters first"):
         FrameDecoder(adapted)
+
+
+def test_a_window_cache_attends_over_the_last_window_in_constant_memory_however_long_it_runs():
+    """Against transformers' Mistral (Llama with sliding-window attention) over the whole sequence."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from michi_lite.frame_decoder import WindowCache
+
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, intermediate_size=96, sliding_window=5, rope_theta=100_000.0)
+    mistral = MistralForCausalLM(config).model.eval()
+    inputs = torch.randn(1, 23, 64)
+    with torch.no_grad():
+        whole = mistral(inputs_embeds=inputs).last_hidden_state
+        decoder, cache = FrameDecoder(mistral), WindowCache(5)
+        steps = [decoder(inputs[:, :3], cache)] + [decoder(inputs[:, i:i + 1], cache) for i in range(3, 23)]
+    assert (torch.cat(steps, dim=1) - whole).abs().max() < 1e-4
+    assert cache.keys.shape[3] == 5 and cache.length == 23
+    assert cache.length - cache.offset <= 10  # the keys were turned back: rotary positions stay small
+
+
+def test_a_window_cache_refuses_what_it_cannot_hold():
+    from michi_lite.frame_decoder import WindowCache
+
+    decoder, cache = FrameDecoder(small_llama(2)), WindowCache(4)
+    with torch.no_grad():
+        decoder(torch.randn(1, 3, 64), cache)
+        with pytest.raises(ValueError, match="do not fit"):
+            decoder(torch.randn(1, 2, 64), cache)
+    with pytest.raises(ValueError, match="cannot be cropped"):
+        cache.crop(-1)
+    with pytest.raises(ValueError, match="at least one"):
+        WindowCache(0)
