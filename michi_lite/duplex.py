@@ -1,0 +1,207 @@
+"""Full duplex: 80 ms of the user's audio in, 80 ms of the model's audio out, on every frame.
+
+``DuplexEngine.step`` runs the whole model once per frame of the clock:
+
+1. **listen**: the listening head hears the user's 80 ms (``ListenerStream``):
+   an embedding and the token it emits (PAD for none);
+2. **text**: the text head reads the backbone's last hidden state and says
+   this frame's token: PAD, a word's next token, or ``<|im_end|>`` (it stops);
+3. **speak**: the speaking head makes this frame's mel patch from the same
+   hidden state, the token, the voice and the phonemes of the word being
+   voiced (the audio stream runs ``text_lead_frames`` behind the text);
+4. **vocode**: the vocoder streams the patch into 80 ms of samples;
+5. **backbone**: the frame's streams, the model's own token and patch and
+   what it heard of the user, go in as the next position
+   (``SpeechModel.frame_inputs``): one step of the merged backbone.
+
+Frame p of both sides enters at position p + 1, as in training
+(``train_joint``), so the model answers frame p's user audio from frame p + 1
+on. What lasts from frame to frame has a fixed size: the listener's state,
+the backbone's ``WindowCache`` (the last ``context_frames`` positions), the
+vocoder's stream and the word being voiced; nothing is recomputed over the
+conversation. Each frame leaves a ``FrameRecord`` (both sides' tokens and
+each stage's seconds) in ``log``.
+
+The model's words are free text, so the phonemes the speaking head reads
+(``VoicedChunks``) are filled in as the word's tokens come: a word's first
+token starts its chunk, and each further token rewrites the chunk's phonemes
+in place; the head reads them ``text_lead_frames`` later, by when most
+words are whole (``SpokenWord``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .audio import mel_from_patches
+from .data.phonemes import chunk_phoneme_ids
+from .frame_decoder import WindowCache
+from .listen import Listener
+from .model import SpeechModel, UserStreams, VoicedChunks
+from .vocoder import CausalVocoder
+
+STAGES = ("listen", "text", "speak", "vocode", "backbone")
+CONTEXT_FRAMES = 1500  # the backbone's window: two minutes of the conversation
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """One frame of a conversation as the engine lived it."""
+
+    index: int
+    user_token: int  # what the listener emitted (the PAD id for nothing)
+    model_token: int  # what the model's text stream said
+    seconds: dict[str, float] = field(default_factory=dict)  # each stage's time, by ``STAGES`` name
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+
+class SpokenWord:
+    """The phonemes of the word the model is saying, filled in as its tokens come.
+
+    ``start`` is called on a word's first token and returns the list
+    ``VoicedChunks`` keeps; ``extend`` adds a later token's text and rewrites
+    that same list, so the speaking head, which reads it a few frames later,
+    sees the word as far as it has been said.
+    """
+
+    def __init__(self, max_phonemes: int) -> None:
+        self.max_phonemes = max_phonemes
+        self.text = ""
+        self.ids: list[int] = []
+
+    def start(self, text: str) -> list[int]:
+        self.text, self.ids = text.strip(), []
+        self.ids[:] = chunk_phoneme_ids(self.text, self.max_phonemes) if self.text else []
+        return self.ids
+
+    def extend(self, text: str) -> None:
+        self.text += text
+        self.ids[:] = chunk_phoneme_ids(self.text, self.max_phonemes)
+
+
+class DuplexEngine:
+    """A speech model that hears through ``listener`` and speaks through ``vocoder``, one frame a ``step``.
+
+    ``model`` has its adapters merged (``load_speaker`` merges them);
+    ``voice_patches`` are a voice prompt's speech patches
+    (``audio.voice_prompt``). The text stream is sampled at ``temperature``
+    (0: the likeliest token); ``max_talk_frames`` caps a turn: that many
+    frames after its first word the model is made to end it.
+    """
+
+    def __init__(self, model: SpeechModel, listener: Listener, vocoder: CausalVocoder, tokenizer,
+                 voice_patches: torch.Tensor, steps: int = 4, temperature: float = 1.0,
+                 max_talk_frames: int | None = None, context_frames: int = CONTEXT_FRAMES, seed: int = 0) -> None:
+        if listener.cfg.audio.samples_per_frame * model.cfg.audio.sample_rate \
+                != model.cfg.audio.samples_per_frame * listener.cfg.audio.sample_rate:
+            raise ValueError("the listener and the speech model must share the 80 ms frame")
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, not {steps}")
+        self.model, self.listener, self.vocoder = model.eval(), listener.eval(), vocoder.eval()
+        self.tokenizer, self.steps, self.temperature = tokenizer, steps, temperature
+        self.max_talk_frames, self.context_frames, self.seed = max_talk_frames, context_frames, seed
+        self.device = model.token_embedding.weight.device
+        self.decoder = model.frame_decoder()
+        with torch.inference_mode():
+            self.voice = model.prompt_voice(voice_patches)  # (1, hidden)
+        self.reset()
+
+    @property
+    def samples_in(self) -> int:
+        """User samples a step takes: 80 ms at the listener's rate."""
+        return self.listener.cfg.audio.samples_per_frame
+
+    @torch.inference_mode()
+    def reset(self) -> None:
+        """Start a new conversation: every state back to its beginning, the log emptied."""
+        self.hearing = self.listener.stream()
+        self.speaking = self.vocoder.stream()
+        self.cache = WindowCache(self.context_frames)
+        self.hidden = self.decoder(self.voice[:, None], self.cache)[:, -1]  # (1, hidden): what frame 0 says
+        self.voiced = VoicedChunks(self.model.cfg)
+        self.word = SpokenWord(self.model.cfg.max_phonemes)
+        self.generator = torch.Generator(self.device).manual_seed(self.seed)
+        self.talked = None  # frames since the turn's first word; None while silent
+        self.log: list[FrameRecord] = []
+
+    @torch.inference_mode()
+    def step(self, samples: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The user's next 80 ms (``samples_in`` mono float samples) -> the model's next 80 ms (float32)."""
+        samples = torch.as_tensor(samples, dtype=torch.float32)
+        if samples.shape != (self.samples_in,):
+            raise ValueError(f"a step takes {self.samples_in} mono samples (80 ms at "
+                             f"{self.listener.cfg.audio.sample_rate} Hz), not an array of shape {tuple(samples.shape)}")
+        model, seconds = self.model, {}
+        clock = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            seconds[stage], clock = now - clock, now
+
+        (heard,) = self.hearing.push(samples)
+        lap("listen")
+        token = self.next_token()
+        lap("text")
+        chunk = self.voicing(token)
+        tokens = torch.tensor([token], device=self.device)
+        phonemes, since = (torch.tensor([x], device=self.device) for x in self.voiced.push(chunk))
+        condition = model.head_condition(self.hidden, tokens, self.voice, phonemes, since)
+        patch = model.speaking_head.sample(condition, self.steps, generator=self.generator)  # (1, patch_dim)
+        lap("speak")
+        mel = mel_from_patches(patch.to(next(self.vocoder.parameters()).dtype), model.cfg.audio)  # (n_mels, 8)
+        out = self.speaking.push(mel).float().cpu().numpy()
+        lap("vocode")
+        user = UserStreams(heard.embedding[None, None].to(self.device),
+                           torch.tensor([[heard.token_id]], device=self.device))
+        inputs = model.frame_inputs(tokens[None], patch[None], user)  # (1, 1, hidden)
+        self.hidden = self.decoder(inputs, self.cache)[:, -1]
+        lap("backbone")
+        self.log.append(FrameRecord(len(self.log), heard.token_id, token, seconds))
+        return out
+
+    def next_token(self) -> int:
+        """This frame's text token, from the last hidden state (or the end, when the turn is over its cap)."""
+        model = self.model
+        if self.talked is not None and self.max_talk_frames is not None and self.talked >= self.max_talk_frames:
+            token = model.end_id
+        else:
+            logits = model.text_logits(self.hidden)[0]
+            if self.temperature <= 0:
+                token = int(logits.argmax())
+            else:
+                probabilities = (logits.float() / self.temperature).softmax(-1)
+                token = int(torch.multinomial(probabilities, 1, generator=self.generator))
+        if token == model.end_id:
+            self.talked = None
+        elif token != model.pad_id and self.talked is None:
+            self.talked = 0
+        if self.talked is not None:
+            self.talked += 1
+        return token
+
+    def voicing(self, token: int) -> list[int] | None:
+        """The chunk ``token`` starts for ``VoicedChunks`` (None if it starts none); a word's later token fills
+        in the chunk it continues."""
+        if token == self.model.end_id:
+            self.word = SpokenWord(self.model.cfg.max_phonemes)  # the next turn's first token starts a word
+        if token in (self.model.pad_id, self.model.end_id):
+            return None
+        text = self.tokenizer.decode([token])
+        if text[:1].isspace() or not self.word.text:
+            return self.word.start(text)
+        self.word.extend(text)
+        return None
+
+    def said(self, side: str = "model") -> str:
+        """What one side said so far, as text (``side`` "model" or "user")."""
+        pad, end = self.model.pad_id, self.model.end_id
+        tokens = [r.model_token if side == "model" else r.user_token for r in self.log]
+        return self.tokenizer.decode([t for t in tokens if t not in (pad, end)])

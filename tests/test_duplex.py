@@ -1,0 +1,89 @@
+"""The duplex engine: 80 ms in, 80 ms out, every stage timed, in constant memory however long it runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from michi_lite.duplex import STAGES, DuplexEngine, SpokenWord
+from michi_lite.listen import build_listener
+from michi_lite.model import build_speech_model
+from michi_lite.vocoder import IstftGenerator, vocoder_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def engine(tokenizer, **options) -> DuplexEngine:
+    torch.manual_seed(0)
+    model = build_speech_model("tiny", tokenizer).merge_adapters()
+    listener = build_listener("tiny", len(tokenizer), pretrained=False)
+    vocoder = IstftGenerator(vocoder_config("tiny"))
+    voice = torch.randn(30, model.cfg.patch_dim)
+    return DuplexEngine(model, listener, vocoder, tokenizer, voice, steps=1, **options)
+
+
+@pytest.fixture(scope="module")
+def duplex(tokenizer):
+    return engine(tokenizer, context_frames=8)
+
+
+def test_each_step_turns_80_ms_of_the_user_into_80_ms_of_the_model_and_logs_every_stage(duplex):
+    duplex.reset()
+    rng = np.random.default_rng(0)
+    outs = [duplex.step(0.1 * rng.standard_normal(duplex.samples_in).astype(np.float32)) for _ in range(5)]
+    assert all(o.shape == (duplex.model.cfg.audio.samples_per_frame,) and o.dtype == np.float32 for o in outs)
+    assert [r.index for r in duplex.log] == list(range(5))
+    assert all(set(r.seconds) == set(STAGES) and r.total_seconds > 0 for r in duplex.log)
+    assert isinstance(duplex.said("model"), str) and isinstance(duplex.said("user"), str)
+
+
+def test_a_long_conversation_keeps_its_state_the_same_size(duplex):
+    duplex.reset()
+    silence = np.zeros(duplex.samples_in, dtype=np.float32)
+    sizes = []
+    for i in range(30):  # past the 8-frame window several times
+        duplex.step(silence)
+        if i in (9, 29):
+            sizes.append((duplex.cache.keys.shape, duplex.hearing.cache_numel(), duplex.speaking.cache_numel()))
+    assert sizes[0] == sizes[1] and duplex.cache.keys.shape[3] == 8
+
+
+def test_the_same_seed_says_the_same_and_a_reset_starts_again(tokenizer):
+    rng = np.random.default_rng(1)
+    first = engine(tokenizer)
+    frames = [0.1 * rng.standard_normal(first.samples_in).astype(np.float32) for _ in range(6)]
+    once = [first.step(f) for f in frames]
+    first.reset()
+    again = [first.step(f) for f in frames]
+    assert all(np.array_equal(a, b) for a, b in zip(once, again))
+
+
+def test_a_turn_longer_than_the_cap_is_ended(tokenizer):
+    talker = engine(tokenizer, max_talk_frames=3, temperature=1.0)
+    end, pad = talker.model.end_id, talker.model.pad_id
+    talker.model.text_bias.data[pad] = -1e4  # this random model would rather say anything than nothing
+    talker.model.text_bias.data[end] = -1e4
+    for _ in range(12):
+        talker.step(np.zeros(talker.samples_in, dtype=np.float32))
+    said = [r.model_token for r in talker.log]
+    assert said.count(end) >= 2 and all(t != pad for t in said)
+    turns = "".join("e" if t == end else "w" for t in said).split("e")
+    assert max(len(turn) for turn in turns) <= 3
+
+
+def test_bad_input_is_refused_with_a_clear_error(duplex):
+    with pytest.raises(ValueError, match="mono samples"):
+        duplex.step(np.zeros((2, duplex.samples_in), dtype=np.float32))
+    with pytest.raises(ValueError, match="mono samples"):
+        duplex.step(np.zeros(duplex.samples_in + 1, dtype=np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        duplex.step(np.full(duplex.samples_in, np.nan, dtype=np.float32))
+
+
+def test_a_word_s_phonemes_are_filled_in_as_its_tokens_come():
+    word = SpokenWord(max_phonemes=24)
+    kept = word.start(" inter")
+    before = list(kept)
+    word.extend("ruption")
+    assert kept is word.ids and len(kept) > len(before)  # the list the head reads was rewritten in place
