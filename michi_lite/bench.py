@@ -512,3 +512,68 @@ def bench_joint(preset: str, batch_size: int = 2, seconds: float = 20.0, steps: 
         torch.set_num_threads(previous_threads)
     report["run"] = run_info(preset)
     return report
+
+
+def bench_duplex(preset: str, ckpt: str | os.PathLike | None = None, listener_ckpt: str | os.PathLike | None = None,
+                 vocoder_ckpt: str | os.PathLike | None = None, seconds: float = 60.0, warmup: int = 10,
+                 threads: int = 2) -> dict:
+    """The duplex engine's frame step, stage by stage, over ``seconds`` of conversation, and its memory.
+
+    The user's side is noise at speech level (the engine's work does not
+    depend on what it hears); without checkpoints the weights are untrained
+    (the same arithmetic). On a CPU the speech model and the listener run as
+    int8 copies, as ``chat`` runs them. After ``warmup`` frames every frame
+    is timed; resident memory is read after the warm-up and at the end, and
+    the step's p95 is given for the first and the last fifth of the run.
+    """
+    from .backbone import load_tokenizer
+    from .duplex import STAGES, DuplexEngine
+    from .listen import build_listener, load_listener
+    from .listen import quantized_for_cpu as listener_for_cpu
+    from .model import build_speech_model, load_speaker, quantized_for_cpu
+
+    def resident_gb() -> float:
+        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024 ** 3
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        tokenizer = load_tokenizer()
+        torch.manual_seed(0)
+        model = (build_speech_model(preset, tokenizer).merge_adapters() if ckpt is None
+                 else load_speaker(ckpt, preset, tokenizer)).to(device)
+        listener = (build_listener(preset, len(tokenizer)) if listener_ckpt is None
+                    else load_listener(listener_ckpt, preset, len(tokenizer))).to(device)
+        vocoder = (inference_ready(build_generator(replace(vocoder_config(preset), arch="istft")))
+                   if vocoder_ckpt is None else load_vocoder(vocoder_ckpt, preset)).to(device)
+        if device.type == "cpu":
+            model, listener = quantized_for_cpu(model), listener_for_cpu(listener)
+        voice = torch.randn(40, model.cfg.patch_dim)
+        engine = DuplexEngine(model, listener, vocoder, tokenizer, voice)
+        frames = warmup + round(seconds / FRAME_SECONDS)
+        rng = np.random.default_rng(0)
+        user = (0.05 * rng.standard_normal((frames, engine.samples_in))).astype(np.float32)
+        for i in range(warmup):
+            engine.step(user[i])
+        rss_start = resident_gb()
+        step_seconds = [timed(lambda i=i: engine.step(user[i]), device) for i in range(warmup, frames)]
+        rss_end = resident_gb()
+    finally:
+        torch.set_num_threads(previous_threads)
+    records = engine.log[warmup:]
+    per_stage = {stage: [r.seconds[stage] * 1000 for r in records] for stage in STAGES}
+    steps_ms = np.array(step_seconds) * 1000
+    fifth = max(1, len(steps_ms) // 5)
+    report = {
+        "device": device.type, "threads": threads, "frames": len(steps_ms), "frame_ms": FRAME_SECONDS * 1000,
+        "checkpoint": None if ckpt is None else str(ckpt), "int8": device.type == "cpu",
+        "step_ms_median": float(np.median(steps_ms)), "step_ms_p95": float(np.percentile(steps_ms, 95)),
+        "step_ms_p95_first_fifth": float(np.percentile(steps_ms[:fifth], 95)),
+        "step_ms_p95_last_fifth": float(np.percentile(steps_ms[-fifth:], 95)),
+        "stages_ms": {stage: {"median": float(np.median(v)), "p95": float(np.percentile(v, 95))}
+                      for stage, v in per_stage.items()},
+        "rss_gb_start": rss_start, "rss_gb_end": rss_end,
+    }
+    report["run"] = run_info(preset)
+    return report

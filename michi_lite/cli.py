@@ -40,8 +40,11 @@
     michi-lite bench acoustic  --preset P --json OUT [--ckpt RUN] [--vocoder V] [--threads T]
     michi-lite bench joint     --preset P --json OUT [--batch-size B] [--seconds S] [--steps N] [--no-checkpointing]
                                [--bf16]
+    michi-lite bench duplex    --preset P --json OUT [--ckpt RUN] [--listener L] [--vocoder V] [--seconds S]
     michi-lite say "TEXT"      --out OUT.wav [--voice-prompt REF.wav] [--steps K] [--preset P] [--ckpt RUN]
     michi-lite transcribe      IN.wav [--preset P] [--ckpt RUN] [--json OUT]
+    michi-lite chat            IN.wav --out OUT.wav [--json TIMELINE] [--preset P] [--ckpt RUN] [--listener L]
+                               [--vocoder V] [--voice-prompt REF.wav] [--max-talk-seconds S] [--tail-seconds S]
     michi-lite demo            [--preset P] [--out DIR]
 
 Every ``eval`` measures on a built corpus or on any folder whose
@@ -61,7 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ANSWER_SOURCES, PRESETS, TURNS, get_config
+from .config import ANSWER_SOURCES, FRAME_SECONDS, PRESETS, TURNS, get_config
 
 # the reference weights committed with the project (a source checkout's data/)
 REFERENCE_DATA = Path(__file__).resolve().parent.parent / "data"
@@ -71,6 +74,7 @@ REFERENCE_VOICE = REFERENCE_DATA / "speaker" / "voice_prompt.flac"
 REFERENCE_ACOUSTIC = REFERENCE_DATA / "acoustic" / "lite_acoustic.safetensors"
 REFERENCE_ACOUSTIC_VOICE = REFERENCE_DATA / "acoustic" / "voice_prompt.flac"
 REFERENCE_ALIGNER = REFERENCE_DATA / "aligner" / "lite_aligner.safetensors"
+REFERENCE_SPEAKER = REFERENCE_DATA / "speaker" / "lite_speaker.safetensors"
 EVAL_DATA = ("a corpus built by `michi-lite data build`, or any folder whose manifest.jsonl gives each clip's "
              "path and text (a line without split is test; without voice, one held-out voice)")
 
@@ -398,6 +402,13 @@ def cmd_bench_joint(args: argparse.Namespace) -> None:
                            bf16=args.bf16, threads=args.threads), args.json)
 
 
+def cmd_bench_duplex(args: argparse.Namespace) -> None:
+    from .bench import bench_duplex
+
+    write_json(bench_duplex(args.preset, args.ckpt, args.listener, args.vocoder, seconds=args.seconds,
+                            threads=args.threads), args.json)
+
+
 def cmd_bench_acoustic(args: argparse.Namespace) -> None:
     from .bench import bench_acoustic
 
@@ -450,6 +461,25 @@ def cmd_say(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - started
     print(f"{len(wave) / rate:.2f} s of speech -> {path} (first audio after {first * 1000:.0f} ms, "
           f"{seconds:.1f} s in all)")
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from .audio import load_audio, save_audio
+    from .duplex import converse, load_engine
+
+    engine = load_engine(args.preset, args.ckpt, args.listener, args.vocoder, args.voice_prompt, steps=args.steps,
+                         temperature=args.temperature, seed=args.seed,
+                         max_talk_frames=None if args.max_talk_seconds is None
+                         else round(args.max_talk_seconds / FRAME_SECONDS))
+    user = load_audio(args.audio, engine.listener.cfg.audio.sample_rate)
+    both, timeline = converse(engine, user, args.tail_seconds)
+    path = save_audio(args.out, both, engine.model.cfg.audio.sample_rate)
+    timeline_path = Path(args.json) if args.json else path.with_suffix(".json")
+    timeline_path.write_text(json.dumps(timeline, indent=1) + "\n")
+    steps = np.array([sum(r["seconds"].values()) for r in timeline["log"]]) * 1000
+    print(f"{timeline['frames']} frames -> {path} (user, model) and {timeline_path}; a frame step took "
+          f"{np.median(steps):.1f} ms median, {np.percentile(steps, 95):.1f} ms p95")
+    print(f"heard: {timeline['user_said']!r}\nsaid:  {timeline['model_said']!r}")
 
 
 def cmd_transcribe(args: argparse.Namespace) -> None:
@@ -820,6 +850,41 @@ def build_parser() -> argparse.ArgumentParser:
                              help="bf16 autocast (default: on a GPU only)")
     joint_bench.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: 2)")
     joint_bench.set_defaults(run=cmd_bench_joint)
+
+    chat = commands.add_parser("chat", help="a conversation from a recording: the model hears it 80 ms at a time and "
+                                            "answers as it goes (full duplex)")
+    chat.add_argument("audio", help="what the user says (a mono or stereo file, any rate: averaged, resampled)")
+    chat.add_argument("--out", required=True, help="a stereo .wav (or .flac) to write: the user left, the model right")
+    chat.add_argument("--json", help="the timeline: every frame's tokens and stage times (default: OUT with .json)")
+    add_preset(chat)
+    chat.add_argument("--ckpt", default=str(REFERENCE_SPEAKER),
+                      help="a joint or speaker run or .safetensors (default: the committed lite speech model)")
+    chat.add_argument("--listener", default=str(REFERENCE_LISTENER),
+                      help="a listener run or .safetensors (default: the committed lite reference)")
+    chat.add_argument("--vocoder", default=str(REFERENCE_VOCODER),
+                      help="a vocoder run or .safetensors (default: the committed lite reference)")
+    chat.add_argument("--voice-prompt", default=str(REFERENCE_VOICE),
+                      help="a few seconds of the voice to answer in (default: the speech model's own)")
+    chat.add_argument("--steps", type=positive_int, default=4, help="Euler steps of the speaking head (default: 4)")
+    chat.add_argument("--temperature", type=non_negative_float, default=1.0,
+                      help="of the text stream (default: 1; 0: the likeliest token)")
+    chat.add_argument("--max-talk-seconds", type=positive_float, help="end a turn of the model's this long")
+    chat.add_argument("--tail-seconds", type=non_negative_float, default=3.0,
+                      help="silence after the recording, for the model to answer in (default: 3)")
+    chat.add_argument("--seed", type=int, default=0, help="the sampling noise (default: 0)")
+    chat.set_defaults(run=cmd_chat)
+
+    duplex_bench = bench.add_parser("duplex", help="the duplex engine's frame step, stage by stage, and its memory "
+                                                   "over a conversation")
+    add_preset(duplex_bench)
+    duplex_bench.add_argument("--json", help="write the report here too")
+    duplex_bench.add_argument("--ckpt", help="a joint or speaker run or .safetensors (default: untrained, same speed)")
+    duplex_bench.add_argument("--listener", help="a listener run or .safetensors (default: untrained, same speed)")
+    duplex_bench.add_argument("--vocoder", help="a vocoder run or .safetensors (default: random, same speed)")
+    duplex_bench.add_argument("--seconds", type=positive_float, default=60.0,
+                              help="conversation to time (default: 60)")
+    duplex_bench.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: 2)")
+    duplex_bench.set_defaults(run=cmd_bench_duplex)
 
     say = commands.add_parser("say", help="speak text in a voice, streamed frame by frame (TTS mode)")
     say.add_argument("text", help="what to say (any length: long text is spoken sentence by sentence)")

@@ -31,13 +31,17 @@ words are whole (``SpokenWord``).
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .audio import mel_from_patches
+from .config import FRAME_SECONDS
 from .data.phonemes import chunk_phoneme_ids
 from .frame_decoder import WindowCache
 from .listen import Listener
@@ -205,3 +209,57 @@ class DuplexEngine:
         pad, end = self.model.pad_id, self.model.end_id
         tokens = [r.model_token if side == "model" else r.user_token for r in self.log]
         return self.tokenizer.decode([t for t in tokens if t not in (pad, end)])
+
+
+def load_engine(preset: str, speaker: str | os.PathLike, listener: str | os.PathLike, vocoder: str | os.PathLike,
+                voice_prompt: str | os.PathLike, device: str | None = None, **options) -> DuplexEngine:
+    """A ``DuplexEngine`` from files: a speech model (a ``train joint`` or ``train speaker`` run, or its
+    export), a listener, a vocoder and a voice prompt; on a CPU the speech model and the listener run as int8
+    copies (``quantized_for_cpu``). ``options`` go to ``DuplexEngine``."""
+    from .audio import load_voice_prompt
+    from .backbone import load_tokenizer
+    from .listen import load_listener
+    from .listen import quantized_for_cpu as listener_for_cpu
+    from .model import load_speaker, quantized_for_cpu
+    from .vocoder import load_vocoder
+
+    for path, what in ((speaker, "speech model"), (listener, "listener"), (vocoder, "vocoder"),
+                       (voice_prompt, "voice prompt")):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no {what} there")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer()
+    model = load_speaker(speaker, preset, tokenizer, device)
+    heard_by = load_listener(listener, preset, len(tokenizer), device)
+    if device == "cpu":
+        model, heard_by = quantized_for_cpu(model), listener_for_cpu(heard_by)
+    return DuplexEngine(model, heard_by, load_vocoder(vocoder, preset, device), tokenizer,
+                        load_voice_prompt(voice_prompt, model.cfg.audio), **options)
+
+
+def converse(engine: DuplexEngine, user: np.ndarray, tail_seconds: float = 3.0) -> tuple[np.ndarray, dict]:
+    """Stream ``user`` (mono, at the listener's rate) through ``engine``, then ``tail_seconds`` of silence for
+    the model to answer in -> both sides as (2, samples) at the model's rate (user, model), lined up, and a
+    timeline: every frame's tokens and stage times, and what each side said."""
+    from .audio import prepare_waveform
+
+    frame = engine.samples_in
+    n_frames = math.ceil(len(user) / frame) + round(tail_seconds / FRAME_SECONDS)
+    padded = np.zeros(n_frames * frame, dtype=np.float32)
+    padded[:len(user)] = user
+    engine.reset()
+    model_audio = np.concatenate([engine.step(padded[i * frame:(i + 1) * frame]) for i in range(n_frames)])
+    model_audio = model_audio[engine.vocoder.cfg.lookahead_samples:]  # the vocoder's look-ahead, taken out
+    rate_in, rate_out = engine.listener.cfg.audio.sample_rate, engine.model.cfg.audio.sample_rate
+    user_out = prepare_waveform(padded, rate_in, rate_out) if rate_in != rate_out else padded
+    both = np.zeros((2, len(user_out)), dtype=np.float32)
+    both[0] = user_out
+    both[1, :len(model_audio)] = model_audio[:len(user_out)]
+    decode = engine.tokenizer.decode
+    timeline = {
+        "frame_seconds": FRAME_SECONDS, "frames": len(engine.log),
+        "user_said": engine.said("user"), "model_said": engine.said("model"),
+        "log": [{"frame": r.index, "user": decode([r.user_token]), "model": decode([r.model_token]),
+                 "seconds": {k: round(v, 6) for k, v in r.seconds.items()}} for r in engine.log],
+    }
+    return both, timeline

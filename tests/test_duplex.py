@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -13,12 +15,14 @@ from michi_lite.vocoder import IstftGenerator, vocoder_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+ISTFT = replace(vocoder_config("tiny"), arch="istft")
+
 
 def engine(tokenizer, **options) -> DuplexEngine:
     torch.manual_seed(0)
     model = build_speech_model("tiny", tokenizer).merge_adapters()
     listener = build_listener("tiny", len(tokenizer), pretrained=False)
-    vocoder = IstftGenerator(vocoder_config("tiny"))
+    vocoder = IstftGenerator(ISTFT)
     voice = torch.randn(30, model.cfg.patch_dim)
     return DuplexEngine(model, listener, vocoder, tokenizer, voice, steps=1, **options)
 
@@ -87,3 +91,32 @@ def test_a_word_s_phonemes_are_filled_in_as_its_tokens_come():
     before = list(kept)
     word.extend("ruption")
     assert kept is word.ids and len(kept) > len(before)  # the list the head reads was rewritten in place
+
+
+def test_chat_writes_both_sides_lined_up_and_a_timeline(tokenizer, tiny_corpus, tmp_path, capsys):
+    import json
+
+    import soundfile as sf
+
+    from michi_lite.cli import main
+    from michi_lite.data.corpus import load_manifest
+    from michi_lite.listen import save_listener
+    from michi_lite.model import save_speaker
+    from michi_lite.vocoder import save_vocoder
+
+    torch.manual_seed(0)
+    speaker = save_speaker(tmp_path / "speaker.safetensors", build_speech_model("tiny", tokenizer), "tiny")
+    listener = save_listener(tmp_path / "listener.safetensors",
+                             build_listener("tiny", len(tokenizer), pretrained=False), "tiny")
+    vocoder = save_vocoder(tmp_path / "vocoder.safetensors", IstftGenerator(ISTFT), "tiny")
+    record = load_manifest(tiny_corpus)[0]
+    said = tiny_corpus / record["path"]
+    main(["chat", str(said), "--out", str(tmp_path / "chat.wav"), "--preset", "tiny", "--ckpt", str(speaker),
+          "--listener", str(listener), "--vocoder", str(vocoder), "--voice-prompt", str(said),
+          "--tail-seconds", "0.4", "--max-talk-seconds", "1"])
+    both, rate = sf.read(tmp_path / "chat.wav", always_2d=True)
+    timeline = json.loads((tmp_path / "chat.json").read_text())
+    assert both.shape[1] == 2 and rate == 16000
+    assert timeline["frames"] == len(timeline["log"]) == round(record["duration"] / 0.08 + 0.5) + 5
+    assert abs(both.shape[0] - timeline["frames"] * 1280) <= 1280
+    assert "frame step took" in capsys.readouterr().out
