@@ -32,6 +32,8 @@
     michi-lite eval listener   --preset P --ckpt RUN --data DIR --json OUT [--max-utterances N] [--delays NPZ]
                                [--held-out DIR ...] [--robustness N]
     michi-lite eval speaker    --preset P --ckpt RUN --data DIR --json OUT [--vocoder V] [--max-utterances N]
+    michi-lite eval joint      --preset P --data DIALOGUES --json OUT [--ckpt RUN] [--listener L] [--vocoder V]
+                               [--max-dialogues N] [--no-text-baseline]
     michi-lite eval acoustic   --preset P --ckpt RUN --data DIR --json OUT [--vocoder V] [--max-utterances N]
                                [--voice V ...] [--temperature T] [--aligner A] [--split S]
     michi-lite bench vocoder   --preset P --json OUT [--ckpt RUN] [--seconds S] [--threads T]
@@ -387,6 +389,19 @@ def cmd_eval_speaker(args: argparse.Namespace) -> None:
 
     write_json(evaluate_speaker(args.preset, args.ckpt, args.data, args.vocoder,
                                 max_utterances=args.max_utterances), args.json)
+
+
+def cmd_eval_joint(args: argparse.Namespace) -> None:
+    from .duplex import load_engine
+    from .eval_joint import evaluate_joint
+    from .model import load_speaker
+
+    engine = load_engine(args.preset, args.ckpt, args.listener, args.vocoder, args.voice_prompt, seed=args.seed)
+    unmerged = load_speaker(args.ckpt, args.preset, engine.tokenizer, merge=False)
+    report = evaluate_joint(engine, args.data, max_dialogues=args.max_dialogues, unmerged=unmerged,
+                            text_baseline=args.text_baseline)
+    report.update(checkpoint=str(args.ckpt), listener=str(args.listener), vocoder=str(args.vocoder))
+    write_json(report, args.json)
 
 
 def cmd_bench_speaker(args: argparse.Namespace) -> None:
@@ -807,6 +822,25 @@ def build_parser() -> argparse.ArgumentParser:
             speaking_eval.add_argument("--aligner", help="a phoneme aligner for the phoneme accuracy of what is said "
                                                          "(default: the committed lite aligner, for lite)")
             add_split(speaking_eval, "settings (the temperature)")
+
+    joint = evaluate.add_parser("joint", help="the duplex model on held-out dialogues: spoken-question answering "
+                                              "beside the text backbone's, response gap, interruption, "
+                                              "backchannels, far-text perplexity")
+    add_preset(joint)
+    joint.add_argument("--data", required=True, help="a dialogue corpus (`michi-lite data dialogues`)")
+    joint.add_argument("--ckpt", default=str(REFERENCE_SPEAKER),
+                       help="a joint or speaker run or .safetensors (default: the committed lite speech model)")
+    joint.add_argument("--listener", default=str(REFERENCE_LISTENER),
+                       help="a listener run or .safetensors (default: the committed lite reference)")
+    joint.add_argument("--vocoder", default=str(REFERENCE_VOCODER),
+                       help="a vocoder run or .safetensors (default: the committed lite reference)")
+    joint.add_argument("--voice-prompt", default=str(REFERENCE_VOICE), help="the voice to answer in")
+    joint.add_argument("--max-dialogues", type=positive_int, help="at most N test dialogues")
+    joint.add_argument("--no-text-baseline", dest="text_baseline", action="store_false",
+                       help="skip SmolLM2 answering the questions as text")
+    joint.add_argument("--seed", type=int, default=0, help="the sampling noise (default: 0)")
+    joint.add_argument("--json", help="write the report here too")
+    joint.set_defaults(run=cmd_eval_joint)
 
     bench = commands.add_parser("bench", help="time a piece").add_subparsers(dest="what", required=True)
     for stage, run, what, default in (

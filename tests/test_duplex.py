@@ -120,3 +120,44 @@ def test_chat_writes_both_sides_lined_up_and_a_timeline(tokenizer, tiny_corpus, 
     assert timeline["frames"] == len(timeline["log"]) == round(record["duration"] / 0.08 + 0.5) + 5
     assert abs(both.shape[0] - timeline["frames"] * 1280) <= 1280
     assert "frame step took" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def dialogues(tmp_path_factory):
+    from michi_lite.config import get_config
+    from michi_lite.data.dialogues import build_dialogues
+
+    return build_dialogues(get_config("tiny"), tmp_path_factory.mktemp("dialogues")).parent
+
+
+def test_eval_joint_reads_answers_gaps_and_stops_off_the_frame_log(duplex, tokenizer):
+    from michi_lite.duplex import FrameRecord
+    from michi_lite.eval_joint import read_dialogue
+
+    model = duplex.model
+    pad, end = model.pad_id, model.end_id
+    answer = tokenizer(" The museum is on River Road", add_special_tokens=False)["input_ids"]
+    tokens = [pad] * 60
+    tokens[20:20 + len(answer)] = answer  # answered on frame 20, after a question that ended at 1.0 s
+    tokens[40:43] = tokenizer(" I think", add_special_tokens=False)["input_ids"][:2] + [pad]
+    tokens[45] = end  # cut in on at frame 42 (3.36 s): stops 3 frames later
+    duplex.log = [FrameRecord(i, pad, t, {}) for i, t in enumerate(tokens)]
+    record = {"id": "x", "turns": [
+        {"channel": "user", "kind": "question", "text": "Where is the museum?", "start": 0.2, "end": 1.0,
+         "interjected": False},
+        {"channel": "user", "kind": "question", "text": "Sorry, what is your name?", "start": 3.36, "end": 4.0,
+         "interjected": True}]}
+    first, second = read_dialogue(duplex, record)["events"]
+    lag = model.cfg.text_lead_frames * 0.08 + duplex.vocoder.cfg.lookahead_samples / 16000
+    assert first["correct"] and first["gap_seconds"] == pytest.approx(21 * 0.08 + lag - 1.0)
+    assert second["talking_at_start"] and second["stop_frames"] == 3 and "correct" not in second
+
+
+def test_eval_joint_streams_the_held_out_dialogues_and_summarizes_them(duplex, dialogues, tokenizer):
+    from michi_lite.eval_joint import evaluate_joint
+
+    unmerged = build_speech_model("tiny", tokenizer)
+    report = evaluate_joint(duplex, dialogues, unmerged=unmerged, text_baseline=False, tail_seconds=0.5)
+    assert report["dialogues"] == len(report["per_dialogue"]) > 0 and report["turns"] > 0
+    assert report["spoken_qa_questions"] >= 0 and report["text_qa_accuracy"] is None
+    assert report["far_text_perplexity"]["ratio"] == pytest.approx(1.0)  # fresh adapters change nothing
