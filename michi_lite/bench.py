@@ -46,6 +46,11 @@ def timed(fn: Callable[[], torch.Tensor], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def resident_gb() -> float:
+    """This process's resident memory now, GB (Linux)."""
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024 ** 3
+
+
 def latency_summary(seconds: list[float], audio_seconds: float) -> dict:
     """RTF and per-chunk latency (ms) of one chunk-by-chunk run."""
     compute = float(np.sum(seconds))
@@ -427,93 +432,6 @@ def bench_acoustic(preset: str, ckpt: str | os.PathLike | None = None, vocoder_c
     return report
 
 
-def bench_joint(preset: str, batch_size: int = 2, seconds: float = 20.0, steps: int = 2, checkpointing: bool = True,
-                bf16: bool | None = None, threads: int = 2) -> dict:
-    """Peak memory and speed of ``train joint`` steps on random dialogues, beside ``memory.estimate``.
-
-    The backbone has the preset's shape and random weights (``random_llama``:
-    nothing to download, the same cost), LoRA, the heads and the user's
-    projection train as in ``train joint``. Each dialogue is ``seconds`` of
-    frames with random streams and one answer's worth of plain text. After
-    one warm-up step, ``steps`` steps are timed. Peak memory is
-    ``torch.cuda.max_memory_allocated`` on a GPU; on a CPU, the process's
-    peak resident memory less what it held before the model was built
-    (Python, torch, the tokenizer), an upper bound: the allocator keeps
-    memory it freed.
-    """
-    import resource
-
-    def resident_gb() -> float:
-        pages = int(open("/proc/self/statm").read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 1024 ** 3
-
-    from .backbone import load_tokenizer
-    from .config import get_config
-    from .data.frames import PAD_TOKEN
-    from .memory import StepShape, estimate
-    from .model import END_TOKEN, SpeakerBatch, SpeechModel, UserStreams, random_llama, speech_model_config
-    from .train_speaker import SpeakerTrainer
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        tokenizer = load_tokenizer()
-        cfg = speech_model_config(preset)
-        baseline = resident_gb()
-        torch.manual_seed(0)
-        backbone = random_llama(get_config(preset).backbone, len(tokenizer))
-        pad, end = tokenizer.convert_tokens_to_ids(PAD_TOKEN), tokenizer.convert_tokens_to_ids(END_TOKEN)
-        model = SpeechModel(cfg, backbone, pad, end)
-        if checkpointing:
-            model.checkpoint_activations()
-        trainer = SpeakerTrainer(model, preset, device, total_steps=steps + 1, hears_user=True, bf16=bf16)
-        frames, words = round(seconds / FRAME_SECONDS), round(seconds / FRAME_SECONDS / 2)  # a word every 2 frames
-        b, vocab = batch_size, len(tokenizer)
-
-        def integers(high: int, *shape: int) -> torch.Tensor:
-            return torch.randint(high, shape)
-
-        tokens = torch.where(torch.rand(b, frames) < 0.5, integers(vocab, b, frames), pad)
-        batch = SpeakerBatch(
-            tokens=tokens, patches=torch.randn(b, frames, cfg.patch_dim),
-            phonemes=integers(40, b, frames, cfg.max_phonemes), since=integers(cfg.max_voiced_frames, b, frames),
-            mask=torch.ones(b, frames, dtype=torch.bool), prompt=torch.randn(b, 40, cfg.patch_dim),
-            prompt_mask=torch.ones(b, 40, dtype=torch.bool), text=integers(vocab, b, words),
-            text_mask=torch.ones(b, words, dtype=torch.bool),
-            user=UserStreams(torch.randn(b, frames, cfg.hidden_size), integers(vocab, b, frames)))
-        built = resident_gb()
-        trainer.step(batch)  # warm-up: first-call allocations, lazy kernel choices
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        seconds_per_step = [timed(lambda: trainer.step(batch), device) for _ in range(steps)]
-        peak = (torch.cuda.max_memory_allocated(device) / 1024 ** 3 if device.type == "cuda"
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2 - baseline)  # KB on Linux
-        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        shape = StepShape(parameters=sum(p.numel() for p in model.parameters()), trained_parameters=trained,
-                          layers=cfg.num_layers, hidden_size=cfg.hidden_size,
-                          intermediate_size=cfg.intermediate_size, vocab_size=vocab, batch_size=b, frames=frames,
-                          text_tokens=b * words)
-        bf16 = trainer.bf16
-        report = {
-            "device": device.type, "threads": threads, "batch_size": b, "frames_per_dialogue": frames,
-            "seconds_per_dialogue": seconds, "checkpointing": checkpointing, "bf16": bf16,
-            "parameters": shape.parameters, "trained_parameters": trained,
-            "step_seconds_median": float(np.median(seconds_per_step)),
-            "positions_per_second": b * frames / float(np.median(seconds_per_step)),
-            "estimate_gb": estimate(shape, bf16, checkpointing),
-        }
-        if device.type == "cuda":
-            report["peak_allocated_gb"] = peak
-        else:
-            report.update(peak_rss_gb=peak, model_built_rss_gb=built - baseline, baseline_rss_gb=baseline)
-    finally:
-        torch.set_num_threads(previous_threads)
-    report["run"] = run_info(preset)
-    return report
-
-
 def bench_duplex(preset: str, ckpt: str | os.PathLike | None = None, listener_ckpt: str | os.PathLike | None = None,
                  vocoder_ckpt: str | os.PathLike | None = None, seconds: float = 60.0, warmup: int = 10,
                  threads: int = 2) -> dict:
@@ -531,9 +449,6 @@ def bench_duplex(preset: str, ckpt: str | os.PathLike | None = None, listener_ck
     from .listen import build_listener, load_listener
     from .listen import quantized_for_cpu as listener_for_cpu
     from .model import build_speech_model, load_speaker, quantized_for_cpu
-
-    def resident_gb() -> float:
-        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024 ** 3
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     previous_threads = torch.get_num_threads()

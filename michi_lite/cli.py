@@ -46,7 +46,8 @@
     michi-lite say "TEXT"      --out OUT.wav [--voice-prompt REF.wav] [--steps K] [--preset P] [--ckpt RUN]
     michi-lite transcribe      IN.wav [--preset P] [--ckpt RUN] [--json OUT]
     michi-lite chat            IN.wav --out OUT.wav [--json TIMELINE] [--preset P] [--ckpt RUN] [--listener L]
-                               [--vocoder V] [--voice-prompt REF.wav] [--max-talk-seconds S] [--tail-seconds S]
+                               [--vocoder V] [--voice-prompt REF.wav] [--rag TEXT] [--max-talk-seconds S]
+                               [--tail-seconds S]
     michi-lite demo            [--preset P] [--out DIR]
 
 Every ``eval`` measures on a built corpus or on any folder whose
@@ -411,7 +412,7 @@ def cmd_bench_speaker(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_joint(args: argparse.Namespace) -> None:
-    from .bench import bench_joint
+    from .train_joint import bench_joint
 
     write_json(bench_joint(args.preset, args.batch_size, args.seconds, args.steps, checkpointing=args.checkpointing,
                            bf16=args.bf16, threads=args.threads), args.json)
@@ -487,7 +488,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
                          max_talk_frames=None if args.max_talk_seconds is None
                          else round(args.max_talk_seconds / FRAME_SECONDS))
     user = load_audio(args.audio, engine.listener.cfg.audio.sample_rate)
-    both, timeline = converse(engine, user, args.tail_seconds)
+    both, timeline = converse(engine, user, args.tail_seconds, prefix=args.rag)
     path = save_audio(args.out, both, engine.model.cfg.audio.sample_rate)
     timeline_path = Path(args.json) if args.json else path.with_suffix(".json")
     timeline_path.write_text(json.dumps(timeline, indent=1) + "\n")
@@ -903,6 +904,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=non_negative_float, default=1.0,
                       help="of the text stream (default: 1; 0: the likeliest token)")
     chat.add_argument("--max-talk-seconds", type=positive_float, help="end a turn of the model's this long")
+    chat.add_argument("--rag", metavar="TEXT", help="facts the model reads before the conversation (a rag prefix)")
     chat.add_argument("--tail-seconds", type=non_negative_float, default=3.0,
                       help="silence after the recording, for the model to answer in (default: 3)")
     chat.add_argument("--seed", type=int, default=0, help="the sampling noise (default: 0)")

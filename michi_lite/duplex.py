@@ -123,11 +123,21 @@ class DuplexEngine:
         return self.listener.cfg.audio.samples_per_frame
 
     @torch.inference_mode()
-    def reset(self) -> None:
-        """Start a new conversation: every state back to its beginning, the log emptied."""
+    def reset(self, prefix: str | None = None) -> None:
+        """Start a new conversation: every state back to its beginning, the log emptied.
+
+        ``prefix`` is text the model reads first (a rag prefix: facts it may
+        be asked about), as joint training lays it out: before the voice.
+        """
         self.hearing = self.listener.stream()
         self.speaking = self.vocoder.stream()
         self.cache = WindowCache(self.context_frames)
+        if prefix:
+            ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+            if len(ids) + 1 > self.context_frames:
+                raise ValueError(f"the prefix is {len(ids)} tokens: more than the {self.context_frames}-position "
+                                 "window holds with the voice")
+            self.decoder(self.model.token_embedding(torch.tensor([ids], device=self.device)), self.cache)
         self.hidden = self.decoder(self.voice[:, None], self.cache)[:, -1]  # (1, hidden): what frame 0 says
         self.voiced = VoicedChunks(self.model.cfg)
         self.word = SpokenWord(self.model.cfg.max_phonemes)
@@ -237,17 +247,19 @@ def load_engine(preset: str, speaker: str | os.PathLike, listener: str | os.Path
                         load_voice_prompt(voice_prompt, model.cfg.audio), **options)
 
 
-def converse(engine: DuplexEngine, user: np.ndarray, tail_seconds: float = 3.0) -> tuple[np.ndarray, dict]:
-    """Stream ``user`` (mono, at the listener's rate) through ``engine``, then ``tail_seconds`` of silence for
-    the model to answer in -> both sides as (2, samples) at the model's rate (user, model), lined up, and a
-    timeline: every frame's tokens and stage times, and what each side said."""
+def converse(engine: DuplexEngine, user: np.ndarray, tail_seconds: float = 3.0,
+             prefix: str | None = None) -> tuple[np.ndarray, dict]:
+    """Stream ``user`` (mono, at the listener's rate) through ``engine`` from a fresh start (``prefix`` read
+    first), then ``tail_seconds`` of silence for the model to answer in -> both sides as (2, samples) at the
+    model's rate (user, model), lined up, and a timeline: every frame's tokens and stage times, and what each
+    side said."""
     from .audio import prepare_waveform
 
     frame = engine.samples_in
     n_frames = math.ceil(len(user) / frame) + round(tail_seconds / FRAME_SECONDS)
     padded = np.zeros(n_frames * frame, dtype=np.float32)
     padded[:len(user)] = user
-    engine.reset()
+    engine.reset(prefix)
     model_audio = np.concatenate([engine.step(padded[i * frame:(i + 1) * frame]) for i in range(n_frames)])
     model_audio = model_audio[engine.vocoder.cfg.lookahead_samples:]  # the vocoder's look-ahead, taken out
     rate_in, rate_out = engine.listener.cfg.audio.sample_rate, engine.model.cfg.audio.sample_rate

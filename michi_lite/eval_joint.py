@@ -95,7 +95,8 @@ def read_dialogue(engine: DuplexEngine, record: dict) -> dict:
     pad, end = model.pad_id, model.end_id
     words = [r.model_token not in (pad, end) for r in log]
     user_turns = [t for t in record["turns"] if t["channel"] == "user"]
-    lag = model.cfg.text_lead_frames * FRAME_SECONDS + engine.vocoder.cfg.lookahead_samples / model.cfg.audio.sample_rate
+    vocoder_lag = engine.vocoder.cfg.lookahead_samples / model.cfg.audio.sample_rate
+    lag = model.cfg.text_lead_frames * FRAME_SECONDS + vocoder_lag  # a word's token to its first sample
     events = []
     for i, turn in enumerate(user_turns):
         start, stop = (int(turn[k] / FRAME_SECONDS) for k in ("start", "end"))
@@ -178,7 +179,7 @@ def evaluate_joint(engine: DuplexEngine, data_dir: str | os.PathLike, split: str
             from .audio import prepare_waveform
 
             user = prepare_waveform(user, file_rate, rate)
-        converse(engine, user, tail_seconds)
+        converse(engine, user, tail_seconds, prefix=record.get("rag") or None)
         dialogues.append(read_dialogue(engine, record))
     report = {"split": split, "dialogues": len(dialogues),
               **summarize(dialogues, text_answers_correct(records) if text_baseline else None)}

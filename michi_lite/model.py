@@ -353,7 +353,10 @@ class SpeechModel(nn.Module):
         """Whole streams given their real past -> hidden states (batch, frames, hidden) and head conditions.
 
         ``streams`` is a batch, or one utterance's streams (then batch 1);
-        ``voice`` (batch, hidden).
+        ``voice`` (batch, hidden). A ``prefix`` of text is read first, as
+        token embeddings, then the voice and the frames (a batch's prefixes
+        left-padded, so every row's real positions are contiguous and its
+        frames start at the same index).
         """
         one = isinstance(streams, SpeakerStreams)
         tokens, patches, phonemes, since = (x[None] if one else x for x in (
@@ -363,9 +366,15 @@ class SpeechModel(nn.Module):
         if user is not None:  # frame p is heard at position p + 1, as the model's own: the last frame at none
             user = UserStreams(user.embeddings[None], user.tokens[None]) if one else user
             user = UserStreams(user.embeddings[:, :-1], user.tokens[:, :-1])
-        inputs = torch.cat([voice[:, None], self.frame_inputs(tokens[:, :-1], patches[:, :-1], user)], dim=1)
-        attention = None if mask is None else mask.long()
+        prefix = streams.prefix
+        prefix = None if prefix is None else prefix[None] if one else prefix
+        read = [] if prefix is None else [self.token_embedding(prefix)]
+        inputs = torch.cat([*read, voice[:, None], self.frame_inputs(tokens[:, :-1], patches[:, :-1], user)], dim=1)
+        attention = None
+        if mask is not None:
+            attention = torch.cat([*([] if prefix is None else [streams.prefix_mask]), mask], dim=1).long()
         hidden = self.decoder(inputs_embeds=inputs, attention_mask=attention).last_hidden_state
+        hidden = hidden[:, 0 if prefix is None else prefix.shape[1]:]  # from the voice's position: frame 0's
         return hidden, self.head_condition(hidden, tokens, voice[:, None], phonemes, since)
 
     def text_keeping_loss(self, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -442,6 +451,8 @@ class SpeakerBatch:
     text: torch.Tensor  # (batch, n) each utterance's words as plain text, token ids, right-padded
     text_mask: torch.Tensor  # (batch, n) True on real tokens
     user: UserStreams | None = None  # what the model heard on the same frames; None: no user (TTS)
+    prefix: torch.Tensor | None = None  # (batch, n) text read before the voice (a rag prefix), left-padded
+    prefix_mask: torch.Tensor | None = None  # (batch, n) True on real tokens
 
     def to(self, device: torch.device) -> SpeakerBatch:
         return SpeakerBatch(**{k: None if v is None else v.to(device) for k, v in vars(self).items()})
@@ -499,6 +510,7 @@ class SpeakerStreams:
     since: torch.Tensor  # (frames,) frames since that chunk began
     text: torch.Tensor  # (n,) the words as plain text (token ids): the text-only sample
     user: UserStreams | None = None  # (frames, ...) what the model heard on the same frames; None: no user
+    prefix: torch.Tensor | None = None  # (n,) text read before the voice and the first frame (a rag prefix)
 
     def to(self, device: torch.device) -> SpeakerStreams:
         return SpeakerStreams(**{k: None if v is None else v.to(device) for k, v in vars(self).items()})

@@ -16,7 +16,8 @@ pairs, the voice prompt an answer from another dialogue (the assistant has
 one voice), and ``collate`` batches them as ``train_speaker`` does, with the
 user's streams beside. ``train_joint`` (``michi-lite train joint``) trains
 the speech model on them with the speaker stage's losses, the user's
-projection learning too.
+projection learning too; ``bench_joint`` (``michi-lite bench joint``)
+measures what a step costs, beside ``memory.py``'s model of it.
 """
 
 from __future__ import annotations
@@ -33,14 +34,17 @@ from tqdm.auto import tqdm
 
 from . import parallel
 from .audio import SILENCE_MEL, audio_patches, prepare_waveform, speech_patches
-from .config import FRAME_SECONDS
+from .bench import resident_gb, timed
+from .config import FRAME_SECONDS, get_config
 from .data.dialogues import load_dialogues
 from .data.frames import PAD_TOKEN, frame_tokens
 from .data.text import sentences
 from .data.words import Word
 from .listen import Listener, build_listener, clip_features, load_listener
-from .model import (END_TOKEN, SpeakerBatch, SpeakerStreams, SpeechModelConfig, UserStreams, VoicedChunks,
-                    tokens_and_chunks)
+from .memory import StepShape, estimate
+from .model import (END_TOKEN, SpeakerBatch, SpeakerStreams, SpeechModel, SpeechModelConfig, UserStreams, VoicedChunks,
+                    random_llama, speech_model_config, tokens_and_chunks)
+from .provenance import run_info
 from .train import LengthBuckets, fit, loader_workers, training_device
 from .train_speaker import FLOW_LOSS_WEIGHT, LOSSES, SpeakerTrainer, SpeakerUtterances, speech_model_from
 
@@ -97,7 +101,8 @@ def heard_user(listener: Listener, wave: np.ndarray, n_frames: int) -> UserStrea
 
 def dialogue_streams(record: dict, user: UserStreams, patches: torch.Tensor, tokenizer,
                      cfg: SpeechModelConfig) -> SpeakerStreams:
-    """One dialogue's streams: the assistant's text, audio and phonemes being voiced, and the user as heard.
+    """One dialogue's streams: the assistant's text, audio and phonemes being voiced, the user as heard, and
+    the dialogue's rag prefix (the facts it may be asked about) as text to read before everything.
 
     ``patches`` (frames, patch_dim) are the assistant channel's. The audio
     stream runs ``text_lead_frames`` behind the text, so the streams are
@@ -124,8 +129,10 @@ def dialogue_streams(record: dict, user: UserStreams, patches: torch.Tensor, tok
     voiced = VoicedChunks(cfg)
     phonemes, since = zip(*(voiced.push(starts.get(frame)) for frame in range(len(tokens))))
     plain = tokenizer(" ".join(text for _, text in said) or " ", add_special_tokens=False)["input_ids"]
+    rag = tokenizer(record["rag"], add_special_tokens=False)["input_ids"] if record.get("rag") else []
     return SpeakerStreams(torch.tensor(tokens), audio, torch.tensor(phonemes), torch.tensor(since),
-                          torch.tensor(plain), user)  # the answers as plain text: the keep loss's sample
+                          torch.tensor(plain), user,  # the answers as plain text: the keep loss's sample
+                          torch.tensor(rag, dtype=torch.long))
 
 
 def outside_passages(tokenizer, n: int, seed: int = 0, sentences_per_passage: int = 3) -> list[torch.Tensor]:
@@ -196,13 +203,18 @@ class JointDialogues(torch.utils.data.Dataset):
         return self.streams[index], prompt[start:start + frames], passages
 
     def collate(self, items: list[tuple[SpeakerStreams, torch.Tensor, list[torch.Tensor]]]) -> SpeakerBatch:
-        """``SpeakerUtterances.collate``, with the user's streams beside (padding: PAD, zero embeddings) and the
-        passages as more rows of plain text after the answers'."""
+        """``SpeakerUtterances.collate``, with the user's streams beside (padding: PAD, zero embeddings), the rag
+        prefixes (left-padded) and the passages as more rows of plain text after the answers'."""
         batch = SpeakerUtterances.collate([(s, p) for s, p, _ in items])
         rows = [s.text for s, _, _ in items] + [passage for _, _, passages in items for passage in passages]
         words = max(len(r) for r in rows)
         batch.text = torch.stack([F.pad(r, (0, words - len(r))) for r in rows])
         batch.text_mask = torch.stack([torch.arange(words) < len(r) for r in rows])
+        prefixes = [s.prefix for s, _, _ in items]
+        longest = max(len(p) for p in prefixes)
+        if longest:  # left-padded, so every row's first frame comes at the same position
+            batch.prefix = torch.stack([F.pad(p, (longest - len(p), 0), value=self.pad_id) for p in prefixes])
+            batch.prefix_mask = torch.stack([torch.arange(longest) >= longest - len(p) for p in prefixes])
         frames = batch.tokens.shape[1]
         users = [s.user for s, _, _ in items]
         batch.user = UserStreams(
@@ -271,3 +283,81 @@ def train_joint(
                    log_every=log_every, max_minutes=max_minutes, desc="joint")
     finally:
         parallel.stop()
+
+
+def bench_joint(preset: str, batch_size: int = 2, seconds: float = 20.0, steps: int = 2, checkpointing: bool = True,
+                bf16: bool | None = None, threads: int = 2) -> dict:
+    """Peak memory and speed of ``train joint`` steps on random dialogues, beside ``memory.estimate``.
+
+    The backbone has the preset's shape and random weights (``random_llama``:
+    nothing to download, the same cost), LoRA, the heads and the user's
+    projection train as in ``train joint``. Each dialogue is ``seconds`` of
+    frames with random streams and one answer's worth of plain text. After
+    one warm-up step, ``steps`` steps are timed. Peak memory is
+    ``torch.cuda.max_memory_allocated`` on a GPU; on a CPU, the process's
+    peak resident memory less what it held before the model was built
+    (Python, torch, the tokenizer), an upper bound: the allocator keeps
+    memory it freed.
+    """
+    import resource
+
+    from .backbone import load_tokenizer
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        tokenizer = load_tokenizer()
+        cfg = speech_model_config(preset)
+        baseline = resident_gb()
+        torch.manual_seed(0)
+        backbone = random_llama(get_config(preset).backbone, len(tokenizer))
+        pad, end = tokenizer.convert_tokens_to_ids(PAD_TOKEN), tokenizer.convert_tokens_to_ids(END_TOKEN)
+        model = SpeechModel(cfg, backbone, pad, end)
+        if checkpointing:
+            model.checkpoint_activations()
+        trainer = SpeakerTrainer(model, preset, device, total_steps=steps + 1, hears_user=True, bf16=bf16)
+        frames, words = round(seconds / FRAME_SECONDS), round(seconds / FRAME_SECONDS / 2)  # a word every 2 frames
+        b, vocab = batch_size, len(tokenizer)
+
+        def integers(high: int, *shape: int) -> torch.Tensor:
+            return torch.randint(high, shape)
+
+        tokens = torch.where(torch.rand(b, frames) < 0.5, integers(vocab, b, frames), pad)
+        batch = SpeakerBatch(
+            tokens=tokens, patches=torch.randn(b, frames, cfg.patch_dim),
+            phonemes=integers(40, b, frames, cfg.max_phonemes), since=integers(cfg.max_voiced_frames, b, frames),
+            mask=torch.ones(b, frames, dtype=torch.bool), prompt=torch.randn(b, 40, cfg.patch_dim),
+            prompt_mask=torch.ones(b, 40, dtype=torch.bool), text=integers(vocab, b, words),
+            text_mask=torch.ones(b, words, dtype=torch.bool),
+            user=UserStreams(torch.randn(b, frames, cfg.hidden_size), integers(vocab, b, frames)))
+        built = resident_gb()
+        trainer.step(batch)  # warm-up: first-call allocations, lazy kernel choices
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        seconds_per_step = [timed(lambda: trainer.step(batch), device) for _ in range(steps)]
+        peak = (torch.cuda.max_memory_allocated(device) / 1024 ** 3 if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2 - baseline)  # KB on Linux
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        shape = StepShape(parameters=sum(p.numel() for p in model.parameters()), trained_parameters=trained,
+                          layers=cfg.num_layers, hidden_size=cfg.hidden_size,
+                          intermediate_size=cfg.intermediate_size, vocab_size=vocab, batch_size=b, frames=frames,
+                          text_tokens=b * words)
+        bf16 = trainer.bf16
+        report = {
+            "device": device.type, "threads": threads, "batch_size": b, "frames_per_dialogue": frames,
+            "seconds_per_dialogue": seconds, "checkpointing": checkpointing, "bf16": bf16,
+            "parameters": shape.parameters, "trained_parameters": trained,
+            "step_seconds_median": float(np.median(seconds_per_step)),
+            "positions_per_second": b * frames / float(np.median(seconds_per_step)),
+            "estimate_gb": estimate(shape, bf16, checkpointing),
+        }
+        if device.type == "cuda":
+            report["peak_allocated_gb"] = peak
+        else:
+            report.update(peak_rss_gb=peak, model_built_rss_gb=built - baseline, baseline_rss_gb=baseline)
+    finally:
+        torch.set_num_threads(previous_threads)
+    report["run"] = run_info(preset)
+    return report

@@ -153,11 +153,22 @@ def test_eval_joint_reads_answers_gaps_and_stops_off_the_frame_log(duplex, token
     assert second["talking_at_start"] and second["stop_frames"] == 3 and "correct" not in second
 
 
-def test_eval_joint_streams_the_held_out_dialogues_and_summarizes_them(duplex, dialogues, tokenizer):
+def test_eval_joint_streams_the_held_out_dialogues_and_summarizes_them(dialogues, tokenizer):
     from michi_lite.eval_joint import evaluate_joint
 
     unmerged = build_speech_model("tiny", tokenizer)
-    report = evaluate_joint(duplex, dialogues, unmerged=unmerged, text_baseline=False, tail_seconds=0.5)
+    report = evaluate_joint(engine(tokenizer, context_frames=256), dialogues, unmerged=unmerged,
+                            text_baseline=False, tail_seconds=0.5)
     assert report["dialogues"] == len(report["per_dialogue"]) > 0 and report["turns"] > 0
     assert report["spoken_qa_questions"] >= 0 and report["text_qa_accuracy"] is None
     assert report["far_text_perplexity"]["ratio"] == pytest.approx(1.0)  # fresh adapters change nothing
+
+
+def test_a_rag_prefix_is_read_first_and_changes_what_frame_0_says(duplex):
+    duplex.reset()
+    plain = duplex.hidden.clone()
+    duplex.reset("The museum is on River Road.")
+    assert duplex.cache.length == 1 + len(duplex.tokenizer("The museum is on River Road.")["input_ids"])
+    assert not torch.allclose(plain, duplex.hidden)
+    with pytest.raises(ValueError, match="window"):
+        duplex.reset("word " * 20)  # this engine's window holds 8 positions

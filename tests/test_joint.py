@@ -160,8 +160,8 @@ def test_two_processes_take_the_steps_one_process_takes_on_the_same_batches(dial
     assert list(one) == ["3"] and list(two) == ["2", "3"]  # a row at each call's end
     for name in ("text_loss", "word_loss", "pad_loss", "keep_loss", "timing_accuracy"):
         assert float(two["3"][name]) == pytest.approx(float(one["3"][name]), rel=1e-5, abs=1e-7)
-    start, alone, together = (load_file(str(path)) for path in
-                              (init, tmp_path / "one" / "speaker.safetensors", tmp_path / "two" / "speaker.safetensors"))
+    runs = (init, tmp_path / "one" / "speaker.safetensors", tmp_path / "two" / "speaker.safetensors")
+    start, alone, together = (load_file(str(path)) for path in runs)
     moved = max((alone[k].float() - start[k].float()).abs().max() for k in start)
     assert moved > 1e-6
     assert max((alone[k].float() - together[k].float()).abs().max() for k in alone) < 1e-3 * moved
@@ -180,3 +180,22 @@ def test_recomputing_activations_gives_the_same_losses_and_gradients(joint, toke
         (losses["text_loss"] + losses["flow_loss"]).backward()
         grads.append((losses["text_loss"].detach(), model.user_in.weight.grad.clone()))
     assert torch.allclose(grads[0][0], grads[1][0]) and torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
+
+
+def test_the_rag_prefix_is_read_before_the_first_frame_whatever_the_other_rows_read(joint, tokenizer):
+    torch.manual_seed(0)
+    model = build_speech_model("tiny", tokenizer).eval()
+    lengths = [len(s.prefix) for s in joint.streams]
+    assert len({n for n in lengths if n}) > 1  # dialogues with facts to answer from, of several lengths
+    by_length = sorted((n, i) for i, n in enumerate(lengths) if n)
+    shorter, longer = by_length[0][1], by_length[-1][1]
+    items = [joint[shorter], joint[longer]]
+    with torch.no_grad():
+        batch = joint.collate(items)
+        assert batch.prefix_mask[0, 0].item() is False and batch.prefix_mask[:, -1].all()  # left-padded
+        voice = model.voice(batch.prompt, batch.prompt_mask)
+        together, _ = model.teacher_forced(batch, voice)
+        alone, _ = model.teacher_forced(joint.collate(items[:1]), voice[:1])
+        frames = len(joint.streams[shorter].tokens)
+    assert together.shape[1] == batch.tokens.shape[1]
+    assert torch.allclose(together[0, :frames], alone[0, :frames], atol=1e-4)
