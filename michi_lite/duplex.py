@@ -20,7 +20,15 @@ on. What lasts from frame to frame has a fixed size: the listener's state,
 the backbone's ``WindowCache`` (the last ``context_frames`` positions), the
 vocoder's stream and the word being voiced; nothing is recomputed over the
 conversation. Each frame leaves a ``FrameRecord`` (both sides' tokens and
-each stage's seconds) in ``log``.
+each stage's seconds) in ``log``, the one thing that grows: a small record
+a frame.
+
+Beside listening and answering: ``reset(prefix)`` has the model read text
+first (a rag prefix: facts it may be asked about), the voice prompt sets the
+voice it answers in, ``say(text)`` forces what it says next (its text head
+still paces the words) before it goes on freely, and ``max_talk_frames``
+caps a turn. Stopping when the user talks over it, and going on through a
+backchannel, are what joint training teaches; the engine only logs them.
 
 The model's words are free text, so the phonemes the speaking head reads
 (``VoicedChunks``) are filled in as the word's tokens come: a word's first
@@ -143,7 +151,18 @@ class DuplexEngine:
         self.word = SpokenWord(self.model.cfg.max_phonemes)
         self.generator = torch.Generator(self.device).manual_seed(self.seed)
         self.talked = None  # frames since the turn's first word; None while silent
+        self.forced: list[tuple[int, list[int] | None]] = []  # text to say next: (token, the chunk it starts)
+        self.was_forced = False  # whether this frame's token came from ``forced``
+        self.forced_chunk: list[int] | None = None  # and the chunk it starts (None: it goes on with a word)
         self.log: list[FrameRecord] = []
+
+    def say(self, text: str) -> None:
+        """Have the model say ``text`` next (forced TTS): on each frame where its text head asks for a token
+        (samples not-PAD), the text's next token is fed instead of its own, with the phonemes the text has;
+        once the text is said it goes on freely."""
+        from .model import tokens_and_chunks
+
+        self.forced += tokens_and_chunks(text, self.tokenizer, self.model.cfg.max_phonemes)
 
     @torch.inference_mode()
     def step(self, samples: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -184,8 +203,14 @@ class DuplexEngine:
     def next_token(self) -> int:
         """This frame's text token, from the last hidden state (or the end, when the turn is over its cap)."""
         model = self.model
+        self.was_forced = False
         if self.talked is not None and self.max_talk_frames is not None and self.talked >= self.max_talk_frames:
             token = model.end_id
+        elif self.forced:  # as ``say`` paces forced text: a token where the head would rather say one than not
+            no_token = model.text_logits(self.hidden).float().softmax(-1)[0, model.pad_id]
+            token = model.pad_id
+            if torch.rand((), generator=self.generator, device=self.device) > no_token:
+                (token, self.forced_chunk), self.was_forced = self.forced.pop(0), True
         else:
             logits = model.text_logits(self.hidden)[0]
             if self.temperature <= 0:
@@ -208,6 +233,9 @@ class DuplexEngine:
             self.word = SpokenWord(self.model.cfg.max_phonemes)  # the next turn's first token starts a word
         if token in (self.model.pad_id, self.model.end_id):
             return None
+        if self.was_forced:  # the text's own phonemes, where the text starts a word
+            self.word.text = self.tokenizer.decode([token]).strip() or self.word.text
+            return self.forced_chunk
         text = self.tokenizer.decode([token])
         if text[:1].isspace() or not self.word.text:
             return self.word.start(text)

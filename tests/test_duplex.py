@@ -172,3 +172,15 @@ def test_a_rag_prefix_is_read_first_and_changes_what_frame_0_says(duplex):
     assert not torch.allclose(plain, duplex.hidden)
     with pytest.raises(ValueError, match="window"):
         duplex.reset("word " * 20)  # this engine's window holds 8 positions
+
+
+def test_forced_text_is_said_token_by_token_then_the_model_goes_on_freely(tokenizer):
+    talker = engine(tokenizer, temperature=1.0)
+    pad = talker.model.pad_id
+    talker.model.text_bias.data[pad] = -1e4  # a token on every frame: the forced text takes its first frames
+    forced = tokenizer("Hello there, friend.", add_special_tokens=False)["input_ids"]
+    talker.say("Hello there, friend.")
+    for _ in range(len(forced) + 3):
+        talker.step(np.zeros(talker.samples_in, dtype=np.float32))
+    said = [r.model_token for r in talker.log]
+    assert said[:len(forced)] == forced and not talker.forced  # then three frames of its own
