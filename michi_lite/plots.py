@@ -194,3 +194,29 @@ def step_sweep(wer_by_group: dict[str, dict[int, float]], real_wer: dict[str, fl
     if title:
         ax.set_title(title)
     return fig
+
+
+def dialogue_streams_figure(stereo: np.ndarray, sample_rate: int, user_tokens: list[str], model_tokens: list[str],
+                            title: str = "") -> Figure:
+    """A dialogue on the frame clock: each side's waveform, and above it the token its text stream has on each
+    80 ms frame (the user's as the listener heard it, the model's as it is taught to say it; PAD left blank).
+
+    ``stereo`` is (2, samples): user, then model; the token lists hold one
+    string per frame ("" for PAD).
+    """
+    seconds = stereo.shape[1] / sample_rate
+    fig = Figure(figsize=(14, 4.2), layout="constrained")
+    axes = fig.subplots(2, 1, sharex=True)
+    for ax, wave, tokens, name, color in zip(axes, stereo, (user_tokens, model_tokens), ("user", "model"),
+                                             ("tab:blue", "tab:orange")):
+        ax.plot(np.arange(len(wave)) / sample_rate, wave, color="0.65", lw=0.4)
+        for frame, token in enumerate(tokens):
+            if token:
+                ax.text((frame + 0.5) * FRAME_SECONDS, 0.97 - 0.16 * (frame % 3), token, color=color, fontsize=7,
+                        ha="center", va="top", transform=ax.get_xaxis_transform(), clip_on=True)
+        ax.set_ylabel(name)
+        ax.set_yticks([])
+    axes[-1].set_xlim(0, seconds)
+    axes[-1].set_xlabel("seconds (each token on its 80 ms frame)")
+    axes[0].set_title(title)
+    return fig

@@ -1,0 +1,275 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
+#   kernelspec:
+#     display_name: Python (michi-lite)
+#     language: python
+#     name: michi-lite
+# ---
+
+# %% [markdown]
+# # 05 · Joint training: one model that hears and answers
+#
+# Notebooks 02 to 04 built the pieces: a vocoder, a speaking head on a
+# SmolLM2 backbone, a listening head. A full-duplex model puts them on one
+# clock. Every 80 ms the backbone reads, at one position, what *both* sides
+# did in the last frame: its own text token and mel patch, and what the
+# listening head heard of the user (an embedding and a token). From the
+# same position it says its next token and patch. Joint training teaches it
+# when to answer, what to say, and when to stop, from dialogues.
+#
+# 1. a dialogue corpus, offline: two voices, questions and answers, with
+#    the timing people have (gaps, overlaps, interruptions, "mm-hm");
+# 2. the streams on the frame clock, as a real dialogue lays them out;
+# 3. the losses, text mixed in, and a short run on `tiny`;
+# 4. the same steps in two processes;
+# 5. what the `michi` preset costs in memory, and what a 24 GB card runs.
+#
+# No joint reference model is committed yet: the sections that need one
+# (the `lite` run, its evaluation, a held-out dialogue answered) come with
+# it. Everything here runs in CI on the `tiny` preset, with the committed
+# `lite` listening head to hear the dialogues.
+
+# %%
+# %matplotlib inline
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from IPython.display import Audio, Markdown, display
+
+from michi_lite.backbone import load_tokenizer
+from michi_lite.cli import main as michi_lite
+from michi_lite.config import FRAME_SECONDS
+from michi_lite.data.dialogues import load_dialogues
+from michi_lite.listen import load_listener
+from michi_lite.memory import StepShape, estimate, largest_batch
+from michi_lite.model import speech_model_config
+from michi_lite.plots import dialogue_streams_figure
+from michi_lite.train_joint import JointDialogues
+
+logging.basicConfig(level=logging.WARNING)
+torch.manual_seed(0)  # every random draw below in order: a re-run gives the outputs stored here
+torch.set_num_threads(1)
+ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
+WORK = Path(tempfile.mkdtemp(prefix="michi-joint-"))
+tokenizer = load_tokenizer()
+
+# %% [markdown]
+# ## 1. A dialogue corpus
+#
+# `michi-lite data dialogues` writes two-party conversations as stereo
+# files, the user on channel 0 and the assistant on channel 1, and a
+# manifest with both sides' turns and word timings. The user speaks in many
+# voices of the corpus engines; the assistant in one (flite's `awb`). What
+# the user says comes from a line bank: questions about a made-up town
+# whose facts the assistant is given as a text prefix (a small RAG), general
+# questions, requests, small talk, facts to remember ("My sister is called
+# Ana") and questions back about them. The assistant's answers are written
+# by SmolLM2-135M-Instruct (the `tiny` preset uses the line bank's own
+# answers, to build in seconds). Timing is part of the data: gaps of varying
+# length, long silences, overlaps, users cutting in (the assistant stops two
+# to four frames later, its words cut where it stopped) and backchannels
+# (the assistant goes on). Held out by dialogue, by user voice, and by a
+# quarter of the questions, asked only in test dialogues.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# the build's progress bar shows its timing
+michi_lite(["data", "dialogues", "--preset", "tiny", "--out", str(WORK / "dialogues")])
+
+# %%
+dialogues = load_dialogues(WORK / "dialogues")
+summary = json.loads((WORK / "dialogues" / "dialogues.json").read_text())
+print({k: summary[k] for k in ("dialogues", "hours")}, "splits:", {s: sum(d["split"] == s for d in dialogues)
+                                                                   for s in ("train", "val", "test")})
+record = max(dialogues, key=lambda d: sum(t["interrupted"] for t in d["turns"]))  # one with an interruption
+print(f"dialogue {record['id']} ({record['duration']:.1f} s); its facts: {record['rag']}")
+rows = ["| start | end | channel | kind | text |", "|---|---|---|---|---|"]
+for turn in record["turns"]:
+    said = turn.get("heard_text", turn["text"]) if turn["interrupted"] else turn["text"]
+    cut = " *(cut here)*" if turn["interrupted"] else ""
+    rows.append(f"| {turn['start']:.2f} | {turn['end']:.2f} | {turn['channel']} | {turn['kind']} | {said}{cut} |")
+display(Markdown("\n".join(rows)))
+stereo, rate = sf.read(WORK / "dialogues" / record["path"], dtype="float32", always_2d=True)
+display(Markdown("The user's channel, then the assistant's:"), Audio(stereo[:, 0], rate=rate),
+        Audio(stereo[:, 1], rate=rate))
+
+# %% [markdown]
+# ## 2. The streams on the frame clock
+#
+# `JointDialogues` lays a dialogue out as the speech model's streams. The
+# model plays the assistant: its **text stream** has each word's tokens on
+# the frames where the word starts (PAD elsewhere) and `<|im_end|>` on the
+# frame where an answer stops, finished or cut (only the words heard are
+# said); its **audio stream** is the assistant channel's mel patches, two
+# frames behind the text (`text_lead_frames`: the text says what is coming,
+# the audio says it). The **user's streams** are what the listening head
+# makes of channel 0, frame by frame, mistakes included: the model learns
+# from the hearing it will have. Frame p of both sides enters the backbone
+# at position p + 1, after the rag prefix and the voice vector; the hidden
+# state at position p + 1 says the model's frame p + 1.
+#
+# Here the committed `lite` listener hears the dialogue above:
+
+# %%
+listener = load_listener(ROOT / "data" / "listener" / "lite_listener.safetensors", "lite", len(tokenizer))
+laid_out = JointDialogues(WORK / "dialogues", speech_model_config("lite"), tokenizer, listener, split=record["split"])
+streams = laid_out.streams[[r["id"] for r in laid_out.records].index(record["id"])]
+pad = laid_out.pad_id
+
+
+def shown(token: int) -> str:
+    return "" if token == pad else tokenizer.convert_ids_to_tokens(token).replace("Ġ", " ").strip() or "␣"
+
+
+lead = speech_model_config("lite").text_lead_frames
+frames = len(streams.tokens) - lead
+figure = dialogue_streams_figure(stereo[:frames * round(FRAME_SECONDS * rate)].T, rate,
+                                 [shown(t) for t in streams.user.tokens[:frames].tolist()],
+                                 [shown(t) for t in streams.tokens[:frames].tolist()],
+                                 f"dialogue {record['id']}: what the listener heard, what the model is taught to say")
+figure.savefig(ROOT / "figures" / "05_dialogue_streams.png", dpi=110)
+figure
+
+# %% [markdown]
+# Bottom: the assistant's channel and its text stream: each answer's words
+# where they start, and `<|im_end|>` where it stops; where the user cut in
+# ("Wait, how much is a ticket..."), it stops within a few frames, its
+# sentence unfinished. Top: the user's channel and the tokens the listener
+# emitted, a word's tokens a few frames after it is said. It heard little of
+# these users (espeak-ng and festival voices reading questions it was not
+# trained on), and in the silences it emits dots and dashes: the listening
+# head's generality is the open listening issue, and the joint model learns
+# from exactly this hearing.
+#
+# ## 3. The losses, text mixed in, and a short run
+#
+# The joint stage keeps the speaker stage's losses (notebook 03): the text
+# stream's cross-entropy, the speaking head's flow loss, and the keep loss,
+# a KL divergence that holds the adapted backbone to pretrained SmolLM2 on
+# plain text. Two additions. The text loss is also logged per kind of frame:
+# a word's token, PAD, and `<|im_end|>`, the rare frames that carry turn
+# taking and interruption. And the keep loss reads, beside each dialogue's
+# answers, `--text-ratio` passages of text from outside the dialogues
+# (Bible verses, fortunes, the corpus's stress sentences; never the GPL that
+# evaluation reads), so the language model keeps what it knew.
+#
+# A few steps on `tiny` (a random backbone and a random listener): the
+# command a `lite` run uses, small.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# the run's progress bar shows its timing
+run = WORK / "joint_tiny"
+michi_lite(["train", "joint", "--preset", "tiny", "--data", str(WORK / "dialogues"), "--out", str(run),
+            "--steps", "6", "--batch-size", "2", "--checkpoint-every", "3"])
+
+# %%
+with (run / "train_log.csv").open() as f:
+    log = list(csv.DictReader(f))
+columns = ["step", "text_loss", "word_loss", "pad_loss", "end_loss", "flow_loss", "keep_loss"]
+rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+rows += ["| " + " | ".join(f"{float(r[c]):.3f}" if r[c] and c != "step" else r[c] or "" for c in columns) + " |"
+         for r in log]
+display(Markdown("\n".join(rows)))
+
+# %% [markdown]
+# `--resume` goes on from the newest checkpoint with the batches an
+# uninterrupted run would have seen (notebook 03, section 4 tests it for the
+# speaker stage; `tests/test_joint.py` for this one).
+#
+# ## 4. The same steps in two processes
+#
+# `accelerate launch --multi_gpu --num_processes N -m michi_lite.cli train
+# joint ...` starts N copies (gloo on CPUs, NCCL on GPUs). Each draws the
+# same batch and keeps every N-th dialogue of it; each loss, a mean over its
+# share's frames or tokens, is weighted by the share it holds, and the
+# gradients are averaged, so every copy takes the step one process would
+# take on the whole batch (`michi_lite/parallel.py`). Two processes against
+# one, the flow loss off (its noise is drawn per process, so with it the
+# two agree in expectation, not to the bit):
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# two launches of the same command: their progress shows timings
+common = ["train", "joint", "--preset", "tiny", "--data", str(WORK / "dialogues"), "--steps", "3",
+          "--batch-size", "4", "--checkpoint-every", "3", "--flow-loss-weight", "0"]
+michi_lite(common + ["--out", str(WORK / "one")])
+launched = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "michi_lite.cli",
+                           *common, "--out", str(WORK / "two")], check=True, capture_output=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
+
+# %%
+for name in ("one", "two"):
+    with (WORK / name / "train_log.csv").open() as f:
+        last = list(csv.DictReader(f))[-1]
+    processes = "one process" if name == "one" else "two processes"
+    print(f"{processes}: step {last['step']}, text loss {float(last['text_loss']):.5f}, "
+          f"word loss {float(last['word_loss']):.5f}")
+
+# %% [markdown]
+# ## 5. The `michi` preset on a 24 GB card
+#
+# MichiAI's author trained on one RTX 4090. The `michi` preset is that
+# scale: SmolLM2-360M's shape (387M parameters with the heads, 25M of them
+# trained), 24 kHz audio. No GPU was lent to measure it; `michi-lite bench
+# joint` measured a step on these two CPU cores (random weights of that
+# shape, float32) beside `michi_lite/memory.py`'s model, whose activation
+# term is calibrated on the first row:
+
+# %%
+rows = ["| two 20 s dialogues a step | step (s) | positions/s | peak memory (GB) | the model's estimate (GB) |",
+        "|---|---|---|---|---|"]
+for name, label in (("no_checkpointing", "every activation kept"), ("checkpointing", "activations recomputed")):
+    bench = json.loads((ROOT / "data" / "joint" / f"michi_bench_cpu_{name}.json").read_text())
+    rows.append(f"| {label} | {bench['step_seconds_median']:.0f} | {bench['positions_per_second']:.1f} | "
+                f"{bench['peak_rss_gb']:.2f} | {bench['estimate_gb']['total']:.2f} |")
+display(Markdown("\n".join(rows)))
+
+# %% [markdown]
+# Scaled to a GPU's batch, the model says where the memory goes. With
+# activations recomputed in backward (`--checkpointing`), the backbone's
+# activations are small; the text head's logits are not: every frame is
+# scored against 49,152 tokens, in float32.
+
+# %%
+shape = StepShape(parameters=bench["parameters"], trained_parameters=bench["trained_parameters"], layers=32,
+                  hidden_size=960, intermediate_size=2560, vocab_size=len(tokenizer), batch_size=16,
+                  frames=round(30 / FRAME_SECONDS), text_tokens=16 * round(30 / FRAME_SECONDS / 2))
+rows = ["| 16 dialogues of 30 s, bf16 | weights | gradients + Adam | activations | logits | total (with 20%) |",
+        "|---|---|---|---|---|---|"]
+for checkpointing in (False, True):
+    e = estimate(shape, bf16=True, checkpointing=checkpointing)
+    rows.append(f"| {'recomputed' if checkpointing else 'kept'} | {e['weights']:.1f} | "
+                f"{e['gradients_and_adam']:.1f} | {e['activations']:.1f} | {e['logits']:.1f} | {e['total']:.1f} |")
+display(Markdown("\n".join(rows)))
+one_dialogue = StepShape(**{**shape.__dict__, "batch_size": 1, "text_tokens": round(30 / FRAME_SECONDS / 2)})
+print("dialogues of 30 s a step within 22 GB, bf16, activations recomputed:", largest_batch(one_dialogue, 22.0))
+
+# %% [markdown]
+# So a 4090 owner runs `michi-lite train joint --preset michi
+# --checkpointing --bf16 --batch-size 16` on dialogues of about 30 s: about
+# 13 GB by the model, with room for what it leaves out (a GPU measurement,
+# `torch.cuda.max_memory_allocated` in the same `bench joint`, is still to
+# come). On these two cores the same preset trains at 8 to 10 positions a
+# second: a GPU's job. The `lite` preset's joint run, its evaluation
+# (`michi-lite eval joint`: spoken-question answering against the text
+# backbone's, the response gap, interruptions, backchannels, far-text
+# perplexity) and a held-out dialogue answered by it come next; the engine
+# that runs the model live is notebook 06's.
