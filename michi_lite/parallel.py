@@ -71,6 +71,13 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def _device() -> torch.device:
+    """Where small tensors go to be summed across processes: NCCL sums on GPUs, gloo on CPUs."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def shard(batch: list) -> list:
     """This process's items of a global batch: every ``world_size``-th, from its rank.
 
@@ -109,7 +116,7 @@ def any_process(flag: bool) -> bool:
     """Whether ``flag`` holds on any process (so that all stop together, e.g. when time is up)."""
     if world_size() == 1:
         return flag
-    value = torch.tensor([float(flag)])
+    value = torch.tensor([float(flag)], device=_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 
@@ -138,7 +145,9 @@ class Shares:
         local = torch.tensor([float(counts[name]) for name in self.names], dtype=torch.float64)
         total = local.clone()
         if world_size() > 1:
+            total = total.to(_device())
             dist.all_reduce(total, op=dist.ReduceOp.SUM)
+            total = total.cpu()
         self.weights = {name: float(w) for name, w in zip(self.names, world_size() * local / total.clamp(min=1))}
         self.totals = {name: float(t) for name, t in zip(self.names, total)}
 
@@ -154,6 +163,7 @@ class Shares:
         if world_size() == 1:
             return dict(values)
         names = list(values)
-        local = torch.tensor([values[k] * self.weights.get(k, 1.0) for k in names], dtype=torch.float64)
+        local = torch.tensor([values[k] * self.weights.get(k, 1.0) for k in names], dtype=torch.float64,
+                             device=_device())
         dist.all_reduce(local, op=dist.ReduceOp.SUM)
         return {k: float(v) / world_size() for k, v in zip(names, local)}
