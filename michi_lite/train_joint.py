@@ -259,8 +259,8 @@ def train_joint(
 
     Under ``accelerate launch`` (or ``torchrun``) with N processes each
     takes its share of every batch of ``batch_size`` dialogues and the
-    gradients are averaged (``parallel.py``): the same steps as one
-    process, N times the compute.
+    gradients are averaged (``parallel.py``): the steps one process
+    takes, each process doing an N-th of the work.
     """
     from .backbone import load_tokenizer
 
