@@ -82,8 +82,8 @@ class DialogueConfig:
     max_exchanges: int
     seen_user_voices: int  # user voice identities heard in train, val and test dialogues
     unseen_user_voices: int  # user voice identities kept out of train and val entirely
-    # who writes the assistant's answers: SmolLM2-135M-Instruct ("llm", about 5-10 s an answer on 2 CPU
-    # cores) or the fact base's own answers ("templates", instant and deterministic everywhere)
+    # who writes the assistant's answers: SmolLM2-135M-Instruct ("llm": the lite build, 3 hours of dialogue,
+    # took 68 minutes on one core) or the fact base's own answers ("templates", instant and deterministic)
     answers: str = "llm"
     assistant_voice: str = "flite-awb"  # the one voice the assistant speaks in (see data.dialogues)
     user_engines: tuple[str, ...] = ()  # the engines whose voices play the user; () for every installed one
