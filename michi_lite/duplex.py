@@ -89,8 +89,8 @@ class SpokenWord:
         self.ids: list[int] = []
 
     def start(self, text: str) -> list[int]:
-        self.text, self.ids = text.strip(), []
-        self.ids[:] = chunk_phoneme_ids(self.text, self.max_phonemes) if self.text else []
+        self.text = text.strip()
+        self.ids = chunk_phoneme_ids(self.text, self.max_phonemes) if self.text else []  # a new list: a new chunk
         return self.ids
 
     def extend(self, text: str) -> None:

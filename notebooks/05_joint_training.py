@@ -268,8 +268,38 @@ print("dialogues of 30 s a step within 22 GB, bf16, activations recomputed:", la
 # 13 GB by the model, with room for what it leaves out (a GPU measurement,
 # `torch.cuda.max_memory_allocated` in the same `bench joint`, is still to
 # come). On these two cores the same preset trains at 8 to 10 positions a
-# second: a GPU's job. The `lite` preset's joint run, its evaluation
-# (`michi-lite eval joint`: spoken-question answering against the text
-# backbone's, the response gap, interruptions, backchannels, far-text
-# perplexity) and a held-out dialogue answered by it come next; the engine
-# that runs the model live is notebook 06's.
+# second: a GPU's job.
+
+# %% [markdown]
+# ## 6. Evaluation on held-out dialogues
+#
+# `michi-lite eval joint` streams each test dialogue's user channel through
+# the duplex engine (notebook 06), 80 ms at a time, the dialogue's facts
+# read first; the model answers in its own words and time, and its frame
+# log is read against the user's turns. Before joint training, with the
+# speaker stage's model (it hears nothing: its user projection is zero),
+# and after a first, short joint run on the `lite` dialogue corpus
+# (`data/joint/README.md` has both commands):
+
+# %%
+reports = {"before joint training": "lite_eval_speaker_before_joint.json",
+           "a first joint run (27 CPU minutes)": "lite_eval_first_joint_run.json"}
+reports = {label: json.loads((ROOT / "data" / "joint" / name).read_text())
+           for label, name in reports.items() if (ROOT / "data" / "joint" / name).exists()}
+measures = [("spoken-question answering", "spoken_qa_accuracy", "{:.2f}"),
+            ("the same questions as text to SmolLM2", "text_qa_accuracy", "{:.2f}"),
+            ("response gap, median (s)", "response_gap_seconds_median", "{:.2f}"),
+            ("response gap, p95 (s)", "response_gap_seconds_p95", "{:.2f}"),
+            ("turns left unanswered", "turns_unanswered", "{}"),
+            ("frames to stop when cut in on, median", "interruption_stop_frames_median", "{:.0f}"),
+            ("backchannels that stopped it", "backchannel_stop_rate", "{:.2f}")]
+rows = ["| 6 test dialogues | " + " | ".join(reports) + " |", "|---" * (len(reports) + 1) + "|"]
+for label, key, form in measures:
+    rows.append(f"| {label} | " + " | ".join("-" if r[key] is None else form.format(r[key])
+                                            for r in reports.values()) + " |")
+rows.append("| far-text perplexity, adapted / pretrained | " + " | ".join(
+    f"{r['far_text_perplexity']['ratio']:.3f}" for r in reports.values()) + " |")
+display(Markdown("\n".join(rows)))
+
+# %% [markdown]
+# CLOSING
