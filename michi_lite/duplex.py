@@ -120,6 +120,7 @@ class DuplexEngine:
         self.tokenizer, self.steps, self.temperature = tokenizer, steps, temperature
         self.max_talk_frames, self.context_frames, self.seed = max_talk_frames, context_frames, seed
         self.device = model.token_embedding.weight.device
+        self.vocoder_dtype = next(vocoder.parameters()).dtype
         self.decoder = model.frame_decoder()
         with torch.inference_mode():
             self.voice = model.prompt_voice(voice_patches)  # (1, hidden)
@@ -189,7 +190,7 @@ class DuplexEngine:
         condition = model.head_condition(self.hidden, tokens, self.voice, phonemes, since)
         patch = model.speaking_head.sample(condition, self.steps, generator=self.generator)  # (1, patch_dim)
         lap("speak")
-        mel = mel_from_patches(patch.to(next(self.vocoder.parameters()).dtype), model.cfg.audio)  # (n_mels, 8)
+        mel = mel_from_patches(patch.to(self.vocoder_dtype), model.cfg.audio)  # (n_mels, 8)
         out = self.speaking.push(mel).float().cpu().numpy()
         lap("vocode")
         user = UserStreams(heard.embedding[None, None].to(self.device),
@@ -242,10 +243,10 @@ class DuplexEngine:
         self.word.extend(text)
         return None
 
-    def said(self, side: str = "model") -> str:
-        """What one side said so far, as text (``side`` "model" or "user")."""
+    def said(self, side: str = "model", first: int = 0, last: int | None = None) -> str:
+        """What one side (``side`` "model" or "user") said on frames [first, last) of the log, as text."""
         pad, end = self.model.pad_id, self.model.end_id
-        tokens = [r.model_token if side == "model" else r.user_token for r in self.log]
+        tokens = [r.model_token if side == "model" else r.user_token for r in self.log[first:last]]
         return self.tokenizer.decode([t for t in tokens if t not in (pad, end)])
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .audio import prepare_waveform
 from .config import FRAME_SECONDS
 from .data.dialogue_lines import FACT_BASE, GENERAL_QUESTIONS, INTERJECTIONS
 from .data.dialogues import load_dialogues, mentions
@@ -70,22 +72,12 @@ def far_text_perplexity(model: SpeechModel, tokenizer, path: Path = FAR_TEXT, ma
         for start in range(0, len(ids) - 1, window):
             chunk = torch.tensor(ids[start:start + window + 1])[None]
             for name in losses:
-                if name == "pretrained":
-                    with model.backbone.disable_adapter():
-                        hidden = model.decoder(input_ids=chunk[:, :-1]).last_hidden_state
-                else:
+                with model.backbone.disable_adapter() if name == "pretrained" else nullcontext():
                     hidden = model.decoder(input_ids=chunk[:, :-1]).last_hidden_state
                 loss = F.cross_entropy((hidden @ weight.T)[0], chunk[0, 1:], reduction="sum")
                 losses[name].append((float(loss), chunk.shape[1] - 1))
     perplexity = {name: math.exp(sum(l for l, _ in v) / sum(n for _, n in v)) for name, v in losses.items()}
     return {**perplexity, "ratio": perplexity["adapted"] / perplexity["pretrained"], "tokens": len(ids)}
-
-
-def said_between(engine: DuplexEngine, first: int, last: int) -> str:
-    """The model's words on frames [first, last)."""
-    pad, end = engine.model.pad_id, engine.model.end_id
-    tokens = [r.model_token for r in engine.log[first:last] if r.model_token not in (pad, end)]
-    return engine.tokenizer.decode(tokens)
 
 
 def read_dialogue(engine: DuplexEngine, record: dict) -> dict:
@@ -108,7 +100,7 @@ def read_dialogue(engine: DuplexEngine, record: dict) -> dict:
         else:
             first_word = next((f for f in range(stop, following) if words[f]), None)
             event["gap_seconds"] = None if first_word is None else (first_word + 1) * FRAME_SECONDS + lag - turn["end"]
-            event["answer"] = said_between(engine, stop, following)
+            event["answer"] = engine.said("model", stop, following)
             line = KEYED.get(asked(turn["text"]))
             if turn["kind"] == "question" and line is not None and line.key:
                 event["key"] = list(line.key)
@@ -176,8 +168,6 @@ def evaluate_joint(engine: DuplexEngine, data_dir: str | os.PathLike, split: str
         stereo, file_rate = sf.read(Path(data_dir) / record["path"], dtype="float32", always_2d=True)
         user = stereo[:, 0]
         if file_rate != rate:
-            from .audio import prepare_waveform
-
             user = prepare_waveform(user, file_rate, rate)
         converse(engine, user, tail_seconds, prefix=record.get("rag") or None)
         dialogues.append(read_dialogue(engine, record))

@@ -1,7 +1,7 @@
 """Data-parallel training across processes: what ``fit`` needs to train one model in many.
 
-``accelerate launch --num_processes N`` (or ``torchrun --nproc-per-node N``)
-starts N copies of a training command and tells each its rank through the
+``accelerate launch --multi_gpu --num_processes N`` (its torchrun launcher,
+on CPUs too; or ``torchrun --nproc-per-node N``) starts N copies of a training command and tells each its rank through the
 environment; ``start`` joins them into one process group (gloo on CPUs,
 NCCL on GPUs). Each step then works like this:
 
