@@ -15,6 +15,7 @@
                                [--magnitude-loss W] [--mel-loss W] [--acoustic-mels FILE --acoustic-mel-share P]
                                [--acoustic-mel-teacher VOCODER]
     michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
+    michi-lite train listener-text --preset P --data DIR --out RUN --listener L [--steps N] [--rank R] [--resume]
                                [--distill W] [--no-augment]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
     michi-lite train joint     --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
@@ -257,6 +258,16 @@ def cmd_train_listener(args: argparse.Namespace) -> None:
     run = train_listener(args.preset, args.data, args.out, steps=args.steps, resume=args.resume,
                          batch_size=args.batch_size or 8, checkpoint_every=args.checkpoint_every,
                          max_minutes=args.max_minutes, augment=args.augment, distill=args.distill, init=args.init)
+    report_run(run, args.preset, "listener")
+
+
+def cmd_train_listener_text(args: argparse.Namespace) -> None:
+    from .train_listener import train_listener_text
+
+    run = train_listener_text(args.preset, args.data, args.out, args.listener, steps=args.steps, resume=args.resume,
+                              rank=args.rank, batch_size=args.batch_size or 16, draws=args.draws,
+                              decay_steps=args.decay_steps,
+                              checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes)
     report_run(run, args.preset, "listener")
 
 
@@ -613,6 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
          100_000, 1000, "segments per step (default: the preset's)"),
         ("listener", cmd_train_listener, "the streaming listening head (Whisper's encoder, fine-tuned)",
          20_000, 200, "utterances per step (default: 8)"),
+        ("listener-text", cmd_train_listener_text, "a listener's words from Whisper's decoder: its adapters and "
+                                                   "commit gate, on the frozen listener's states",
+         1_000, 100, "utterances per step (default: 16; a resumed run keeps its own)"),
         ("speaker", cmd_train_speaker, "the speech model: SmolLM2 with LoRA, text head and speaking head (TTS)",
          20_000, 100, "utterances per step (default: 8)"),
         ("joint", cmd_train_joint, "the speech model on dialogues, hearing the user through the listening head",
@@ -649,6 +663,17 @@ def build_parser() -> argparse.ArgumentParser:
             stage_train.add_argument("--no-augment", dest="augment", action="store_const", const=False,
                                      help="train on the clips as they are: no random speed, loudness, room, "
                                           "band limit or noise (a resumed run keeps its own)")
+        if stage == "listener-text":
+            stage_train.add_argument("--listener", required=True,
+                                     help="the listener (a run or .safetensors) whose encoder the decoder reads")
+            stage_train.add_argument("--rank", type=positive_int, default=16,
+                                     help="rank of the adapters on the decoder's linear layers (default: 16)")
+            stage_train.add_argument("--draws", type=positive_int, default=2,
+                                     help="times each clip is heard: as it is, then changed by chance "
+                                          "(default: 2)")
+            stage_train.add_argument("--decay-steps", type=positive_int, default=1000,
+                                     help="the learning rate falls linearly to a twentieth by this step "
+                                          "(default: 1000; a resumed run keeps its own)")
         if stage == "vocoder":
             stage_train.add_argument("--init", help="start the generator from an exported one (a run or "
                                                     ".safetensors); the discriminators start fresh")

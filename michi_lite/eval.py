@@ -333,6 +333,7 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
     from .listen import (
         QUIET_FRAMES,
         clip_logits,
+        clip_words,
         emission_grid,
         load_listener,
         quantized_for_cpu,
@@ -349,20 +350,20 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
     judge = load_whisper()
 
     def heard_offline(wave: np.ndarray) -> str:
-        return " ".join(h.word for h in words_from_logits(clip_logits(listener, wave), tokenizer))
+        return " ".join(h.word for h in clip_words(listener, wave, tokenizer))
 
     def summary(rows: list[dict]) -> dict:
         delays = np.concatenate([r["delays"] for r in rows]) if rows else np.zeros(0)
-        frames = sum(r["frames"] for r in rows)
-        token_frames = sum(r["token_frames"] for r in rows)
+        frames = sum(r.get("frames", 0) for r in rows)  # a text decoder has no grid to be scored against
+        token_frames = sum(r.get("token_frames", 0) for r in rows)
         return {
             **wer_summary(rows),
             "wer_streaming_int8": word_error_rate([r["text"] for r in rows], [r["heard_int8"] for r in rows]),
             "emission_delay_ms_median": float(np.median(delays)) if len(delays) else None,
             "emission_delay_ms_p95": float(np.percentile(delays, 95)) if len(delays) else None,
             "n_words_timed": int(len(delays)),
-            "frame_accuracy": sum(r["frames_right"] for r in rows) / max(frames, 1),
-            "token_frame_accuracy": sum(r["token_frames_right"] for r in rows) / max(token_frames, 1),
+            "frame_accuracy": sum(r["frames_right"] for r in rows) / frames if frames else None,
+            "token_frame_accuracy": sum(r["token_frames_right"] for r in rows) / token_frames if token_frames else None,
         }
 
     report: dict = {"groups": {}}
@@ -372,22 +373,26 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
         for record in tqdm(per_engine(records, max_utterances), desc=f"listener eval, {group} voices", unit="utt"):
             wave = load_audio(record["path"], audio.sample_rate)
             words = spoken_words(record, wave, audio.sample_rate, judge)
-            # as a stream ends: whole frames, then the quiet frames ``ListenerStream.flush`` adds
-            frames = math.ceil(len(wave) / audio.samples_per_frame) + QUIET_FRAMES
-            grid = torch.tensor(emission_grid(record["text"], words, tokenizer, frames,
-                                              listener.cfg.delay_frames).tokens)
-            logits = clip_logits(listener, wave, len(grid))
-            heard = words_from_logits(logits, tokenizer)
-            right, tokens = logits.argmax(-1) == grid, grid != pad_id
+            grid_scores = {}
+            if listener.text is None:  # the frame head: against the grid it was taught
+                # as a stream ends: whole frames, then the quiet frames ``ListenerStream.flush`` adds
+                frames = math.ceil(len(wave) / audio.samples_per_frame) + QUIET_FRAMES
+                grid = torch.tensor(emission_grid(record["text"], words, tokenizer, frames,
+                                                  listener.cfg.delay_frames).tokens)
+                logits = clip_logits(listener, wave, len(grid))
+                heard = words_from_logits(logits, tokenizer)
+                right, tokens = logits.argmax(-1) == grid, grid != pad_id
+                grid_scores = {"frames": len(grid), "frames_right": int(right.sum()),
+                               "token_frames": int(tokens.sum()), "token_frames_right": int((right & tokens).sum())}
+            else:
+                heard = clip_words(listener, wave, tokenizer)
             rows.append({
                 "text": record["text"], "heard": " ".join(h.word for h in heard),
                 "heard_int8": " ".join(h.word for h in transcribe_stream(listener_int8, torch.from_numpy(wave),
                                                                          tokenizer)),
                 "whisper": transcribe(wave, audio.sample_rate, judge),
                 "delays": emission_delays(words, heard), "category": record["category"],
-                "engine": record["engine"], "path": record["path"],
-                "frames": len(grid), "frames_right": int(right.sum()),
-                "token_frames": int(tokens.sum()), "token_frames_right": int((right & tokens).sum()),
+                "engine": record["engine"], "path": record["path"], **grid_scores,
             })
         if not rows:
             continue

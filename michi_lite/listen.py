@@ -45,6 +45,7 @@ import logging
 import math
 import os
 import warnings
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -59,6 +60,7 @@ from .audio import MelSpectrogram
 from .config import FRAME_SECONDS, AudioConfig, get_config
 from .data.frames import PAD_TOKEN, TokenGrid, frame_tokens
 from .data.words import Word
+from .listen_text import TextDecoder, TextStream, text_decoder, trained_keys, whisper_text_tokenizer
 from .weights import fitting_weights, read_weights, saved_config, write_weights
 
 logger = logging.getLogger(__name__)
@@ -93,6 +95,7 @@ class ListenerConfig:
     window_frames: int = 25  # attention sees this many 80 ms frames: the current one and 24 before (2 s)
     embedding_dim: int = 576  # the backbone's hidden size: where the embeddings and token scores live
     delay_frames: int = 0  # a word is emitted this many frames after the frame where it ends
+    text_rank: int = 0  # > 0: words come from Whisper's decoder with adapters of this rank (``listen_text``)
 
     def to_dict(self) -> dict:
         """The config as JSON gives it back (tuples as lists), for checkpoints and comparing with them."""
@@ -322,12 +325,18 @@ class Listener(nn.Module):
         self.register_buffer("token_table", token_table, persistent=False)  # (vocab, embedding_dim)
         self.token_bias = nn.Parameter(torch.zeros(token_table.shape[0]))
         self.scorer: nn.Module | None = None  # set by ``quantized_for_cpu``: the same scores in int8
+        self.text: TextDecoder | None = None  # with ``cfg.text_rank``: the words come from it, not the frame head
+        if cfg.text_rank:
+            self.text = text_decoder(cfg.width, cfg.heads, cfg.layers, cfg.ffn, cfg.text_rank, cfg.whisper)
+
+    def embed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Encoder states (batch, frames * per_frame, width) -> each frame's embedding (batch, frames, embedding_dim)."""
+        batch, n, width = hidden.shape
+        return self.project(hidden.reshape(batch, n // self.cfg.positions_per_frame, -1))
 
     def head(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder states (batch, frames * per_frame, width) -> (embeddings, logits) per frame."""
-        batch, n, width = hidden.shape
-        frames = hidden.reshape(batch, n // self.cfg.positions_per_frame, -1)  # (batch, frames, per_frame * width)
-        embeddings = self.project(frames)  # (batch, frames, embedding_dim)
+        embeddings = self.embed(hidden)  # (batch, frames, embedding_dim)
         if self.scorer is not None:
             return embeddings, self.scorer(embeddings)
         return embeddings, embeddings @ self.token_table.T + self.token_bias  # logits (batch, frames, vocab)
@@ -339,8 +348,16 @@ class Listener(nn.Module):
                              f"each), got {features.shape[-1]} columns")
         return self.head(self.encoder(features))
 
-    def stream(self) -> ListenerStream:
-        return ListenerStream(self)
+    def stream(self, tokenizer=None) -> ListenerStream:
+        return ListenerStream(self, tokenizer)
+
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        """What a listener file keeps: everything but the text decoder's frozen Whisper weights."""
+        state = self.state_dict()
+        if self.text is not None:
+            trained = {f"text.{key}" for key in trained_keys(self.text)}
+            state = {key: value for key, value in state.items() if not key.startswith("text.") or key in trained}
+        return state
 
 
 @dataclass
@@ -363,14 +380,24 @@ class ListenerStream:
     The state is bounded: the last samples the causal mel needs, the
     encoder's ``EncoderState`` (its attention window) and samples waiting to
     fill a frame. The frames equal the batched forward's on the same audio.
+
+    A listener with a text decoder (``cfg.text_rank``) takes its words from
+    a ``TextStream``: what it commits is written out in the backbone's
+    tokens (``tokenizer``, SmolLM2's by default), which come out one a frame.
     """
 
-    def __init__(self, listener: Listener) -> None:
+    def __init__(self, listener: Listener, tokenizer=None) -> None:
         self.listener = listener
         audio = listener.cfg.audio
         self.frontend = MelSpectrogram(audio).to(listener.token_bias.device)
         # the mel of a new hop looks back n_fft - hop samples; keep whole hops of them
         self.history = math.ceil((audio.n_fft - audio.hop_length) / audio.hop_length) * audio.hop_length
+        if listener.text is not None:
+            from .backbone import load_tokenizer
+
+            self.tokenizer = tokenizer or load_tokenizer()
+            self.pad_id = self.tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+            self.whisper_tokenizer = whisper_text_tokenizer()
         self.reset()
 
     def reset(self) -> None:
@@ -380,6 +407,10 @@ class ListenerStream:
         self.waiting = torch.zeros(0, device=device)
         self.state = EncoderState.start(cfg, device=device)
         self.n_frames = 0
+        if self.listener.text is not None:
+            self.text = TextStream(self.listener.text, cfg.positions_per_frame)
+            self.unwritten: list[int] = []  # committed Whisper tokens not yet whole characters
+            self.queue: deque[int] = deque()  # the backbone's tokens waiting for a frame
 
     @torch.inference_mode()
     def push(self, samples: torch.Tensor) -> list[HeardFrame]:
@@ -404,10 +435,24 @@ class ListenerStream:
         self.past_audio = audio[-self.history:]
         mel = self.frontend(audio)[:, -self.listener.cfg.audio.mels_per_frame:]  # this frame's columns
         hidden = self.listener.encoder.step(whisper_features(mel)[None], self.state)
-        embedding, logits = self.listener.head(hidden)
-        frame = HeardFrame(self.n_frames, int(logits[0, 0].argmax()), embedding[0, 0])
+        if self.listener.text is None:
+            embedding, logits = self.listener.head(hidden)
+            token = int(logits[0, 0].argmax())
+        else:
+            embedding = self.listener.embed(hidden)
+            token = self._written(self.text.push(hidden[0]))
+        frame = HeardFrame(self.n_frames, token, embedding[0, 0])
         self.n_frames += 1
         return frame
+
+    def _written(self, committed: list[int]) -> int:
+        """Whisper tokens committed this frame -> the backbone token this frame emits (or the pad token)."""
+        self.unwritten += committed
+        text = self.whisper_tokenizer.decode(self.unwritten)
+        if self.unwritten and (not text.endswith("\ufffd") or len(self.unwritten) > 8):  # whole characters
+            self.queue.extend(self.tokenizer.encode(text, add_special_tokens=False))
+            self.unwritten = []
+        return self.queue.popleft() if self.queue else self.pad_id
 
     def flush(self, quiet_frames: int = QUIET_FRAMES) -> list[HeardFrame]:
         """End of input: the last partial frame padded with silence, then ``quiet_frames`` of silence.
@@ -417,10 +462,16 @@ class ListenerStream:
         """
         frame_samples = self.listener.cfg.audio.samples_per_frame
         padding = -len(self.waiting) % frame_samples + quiet_frames * frame_samples
-        return self.push(torch.zeros(padding))
+        frames = self.push(torch.zeros(padding))
+        while self.listener.text is not None and self.queue:  # tokens still waiting for a frame
+            frames += self.push(torch.zeros(frame_samples))
+        return frames
 
     def cache_numel(self) -> int:
-        return self.past_audio.numel() + self.waiting.numel() + self.state.numel()
+        numel = self.past_audio.numel() + self.waiting.numel() + self.state.numel()
+        if self.listener.text is not None:
+            numel += self.text.numel()
+        return numel
 
 
 def quantized_for_cpu(listener: Listener, encoder: bool = True) -> Listener:
@@ -441,6 +492,11 @@ def quantized_for_cpu(listener: Listener, encoder: bool = True) -> Listener:
     fast.scorer = int8_linears(nn.Sequential(scorer))
     if encoder:
         fast.encoder = int8_linears(fast.encoder)
+    if fast.text is not None:
+        scorer = nn.Linear(*fast.text.tokens.shape[::-1], bias=False)
+        scorer.weight.data = fast.text.tokens.clone()
+        fast.text = int8_linears(fast.text)
+        fast.text.scorer = int8_linears(nn.Sequential(scorer))
     return fast
 
 
@@ -497,7 +553,7 @@ CHECKPOINT_FORMAT = "michi_lite.listener/1"
 def save_listener(path: str | os.PathLike, listener: Listener, preset: str,
                   dtype: torch.dtype = torch.float32) -> Path:
     """The listener's own weights (not the backbone's token table) as safetensors, written atomically."""
-    tensors = {k: v.to(dtype) for k, v in listener.state_dict().items()}
+    tensors = {k: v.to(dtype) for k, v in listener.saved_state().items()}
     return write_weights(path, tensors, {"format": CHECKPOINT_FORMAT, "preset": preset,
                                          "config": json.dumps(listener.cfg.to_dict())})
 
@@ -511,15 +567,25 @@ def load_listener(path: str | os.PathLike, preset: str, vocab_size: int, device:
     truncated or mismatched one (``read_weights``).
     """
     path, metadata, tensors = read_weights(path, "listener", CHECKPOINT_FORMAT, preset)
-    saved = {"delay_frames": 0, **saved_config(path, metadata, "listener")}  # files from before delays: none
-    # the emission delay is what the head was taught, not its shape: the file says which
-    cfg = replace(listener_config(preset), delay_frames=saved["delay_frames"])
+    # files from before delays and text decoders: neither
+    saved = {"delay_frames": 0, "text_rank": 0, **saved_config(path, metadata, "listener")}
+    # the emission delay and the text decoder are what was trained, not the preset's shape: the file says which
+    cfg = replace(listener_config(preset), delay_frames=saved["delay_frames"], text_rank=saved["text_rank"])
     if saved != cfg.to_dict():
         raise ValueError(f"{path}: made with another listener shape than preset {preset!r} has now")
     listener = Listener(cfg, token_embeddings(preset, vocab_size))
-    with fitting_weights(path, "listener"):
-        listener.load_state_dict({k: v.float() for k, v in tensors.items()})
+    load_listener_state(listener, tensors, path)
     return listener.to(device).eval()
+
+
+def load_listener_state(listener: Listener, tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Load what ``Listener.saved_state`` kept; the text decoder's frozen weights are already Whisper's."""
+    expected = listener.saved_state().keys()
+    with fitting_weights(path, "listener"):
+        if set(tensors) != set(expected):
+            missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+            raise RuntimeError(f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+        listener.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)
 
 
 # --- from tokens to words -------------------------------------------------------------------
@@ -580,7 +646,7 @@ def transcribe_stream(listener: Listener, wave: torch.Tensor, tokenizer, chunk_s
     ``on_word`` is called with each word as soon as it completes, to show it live.
     """
     chunk = chunk_samples or listener.cfg.audio.samples_per_frame
-    stream, assembler, heard = listener.stream(), WordAssembler(tokenizer), []
+    stream, assembler, heard = listener.stream(tokenizer), WordAssembler(tokenizer), []
 
     def emit(words: list[HeardWord]) -> None:
         for word in words:
@@ -618,3 +684,14 @@ def words_from_logits(logits: torch.Tensor, tokenizer) -> list[HeardWord]:
     for index, token in enumerate(logits.argmax(-1).tolist()):
         heard += words.add(HeardFrame(index, token, logits.new_zeros(0)))
     return heard + words.finish()
+
+
+def clip_words(listener: Listener, wave: np.ndarray | torch.Tensor, tokenizer) -> list[HeardWord]:
+    """The words a stream of a whole clip emits, with the ``QUIET_FRAMES`` of silence a stream ends with.
+
+    A frame head's come from one batched forward, which equals the stream;
+    a text decoder's from the stream itself (it decides frame by frame).
+    """
+    if listener.text is None:
+        return words_from_logits(clip_logits(listener, wave), tokenizer)
+    return transcribe_stream(listener, torch.as_tensor(wave, dtype=torch.float32), tokenizer)

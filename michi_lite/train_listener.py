@@ -8,6 +8,11 @@ grid, plus the distance of the causal encoder's states from the offline
 Whisper encoder's on the clean clip (``distillation_loss``);
 ``train_listener`` runs it with checkpoints, resuming and the log, and
 exports the file ``load_listener`` reads.
+
+A second stage gives that listener words from Whisper's own decoder
+(``listen_text``): ``EncodedUtterances`` encodes the corpus once with the
+frozen listener, ``ListenerTextTrainer`` teaches the decoder's adapters and
+gate what to commit on which frame, ``train_listener_text`` runs it.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .audio import load_audio
 from .data.augment import Augmenter
@@ -37,9 +44,11 @@ from .listen import (
     build_listener,
     clip_features,
     emission_grid,
+    load_listener,
     save_listener,
     whisper_encoder_state,
 )
+from .listen_text import TextQueries
 from .train import ScheduledTrainer, ShuffledBatches, fit, loader_workers, started_config, training_device
 from .weights import fitting_weights, read_weights
 
@@ -135,7 +144,24 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, valid_frames
     return (error * valid).sum() / valid.sum().clamp(min=1)
 
 
-class ListenerTrainer(ScheduledTrainer):
+class ListenerRun:
+    """What both listener stages write: the listener's config with the recipe, its shape, its file."""
+
+    listener: Listener
+    preset: str
+    recipe: dict
+
+    def config(self) -> dict:
+        return {**self.listener.cfg.to_dict(), "recipe": self.recipe}
+
+    def shape(self) -> dict:
+        return self.listener.cfg.to_dict()
+
+    def export(self, out_dir: Path) -> None:
+        save_listener(out_dir / "listener.safetensors", self.listener, self.preset)
+
+
+class ListenerTrainer(ListenerRun, ScheduledTrainer):
     """The listener and its optimizer: cross-entropy against the emission grid, plus distillation.
 
     The token loss is the frame-level cross-entropy on the heard clip, whose
@@ -190,15 +216,6 @@ class ListenerTrainer(ScheduledTrainer):
 
     def modules(self) -> dict[str, nn.Module]:
         return {"listener": self.listener}
-
-    def config(self) -> dict:
-        return {**self.listener.cfg.to_dict(), "recipe": self.recipe}
-
-    def shape(self) -> dict:
-        return self.listener.cfg.to_dict()
-
-    def export(self, out_dir: Path) -> None:
-        save_listener(out_dir / "listener.safetensors", self.listener, self.preset)
 
 
 def train_listener(
@@ -256,3 +273,162 @@ def train_listener(
                                          collate_fn=ListenerUtterances.collate)
     return fit(trainer, loader, out_dir, steps, LOSSES, resume=resume, checkpoint_every=checkpoint_every,
                log_every=log_every, max_minutes=max_minutes, desc="listener")
+
+
+# --- the text decoder: Whisper's decoder, adapted on a frozen listener's states ----------------
+
+
+class EncodedUtterances(torch.utils.data.Dataset):
+    """A split's utterances as a frozen listener's encoder hears them, encoded once, with their text targets.
+
+    Each clip is heard ``draws`` times: as it is, then changed by chance
+    (``Augmenter``, seeded by the seed, the draw and the clip, so a resumed
+    run encodes the same). The states are kept in fp16 (a 3-hour corpus,
+    twice: about 1 GB); each clip gets ``delay_frames + 1`` frames of silence after it, so
+    its last word can be committed. An item is an ``(index, batch number)``
+    pair (``EpochBatches.with_numbers``), the number seeding the probes
+    ``text_queries`` draws.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, listener: Listener, split: str = "train", draws: int = 2,
+                 max_seconds: float = 12.0, seed: int = 0, probes: int = 48) -> None:
+        from .listen_text import text_targets, whisper_text_tokenizer
+
+        cfg = listener.cfg
+        self.per_frame, self.probes, self.seed = cfg.positions_per_frame, probes, seed
+        data_dir = Path(data_dir)
+        records = [r for r in load_manifest(data_dir, split) if r["duration"] <= max_seconds]
+        if not records:
+            raise ValueError(f"{data_dir}: no {split} utterances of at most {max_seconds} s")
+        tokenizer, augment = whisper_text_tokenizer(), Augmenter(cfg.audio.sample_rate)
+        frame = cfg.audio.samples_per_frame
+        self.items = []
+        for index, record in enumerate(tqdm(records, desc="encoding the corpus", unit="clip")):
+            for draw in range(draws):
+                wave, speed = load_audio(data_dir / record["path"], cfg.audio.sample_rate), 1.0
+                if draw:
+                    _, wave, speed = augment(wave, np.random.default_rng([seed, draw, index]))
+                words = [Word(w["word"], w["start"] / speed, w["end"] / speed) for w in record["words"]]
+                targets = text_targets(record["text"], words, tokenizer, cfg.delay_frames)
+                n_frames = max(math.ceil(len(wave) / frame), targets.frames[-1] + 1) + 1
+                wave = torch.from_numpy(np.pad(wave, (0, n_frames * frame - len(wave))))
+                with torch.inference_mode():
+                    states = listener.encoder(clip_features(wave, cfg.audio)[None])[0]
+                self.items.append((states.half(), targets, n_frames))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple:
+        index, number = item
+        return (*self.items[index], number)
+
+    def collate(self, items: list[tuple]) -> tuple[torch.Tensor, TextQueries]:
+        """States padded to the longest (batch, positions, width) and the batch's ``TextQueries``."""
+        from .listen_text import text_queries
+
+        n = max(states.shape[0] for states, *_ in items)
+        encoded = torch.stack([F.pad(states.float(), (0, 0, 0, n - states.shape[0])) for states, *_ in items])
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + items[0][-1])
+        queries = text_queries([(targets, frames) for _, targets, frames, _ in items], self.per_frame,
+                               self.probes, generator)
+        return encoded, queries
+
+
+TEXT_LOSSES = ["loss", "token_loss", "gate_loss", "token_accuracy", "gate_accuracy"]
+
+
+class ListenerTextTrainer(ListenerRun, ScheduledTrainer):
+    """The text decoder's adapters and gate: cross-entropy on the tokens to commit, and the gate's decisions.
+
+    Everything else (the encoder, the frame head, Whisper's weights) stays
+    as it is. The learning rate warms up, then falls linearly to a twentieth
+    at step ``decay_steps`` (a recipe setting, not the run's end, so a run
+    stopped early and resumed learns as an uninterrupted one).
+    """
+
+    def __init__(self, listener: Listener, preset: str, device: torch.device, decay_steps: int,
+                 learning_rate: float = 1e-3, warmup_steps: int = 50, recipe: dict | None = None) -> None:
+        self.listener, self.preset, self.device, self.recipe = listener.to(device), preset, device, recipe or {}
+        for frozen in (listener.encoder, listener.project):
+            frozen.requires_grad_(False)
+        listener.token_bias.requires_grad_(False)
+        parameters = [p for p in listener.text.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup_steps) * max(0.05, 1 - s / decay_steps))
+
+    def step(self, batch: tuple[torch.Tensor, TextQueries]) -> dict[str, float]:
+        encoded, q = batch
+        q = TextQueries(**{k: v.to(self.device) for k, v in vars(q).items()})
+        text = self.listener.text.train()
+        states = text(q.tokens, q.positions, q.self_mask, encoded.to(self.device), q.cross_mask)
+        taught, gated = q.targets >= 0, q.commit >= 0
+        logits = text.logits(states[taught])
+        token_loss = F.cross_entropy(logits, q.targets[taught])
+        gate = text.commit_logit(states[gated])
+        gate_loss = F.binary_cross_entropy_with_logits(gate, q.commit[gated])
+        loss = token_loss + gate_loss
+        self.update(loss)
+        with torch.no_grad():
+            token_accuracy = (logits.argmax(-1) == q.targets[taught]).float().mean().item()
+            gate_accuracy = ((gate > 0).float() == q.commit[gated]).float().mean().item()
+        return {"loss": loss.item(), "token_loss": token_loss.item(), "gate_loss": gate_loss.item(),
+                "token_accuracy": token_accuracy, "gate_accuracy": gate_accuracy}
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"text": self.listener.text}
+
+
+def train_listener_text(
+    preset: str,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    listener_path: str | os.PathLike,
+    steps: int,
+    resume: bool = False,
+    rank: int = 16,
+    batch_size: int = 16,
+    draws: int = 2,
+    decay_steps: int = 1000,
+    checkpoint_every: int = 100,
+    log_every: int = 10,
+    max_minutes: float | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+) -> Path:
+    """Teach a listener file's encoder states to Whisper's decoder (adapters of ``rank``); export the listener.
+
+    The listener of ``listener_path`` is frozen: its encoder hears the
+    corpus once (``EncodedUtterances``, ``draws`` times each clip) and only
+    the text decoder's adapters and gate learn, the learning rate falling
+    until ``decay_steps``. The exported file is that
+    listener with the text decoder added. A resumed run keeps the recipe it
+    started with.
+    """
+    from .backbone import load_tokenizer
+
+    started = started_config(out_dir) if resume else None
+    if started is not None and "recipe" in started:
+        recipe = started["recipe"]
+        rank, batch_size, draws, seed = recipe["rank"], recipe["batch_size"], recipe["draws"], recipe["seed"]
+        decay_steps = recipe["decay_steps"]
+        listener_path = recipe["listener"]
+    device = training_device(device)
+    torch.manual_seed(seed)
+    frozen = load_listener(listener_path, preset, len(load_tokenizer()))
+    if frozen.text is not None:
+        raise ValueError(f"{listener_path}: this listener already has a text decoder; start from one without")
+    listener = Listener(replace(frozen.cfg, text_rank=rank), frozen.token_table)
+    listener.load_state_dict(frozen.state_dict(), strict=False)  # all but the new text decoder
+    recipe = {"rank": rank, "batch_size": batch_size, "draws": draws, "seed": seed, "decay_steps": decay_steps,
+              "listener": str(listener_path)}
+    trainer = ListenerTextTrainer(listener, preset, device, decay_steps, recipe=recipe)
+    logger.info("listener text decoder %s: %.2fM trained parameters, %d steps of %d utterances on %s", preset,
+                sum(p.numel() for p in listener.text.parameters() if p.requires_grad) / 1e6, steps, batch_size,
+                device)
+    dataset = EncodedUtterances(data_dir, frozen, draws=draws, seed=seed)
+    order = ShuffledBatches(len(dataset), batch_size, seed, drop_last=len(dataset) > batch_size).with_numbers()
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, collate_fn=dataset.collate)
+    return fit(trainer, loader, out_dir, steps, TEXT_LOSSES, resume=resume, checkpoint_every=checkpoint_every,
+               log_every=log_every, max_minutes=max_minutes, desc="listener text")

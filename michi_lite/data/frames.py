@@ -81,6 +81,35 @@ def chunk_start_times(text: str, words: list[Word]) -> list[tuple[int, int, floa
     return [(s, e, t) for (s, e), t in zip(chunks, times)]
 
 
+def chunk_end_times(text: str, words: list[Word]) -> list[float]:
+    """Give every whitespace-separated chunk of ``text`` the time its last spoken word ends.
+
+    Chunks are matched to timed words by normalised spelling, in order, as
+    in ``chunk_start_times``. A run of chunks that matches nothing ("$23.10"
+    spoken as "twenty three dollars ten cents") covers the words spoken
+    between its matched neighbours and ends when the last of them does, so
+    nothing is timed before it has been said. Never decreasing.
+    """
+    chunks = [m.group() for m in re.finditer(r"\S+", text)]
+    timed = [normalize_text(w.word) for w in words]
+    matched: list[int | None] = []  # the word index of each chunk, None where none matches
+    cursor = 0
+    for chunk in chunks:
+        key = normalize_text(chunk)
+        found = next((j for j in range(cursor, min(cursor + 4, len(timed))) if key and timed[j] == key), None)
+        matched.append(found)
+        if found is not None:
+            cursor = found + 1
+    ends: list[float] = []
+    for i, found in enumerate(matched):
+        if found is None:  # up to the word before the next matched chunk's, or the last word
+            following = next((j for j in matched[i + 1:] if j is not None), len(words))
+            found = following - 1
+        end = words[found].end if 0 <= found < len(words) else 0.0
+        ends.append(max(end, ends[-1]) if ends else end)
+    return ends
+
+
 def token_chunks(text: str, tokenizer) -> tuple[list[int], list[int]]:
     """The tokens of ``text`` and, for each, the index of the whitespace-separated chunk it belongs to.
 

@@ -1,0 +1,206 @@
+"""The listener's words from Whisper's decoder: ported exactly, and a stream that decides what training taught."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from michi_lite.backbone import whisper_model_dir
+from michi_lite.data.words import Word
+from michi_lite.listen import (
+    Listener,
+    StreamingWhisperEncoder,
+    listener_config,
+    load_listener,
+    quantized_for_cpu,
+    save_listener,
+    token_embeddings,
+    transcribe_stream,
+    whisper_encoder_state,
+)
+from michi_lite.listen_text import (
+    END_OF_TEXT,
+    PROMPT,
+    TextStream,
+    TextTargets,
+    text_decoder,
+    text_queries,
+    text_targets,
+    whisper_text_tokenizer,
+)
+
+TINY = replace(listener_config("tiny"), text_rank=4)
+PER_FRAME = TINY.positions_per_frame
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def whisper_tokenizer():
+    return whisper_text_tokenizer()
+
+
+def tiny_decoder():
+    torch.manual_seed(0)
+    return text_decoder(TINY.width, TINY.heads, TINY.layers, TINY.ffn, TINY.text_rank, None).eval()
+
+
+def test_the_ported_decoder_writes_what_ctranslate2_writes(whisper_tokenizer):
+    """Whisper tiny.en's decoder read from its CTranslate2 file, decoding greedily, gives CTranslate2's tokens."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    from michi_lite.audio import prepare_waveform
+    from michi_lite.data.engines import get_engine
+
+    flite = get_engine("flite")
+    spoken = flite.synthesize("The table is twelve centimetres wide.", flite.voices()[0])
+    wave = prepare_waveform(spoken.waveform, spoken.sample_rate, 16000)
+    features = FeatureExtractor(feature_size=80)(np.pad(wave, (0, 30 * 16000 - len(wave))))
+    features = np.ascontiguousarray(features[None, :, :3000], dtype=np.float32)
+    model = ctranslate2.models.Whisper(str(whisper_model_dir("tiny.en", "packaged")), compute_type="float32")
+    expected = model.generate(ctranslate2.StorageView.from_array(features), [list(PROMPT)], beam_size=1)
+    expected = expected[0].sequences_ids[0]
+
+    encoder = StreamingWhisperEncoder(listener_config("lite"))
+    encoder.load_state_dict(whisper_encoder_state("tiny.en", "packaged"))
+    decoder = text_decoder(384, 6, 4, 1536, 4, "tiny.en").eval()
+    with torch.no_grad():
+        encoded = encoder.eval()(torch.from_numpy(features), whisper=True)
+        tokens = list(PROMPT)
+        while len(tokens) < 40:
+            n = len(tokens)
+            states = decoder(torch.tensor([tokens]), torch.arange(n)[None], torch.ones(n, n, dtype=torch.bool).tril(),
+                             encoded, None)
+            token = int(decoder.logits(states[0, -1]).argmax())
+            if token == END_OF_TEXT:
+                break
+            tokens.append(token)
+    assert tokens[len(PROMPT):] == expected
+    assert "table" in whisper_tokenizer.decode(expected)
+
+
+def test_each_token_commits_on_the_frame_its_word_is_heard_plus_the_delay(whisper_tokenizer):
+    words = [Word("Henry", 0.0, 0.30), Word("owes", 0.30, 0.50), Word("twenty", 0.55, 0.90),
+             Word("three", 0.90, 1.20), Word("dollars", 1.20, 1.60)]
+    targets = text_targets("Henry owes $23.", words, whisper_tokenizer, delay_frames=2)
+    assert whisper_tokenizer.decode(targets.tokens) == " Henry owes $23."
+    owes = whisper_tokenizer.encode(" owes", add_special_tokens=False)[0]
+    # "Henry" ends in frame 3 (0.24-0.32 s): frame 5 with the delay; "owes" in frame 6: frame 8;
+    # "$23." is spoken as "twenty three dollars", which ends in frame 19: frame 21
+    assert targets.frames[0] == 5 and targets.frames[targets.tokens.index(owes)] == 8
+    assert targets.frames[-1] == 21 and targets.frames == sorted(targets.frames)
+
+
+class ScriptedGate(nn.Module):
+    """Stands in for the gate: commits on the calls listed, and records what each call was asked."""
+
+    def __init__(self, commits: set[int]) -> None:
+        super().__init__()
+        self.commits, self.asked = commits, []
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        self.asked.append(states.clone())
+        return torch.full((*states.shape[:-1], 1), 10.0 if len(self.asked) - 1 in self.commits else -10.0)
+
+
+def test_a_stream_asks_the_decoder_exactly_what_training_teaches():
+    """Every state a stream's decisions are made on equals the training query for the same (position, frame)."""
+    decoder = tiny_decoder()
+    n_frames = 12
+    encoded = torch.randn(n_frames * PER_FRAME, TINY.width, generator=torch.Generator().manual_seed(1))
+    gate = decoder.gate = ScriptedGate(commits={2, 3, 6, 9})  # two tokens in one frame, then one, then one
+    stream = TextStream(decoder, PER_FRAME)
+    asked_at, committed, frames = [], [], []
+    for frame in range(n_frames):
+        before = len(gate.asked)
+        tokens = stream.push(encoded[frame * PER_FRAME:(frame + 1) * PER_FRAME])
+        positions = len(PROMPT) - 1 + len(committed) + np.arange(len(gate.asked) - before)
+        asked_at += [(int(p), frame) for p in positions]
+        committed += tokens
+        frames += [frame] * len(tokens)
+    assert len(committed) == 4 and len(set(frames)) == 3
+
+    queries = text_queries([(TextTargets(committed, frames), n_frames)], PER_FRAME, probes=10_000,
+                           generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        states = decoder(queries.tokens, queries.positions, queries.self_mask, encoded[None], queries.cross_mask)[0]
+    limits = queries.cross_mask[0, 0].sum(-1) // PER_FRAME - 1  # the frame each query hears up to
+    taught = {(int(p), int(f)): states[i] for i, (p, f) in enumerate(zip(queries.positions[0], limits))}
+    for (position, frame), asked in zip(asked_at, gate.asked):
+        assert torch.allclose(taught[(position, frame)], asked[0], atol=1e-5), (position, frame)
+    # and it commits the token the decoder ranks first at the committing queries, taught as targets there
+    assert queries.targets[0, 1:len(committed) + 1].tolist() == committed
+
+
+def test_a_long_stream_starts_over_and_holds_a_bounded_state():
+    decoder = tiny_decoder()
+    decoder.gate = ScriptedGate(commits=set(range(0, 10_000, 2)))
+    stream = TextStream(decoder, PER_FRAME, window=6 * PER_FRAME, max_tokens=10)
+    sizes = []
+    for frame in range(60):
+        stream.push(torch.randn(PER_FRAME, TINY.width))
+        sizes.append(stream.numel())
+    assert len(stream.sequence) < 10 and max(sizes[30:]) <= max(sizes[:30])
+
+
+@pytest.fixture(scope="module")
+def tiny_text_listener(tokenizer):
+    torch.manual_seed(0)
+    return Listener(TINY, token_embeddings("tiny", len(tokenizer))).eval()
+
+
+def test_a_listener_file_keeps_the_decoders_adapters_only_and_loads_back_equal(tiny_text_listener, tokenizer,
+                                                                              tmp_path):
+    path = save_listener(tmp_path / "listener.safetensors", tiny_text_listener, "tiny")
+    saved = load_file(str(path))
+    assert any(k.startswith("text.") for k in saved) and not any(".base." in k for k in saved)
+    loaded = load_listener(path, "tiny", len(tokenizer))
+    assert loaded.cfg.text_rank == TINY.text_rank
+    for name, value in tiny_text_listener.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[name]), name
+    del saved[next(k for k in saved if k.startswith("text."))]  # a file with an adapter missing
+    with safe_open(str(path), "pt") as f:
+        save_file(saved, str(tmp_path / "short.safetensors"), metadata=f.metadata())
+    with pytest.raises(ValueError, match="do not fit"):
+        load_listener(tmp_path / "short.safetensors", "tiny", len(tokenizer))
+
+
+def test_a_text_listener_streams_words_in_the_backbones_tokens_one_a_frame(tiny_text_listener, tokenizer):
+    listener = tiny_text_listener
+    listener.text.gate = ScriptedGate(commits=set(range(0, 10_000, 3)))
+    wave = torch.randn(16_000, generator=torch.Generator().manual_seed(0)) * 0.1
+    stream = listener.stream(tokenizer)
+    frames = stream.push(wave) + stream.flush()
+    said = whisper_text_tokenizer().decode(stream.text.sequence[len(PROMPT):])
+    emitted = [f.token_id for f in frames if f.token_id != stream.pad_id]
+    assert emitted and tokenizer.decode(emitted) == said
+    assert not stream.queue  # flush waits until every committed token has had its frame
+    int8 = quantized_for_cpu(listener)
+    assert transcribe_stream(int8, wave, tokenizer) is not None
+
+
+def test_a_resumed_text_run_ends_with_the_adapters_of_an_uninterrupted_one(tiny_corpus, tmp_path):
+    from michi_lite.cli import main
+
+    main(["train", "listener", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(tmp_path / "ears"),
+          "--steps", "1", "--batch-size", "2"])
+
+    def train(out, steps, *extra):
+        main(["train", "listener-text", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(out),
+              "--listener", str(tmp_path / "ears"), "--steps", str(steps), "--batch-size", "2",
+              "--checkpoint-every", "1", *extra])
+
+    train(tmp_path / "whole", 3)
+    train(tmp_path / "parts", 2)
+    train(tmp_path / "parts", 3, "--resume")  # same clips, draws, probes and order as the whole run's
+    whole, parts = (load_file(str(tmp_path / run / "listener.safetensors")) for run in ("whole", "parts"))
+    assert whole.keys() == parts.keys() and all(torch.equal(whole[name], parts[name]) for name in whole)
+    log = (tmp_path / "parts" / "train_log.csv").read_text().split()
+    assert log[0].startswith("step,loss,token_loss,gate_loss")
