@@ -138,7 +138,7 @@ class DuplexEngine:
         ``prefix`` is text the model reads first (a rag prefix: facts it may
         be asked about), as joint training lays it out: before the voice.
         """
-        self.hearing = self.listener.stream()
+        self.hearing = self.listener.stream(self.tokenizer)
         self.speaking = self.vocoder.stream()
         self.cache = WindowCache(self.context_frames)
         if prefix:

@@ -695,3 +695,22 @@ def clip_words(listener: Listener, wave: np.ndarray | torch.Tensor, tokenizer) -
     if listener.text is None:
         return words_from_logits(clip_logits(listener, wave), tokenizer)
     return transcribe_stream(listener, torch.as_tensor(wave, dtype=torch.float32), tokenizer)
+
+
+def clip_frames(listener: Listener, wave: np.ndarray | torch.Tensor, n_frames: int,
+                tokenizer=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A clip cut or padded with silence to ``n_frames``, as a stream hears it: embeddings and token ids per frame.
+
+    Returns (n_frames, embedding_dim) and (n_frames,), as ordinary tensors
+    (they may be a model's inputs in training). A frame head's come from one
+    batched forward, a text decoder's from the stream.
+    """
+    samples = listener.cfg.audio.samples_per_frame
+    wave = torch.as_tensor(wave, dtype=torch.float32)[:n_frames * samples]
+    padded = F.pad(wave, (0, n_frames * samples - len(wave)))
+    if listener.text is None:
+        with torch.no_grad():
+            embeddings, logits = listener(clip_features(padded, listener.cfg.audio)[None])
+        return embeddings[0], logits[0].argmax(-1)
+    frames = listener.stream(tokenizer).push(padded)
+    return torch.stack([f.embedding for f in frames]).clone(), torch.tensor([f.token_id for f in frames])

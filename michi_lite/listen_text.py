@@ -32,6 +32,7 @@ commit ``delay_frames`` after the frame in which it ends (``text_targets``).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -49,8 +50,9 @@ PROMPT = (START_OF_TRANSCRIPT, NO_TIMESTAMPS)
 WHISPER_VOCAB, WHISPER_TEXT_POSITIONS = 51864, 448
 
 
+@functools.cache
 def whisper_text_tokenizer():
-    """Whisper's byte-level BPE tokenizer (the packaged tiny.en's, shared by every English Whisper)."""
+    """Whisper's byte-level BPE tokenizer (tiny.en's, shared by every English Whisper), read once."""
     from transformers import PreTrainedTokenizerFast
 
     from .backbone import whisper_model_dir

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from .config import FRAME_SECONDS
 from .data.words import Word
@@ -219,4 +220,27 @@ def dialogue_streams_figure(stereo: np.ndarray, sample_rate: int, user_tokens: l
     axes[-1].set_xlim(0, seconds)
     axes[-1].set_xlabel("seconds (each token on its 80 ms frame)")
     axes[0].set_title(title)
+    return fig
+
+
+def text_queries_figure(queries: list[tuple[str, int, str]], n_frames: int, title: str = "") -> Figure:
+    """What training asks the text decoder: per query (a label, the last frame it hears, its lesson).
+
+    Each query is a bar over the frames it hears, coloured by what it is
+    taught: "commit" (the next token, on its frame), "wait" (too early) or
+    "late" (its frame has passed: commit now).
+    """
+    colours = {"commit": "tab:green", "wait": "0.7", "late": "tab:orange"}
+    fig = Figure(figsize=(10, 0.16 * len(queries) + 1.2), layout="constrained")
+    ax = fig.subplots()
+    for row, (label, frame, lesson) in enumerate(queries):
+        ax.barh(row, frame + 1, left=0, height=0.7, color=colours[lesson], lw=0)
+    ax.set_yticks(range(len(queries)), [label for label, _, _ in queries], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlim(0, n_frames)
+    ax.set_xlabel("frames of audio the query hears (80 ms each)")
+    ax.set_ylabel("query: the token it decides on")
+    ax.legend(handles=[Patch(color=colour, label=lesson) for lesson, colour in colours.items()], loc="lower right",
+              fontsize=8)
+    ax.set_title(title)
     return fig

@@ -8,7 +8,7 @@ mel patches ``text_lead_frames`` behind), and what it hears of the user is
 what the listening head makes of channel 0, frame by frame: its embedding
 and the token it emits (``UserStreams``). The listener is frozen and runs
 once per dialogue, offline, which gives what its stream would
-(``listen.clip_logits``): the model learns from the hearing it will have,
+(``listen.clip_frames``): the model learns from the hearing it will have,
 mistakes included, not from the user's true text.
 
 ``JointDialogues`` serves a split as ``(SpeakerStreams, voice prompt)``
@@ -40,7 +40,7 @@ from .data.dialogues import load_dialogues
 from .data.frames import PAD_TOKEN, frame_tokens
 from .data.text import sentences
 from .data.words import Word
-from .listen import Listener, build_listener, clip_features, load_listener
+from .listen import Listener, build_listener, clip_frames, load_listener
 from .memory import StepShape, estimate
 from .model import (END_TOKEN, SpeakerBatch, SpeakerStreams, SpeechModel, SpeechModelConfig, UserStreams, VoicedChunks,
                     random_llama, speech_model_config, tokens_and_chunks)
@@ -91,12 +91,7 @@ def assistant_text_stream(turns: list[dict], n_frames: int, tokenizer) -> tuple[
 def heard_user(listener: Listener, wave: np.ndarray, n_frames: int) -> UserStreams:
     """What the listener makes of the user's channel (at the listener's rate), silence after its end: per
     frame its embedding and the token it emits, (n_frames, hidden) and (n_frames,)."""
-    audio = listener.cfg.audio
-    wave = torch.from_numpy(wave[:n_frames * audio.samples_per_frame])
-    padded = F.pad(wave, (0, n_frames * audio.samples_per_frame - len(wave)))
-    with torch.no_grad():  # not inference mode: these are a model's inputs in training
-        embeddings, logits = listener(clip_features(padded, audio)[None])
-    return UserStreams(embeddings[0], logits[0].argmax(-1))
+    return UserStreams(*clip_frames(listener, wave, n_frames))
 
 
 def dialogue_streams(record: dict, user: UserStreams, patches: torch.Tensor, tokenizer,

@@ -32,14 +32,17 @@
 # 3. what it is taught to emit, and when;
 # 4. a short training run: the token loss, and a teacher that keeps what
 #    Whisper knows;
-# 5. the reference `lite` head: a live-style transcript, its emission delays,
-#    its evaluation on held-out sentences and its speed;
-# 6. voices it never heard: engines kept out of training, real people, noise,
-#    rooms and telephones; why the first reference did not generalise and
+# 5. words from Whisper's own decoder: a frame head has no language model,
+#    Whisper's decoder has one; how it learns to write while the audio is
+#    still coming;
+# 6. the reference `lite` listener: a live-style transcript, its emission
+#    delays, its evaluation on held-out sentences and its speed;
+# 7. voices it never heard: engines kept out of training, real people, noise,
+#    rooms and telephones; why the first references did not generalise and
 #    what changed.
 #
-# Section 4 trains the `tiny` model for a few seconds; the rest uses Whisper
-# tiny.en and the committed reference (`data/listener/`).
+# Sections 4 and 5 train `tiny` models for a few seconds; the rest uses
+# Whisper tiny.en and the committed reference (`data/listener/`).
 
 # %%
 # %matplotlib inline
@@ -72,7 +75,21 @@ from michi_lite.listen import (
     transcribe_stream,
     whisper_encoder_state,
 )
-from michi_lite.plots import delay_histogram, loss_curves, spectrogram_comparison, transcript_figure
+from michi_lite.listen_text import (
+    END_OF_TEXT,
+    PROMPT,
+    text_decoder,
+    text_queries,
+    text_targets,
+    whisper_text_tokenizer,
+)
+from michi_lite.plots import (
+    delay_histogram,
+    loss_curves,
+    spectrogram_comparison,
+    text_queries_figure,
+    transcript_figure,
+)
 
 logging.basicConfig(level=logging.WARNING)
 torch.manual_seed(0)  # every random draw below in order: a re-run gives the outputs stored here
@@ -189,7 +206,7 @@ fig
 # what follows: enough to tell "four" from the start of "fourteen", and
 # well inside the 320 ms a word may take to reach the backbone. Digits and
 # other multi-token words spill into the next frames. (The first reference
-# emitted on the frame where a word ends, with no look past it: section 6.)
+# emitted on the frame where a word ends, with no look past it: section 7.)
 
 # %%
 grid = emission_grid(SENTENCE, spoken.words, tokenizer, n_frames=len(clip) // audio.samples_per_frame + 2,
@@ -219,7 +236,7 @@ for frame, label in enumerate(grid.labels(tokenizer)):
 # drawn from the batch's number, so a resumed run hears the clips an
 # uninterrupted one would. A few steps on the tiny corpus here (its teacher
 # is a random encoder: tiny has no Whisper); the reference trained for much
-# longer (section 5).
+# longer (section 6).
 
 # %%
 work = Path(tempfile.mkdtemp(prefix="michi-listener-"))
@@ -234,7 +251,127 @@ fig = loss_curves({name: (np.atleast_1d(log["step"]), np.atleast_1d(log[column])
 fig
 
 # %% [markdown]
-# ## 5. The reference model
+# ## 5. Words from Whisper's decoder
+#
+# The frame head names a word from one frame's four encoder states. It has
+# no language model: every word it can say, it learnt from the corpus's
+# labels, and "$23.10" must come out as tokens it has seen in that order.
+# On voices it never heard it mostly says nothing: with the pad token
+# penalised, its deletions turn into wrong words, not right ones. Whisper's
+# decoder learnt English from 680,000 hours; it reads encoder states
+# through cross-attention. Made to write while the audio is still coming,
+# it becomes the listener's text (`michi_lite/listen_text.py`):
+#
+# * **cross-attention up to now**: a decoder position reads the encoder
+#   states heard so far (the causal encoder's, which never change once made);
+# * **a commit gate** on the newest position: *commit* when the next word
+#   has been heard, and `delay_frames` more; *wait* otherwise. On commit
+#   the next token is the decoder's first choice, its position's keys and
+#   values are kept, and the gate is asked again, so a word of several
+#   tokens comes in one frame; on wait the newest position runs again next
+#   frame, with 80 ms more audio;
+# * **low-rank adapters** on every linear layer (rank 16: 0.66M weights) and
+#   the gate are all that learns. Whisper's decoder, token table included,
+#   stays as it is, so a listener file adds 1.3 MB.
+#
+# Whisper's decoder does not read the causal encoder's states as they are.
+# On the held-out voice of section 1, greedy decoding with the whole clip
+# in view (no streaming yet), first on Whisper's own encoder, then on the
+# causal encoder of the reference listener:
+
+# %%
+decoder = text_decoder(lite.width, lite.heads, lite.layers, lite.ffn, 16, "tiny.en").eval()  # adapters at zero
+whisper_tokens = whisper_text_tokenizer()
+reference = load_listener(REFERENCE / "lite_listener.safetensors", "lite", len(tokenizer))
+
+
+def greedy(states: torch.Tensor, limit: int = 60) -> str:
+    """Whisper's way: the whole clip in view, the most likely token until end-of-text."""
+    tokens = list(PROMPT)
+    with torch.no_grad():
+        while len(tokens) < limit:
+            n = len(tokens)
+            out = decoder(torch.tensor([tokens]), torch.arange(n)[None], torch.ones(n, n, dtype=torch.bool).tril(),
+                          states, None)
+            token = int(decoder.logits(out[0, -1]).argmax())
+            if token == END_OF_TEXT:
+                break
+            tokens.append(token)
+    return whisper_tokens.decode(tokens[len(PROMPT):]).strip()
+
+
+padded = np.pad(wave, (0, 30 * audio.sample_rate - len(wave)))  # Whisper hears 30 s at a time
+with torch.no_grad():
+    offline_states = encoder(clip_features(torch.from_numpy(padded), audio)[None], whisper=True)
+    causal_states = reference.encoder(clip_features(torch.from_numpy(wave), audio)[None])
+print("Whisper's encoder:        ", greedy(offline_states))
+print("the causal encoder's:     ", greedy(causal_states))
+
+# %% [markdown]
+# So the decoder learns, and it learns exactly what a stream will ask of
+# it. For each utterance, every token of a word commits
+# `delay_frames` after the frame in which the word ends (`text_targets`;
+# "$23.10", spoken as four words, when the last of them ends). The
+# queries of one training step (`text_queries`):
+#
+# * each **committed** position reads the audio up to the frame its next
+#   token committed on (in a stream, that is when its keys and values were
+#   kept), and is taught that token and *commit*;
+# * **wait** probes rerun a position at frames before its next token's:
+#   *wait*;
+# * **late** probes rerun it at frames after, as if the stream had missed
+#   the frame: *commit*, and the token. Without them a stream that misses
+#   one frame waits forever; a first run without them stopped mid-sentence
+#   on most clips.
+#
+# All of them go through the decoder in one forward, with a mask per query
+# for the positions and the frames it may read. A test
+# (`tests/test_listen_text.py`) streams a decoder and checks that every
+# state the gate was asked about equals the training query for the same
+# position and frame.
+
+# %%
+targets = text_targets(SENTENCE, spoken.words, whisper_tokens, lite.delay_frames)
+n_frames = len(wave) // audio.samples_per_frame + lite.delay_frames + 2
+for token, frame in zip(targets.tokens, targets.frames):
+    print(f"frame {frame:3d}, ending at {(frame + 1) * FRAME_SECONDS:5.2f} s: {whisper_tokens.decode([token])!r}")
+queries = text_queries([(targets, n_frames)], lite.positions_per_frame, probes=12,
+                       generator=torch.Generator().manual_seed(0))
+shown = []
+for i in range(int((queries.tokens[0] != 0).sum())):
+    position, lesson = int(queries.positions[0, i]), float(queries.commit[0, i])
+    if lesson < 0:  # the prompt's first position: taught nothing
+        continue
+    heard_to = int(queries.cross_mask[0, 0, i].sum()) // lite.positions_per_frame - 1
+    kind = "wait" if lesson == 0 else ("late" if queries.targets[0, i] >= 0 and heard_to > targets.frames[position - 1]
+                                       else "commit")
+    deciding = whisper_tokens.decode([targets.tokens[position - 1]]) if position <= len(targets.tokens) else "(end)"
+    shown.append((position, heard_to, kind, deciding))
+shown.sort()
+fig = text_queries_figure([(f"{p:2d} {label!r}", frame, kind) for p, frame, kind, label in shown], n_frames,
+                          title="one utterance's training queries (12 wait probes, 4 late ones)")
+fig.savefig(FIGURES / "04_text_queries.png", dpi=110)
+fig
+
+# %% [markdown]
+# `michi-lite train listener-text` trains the adapters and the gate on a
+# frozen listener's states: it encodes the corpus once, each clip as it is
+# and once changed by chance (as in section 4), keeps the states, and then
+# every step is the decoder alone. A few steps on the tiny listener of
+# section 4 (a random decoder: tiny has no Whisper):
+
+# %%
+michi_lite(["train", "listener-text", "--preset", "tiny", "--data", str(work / "corpus"), "--out",
+            str(work / "text_run"), "--listener", str(work / "run"), "--steps", str(steps), "--batch-size", "4",
+            "--checkpoint-every", str(steps)])
+log = np.genfromtxt(work / "text_run" / "train_log.csv", delimiter=",", names=True)
+fig = loss_curves({name: (np.atleast_1d(log["step"]), np.atleast_1d(log[column]))
+                   for name, column in (("token cross-entropy", "token_loss"), ("gate", "gate_loss"))},
+                  ylabel="loss", title=f"tiny listener's text decoder, {steps} steps on the CPU")
+fig
+
+# %% [markdown]
+# ## 6. The reference model
 #
 # `data/listener/lite_listener.safetensors` was trained with
 # `michi-lite train listener`, from the first reference (section 6), for 97
@@ -346,7 +483,7 @@ display(Markdown("\n".join([
 ])))
 
 # %% [markdown]
-# ## 6. Voices it never heard
+# ## 7. Voices it never heard
 #
 # The first reference listener learnt its corpus and lost much of what
 # Whisper knew. Here it is on the test sets above (`lite_first_eval.json`),

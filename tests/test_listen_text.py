@@ -16,6 +16,7 @@ from michi_lite.data.words import Word
 from michi_lite.listen import (
     Listener,
     StreamingWhisperEncoder,
+    clip_frames,
     listener_config,
     load_listener,
     quantized_for_cpu,
@@ -204,3 +205,14 @@ def test_a_resumed_text_run_ends_with_the_adapters_of_an_uninterrupted_one(tiny_
     assert whole.keys() == parts.keys() and all(torch.equal(whole[name], parts[name]) for name in whole)
     log = (tmp_path / "parts" / "train_log.csv").read_text().split()
     assert log[0].startswith("step,loss,token_loss,gate_loss")
+
+
+def test_a_clip_heard_whole_gives_the_frames_its_stream_gives(tiny_text_listener, tokenizer):
+    listener = tiny_text_listener
+    listener.text.gate = ScriptedGate(commits=set(range(0, 10_000, 2)))
+    wave = torch.randn(12_000, generator=torch.Generator().manual_seed(1)) * 0.1
+    embeddings, tokens = clip_frames(listener, wave, 12, tokenizer)
+    listener.text.gate = ScriptedGate(commits=set(range(0, 10_000, 2)))
+    frames = listener.stream(tokenizer).push(torch.cat([wave, torch.zeros(12 * 1280 - len(wave))]))
+    assert tokens.tolist() == [f.token_id for f in frames] and (tokens != frames[0].token_id).any()
+    assert torch.equal(embeddings, torch.stack([f.embedding for f in frames])) and not embeddings.is_inference()
