@@ -28,13 +28,18 @@ the start of a longer word. Per frame, the head returns an ``embedding`` in the
 backbone's token-embedding space (``embedding_dim``) and the logits of a text
 token, scored against the backbone's own (frozen) token embeddings, so the
 listener writes in the backbone's vocabulary without a 49k-row output layer.
+That frame head has no language model; a listener with a text decoder
+(``ListenerConfig.text_rank``, ``listen_text.py``) takes its words from
+Whisper's own decoder instead, written out in the backbone's tokens one a
+frame, and keeps the frame head's embedding.
 
 * ``listener_config``, ``whisper_encoder_state`` (Whisper's pretrained
   encoder, read from the CTranslate2 file faster-whisper runs),
   ``StreamingWhisperEncoder``, ``Listener`` and ``ListenerStream``;
 * ``emission_grid`` (what it learns to emit, and when: ``train_listener.py``
   teaches it), ``save_listener`` / ``load_listener``;
-* ``WordAssembler`` and ``transcribe_stream``: emitted tokens -> timed words.
+* ``WordAssembler`` and ``transcribe_stream``: emitted tokens -> timed words;
+  ``clip_words`` and ``clip_frames``: a whole clip as a stream hears it.
 """
 
 from __future__ import annotations
@@ -495,7 +500,7 @@ def quantized_for_cpu(listener: Listener, encoder: bool = True) -> Listener:
     if fast.text is not None:
         scorer = nn.Linear(*fast.text.tokens.shape[::-1], bias=False)
         scorer.weight.data = fast.text.tokens.clone()
-        fast.text = int8_linears(fast.text)
+        fast.text = int8_linears(fast.text.merge_adapters())
         fast.text.scorer = int8_linears(nn.Sequential(scorer))
     return fast
 

@@ -134,6 +134,16 @@ class TextDecoder(nn.Module):
         self.gate.requires_grad_(True)
         return self
 
+    def merge_adapters(self) -> TextDecoder:
+        """Fold each ``LowRank`` change into its layer's weight (in place, for inference): one product, not three."""
+        for layer in self.layers:
+            for name, module in list(layer.named_children()):
+                if isinstance(module, LowRank):
+                    merged = module.base
+                    merged.weight.data = merged.weight.data + module.up.data @ module.down.data
+                    setattr(layer, name, merged)
+        return self
+
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, self_mask: torch.Tensor | None,
                 encoded: torch.Tensor, cross_mask: torch.Tensor | None) -> torch.Tensor:
         """Queries (batch, n) of token ids at text positions -> their final states (batch, n, width)."""
@@ -295,7 +305,9 @@ class TextStream:
     """Run a ``TextDecoder`` on a stream of encoder states, ``per_frame`` at a time: the tokens it commits.
 
     Holds the cross-attention's keys and values of the last ``window``
-    encoder positions and the self-attention's of the committed positions.
+    encoder positions, in a ring (the cross-attention has no order: the
+    states carry their positions), and the self-attention's of the
+    committed positions.
     When ``max_tokens`` are committed (Whisper's decoder has 448 positions),
     the decoder starts over from the prompt, hearing from that frame on.
     """
@@ -311,7 +323,8 @@ class TextStream:
 
     def restart(self) -> None:
         """Start over: the prompt again, hearing only what comes next (what was committed stays said)."""
-        self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.decoder.layers)
+        self.rings: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, allocated on the first frame
+        self.filled = self.written = 0  # ring slots holding a state; states written since the start
         self.sequence = list(PROMPT)
         self.past: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.decoder.layers)
         self.kept = 0  # positions whose keys and values are final
@@ -320,22 +333,25 @@ class TextStream:
     @torch.inference_mode()
     def push(self, encoded: torch.Tensor) -> list[int]:
         """One frame's encoder states (per_frame, width) -> the Whisper tokens it commits (often none)."""
+        slots = (self.written + torch.arange(len(encoded))) % self.window
         for i, layer in enumerate(self.decoder.layers):
-            keys, values = layer.cross_keys(encoded[None])
-            if self.cross[i] is not None:
-                keys = torch.cat([self.cross[i][0], keys], dim=2)[:, :, -self.window:]
-                values = torch.cat([self.cross[i][1], values], dim=2)[:, :, -self.window:]
-            self.cross[i] = (keys, values)
+            keys, values = layer.cross_keys(encoded[None])  # (1, heads, per_frame, head_dim)
+            if len(self.rings) == i:
+                self.rings.append((keys.new_zeros(*keys.shape[:2], self.window, keys.shape[-1]),
+                                   values.new_zeros(*values.shape[:2], self.window, values.shape[-1])))
+            self.rings[i][0][:, :, slots], self.rings[i][1][:, :, slots] = keys, values
+        self.written += len(encoded)
+        self.filled = min(self.filled + len(encoded), self.window)
         if self.fresh:  # the prompt's first position is final on the frame it starts
-            self._run(keep=1)
+            self._keep(self._run(end=1)[1], 1)
             self.fresh = False
         committed = []
         for _ in range(self.max_per_frame):
-            state = self._run(keep=None)
+            state, past = self._run()
             if torch.sigmoid(self.decoder.commit_logit(state)).item() < self.threshold:
                 break
             token = int(self.decoder.logits(state).masked_fill(self.text_only, -torch.inf).argmax())
-            self._run(keep=len(self.sequence))  # the positions it came from are final now
+            self._keep(past, len(self.sequence))  # the positions it came from are final now, as just run
             self.sequence.append(token)
             committed.append(token)
         if len(self.sequence) >= self.max_tokens:
@@ -344,20 +360,23 @@ class TextStream:
 
     def numel(self) -> int:
         """Numbers held: the cross-attention's window and the committed positions' keys and values."""
-        kept = [t for pair in (*self.cross, *self.past) if pair is not None for t in pair]
+        kept = [t for pair in (*self.rings, *self.past) if pair is not None for t in pair]
         return sum(t.numel() for t in kept)
 
-    def _run(self, keep: int | None) -> torch.Tensor:
-        """Run the positions not yet kept (up to ``keep``, then keep them; else all): the last one's state (1, width)."""
-        end = len(self.sequence) if keep is None else keep
+    def _run(self, end: int | None = None) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Run the positions not yet kept, up to ``end`` (all): the last one's state (1, width), each layer's keys
+        and values."""
+        end = len(self.sequence) if end is None else end
         positions = torch.arange(self.kept, end, device=self.decoder.tokens.device)
         tokens = torch.tensor(self.sequence, device=positions.device)[positions]
         x = (self.decoder.tokens[tokens] + self.decoder.positions[positions])[None]
         mask = torch.ones(len(positions), end, dtype=torch.bool, device=x.device).tril(self.kept)
+        past = []
         for i, layer in enumerate(self.decoder.layers):
-            x, past = layer(x, mask, self.cross[i], None, past=self.past[i])
-            if keep is not None:
-                self.past[i] = past
-        if keep is not None:
-            self.kept = keep
-        return self.decoder.norm(x)[0, -1:]  # (1, width): int8 layers take matrices
+            cross = self.rings[i][0][:, :, :self.filled], self.rings[i][1][:, :, :self.filled]
+            x, layer_past = layer(x, mask, cross, None, past=self.past[i])
+            past.append(layer_past)
+        return self.decoder.norm(x)[0, -1:], past  # (1, width): int8 layers take matrices
+
+    def _keep(self, past: list[tuple[torch.Tensor, torch.Tensor]], kept: int) -> None:
+        self.past, self.kept = past, kept
