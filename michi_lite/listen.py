@@ -335,7 +335,7 @@ class Listener(nn.Module):
             self.text = text_decoder(cfg.width, cfg.heads, cfg.layers, cfg.ffn, cfg.text_rank, cfg.whisper)
 
     def embed(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Encoder states (batch, frames * per_frame, width) -> each frame's embedding (batch, frames, embedding_dim)."""
+        """Encoder states (batch, frames * per_frame, width) -> each frame's embedding (batch, frames, dim)."""
         batch, n, width = hidden.shape
         return self.project(hidden.reshape(batch, n // self.cfg.positions_per_frame, -1))
 

@@ -2,8 +2,8 @@
 
 A frame head that names a word from one 80 ms state has no language model:
 it knows only the words the corpus taught it, and on voices it never heard
-it mostly says nothing. Whisper's decoder knows English from 680,000 hours;
-here it reads the causal encoder's states as they arrive and commits words
+it mostly says nothing. Whisper's decoder learnt English from hundreds of
+thousands of hours of transcribed speech; here it reads the causal encoder's states as they arrive and commits words
 one frame at a time:
 
 * **cross-attention up to now**: a decoder position attends to the encoder
@@ -79,7 +79,8 @@ class DecoderLayer(nn.Module):
     def __init__(self, width: int, heads: int, ffn: int) -> None:
         super().__init__()
         self.heads = heads
-        self.self_norm, self.qkv, self.self_out = nn.LayerNorm(width), nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.self_norm, self.qkv = nn.LayerNorm(width), nn.Linear(width, 3 * width)
+        self.self_out = nn.Linear(width, width)
         self.cross_norm, self.cross_q = nn.LayerNorm(width), nn.Linear(width, width)
         self.cross_kv, self.cross_out = nn.Linear(width, 2 * width), nn.Linear(width, width)
         self.mlp_norm, self.fc1, self.fc2 = nn.LayerNorm(width), nn.Linear(width, ffn), nn.Linear(ffn, width)
@@ -252,16 +253,16 @@ def text_queries(utterances: list[tuple[TextTargets, int]], per_frame: int, prob
                  generator: torch.Generator) -> TextQueries:
     """The queries that teach a stream's every decision, for (targets, frames of audio) per utterance.
 
-    With the prompt and tokens y_1..y_K as the sequence, position p predicts
-    y_{p+1} (position 0, start-of-transcript, predicts the no-timestamps
-    prompt and is taught nothing). The **committed** positions 0..K each see
+    With the prompt and tokens y_1..y_K as the sequence, position p >= 1
+    predicts y_p (position 0, start-of-transcript, predicts the
+    no-timestamps prompt and is taught nothing). The **committed** positions 0..K each see
     the audio up to the frame their prediction was committed on (position 0,
     frame 0): in a stream that is when its keys and values were kept. Each
     attends to the positions before it. The **probes** rerun position p at
     other frames, seeing the committed positions before it and itself: wait
     (gate 0) at frames before its token's, commit (gate 1, and the token) at
-    frames after. Up to ``probes`` wait probes and ``probes // 3`` late ones per utterance,
-    drawn from ``generator``.
+    frames after. Up to ``probes`` wait probes and ``probes // 3`` late ones
+    per utterance, drawn from ``generator``.
     """
     rows = []
     for targets, n_frames in utterances:
@@ -289,7 +290,8 @@ def text_queries(utterances: list[tuple[TextTargets, int]], per_frame: int, prob
     for b, (queries, committed, _) in enumerate(rows):
         tokens, positions, frames, targets, commit = (torch.tensor(column) for column in zip(*queries))
         m = len(queries)
-        out.tokens[b, :m], out.positions[b, :m], out.targets[b, :m], out.commit[b, :m] = tokens, positions, targets, commit
+        out.tokens[b, :m], out.positions[b, :m] = tokens, positions
+        out.targets[b, :m], out.commit[b, :m] = targets, commit
         out.cross_mask[b, 0, :m] = torch.arange(n_encoded) < per_frame * (frames[:, None] + 1)
         out.self_mask[b, 0, :committed, :committed] = torch.ones(committed, committed, dtype=torch.bool).tril()
         out.self_mask[b, 0, committed:m, :committed] = torch.arange(committed) < positions[committed:, None]

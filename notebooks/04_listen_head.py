@@ -258,7 +258,8 @@ fig
 # labels, and "$23.10" must come out as tokens it has seen in that order.
 # On voices it never heard it mostly says nothing: with the pad token
 # penalised, its deletions turn into wrong words, not right ones. Whisper's
-# decoder learnt English from 680,000 hours; it reads encoder states
+# decoder learnt English from hundreds of thousands of hours of transcribed
+# speech; it reads encoder states
 # through cross-attention. Made to write while the audio is still coming,
 # it becomes the listener's text (`michi_lite/listen_text.py`):
 #
