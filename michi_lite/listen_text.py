@@ -153,6 +153,21 @@ class TextDecoder(nn.Module):
             x, _ = layer(x, self_mask, layer.cross_keys(encoded), cross_mask)
         return self.norm(x)
 
+    @torch.inference_mode()
+    def greedy(self, encoded: torch.Tensor, limit: int = 448) -> list[int]:
+        """Whisper's own way, no streaming: encoder states (1, n, width) all in view, the most likely text token
+        each step until end-of-text or ``limit`` tokens (prompt included). Returns the tokens after the prompt."""
+        tokens = list(PROMPT)
+        while len(tokens) < limit:
+            n = len(tokens)
+            states = self(torch.tensor([tokens]), torch.arange(n)[None], torch.ones(n, n, dtype=torch.bool).tril(),
+                          encoded, None)
+            token = int(self.logits(states[0, -1]).argmax())
+            if token == END_OF_TEXT:
+                break
+            tokens.append(token)
+        return tokens[len(PROMPT):]
+
     def logits(self, states: torch.Tensor) -> torch.Tensor:
         """States (..., width) -> logits over Whisper's vocabulary (..., vocab), tied to the token table."""
         if self.scorer is not None:

@@ -1,9 +1,9 @@
 """Data-parallel training across processes: what ``fit`` needs to train one model in many.
 
 ``accelerate launch --multi_gpu --num_processes N`` (its torchrun launcher,
-on CPUs too; or ``torchrun --nproc-per-node N``) starts N copies of a training command and tells each its rank through the
-environment; ``start`` joins them into one process group (gloo on CPUs,
-NCCL on GPUs). Each step then works like this:
+on CPUs too; or ``torchrun --nproc-per-node N``) starts N copies of a
+training command and tells each its rank through the environment;
+``start`` joins them into one process group (gloo on CPUs, NCCL on GPUs). Each step then works like this:
 
 1. Every process draws the same global batch (``EpochBatches`` orders
    batches by seed and pass alone) and keeps its own share of the items,

@@ -55,6 +55,11 @@ from .weights import fitting_weights, read_weights
 logger = logging.getLogger(__name__)
 
 
+def timed_words(record: dict, speed: float = 1.0) -> list[Word]:
+    """A manifest line's word timings, for its clip played ``speed`` times as fast."""
+    return [Word(w["word"], w["start"] / speed, w["end"] / speed) for w in record["words"]]
+
+
 class ListenerUtterances(torch.utils.data.Dataset):
     """A corpus split's utterances up to ``max_seconds``, as (heard features, clean features, targets).
 
@@ -86,7 +91,7 @@ class ListenerUtterances(torch.utils.data.Dataset):
         if self.augment is not None:
             clean, heard, speed = self.augment(clean, np.random.default_rng([self.seed, draw, index]))
         frame = self.cfg.audio.samples_per_frame
-        words = [Word(w["word"], w["start"] / speed, w["end"] / speed) for w in record["words"]]
+        words = timed_words(record, speed)
         grid = emission_grid(record["text"], words, self.tokenizer, math.ceil(len(clean) / frame),
                              self.cfg.delay_frames)
 
@@ -284,8 +289,8 @@ class EncodedUtterances(torch.utils.data.Dataset):
     Each clip is heard ``draws`` times: as it is, then changed by chance
     (``Augmenter``, seeded by the seed, the draw and the clip, so a resumed
     run encodes the same). The states are kept in fp16 (a 3-hour corpus,
-    twice: about 1 GB); each clip gets ``delay_frames + 1`` frames of silence after it, so
-    its last word can be committed. An item is an ``(index, batch number)``
+    twice: about 1 GB). Each clip is padded with silence to one frame past
+    the frame its last token commits on (at least), so that commit is heard. An item is an ``(index, batch number)``
     pair (``EpochBatches.with_numbers``), the number seeding the probes
     ``text_queries`` draws.
     """
@@ -304,12 +309,12 @@ class EncodedUtterances(torch.utils.data.Dataset):
         frame = cfg.audio.samples_per_frame
         self.items = []
         for index, record in enumerate(tqdm(records, desc="encoding the corpus", unit="clip")):
+            clip = load_audio(data_dir / record["path"], cfg.audio.sample_rate)
             for draw in range(draws):
-                wave, speed = load_audio(data_dir / record["path"], cfg.audio.sample_rate), 1.0
-                if draw:
-                    _, wave, speed = augment(wave, np.random.default_rng([seed, draw, index]))
-                words = [Word(w["word"], w["start"] / speed, w["end"] / speed) for w in record["words"]]
-                targets = text_targets(record["text"], words, tokenizer, cfg.delay_frames)
+                wave, speed = clip, 1.0
+                if draw:  # the augmenter returns new arrays: ``clip`` stays as it is for the next draw
+                    _, wave, speed = augment(clip, np.random.default_rng([seed, draw, index]))
+                targets = text_targets(record["text"], timed_words(record, speed), tokenizer, cfg.delay_frames)
                 n_frames = max(math.ceil(len(wave) / frame), targets.frames[-1] + 1) + 1
                 wave = torch.from_numpy(np.pad(wave, (0, n_frames * frame - len(wave))))
                 with torch.inference_mode():

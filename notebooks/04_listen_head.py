@@ -75,14 +75,7 @@ from michi_lite.listen import (
     transcribe_stream,
     whisper_encoder_state,
 )
-from michi_lite.listen_text import (
-    END_OF_TEXT,
-    PROMPT,
-    text_decoder,
-    text_queries,
-    text_targets,
-    whisper_text_tokenizer,
-)
+from michi_lite.listen_text import text_decoder, text_queries, text_targets, whisper_text_tokenizer
 from michi_lite.plots import (
     delay_histogram,
     loss_curves,
@@ -286,19 +279,9 @@ whisper_tokens = whisper_text_tokenizer()
 reference = load_listener(REFERENCE / "lite_listener.safetensors", "lite", len(tokenizer))
 
 
-def greedy(states: torch.Tensor, limit: int = 60) -> str:
-    """Whisper's way: the whole clip in view, the most likely token until end-of-text."""
-    tokens = list(PROMPT)
-    with torch.no_grad():
-        while len(tokens) < limit:
-            n = len(tokens)
-            out = decoder(torch.tensor([tokens]), torch.arange(n)[None], torch.ones(n, n, dtype=torch.bool).tril(),
-                          states, None)
-            token = int(decoder.logits(out[0, -1]).argmax())
-            if token == END_OF_TEXT:
-                break
-            tokens.append(token)
-    return whisper_tokens.decode(tokens[len(PROMPT):]).strip()
+def greedy(states: torch.Tensor) -> str:
+    """Whisper's way (``TextDecoder.greedy``): the whole clip in view, the most likely token until end-of-text."""
+    return whisper_tokens.decode(decoder.greedy(states, limit=60)).strip()
 
 
 padded = np.pad(wave, (0, 30 * audio.sample_rate - len(wave)))  # Whisper hears 30 s at a time
