@@ -47,6 +47,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -673,16 +674,30 @@ def int8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     weights is most of the work: int8 weights (``int8_weight`` keeps them)
     are a quarter of float32's bytes (data/vocoder/README.md has the timings).
     """
-    rows = x.reshape(-1, x.shape[-1]).float()
-    row_scale = rows.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127
-    q = (rows / row_scale).round().to(torch.int8)
-    q_weight, weight_scale = int8_weight(weight)
-    if q.is_cpu:
-        sums = torch._int_mm(q, q_weight).float()
-    else:  # GPU integer kernels want 17 rows or more; sums of integers under 2^24 are exact in float32 too
-        sums = q.float() @ q_weight.float()
-    out = sums * (row_scale * weight_scale) + bias.float()
-    return out.to(x.dtype).reshape(*x.shape[:-1], -1)
+    return Int8Linear.of(weight, bias)(x)
+
+
+class Int8Linear(NamedTuple):
+    """A linear layer's weights as ``int8_linear`` multiplies by them, read once (``of``), then called on inputs."""
+
+    weight: torch.Tensor  # (in, out), int8
+    scale: torch.Tensor  # (out,): each weight row's
+    bias: torch.Tensor  # (out,)
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, bias: torch.Tensor) -> Int8Linear:
+        return cls(*int8_weight(weight), bias.float())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1]).float()
+        row_scale = rows.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127
+        q = (rows / row_scale).round().to(torch.int8)
+        if q.is_cpu:
+            sums = torch._int_mm(q, self.weight).float()
+        else:  # GPU integer kernels want 17 rows or more; sums of integers under 2^24 are exact in float32 too
+            sums = q.float() @ self.weight.float()
+        out = sums * (row_scale * self.scale) + self.bias
+        return out.to(x.dtype).reshape(*x.shape[:-1], -1)
 
 
 def int8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -701,19 +716,6 @@ def int8_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         made = (rows / scale[:, None]).round().to(torch.int8).T.contiguous(), scale
     weight._int8 = (stamp, made)
     return made
-
-
-def depthwise_sum(window: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """A depthwise conv over (batch, channels, kernel - 1 + time) -> (batch, channels, time), as the sum of its
-    taps' shifted copies in a fixed order: elementwise, so each frame's value is the same float whatever the
-    frames around it (a conv routine's need not be)."""
-    kernel = conv.kernel_size[0]
-    time = window.shape[-1] - kernel + 1
-    weight = conv.weight[:, 0]  # (channels, kernel)
-    out = conv.bias[:, None].expand(-1, time)
-    for j in range(kernel):
-        out = torch.addcmul(out, weight[:, j:j + 1], window[..., j:j + time])
-    return out
 
 
 class ConvNeXtBlock(nn.Module):
@@ -737,16 +739,54 @@ class ConvNeXtBlock(nn.Module):
     def forward(self, window: torch.Tensor) -> torch.Tensor:
         """(batch, channels, kernel_size - 1 + time) -> (batch, channels, time).
 
-        In eval mode the depthwise conv is ``depthwise_sum`` and the MLP's
-        products ``int8_linear``: the same floats for a frame whatever
-        the frames around it. Training keeps the conv and plain products.
+        In eval mode it is ``convnext_frames`` on the frames' rows. Training
+        keeps the conv and plain products.
         """
-        x = window[..., self.kernel_size - 1:]
-        h = self.depthwise(window) if self.training else depthwise_sum(window, self.depthwise)  # the same, faster
-        linear = F.linear if self.training else int8_linear
-        h = self.norm(h.transpose(1, 2))  # (batch, time, channels)
-        h = linear(F.gelu(linear(h, self.expand.weight, self.expand.bias)), self.project.weight, self.project.bias)
-        return x + (self.scale * h).transpose(1, 2)
+        if not self.training:
+            return convnext_frames(window.transpose(1, 2), self.inference_weights()).transpose(1, 2)
+        h = self.norm(self.depthwise(window).transpose(1, 2))  # (batch, time, channels)
+        h = self.project(F.gelu(self.expand(h)))
+        return window[..., self.kernel_size - 1:] + (self.scale * h).transpose(1, 2)
+
+    def inference_weights(self) -> ConvNeXtWeights:
+        """The block's weights as ``convnext_frames`` uses them, copied: later changes to the block do not reach
+        them."""
+        with torch.no_grad():
+            return ConvNeXtWeights(
+                taps=self.depthwise.weight[:, 0].T.clone(), depthwise_bias=self.depthwise.bias.clone(),
+                norm_weight=self.norm.weight.clone(), norm_bias=self.norm.bias.clone(),
+                expand=Int8Linear.of(self.expand.weight, self.expand.bias.clone()),
+                project=Int8Linear.of(self.project.weight, self.project.bias.clone()), scale=self.scale.clone())
+
+
+class ConvNeXtWeights(NamedTuple):
+    """A ``ConvNeXtBlock``'s weights as eval mode uses them, read once, so a stream's chunk pays no module calls."""
+
+    taps: torch.Tensor  # (kernel, channels): the depthwise conv's weight at each tap
+    depthwise_bias: torch.Tensor
+    norm_weight: torch.Tensor
+    norm_bias: torch.Tensor
+    expand: Int8Linear
+    project: Int8Linear
+    scale: torch.Tensor
+
+
+def convnext_frames(window: torch.Tensor, w: ConvNeXtWeights) -> torch.Tensor:
+    """A ConvNeXt block in eval mode, on rows of frames: (batch, kernel - 1 + time, channels) -> (batch, time,
+    channels).
+
+    The depthwise conv is the sum of its taps' shifted copies in a fixed
+    order and the MLP's products are ``int8_linear``'s: every step is done
+    frame by frame, so each frame's value is the same float whatever frames
+    are computed with it (a conv routine's need not be).
+    """
+    kernel = w.taps.shape[0]
+    time = window.shape[1] - kernel + 1
+    h = w.depthwise_bias.expand(time, -1)
+    for j, tap in enumerate(w.taps):
+        h = torch.addcmul(h, tap, window[:, j:j + time])
+    h = F.layer_norm(h, w.norm_weight.shape, w.norm_weight, w.norm_bias, eps=1e-6)
+    return window[:, kernel - 1:] + w.scale * w.project(F.gelu(w.expand(h)))
 
 
 class IstftGenerator(CausalVocoder):
@@ -776,7 +816,8 @@ class IstftGenerator(CausalVocoder):
     It trains in float32. In eval mode its matrix products run in int8
     (``int8_linear``; the reference's log-magnitudes are 0.24 dB from
     float32's on average over a test utterance) and its depthwise convs as
-    sums of shifted copies (``depthwise_sum``): each frame's numbers then
+    sums of shifted copies (``convnext_frames``), on rows of frames, with
+    the weights read once (``inference_weights``): each frame's numbers then
     do not depend on the frames computed with it, so a
     stream gives the offline magnitudes to the last bit, which a pghi head's
     peak picking needs (a near-tie tips on a last-bit difference).
@@ -800,34 +841,59 @@ class IstftGenerator(CausalVocoder):
         signs = torch.ones(len(bins)) if self.phase_kind == "frame" else 1.0 - 2.0 * (bins % 2)  # about the centre
         self.register_buffer("signs", signs, persistent=False)
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """The first conv's and the head's products: plain in training; in eval mode in int8 (``int8_linear``),
-        as the blocks compute theirs, so that a stream's chunks and a whole clip give the same magnitudes to the
-        last bit."""
-        return F.linear(x, weight.flatten(1), bias) if self.training else int8_linear(x, weight, bias)
-
-    def pre(self, window: torch.Tensor) -> torch.Tensor:
-        """``conv_pre`` over (batch, n_mels, kernel - 1 + time) -> (batch, channels, time); in eval mode as a
-        product per frame through ``linear``."""
-        if self.training:
-            return self.conv_pre(window)
-        taps = window.unfold(-1, self.cfg.istft_kernel_size, 1).transpose(1, 2).flatten(2)  # (batch, time, n_mels * k)
-        return self.linear(taps, self.conv_pre.weight, self.conv_pre.bias).transpose(1, 2)
-
     def trunk(self, mel: torch.Tensor) -> torch.Tensor:
         """Normalised log-mel (batch, n_mels, frames) -> the blocks' output (batch, frames, channels)."""
         context = self.cfg.istft_kernel_size - 1
-        x = self.pre(F.pad(mel, (context, 0)))  # (batch, channels, frames)
+        if not self.training:
+            weights = self.inference_weights()
+            return self.trunk_frames(F.pad(mel, (context, 0)), weights, self.trunk_start(len(mel), weights))[0]
+        x = self.conv_pre(F.pad(mel, (context, 0)))  # (batch, channels, frames)
         for block in self.blocks:
             x = block(F.pad(x, (context, 0)))
         return x.transpose(1, 2)
 
-    def spectra(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def inference_weights(self) -> IstftWeights:
+        """The weights as eval mode computes with them (int8 products; copies, see ``ConvNeXtBlock``'s)."""
+        with torch.no_grad():
+            return IstftWeights(pre=Int8Linear.of(self.conv_pre.weight, self.conv_pre.bias.clone()),
+                                blocks=[block.inference_weights() for block in self.blocks],
+                                head=Int8Linear.of(self.head.weight, self.head.bias.clone()))
+
+    def trunk_start(self, batch: int, weights: IstftWeights) -> list[torch.Tensor]:
+        """What ``trunk_frames`` starts from: each block's past frames as zeros (batch, kernel - 1, channels)."""
+        context, channels = self.cfg.istft_kernel_size - 1, self.cfg.istft_channels
+        return [weights.pre.bias.new_zeros(batch, context, channels) for _ in weights.blocks]
+
+    def trunk_frames(
+        self, mel: torch.Tensor, weights: IstftWeights, pasts: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The trunk in eval mode: (batch, n_mels, kernel - 1 + time) -> (batch, time, channels), and each block's
+        last ``kernel - 1`` input frames, to give back as ``pasts`` on the next call (``trunk_start``'s first).
+
+        Offline and a stream's chunks run this same code.
+        """
+        time = mel.shape[-1] - self.cfg.istft_kernel_size + 1
+        taps = mel.unfold(-1, self.cfg.istft_kernel_size, 1).transpose(1, 2).flatten(2)  # (batch, time, n_mels * k)
+        x = weights.pre(taps)
+        ends = []
+        for block, past in zip(weights.blocks, pasts):
+            window = torch.cat([past, x], dim=1)  # (batch, kernel - 1 + time, channels)
+            ends.append(window[:, time:])
+            x = convnext_frames(window, block)
+        return x, ends
+
+    def spectra(
+        self, x: torch.Tensor, head: Int8Linear | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The blocks' output -> each frame's log-magnitudes and phases (or advances), (batch, time, bins) each.
 
-        A "pghi" head's phases are None: ``frames`` computes them.
+        A "pghi" head's phases are None: ``frames`` computes them. In eval mode
+        the head's product is ``int8_linear``'s, as the blocks' are (``head``:
+        its weights as ``inference_weights`` read them; None: read now).
         """
-        out = self.linear(self.norm(x), self.head.weight, self.head.bias)
+        if head is None:
+            head = self.head if self.training else Int8Linear.of(self.head.weight, self.head.bias)
+        out = head(self.norm(x))
         if self.phase_kind == "pghi":
             return out, None
         log_magnitude, phase = out.chunk(2, dim=-1)
@@ -891,6 +957,14 @@ class IstftGenerator(CausalVocoder):
 
     def stream(self, batch_size: int = 1) -> IstftStream:
         return IstftStream(self, batch_size)
+
+
+class IstftWeights(NamedTuple):
+    """An ``IstftGenerator``'s weights as eval mode uses them (``IstftGenerator.inference_weights``)."""
+
+    pre: Int8Linear  # the first conv as a product of each frame's taps
+    blocks: list[ConvNeXtWeights]
+    head: Int8Linear
 
 
 def integrate_phase(advance: torch.Tensor, start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -962,25 +1036,24 @@ def phase_from_magnitude(
         slope = -gamma / (n_fft * hop) * (s - previous)
     else:
         slope = -gamma / (n_fft * hop) * (following.double().clamp(min=LOG_MAGNITUDE_FLOOR) - previous) / 2
-    # each bin points at its louder neighbour (itself at a peak), and knows its phase relative to it
-    neighbours = torch.stack([F.pad(s[..., :-1], (1, 0), value=-math.inf), s,
-                              F.pad(s[..., 1:], (0, 1), value=-math.inf)], dim=-1)
-    choice = torch.where(neighbours.amax(-1) == s, 1, neighbours.argmax(-1))  # 0 left, 1 itself, 2 right
-    index = torch.arange(bins, device=s.device) + choice - 1
-    step = (slope[..., :-1] + slope[..., 1:]) / 2  # phase of bin m + 1 less bin m's
-    offset = torch.zeros_like(s)
-    offset[..., :-1] -= torch.where(choice[..., :-1] == 2, step, 0.0)
-    offset[..., 1:] += torch.where(choice[..., 1:] == 0, step, 0.0)
-    for _ in range(math.ceil(math.log2(bins)) + 1):  # pointer jumping: every bin reaches its peak
-        offset = offset + offset.gather(-1, index)
-        index = index.gather(-1, index)
-    phases = torch.empty_like(s)
-    for t in range(time):
-        turned = phase + (turn_before + turn[:, t]) / 2  # every bin turned on from the frame before ...
-        phase = turned.gather(-1, index[:, t]) + offset[:, t]  # ... each then set by its peak's
-        phase = torch.remainder(phase + math.pi, 2 * math.pi) - math.pi
-        phases[:, t], turn_before = phase, turn[:, t]
-    return phases, torch.stack([s[:, -1], phase, turn_before], dim=1)
+    # each bin climbs to the peak (a bin no quieter than its neighbours) its louder neighbour leads to, always
+    # the nearest on that side, and knows its phase relative to it: the slope summed over the bins between
+    left = F.pad(s[..., :-1], (1, 0), value=-math.inf)
+    right = F.pad(s[..., 1:], (0, 1), value=-math.inf)
+    peak = (s >= left) & (s >= right)
+    position = torch.arange(bins, device=s.device)
+    peak_below = torch.where(peak, position, -1).cummax(-1).values
+    peak_above = torch.where(peak, position, bins).flip(-1).cummin(-1).values.flip(-1)
+    index = torch.where(peak | (left >= right), peak_below, peak_above)
+    climbed = F.pad(((slope[..., :-1] + slope[..., 1:]) / 2).cumsum(-1), (1, 0))  # bin m's phase less bin 0's
+    # every bin turned on from the frame before (the trapezoid of the two frames' turns), then set by its peak's
+    turned = (torch.cat([turn_before.unsqueeze(1), turn[:, :-1]], dim=1) + turn) / 2
+    steps = turned.gather(-1, index) + (climbed - climbed.gather(-1, index))
+    phases = []
+    for peak_index, step in zip(index.unbind(1), steps.unbind(1)):
+        phase = torch.remainder(phase.gather(-1, peak_index) + step + math.pi, 2 * math.pi) - math.pi
+        phases.append(phase)
+    return torch.stack(phases, dim=1), torch.stack([s[:, -1], phase, turn[:, -1]], dim=1)
 
 
 def generator_frame_spectra(wave: torch.Tensor, cfg: VocoderConfig) -> torch.Tensor:
@@ -1045,14 +1118,14 @@ class IstftStream(VocoderStream):
     @torch.inference_mode()
     def reset(self) -> None:
         g, batch, context = self.generator, self.batch_size, self.generator.cfg.istft_kernel_size - 1
-        weight = g.conv_pre.weight
-        self.mel_past = weight.new_zeros(batch, g.n_mels, context)
-        self.block_pasts = [weight.new_zeros(batch, g.cfg.istft_channels, context) for _ in g.blocks]
-        self.tail = weight.new_zeros(batch, g.n_fft - g.hop_length)  # overlap-add still owed to later hops
+        self.weights = g.inference_weights()  # read once: a chunk pays no module calls
+        self.mel_past = self.weights.pre.bias.new_zeros(batch, g.n_mels, context)
+        self.block_pasts = g.trunk_start(batch, self.weights)
+        self.tail = self.mel_past.new_zeros(batch, g.n_fft - g.hop_length)  # overlap-add still owed to later hops
         # where the phases stand between chunks: zeros for "advance"; None for "pghi", whose
         # phase_from_magnitude starts as after silence, and for "frame", which keeps none
         advancing = g.phase_kind == "advance"
-        self.phase = weight.new_zeros(batch, g.n_fft // 2 + 1, dtype=torch.float64) if advancing else None
+        self.phase = self.mel_past.new_zeros(batch, g.n_fft // 2 + 1, dtype=torch.float64) if advancing else None
         self.started = False
 
     @torch.inference_mode()
@@ -1063,12 +1136,8 @@ class IstftStream(VocoderStream):
         time = mel.shape[-1]
         mel = torch.cat([self.mel_past, mel], dim=-1)  # (batch, n_mels, context + time)
         self.mel_past = mel[..., time:]
-        x = g.pre(mel)  # (batch, channels, time)
-        for i, block in enumerate(g.blocks):
-            h = torch.cat([self.block_pasts[i], x], dim=-1)  # (batch, channels, context + time)
-            self.block_pasts[i] = h[..., time:]
-            x = block(h)
-        frames, self.phase = g.frames(*g.spectra(x.transpose(1, 2)), self.phase)
+        x, self.block_pasts = g.trunk_frames(mel, self.weights, self.block_pasts)
+        frames, self.phase = g.frames(*g.spectra(x, self.weights.head), self.phase)
         wave = overlap_add(frames, g.hop_length)  # (batch, (time + lookahead) * hop)
         wave[:, :self.tail.shape[-1]] += self.tail
         samples = time * g.hop_length

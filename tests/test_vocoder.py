@@ -665,6 +665,22 @@ def test_an_istft_generator_in_eval_mode_computes_what_it_trains_with_to_int8_ro
     assert (evaluated - trained).abs().max() < 0.05  # log-magnitudes: under 0.5 dB apart
 
 
+def test_an_istft_stream_keeps_the_weights_it_opened_with_until_reset():
+    generator = istft_generator(TINY_PGHI)
+    mel = random_mel(CHUNK)
+    stream = generator.stream()
+    with torch.no_grad():
+        original = generator(mel)
+        generator.blocks[0].expand.weight.mul_(2.0)  # in place, as an optimizer step would
+        generator.blocks[-1].depthwise.weight.add_(0.1)
+        generator.head.bias.add_(0.3)
+        changed = generator(mel)
+    assert (changed - original).abs().max() > 1e-3
+    assert (stream.push(mel) - original).abs().max() < 1e-5  # opened before the change
+    stream.reset()
+    assert (stream.push(mel) - changed).abs().max() < 1e-5
+
+
 @pytest.mark.parametrize("cfg", **ISTFT_HEADS)
 def test_istft_stream_and_flush_give_vocode_with_a_constant_cache(cfg):
     generator = istft_generator(cfg)
