@@ -72,16 +72,17 @@ from pathlib import Path
 import numpy as np
 
 from .config import ANSWER_SOURCES, FRAME_SECONDS, PRESETS, TURNS, get_config
+from .weights import (
+    REFERENCE_ACOUSTIC,
+    REFERENCE_ACOUSTIC_VOICE,
+    REFERENCE_ALIGNER,
+    REFERENCE_DATA,
+    REFERENCE_LISTENER,
+    REFERENCE_SPEAKER,
+    REFERENCE_VOCODER,
+    REFERENCE_VOICE,
+)
 
-# the reference weights committed with the project (a source checkout's data/)
-REFERENCE_DATA = Path(__file__).resolve().parent.parent / "data"
-REFERENCE_LISTENER = REFERENCE_DATA / "listener" / "lite_listener.safetensors"
-REFERENCE_VOCODER = REFERENCE_DATA / "vocoder" / "lite_vocoder.safetensors"
-REFERENCE_VOICE = REFERENCE_DATA / "speaker" / "voice_prompt.flac"
-REFERENCE_ACOUSTIC = REFERENCE_DATA / "acoustic" / "lite_acoustic.safetensors"
-REFERENCE_ACOUSTIC_VOICE = REFERENCE_DATA / "acoustic" / "voice_prompt.flac"
-REFERENCE_ALIGNER = REFERENCE_DATA / "aligner" / "lite_aligner.safetensors"
-REFERENCE_SPEAKER = REFERENCE_DATA / "speaker" / "lite_speaker.safetensors"
 EVAL_DATA = ("a corpus built by `michi-lite data build`, or any folder whose manifest.jsonl gives each clip's "
              "path and text (a line without split is test; without voice, one held-out voice)")
 

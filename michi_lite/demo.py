@@ -1,8 +1,12 @@
-"""``michi-lite demo``: everything built so far, end to end, on one sentence.
+"""``michi-lite demo``: everything built so far, end to end.
 
-Synthesise a sentence, align its words two ways (the engine's own timings and
-Whisper's), lay its tokens on the 12.5 Hz frame grid, and save the audio, a
-figure and a JSON summary. Later stages turn this into the duplex demo.
+First the data's path on one sentence: synthesise it, align its words two
+ways (the engine's own timings and Whisper's), lay its tokens on the 12.5 Hz
+frame grid, and save the audio, a figure and a JSON summary. Then, with the
+``lite`` references, a conversation: the duplex engine hears a bundled
+user's side (a held-out dialogue's, ``data/duplex/demo_user.flac``) 80 ms at a
+time and answers as it goes; the stereo audio, its timeline, both streams on
+the frame clock and the frame step's times are saved beside the rest.
 """
 
 from __future__ import annotations
@@ -17,14 +21,21 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .audio import MelSpectrogram, frame_count, prepare_waveform, save_audio
+from .audio import MelSpectrogram, frame_count, load_audio, prepare_waveform, save_audio
 from .backbone import load_tokenizer
 from .config import FRAME_SECONDS, Config
 from .data.alignment import boundary_differences, summarize_differences, whisper_words
 from .data.engines import Voice, available_engines, synthesize
 from .data.frames import TokenGrid, frame_tokens, text_from_grid
 from .data.words import Word
-from .plots import alignment_figure
+from .plots import alignment_figure, dialogue_streams_figure, frame_times_figure
+from .weights import (
+    REFERENCE_CONVERSATION,
+    REFERENCE_LISTENER,
+    REFERENCE_SPEAKER,
+    REFERENCE_VOCODER,
+    REFERENCE_VOICE,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -105,5 +116,55 @@ def run_demo(cfg: Config, out: str | os.PathLike, text: str = DEMO_TEXT) -> dict
         f" reading them back gives the text exactly: {summary['grid_round_trip_exact']}",
         f"5. figure: {out / 'demo_alignment.png'}",
     ])
+    references = (REFERENCE_SPEAKER, REFERENCE_LISTENER, REFERENCE_VOCODER, REFERENCE_VOICE, REFERENCE_CONVERSATION)
+    if cfg.name == "lite" and all(path.exists() for path in references):
+        from .duplex import load_engine
+
+        logger.info("playing the bundled conversation to the duplex engine")
+        engine = load_engine("lite", *references[:4])
+        bundled = json.loads(REFERENCE_CONVERSATION.with_suffix(".json").read_text())
+        user = load_audio(REFERENCE_CONVERSATION, engine.listener.cfg.audio.sample_rate)
+        summary["conversation"] = conversation = converse_demo(engine, user, out, prefix=bundled["rag"])
+        summary["story"] += "\n" + "\n".join([
+            f"6. a conversation: the duplex engine heard {bundled['seconds']:.1f} s of a held-out user "
+            f"({bundled['user_voice']}) 80 ms at a time and answered as it went: {out / 'conversation.wav'}",
+            f"7. it heard: {conversation['heard']!r}",
+            f"8. it said: {conversation['said']!r}",
+            f"9. a frame step took {conversation['step_ms_median']:.1f} ms median, {conversation['step_ms_p95']:.1f} "
+            f"ms p95 (real time: 80 ms); figures: {out / 'conversation.png'}, {out / 'conversation_latency.png'}",
+        ])
+    else:
+        summary["story"] += ("\n6. the conversation part plays data/duplex/demo_user.flac to the lite references: "
+                             "`michi-lite demo --preset lite` from a source checkout")
     (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def converse_demo(engine, user: np.ndarray, out: str | os.PathLike, prefix: str | None = None) -> dict:
+    """``engine`` (a ``DuplexEngine``) hears ``user`` (mono, at the listener's rate) and answers, then 3 s of
+    silence -> into ``out``: conversation.wav (user, model), conversation.json (the timeline),
+    conversation.png (both streams on the frame clock) and conversation_latency.png; returns a summary."""
+    from .duplex import STAGES, converse
+
+    out = Path(out)
+    both, timeline = converse(engine, user, tail_seconds=3.0, prefix=prefix)
+    rate = engine.model.cfg.audio.sample_rate
+    save_audio(out / "conversation.wav", both, rate)
+    (out / "conversation.json").write_text(json.dumps(timeline, indent=1) + "\n")
+    silent = (engine.model.pad_id, engine.model.end_id)
+    words = {side: [engine.tokenizer.decode([token]) if token not in silent else ""
+                    for token in (getattr(r, f"{side}_token") for r in engine.log)] for side in ("user", "model")}
+    dialogue_streams_figure(both, rate, words["user"], words["model"],
+                            title="the user (as the listener heard it) and the model, frame by frame").savefig(
+        out / "conversation.png", dpi=110)
+    seconds = {stage: np.array([r.seconds[stage] for r in engine.log]) for stage in STAGES}
+    frame_times_figure(seconds, title="the duplex engine's frame step, stage by stage").savefig(
+        out / "conversation_latency.png", dpi=110)
+    steps = sum(seconds.values()) * 1000
+    return {
+        "heard": timeline["user_said"], "said": timeline["model_said"], "frames": timeline["frames"],
+        "step_ms_median": float(np.median(steps)), "step_ms_p95": float(np.percentile(steps, 95)),
+        "stage_ms_median": {stage: float(np.median(s) * 1000) for stage, s in seconds.items()},
+        "files": {name: str(out / name) for name in ("conversation.wav", "conversation.json", "conversation.png",
+                                                     "conversation_latency.png")},
+    }

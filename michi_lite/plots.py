@@ -244,3 +244,32 @@ def text_queries_figure(queries: list[tuple[str, int, str]], n_frames: int, titl
               fontsize=8)
     ax.set_title(title)
     return fig
+
+
+def frame_times_figure(seconds: dict[str, np.ndarray], title: str = "") -> Figure:
+    """A conversation's frame step, stage by stage: per frame (stacked, against the 80 ms of real time each
+    frame gives) and as distributions (each stage's, and the whole step's).
+
+    ``seconds`` maps each stage's name, in the order the step runs them, to
+    its time on every frame (seconds, one value per frame).
+    """
+    stages = list(seconds)
+    ms = np.stack([np.asarray(seconds[stage]) * 1000 for stage in stages])  # (stages, frames)
+    clock = np.arange(ms.shape[1]) * FRAME_SECONDS
+    fig = Figure(figsize=(14, 4), layout="constrained")
+    over_time, spread = fig.subplots(1, 2, width_ratios=(2.2, 1))
+    over_time.stackplot(clock, ms, labels=stages, alpha=0.85)
+    over_time.axhline(FRAME_SECONDS * 1000, color="black", lw=1, ls="--", label="real time (80 ms)")
+    over_time.set_xlim(0, clock[-1] if len(clock) > 1 else FRAME_SECONDS)
+    over_time.set_xlabel("conversation time (s)")
+    over_time.set_ylabel("ms per frame")
+    over_time.legend(loc="upper left", fontsize=8, ncols=len(stages) + 1)
+    total = ms.sum(0)
+    rows = [*ms, total]
+    spread.boxplot(rows, orientation="horizontal", tick_labels=[*stages, "the step"], showfliers=False)
+    spread.axvline(FRAME_SECONDS * 1000, color="black", lw=1, ls="--")
+    spread.set_xlabel(f"ms (the step: median {np.median(total):.1f}, p95 {np.percentile(total, 95):.1f})")
+    spread.invert_yaxis()
+    if title:
+        over_time.set_title(title)
+    return fig

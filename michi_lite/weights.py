@@ -22,6 +22,17 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+# the reference weights committed with the project (a source checkout's data/)
+REFERENCE_DATA = Path(__file__).resolve().parent.parent / "data"
+REFERENCE_LISTENER = REFERENCE_DATA / "listener" / "lite_listener.safetensors"
+REFERENCE_VOCODER = REFERENCE_DATA / "vocoder" / "lite_vocoder.safetensors"
+REFERENCE_VOICE = REFERENCE_DATA / "speaker" / "voice_prompt.flac"
+REFERENCE_ACOUSTIC = REFERENCE_DATA / "acoustic" / "lite_acoustic.safetensors"
+REFERENCE_ACOUSTIC_VOICE = REFERENCE_DATA / "acoustic" / "voice_prompt.flac"
+REFERENCE_ALIGNER = REFERENCE_DATA / "aligner" / "lite_aligner.safetensors"
+REFERENCE_SPEAKER = REFERENCE_DATA / "speaker" / "lite_speaker.safetensors"
+REFERENCE_CONVERSATION = REFERENCE_DATA / "duplex" / "demo_user.flac"  # a held-out user's side, for the demo
+
 
 def write_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
     """Safetensors with string metadata, written to a temporary name and renamed: a reader never sees half."""
