@@ -322,6 +322,12 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
     * the frame accuracy against the emission grid, over all frames and over
       the frames that carry a token.
 
+    And ``conversations`` per group: its clips of each engine, in order, four
+    to a stream with 0.5 to 2 s of silence between (``conversation_streams``),
+    as a conversation brings sentence after sentence: the int8 stream's WER
+    on them beside the same clips streamed one at a time, and offline
+    Whisper's on the joined audio.
+
     ``robustness`` > 0 adds a table: on that many held-out clips (spread
     over engines), the streaming and Whisper WERs under each
     ``ROBUSTNESS_CONDITIONS`` change. Each clip gets the trailing silence
@@ -403,6 +409,8 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
             "categories": {c: wer_summary([r for r in rows if r["category"] == c]) for c in categories},
             "engines": {e: summary([r for r in rows if r["engine"] == e]) for e in engines},
         }
+        report["groups"][group]["conversations"] = conversation_summary(
+            conversation_streams(rows, audio.sample_rate), listener_int8, tokenizer, judge, audio.sample_rate)
         all_delays[group] = np.concatenate([r["delays"] for r in rows])
         logger.info("listener eval, %s voices: %s", group, report["groups"][group]["all"])
         if group == "held_out" and robustness:
@@ -415,6 +423,42 @@ def evaluate_listener(preset: str, ckpt: str | os.PathLike, data_dir: str | os.P
     report["held_out_dirs"] = [str(d) for d in held_out_dirs]
     report["run"] = run_info(preset)
     return report
+
+
+def conversation_streams(rows: list[dict], sample_rate: int, per_stream: int = 4,
+                         seed: int = 0) -> list[tuple[np.ndarray, list[dict]]]:
+    """``evaluate_listener``'s rows joined into streams: each engine's clips in order, ``per_stream`` at a time
+    (fewer for the last), 0.3 s of silence first and 0.5 to 2 s between (drawn from ``seed``) -> (audio, rows)."""
+    rng = np.random.default_rng(seed)
+    streams = []
+    for engine in sorted({r["engine"] for r in rows}):
+        mine = [r for r in rows if r["engine"] == engine]
+        for start in range(0, len(mine), per_stream):
+            parts = [np.zeros(round(0.3 * sample_rate), dtype=np.float32)]
+            for row in mine[start:start + per_stream]:
+                parts += [load_audio(row["path"], sample_rate),
+                          np.zeros(round(rng.uniform(0.5, 2.0) * sample_rate), dtype=np.float32)]
+            streams.append((np.concatenate(parts), mine[start:start + per_stream]))
+    return streams
+
+
+def conversation_summary(streams: list[tuple[np.ndarray, list[dict]]], listener, tokenizer, judge,
+                         sample_rate: int) -> dict:
+    """WERs on ``conversation_streams``: ``listener`` streaming each whole (``wer_stream``), the same clips
+    streamed one at a time (``wer_one_at_a_time``, their rows' ``heard_int8``), and offline Whisper on each
+    stream's audio."""
+    from .listen import transcribe_stream
+
+    texts = [" ".join(r["text"] for r in rows) for _, rows in streams]
+    heard = [" ".join(h.word for h in transcribe_stream(listener, torch.from_numpy(wave), tokenizer))
+             for wave, _ in tqdm(streams, desc="listener eval, conversations", unit="stream")]
+    return {
+        "n_streams": len(streams), "n_utterances": sum(len(rows) for _, rows in streams),
+        "seconds": sum(len(wave) for wave, _ in streams) / sample_rate,
+        "wer_stream": word_error_rate(texts, heard),
+        "wer_one_at_a_time": word_error_rate(texts, [" ".join(r["heard_int8"] for r in rows) for _, rows in streams]),
+        "wer_whisper_offline": word_error_rate(texts, [transcribe(wave, sample_rate, judge) for wave, _ in streams]),
+    }
 
 
 def spread_over_engines(rows: list[dict], n: int) -> list[dict]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,16 @@ def whisper_text_tokenizer():
     from .backbone import whisper_model_dir
 
     return PreTrainedTokenizerFast(tokenizer_file=str(whisper_model_dir("tiny.en") / "tokenizer.json"))
+
+
+ABBREVIATIONS = ("Mr.", "Mrs.", "Ms.", "Dr.", "St.", "Jr.", "Sr.", "vs.", "No.", "a.m.", "p.m.", "e.g.", "i.e.")
+
+
+def ends_a_sentence(tokens: list[int]) -> bool:
+    """Whether Whisper tokens end a sentence: their text ends in ".", "?" or "!" (a closing quote or bracket
+    after it allowed), not in an abbreviation such as "Dr."."""
+    text = whisper_text_tokenizer().decode(tokens[-4:]).rstrip().rstrip("\"')]")
+    return text.endswith((".", "?", "!")) and not text.endswith(("..", *ABBREVIATIONS))
 
 
 class LowRank(nn.Module):
@@ -327,22 +338,41 @@ class TextStream:
     committed positions.
     When ``max_tokens`` are committed (Whisper's decoder has 448 positions),
     the decoder starts over from the prompt, hearing from that frame on.
+
+    Given ``ends_sentence`` (a test on the tokens committed since the start,
+    such as ``ends_a_sentence``), it starts over after a sentence too: when
+    the committed tokens end one and the gate waits, keeping the last
+    ``keep_frames`` frames of encoder states. The decoder learnt from clips
+    of one sentence each, which end where the sentence does: left to go on,
+    it waits for good after the first full stop. A word is committed
+    ``delay_frames`` after it ends, so the frames kept are the silence after
+    it, or the start of what follows.
     """
 
     def __init__(self, decoder: TextDecoder, per_frame: int, window: int = 1500, max_tokens: int = 224,
-                 threshold: float = 0.5, max_per_frame: int = 8) -> None:
+                 threshold: float = 0.5, max_per_frame: int = 8,
+                 ends_sentence: Callable[[list[int]], bool] | None = None, keep_frames: int = 2) -> None:
         self.decoder, self.per_frame, self.window = decoder, per_frame, window
         self.max_tokens, self.threshold, self.max_per_frame = max_tokens, threshold, max_per_frame
+        self.ends_sentence, self.keep = ends_sentence, keep_frames * per_frame
         device = decoder.tokens.device
         self.text_only = torch.zeros(decoder.tokens.shape[0], dtype=torch.bool, device=device)
         self.text_only[END_OF_TEXT:] = True  # the special tokens are never committed
-        self.restart()
-
-    def restart(self) -> None:
-        """Start over: the prompt again, hearing only what comes next (what was committed stays said)."""
         self.rings: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, allocated on the first frame
         self.filled = self.written = 0  # ring slots holding a state; states written since the start
+        self.restart()
+
+    def restart(self, keep: int = 0) -> None:
+        """Start over: the prompt again, hearing only the last ``keep`` encoder states and what comes next (what
+        was committed stays said)."""
+        keep = min(keep, self.filled)
+        if keep:  # the kept states move to the ring's first slots, in order
+            slots = (self.written - keep + torch.arange(keep)) % self.window
+            for keys, values in self.rings:
+                keys[:, :, :keep], values[:, :, :keep] = keys[:, :, slots].clone(), values[:, :, slots].clone()
+        self.filled = self.written = keep
         self.sequence = list(PROMPT)
+        self.unchecked = False
         self.past: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.decoder.layers)
         self.kept = 0  # positions whose keys and values are final
         self.fresh = True
@@ -362,7 +392,7 @@ class TextStream:
         if self.fresh:  # the prompt's first position is final on the frame it starts
             self._keep(self._run(end=1)[1], 1)
             self.fresh = False
-        committed = []
+        committed, waits = [], True
         for _ in range(self.max_per_frame):
             state, past = self._run()
             if torch.sigmoid(self.decoder.commit_logit(state)).item() < self.threshold:
@@ -371,8 +401,15 @@ class TextStream:
             self._keep(past, len(self.sequence))  # the positions it came from are final now, as just run
             self.sequence.append(token)
             committed.append(token)
+        else:  # the most a frame commits, and maybe more to come: not the time to start over
+            waits = False
+        self.unchecked |= bool(committed)  # tokens committed whose sentence end is still to be checked
         if len(self.sequence) >= self.max_tokens:
             self.restart()
+        elif self.unchecked and waits and self.ends_sentence:
+            self.unchecked = False
+            if self.ends_sentence(self.sequence[len(PROMPT):]):
+                self.restart(self.keep)
         return committed
 
     def numel(self) -> int:

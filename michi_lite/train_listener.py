@@ -287,16 +287,21 @@ class EncodedUtterances(torch.utils.data.Dataset):
     """A split's utterances as a frozen listener's encoder hears them, encoded once, with their text targets.
 
     Each clip is heard ``draws`` times: as it is, then changed by chance
-    (``Augmenter``, seeded by the seed, the draw and the clip, so a resumed
-    run encodes the same). The states are kept in fp16 (a 3-hour corpus,
-    twice: about 1 GB). Each clip is padded with silence to one frame past
-    the frame its last token commits on (at least), so that commit is heard. An item is an ``(index, batch number)``
-    pair (``EpochBatches.with_numbers``), the number seeding the probes
-    ``text_queries`` draws.
+    (``Augmenter``), each time with up to ``quiet_seconds[0]`` of silence
+    before it and up to ``quiet_seconds[1]`` after (at least a frame past
+    the frame its last token commits on, so that commit is heard), and from
+    a random position of the encoder's 30 s round, as a stream hears a
+    sentence at any point of a conversation: the silence after a sentence
+    is where a stream must wait. All of it is drawn from the seed, the draw
+    and the clip, so a resumed run encodes the same. The states are kept in
+    fp16 (a 3-hour corpus, twice: about 1.3 GB). An item is an ``(index,
+    batch number)`` pair (``EpochBatches.with_numbers``), the number seeding
+    the probes ``text_queries`` draws.
     """
 
     def __init__(self, data_dir: str | os.PathLike, listener: Listener, split: str = "train", draws: int = 2,
-                 max_seconds: float = 12.0, seed: int = 0, probes: int = 48) -> None:
+                 max_seconds: float = 12.0, seed: int = 0, probes: int = 48,
+                 quiet_seconds: tuple[float, float] = (1.0, 3.0)) -> None:
         from .listen_text import text_targets, whisper_text_tokenizer
 
         cfg = listener.cfg
@@ -311,14 +316,19 @@ class EncodedUtterances(torch.utils.data.Dataset):
         for index, record in enumerate(tqdm(records, desc="encoding the corpus", unit="clip")):
             clip = load_audio(data_dir / record["path"], cfg.audio.sample_rate)
             for draw in range(draws):
-                wave, speed = clip, 1.0
+                chance = np.random.default_rng([seed, draw, index, 1])
+                before, after = (round(chance.uniform(0, most) * cfg.audio.sample_rate) for most in quiet_seconds)
+                wave, speed = np.pad(clip, (before, after)), 1.0
                 if draw:  # the augmenter returns new arrays: ``clip`` stays as it is for the next draw
-                    _, wave, speed = augment(clip, np.random.default_rng([seed, draw, index]))
-                targets = text_targets(record["text"], timed_words(record, speed), tokenizer, cfg.delay_frames)
+                    _, wave, speed = augment(wave, np.random.default_rng([seed, draw, index]))
+                lead = before / cfg.audio.sample_rate / speed
+                words = [Word(w.word, w.start + lead, w.end + lead) for w in timed_words(record, speed)]
+                targets = text_targets(record["text"], words, tokenizer, cfg.delay_frames)
                 n_frames = max(math.ceil(len(wave) / frame), targets.frames[-1] + 1) + 1
                 wave = torch.from_numpy(np.pad(wave, (0, n_frames * frame - len(wave))))
                 with torch.inference_mode():
-                    states = listener.encoder(clip_features(wave, cfg.audio)[None])[0]
+                    start = int(chance.integers(WHISPER_POSITIONS))
+                    states = listener.encoder(clip_features(wave, cfg.audio)[None], start=start)[0]
                 self.items.append((states.half(), targets, n_frames))
 
     def __len__(self) -> int:
@@ -408,8 +418,9 @@ def train_listener_text(
     corpus once (``EncodedUtterances``, ``draws`` times each clip) and only
     the text decoder's adapters and gate learn, the learning rate falling
     until ``decay_steps``. The exported file is that
-    listener with the text decoder added. A resumed run keeps the recipe it
-    started with.
+    listener with the text decoder added. A listener that has one already
+    goes on from its adapters (``rank`` is then its own). A resumed run
+    keeps the recipe it started with.
     """
     from .backbone import load_tokenizer
 
@@ -422,10 +433,14 @@ def train_listener_text(
     device = training_device(device)
     torch.manual_seed(seed)
     frozen = load_listener(listener_path, preset, len(load_tokenizer()))
-    if frozen.text is not None:
-        raise ValueError(f"{listener_path}: this listener already has a text decoder; start from one without")
-    listener = Listener(replace(frozen.cfg, text_rank=rank), frozen.token_table)
-    listener.load_state_dict(frozen.state_dict(), strict=False)  # all but the new text decoder
+    if frozen.text is not None:  # its adapters and gate are where this run starts
+        if rank != frozen.cfg.text_rank:
+            logger.info("%s has a text decoder of rank %d: going on from it at that rank", listener_path,
+                        frozen.cfg.text_rank)
+        listener, rank = frozen, frozen.cfg.text_rank
+    else:
+        listener = Listener(replace(frozen.cfg, text_rank=rank), frozen.token_table)
+        listener.load_state_dict(frozen.state_dict(), strict=False)  # all but the new text decoder
     recipe = {"rank": rank, "batch_size": batch_size, "draws": draws, "seed": seed, "decay_steps": decay_steps,
               "listener": str(listener_path)}
     trainer = ListenerTextTrainer(listener, preset, device, decay_steps, recipe=recipe)

@@ -293,6 +293,9 @@ def test_eval_listener_reports_every_measure_per_group_engine_and_category(tiny_
         assert group["stress"]["n_utterances"] + group["plain"]["n_utterances"] == result["n_utterances"]
         assert all(c.startswith("stress:") for c in group["categories"])
         assert sum(c["n_utterances"] for c in group["categories"].values()) == group["stress"]["n_utterances"]
+        talk = group["conversations"]  # one clip per engine here: a stream each
+        assert talk["n_utterances"] == talk["n_streams"] == result["n_utterances"]
+        assert talk["wer_whisper_offline"] < 1.0 < min(talk["wer_stream"], talk["wer_one_at_a_time"])
     table = report["robustness"]
     assert set(table) == set(report["conditions"]) and {"clean", "noise_snr_5db", "speed_1.1"} <= set(table)
     assert all(row["n_utterances"] == 2 and row["wer_streaming"] > 1.0 for row in table.values())
@@ -389,3 +392,19 @@ def test_flush_pads_the_last_partial_frame_and_adds_the_quiet_frames(tiny_listen
     assert len(stream.push(noise(0.1))) == 1  # 1600 samples: one frame, 320 waiting
     assert len(stream.flush()) == 1 + QUIET_FRAMES
     assert stream.cache_numel() - stream.state.numel() == stream.history  # nothing left waiting
+
+
+def test_conversations_join_each_engines_clips_in_order_with_silences_between(tiny_corpus):
+    from michi_lite.audio import load_audio
+    from michi_lite.data.corpus import load_manifest
+    from michi_lite.eval import conversation_streams
+
+    rows = [{"path": str(tiny_corpus / r["path"]), "engine": r["engine"], "text": r["text"]}
+            for r in load_manifest(tiny_corpus)[:9]]
+    streams = conversation_streams(rows, 16_000, per_stream=4)
+    assert [r for _, stream_rows in streams for r in stream_rows] == sorted(rows, key=lambda r: r["engine"])
+    for wave, stream_rows in streams:
+        assert 1 <= len(stream_rows) <= 4 and len({r["engine"] for r in stream_rows}) == 1
+        speech = sum(len(load_audio(r["path"], 16_000)) for r in stream_rows) / 16_000
+        silence = len(wave) / 16_000 - speech
+        assert 0.3 + 0.5 * len(stream_rows) - 1e-3 <= silence <= 0.3 + 2.0 * len(stream_rows) + 1e-3

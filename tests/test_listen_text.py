@@ -29,6 +29,7 @@ from michi_lite.listen_text import (
     PROMPT,
     TextStream,
     TextTargets,
+    ends_a_sentence,
     text_decoder,
     text_queries,
     text_targets,
@@ -141,6 +142,34 @@ def test_a_long_stream_starts_over_and_holds_a_bounded_state():
     assert len(stream.sequence) < 10 and max(sizes[30:]) <= max(sizes[:30])
 
 
+def test_after_a_sentence_a_stream_starts_over_hearing_the_frames_it_keeps():
+    """A restart is a fresh stream that began with the kept frame: it asks the decoder what that one would."""
+    decoder = tiny_decoder()
+    n_frames = 9
+    encoded = torch.randn(n_frames * PER_FRAME, TINY.width, generator=torch.Generator().manual_seed(2))
+    frames = encoded.split(PER_FRAME)
+    gate = decoder.gate = ScriptedGate(commits={1})  # frame 0 waits; frame 1 commits, then waits: a sentence ends
+    stream = TextStream(decoder, PER_FRAME, ends_sentence=lambda tokens: True, keep_frames=1)
+    committed = [stream.push(frame) for frame in frames]
+    assert [len(c) for c in committed] == [0, 1] + [0] * (n_frames - 2) and stream.sequence == list(PROMPT)
+    after_restart = gate.asked[3:]
+
+    fresh_gate = decoder.gate = ScriptedGate(commits=set())
+    fresh = TextStream(decoder, PER_FRAME)
+    fresh.push(torch.cat(frames[1:3]))  # the kept frame and the next: what the restarted stream first heard
+    for frame in frames[3:]:
+        fresh.push(frame)
+    assert len(fresh_gate.asked) == len(after_restart) == n_frames - 2
+    for restarted, new in zip(after_restart, fresh_gate.asked):
+        assert torch.allclose(restarted, new, atol=1e-6)
+
+
+@pytest.mark.parametrize("text, ends", [(" It is late.", True), (" Is it?", True), (' He said "go!"', True),
+                                        (" It is late", False), (" I saw Dr.", False), (" Wait...", False)])
+def test_a_sentence_ends_at_its_full_stop_not_at_an_abbreviation(whisper_tokenizer, text, ends):
+    assert ends_a_sentence(whisper_tokenizer.encode(text, add_special_tokens=False)) is ends
+
+
 @pytest.fixture(scope="module")
 def tiny_text_listener(tokenizer):
     torch.manual_seed(0)
@@ -195,6 +224,21 @@ def test_a_resumed_text_run_ends_with_the_adapters_of_an_uninterrupted_one(tiny_
     assert whole.keys() == parts.keys() and all(torch.equal(whole[name], parts[name]) for name in whole)
     log = (tmp_path / "parts" / "train_log.csv").read_text().split()
     assert log[0].startswith("step,loss,token_loss,gate_loss")
+
+
+def test_the_corpus_is_heard_with_silence_around_each_clip(tiny_corpus, tiny_text_listener):
+    from michi_lite.train_listener import EncodedUtterances
+
+    plain, quiet = (EncodedUtterances(tiny_corpus, tiny_text_listener, draws=1, quiet_seconds=quiet_seconds)
+                    for quiet_seconds in ((0.0, 0.0), (1.0, 3.0)))
+    leads = []
+    for (states, before, frames), (quiet_states, after, quiet_frames) in zip(plain.items, quiet.items):
+        assert after.tokens == before.tokens and quiet_states.shape[0] == quiet_frames * PER_FRAME
+        shift = np.array(after.frames) - np.array(before.frames)  # the silence before, in frames (rounded per word)
+        assert shift.min() >= 0 and shift.max() - shift.min() <= 1 and shift.max() <= round(1.0 / 0.08) + 1
+        assert quiet_frames - after.frames[-1] >= frames - before.frames[-1]  # and at least as much after
+        leads.append(shift.min())
+    assert len(set(leads)) > 1  # drawn clip by clip
 
 
 def test_a_clip_heard_whole_gives_the_frames_its_stream_gives(tiny_text_listener, tokenizer):
