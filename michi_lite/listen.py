@@ -65,7 +65,14 @@ from .audio import MelSpectrogram
 from .config import FRAME_SECONDS, AudioConfig, get_config
 from .data.frames import PAD_TOKEN, TokenGrid, frame_tokens
 from .data.words import Word
-from .listen_text import TextDecoder, TextStream, text_decoder, trained_keys, whisper_text_tokenizer
+from .listen_text import (
+    TextDecoder,
+    TextStream,
+    ends_a_sentence,
+    text_decoder,
+    trained_keys,
+    whisper_text_tokenizer,
+)
 from .weights import fitting_weights, read_weights, saved_config, write_weights
 
 logger = logging.getLogger(__name__)
@@ -101,6 +108,7 @@ class ListenerConfig:
     embedding_dim: int = 576  # the backbone's hidden size: where the embeddings and token scores live
     delay_frames: int = 0  # a word is emitted this many frames after the frame where it ends
     text_rank: int = 0  # > 0: words come from Whisper's decoder with adapters of this rank (``listen_text``)
+    text_sentences: bool = False  # the decoder starts over after each sentence (taught with silence around clips)
 
     def to_dict(self) -> dict:
         """The config as JSON gives it back (tuples as lists), for checkpoints and comparing with them."""
@@ -413,7 +421,11 @@ class ListenerStream:
         self.state = EncoderState.start(cfg, device=device)
         self.n_frames = 0
         if self.listener.text is not None:
-            self.text = TextStream(self.listener.text, cfg.positions_per_frame)
+            # a decoder taught with silence around its clips starts over after each sentence, hearing from
+            # the frames after its last word; one taught without would make up words in that silence
+            self.text = TextStream(self.listener.text, cfg.positions_per_frame,
+                                   ends_sentence=ends_a_sentence if cfg.text_sentences else None,
+                                   keep_frames=cfg.delay_frames)
             self.unwritten: list[int] = []  # committed Whisper tokens not yet whole characters
             self.queue: deque[int] = deque()  # the backbone's tokens waiting for a frame
 
@@ -573,9 +585,10 @@ def load_listener(path: str | os.PathLike, preset: str, vocab_size: int, device:
     """
     path, metadata, tensors = read_weights(path, "listener", CHECKPOINT_FORMAT, preset)
     # files from before delays and text decoders: neither
-    saved = {"delay_frames": 0, "text_rank": 0, **saved_config(path, metadata, "listener")}
+    saved = {"delay_frames": 0, "text_rank": 0, "text_sentences": False, **saved_config(path, metadata, "listener")}
     # the emission delay and the text decoder are what was trained, not the preset's shape: the file says which
-    cfg = replace(listener_config(preset), delay_frames=saved["delay_frames"], text_rank=saved["text_rank"])
+    cfg = replace(listener_config(preset), delay_frames=saved["delay_frames"], text_rank=saved["text_rank"],
+                  text_sentences=saved["text_sentences"])
     if saved != cfg.to_dict():
         raise ValueError(f"{path}: made with another listener shape than preset {preset!r} has now")
     listener = Listener(cfg, token_embeddings(preset, vocab_size))

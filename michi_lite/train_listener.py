@@ -438,8 +438,10 @@ def train_listener_text(
             logger.info("%s has a text decoder of rank %d: going on from it at that rank", listener_path,
                         frozen.cfg.text_rank)
         listener, rank = frozen, frozen.cfg.text_rank
+        listener.cfg = replace(listener.cfg, text_sentences=True)
     else:
-        listener = Listener(replace(frozen.cfg, text_rank=rank), frozen.token_table)
+        # taught with silence around its clips (``EncodedUtterances``): its stream may start over after a sentence
+        listener = Listener(replace(frozen.cfg, text_rank=rank, text_sentences=True), frozen.token_table)
         listener.load_state_dict(frozen.state_dict(), strict=False)  # all but the new text decoder
     recipe = {"rank": rank, "batch_size": batch_size, "draws": draws, "seed": seed, "decay_steps": decay_steps,
               "listener": str(listener_path)}

@@ -192,6 +192,17 @@ def test_a_listener_file_keeps_the_decoders_adapters_only_and_loads_back_equal(t
         load_listener(tmp_path / "short.safetensors", "tiny", len(tokenizer))
 
 
+@pytest.mark.parametrize("sentences", [False, True])
+def test_only_a_decoder_taught_with_silence_around_its_clips_starts_over_after_a_sentence(tiny_text_listener,
+                                                                                        tokenizer, tmp_path,
+                                                                                        sentences):
+    listener = Listener(replace(TINY, text_sentences=sentences), tiny_text_listener.token_table)
+    listener.load_state_dict(tiny_text_listener.state_dict())
+    loaded = load_listener(save_listener(tmp_path / "listener.safetensors", listener, "tiny"), "tiny", len(tokenizer))
+    assert loaded.cfg.text_sentences is sentences
+    assert (loaded.stream(tokenizer).text.ends_sentence is not None) is sentences
+
+
 def test_a_text_listener_streams_words_in_the_backbones_tokens_one_a_frame(tiny_text_listener, tokenizer):
     listener = tiny_text_listener
     listener.text.gate = ScriptedGate(commits=set(range(0, 10_000, 3)))
