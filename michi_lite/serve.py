@@ -10,7 +10,8 @@ comes back; the server turns every 80 ms of it into 80 ms of the model with a
   ``"rag"``: facts the model reads first;
 - the server answers ``{"type": "ready", ...}`` with the rates and frame sizes;
 - then the client sends binary messages of mono float32 samples
-  (little-endian, any length: the server cuts them into frames) and the
+  (little-endian, any length up to 1 MiB: the server cuts them into frames;
+  a longer message closes the connection with code 1009) and the
   server sends, for every frame, 80 ms of the model's audio (binary, float32
   at ``output_sample_rate``) and a text message ``{"type": "frame", "index",
   "user", "model", "step_ms"}``: the words each side added on that frame and
