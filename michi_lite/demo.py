@@ -151,9 +151,7 @@ def converse_demo(engine, user: np.ndarray, out: str | os.PathLike, prefix: str 
     rate = engine.model.cfg.audio.sample_rate
     save_audio(out / "conversation.wav", both, rate)
     (out / "conversation.json").write_text(json.dumps(timeline, indent=1) + "\n")
-    silent = (engine.model.pad_id, engine.model.end_id)
-    words = {side: [engine.tokenizer.decode([token]) if token not in silent else ""
-                    for token in (getattr(r, f"{side}_token") for r in engine.log)] for side in ("user", "model")}
+    words = {side: [engine.token_text(getattr(r, f"{side}_token")) for r in engine.log] for side in ("user", "model")}
     dialogue_streams_figure(both, rate, words["user"], words["model"],
                             title="the user (as the listener heard it) and the model, frame by frame").savefig(
         out / "conversation.png", dpi=110)

@@ -243,6 +243,10 @@ class DuplexEngine:
         self.word.extend(text)
         return None
 
+    def token_text(self, token: int) -> str:
+        """A frame's token as text: "" for PAD and for the end of a turn."""
+        return "" if token in (self.model.pad_id, self.model.end_id) else self.tokenizer.decode([token])
+
     def said(self, side: str = "model", first: int = 0, last: int | None = None) -> str:
         """What one side (``side`` "model" or "user") said on frames [first, last) of the log, as text."""
         pad, end = self.model.pad_id, self.model.end_id

@@ -183,7 +183,6 @@ class DuplexServer:
                         output_sample_rate=audio_out.sample_rate, frame_samples=engine.samples_in,
                         output_frame_samples=audio_out.samples_per_frame)
         cutter = FrameCutter(engine.samples_in)
-        decode = engine.tokenizer.decode
         energy = 0.0
         async for message in connection:
             if isinstance(message, str):
@@ -207,9 +206,8 @@ class DuplexServer:
                 energy += float(np.square(frame, dtype=np.float64).sum())
                 session.user_rms = (energy / (session.frames * len(frame))) ** 0.5
                 await connection.send(out.astype("<f4").tobytes())
-                words = {side: decode([token]) if token not in (engine.model.pad_id, engine.model.end_id) else ""
-                         for side, token in (("user", record.user_token), ("model", record.model_token))}
-                await send_json(connection, type="frame", index=record.index, **words,
+                await send_json(connection, type="frame", index=record.index, user=engine.token_text(record.user_token),
+                                model=engine.token_text(record.model_token),
                                 step_ms=round(record.total_seconds * 1000, 1))
         session.ended = "closed"
 
