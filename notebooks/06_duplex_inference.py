@@ -154,9 +154,7 @@ print(f"\n{timeline['frames']} frames\nheard: {timeline['user_said']!r}\nsaid:  
 
 # %%
 silent = (model.pad_id, model.end_id)
-words = {side: [tokenizer.decode([t]) if t not in silent else "" for t in (getattr(r, f"{side}_token")
-                                                                          for r in engine.log)]
-         for side in ("user", "model")}
+words = {side: [engine.token_text(getattr(r, f"{side}_token")) for r in engine.log] for side in ("user", "model")}
 first_seconds = round(10 / FRAME_SECONDS)
 figure = dialogue_streams_figure(both[:, :first_seconds * model.cfg.audio.samples_per_frame], rate_out,
                                  words["user"][:first_seconds], words["model"][:first_seconds],
