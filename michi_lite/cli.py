@@ -303,7 +303,7 @@ def cmd_train_listener_text(args: argparse.Namespace) -> None:
 
     run = train_listener_text(args.preset, args.data, args.out, args.listener, steps=args.steps, resume=args.resume,
                               rank=args.rank, batch_size=args.batch_size or 16, draws=args.draws,
-                              decay_steps=args.decay_steps,
+                              decay_steps=args.decay_steps, follows=args.follows, joins=args.joins,
                               checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes)
     report_run(run, args.preset, "listener")
 
@@ -721,6 +721,13 @@ def build_parser() -> argparse.ArgumentParser:
             stage_train.add_argument("--decay-steps", type=positive_int, default=1000,
                                      help="the learning rate falls linearly to a twentieth by this step "
                                           "(default: 1000; a resumed run keeps its own)")
+            stage_train.add_argument("--follows", type=fraction, default=0.4, metavar="SHARE",
+                                     help="share of the draws that hear the clip after another sentence of its "
+                                          "voice, as a stream that starts over after each sentence meets it "
+                                          "(default: 0.4; a resumed run keeps its own)")
+            stage_train.add_argument("--joins", type=fraction, default=0.2, metavar="SHARE",
+                                     help="share of the draws whose decoder starts after a word inside the clip, "
+                                          "as a stream that starts over mid-sentence meets it (default: 0.2)")
         if stage == "vocoder":
             stage_train.add_argument("--init", help="start the generator from an exported one (a run or "
                                                     ".safetensors); the discriminators start fresh")

@@ -242,10 +242,16 @@ def trained_keys(decoder: TextDecoder) -> list[str]:
 
 @dataclass
 class TextTargets:
-    """An utterance's Whisper tokens and the frame each is committed on (never decreasing)."""
+    """An utterance's Whisper tokens and the frame each is committed on (never decreasing).
+
+    ``start`` is the first frame the decoder runs on: 0 where a stream
+    begins; after a restart (``TextStream.restart``), the frame after the
+    frames it kept.
+    """
 
     tokens: list[int]
     frames: list[int]
+    start: int = 0
 
 
 def text_targets(text: str, words: list[Word], tokenizer, delay_frames: int) -> TextTargets:
@@ -283,11 +289,11 @@ def text_queries(utterances: list[tuple[TextTargets, int]], per_frame: int, prob
     predicts y_p (position 0, start-of-transcript, predicts the
     no-timestamps prompt and is taught nothing). The **committed** positions 0..K each see
     the audio up to the frame their prediction was committed on (position 0,
-    frame 0): in a stream that is when its keys and values were kept. Each
-    attends to the positions before it. The **probes** rerun position p at
-    other frames, seeing the committed positions before it and itself: wait
-    (gate 0) at frames before its token's, commit (gate 1, and the token) at
-    frames after. Up to ``probes`` wait probes and ``probes // 3`` late ones
+    the decoder's first frame, ``targets.start``): in a stream that is when
+    its keys and values were kept. Each attends to the positions before it.
+    The **probes** rerun position p at other frames, seeing the committed
+    positions before it and itself: wait (gate 0) at frames from the first
+    to its token's, commit (gate 1, and the token) at frames after. Up to ``probes`` wait probes and ``probes // 3`` late ones
     per utterance, drawn from ``generator``.
     """
     rows = []
@@ -296,9 +302,9 @@ def text_queries(utterances: list[tuple[TextTargets, int]], per_frame: int, prob
         k = len(y)
         sequence = [*PROMPT, *y]
         # committed positions: (token, position, frame of the audio it sees, target, gate)
-        queries = [(sequence[0], 0, 0, -100, -1.0)]
+        queries = [(sequence[0], 0, targets.start, -100, -1.0)]
         queries += [(sequence[p], p, c[p - 1], y[p - 1], 1.0) for p in range(1, k + 1)]
-        bounds = [0, *c, n_frames]
+        bounds = [targets.start, *c, n_frames]
         waits = [(p, t) for p in range(1, k + 2) for t in range(bounds[p - 1], min(bounds[p], n_frames))]
         lates = [(p, t) for p in range(1, k + 1) for t in range(c[p - 1] + 1, n_frames)]
         for pairs, limit, late in ((waits, probes, False), (lates, probes // 3, True)):
@@ -342,11 +348,13 @@ class TextStream:
     Given ``ends_sentence`` (a test on the tokens committed since the start,
     such as ``ends_a_sentence``), it starts over after a sentence too: when
     the committed tokens end one and the gate waits, keeping the last
-    ``keep_frames`` frames of encoder states. The decoder learnt from clips
+    ``keep_frames`` frames of encoder states. The decoder learns from clips
     of one sentence each, which end where the sentence does: left to go on,
     it waits for good after the first full stop. A word is committed
     ``delay_frames`` after it ends, so the frames kept are the silence after
-    it, or the start of what follows.
+    it, or the start of what follows. Training teaches the decoder what a
+    restart hears (``TextTargets.start``, ``train_listener.
+    EncodedUtterances``'s ``follows``).
     """
 
     def __init__(self, decoder: TextDecoder, per_frame: int, window: int = 1500, max_tokens: int = 224,

@@ -48,7 +48,7 @@ from .listen import (
     save_listener,
     whisper_encoder_state,
 )
-from .listen_text import TextQueries
+from .listen_text import TextQueries, TextTargets, ends_a_sentence, text_queries, text_targets, whisper_text_tokenizer
 from .train import ScheduledTrainer, ShuffledBatches, fit, loader_workers, started_config, training_device
 from .weights import fitting_weights, read_weights
 
@@ -283,6 +283,9 @@ def train_listener(
 # --- the text decoder: Whisper's decoder, adapted on a frozen listener's states ----------------
 
 
+QUIET_SECONDS = (1.0, 3.0)  # the most silence before and after a clip the text decoder learns from
+
+
 class EncodedUtterances(torch.utils.data.Dataset):
     """A split's utterances as a frozen listener's encoder hears them, encoded once, with their text targets.
 
@@ -291,45 +294,101 @@ class EncodedUtterances(torch.utils.data.Dataset):
     before it and up to ``quiet_seconds[1]`` after (at least a frame past
     the frame its last token commits on, so that commit is heard), and from
     a random position of the encoder's 30 s round, as a stream hears a
-    sentence at any point of a conversation: the silence after a sentence
-    is where a stream must wait. All of it is drawn from the seed, the draw
-    and the clip, so a resumed run encodes the same. The states are kept in
-    fp16 (a 3-hour corpus, twice: about 1.3 GB). An item is an ``(index,
-    batch number)`` pair (``EpochBatches.with_numbers``), the number seeding
-    the probes ``text_queries`` draws.
+    sentence at any point of a conversation.
+
+    A share ``follows`` of the draws hears the clip after another sentence of
+    the same voice and ``gap_seconds`` of silence, as a text stream that
+    starts over after each sentence (``TextStream``, ``ListenerConfig.
+    text_sentences``) meets it: the encoder hears both sentences, the
+    decoder starts on the frame after its restart would keep (the previous
+    sentence's last commit, up to two frames late, keeping
+    ``cfg.delay_frames`` frames) and only this clip's words are its targets.
+    The silence after a sentence, with the end of the last one in view, is
+    where a restarted stream must wait. A share ``joins`` starts the decoder
+    the same way after a word inside the clip, as a stream that took a word
+    for a sentence's end ("Dr", "November.") meets the rest of it; its
+    targets are the words after. Taught only to start at a sentence, a
+    restarted decoder writes loops ("in a in a in a") mid-sentence.
+
+    All of it is drawn from the seed, the draw and the clip, so a resumed
+    run encodes the same. The states are kept in fp16 (a 3-hour corpus,
+    twice: about 1.3 GB). An item is an ``(index, batch number)`` pair
+    (``EpochBatches.with_numbers``), the number seeding the probes
+    ``text_queries`` draws.
     """
 
     def __init__(self, data_dir: str | os.PathLike, listener: Listener, split: str = "train", draws: int = 2,
                  max_seconds: float = 12.0, seed: int = 0, probes: int = 48,
-                 quiet_seconds: tuple[float, float] = (1.0, 3.0)) -> None:
-        from .listen_text import text_targets, whisper_text_tokenizer
-
-        cfg = listener.cfg
-        self.per_frame, self.probes, self.seed = cfg.positions_per_frame, probes, seed
-        data_dir = Path(data_dir)
+                 quiet_seconds: tuple[float, float] = QUIET_SECONDS, follows: float = 0.0, joins: float = 0.0,
+                 gap_seconds: tuple[float, float] = (0.3, 2.0)) -> None:
+        self.cfg, self.per_frame, self.probes, self.seed = listener.cfg, listener.cfg.positions_per_frame, probes, seed
+        self.listener, self.data_dir = listener, Path(data_dir)
+        if not (0 <= follows and 0 <= joins and follows + joins <= 1):
+            raise ValueError(f"follows ({follows}) and joins ({joins}) are shares of the draws: each 0 or more, "
+                             "together at most 1")
         records = [r for r in load_manifest(data_dir, split) if r["duration"] <= max_seconds]
         if not records:
             raise ValueError(f"{data_dir}: no {split} utterances of at most {max_seconds} s")
-        tokenizer, augment = whisper_text_tokenizer(), Augmenter(cfg.audio.sample_rate)
-        frame = cfg.audio.samples_per_frame
+        self.tokenizer, self.augment = whisper_text_tokenizer(), Augmenter(self.cfg.audio.sample_rate)
+        sentences: dict[str, list[int]] = {}  # voice -> the clips that end a sentence, to be heard before another
+        for index, record in enumerate(records):
+            tokens = self.tokenizer.encode(" " + record["text"].strip(), add_special_tokens=False)
+            if ends_a_sentence(tokens):
+                sentences.setdefault(record["voice"], []).append(index)
+        rate = self.cfg.audio.sample_rate
         self.items = []
         for index, record in enumerate(tqdm(records, desc="encoding the corpus", unit="clip")):
-            clip = load_audio(data_dir / record["path"], cfg.audio.sample_rate)
+            clip = load_audio(self.data_dir / record["path"], rate)
+            earlier = [i for i in sentences.get(record["voice"], []) if i != index]
             for draw in range(draws):
                 chance = np.random.default_rng([seed, draw, index, 1])
-                before, after = (round(chance.uniform(0, most) * cfg.audio.sample_rate) for most in quiet_seconds)
-                wave, speed = np.pad(clip, (before, after)), 1.0
-                if draw:  # the augmenter returns new arrays: ``clip`` stays as it is for the next draw
-                    _, wave, speed = augment(wave, np.random.default_rng([seed, draw, index]))
-                lead = before / cfg.audio.sample_rate / speed
-                words = [Word(w.word, w.start + lead, w.end + lead) for w in timed_words(record, speed)]
-                targets = text_targets(record["text"], words, tokenizer, cfg.delay_frames)
-                n_frames = max(math.ceil(len(wave) / frame), targets.frames[-1] + 1) + 1
-                wave = torch.from_numpy(np.pad(wave, (0, n_frames * frame - len(wave))))
-                with torch.inference_mode():
-                    start = int(chance.integers(WHISPER_POSITIONS))
-                    states = listener.encoder(clip_features(wave, cfg.audio)[None], start=start)[0]
-                self.items.append((states.half(), targets, n_frames))
+                before, after = (round(chance.uniform(0, most) * rate) for most in quiet_seconds)
+                kind, previous = chance.random(), None
+                if earlier and kind < follows:
+                    previous = records[earlier[chance.integers(len(earlier))]]
+                    before = round(chance.uniform(*gap_seconds) * rate)
+                join = follows <= kind < follows + joins
+                self.items.append(self._encode(record, clip, previous, join, before, after, draw, index, chance))
+
+    def _encode(self, record: dict, clip: np.ndarray, previous: dict | None, join: bool, before: int, after: int,
+                draw: int, index: int, chance: np.random.Generator) -> tuple[torch.Tensor, TextTargets, int]:
+        """One draw of a clip: its states from the decoder's first frame on, its targets, its frames."""
+        cfg, rate, frame = self.cfg, self.cfg.audio.sample_rate, self.cfg.audio.samples_per_frame
+        wave = np.pad(clip, (before, after))
+        if previous is not None:
+            wave = np.concatenate([load_audio(self.data_dir / previous["path"], rate), wave])
+        lead = len(wave) - len(clip) - after  # samples before the clip
+        speed = 1.0
+        if draw:  # the augmenter returns new arrays: ``clip`` stays as it is for the next draw
+            _, wave, speed = self.augment(wave, np.random.default_rng([self.seed, draw, index]))
+        words = [Word(w.word, w.start + lead / rate / speed, w.end + lead / rate / speed)
+                 for w in timed_words(record, speed)]
+        targets = text_targets(record["text"], words, self.tokenizer, cfg.delay_frames)
+        n_frames = max(math.ceil(len(wave) / frame), targets.frames[-1] + 1) + 1
+        wave = torch.from_numpy(np.pad(wave, (0, n_frames * frame - len(wave))))
+        with torch.inference_mode():
+            start = int(chance.integers(WHISPER_POSITIONS))
+            states = self.listener.encoder(clip_features(wave, cfg.audio)[None], start=start)[0]
+        # the stream starts over when the last token it says (the previous sentence's, or a word's of this clip)
+        # commits, on frame ``said``, or a frame or two late; it keeps that frame and the ones before it and runs
+        # its decoder from the next frame on
+        tokens, frames = targets.tokens, targets.frames
+        words = [k for k in range(1, len(tokens))
+                 if frames[k] > frames[k - 1] and self.tokenizer.decode(tokens[k]).startswith(" ")]
+        if join and words:
+            k = words[chance.integers(len(words))]
+            said, late = frames[k - 1], min(3, frames[k] - frames[k - 1])
+            tokens, frames = tokens[k:], frames[k:]
+        elif previous is not None:
+            said, late = text_targets(previous["text"], timed_words(previous, speed), self.tokenizer,
+                                      cfg.delay_frames).frames[-1], 3
+        else:
+            return states.half(), targets, n_frames
+        kept_from = max(said + int(chance.integers(late)) - cfg.delay_frames + 1, 0)
+        first = cfg.delay_frames
+        frames = [max(f - kept_from, first) for f in frames]
+        return (states[kept_from * self.per_frame:].half(), TextTargets(tokens, frames, start=first),
+                n_frames - kept_from)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -340,8 +399,6 @@ class EncodedUtterances(torch.utils.data.Dataset):
 
     def collate(self, items: list[tuple]) -> tuple[torch.Tensor, TextQueries]:
         """States padded to the longest (batch, positions, width) and the batch's ``TextQueries``."""
-        from .listen_text import text_queries
-
         n = max(states.shape[0] for states, *_ in items)
         encoded = torch.stack([F.pad(states.float(), (0, 0, 0, n - states.shape[0])) for states, *_ in items])
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + items[0][-1])
@@ -406,6 +463,8 @@ def train_listener_text(
     batch_size: int = 16,
     draws: int = 2,
     decay_steps: int = 1000,
+    follows: float = 0.4,
+    joins: float = 0.2,
     checkpoint_every: int = 100,
     log_every: int = 10,
     max_minutes: float | None = None,
@@ -415,9 +474,11 @@ def train_listener_text(
     """Teach a listener file's encoder states to Whisper's decoder (adapters of ``rank``); export the listener.
 
     The listener of ``listener_path`` is frozen: its encoder hears the
-    corpus once (``EncodedUtterances``, ``draws`` times each clip) and only
-    the text decoder's adapters and gate learn, the learning rate falling
-    until ``decay_steps``. The exported file is that
+    corpus once (``EncodedUtterances``, ``draws`` times each clip, a share
+    ``follows`` of them after another sentence, ``joins`` from a word inside
+    the clip) and only the text decoder's
+    adapters and gate learn, the learning rate falling until
+    ``decay_steps``. The exported file is that
     listener with the text decoder added. A listener that has one already
     goes on from its adapters (``rank`` is then its own). A resumed run
     keeps the recipe it started with.
@@ -425,11 +486,13 @@ def train_listener_text(
     from .backbone import load_tokenizer
 
     started = started_config(out_dir) if resume else None
+    quiet_seconds = QUIET_SECONDS
     if started is not None and "recipe" in started:
         recipe = started["recipe"]
         rank, batch_size, draws, seed = recipe["rank"], recipe["batch_size"], recipe["draws"], recipe["seed"]
-        decay_steps = recipe["decay_steps"]
-        listener_path = recipe["listener"]
+        decay_steps, listener_path = recipe["decay_steps"], recipe["listener"]
+        follows, joins = recipe.get("follows", 0.0), recipe.get("joins", 0.0)  # runs from before either
+        quiet_seconds = tuple(recipe.get("quiet_seconds", QUIET_SECONDS))
     device = training_device(device)
     torch.manual_seed(seed)
     frozen = load_listener(listener_path, preset, len(load_tokenizer()))
@@ -444,12 +507,14 @@ def train_listener_text(
         listener = Listener(replace(frozen.cfg, text_rank=rank, text_sentences=True), frozen.token_table)
         listener.load_state_dict(frozen.state_dict(), strict=False)  # all but the new text decoder
     recipe = {"rank": rank, "batch_size": batch_size, "draws": draws, "seed": seed, "decay_steps": decay_steps,
-              "listener": str(listener_path)}
+              "listener": str(listener_path), "follows": follows, "joins": joins,
+              "quiet_seconds": list(quiet_seconds)}
     trainer = ListenerTextTrainer(listener, preset, device, decay_steps, recipe=recipe)
     logger.info("listener text decoder %s: %.2fM trained parameters, %d steps of %d utterances on %s", preset,
                 sum(p.numel() for p in listener.text.parameters() if p.requires_grad) / 1e6, steps, batch_size,
                 device)
-    dataset = EncodedUtterances(data_dir, frozen, draws=draws, seed=seed)
+    dataset = EncodedUtterances(data_dir, frozen, draws=draws, seed=seed, quiet_seconds=quiet_seconds,
+                                follows=follows, joins=joins)
     order = ShuffledBatches(len(dataset), batch_size, seed, drop_last=len(dataset) > batch_size).with_numbers()
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, collate_fn=dataset.collate)
     return fit(trainer, loader, out_dir, steps, TEXT_LOSSES, resume=resume, checkpoint_every=checkpoint_every,

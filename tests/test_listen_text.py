@@ -102,33 +102,63 @@ class ScriptedGate(nn.Module):
         return torch.full((*states.shape[:-1], 1), 10.0 if len(self.asked) - 1 in self.commits else -10.0)
 
 
-def test_a_stream_asks_the_decoder_exactly_what_training_teaches():
-    """Every state a stream's decisions are made on equals the training query for the same (position, frame)."""
-    decoder = tiny_decoder()
-    n_frames = 12
-    encoded = torch.randn(n_frames * PER_FRAME, TINY.width, generator=torch.Generator().manual_seed(1))
-    gate = decoder.gate = ScriptedGate(commits={2, 3, 6, 9})  # two tokens in one frame, then one, then one
-    stream = TextStream(decoder, PER_FRAME)
+def run_stream(stream: TextStream, gate: ScriptedGate, encoded: torch.Tensor) -> tuple[list, list[int], list[int]]:
+    """Push ``encoded`` a frame at a time: each gate call's (position, frame), and the tokens and their frames,
+    counted since the stream last started over."""
     asked_at, committed, frames = [], [], []
-    for frame in range(n_frames):
-        before = len(gate.asked)
+    for frame in range(len(encoded) // PER_FRAME):
+        before, restarts = len(gate.asked), stream.sequence == list(PROMPT) and committed
         tokens = stream.push(encoded[frame * PER_FRAME:(frame + 1) * PER_FRAME])
+        if restarts:  # the stream started over at the end of the last frame
+            asked_at, committed, frames = [], [], []
         positions = len(PROMPT) - 1 + len(committed) + np.arange(len(gate.asked) - before)
         asked_at += [(int(p), frame) for p in positions]
         committed += tokens
         frames += [frame] * len(tokens)
-    assert len(committed) == 4 and len(set(frames)) == 3
+    return asked_at, committed, frames
 
-    queries = text_queries([(TextTargets(committed, frames), n_frames)], PER_FRAME, probes=10_000,
+
+def assert_taught(decoder, gate, asked_at: list, targets: TextTargets, encoded: torch.Tensor) -> None:
+    """Every state the gate was asked about, at ``asked_at``'s (position, frame), equals the training query for
+    the same (position, frame) of ``targets`` on ``encoded``."""
+    queries = text_queries([(targets, len(encoded) // PER_FRAME)], PER_FRAME, probes=10_000,
                            generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         states = decoder(queries.tokens, queries.positions, queries.self_mask, encoded[None], queries.cross_mask)[0]
     limits = queries.cross_mask[0, 0].sum(-1) // PER_FRAME - 1  # the frame each query hears up to
     taught = {(int(p), int(f)): states[i] for i, (p, f) in enumerate(zip(queries.positions[0], limits))}
-    for (position, frame), asked in zip(asked_at, gate.asked):
+    for (position, frame), asked in zip(asked_at, gate.asked[-len(asked_at):]):
         assert torch.allclose(taught[(position, frame)], asked[0], atol=1e-5), (position, frame)
     # and it commits the token the decoder ranks first at the committing queries, taught as targets there
-    assert queries.targets[0, 1:len(committed) + 1].tolist() == committed
+    assert queries.targets[0, 1:len(targets.tokens) + 1].tolist() == targets.tokens
+
+
+def test_a_stream_asks_the_decoder_exactly_what_training_teaches():
+    """Every state a stream's decisions are made on equals the training query for the same (position, frame)."""
+    decoder = tiny_decoder()
+    encoded = torch.randn(12 * PER_FRAME, TINY.width, generator=torch.Generator().manual_seed(1))
+    gate = decoder.gate = ScriptedGate(commits={2, 3, 6, 9})  # two tokens in one frame, then one, then one
+    asked_at, committed, frames = run_stream(TextStream(decoder, PER_FRAME), gate, encoded)
+    assert len(committed) == 4 and len(set(frames)) == 3
+    assert_taught(decoder, gate, asked_at, TextTargets(committed, frames), encoded)
+
+
+def test_a_stream_that_starts_over_asks_what_training_teaches_after_a_sentence():
+    """After a restart the decoder hears the kept frames and what follows: training's ``start`` and cropped
+    states teach exactly those questions."""
+    decoder = tiny_decoder()
+    encoded = torch.randn(14 * PER_FRAME, TINY.width, generator=torch.Generator().manual_seed(3))
+    # frames 0-2 wait, frame 3 commits a sentence's last token and waits: the stream starts over keeping
+    # frames 2 and 3; then frames 4-5 wait, frame 6 commits two tokens, frame 9 one
+    gate = decoder.gate = ScriptedGate(commits={3, 7, 8, 12})
+    sentences = iter([True])
+    stream = TextStream(decoder, PER_FRAME, ends_sentence=lambda tokens: next(sentences, False), keep_frames=2)
+    asked_at, committed, frames = run_stream(stream, gate, encoded)
+    assert len(committed) == 3 and frames == [6, 6, 9] and asked_at[0] == (1, 4)
+    kept_from = 2  # training crops the states at the first kept frame and starts the decoder after them
+    shifted = [(position, frame - kept_from) for position, frame in asked_at]
+    targets = TextTargets(committed, [frame - kept_from for frame in frames], start=2)
+    assert_taught(decoder, gate, shifted, targets, encoded[kept_from * PER_FRAME:])
 
 
 def test_a_long_stream_starts_over_and_holds_a_bounded_state():
@@ -250,6 +280,56 @@ def test_the_corpus_is_heard_with_silence_around_each_clip(tiny_corpus, tiny_tex
         assert quiet_frames - after.frames[-1] >= frames - before.frames[-1]  # and at least as much after
         leads.append(shift.min())
     assert len(set(leads)) > 1  # drawn clip by clip
+
+
+def test_a_clip_is_heard_after_another_sentence_as_a_restarted_stream_hears_it(tiny_corpus, tiny_text_listener):
+    """``follows``: the previous sentence and a gap before the clip, the states from the restart's kept frames on,
+    the decoder starting after them, the clip's words alone its targets."""
+    from michi_lite.data.corpus import load_manifest
+    from michi_lite.train_listener import EncodedUtterances
+
+    delay, gap = TINY.delay_frames, 1.0
+    alone = EncodedUtterances(tiny_corpus, tiny_text_listener, draws=1, quiet_seconds=(0.0, 0.0))
+    after = EncodedUtterances(tiny_corpus, tiny_text_listener, draws=1, quiet_seconds=(0.0, 0.0), follows=1.0,
+                              gap_seconds=(gap, gap))
+    records = load_manifest(tiny_corpus, "train")
+    trailing = max(r["duration"] - r["words"][-1]["end"] for r in records)  # silence after a clip's last word
+    followed = 0
+    for (_, targets, _), (states, heard, frames) in zip(alone.items, after.items):
+        assert heard.tokens == targets.tokens and states.shape[0] == frames * PER_FRAME
+        if heard.start == 0:  # no other sentence of its voice to follow
+            assert heard.frames == targets.frames
+            continue
+        followed += 1
+        assert heard.start == delay and min(heard.frames) >= heard.start
+        # from the previous sentence's last commit to this clip's first: its trailing silence and the gap, less the
+        # frames kept and up to two frames of a late restart
+        lead = heard.frames[0] - targets.frames[0]
+        assert gap / 0.08 - 4 <= lead <= (gap + trailing) / 0.08 + 2
+    assert followed >= len(records) // 2
+
+
+def test_a_clip_is_heard_from_a_word_inside_it_as_a_stream_restarted_mid_sentence_hears_it(tiny_corpus,
+                                                                                          tiny_text_listener):
+    from michi_lite.train_listener import EncodedUtterances
+
+    alone = EncodedUtterances(tiny_corpus, tiny_text_listener, draws=1)
+    joined = EncodedUtterances(tiny_corpus, tiny_text_listener, draws=1, joins=1.0)
+    cut = 0
+    for (states, targets, frames), (cut_states, rest, cut_frames) in zip(alone.items, joined.items):
+        assert rest.tokens == targets.tokens[len(targets.tokens) - len(rest.tokens):]  # the words after the cut
+        if rest.tokens == targets.tokens:
+            continue  # a clip of one word (or one frame): nothing to start inside
+        cut += 1
+        said = targets.frames[len(targets.tokens) - len(rest.tokens) - 1]  # the last word before the cut
+        dropped = frames - cut_frames  # the frames before the ones the restart keeps
+        assert rest.start == TINY.delay_frames and cut_states.shape[0] == cut_frames * PER_FRAME
+        assert said - TINY.delay_frames + 1 <= dropped <= said - TINY.delay_frames + 3
+        assert np.array_equal(np.array(rest.frames) + dropped, targets.frames[-len(rest.frames):])
+        assert torch.equal(cut_states, states[dropped * PER_FRAME:])  # the same draw, encoded the same
+    assert cut >= len(alone.items) // 2
+    with pytest.raises(ValueError, match="shares"):
+        EncodedUtterances(tiny_corpus, tiny_text_listener, follows=0.6, joins=0.6)
 
 
 def test_a_clip_heard_whole_gives_the_frames_its_stream_gives(tiny_text_listener, tokenizer):
