@@ -23,6 +23,7 @@ from dataclasses import replace
 
 import torch
 
+from michi_lite import listen
 from michi_lite.audio import load_audio
 from michi_lite.backbone import load_tokenizer
 from michi_lite.data.alignment import word_error_rate
@@ -42,9 +43,14 @@ def main() -> None:
     parser.add_argument("--held-out", action="append", default=[])
     parser.add_argument("--per-engine", type=int, default=8)
     parser.add_argument("--restart", action="store_true", help="every listener starts over after each sentence")
+    parser.add_argument("--stall-frames", type=int, metavar="N",
+                        help="a listener that starts over does after N frames without a word (default: the "
+                             "stream's own, listen.STALL_FRAMES; 0: never)")
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
 
+    if args.stall_frames is not None:  # what ListenerStream passes to its TextStream
+        listen.STALL_FRAMES = args.stall_frames or None
     tokenizer = load_tokenizer()
     groups = {group: per_engine(records, args.per_engine)
               for group, records in listener_groups(args.data, tuple(args.held_out)).items()}
@@ -55,7 +61,7 @@ def main() -> None:
         if args.restart:
             listener.cfg = replace(listener.cfg, text_sentences=True)
         listener = quantized_for_cpu(listener)
-        result = {"text_sentences": listener.cfg.text_sentences}
+        result = {"text_sentences": listener.cfg.text_sentences, "stall_frames": listen.STALL_FRAMES}
         for group, group_streams in streams.items():
             by_engine = {}
             for wave, rows in group_streams:

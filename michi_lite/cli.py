@@ -17,7 +17,7 @@
     michi-lite train listener  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
                                [--distill W] [--no-augment]
     michi-lite train listener-text --preset P --data DIR --out RUN --listener L [--steps N] [--rank R] [--resume]
-                               [--draws D] [--decay-steps N]
+                               [--draws D] [--decay-steps N] [--follows S] [--joins S]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
     michi-lite train joint     --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
                                [--listener L] [--flow-loss-weight W] [--text-ratio R] [--checkpointing] [--bf16]
@@ -727,7 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(default: 0.4; a resumed run keeps its own)")
             stage_train.add_argument("--joins", type=fraction, default=0.2, metavar="SHARE",
                                      help="share of the draws whose decoder starts after a word inside the clip, "
-                                          "as a stream that starts over mid-sentence meets it (default: 0.2)")
+                                          "as a stream that starts over mid-sentence meets it (default: 0.2; "
+                                          "a resumed run keeps its own)")
         if stage == "vocoder":
             stage_train.add_argument("--init", help="start the generator from an exported one (a run or "
                                                     ".safetensors); the discriminators start fresh")

@@ -66,6 +66,7 @@ from .config import FRAME_SECONDS, AudioConfig, get_config
 from .data.frames import PAD_TOKEN, TokenGrid, frame_tokens
 from .data.words import Word
 from .listen_text import (
+    STALL_FRAMES,
     TextDecoder,
     TextStream,
     ends_a_sentence,
@@ -108,7 +109,7 @@ class ListenerConfig:
     embedding_dim: int = 576  # the backbone's hidden size: where the embeddings and token scores live
     delay_frames: int = 0  # a word is emitted this many frames after the frame where it ends
     text_rank: int = 0  # > 0: words come from Whisper's decoder with adapters of this rank (``listen_text``)
-    text_sentences: bool = False  # the decoder starts over after each sentence (taught with silence around clips)
+    text_sentences: bool = False  # the decoder starts over after each sentence or a stall (taught what that hears)
 
     def to_dict(self) -> dict:
         """The config as JSON gives it back (tuples as lists), for checkpoints and comparing with them."""
@@ -421,11 +422,12 @@ class ListenerStream:
         self.state = EncoderState.start(cfg, device=device)
         self.n_frames = 0
         if self.listener.text is not None:
-            # a decoder taught with silence around its clips starts over after each sentence, hearing from
-            # the frames after its last word; one taught without would make up words in that silence
+            # a decoder taught to start over starts over after each sentence, and when it has lost its place,
+            # hearing from the frames after its last word; one taught without would make up words in that silence
             self.text = TextStream(self.listener.text, cfg.positions_per_frame,
                                    ends_sentence=ends_a_sentence if cfg.text_sentences else None,
-                                   keep_frames=cfg.delay_frames)
+                                   keep_frames=cfg.delay_frames,
+                                   stall_frames=STALL_FRAMES if cfg.text_sentences else None)
             self.unwritten: list[int] = []  # committed Whisper tokens not yet whole characters
             self.queue: deque[int] = deque()  # the backbone's tokens waiting for a frame
 

@@ -49,6 +49,7 @@ from .data.words import Word
 START_OF_TRANSCRIPT, NO_TIMESTAMPS, END_OF_TEXT = 50257, 50362, 50256
 PROMPT = (START_OF_TRANSCRIPT, NO_TIMESTAMPS)
 WHISPER_VOCAB, WHISPER_TEXT_POSITIONS = 51864, 448
+STALL_FRAMES = 25  # a stream that starts over after sentences also does after 2 s without a word (``TextStream``)
 
 
 @functools.cache
@@ -293,8 +294,9 @@ def text_queries(utterances: list[tuple[TextTargets, int]], per_frame: int, prob
     its keys and values were kept. Each attends to the positions before it.
     The **probes** rerun position p at other frames, seeing the committed
     positions before it and itself: wait (gate 0) at frames from the first
-    to its token's, commit (gate 1, and the token) at frames after. Up to ``probes`` wait probes and ``probes // 3`` late ones
-    per utterance, drawn from ``generator``.
+    to its token's, commit (gate 1, and the token) at frames after. Up to
+    ``probes`` wait probes and ``probes // 3`` late ones per utterance,
+    drawn from ``generator``.
     """
     rows = []
     for targets, n_frames in utterances:
@@ -352,17 +354,21 @@ class TextStream:
     of one sentence each, which end where the sentence does: left to go on,
     it waits for good after the first full stop. A word is committed
     ``delay_frames`` after it ends, so the frames kept are the silence after
-    it, or the start of what follows. Training teaches the decoder what a
-    restart hears (``TextTargets.start``, ``train_listener.
-    EncodedUtterances``'s ``follows``).
+    it, or the start of what follows. Given ``stall_frames`` too, it starts
+    over when the gate has waited that many frames since the last token it
+    committed: a decoder that lost its place mid-sentence (a word it could
+    not make out) waits for good otherwise. Training teaches the decoder what
+    a restart hears, after a sentence and inside one (``TextTargets.start``,
+    ``train_listener.EncodedUtterances``'s ``follows`` and ``joins``).
     """
 
     def __init__(self, decoder: TextDecoder, per_frame: int, window: int = 1500, max_tokens: int = 224,
                  threshold: float = 0.5, max_per_frame: int = 8,
-                 ends_sentence: Callable[[list[int]], bool] | None = None, keep_frames: int = 2) -> None:
+                 ends_sentence: Callable[[list[int]], bool] | None = None, keep_frames: int = 2,
+                 stall_frames: int | None = None) -> None:
         self.decoder, self.per_frame, self.window = decoder, per_frame, window
         self.max_tokens, self.threshold, self.max_per_frame = max_tokens, threshold, max_per_frame
-        self.ends_sentence, self.keep = ends_sentence, keep_frames * per_frame
+        self.ends_sentence, self.keep, self.stall = ends_sentence, keep_frames * per_frame, stall_frames
         device = decoder.tokens.device
         self.text_only = torch.zeros(decoder.tokens.shape[0], dtype=torch.bool, device=device)
         self.text_only[END_OF_TEXT:] = True  # the special tokens are never committed
@@ -381,6 +387,7 @@ class TextStream:
         self.filled = self.written = keep
         self.sequence = list(PROMPT)
         self.unchecked = False
+        self.waited = 0  # frames since the last commit
         self.past: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.decoder.layers)
         self.kept = 0  # positions whose keys and values are final
         self.fresh = True
@@ -412,12 +419,15 @@ class TextStream:
         else:  # the most a frame commits, and maybe more to come: not the time to start over
             waits = False
         self.unchecked |= bool(committed)  # tokens committed whose sentence end is still to be checked
+        self.waited = 0 if committed else self.waited + 1
         if len(self.sequence) >= self.max_tokens:
             self.restart()
         elif self.unchecked and waits and self.ends_sentence:
             self.unchecked = False
             if self.ends_sentence(self.sequence[len(PROMPT):]):
                 self.restart(self.keep)
+        elif self.stall and self.waited >= self.stall and len(self.sequence) > len(PROMPT):
+            self.restart(self.keep)
         return committed
 
     def numel(self) -> int:

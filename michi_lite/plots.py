@@ -223,18 +223,23 @@ def dialogue_streams_figure(stereo: np.ndarray, sample_rate: int, user_tokens: l
     return fig
 
 
-def text_queries_figure(queries: list[tuple[str, int, str]], n_frames: int, title: str = "") -> Figure:
+def text_queries_figure(queries: list[tuple[str, int, str]], n_frames: int, title: str = "",
+                        heard_from: int = 0) -> Figure:
     """What training asks the text decoder: per query (a label, the last frame it hears, its lesson).
 
-    Each query is a bar over the frames it hears, coloured by what it is
-    taught: "commit" (the next token, on its frame), "wait" (too early) or
-    "late" (its frame has passed: commit now).
+    Each query is a bar over the frames it hears, from ``heard_from`` (a
+    decoder restarted mid-stream hears from its kept frames on; the frames
+    before are shaded), coloured by what it is taught: "commit" (the next
+    token, on its frame), "wait" (too early) or "late" (its frame has
+    passed: commit now).
     """
     colours = {"commit": "tab:green", "wait": "0.7", "late": "tab:orange"}
     fig = Figure(figsize=(10, 0.16 * len(queries) + 1.2), layout="constrained")
     ax = fig.subplots()
+    if heard_from:
+        ax.axvspan(0, heard_from, color="0.93", lw=0)
     for row, (label, frame, lesson) in enumerate(queries):
-        ax.barh(row, frame + 1, left=0, height=0.7, color=colours[lesson], lw=0)
+        ax.barh(row, frame + 1 - heard_from, left=heard_from, height=0.7, color=colours[lesson], lw=0)
     ax.set_yticks(range(len(queries)), [label for label, _, _ in queries], fontsize=6)
     ax.invert_yaxis()
     ax.set_xlim(0, n_frames)

@@ -194,6 +194,19 @@ def test_after_a_sentence_a_stream_starts_over_hearing_the_frames_it_keeps():
         assert torch.allclose(restarted, new, atol=1e-6)
 
 
+def test_a_stream_that_lost_its_place_starts_over_after_waiting_stall_frames():
+    decoder = tiny_decoder()
+    decoder.gate = ScriptedGate(commits={2})  # frames 0-1 wait, frame 2 commits (not a sentence's end), then waits
+    stream = TextStream(decoder, PER_FRAME, ends_sentence=lambda tokens: False, stall_frames=3)
+    lengths = []
+    for _ in range(12):
+        stream.push(torch.randn(PER_FRAME, TINY.width))
+        lengths.append(len(stream.sequence))
+    # the token stays in the sequence while the gate waits frames 3 and 4; the third wait, frame 5, starts over;
+    # with nothing committed since, waiting on is no stall
+    assert lengths == [2, 2, 3, 3, 3] + [2] * 7
+
+
 @pytest.mark.parametrize("text, ends", [(" It is late.", True), (" Is it?", True), (' He said "go!"', True),
                                         (" It is late", False), (" I saw Dr.", False), (" Wait...", False)])
 def test_a_sentence_ends_at_its_full_stop_not_at_an_abbreviation(whisper_tokenizer, text, ends):
