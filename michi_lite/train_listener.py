@@ -373,10 +373,10 @@ class EncodedUtterances(torch.utils.data.Dataset):
         # commits, on frame ``said``, or a frame or two late; it keeps that frame and the ones before it and runs
         # its decoder from the next frame on
         tokens, frames = targets.tokens, targets.frames
-        words = [k for k in range(1, len(tokens))
-                 if frames[k] > frames[k - 1] and self.tokenizer.decode(tokens[k]).startswith(" ")]
-        if join and words:
-            k = words[chance.integers(len(words))]
+        word_starts = [k for k in range(1, len(tokens))
+                       if frames[k] > frames[k - 1] and self.tokenizer.decode(tokens[k]).startswith(" ")]
+        if join and word_starts:
+            k = word_starts[chance.integers(len(word_starts))]
             said, late = frames[k - 1], min(3, frames[k] - frames[k - 1])
             tokens, frames = tokens[k:], frames[k:]
         elif previous is not None:
@@ -476,9 +476,8 @@ def train_listener_text(
     The listener of ``listener_path`` is frozen: its encoder hears the
     corpus once (``EncodedUtterances``, ``draws`` times each clip, a share
     ``follows`` of them after another sentence, ``joins`` from a word inside
-    the clip) and only the text decoder's
-    adapters and gate learn, the learning rate falling until
-    ``decay_steps``. The exported file is that
+    the clip) and only the text decoder's adapters and gate learn, the
+    learning rate falling until ``decay_steps``. The exported file is that
     listener with the text decoder added. A listener that has one already
     goes on from its adapters (``rank`` is then its own). A resumed run
     keeps the recipe it started with.
