@@ -304,6 +304,8 @@ def cmd_train_listener_text(args: argparse.Namespace) -> None:
     run = train_listener_text(args.preset, args.data, args.out, args.listener, steps=args.steps, resume=args.resume,
                               rank=args.rank, batch_size=args.batch_size or 16, draws=args.draws,
                               decay_steps=args.decay_steps, follows=args.follows, joins=args.joins,
+                              encoder_layers=args.encoder_layers, distill=args.distill,
+                              extra_data=tuple(args.extra_data),
                               checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes)
     report_run(run, args.preset, "listener")
 
@@ -729,6 +731,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      help="share of the draws whose decoder starts after a word inside the clip, "
                                           "as a stream that starts over mid-sentence meets it (default: 0.2; "
                                           "a resumed run keeps its own)")
+            stage_train.add_argument("--encoder-layers", type=non_negative_int, default=0, metavar="N",
+                                     help="the encoder's last N layers learn with the decoder, pulled towards "
+                                          "offline Whisper's states (default: 0, the encoder frozen; a resumed "
+                                          "run keeps its own)")
+            stage_train.add_argument("--distill", type=float, default=1.0, metavar="W",
+                                     help="with --encoder-layers, the weight of that pull (default: 1)")
+            stage_train.add_argument("--extra-data", action="append", default=[], metavar="DIR",
+                                     help="another corpus to learn from too, built or of dialogues (whose turns "
+                                          "are cut out); repeatable (a resumed run keeps its own)")
         if stage == "vocoder":
             stage_train.add_argument("--init", help="start the generator from an exported one (a run or "
                                                     ".safetensors); the discriminators start fresh")

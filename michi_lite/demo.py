@@ -74,12 +74,30 @@ def draw(utterance: AlignedUtterance, cfg: Config, tokenizer, title: str = "") -
 
 
 def run_demo(cfg: Config, out: str | os.PathLike, text: str = DEMO_TEXT) -> dict:
-    """Run the demo into ``out``; returns a summary whose ``story`` says what happened."""
+    """Run the demo into ``out``; returns a summary whose ``story`` says what happened.
+
+    The conversation runs first, though its story comes second: once
+    CTranslate2 (Whisper's runtime) has loaded a model, torch's two-thread
+    matrix products in the same process run about 1.5 times slower (572 ->
+    783 us for a (64, 384) x (384, 1536) product on the 2-core development
+    machine; the duplex engine's frame step 36.7 -> 72.3 ms median), even
+    with Whisper on one thread and idle.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     engines = available_engines()
     if not engines:
         raise RuntimeError("no speech engine is installed; run `make setup` (as root it installs espeak-ng)")
+    references = (REFERENCE_SPEAKER, REFERENCE_LISTENER, REFERENCE_VOCODER, REFERENCE_VOICE, REFERENCE_CONVERSATION)
+    conversation = None
+    if cfg.name == "lite" and all(path.exists() for path in references):
+        from .duplex import load_engine
+
+        logger.info("playing the bundled conversation to the duplex engine")
+        engine = load_engine("lite", *references[:4])
+        bundled = json.loads(REFERENCE_CONVERSATION.with_suffix(".json").read_text())
+        user = load_audio(REFERENCE_CONVERSATION, engine.listener.cfg.audio.sample_rate)
+        conversation = converse_demo(engine, user, out, prefix=bundled["rag"])
     # the first engine that gives its own word timings, so there are two alignments to compare
     engine = next((e for e in engines if e.gives_word_timings), engines[0])
     voice = engine.voices()[0]
@@ -116,15 +134,8 @@ def run_demo(cfg: Config, out: str | os.PathLike, text: str = DEMO_TEXT) -> dict
         f" reading them back gives the text exactly: {summary['grid_round_trip_exact']}",
         f"5. figure: {out / 'demo_alignment.png'}",
     ])
-    references = (REFERENCE_SPEAKER, REFERENCE_LISTENER, REFERENCE_VOCODER, REFERENCE_VOICE, REFERENCE_CONVERSATION)
-    if cfg.name == "lite" and all(path.exists() for path in references):
-        from .duplex import load_engine
-
-        logger.info("playing the bundled conversation to the duplex engine")
-        engine = load_engine("lite", *references[:4])
-        bundled = json.loads(REFERENCE_CONVERSATION.with_suffix(".json").read_text())
-        user = load_audio(REFERENCE_CONVERSATION, engine.listener.cfg.audio.sample_rate)
-        summary["conversation"] = conversation = converse_demo(engine, user, out, prefix=bundled["rag"])
+    if conversation is not None:
+        summary["conversation"] = conversation
         summary["story"] += "\n" + "\n".join([
             f"6. a conversation: the duplex engine heard {bundled['seconds']:.1f} s of a held-out user "
             f"({bundled['user_voice']}) 80 ms at a time and answered as it went: {out / 'conversation.wav'}",

@@ -216,21 +216,33 @@ class StreamingWhisperEncoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(cfg.width, cfg.heads, cfg.ffn) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.width)
 
-    def forward(self, features: torch.Tensor, whisper: bool = False, start: int = 0) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, whisper: bool = False, start: int = 0,
+                layers: int | None = None) -> torch.Tensor:
         """Features (batch, n_mels, 2n) -> hidden states (batch, n, width).
 
         ``start`` is the position of the first state: a stream's positions
         go round ``WHISPER_POSITIONS``, and training starts clips anywhere on it.
+        With ``layers``, only the first that many layers run and their output
+        comes back without the final norm: what ``finish`` goes on from.
         """
         x = F.gelu(self.conv1(F.pad(features, (1, 1) if whisper else (2, 0))))
         x = F.gelu(self.conv2(F.pad(x, (1, 1) if whisper else (1, 0)))).transpose(1, 2)  # (batch, n, width)
         n = x.shape[1]
         x = x + sinusoids((start + torch.arange(n, device=x.device)) % WHISPER_POSITIONS, self.cfg.width)
-        mask = None if whisper else block_causal_mask(n, self.cfg.positions_per_frame, self.cfg.window_frames,
-                                                      x.device)
-        for layer in self.layers:
+        if layers is not None:
+            return self._layers(x, 0, layers, whisper)
+        return self.finish(x, 0, whisper)
+
+    def finish(self, x: torch.Tensor, first: int, whisper: bool = False) -> torch.Tensor:
+        """Layer ``first``'s input (batch, n, width) -> the encoder's output: that layer, the ones after, the norm."""
+        return self.norm(self._layers(x, first, len(self.layers), whisper))
+
+    def _layers(self, x: torch.Tensor, first: int, end: int, whisper: bool) -> torch.Tensor:
+        mask = None if whisper else block_causal_mask(x.shape[1], self.cfg.positions_per_frame,
+                                                      self.cfg.window_frames, x.device)
+        for layer in self.layers[first:end]:
             x, _ = layer(x, mask)
-        return self.norm(x)
+        return x
 
     def step(self, features: torch.Tensor, state: EncoderState) -> torch.Tensor:
         """One frame's features (batch, n_mels, mels_per_frame) -> its positions (batch, per_frame, width)."""

@@ -22,6 +22,7 @@ import math
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -58,6 +59,49 @@ logger = logging.getLogger(__name__)
 def timed_words(record: dict, speed: float = 1.0) -> list[Word]:
     """A manifest line's word timings, for its clip played ``speed`` times as fast."""
     return [Word(w["word"], w["start"] / speed, w["end"] / speed) for w in record["words"]]
+
+
+def spoken_clips(data_dir: str | os.PathLike, split: str = "train") -> list[dict]:
+    """A corpus's clips to hear, as manifest lines whose ``path`` includes the folder.
+
+    A corpus built by ``michi-lite data build`` gives its utterances; a
+    dialogue corpus (``michi-lite data dialogues``) its turns, each channel's
+    cut out (``load_clip``): every turn that was not interrupted, with its
+    words timed from the turn's start and the voice of its channel.
+    """
+    folder = Path(data_dir)
+    if not (folder / "dialogues.json").is_file():
+        return [{**r, "path": str(folder / r["path"])} for r in load_manifest(folder, split)]
+    from .data.dialogues import load_dialogues
+
+    clips = []
+    for dialogue in load_dialogues(folder, split):
+        for number, turn in enumerate(dialogue["turns"]):
+            if turn["interrupted"]:  # its text was not all said
+                continue
+            start = turn["start"]
+            clips.append({
+                "id": f"{dialogue['id']}_{number:02d}", "path": str(folder / dialogue["path"]),
+                "channel": ("user", "assistant").index(turn["channel"]), "start": start,
+                "duration": turn["end"] - start, "text": turn["text"], "voice": dialogue[f"{turn['channel']}_voice"],
+                "words": [{**w, "start": w["start"] - start, "end": w["end"] - start} for w in turn["words"]],
+            })
+    return clips
+
+
+def load_clip(record: dict, sample_rate: int) -> np.ndarray:
+    """A ``spoken_clips`` line's audio, mono at ``sample_rate``: a dialogue turn is its channel's stretch."""
+    if "channel" not in record:
+        return load_audio(record["path"], sample_rate)
+    import soundfile as sf
+    import soxr
+
+    info = sf.info(record["path"])
+    start = round(record["start"] * info.samplerate)
+    wave, _ = sf.read(record["path"], start=start, stop=start + round(record["duration"] * info.samplerate),
+                      dtype="float32", always_2d=True)
+    wave = wave[:, record["channel"]]
+    return wave if info.samplerate == sample_rate else soxr.resample(wave, info.samplerate, sample_rate)
 
 
 class ListenerUtterances(torch.utils.data.Dataset):
@@ -286,13 +330,26 @@ def train_listener(
 QUIET_SECONDS = (1.0, 3.0)  # the most silence before and after a clip the text decoder learns from
 
 
+class EncodedClip(NamedTuple):
+    """One draw of a clip as ``EncodedUtterances`` keeps it (fp16 states)."""
+
+    states: torch.Tensor  # (positions, width): the encoder's output from the decoder's first frame on, or, when
+    # its last layers train, their input from ``context`` positions earlier (what they attend to before it)
+    targets: TextTargets
+    frames: int  # the frames the decoder runs on
+    context: int = 0
+    teacher: torch.Tensor | None = None  # offline Whisper's states on the clean audio, the output's positions
+
+
 class EncodedUtterances(torch.utils.data.Dataset):
     """A split's utterances as a frozen listener's encoder hears them, encoded once, with their text targets.
 
-    Each clip is heard ``draws`` times: as it is, then changed by chance
-    (``Augmenter``), each time with up to ``quiet_seconds[0]`` of silence
-    before it and up to ``quiet_seconds[1]`` after (at least a frame past
-    the frame its last token commits on, so that commit is heard), and from
+    ``data_dir`` is a corpus or a list of them, each built or of dialogues
+    (``spoken_clips``: a dialogue corpus gives its turns). Each clip is
+    heard ``draws`` times: as it is, then changed by chance (``Augmenter``),
+    each time with up to ``quiet_seconds[0]`` of silence before it and up
+    to ``quiet_seconds[1]`` after (at least a frame past the frame its last
+    token commits on, so that commit is heard), and from
     a random position of the encoder's 30 s round, as a stream hears a
     sentence at any point of a conversation.
 
@@ -310,25 +367,36 @@ class EncodedUtterances(torch.utils.data.Dataset):
     targets are the words after. Taught only to start at a sentence, a
     restarted decoder writes loops ("in a in a in a") mid-sentence.
 
+    With ``encoder_layers`` > 0 those last layers of the encoder learn with
+    the decoder: the clip keeps the input of the first of them instead of
+    the output, from as far back as they attend to (``EncodedClip.context``),
+    and the offline ``teacher_encoder``'s states on the clean audio, which
+    ``ListenerTextTrainer`` pulls the output towards.
+
     All of it is drawn from the seed, the draw and the clip, so a resumed
     run encodes the same. The states are kept in fp16 (a 3-hour corpus,
-    twice: about 1.3 GB). An item is an ``(index, batch number)`` pair
-    (``EpochBatches.with_numbers``), the number seeding the probes
-    ``text_queries`` draws.
+    twice: about 1.3 GB; with ``encoder_layers``, about twice that). An item
+    is an ``(index, batch number)`` pair (``EpochBatches.with_numbers``),
+    the number seeding the probes ``text_queries`` draws.
     """
 
-    def __init__(self, data_dir: str | os.PathLike, listener: Listener, split: str = "train", draws: int = 2,
+    def __init__(self, data_dir: str | os.PathLike | list, listener: Listener, split: str = "train", draws: int = 2,
                  max_seconds: float = 12.0, seed: int = 0, probes: int = 48,
                  quiet_seconds: tuple[float, float] = QUIET_SECONDS, follows: float = 0.0, joins: float = 0.0,
-                 gap_seconds: tuple[float, float] = (0.3, 2.0)) -> None:
+                 gap_seconds: tuple[float, float] = (0.3, 2.0), encoder_layers: int = 0) -> None:
         self.cfg, self.per_frame, self.probes, self.seed = listener.cfg, listener.cfg.positions_per_frame, probes, seed
-        self.listener, self.data_dir = listener, Path(data_dir)
+        self.listener = listener
         if not (0 <= follows and 0 <= joins and follows + joins <= 1):
             raise ValueError(f"follows ({follows}) and joins ({joins}) are shares of the draws: each 0 or more, "
                              "together at most 1")
-        records = [r for r in load_manifest(data_dir, split) if r["duration"] <= max_seconds]
+        if not 0 <= encoder_layers <= self.cfg.layers:
+            raise ValueError(f"encoder_layers ({encoder_layers}): the encoder has {self.cfg.layers} layers")
+        self.encoder_layers = encoder_layers
+        self.teacher = teacher_encoder(self.cfg) if encoder_layers else None
+        folders = data_dir if isinstance(data_dir, (list, tuple)) else [data_dir]
+        records = [r for folder in folders for r in spoken_clips(folder, split) if r["duration"] <= max_seconds]
         if not records:
-            raise ValueError(f"{data_dir}: no {split} utterances of at most {max_seconds} s")
+            raise ValueError(f"{', '.join(map(str, folders))}: no {split} utterances of at most {max_seconds} s")
         self.tokenizer, self.augment = whisper_text_tokenizer(), Augmenter(self.cfg.audio.sample_rate)
         sentences: dict[str, list[int]] = {}  # voice -> the clips that end a sentence, to be heard before another
         for index, record in enumerate(records):
@@ -338,7 +406,7 @@ class EncodedUtterances(torch.utils.data.Dataset):
         rate = self.cfg.audio.sample_rate
         self.items = []
         for index, record in enumerate(tqdm(records, desc="encoding the corpus", unit="clip")):
-            clip = load_audio(self.data_dir / record["path"], rate)
+            clip = load_clip(record, rate)
             earlier = [i for i in sentences.get(record["voice"], []) if i != index]
             for draw in range(draws):
                 chance = np.random.default_rng([seed, draw, index, 1])
@@ -351,24 +419,29 @@ class EncodedUtterances(torch.utils.data.Dataset):
                 self.items.append(self._encode(record, clip, previous, join, before, after, draw, index, chance))
 
     def _encode(self, record: dict, clip: np.ndarray, previous: dict | None, join: bool, before: int, after: int,
-                draw: int, index: int, chance: np.random.Generator) -> tuple[torch.Tensor, TextTargets, int]:
+                draw: int, index: int, chance: np.random.Generator) -> EncodedClip:
         """One draw of a clip: its states from the decoder's first frame on, its targets, its frames."""
         cfg, rate, frame = self.cfg, self.cfg.audio.sample_rate, self.cfg.audio.samples_per_frame
         wave = np.pad(clip, (before, after))
         if previous is not None:
-            wave = np.concatenate([load_audio(self.data_dir / previous["path"], rate), wave])
+            wave = np.concatenate([load_clip(previous, rate), wave])
         lead = len(wave) - len(clip) - after  # samples before the clip
-        speed = 1.0
+        speed, clean = 1.0, wave
         if draw:  # the augmenter returns new arrays: ``clip`` stays as it is for the next draw
-            _, wave, speed = self.augment(wave, np.random.default_rng([self.seed, draw, index]))
+            clean, wave, speed = self.augment(wave, np.random.default_rng([self.seed, draw, index]))
         words = [Word(w.word, w.start + lead / rate / speed, w.end + lead / rate / speed)
                  for w in timed_words(record, speed)]
         targets = text_targets(record["text"], words, self.tokenizer, cfg.delay_frames)
         n_frames = max(math.ceil(len(wave) / frame), targets.frames[-1] + 1) + 1
-        wave = torch.from_numpy(np.pad(wave, (0, n_frames * frame - len(wave))))
+
+        def features(wave: np.ndarray) -> torch.Tensor:
+            return clip_features(torch.from_numpy(np.pad(wave, (0, n_frames * frame - len(wave)))), cfg.audio)[None]
+
         with torch.inference_mode():
             start = int(chance.integers(WHISPER_POSITIONS))
-            states = self.listener.encoder(clip_features(wave, cfg.audio)[None], start=start)[0]
+            frozen = self.cfg.layers - self.encoder_layers if self.encoder_layers else None  # None: all, and the norm
+            states = self.listener.encoder(features(wave), start=start, layers=frozen)[0]
+            teacher = None if self.teacher is None else self.teacher(features(clean), whisper=True)[0]
         # the stream starts over when the last token it says (the previous sentence's, or a word's of this clip)
         # commits, on frame ``said``, or a frame or two late; it keeps that frame and the ones before it and runs
         # its decoder from the next frame on
@@ -383,12 +456,18 @@ class EncodedUtterances(torch.utils.data.Dataset):
             said, late = text_targets(previous["text"], timed_words(previous, speed), self.tokenizer,
                                       cfg.delay_frames).frames[-1], 3
         else:
-            return states.half(), targets, n_frames
-        kept_from = max(said + int(chance.integers(late)) - cfg.delay_frames + 1, 0)
-        first = cfg.delay_frames
-        frames = [max(f - kept_from, first) for f in frames]
-        return (states[kept_from * self.per_frame:].half(), TextTargets(tokens, frames, start=first),
-                n_frames - kept_from)
+            said = None
+        kept_from = 0 if said is None else max(said + int(chance.integers(late)) - cfg.delay_frames + 1, 0)
+        if said is not None:
+            first = cfg.delay_frames
+            targets = TextTargets(tokens, [max(f - kept_from, first) for f in frames], start=first)
+        if self.teacher is None:
+            return EncodedClip(states[kept_from * self.per_frame:].half(), targets, n_frames - kept_from)
+        # the layers that train see the window before the kept frames, and so on back, layer by layer
+        context = min(kept_from, self.encoder_layers * (cfg.window_frames - 1)) * self.per_frame
+        kept = kept_from * self.per_frame
+        return EncodedClip(states[kept - context:].half(), targets, n_frames - kept_from, context,
+                           teacher[kept:].half())
 
     def __len__(self) -> int:
         return len(self.items)
@@ -397,14 +476,31 @@ class EncodedUtterances(torch.utils.data.Dataset):
         index, number = item
         return (*self.items[index], number)
 
-    def collate(self, items: list[tuple]) -> tuple[torch.Tensor, TextQueries]:
+    def collate(self, items: list[tuple]) -> EncodedBatch:
         """States padded to the longest (batch, positions, width) and the batch's ``TextQueries``."""
-        n = max(states.shape[0] for states, *_ in items)
-        encoded = torch.stack([F.pad(states.float(), (0, 0, 0, n - states.shape[0])) for states, *_ in items])
+        clips: list[EncodedClip] = [EncodedClip(*item[:-1]) for item in items]
+
+        def padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+            n = max(t.shape[0] for t in tensors)
+            return torch.stack([F.pad(t.float(), (0, 0, 0, n - t.shape[0])) for t in tensors])
+
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + items[0][-1])
-        queries = text_queries([(targets, frames) for _, targets, frames, _ in items], self.per_frame,
-                               self.probes, generator)
-        return encoded, queries
+        queries = text_queries([(clip.targets, clip.frames) for clip in clips], self.per_frame, self.probes, generator)
+        if self.teacher is None:
+            return EncodedBatch(padded([clip.states for clip in clips]), queries)
+        return EncodedBatch(padded([clip.states for clip in clips]), queries,
+                            torch.tensor([clip.context for clip in clips]),
+                            torch.tensor([clip.frames for clip in clips]), padded([clip.teacher for clip in clips]))
+
+
+class EncodedBatch(NamedTuple):
+    """``EncodedUtterances.collate``'s batch: the states, the queries, and what the encoder's last layers need."""
+
+    states: torch.Tensor  # (batch, positions, width)
+    queries: TextQueries
+    context: torch.Tensor | None = None  # (batch,) positions before each clip's first kept frame
+    frames: torch.Tensor | None = None  # (batch,) each clip's frames
+    teacher: torch.Tensor | None = None  # (batch, frames * per_frame, width)
 
 
 TEXT_LOSSES = ["loss", "token_loss", "gate_loss", "token_accuracy", "gate_accuracy"]
@@ -414,41 +510,71 @@ class ListenerTextTrainer(ListenerRun, ScheduledTrainer):
     """The text decoder's adapters and gate: cross-entropy on the tokens to commit, and the gate's decisions.
 
     Everything else (the encoder, the frame head, Whisper's weights) stays
-    as it is. The learning rate warms up, then falls linearly to a twentieth
-    at step ``decay_steps`` (a recipe setting, not the run's end, so a run
-    stopped early and resumed learns as an uninterrupted one).
+    as it is, unless ``encoder_layers`` > 0: then the encoder's last that
+    many layers and its final norm learn too, at a tenth of the rate, from
+    the decoder's losses and, weighted by ``distill``, the pull towards
+    offline Whisper's states (``distillation_loss``) that keeps what it
+    knows of voices the corpus never had. The learning rate warms up, then
+    falls linearly to a twentieth at step ``decay_steps`` (a recipe setting,
+    not the run's end, so a run stopped early and resumed learns as an
+    uninterrupted one).
     """
 
     def __init__(self, listener: Listener, preset: str, device: torch.device, decay_steps: int,
-                 learning_rate: float = 1e-3, warmup_steps: int = 50, recipe: dict | None = None) -> None:
+                 learning_rate: float = 1e-3, warmup_steps: int = 50, encoder_layers: int = 0, distill: float = 1.0,
+                 recipe: dict | None = None) -> None:
         self.listener, self.preset, self.device, self.recipe = listener.to(device), preset, device, recipe or {}
+        self.encoder_layers, self.distill = encoder_layers, distill
         for frozen in (listener.encoder, listener.project):
             frozen.requires_grad_(False)
         listener.token_bias.requires_grad_(False)
-        parameters = [p for p in listener.text.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
+        groups = [{"params": [p for p in listener.text.parameters() if p.requires_grad], "lr": learning_rate}]
+        if encoder_layers:
+            trained = [*listener.encoder.layers[-encoder_layers:], listener.encoder.norm]
+            groups.append({"params": [p for m in trained for p in m.parameters()], "lr": learning_rate / 10})
+            for p in groups[-1]["params"]:
+                p.requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup_steps) * max(0.05, 1 - s / decay_steps))
 
-    def step(self, batch: tuple[torch.Tensor, TextQueries]) -> dict[str, float]:
-        encoded, q = batch
-        q = TextQueries(**{k: v.to(self.device) for k, v in vars(q).items()})
+    def step(self, batch: EncodedBatch) -> dict[str, float]:
+        q = TextQueries(**{k: v.to(self.device) for k, v in vars(batch.queries).items()})
+        encoded, result = batch.states.to(self.device), {}
+        if self.encoder_layers:
+            encoded, distill = self.heard(batch, encoded)
+            result["distill_loss"] = distill.item()
         text = self.listener.text.train()
-        states = text(q.tokens, q.positions, q.self_mask, encoded.to(self.device), q.cross_mask)
+        states = text(q.tokens, q.positions, q.self_mask, encoded, q.cross_mask)
         taught, gated = q.targets >= 0, q.commit >= 0
         logits = text.logits(states[taught])
         token_loss = F.cross_entropy(logits, q.targets[taught])
         gate = text.commit_logit(states[gated])
         gate_loss = F.binary_cross_entropy_with_logits(gate, q.commit[gated])
         loss = token_loss + gate_loss
-        self.update(loss)
+        self.update(loss + self.distill * distill if self.encoder_layers else loss)
         with torch.no_grad():
             token_accuracy = (logits.argmax(-1) == q.targets[taught]).float().mean().item()
             gate_accuracy = ((gate > 0).float() == q.commit[gated]).float().mean().item()
         return {"loss": loss.item(), "token_loss": token_loss.item(), "gate_loss": gate_loss.item(),
-                "token_accuracy": token_accuracy, "gate_accuracy": gate_accuracy}
+                "token_accuracy": token_accuracy, "gate_accuracy": gate_accuracy, **result}
+
+    def heard(self, batch: EncodedBatch, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's last layers on the batch's kept inputs -> (the decoder's states, the distillation loss)."""
+        cfg = self.listener.cfg
+        hidden = self.listener.encoder.finish(inputs, cfg.layers - self.encoder_layers)
+        teacher = batch.teacher.to(self.device)
+        per_frame, n = cfg.positions_per_frame, teacher.shape[1]
+        states = torch.stack([F.pad(hidden[i, context:context + frames * per_frame],
+                                    (0, 0, 0, n - frames * per_frame))
+                              for i, (context, frames) in enumerate(zip(batch.context.tolist(),
+                                                                        batch.frames.tolist()))])
+        valid = torch.arange(n // per_frame, device=self.device)[None] < batch.frames.to(self.device)[:, None]
+        return states, distillation_loss(states, teacher, valid, per_frame, cfg.delay_frames)
 
     def modules(self) -> dict[str, nn.Module]:
+        if self.encoder_layers:
+            return {"text": self.listener.text, "encoder": self.listener.encoder}
         return {"text": self.listener.text}
 
 
@@ -465,6 +591,9 @@ def train_listener_text(
     decay_steps: int = 1000,
     follows: float = 0.4,
     joins: float = 0.2,
+    encoder_layers: int = 0,
+    distill: float = 1.0,
+    extra_data: tuple = (),
     checkpoint_every: int = 100,
     log_every: int = 10,
     max_minutes: float | None = None,
@@ -476,8 +605,11 @@ def train_listener_text(
     The listener of ``listener_path`` is frozen: its encoder hears the
     corpus once (``EncodedUtterances``, ``draws`` times each clip, a share
     ``follows`` of them after another sentence, ``joins`` from a word inside
-    the clip) and only the text decoder's adapters and gate learn, the
-    learning rate falling until ``decay_steps``. The exported file is that
+    the clip) and only the text decoder's adapters and gate learn, with the
+    encoder's last ``encoder_layers`` layers if that is more than 0 (pulled
+    towards offline Whisper by ``distill``), the learning rate falling until
+    ``decay_steps``. ``extra_data`` are more corpora to hear (``spoken_clips``:
+    a dialogue corpus gives its turns). The exported file is that
     listener with the text decoder added. A listener that has one already
     goes on from its adapters (``rank`` is then its own). A resumed run
     keeps the recipe it started with.
@@ -491,6 +623,8 @@ def train_listener_text(
         rank, batch_size, draws, seed = recipe["rank"], recipe["batch_size"], recipe["draws"], recipe["seed"]
         decay_steps, listener_path = recipe["decay_steps"], recipe["listener"]
         follows, joins = recipe.get("follows", 0.0), recipe.get("joins", 0.0)  # runs from before either
+        encoder_layers, distill = recipe.get("encoder_layers", 0), recipe.get("distill", 1.0)
+        extra_data = tuple(recipe.get("extra_data", ()))
         quiet_seconds = tuple(recipe.get("quiet_seconds", QUIET_SECONDS))
     device = training_device(device)
     torch.manual_seed(seed)
@@ -507,14 +641,16 @@ def train_listener_text(
         listener.load_state_dict(frozen.state_dict(), strict=False)  # all but the new text decoder
     recipe = {"rank": rank, "batch_size": batch_size, "draws": draws, "seed": seed, "decay_steps": decay_steps,
               "listener": str(listener_path), "follows": follows, "joins": joins,
-              "quiet_seconds": list(quiet_seconds)}
-    trainer = ListenerTextTrainer(listener, preset, device, decay_steps, recipe=recipe)
+              "quiet_seconds": list(quiet_seconds), "encoder_layers": encoder_layers, "distill": distill,
+              "extra_data": [str(d) for d in extra_data]}
+    trainer = ListenerTextTrainer(listener, preset, device, decay_steps, encoder_layers=encoder_layers,
+                                  distill=distill, recipe=recipe)
     logger.info("listener text decoder %s: %.2fM trained parameters, %d steps of %d utterances on %s", preset,
-                sum(p.numel() for p in listener.text.parameters() if p.requires_grad) / 1e6, steps, batch_size,
-                device)
-    dataset = EncodedUtterances(data_dir, frozen, draws=draws, seed=seed, quiet_seconds=quiet_seconds,
-                                follows=follows, joins=joins)
+                sum(p.numel() for p in listener.parameters() if p.requires_grad) / 1e6, steps, batch_size, device)
+    dataset = EncodedUtterances([data_dir, *extra_data], frozen, draws=draws, seed=seed, quiet_seconds=quiet_seconds,
+                                follows=follows, joins=joins, encoder_layers=encoder_layers)
     order = ShuffledBatches(len(dataset), batch_size, seed, drop_last=len(dataset) > batch_size).with_numbers()
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, collate_fn=dataset.collate)
-    return fit(trainer, loader, out_dir, steps, TEXT_LOSSES, resume=resume, checkpoint_every=checkpoint_every,
+    losses = TEXT_LOSSES + (["distill_loss"] if encoder_layers else [])
+    return fit(trainer, loader, out_dir, steps, losses, resume=resume, checkpoint_every=checkpoint_every,
                log_every=log_every, max_minutes=max_minutes, desc="listener text")

@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny corpus per test session, built through the CLI."""
+"""Shared fixtures: one tiny corpus and one tiny dialogue corpus per test session, built through the CLI."""
 
 from __future__ import annotations
 
@@ -21,6 +21,13 @@ def one_thread():
 def tiny_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_corpus")
     main(["data", "build", "--preset", "tiny", "--out", str(out)])
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dialogues(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_dialogues")
+    main(["data", "dialogues", "--preset", "tiny", "--out", str(out)])
     return out
 
 

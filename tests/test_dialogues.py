@@ -24,10 +24,8 @@ SILENCE_PEAK = 1e-3  # a channel where nobody speaks holds zeros
 
 
 @pytest.fixture(scope="module")
-def dialogues(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny_dialogues")
-    main(["data", "dialogues", "--preset", "tiny", "--out", str(out)])
-    return out
+def dialogues(tiny_dialogues):
+    return tiny_dialogues
 
 
 def stereo(folder: Path, record: dict) -> np.ndarray:

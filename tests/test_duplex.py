@@ -123,11 +123,8 @@ def test_chat_writes_both_sides_lined_up_and_a_timeline(tokenizer, tiny_corpus, 
 
 
 @pytest.fixture(scope="module")
-def dialogues(tmp_path_factory):
-    from michi_lite.config import get_config
-    from michi_lite.data.dialogues import build_dialogues
-
-    return build_dialogues(get_config("tiny"), tmp_path_factory.mktemp("dialogues")).parent
+def dialogues(tiny_dialogues):
+    return tiny_dialogues
 
 
 def test_eval_joint_reads_answers_gaps_and_stops_off_the_frame_log(duplex, tokenizer):

@@ -8,8 +8,6 @@ import soundfile as sf
 import torch
 
 from michi_lite.cli import main
-from michi_lite.config import get_config
-from michi_lite.data.dialogues import build_dialogues
 from michi_lite.data.frames import PAD_TOKEN
 from michi_lite.listen import build_listener, clip_logits
 from michi_lite.model import (END_TOKEN, build_speech_model, load_speaker, save_speaker, speech_model_config,
@@ -22,8 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def dialogues(tmp_path_factory):
-    return build_dialogues(get_config("tiny"), tmp_path_factory.mktemp("dialogues")).parent
+def dialogues(tiny_dialogues):
+    return tiny_dialogues
 
 
 @pytest.fixture(scope="module")

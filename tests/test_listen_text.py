@@ -260,7 +260,8 @@ def test_a_text_listener_streams_words_in_the_backbones_tokens_one_a_frame(tiny_
     assert transcribe_stream(int8, wave, tokenizer) is not None
 
 
-def test_a_resumed_text_run_ends_with_the_adapters_of_an_uninterrupted_one(tiny_corpus, tmp_path):
+@pytest.mark.parametrize("encoder_layers", [0, 1])
+def test_a_resumed_text_run_ends_with_the_adapters_of_an_uninterrupted_one(tiny_corpus, tmp_path, encoder_layers):
     from michi_lite.cli import main
 
     main(["train", "listener", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(tmp_path / "ears"),
@@ -269,7 +270,7 @@ def test_a_resumed_text_run_ends_with_the_adapters_of_an_uninterrupted_one(tiny_
     def train(out, steps, *extra):
         main(["train", "listener-text", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(out),
               "--listener", str(tmp_path / "ears"), "--steps", str(steps), "--batch-size", "2",
-              "--checkpoint-every", "1", *extra])
+              "--checkpoint-every", "1", "--encoder-layers", str(encoder_layers), *extra])
 
     train(tmp_path / "whole", 3)
     train(tmp_path / "parts", 2)
@@ -277,7 +278,70 @@ def test_a_resumed_text_run_ends_with_the_adapters_of_an_uninterrupted_one(tiny_
     whole, parts = (load_file(str(tmp_path / run / "listener.safetensors")) for run in ("whole", "parts"))
     assert whole.keys() == parts.keys() and all(torch.equal(whole[name], parts[name]) for name in whole)
     log = (tmp_path / "parts" / "train_log.csv").read_text().split()
-    assert log[0].startswith("step,loss,token_loss,gate_loss")
+    assert log[0].startswith("step,loss,token_loss,gate_loss") and ("distill_loss" in log[0]) == bool(encoder_layers)
+    ears = load_file(str(tmp_path / "ears" / "listener.safetensors"))
+    changed = {name for name in ears if name.startswith("encoder.") and not torch.equal(ears[name], whole[name])}
+    if encoder_layers:  # the last layer and the norm learnt, the first did not
+        assert changed and all(name.startswith(("encoder.layers.1.", "encoder.norm.")) for name in changed)
+    else:
+        assert not changed
+
+
+def test_a_dialogue_corpus_is_heard_turn_by_turn_each_from_its_own_channel(tiny_corpus, tiny_dialogues,
+                                                                           tiny_text_listener):
+    import soundfile as sf
+
+    from michi_lite.data.dialogues import load_dialogues
+    from michi_lite.train_listener import EncodedUtterances, load_clip, spoken_clips
+
+    dialogues = load_dialogues(tiny_dialogues, "train")
+    turns = [t for d in dialogues for t in d["turns"] if not t["interrupted"]]
+    clips = spoken_clips(tiny_dialogues)
+    assert len(clips) == len(turns) and any(t["interrupted"] for d in dialogues for t in d["turns"])
+    for clip, turn in zip(clips, turns):
+        dialogue = next(d for d in dialogues if clip["id"].startswith(d["id"]))
+        assert clip["text"] == turn["text"] and clip["voice"] == dialogue[f"{turn['channel']}_voice"]
+        assert 0 <= clip["words"][0]["start"] and clip["words"][-1]["end"] <= clip["duration"] + 1e-6
+        stereo, rate = sf.read(clip["path"], dtype="float32")
+        start = round(turn["start"] * rate)
+        wave = load_clip(clip, rate)
+        assert np.array_equal(wave, stereo[start:start + len(wave), clip["channel"]])
+        assert abs(len(wave) - clip["duration"] * rate) <= 1
+    corpus = spoken_clips(tiny_corpus)
+    both = EncodedUtterances([tiny_corpus, tiny_dialogues], tiny_text_listener, draws=1, max_seconds=60)
+    assert len(both) == len(corpus) + len(clips)
+
+
+def test_an_encoders_last_layers_go_on_from_the_first_ones_output(tiny_text_listener):
+    encoder = tiny_text_listener.encoder
+    features = torch.randn(2, TINY.audio.n_mels, 40 * TINY.audio.mels_per_frame)
+    with torch.no_grad():
+        whole = encoder(features, start=7)
+        torch.testing.assert_close(encoder.finish(encoder(features, start=7, layers=1), 1), whole)
+
+
+def test_a_clip_for_the_encoders_last_layers_keeps_their_input_from_as_far_back_as_they_look(tiny_corpus,
+                                                                                          tiny_text_listener):
+    """With ``encoder_layers``, the kept input (context included) gives the states the frozen encoder gives."""
+    from michi_lite.train_listener import EncodedUtterances
+
+    shares = {"follows": 0.5, "joins": 0.3, "draws": 2}
+    frozen = EncodedUtterances(tiny_corpus, tiny_text_listener, **shares)
+    layered = EncodedUtterances(tiny_corpus, tiny_text_listener, encoder_layers=1, **shares)
+    most = (TINY.window_frames - 1) * PER_FRAME  # one layer looks this far back
+    contexts = []
+    for clip, inputs in zip(frozen.items, layered.items):
+        assert inputs.targets == clip.targets and inputs.frames == clip.frames
+        assert inputs.teacher.shape == clip.states.shape and 0 <= inputs.context <= most
+        with torch.no_grad():
+            states = tiny_text_listener.encoder.finish(inputs.states[None].float(), 1)[0, inputs.context:]
+        torch.testing.assert_close(states, clip.states.float(), atol=1e-2, rtol=0)
+        contexts.append(inputs.context)
+    assert max(contexts) == most and min(contexts) == 0  # restarts late enough to have a whole window, and fresh starts
+    batch = layered.collate([(*layered.items[i], 0) for i in range(4)])
+    assert batch.teacher.shape[1] == max(layered.items[i].frames for i in range(4)) * PER_FRAME
+    with pytest.raises(ValueError, match="layers"):
+        EncodedUtterances(tiny_corpus, tiny_text_listener, encoder_layers=3)
 
 
 def test_the_corpus_is_heard_with_silence_around_each_clip(tiny_corpus, tiny_text_listener):
@@ -286,7 +350,7 @@ def test_the_corpus_is_heard_with_silence_around_each_clip(tiny_corpus, tiny_tex
     plain, quiet = (EncodedUtterances(tiny_corpus, tiny_text_listener, draws=1, quiet_seconds=quiet_seconds)
                     for quiet_seconds in ((0.0, 0.0), (1.0, 3.0)))
     leads = []
-    for (states, before, frames), (quiet_states, after, quiet_frames) in zip(plain.items, quiet.items):
+    for (states, before, frames, *_), (quiet_states, after, quiet_frames, *_) in zip(plain.items, quiet.items):
         assert after.tokens == before.tokens and quiet_states.shape[0] == quiet_frames * PER_FRAME
         shift = np.array(after.frames) - np.array(before.frames)  # the silence before, in frames (rounded per word)
         assert shift.min() >= 0 and shift.max() - shift.min() <= 1 and shift.max() <= round(1.0 / 0.08) + 1
@@ -308,7 +372,7 @@ def test_a_clip_is_heard_after_another_sentence_as_a_restarted_stream_hears_it(t
     records = load_manifest(tiny_corpus, "train")
     trailing = max(r["duration"] - r["words"][-1]["end"] for r in records)  # silence after a clip's last word
     followed = 0
-    for (_, targets, _), (states, heard, frames) in zip(alone.items, after.items):
+    for (_, targets, *_), (states, heard, frames, *_) in zip(alone.items, after.items):
         assert heard.tokens == targets.tokens and states.shape[0] == frames * PER_FRAME
         if heard.start == 0:  # no other sentence of its voice to follow
             assert heard.frames == targets.frames
@@ -329,7 +393,7 @@ def test_a_clip_is_heard_from_a_word_inside_it_as_a_stream_restarted_mid_sentenc
     alone = EncodedUtterances(tiny_corpus, tiny_text_listener, draws=1)
     joined = EncodedUtterances(tiny_corpus, tiny_text_listener, draws=1, joins=1.0)
     cut = 0
-    for (states, targets, frames), (cut_states, rest, cut_frames) in zip(alone.items, joined.items):
+    for (states, targets, frames, *_), (cut_states, rest, cut_frames, *_) in zip(alone.items, joined.items):
         assert rest.tokens == targets.tokens[len(targets.tokens) - len(rest.tokens):]  # the words after the cut
         if rest.tokens == targets.tokens:
             continue  # a clip of one word (or one frame): nothing to start inside
