@@ -8,8 +8,7 @@ file gives the same numbers as ``eval listener`` (the reference's seen 0.228
 and held-out 0.348 at 30 per engine), in about 6 minutes a file on 2 CPU
 cores. data/listener/README.md compares the decoders it tried with::
 
-    python experiments/listener_quick_wer.py data/listener/lite_listener.safetensors \\
-        runs/listener_text_enc2 runs/listener_text_dialogues \\
+    python experiments/listener_quick_wer.py runs/listener_text_dialogues runs/listener_text_enc2 \\
         --data corpus/lite_3h_engines --held-out corpus/held_out_voices --held-out corpus/people \\
         --per-engine 30 --json data/listener/lite_quick_wer.json
 """
