@@ -78,10 +78,11 @@ def run_demo(cfg: Config, out: str | os.PathLike, text: str = DEMO_TEXT) -> dict
 
     The conversation runs first, though its story comes second: once
     CTranslate2 (Whisper's runtime) has loaded a model, torch's two-thread
-    matrix products in the same process run about 1.5 times slower (572 ->
-    783 us for a (64, 384) x (384, 1536) product on the 2-core development
-    machine; the duplex engine's frame step 36.7 -> 72.3 ms median), even
-    with Whisper on one thread and idle.
+    matrix products in the same process run about 1.4 times slower (634 ->
+    868 us for a (64, 384) x (384, 1536) product on the 2-core development
+    machine) and the duplex engine's frame step twice as slow (36.7 -> 72.3
+    ms median), even with Whisper on one thread and idle
+    (data/duplex/README.md).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

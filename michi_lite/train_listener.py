@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import soundfile as sf
+import soxr
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -93,9 +95,6 @@ def load_clip(record: dict, sample_rate: int) -> np.ndarray:
     """A ``spoken_clips`` line's audio, mono at ``sample_rate``: a dialogue turn is its channel's stretch."""
     if "channel" not in record:
         return load_audio(record["path"], sample_rate)
-    import soundfile as sf
-    import soxr
-
     info = sf.info(record["path"])
     start = round(record["start"] * info.samplerate)
     wave, _ = sf.read(record["path"], start=start, stop=start + round(record["duration"] * info.samplerate),

@@ -682,6 +682,17 @@ for name, w in shown.items():
 fig
 
 # %% [markdown]
+# Two later tries to make it hear new voices better did not
+# (`data/listener/README.md`, "Two tries that did not help",
+# `lite_quick_wer.json`; streaming WER on the same held-out clips, 0.348
+# for the reference): letting the encoder's last two layers learn with the
+# decoder, still pulled towards offline Whisper (0.343, within the noise),
+# and adding the dialogue corpus's 2.1 hours of turns as more sentences
+# (0.380; people 0.723 against 0.606). Both heard the same 35 voices of
+# five engines: what it learns of a voice it never heard seems to need more
+# voices, not more text or more of the encoder.
+
+# %% [markdown]
 # ### Robustness
 #
 # The same changes at fixed strengths (`eval listener --robustness`, pink
