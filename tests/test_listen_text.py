@@ -133,13 +133,18 @@ def assert_taught(decoder, gate, asked_at: list, targets: TextTargets, encoded: 
     assert queries.targets[0, 1:len(targets.tokens) + 1].tolist() == targets.tokens
 
 
-def test_a_stream_asks_the_decoder_exactly_what_training_teaches():
-    """Every state a stream's decisions are made on equals the training query for the same (position, frame)."""
+@pytest.mark.parametrize("max_per_frame, commit_frames", [(8, [2, 2, 4, 6]), (1, [2, 3, 6, 9])])
+def test_a_stream_asks_the_decoder_exactly_what_training_teaches(max_per_frame, commit_frames):
+    """Every state a stream's decisions are made on equals the training query for the same (position, frame).
+
+    The gate commits on its calls 2, 3, 6 and 9: eight tokens a frame commit two on frame 2; one a frame
+    asks again on the next frame, with more heard, as the late probes teach."""
     decoder = tiny_decoder()
     encoded = torch.randn(12 * PER_FRAME, TINY.width, generator=torch.Generator().manual_seed(1))
-    gate = decoder.gate = ScriptedGate(commits={2, 3, 6, 9})  # two tokens in one frame, then one, then one
-    asked_at, committed, frames = run_stream(TextStream(decoder, PER_FRAME), gate, encoded)
-    assert len(committed) == 4 and len(set(frames)) == 3
+    gate = decoder.gate = ScriptedGate(commits={2, 3, 6, 9})
+    asked_at, committed, frames = run_stream(TextStream(decoder, PER_FRAME, max_per_frame=max_per_frame), gate,
+                                             encoded)
+    assert len(committed) == 4 and frames == commit_frames
     assert_taught(decoder, gate, asked_at, TextTargets(committed, frames), encoded)
 
 
@@ -152,7 +157,8 @@ def test_a_stream_that_starts_over_asks_what_training_teaches_after_a_sentence()
     # frames 2 and 3; then frames 4-5 wait, frame 6 commits two tokens, frame 9 one
     gate = decoder.gate = ScriptedGate(commits={3, 7, 8, 12})
     sentences = iter([True])
-    stream = TextStream(decoder, PER_FRAME, ends_sentence=lambda tokens: next(sentences, False), keep_frames=2)
+    stream = TextStream(decoder, PER_FRAME, ends_sentence=lambda tokens: next(sentences, False), keep_frames=2,
+                        max_per_frame=8)
     asked_at, committed, frames = run_stream(stream, gate, encoded)
     assert len(committed) == 3 and frames == [6, 6, 9] and asked_at[0] == (1, 4)
     kept_from = 2  # training crops the states at the first kept frame and starts the decoder after them
@@ -179,7 +185,7 @@ def test_after_a_sentence_a_stream_starts_over_hearing_the_frames_it_keeps():
     encoded = torch.randn(n_frames * PER_FRAME, TINY.width, generator=torch.Generator().manual_seed(2))
     frames = encoded.split(PER_FRAME)
     gate = decoder.gate = ScriptedGate(commits={1})  # frame 0 waits; frame 1 commits, then waits: a sentence ends
-    stream = TextStream(decoder, PER_FRAME, ends_sentence=lambda tokens: True, keep_frames=1)
+    stream = TextStream(decoder, PER_FRAME, ends_sentence=lambda tokens: True, keep_frames=1, max_per_frame=8)
     committed = [stream.push(frame) for frame in frames]
     assert [len(c) for c in committed] == [0, 1] + [0] * (n_frames - 2) and stream.sequence == list(PROMPT)
     after_restart = gate.asked[3:]
