@@ -189,7 +189,14 @@ def cmd_data_build(args: argparse.Namespace) -> None:
         cfg = replace(cfg, corpus=replace(cfg.corpus, min_hours=args.hours))
     if args.turns is not None:
         cfg = replace(cfg, corpus=replace(cfg.corpus, turns=args.turns))
-    manifest = build_corpus(cfg, args.out, voice=args.voice)
+    engines = None
+    if args.spare_voices:
+        from .data.held_out import spare_voice_engines
+
+        # every spare voice is a seen one: their test sentences are not what the held-out set is made of
+        engines = spare_voice_engines()
+        cfg = replace(cfg, corpus=replace(cfg.corpus, unseen_voices=0))
+    manifest = build_corpus(cfg, args.out, voice=args.voice, engines=engines)
     summary = json.loads((manifest.parent / "corpus.json").read_text())
     print(f"built {summary['utterances']} utterances, {summary['hours']:.2f} h, "
           f"{len(summary['voices'])} voices -> {manifest}")
@@ -306,6 +313,7 @@ def cmd_train_listener_text(args: argparse.Namespace) -> None:
                               rank=args.rank, batch_size=args.batch_size or 16, draws=args.draws,
                               decay_steps=args.decay_steps, follows=args.follows, joins=args.joins,
                               encoder_layers=args.encoder_layers, distill=args.distill,
+                              word_teacher=args.word_teacher,
                               extra_data=tuple(args.extra_data),
                               checkpoint_every=args.checkpoint_every, max_minutes=args.max_minutes)
     report_run(run, args.preset, "listener")
@@ -606,6 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--turns", choices=TURNS, default=None,
                        help="sentences go round the seen voices (voice, the default) or round the engines "
                             "first, so every engine gets an equal share (engine)")
+    build.add_argument("--spare-voices", action="store_true",
+                       help="speak with the held-out engines' voices that no test set uses (RHVoice evgeniy-eng "
+                            "and lyubov, Kokoro alpha and nezumi) instead of the corpus engines")
     build.set_defaults(run=cmd_data_build)
     dialogues = data.add_parser("dialogues", help="spoken two-party conversations: the user on channel 0, the "
                                                   "assistant on channel 1, with interruptions and backchannels")
@@ -738,6 +749,10 @@ def build_parser() -> argparse.ArgumentParser:
                                           "run keeps its own)")
             stage_train.add_argument("--distill", type=float, default=1.0, metavar="W",
                                      help="with --encoder-layers, the weight of that pull (default: 1)")
+            stage_train.add_argument("--word-teacher", type=float, default=0.0, metavar="W",
+                                     help="pull the decoder's next-token distribution towards Whisper's own "
+                                          "decoder's, hearing each clean clip whole, at weight W (default: 0, "
+                                          "off; a resumed run keeps its own)")
             stage_train.add_argument("--extra-data", action="append", default=[], metavar="DIR",
                                      help="another corpus to learn from too, built or of dialogues (whose turns "
                                           "are cut out); repeatable (a resumed run keeps its own)")

@@ -32,6 +32,7 @@ commit ``delay_frames`` after the frame in which it ends (``text_targets``).
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Callable
@@ -157,6 +158,15 @@ class TextDecoder(nn.Module):
                     setattr(layer, name, merged)
         return self
 
+    def without_adapters(self) -> TextDecoder:
+        """A frozen copy with every ``LowRank`` change left out: Whisper's own decoder (``next_tokens``'s teacher)."""
+        plain = copy.deepcopy(self)
+        for layer in plain.layers:
+            for name, module in list(layer.named_children()):
+                if isinstance(module, LowRank):
+                    setattr(layer, name, module.base)
+        return plain.requires_grad_(False).eval()
+
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, self_mask: torch.Tensor | None,
                 encoded: torch.Tensor, cross_mask: torch.Tensor | None) -> torch.Tensor:
         """Queries (batch, n) of token ids at text positions -> their final states (batch, n, width)."""
@@ -179,6 +189,19 @@ class TextDecoder(nn.Module):
                 break
             tokens.append(token)
         return tokens[len(PROMPT):]
+
+    @torch.inference_mode()
+    def next_tokens(self, encoded: torch.Tensor, tokens: list[int], top: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """What this decoder expects each of ``tokens`` to be, given the prompt and the ones before it, hearing
+        ``encoded`` (1, n, width) all at once: its ``top`` likeliest ids (len(tokens), top) and their
+        probabilities, scaled to sum to 1."""
+        sequence = [*PROMPT, *tokens]
+        n = len(sequence)
+        states = self(torch.tensor([sequence]), torch.arange(n)[None], torch.ones(n, n, dtype=torch.bool).tril(),
+                      encoded, None)
+        probs = self.logits(states[0, len(PROMPT) - 1:-1]).softmax(-1)  # position p predicts token p (PROMPT first)
+        best, ids = probs.topk(top, dim=-1)
+        return ids, best / best.sum(-1, keepdim=True)
 
     def logits(self, states: torch.Tensor) -> torch.Tensor:
         """States (..., width) -> logits over Whisper's vocabulary (..., vocab), tied to the token table."""

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from .audio import load_audio
 from .data.augment import Augmenter
 from .data.corpus import load_manifest
-from .data.frames import PAD_TOKEN
+from .data.frames import PAD_TOKEN, token_chunks
 from .data.words import Word
 from .listen import (
     CHECKPOINT_FORMAT,
@@ -51,7 +51,8 @@ from .listen import (
     save_listener,
     whisper_encoder_state,
 )
-from .listen_text import TextQueries, TextTargets, ends_a_sentence, text_queries, text_targets, whisper_text_tokenizer
+from .listen_text import (TextDecoder, TextQueries, TextTargets, ends_a_sentence, text_queries, text_targets,
+                          whisper_text_tokenizer)
 from .train import ScheduledTrainer, ShuffledBatches, fit, loader_workers, started_config, training_device
 from .weights import fitting_weights, read_weights
 
@@ -327,6 +328,7 @@ def train_listener(
 
 
 QUIET_SECONDS = (1.0, 3.0)  # the most silence before and after a clip the text decoder learns from
+TEACHER_TOP = 16  # the word teacher's likeliest next tokens kept for each target token
 
 
 class EncodedClip(NamedTuple):
@@ -338,6 +340,17 @@ class EncodedClip(NamedTuple):
     frames: int  # the frames the decoder runs on
     context: int = 0
     teacher: torch.Tensor | None = None  # offline Whisper's states on the clean audio, the output's positions
+    words: NextTokens | None = None  # Whisper's own decoder's expectations for the targets' tokens
+
+
+class NextTokens(NamedTuple):
+    """For each of a clip's target tokens, the likeliest next tokens of Whisper's own decoder and their shares."""
+
+    ids: torch.Tensor  # (tokens, top)
+    probs: torch.Tensor  # (tokens, top), each row summing to 1
+
+    def after(self, k: int) -> NextTokens:
+        return NextTokens(self.ids[k:], self.probs[k:])
 
 
 class EncodedUtterances(torch.utils.data.Dataset):
@@ -372,6 +385,12 @@ class EncodedUtterances(torch.utils.data.Dataset):
     and the offline ``teacher_encoder``'s states on the clean audio, which
     ``ListenerTextTrainer`` pulls the output towards.
 
+    With a ``word_teacher`` (Whisper's decoder without adapters,
+    ``TextDecoder.without_adapters``) each clip also keeps what that decoder
+    expects every target token to be (``NextTokens``: its ``TEACHER_TOP``
+    likeliest), hearing the clip alone, clean and whole through offline
+    Whisper's encoder; once a clip, whatever its draws.
+
     All of it is drawn from the seed, the draw and the clip, so a resumed
     run encodes the same. The states are kept in fp16 (a 3-hour corpus,
     twice: about 1.3 GB; with ``encoder_layers``, about twice that). An item
@@ -382,7 +401,8 @@ class EncodedUtterances(torch.utils.data.Dataset):
     def __init__(self, data_dir: str | os.PathLike | list, listener: Listener, split: str = "train", draws: int = 2,
                  max_seconds: float = 12.0, seed: int = 0, probes: int = 48,
                  quiet_seconds: tuple[float, float] = QUIET_SECONDS, follows: float = 0.0, joins: float = 0.0,
-                 gap_seconds: tuple[float, float] = (0.3, 2.0), encoder_layers: int = 0) -> None:
+                 gap_seconds: tuple[float, float] = (0.3, 2.0), encoder_layers: int = 0,
+                 word_teacher: TextDecoder | None = None) -> None:
         self.cfg, self.per_frame, self.probes, self.seed = listener.cfg, listener.cfg.positions_per_frame, probes, seed
         self.listener = listener
         if not (0 <= follows and 0 <= joins and follows + joins <= 1):
@@ -392,6 +412,8 @@ class EncodedUtterances(torch.utils.data.Dataset):
             raise ValueError(f"encoder_layers ({encoder_layers}): the encoder has {self.cfg.layers} layers")
         self.encoder_layers = encoder_layers
         self.teacher = teacher_encoder(self.cfg) if encoder_layers else None
+        self.word_teacher = word_teacher
+        offline = (self.teacher or teacher_encoder(self.cfg)) if word_teacher is not None else None
         folders = data_dir if isinstance(data_dir, (list, tuple)) else [data_dir]
         records = [r for folder in folders for r in spoken_clips(folder, split) if r["duration"] <= max_seconds]
         if not records:
@@ -407,6 +429,7 @@ class EncodedUtterances(torch.utils.data.Dataset):
         for index, record in enumerate(tqdm(records, desc="encoding the corpus", unit="clip")):
             clip = load_clip(record, rate)
             earlier = [i for i in sentences.get(record["voice"], []) if i != index]
+            expected = None if offline is None else self._next_tokens(offline, record, clip)
             for draw in range(draws):
                 chance = np.random.default_rng([seed, draw, index, 1])
                 before, after = (round(chance.uniform(0, most) * rate) for most in quiet_seconds)
@@ -415,10 +438,21 @@ class EncodedUtterances(torch.utils.data.Dataset):
                     previous = records[earlier[chance.integers(len(earlier))]]
                     before = round(chance.uniform(*gap_seconds) * rate)
                 join = follows <= kind < follows + joins
-                self.items.append(self._encode(record, clip, previous, join, before, after, draw, index, chance))
+                self.items.append(self._encode(record, clip, previous, join, before, after, draw, index, chance,
+                                               expected))
+
+    def _next_tokens(self, offline: StreamingWhisperEncoder, record: dict, clip: np.ndarray) -> NextTokens:
+        """What the word teacher expects each of the clip's tokens to be, hearing the clip clean and whole."""
+        tokens, _ = token_chunks(" " + record["text"].strip(), self.tokenizer)
+        frames = math.ceil(len(clip) / self.cfg.audio.samples_per_frame)
+        features = clip_features(torch.from_numpy(np.pad(clip, (0, frames * self.cfg.audio.samples_per_frame
+                                                                 - len(clip)))), self.cfg.audio)[None]
+        with torch.inference_mode():
+            encoded = offline(features, whisper=True)
+        return NextTokens(*self.word_teacher.next_tokens(encoded, tokens, TEACHER_TOP))
 
     def _encode(self, record: dict, clip: np.ndarray, previous: dict | None, join: bool, before: int, after: int,
-                draw: int, index: int, chance: np.random.Generator) -> EncodedClip:
+                draw: int, index: int, chance: np.random.Generator, expected: NextTokens | None) -> EncodedClip:
         """One draw of a clip: its states from the decoder's first frame on, its targets, its frames."""
         cfg, rate, frame = self.cfg, self.cfg.audio.sample_rate, self.cfg.audio.samples_per_frame
         wave = np.pad(clip, (before, after))
@@ -431,6 +465,9 @@ class EncodedUtterances(torch.utils.data.Dataset):
         words = [Word(w.word, w.start + lead / rate / speed, w.end + lead / rate / speed)
                  for w in timed_words(record, speed)]
         targets = text_targets(record["text"], words, self.tokenizer, cfg.delay_frames)
+        if expected is not None and len(expected.ids) != len(targets.tokens):
+            raise RuntimeError(f"{record['id']}: the word teacher has {len(expected.ids)} tokens, the targets "
+                               f"{len(targets.tokens)}")
         n_frames = max(math.ceil(len(wave) / frame), targets.frames[-1] + 1) + 1
 
         def features(wave: np.ndarray) -> torch.Tensor:
@@ -451,6 +488,7 @@ class EncodedUtterances(torch.utils.data.Dataset):
             k = word_starts[chance.integers(len(word_starts))]
             said, late = frames[k - 1], min(3, frames[k] - frames[k - 1])
             tokens, frames = tokens[k:], frames[k:]
+            expected = None if expected is None else expected.after(k)
         elif previous is not None:
             said, late = text_targets(previous["text"], timed_words(previous, speed), self.tokenizer,
                                       cfg.delay_frames).frames[-1], 3
@@ -461,12 +499,12 @@ class EncodedUtterances(torch.utils.data.Dataset):
             first = cfg.delay_frames
             targets = TextTargets(tokens, [max(f - kept_from, first) for f in frames], start=first)
         if self.teacher is None:
-            return EncodedClip(states[kept_from * self.per_frame:].half(), targets, n_frames - kept_from)
+            return EncodedClip(states[kept_from * self.per_frame:].half(), targets, n_frames - kept_from, words=expected)
         # the layers that train see the window before the kept frames, and so on back, layer by layer
         context = min(kept_from, self.encoder_layers * (cfg.window_frames - 1)) * self.per_frame
         kept = kept_from * self.per_frame
         return EncodedClip(states[kept - context:].half(), targets, n_frames - kept_from, context,
-                           teacher[kept:].half())
+                           teacher[kept:].half(), expected)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -485,11 +523,29 @@ class EncodedUtterances(torch.utils.data.Dataset):
 
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + items[0][-1])
         queries = text_queries([(clip.targets, clip.frames) for clip in clips], self.per_frame, self.probes, generator)
-        if self.teacher is None:
-            return EncodedBatch(padded([clip.states for clip in clips]), queries)
-        return EncodedBatch(padded([clip.states for clip in clips]), queries,
-                            torch.tensor([clip.context for clip in clips]),
-                            torch.tensor([clip.frames for clip in clips]), padded([clip.teacher for clip in clips]))
+        batch = EncodedBatch(padded([clip.states for clip in clips]), queries)
+        if self.teacher is not None:
+            batch = batch._replace(context=torch.tensor([clip.context for clip in clips]),
+                                   frames=torch.tensor([clip.frames for clip in clips]),
+                                   teacher=padded([clip.teacher for clip in clips]))
+        if self.word_teacher is not None:
+            batch = batch._replace(words=queried_next_tokens(queries, [clip.words for clip in clips]))
+        return batch
+
+
+def queried_next_tokens(queries: TextQueries, clips: list[NextTokens]) -> NextTokens:
+    """The word teacher's next tokens for every query that is taught a token: (batch, queries, top), zero elsewhere.
+
+    A query at text position p is taught the clip's p-th token (``text_queries``), row p - 1.
+    """
+    top = clips[0].ids.shape[1]
+    ids = torch.zeros(*queries.targets.shape, top, dtype=torch.long)
+    probs = torch.zeros(*queries.targets.shape, top)
+    for b, clip in enumerate(clips):
+        taught = queries.targets[b] >= 0
+        rows = queries.positions[b, taught] - 1
+        ids[b, taught], probs[b, taught] = clip.ids[rows], clip.probs[rows]
+    return NextTokens(ids, probs)
 
 
 class EncodedBatch(NamedTuple):
@@ -500,6 +556,7 @@ class EncodedBatch(NamedTuple):
     context: torch.Tensor | None = None  # (batch,) positions before each clip's first kept frame
     frames: torch.Tensor | None = None  # (batch,) each clip's frames
     teacher: torch.Tensor | None = None  # (batch, frames * per_frame, width)
+    words: NextTokens | None = None  # (batch, queries, top): Whisper's own decoder's next tokens for taught queries
 
 
 TEXT_LOSSES = ["loss", "token_loss", "gate_loss", "token_accuracy", "gate_accuracy"]
@@ -513,7 +570,12 @@ class ListenerTextTrainer(ListenerRun, ScheduledTrainer):
     many layers and its final norm learn too, at a tenth of the rate, from
     the decoder's losses and, weighted by ``distill``, the pull towards
     offline Whisper's states (``distillation_loss``) that keeps what it
-    knows of voices the corpus never had. The learning rate warms up, then
+    knows of voices the corpus never had. With ``word_teacher`` > 0 the
+    decoder's next-token distribution on every taught query is also pulled,
+    at that weight, towards Whisper's own decoder's on the clean clip heard
+    whole (``EncodedBatch.words``; the cross-entropy against its shares),
+    so that what the adapters learn of the corpus's sentences does not
+    replace what Whisper knows of English. The learning rate warms up, then
     falls linearly to a twentieth at step ``decay_steps`` (a recipe setting,
     not the run's end, so a run stopped early and resumed learns as an
     uninterrupted one).
@@ -521,9 +583,9 @@ class ListenerTextTrainer(ListenerRun, ScheduledTrainer):
 
     def __init__(self, listener: Listener, preset: str, device: torch.device, decay_steps: int,
                  learning_rate: float = 1e-3, warmup_steps: int = 50, encoder_layers: int = 0, distill: float = 1.0,
-                 recipe: dict | None = None) -> None:
+                 word_teacher: float = 0.0, recipe: dict | None = None) -> None:
         self.listener, self.preset, self.device, self.recipe = listener.to(device), preset, device, recipe or {}
-        self.encoder_layers, self.distill = encoder_layers, distill
+        self.encoder_layers, self.distill, self.word_teacher = encoder_layers, distill, word_teacher
         for frozen in (listener.encoder, listener.project):
             frozen.requires_grad_(False)
         listener.token_bias.requires_grad_(False)
@@ -551,7 +613,13 @@ class ListenerTextTrainer(ListenerRun, ScheduledTrainer):
         gate = text.commit_logit(states[gated])
         gate_loss = F.binary_cross_entropy_with_logits(gate, q.commit[gated])
         loss = token_loss + gate_loss
-        self.update(loss + self.distill * distill if self.encoder_layers else loss)
+        pulled = loss + self.distill * distill if self.encoder_layers else loss
+        if self.word_teacher:
+            expected = NextTokens(*(t.to(self.device)[taught] for t in batch.words))
+            teacher_loss = -(expected.probs * logits.log_softmax(-1).gather(-1, expected.ids)).sum(-1).mean()
+            result["teacher_loss"] = teacher_loss.item()
+            pulled = pulled + self.word_teacher * teacher_loss
+        self.update(pulled)
         with torch.no_grad():
             token_accuracy = (logits.argmax(-1) == q.targets[taught]).float().mean().item()
             gate_accuracy = ((gate > 0).float() == q.commit[gated]).float().mean().item()
@@ -592,6 +660,7 @@ def train_listener_text(
     joins: float = 0.2,
     encoder_layers: int = 0,
     distill: float = 1.0,
+    word_teacher: float = 0.0,
     extra_data: tuple = (),
     checkpoint_every: int = 100,
     log_every: int = 10,
@@ -606,7 +675,8 @@ def train_listener_text(
     ``follows`` of them after another sentence, ``joins`` from a word inside
     the clip) and only the text decoder's adapters and gate learn, with the
     encoder's last ``encoder_layers`` layers if that is more than 0 (pulled
-    towards offline Whisper by ``distill``), the learning rate falling until
+    towards offline Whisper by ``distill``), and its words towards Whisper's
+    own decoder's by ``word_teacher``, the learning rate falling until
     ``decay_steps``. ``extra_data`` are more corpora to hear (``spoken_clips``:
     a dialogue corpus gives its turns). The exported file is that
     listener with the text decoder added. A listener that has one already
@@ -623,6 +693,7 @@ def train_listener_text(
         decay_steps, listener_path = recipe["decay_steps"], recipe["listener"]
         follows, joins = recipe.get("follows", 0.0), recipe.get("joins", 0.0)  # runs from before either
         encoder_layers, distill = recipe.get("encoder_layers", 0), recipe.get("distill", 1.0)
+        word_teacher = recipe.get("word_teacher", 0.0)
         extra_data = tuple(recipe.get("extra_data", ()))
         quiet_seconds = tuple(recipe.get("quiet_seconds", QUIET_SECONDS))
     device = training_device(device)
@@ -641,15 +712,17 @@ def train_listener_text(
     recipe = {"rank": rank, "batch_size": batch_size, "draws": draws, "seed": seed, "decay_steps": decay_steps,
               "listener": str(listener_path), "follows": follows, "joins": joins,
               "quiet_seconds": list(quiet_seconds), "encoder_layers": encoder_layers, "distill": distill,
+              "word_teacher": word_teacher,
               "extra_data": [str(d) for d in extra_data]}
     trainer = ListenerTextTrainer(listener, preset, device, decay_steps, encoder_layers=encoder_layers,
-                                  distill=distill, recipe=recipe)
+                                  distill=distill, word_teacher=word_teacher, recipe=recipe)
     logger.info("listener text decoder %s: %.2fM trained parameters, %d steps of %d utterances on %s", preset,
                 sum(p.numel() for p in listener.parameters() if p.requires_grad) / 1e6, steps, batch_size, device)
     dataset = EncodedUtterances([data_dir, *extra_data], frozen, draws=draws, seed=seed, quiet_seconds=quiet_seconds,
-                                follows=follows, joins=joins, encoder_layers=encoder_layers)
+                                follows=follows, joins=joins, encoder_layers=encoder_layers,
+                                word_teacher=listener.text.without_adapters() if word_teacher else None)
     order = ShuffledBatches(len(dataset), batch_size, seed, drop_last=len(dataset) > batch_size).with_numbers()
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, collate_fn=dataset.collate)
-    losses = TEXT_LOSSES + (["distill_loss"] if encoder_layers else [])
+    losses = TEXT_LOSSES + (["distill_loss"] if encoder_layers else []) + (["teacher_loss"] if word_teacher else [])
     return fit(trainer, loader, out_dir, steps, losses, resume=resume, checkpoint_every=checkpoint_every,
                log_every=log_every, max_minutes=max_minutes, desc="listener text")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from michi_lite.cli import main
 from michi_lite.data import held_out
 from michi_lite.data.corpus import load_eval_manifest, load_manifest
 from michi_lite.data.engines import ENGINES, SpeechEngine, Synthesis, Voice
-from michi_lite.data.held_out import HELD_OUT_ENGINES, build_held_out_set
+from michi_lite.data.held_out import HELD_OUT_ENGINES, SPARE_SPEAKERS, build_held_out_set, spare_voice_engines
+from michi_lite.data.words import Word
 
 
 class ToneEngine(SpeechEngine):
@@ -51,6 +53,43 @@ def test_the_held_out_set_speaks_test_sentences_in_every_voice_and_resumes(tiny_
     more = build_held_out_set(tiny_corpus, tmp_path, per_voice=3)  # a longer build keeps what is there
     assert first.stat().st_mtime_ns == written
     assert [r["path"] for r in more][:2] == [r["path"] for r in records][:2]
+
+
+class TimedToneEngine(ToneEngine):
+    """A held-out engine's spare voices, standing in: a timed tone per word."""
+
+    gives_word_timings = True
+
+    def synthesize(self, text: str, voice: Voice) -> Synthesis:
+        words = self._check(text, voice).split()
+        spoken = super().synthesize(text, voice)
+        return Synthesis(spoken.waveform, spoken.sample_rate, [Word(w, 0.3 * i, 0.3 * i + 0.25)
+                                                               for i, w in enumerate(words)])
+
+
+def test_the_spare_voices_are_none_of_the_test_sets():
+    for name, speakers in SPARE_SPEAKERS.items():
+        engine = HELD_OUT_ENGINES[name](speakers)
+        assert not set(speakers) & set(HELD_OUT_ENGINES[name].speakers)
+        assert {v.settings["speaker"] for v in engine.voices()} == set(speakers)
+        assert not {v.name for v in engine.voices()} & {v.name for v in HELD_OUT_ENGINES[name]().voices()}
+    assert "slt" not in SPARE_SPEAKERS["rhvoice"]  # flite's and festival's held-out slt is the same person
+    assert "pico" not in SPARE_SPEAKERS  # Pico stays an engine no model hears
+
+
+def test_a_spare_voice_corpus_is_spoken_by_them_alone_every_voice_seen(tmp_path, monkeypatch):
+    monkeypatch.setattr(held_out, "spare_voice_engines", lambda: [TimedToneEngine()])
+    main(["data", "build", "--preset", "tiny", "--spare-voices", "--out", str(tmp_path)])
+    records = load_manifest(tmp_path)
+    assert {r["voice"] for r in records} == {"tone-200", "tone-300"} and {r["engine"] for r in records} == {"tone"}
+    assert {r["voice_split"] for r in records} == {"seen"}  # no voice is kept for testing: they are all spare
+    assert {r["split"] for r in records} >= {"train", "test"}
+
+
+def test_spare_voices_of_an_engine_not_installed_are_a_clear_error(monkeypatch):
+    monkeypatch.setattr(held_out.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="rhvoice: not installed.*listener_test_sets.sh"):
+        spare_voice_engines()
 
 
 @pytest.mark.parametrize("name", sorted(HELD_OUT_ENGINES))

