@@ -499,7 +499,8 @@ class EncodedUtterances(torch.utils.data.Dataset):
             first = cfg.delay_frames
             targets = TextTargets(tokens, [max(f - kept_from, first) for f in frames], start=first)
         if self.teacher is None:
-            return EncodedClip(states[kept_from * self.per_frame:].half(), targets, n_frames - kept_from, words=expected)
+            return EncodedClip(states[kept_from * self.per_frame:].half(), targets, n_frames - kept_from,
+                               words=expected)
         # the layers that train see the window before the kept frames, and so on back, layer by layer
         context = min(kept_from, self.encoder_layers * (cfg.window_frames - 1)) * self.per_frame
         kept = kept_from * self.per_frame
