@@ -459,7 +459,7 @@ def cmd_eval_joint(args: argparse.Namespace) -> None:
     engine = load_engine(args.preset, args.ckpt, args.listener, args.vocoder, args.voice_prompt, seed=args.seed)
     unmerged = load_speaker(args.ckpt, args.preset, engine.tokenizer, merge=False)
     report = evaluate_joint(engine, args.data, max_dialogues=args.max_dialogues, unmerged=unmerged,
-                            text_baseline=args.text_baseline)
+                            text_baseline=args.text_baseline, judge=args.judge)
     report.update(checkpoint=str(args.ckpt), listener=str(args.listener), vocoder=str(args.vocoder))
     write_json(report, args.json)
 
@@ -933,12 +933,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     joint = evaluate.add_parser("joint", help="the duplex model on held-out dialogues: spoken-question answering "
                                               "beside the text backbone's, response gap, interruption, "
-                                              "backchannels, far-text perplexity")
+                                              "backchannels, far-text perplexity, the answers' judge WER and DNSMOS")
     add_engine_files(joint)
     joint.add_argument("--data", required=True, help="a dialogue corpus (`michi-lite data dialogues`)")
     joint.add_argument("--max-dialogues", type=positive_int, help="at most N test dialogues")
     joint.add_argument("--no-text-baseline", dest="text_baseline", action="store_false",
                        help="skip SmolLM2 answering the questions as text")
+    joint.add_argument("--no-judge", dest="judge", action="store_false",
+                       help="skip Whisper and DNSMOS on the spoken answers")
     joint.add_argument("--seed", type=int, default=0, help="the sampling noise (default: 0)")
     joint.add_argument("--json", help="write the report here too")
     joint.set_defaults(run=cmd_eval_joint)

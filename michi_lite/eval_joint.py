@@ -22,7 +22,14 @@ model said and when is read off its frame log against the user's turns:
   should be near zero;
 * **far-text perplexity**: the backbone with its adapters against the
   pretrained one on text no stage trains on (the GNU GPL), the ratio of
-  their perplexities (the bar is 1.05).
+  their perplexities (the bar is 1.05);
+* **the answers as heard** (``judge_answers``): each answer's audio, from
+  its first word's frame to the user's next turn, transcribed by Whisper
+  tiny.en and scored against the model's own text stream for those frames
+  (the judge WER: does it say what it writes), and its DNSMOS. Whisper
+  loads after every dialogue has streamed: once CTranslate2 has loaded a
+  model, torch's products in the same process run slower (the duplex
+  README), and the dialogues stream as a user's would.
 """
 
 from __future__ import annotations
@@ -101,6 +108,9 @@ def read_dialogue(engine: DuplexEngine, record: dict) -> dict:
             first_word = next((f for f in range(stop, following) if words[f]), None)
             event["gap_seconds"] = None if first_word is None else (first_word + 1) * FRAME_SECONDS + lag - turn["end"]
             event["answer"] = engine.said("model", stop, following)
+            if first_word is not None:  # where it sounds in ``converse``'s model channel: its tokens' frames, later
+                lead = model.cfg.text_lead_frames
+                event["answer_seconds"] = [(first_word + lead) * FRAME_SECONDS, (following + lead) * FRAME_SECONDS]
             line = KEYED.get(asked(turn["text"]))
             if turn["kind"] == "question" and line is not None and line.key:
                 event["key"] = list(line.key)
@@ -110,6 +120,38 @@ def read_dialogue(engine: DuplexEngine, record: dict) -> dict:
                 event["stop_frames"] = None if ended is None else ended - start
         events.append(event)
     return {"id": record["id"], "events": events, "model_said": engine.said("model"), "user_heard": engine.said("user")}
+
+
+def judge_answers(dialogues: list[dict], model_audio: list[np.ndarray], sample_rate: int) -> dict:
+    """Whisper on each answer's audio against the model's text stream, and its DNSMOS; fills the events in.
+
+    ``model_audio`` is each dialogue's model channel (``converse``), at ``sample_rate``.
+    """
+    from speechmos import dnsmos
+
+    from .backbone import load_whisper
+    from .data.alignment import transcribe, word_error_rate
+    from .data.words import normalize_text
+
+    judge, said, heard, quality = load_whisper(), [], [], []
+    for dialogue, wave in zip(dialogues, model_audio):
+        for event in dialogue["events"]:
+            if "answer_seconds" not in event or not normalize_text(event["answer"]):
+                continue
+            first, last = (round(t * sample_rate) for t in event["answer_seconds"])
+            clip = wave[first:last]
+            if len(clip) < sample_rate // 2:  # DNSMOS and Whisper need some audio: the dialogue ended first
+                continue
+            event["answer_heard"] = transcribe(clip, sample_rate, judge)
+            clip16 = prepare_waveform(clip, sample_rate, 16_000) if sample_rate != 16_000 else clip
+            event["answer_dnsmos"] = dnsmos.run(clip16, sr=16_000)
+            said.append(event["answer"])
+            heard.append(event["answer_heard"])
+            quality.append(event["answer_dnsmos"])
+    if not said:
+        return {"answers_judged": 0, "judge_wer": None, **{f"dnsmos_{k}": None for k in ("ovrl", "sig", "bak")}}
+    return {"answers_judged": len(said), "judge_wer": word_error_rate(said, heard),
+            **{f"dnsmos_{k}": float(np.mean([q[f"{k}_mos"] for q in quality])) for k in ("ovrl", "sig", "bak")}}
 
 
 def text_answers_correct(records: list[dict]) -> list[bool]:
@@ -153,26 +195,30 @@ def summarize(dialogues: list[dict], text_right: list[bool] | None) -> dict:
 
 def evaluate_joint(engine: DuplexEngine, data_dir: str | os.PathLike, split: str = "test",
                    max_dialogues: int | None = None, unmerged: SpeechModel | None = None,
-                   text_baseline: bool = True, tail_seconds: float = 3.0) -> dict:
+                   text_baseline: bool = True, tail_seconds: float = 3.0, judge: bool = True) -> dict:
     """Stream ``split``'s dialogues through ``engine`` and measure them (see the module docstring).
 
     ``unmerged`` is the same speech model with its adapters unmerged, for the
-    far-text perplexity (None: not measured).
+    far-text perplexity (None: not measured); ``judge`` hears the answers
+    (``judge_answers``).
     """
     records = load_dialogues(data_dir, split)[:max_dialogues]
     if not records:
         raise ValueError(f"{data_dir}: no {split} dialogues")
     rate = engine.listener.cfg.audio.sample_rate
-    dialogues = []
+    dialogues, model_audio = [], []
     for record in tqdm(records, desc=f"eval joint, {split}", unit="dialogue"):
         stereo, file_rate = sf.read(Path(data_dir) / record["path"], dtype="float32", always_2d=True)
         user = stereo[:, 0]
         if file_rate != rate:
             user = prepare_waveform(user, file_rate, rate)
-        converse(engine, user, tail_seconds, prefix=record.get("rag") or None)
+        both, _ = converse(engine, user, tail_seconds, prefix=record.get("rag") or None)
         dialogues.append(read_dialogue(engine, record))
+        model_audio.append(both[1])
     report = {"split": split, "dialogues": len(dialogues),
               **summarize(dialogues, text_answers_correct(records) if text_baseline else None)}
+    if judge:
+        report.update(judge_answers(dialogues, model_audio, engine.model.cfg.audio.sample_rate))
     if unmerged is not None:
         report["far_text_perplexity"] = far_text_perplexity(unmerged, engine.tokenizer)
     report["per_dialogue"] = dialogues

@@ -159,6 +159,34 @@ def test_eval_joint_streams_the_held_out_dialogues_and_summarizes_them(dialogues
     assert report["dialogues"] == len(report["per_dialogue"]) > 0 and report["turns"] > 0
     assert report["spoken_qa_questions"] >= 0 and report["text_qa_accuracy"] is None
     assert report["far_text_perplexity"]["ratio"] == pytest.approx(1.0)  # fresh adapters change nothing
+    judged = [e for d in report["per_dialogue"] for e in d["events"] if "answer_heard" in e]
+    assert report["answers_judged"] == len(judged)
+    assert report["judge_wer"] is None if not judged else report["judge_wer"] >= 0
+
+
+def test_the_judge_hears_each_answer_where_it_sounds_and_scores_it_against_the_text_stream(monkeypatch):
+    from michi_lite.data import alignment
+    from michi_lite.eval_joint import judge_answers
+
+    rate = 16_000
+    wave = np.zeros(4 * rate, dtype=np.float32)
+    wave[rate:2 * rate] = 0.1 * np.sin(np.arange(rate) / 5.0)  # the answer sounds in its second second
+    clips = []
+
+    def heard(clip, sample_rate, model=None, language="en"):
+        clips.append(clip)
+        return "the museum opens at nine"
+
+    monkeypatch.setattr(alignment, "transcribe", heard)
+    monkeypatch.setattr("michi_lite.backbone.load_whisper", lambda: None)
+    events = [{"answer": "The museum opens at ten.", "answer_seconds": [1.0, 2.0]},
+              {"answer": "", "answer_seconds": [2.0, 3.0]},  # no words: nothing to judge
+              {"answer": "Hello.", "answer_seconds": [3.9, 4.2]},  # cut by the dialogue's end: too short
+              {"answer": "Unanswered."}]
+    report = judge_answers([{"events": events}], [wave], rate)
+    assert report["answers_judged"] == 1 and len(clips) == 1 and np.array_equal(clips[0], wave[rate:2 * rate])
+    assert report["judge_wer"] == pytest.approx(1 / 5) and events[0]["answer_heard"] == "the museum opens at nine"
+    assert 1 <= report["dnsmos_ovrl"] <= 5 and "answer_dnsmos" in events[0] and "answer_heard" not in events[1]
 
 
 def test_a_rag_prefix_is_read_first_and_changes_what_frame_0_says(duplex):
