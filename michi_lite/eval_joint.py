@@ -144,7 +144,8 @@ def judge_answers(dialogues: list[dict], model_audio: list[np.ndarray], sample_r
                 continue
             event["answer_heard"] = transcribe(clip, sample_rate, judge)
             clip16 = prepare_waveform(clip, sample_rate, 16_000) if sample_rate != 16_000 else clip
-            event["answer_dnsmos"] = dnsmos.run(clip16, sr=16_000)
+            event["answer_dnsmos"] = {k: float(v) for k, v in dnsmos.run(clip16, sr=16_000).items()
+                                      if k.endswith("_mos")}  # numpy scalars, which JSON does not take
             said.append(event["answer"])
             heard.append(event["answer_heard"])
             quality.append(event["answer_dnsmos"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -187,6 +188,7 @@ def test_the_judge_hears_each_answer_where_it_sounds_and_scores_it_against_the_t
     assert report["answers_judged"] == 1 and len(clips) == 1 and np.array_equal(clips[0], wave[rate:2 * rate])
     assert report["judge_wer"] == pytest.approx(1 / 5) and events[0]["answer_heard"] == "the museum opens at nine"
     assert 1 <= report["dnsmos_ovrl"] <= 5 and "answer_dnsmos" in events[0] and "answer_heard" not in events[1]
+    json.dumps([report, events])  # what `eval joint --json` writes
 
 
 def test_a_rag_prefix_is_read_first_and_changes_what_frame_0_says(duplex):
