@@ -279,7 +279,11 @@ print("dialogues of 30 s a step within 22 GB, bf16, activations recomputed:", la
 # log is read against the user's turns. Before joint training, with the
 # speaker stage's model (it hears nothing: its user projection is zero),
 # and after a first, short joint run on the `lite` dialogue corpus
-# (`data/joint/README.md` has both commands):
+# (`data/joint/README.md` has both commands). Last, Whisper tiny.en hears
+# each answer's audio, from its first word to the user's next turn, and
+# its words are scored against the model's own text stream for those
+# frames (the judge WER: does it say what it writes), and DNSMOS rates
+# the sound:
 
 # %%
 reports = {"before joint training": "lite_eval_speaker_before_joint.json",
@@ -291,11 +295,16 @@ measures = [("spoken-question answering", "spoken_qa_accuracy", "{:.2f}"),
             ("response gap, median (s)", "response_gap_seconds_median", "{:.2f}"),
             ("response gap, p95 (s)", "response_gap_seconds_p95", "{:.2f}"),
             ("turns left unanswered", "turns_unanswered", "{}"),
-            ("frames to stop when cut in on, median", "interruption_stop_frames_median", "{:.0f}"),
-            ("backchannels that stopped it", "backchannel_stop_rate", "{:.2f}")]
-rows = ["| 6 test dialogues | " + " | ".join(reports) + " |", "|---" * (len(reports) + 1) + "|"]
+            ("frames to stop when cut in on, median", "interruption_stop_frames_median", "{:.1f}"),
+            ("backchannels that stopped it", "backchannel_stop_rate", "{:.2f}"),
+            ("answers heard by the judge", "answers_judged", "{}"),
+            ("judge WER of the answers against the model's own text", "judge_wer", "{:.2f}"),
+            ("DNSMOS of the answers (overall)", "dnsmos_ovrl", "{:.2f}")]
+n_dialogues = {r["dialogues"] for r in reports.values()}
+rows = [f"| {'/'.join(map(str, sorted(n_dialogues)))} test dialogues | " + " | ".join(reports) + " |",
+        "|---" * (len(reports) + 1) + "|"]
 for label, key, form in measures:
-    rows.append(f"| {label} | " + " | ".join("-" if r[key] is None else form.format(r[key])
+    rows.append(f"| {label} | " + " | ".join("-" if r.get(key) is None else form.format(r[key])
                                             for r in reports.values()) + " |")
 rows.append("| far-text perplexity, adapted / pretrained | " + " | ".join(
     f"{r['far_text_perplexity']['ratio']:.3f}" for r in reports.values()) + " |")
@@ -305,8 +314,13 @@ display(Markdown("\n".join(rows)))
 # In 27 minutes on two cores (172 steps of two dialogues) the model leaves
 # fewer turns unanswered and stops sooner when the user cuts in; its words
 # sound like the dialogues' but are not yet right, and the far-text
-# perplexity has not moved much. A `lite` joint reference needs hours of
-# this (an hour of dialogue a pass is about 80 minutes here), and better
-# hearing: the listener catches little of these users. Its reference, a
-# held-out dialogue answered by it and the engine that runs it live
-# (notebook 06) come next.
+# perplexity has not moved much. Neither model can be understood: the
+# judge hears "Thank you." or nothing in most answers (what Whisper writes
+# for sound that is not speech), and DNSMOS rates them near its floor. The
+# engine speaks with the first speech model's flow head, which never spoke
+# intelligibly (`data/speaker/`); the acoustic model that `say` speaks with
+# (notebook 03) voices phonemes with their durations, and voicing the text
+# stream through it is the step before a `lite` joint reference is worth
+# its hours (an hour of dialogue a pass is about 80 minutes here). Its
+# reference, a held-out dialogue answered by it and the engine that runs
+# it live (notebook 06) come next.
