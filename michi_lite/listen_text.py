@@ -148,23 +148,24 @@ class TextDecoder(nn.Module):
         self.gate.requires_grad_(True)
         return self
 
+    def _adapters(self) -> list[tuple[nn.Module, str, LowRank]]:
+        """Every ``LowRank`` change: (its layer, its name there, it)."""
+        return [(layer, name, module) for layer in self.layers for name, module in layer.named_children()
+                if isinstance(module, LowRank)]
+
     def merge_adapters(self) -> TextDecoder:
         """Fold each ``LowRank`` change into its layer's weight (in place, for inference): one product, not three."""
-        for layer in self.layers:
-            for name, module in list(layer.named_children()):
-                if isinstance(module, LowRank):
-                    merged = module.base
-                    merged.weight.data = merged.weight.data + module.up.data @ module.down.data
-                    setattr(layer, name, merged)
+        for layer, name, module in self._adapters():
+            merged = module.base
+            merged.weight.data = merged.weight.data + module.up.data @ module.down.data
+            setattr(layer, name, merged)
         return self
 
     def without_adapters(self) -> TextDecoder:
         """A frozen copy with every ``LowRank`` change left out: Whisper's own decoder (``next_tokens``'s teacher)."""
         plain = copy.deepcopy(self)
-        for layer in plain.layers:
-            for name, module in list(layer.named_children()):
-                if isinstance(module, LowRank):
-                    setattr(layer, name, module.base)
+        for layer, name, module in plain._adapters():
+            setattr(layer, name, module.base)
         return plain.requires_grad_(False).eval()
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, self_mask: torch.Tensor | None,

@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .audio import load_audio
+from .config import AudioConfig
 from .data.augment import Augmenter
 from .data.corpus import load_manifest
 from .data.frames import PAD_TOKEN, token_chunks
@@ -331,6 +332,12 @@ QUIET_SECONDS = (1.0, 3.0)  # the most silence before and after a clip the text 
 TEACHER_TOP = 16  # the word teacher's likeliest next tokens kept for each target token
 
 
+def framed_features(wave: np.ndarray, n_frames: int, audio: AudioConfig) -> torch.Tensor:
+    """``clip_features`` of ``wave`` padded with silence to ``n_frames`` whole frames, as a batch of one."""
+    return clip_features(torch.from_numpy(np.pad(wave, (0, n_frames * audio.samples_per_frame - len(wave)))),
+                         audio)[None]
+
+
 class EncodedClip(NamedTuple):
     """One draw of a clip as ``EncodedUtterances`` keeps it (fp16 states)."""
 
@@ -445,10 +452,8 @@ class EncodedUtterances(torch.utils.data.Dataset):
         """What the word teacher expects each of the clip's tokens to be, hearing the clip clean and whole."""
         tokens, _ = token_chunks(" " + record["text"].strip(), self.tokenizer)
         frames = math.ceil(len(clip) / self.cfg.audio.samples_per_frame)
-        features = clip_features(torch.from_numpy(np.pad(clip, (0, frames * self.cfg.audio.samples_per_frame
-                                                                 - len(clip)))), self.cfg.audio)[None]
         with torch.inference_mode():
-            encoded = offline(features, whisper=True)
+            encoded = offline(framed_features(clip, frames, self.cfg.audio), whisper=True)
         return NextTokens(*self.word_teacher.next_tokens(encoded, tokens, TEACHER_TOP))
 
     def _encode(self, record: dict, clip: np.ndarray, previous: dict | None, join: bool, before: int, after: int,
@@ -469,15 +474,12 @@ class EncodedUtterances(torch.utils.data.Dataset):
             raise RuntimeError(f"{record['id']}: the word teacher has {len(expected.ids)} tokens, the targets "
                                f"{len(targets.tokens)}")
         n_frames = max(math.ceil(len(wave) / frame), targets.frames[-1] + 1) + 1
-
-        def features(wave: np.ndarray) -> torch.Tensor:
-            return clip_features(torch.from_numpy(np.pad(wave, (0, n_frames * frame - len(wave)))), cfg.audio)[None]
-
         with torch.inference_mode():
             start = int(chance.integers(WHISPER_POSITIONS))
             frozen = self.cfg.layers - self.encoder_layers if self.encoder_layers else None  # None: all, and the norm
-            states = self.listener.encoder(features(wave), start=start, layers=frozen)[0]
-            teacher = None if self.teacher is None else self.teacher(features(clean), whisper=True)[0]
+            states = self.listener.encoder(framed_features(wave, n_frames, cfg.audio), start=start, layers=frozen)[0]
+            teacher = (None if self.teacher is None
+                       else self.teacher(framed_features(clean, n_frames, cfg.audio), whisper=True)[0])
         # the stream starts over when the last token it says (the previous sentence's, or a word's of this clip)
         # commits, on frame ``said``, or a frame or two late; it keeps that frame and the ones before it and runs
         # its decoder from the next frame on
