@@ -99,7 +99,7 @@ def add_split(parser: argparse.ArgumentParser, choosing: str) -> None:
 
 
 def add_engine_files(parser: argparse.ArgumentParser) -> None:
-    """The duplex engine's preset and files: its speech model, listener, vocoder and voice prompt."""
+    """The duplex engine's preset and files: its speech model, listener, vocoder, voice prompt and acoustic model."""
     add_preset(parser)
     parser.add_argument("--ckpt", default=str(REFERENCE_SPEAKER),
                         help="a joint or speaker run or .safetensors (default: the committed lite speech model)")
@@ -109,6 +109,17 @@ def add_engine_files(parser: argparse.ArgumentParser) -> None:
                         help="a vocoder run or .safetensors (default: the committed lite reference)")
     parser.add_argument("--voice-prompt", default=str(REFERENCE_VOICE),
                         help="a few seconds of the voice to answer in (default: the speech model's own)")
+    parser.add_argument("--acoustic", default=str(REFERENCE_ACOUSTIC),
+                        help="an acoustic model run or .safetensors that voices the text stream (default: the "
+                             "committed lite reference, what `say` speaks with)")
+    parser.add_argument("--own-head", action="store_true",
+                        help="speak with the speech model's own speaking head instead of the acoustic model (the "
+                             "end-to-end path; the lite reference's is not intelligible yet)")
+
+
+def engine_acoustic(args: argparse.Namespace) -> str | None:
+    """The acoustic model ``add_engine_files``' arguments name, None for the speech model's own head."""
+    return None if args.own_head else args.acoustic
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -126,7 +137,7 @@ def engine_from_args(args: argparse.Namespace):
     from .duplex import load_engine
 
     return load_engine(args.preset, args.ckpt, args.listener, args.vocoder, args.voice_prompt, steps=args.steps,
-                       temperature=args.temperature, seed=args.seed,
+                       temperature=args.temperature, seed=args.seed, acoustic=engine_acoustic(args),
                        max_talk_frames=None if args.max_talk_seconds is None
                        else round(args.max_talk_seconds / FRAME_SECONDS))
 
@@ -456,11 +467,13 @@ def cmd_eval_joint(args: argparse.Namespace) -> None:
     from .eval_joint import evaluate_joint
     from .model import load_speaker
 
-    engine = load_engine(args.preset, args.ckpt, args.listener, args.vocoder, args.voice_prompt, seed=args.seed)
+    engine = load_engine(args.preset, args.ckpt, args.listener, args.vocoder, args.voice_prompt, seed=args.seed,
+                         acoustic=engine_acoustic(args))
     unmerged = load_speaker(args.ckpt, args.preset, engine.tokenizer, merge=False)
     report = evaluate_joint(engine, args.data, max_dialogues=args.max_dialogues, unmerged=unmerged,
                             text_baseline=args.text_baseline, judge=args.judge)
-    report.update(checkpoint=str(args.ckpt), listener=str(args.listener), vocoder=str(args.vocoder))
+    report.update(checkpoint=str(args.ckpt), listener=str(args.listener), vocoder=str(args.vocoder),
+                  acoustic=engine_acoustic(args))
     write_json(report, args.json)
 
 
@@ -481,7 +494,7 @@ def cmd_bench_duplex(args: argparse.Namespace) -> None:
     from .bench import bench_duplex
 
     write_json(bench_duplex(args.preset, args.ckpt, args.listener, args.vocoder, seconds=args.seconds,
-                            threads=args.threads), args.json)
+                            threads=args.threads, acoustic_ckpt=args.acoustic), args.json)
 
 
 def cmd_bench_acoustic(args: argparse.Namespace) -> None:
@@ -1017,6 +1030,8 @@ def build_parser() -> argparse.ArgumentParser:
     duplex_bench.add_argument("--ckpt", help="a joint or speaker run or .safetensors (default: untrained, same speed)")
     duplex_bench.add_argument("--listener", help="a listener run or .safetensors (default: untrained, same speed)")
     duplex_bench.add_argument("--vocoder", help="a vocoder run or .safetensors (default: random, same speed)")
+    duplex_bench.add_argument("--acoustic", help="an acoustic model to voice the text stream with, as `chat` does "
+                                                 "(default: the speech model's own speaking head)")
     duplex_bench.add_argument("--seconds", type=positive_float, default=60.0,
                               help="conversation to time (default: 60)")
     duplex_bench.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: 2)")

@@ -5,7 +5,8 @@ ways (the engine's own timings and Whisper's), lay its tokens on the 12.5 Hz
 frame grid, and save the audio, a figure and a JSON summary. Then, with the
 ``lite`` references, a conversation: the duplex engine hears a bundled
 user's side (a held-out dialogue's, ``data/duplex/demo_user.flac``) 80 ms at a
-time and answers as it goes; the stereo audio, its timeline, both streams on
+time and answers as it goes (its words voiced by the acoustic model, as
+``michi-lite chat`` voices them); the stereo audio, its timeline, both streams on
 the frame clock and the frame step's times are saved beside the rest.
 """
 
@@ -30,6 +31,7 @@ from .data.frames import TokenGrid, frame_tokens, text_from_grid
 from .data.words import Word
 from .plots import alignment_figure, dialogue_streams_figure, frame_times_figure
 from .weights import (
+    REFERENCE_ACOUSTIC,
     REFERENCE_CONVERSATION,
     REFERENCE_LISTENER,
     REFERENCE_SPEAKER,
@@ -89,13 +91,14 @@ def run_demo(cfg: Config, out: str | os.PathLike, text: str = DEMO_TEXT) -> dict
     engines = available_engines()
     if not engines:
         raise RuntimeError("no speech engine is installed; run `make setup` (as root it installs espeak-ng)")
-    references = (REFERENCE_SPEAKER, REFERENCE_LISTENER, REFERENCE_VOCODER, REFERENCE_VOICE, REFERENCE_CONVERSATION)
+    references = (REFERENCE_SPEAKER, REFERENCE_LISTENER, REFERENCE_VOCODER, REFERENCE_VOICE, REFERENCE_ACOUSTIC,
+                  REFERENCE_CONVERSATION)
     conversation = None
     if cfg.name == "lite" and all(path.exists() for path in references):
         from .duplex import load_engine
 
         logger.info("playing the bundled conversation to the duplex engine")
-        engine = load_engine("lite", *references[:4])
+        engine = load_engine("lite", *references[:4], acoustic=REFERENCE_ACOUSTIC)  # as `chat` speaks by default
         bundled = json.loads(REFERENCE_CONVERSATION.with_suffix(".json").read_text())
         user = load_audio(REFERENCE_CONVERSATION, engine.listener.cfg.audio.sample_rate)
         conversation = converse_demo(engine, user, out, prefix=bundled["rag"])

@@ -8,7 +8,9 @@
    this frame's token: PAD, a word's next token, or ``<|im_end|>`` (it stops);
 3. **speak**: the speaking head makes this frame's mel patch from the same
    hidden state, the token, the voice and the phonemes of the word being
-   voiced (the audio stream runs ``text_lead_frames`` behind the text);
+   voiced (the audio stream runs ``text_lead_frames`` behind the text); or,
+   given an acoustic model, that model voices the text stream's words
+   (``voicing.AcousticVoice``) and the speech model's head rests;
 4. **vocode**: the vocoder streams the patch into 80 ms of samples;
 5. **backbone**: the frame's streams, the model's own token and patch and
    what it heard of the user, go in as the next position
@@ -35,6 +37,14 @@ The model's words are free text, so the phonemes the speaking head reads
 token starts its chunk, and each further token rewrites the chunk's phonemes
 in place; the head reads them ``text_lead_frames`` later, by when most
 words are whole (``SpokenWord``).
+
+Two ways to speak: the speech model's own speaking head (MichiAI's design:
+the backbone's state decides how each frame sounds; the lite reference's
+does not speak intelligibly yet), or the acoustic model behind the text
+stream (``acoustic``: each whole word's phonemes, laid out with the acoustic
+model's durations, voiced a frame at a time; what ``michi-lite say`` speaks
+with). Either way the patch the frame sounds is what the backbone hears of
+itself on the next position.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .acoustic import AcousticModel
 from .audio import mel_from_patches
 from .config import FRAME_SECONDS
 from .data.phonemes import chunk_phoneme_ids
@@ -55,6 +66,7 @@ from .frame_decoder import WindowCache
 from .listen import Listener
 from .model import SpeechModel, UserStreams, VoicedChunks
 from .vocoder import CausalVocoder
+from .voicing import AcousticVoice
 
 STAGES = ("listen", "text", "speak", "vocode", "backbone")
 CONTEXT_FRAMES = 1500  # the backbone's window: two minutes of the conversation
@@ -105,15 +117,21 @@ class DuplexEngine:
     ``voice_patches`` are a voice prompt's speech patches
     (``audio.voice_prompt``). The text stream is sampled at ``temperature``
     (0: the likeliest token); ``max_talk_frames`` caps a turn: that many
-    frames after its first word the model is made to end it.
+    frames after its first word the model is made to end it. ``acoustic``:
+    an acoustic model to voice the text stream with, in the voice prompt's
+    voice, instead of the speech model's speaking head; ``steps`` are either
+    head's Euler steps.
     """
 
     def __init__(self, model: SpeechModel, listener: Listener, vocoder: CausalVocoder, tokenizer,
                  voice_patches: torch.Tensor, steps: int = 4, temperature: float = 1.0,
-                 max_talk_frames: int | None = None, context_frames: int = CONTEXT_FRAMES, seed: int = 0) -> None:
+                 max_talk_frames: int | None = None, context_frames: int = CONTEXT_FRAMES, seed: int = 0,
+                 acoustic: AcousticModel | None = None) -> None:
         if listener.cfg.audio.samples_per_frame * model.cfg.audio.sample_rate \
                 != model.cfg.audio.samples_per_frame * listener.cfg.audio.sample_rate:
             raise ValueError("the listener and the speech model must share the 80 ms frame")
+        if acoustic is not None and acoustic.cfg.audio != model.cfg.audio:
+            raise ValueError("the acoustic model and the speech model must share their audio settings (the preset)")
         if steps < 1:
             raise ValueError(f"steps must be at least 1, not {steps}")
         self.model, self.listener, self.vocoder = model.eval(), listener.eval(), vocoder.eval()
@@ -122,8 +140,11 @@ class DuplexEngine:
         self.device = model.token_embedding.weight.device
         self.vocoder_dtype = next(vocoder.parameters()).dtype
         self.decoder = model.frame_decoder()
+        self.acoustic = None if acoustic is None else acoustic.eval()
         with torch.inference_mode():
             self.voice = model.prompt_voice(voice_patches)  # (1, hidden)
+            if self.acoustic is not None:  # its own voice vector, from the same prompt (1, width)
+                self.acoustic_voice = self.acoustic.voice(voice_patches.reshape(1, -1, model.cfg.audio.n_mels))
         self.reset()
 
     @property
@@ -151,6 +172,8 @@ class DuplexEngine:
         self.voiced = VoicedChunks(self.model.cfg)
         self.word = SpokenWord(self.model.cfg.max_phonemes)
         self.generator = torch.Generator(self.device).manual_seed(self.seed)
+        self.voicer = None if self.acoustic is None else AcousticVoice(
+            self.acoustic, self.acoustic_voice, self.steps, self.model.cfg.text_lead_frames, self.generator)
         self.talked = None  # frames since the turn's first word; None while silent
         self.forced: list[tuple[int, list[int] | None]] = []  # text to say next: (token, the chunk it starts)
         self.was_forced = False  # whether this frame's token came from ``forced``
@@ -184,11 +207,8 @@ class DuplexEngine:
         lap("listen")
         token = self.next_token()
         lap("text")
-        chunk = self.voicing(token)
         tokens = torch.tensor([token], device=self.device)
-        phonemes, since = (torch.tensor([x], device=self.device) for x in self.voiced.push(chunk))
-        condition = model.head_condition(self.hidden, tokens, self.voice, phonemes, since)
-        patch = model.speaking_head.sample(condition, self.steps, generator=self.generator)  # (1, patch_dim)
+        patch = self.speak(token, tokens)  # (1, patch_dim)
         lap("speak")
         mel = mel_from_patches(patch.to(self.vocoder_dtype), model.cfg.audio)  # (n_mels, 8)
         out = self.speaking.push(mel).float().cpu().numpy()
@@ -227,6 +247,19 @@ class DuplexEngine:
             self.talked += 1
         return token
 
+    def speak(self, token: int, tokens: torch.Tensor) -> torch.Tensor:
+        """This frame's patch (1, patch_dim), from the speech model's speaking head or the acoustic voice."""
+        if self.voicer is not None:
+            if token == self.model.end_id:
+                self.voicer.end()
+            elif token != self.model.pad_id:
+                self.voicer.token(self.tokenizer.decode([token]))
+            return self.voicer.next_patch()[None]
+        model = self.model
+        phonemes, since = (torch.tensor([x], device=self.device) for x in self.voiced.push(self.voicing(token)))
+        condition = model.head_condition(self.hidden, tokens, self.voice, phonemes, since)
+        return model.speaking_head.sample(condition, self.steps, generator=self.generator)
+
     def voicing(self, token: int) -> list[int] | None:
         """The chunk ``token`` starts for ``VoicedChunks`` (None if it starts none); a word's later token fills
         in the chunk it continues."""
@@ -255,10 +288,12 @@ class DuplexEngine:
 
 
 def load_engine(preset: str, speaker: str | os.PathLike, listener: str | os.PathLike, vocoder: str | os.PathLike,
-                voice_prompt: str | os.PathLike, device: str | None = None, **options) -> DuplexEngine:
+                voice_prompt: str | os.PathLike, device: str | None = None, acoustic: str | os.PathLike | None = None,
+                **options) -> DuplexEngine:
     """A ``DuplexEngine`` from files: a speech model (a ``train joint`` or ``train speaker`` run, or its
-    export), a listener, a vocoder and a voice prompt; on a CPU the speech model and the listener run as int8
-    copies (``quantized_for_cpu``). ``options`` go to ``DuplexEngine``."""
+    export), a listener, a vocoder, a voice prompt and, to voice the text stream with, an acoustic model (a
+    ``train acoustic`` run or its export; None: the speech model's speaking head); on a CPU the speech model
+    and the listener run as int8 copies (``quantized_for_cpu``). ``options`` go to ``DuplexEngine``."""
     from .audio import load_voice_prompt
     from .backbone import load_tokenizer
     from .listen import load_listener
@@ -266,8 +301,8 @@ def load_engine(preset: str, speaker: str | os.PathLike, listener: str | os.Path
     from .model import load_speaker, quantized_for_cpu
     from .vocoder import load_vocoder
 
-    for path, what in ((speaker, "speech model"), (listener, "listener"), (vocoder, "vocoder"),
-                       (voice_prompt, "voice prompt")):
+    files = [(speaker, "speech model"), (listener, "listener"), (vocoder, "vocoder"), (voice_prompt, "voice prompt")]
+    for path, what in files + ([(acoustic, "acoustic model")] if acoustic is not None else []):
         if not Path(path).exists():
             raise FileNotFoundError(f"{path}: no {what} there")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -276,6 +311,10 @@ def load_engine(preset: str, speaker: str | os.PathLike, listener: str | os.Path
     heard_by = load_listener(listener, preset, len(tokenizer), device)
     if device == "cpu":
         model, heard_by = quantized_for_cpu(model), listener_for_cpu(heard_by)
+    if acoustic is not None:
+        from .acoustic import load_acoustic
+
+        options["acoustic"] = load_acoustic(acoustic, preset, device)
     return DuplexEngine(model, heard_by, load_vocoder(vocoder, preset, device), tokenizer,
                         load_voice_prompt(voice_prompt, model.cfg.audio), **options)
 

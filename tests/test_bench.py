@@ -64,3 +64,16 @@ def test_the_memory_model_saves_activations_by_checkpointing_and_fits_fewer_dial
     assert recomputed["activations"] < kept["activations"] / 5 and recomputed["weights"] == kept["weights"]
     assert estimate(shape, bf16=False, checkpointing=False)["activations"] == 2 * kept["activations"]
     assert 0 < largest_batch(shape, 10.0) < largest_batch(shape, 22.0)
+
+
+def test_bench_duplex_times_every_stage_with_the_acoustic_voice(tmp_path):
+    from michi_lite.acoustic import AcousticModel, acoustic_config, save_acoustic
+    from michi_lite.duplex import STAGES
+
+    acoustic = save_acoustic(tmp_path / "acoustic.safetensors", AcousticModel(acoustic_config("tiny")), "tiny")
+    out = tmp_path / "duplex.json"
+    main(["bench", "duplex", "--preset", "tiny", "--seconds", "0.8", "--threads", "1", "--acoustic", str(acoustic),
+          "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["frames"] == 10 and report["acoustic"] == str(acoustic) and 0 <= report["word_token_share"] <= 1
+    assert set(report["stages_ms"]) == set(STAGES) and report["step_ms_p95"] >= report["step_ms_median"] > 0

@@ -101,12 +101,14 @@ def test_chat_writes_both_sides_lined_up_and_a_timeline(tokenizer, tiny_corpus, 
 
     from michi_lite.cli import main
     from michi_lite.data.corpus import load_manifest
+    from michi_lite.acoustic import AcousticModel, acoustic_config, save_acoustic
     from michi_lite.listen import save_listener
     from michi_lite.model import save_speaker
     from michi_lite.vocoder import save_vocoder
 
     torch.manual_seed(0)
     speaker = save_speaker(tmp_path / "speaker.safetensors", build_speech_model("tiny", tokenizer), "tiny")
+    acoustic = save_acoustic(tmp_path / "acoustic.safetensors", AcousticModel(acoustic_config("tiny")), "tiny")
     listener = save_listener(tmp_path / "listener.safetensors",
                              build_listener("tiny", len(tokenizer), pretrained=False), "tiny")
     vocoder = save_vocoder(tmp_path / "vocoder.safetensors", IstftGenerator(ISTFT), "tiny")
@@ -114,7 +116,7 @@ def test_chat_writes_both_sides_lined_up_and_a_timeline(tokenizer, tiny_corpus, 
     said = tiny_corpus / record["path"]
     main(["chat", str(said), "--out", str(tmp_path / "chat.wav"), "--preset", "tiny", "--ckpt", str(speaker),
           "--listener", str(listener), "--vocoder", str(vocoder), "--voice-prompt", str(said),
-          "--tail-seconds", "0.4", "--max-talk-seconds", "1"])
+          "--acoustic", str(acoustic), "--tail-seconds", "0.4", "--max-talk-seconds", "1"])
     both, rate = sf.read(tmp_path / "chat.wav", always_2d=True)
     timeline = json.loads((tmp_path / "chat.json").read_text())
     assert both.shape[1] == 2 and rate == 16000
@@ -211,3 +213,20 @@ def test_forced_text_is_said_token_by_token_then_the_model_goes_on_freely(tokeni
         talker.step(np.zeros(talker.samples_in, dtype=np.float32))
     said = [r.model_token for r in talker.log]
     assert said[:len(forced)] == forced and not talker.forced  # then three frames of its own
+
+
+def test_an_acoustic_model_voices_the_text_stream_and_the_speech_model_s_head_rests(tokenizer, monkeypatch):
+    from michi_lite.acoustic import AcousticModel, acoustic_config
+    from michi_lite.config import get_config
+
+    torch.manual_seed(0)
+    talker = engine(tokenizer, acoustic=AcousticModel(acoustic_config("tiny")))
+    talker.model.text_bias.data[talker.model.pad_id] = -1e4  # a token on every frame: the forced text first
+    monkeypatch.setattr(talker.model.speaking_head, "sample", None)  # never called
+    talker.say("Hello there, friend.")
+    outs = [talker.step(np.zeros(talker.samples_in, dtype=np.float32)) for _ in range(8)]
+    assert list(talker.voicer.words)[:2] == ["Hello", "there,"]  # each word laid as its tokens are out
+    assert all(o.shape == (talker.model.cfg.audio.samples_per_frame,) for o in outs)
+    assert all(set(r.seconds) == set(STAGES) for r in talker.log)
+    with pytest.raises(ValueError, match="audio settings"):
+        engine(tokenizer, acoustic=AcousticModel(replace(acoustic_config("tiny"), audio=get_config("michi").audio)))

@@ -1,0 +1,209 @@
+"""Voicing a text stream as it comes: the acoustic model says the duplex model's words, 80 ms at a time.
+
+The speech model's own speaking head does not speak intelligibly yet
+(``data/speaker/README.md``); the acoustic model does, from phonemes and how
+long each lasts (``michi_lite.acoustic``). ``AcousticVoice`` puts it on the
+frame clock behind any text stream:
+
+1. **words**: the stream's tokens are gathered into words. A word is whole
+   when a token with a leading space starts the next one, or when a frame
+   passes with no token (a word's tokens come on consecutive frames, as
+   joint training lays them out).
+2. **columns**: each whole word's phonemes (espeak-ng's, a pause after a
+   clause's last word) and their durations (the acoustic model's duration
+   predictor, reading the phonemes before them) are laid on a stream of
+   10 ms mel columns.
+3. **patches**: each frame the next eight columns are voiced: the acoustic
+   model's layers over the columns its attention looks back over and its
+   convolutions look ahead to, then its speaking head. Columns not laid yet
+   count as the utterance's end, as they do at the end of a sentence that
+   ``say`` speaks whole; with every word laid before it is voiced, the
+   patches are ``AcousticModel.speak``'s.
+
+Timing: a turn's voice starts ``delay_frames`` after its first token (the
+speech model's audio runs ``text_lead_frames`` behind its text, as it was
+trained) and then keeps the acoustic model's durations. When the voice
+catches up with the text, it pauses until the next word is whole (the pause
+grows a frame at a time; after ``MAX_PAUSE_FRAMES`` the voice falls silent
+and the next word starts afresh). ``end`` (the text stream's
+``<|im_end|>``: the turn is over, or cut short) finishes the word being said
+and any that would start within ``delay_frames``, drops the rest, and closes
+with a pause.
+
+What it keeps has a fixed size: the columns its window reaches and the
+phonemes the duration predictor reads.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+
+from .acoustic import SAMPLING_TEMPERATURE, AcousticModel, phoneme_stream
+from .audio import SILENCE_MEL
+from .data.phonemes import PAD_PHONEME, chunk_phonemes, phoneme_id
+
+CLAUSE_ENDS = frozenset(",.!?;:")  # a word ending so ends a clause: a pause after it, as ``sentence_phonemes`` has
+CONTEXT_PHONEMES = 8  # phonemes before a word that the duration predictor reads (three convolutions of 3 reach 3)
+MAX_PAUSE_FRAMES = 6  # a pause this long between words ends the utterance: the next word starts a new one
+
+
+def word_phoneme_ids(word: str) -> list[int]:
+    """A word's phoneme ids as the acoustic model reads them, a pause after a clause's end ([] if silent)."""
+    ids = [phoneme_id(name) for name in chunk_phonemes(word)]
+    return ids + [PAD_PHONEME] if ids and word.rstrip()[-1:] in CLAUSE_ENDS else ids
+
+
+class AcousticVoice:
+    """The acoustic model speaking a text stream in one voice, a frame at a time.
+
+    Each frame: ``token`` with the text of the stream's token if it said one
+    (``end`` for its end of a turn), then ``next_patch`` for the frame's
+    normalised log-mel patch (patch_dim,). ``voice`` is the acoustic model's
+    voice vector (1, width) (``AcousticModel.voice``).
+    """
+
+    def __init__(self, model: AcousticModel, voice: torch.Tensor, steps: int = 4, delay_frames: int = 2,
+                 generator: torch.Generator | None = None, temperature: float = SAMPLING_TEMPERATURE) -> None:
+        if steps < 0:
+            raise ValueError(f"steps must be 0 (the regressed mel) or more, not {steps}")
+        self.model, self.voice, self.steps, self.delay_frames = model.eval(), voice, steps, delay_frames
+        self.generator, self.temperature = generator, temperature
+        cfg = model.cfg
+        self.per_frame = cfg.audio.mels_per_frame
+        self.behind = cfg.window + cfg.lookahead_columns  # columns before a frame that its patch depends on
+        self.silence = torch.full((cfg.patch_dim,), SILENCE_MEL, device=voice.device)
+        self.pending = ""  # the word whose tokens are coming
+        self.token_said = False  # whether this frame's token came
+        self.wait: int | None = None  # frames until a new turn's voice starts
+        self._clear()
+
+    def _clear(self) -> None:
+        """An empty stream: nothing laid, nothing to say."""
+        self.phonemes: list[int] = []
+        self.durations: list[int] = []  # columns of each phoneme
+        self.first_column = 0  # the column ``phonemes[0]`` starts on (earlier ones are let go)
+        self.column = 0  # the next column to voice
+        self.word_starts: list[int] = []  # the column each word laid starts on
+        self.paused = 0  # frames the voice has waited for the next word
+        self.closed = False  # whether the utterance has ended (``end``)
+        self.words: deque[str] = deque(maxlen=64)  # the last words laid, in order, for a log or a test
+
+    @property
+    def laid_to(self) -> int:
+        """The column after the last one laid."""
+        return self.first_column + sum(self.durations)
+
+    def token(self, text: str) -> None:
+        """The text stream said a token (its text, a leading space where it starts a word)."""
+        if not self.phonemes and not self.pending.strip() and self.wait is None:  # a new utterance
+            self.wait = self.delay_frames
+        if text[:1].isspace() and self.pending.strip():
+            self.lay(self.pending)
+            self.pending = ""
+        self.pending += text
+        self.token_said = True
+
+    def end(self) -> None:
+        """The turn is over: the word being voiced, and those starting within ``delay_frames``, are said."""
+        if self.pending.strip():
+            self.lay(self.pending)
+        self.pending, self.wait = "", None
+        if not self.phonemes:
+            return
+        keep = self.column + self.delay_frames * self.per_frame
+        dropped = [start for start in self.word_starts if start > keep]
+        if dropped:
+            while self.laid_to > dropped[0]:
+                self.phonemes.pop()
+                self.durations.pop()
+            del self.word_starts[-len(dropped):]
+            for _ in dropped[:len(self.words)]:
+                self.words.pop()
+        if self.phonemes[-1] != PAD_PHONEME:
+            self.phonemes.append(PAD_PHONEME)
+            self.durations.append(0)
+        self.durations[-1] = max(self.durations[-1], self.per_frame)
+        self.durations[-1] += -self.laid_to % self.per_frame  # the stream ends on a frame's edge
+        self.closed = True
+
+    def lay(self, word: str, phonemes: list[int] | None = None, durations: list[int] | None = None) -> None:
+        """Lay a whole word on the stream: its phonemes (``word_phoneme_ids`` unless given) and their columns
+        (the duration predictor's unless given); a new utterance starts with a pause of at most a frame."""
+        phonemes = word_phoneme_ids(word) if phonemes is None else phonemes
+        if not phonemes:
+            return
+        starting = not self.phonemes
+        if starting and phonemes[0] != PAD_PHONEME:
+            phonemes = [PAD_PHONEME] + phonemes
+            durations = None if durations is None else [self.per_frame] + durations
+        if durations is None:
+            context = self.phonemes[-CONTEXT_PHONEMES:]
+            with torch.inference_mode():
+                ids = torch.tensor([context + phonemes], device=self.voice.device)
+                durations = self.model.durations.columns(ids, self.voice)[0, len(context):].tolist()
+            if starting:
+                durations[0] = min(durations[0], self.per_frame)
+        if len(durations) != len(phonemes):
+            raise ValueError(f"{len(phonemes)} phonemes and {len(durations)} durations")
+        self.word_starts.append(self.laid_to)
+        self.phonemes += phonemes
+        self.durations += durations
+        self.words.append(word.strip())
+        self.paused, self.closed = 0, False
+
+    @torch.inference_mode()
+    def next_patch(self) -> torch.Tensor:
+        """This frame's patch (patch_dim,): the next eight columns voiced, a pause, or silence."""
+        if not self.token_said and self.pending.strip():  # a frame with no token: the word is whole
+            self.lay(self.pending)
+            self.pending = ""
+        self.token_said = False
+        if self.wait:
+            self.wait -= 1
+            return self.silence
+        self.wait = None
+        if self.laid_to - self.column < self.per_frame:
+            if not self.phonemes or self.closed or self.paused >= MAX_PAUSE_FRAMES:
+                self._clear()  # nothing to say: silence, and the next word starts an utterance
+                return self.silence
+            self.pause()
+        patch = self.voiced(self.column)
+        self.column += self.per_frame
+        self.let_go()
+        return patch
+
+    def pause(self) -> None:
+        """The next word is not out yet: the stream pauses to the next frame's end."""
+        if self.phonemes[-1] != PAD_PHONEME:
+            self.phonemes.append(PAD_PHONEME)
+            self.durations.append(0)
+        self.durations[-1] += self.column + self.per_frame - self.laid_to
+        self.paused += 1
+
+    def voiced(self, column: int) -> torch.Tensor:
+        """The patch of the frame starting at ``column`` (patch_dim,), from the columns laid around it."""
+        model, cfg = self.model, self.model.cfg
+        ids, since, until = phoneme_stream(torch.tensor(self.phonemes), torch.tensor(self.durations), cfg.max_count)
+        low = max(self.first_column, column - self.behind)
+        high = min(self.laid_to, column + self.per_frame + cfg.lookahead_columns)
+        window = slice(low - self.first_column, high - self.first_column)
+        device = self.voice.device
+        hidden = model.hidden(ids[window][None].to(device), since[window][None].to(device),
+                              until[window][None].to(device), self.voice)
+        hidden = hidden[:, column - low:column - low + self.per_frame]  # (1, 8, width)
+        prior = model.prior(model.mel(hidden))[0]  # (1, patch_dim)
+        if self.steps == 0:
+            return prior[0]
+        condition = model.condition(hidden)[0]
+        prior = prior if cfg.flow_prior else None
+        return model.speaking_head.sample(condition, self.steps, self.generator, self.temperature, prior)[0]
+
+    def let_go(self) -> None:
+        """Forget the phonemes that end before the next frame's window begins."""
+        start = self.column - self.behind
+        while len(self.phonemes) > 1 and self.first_column + self.durations[0] <= start:
+            self.first_column += self.durations.pop(0)
+            self.phonemes.pop(0)
+        self.word_starts = [s for s in self.word_starts if s >= self.first_column]
