@@ -230,7 +230,8 @@ class DuplexEngine:
         elif self.forced:  # as ``say`` paces forced text: a token where the head would rather say one than not
             no_token = model.text_logits(self.hidden).float().softmax(-1)[0, model.pad_id]
             token = model.pad_id
-            if torch.rand((), generator=self.generator, device=self.device) > no_token:
+            if torch.rand((), generator=self.generator, device=self.device) > no_token \
+                    and not self.voice_holds(self.forced[0][0]):
                 (token, self.forced_chunk), self.was_forced = self.forced.pop(0), True
         else:
             logits = model.text_logits(self.hidden)[0]
@@ -239,6 +240,8 @@ class DuplexEngine:
             else:
                 probabilities = (logits.float() / self.temperature).softmax(-1)
                 token = int(torch.multinomial(probabilities, 1, generator=self.generator))
+            if self.voice_holds(token):  # the acoustic voice is behind: the word waits, the model says PAD
+                token = model.pad_id
         if token == model.end_id:
             self.talked = None
         elif token != model.pad_id and self.talked is None:
@@ -246,6 +249,11 @@ class DuplexEngine:
         if self.talked is not None:
             self.talked += 1
         return token
+
+    def voice_holds(self, token: int) -> bool:
+        """Whether the acoustic voice is too far behind the text to take ``token``'s word yet."""
+        return self.voicer is not None and token not in (self.model.pad_id, self.model.end_id) \
+            and not self.voicer.admits(self.tokenizer.decode([token]))
 
     def speak(self, token: int, tokens: torch.Tensor) -> torch.Tensor:
         """This frame's patch (1, patch_dim), from the speech model's speaking head or the acoustic voice."""

@@ -30,8 +30,15 @@ and the next word starts afresh). ``end`` (the text stream's
 and any that would start within ``delay_frames``, drops the rest, and closes
 with a pause.
 
-What it keeps has a fixed size: the columns its window reaches and the
-phonemes the duration predictor reads.
+A voice cannot speak faster than its durations, and a text stream can run
+ahead of it (a model that was not trained to pace its words does: one token
+a frame). ``admits`` tells the engine to keep a word back while the voice is
+more than ``MAX_LAG_FRAMES`` behind the text; the engine feeds PAD instead,
+so the text stream waits for the voice and the two never drift apart.
+
+What it keeps has a fixed size: the columns its window reaches, at most
+``MAX_LAG_FRAMES`` and a word ahead of the voice, and the phonemes the
+duration predictor reads.
 """
 
 from __future__ import annotations
@@ -47,11 +54,14 @@ from .data.phonemes import PAD_PHONEME, chunk_phonemes, phoneme_id
 CLAUSE_ENDS = frozenset(",.!?;:")  # a word ending so ends a clause: a pause after it, as ``sentence_phonemes`` has
 CONTEXT_PHONEMES = 8  # phonemes before a word that the duration predictor reads (three convolutions of 3 reach 3)
 MAX_PAUSE_FRAMES = 6  # a pause this long between words ends the utterance: the next word starts a new one
+MAX_LAG_FRAMES = 8  # the voice's most frames laid and not yet voiced before a new word is held back (640 ms)
+MAX_WORD_PHONEMES = 48  # a longer word (a long number, a run of symbols) is cut: its end is rarely reached
+MAX_WORD_CHARACTERS = 64  # tokens with no space between them are laid as a word once this long
 
 
 def word_phoneme_ids(word: str) -> list[int]:
     """A word's phoneme ids as the acoustic model reads them, a pause after a clause's end ([] if silent)."""
-    ids = [phoneme_id(name) for name in chunk_phonemes(word)]
+    ids = [phoneme_id(name) for name in chunk_phonemes(word)[:MAX_WORD_PHONEMES]]
     return ids + [PAD_PHONEME] if ids and word.rstrip()[-1:] in CLAUSE_ENDS else ids
 
 
@@ -95,11 +105,25 @@ class AcousticVoice:
         """The column after the last one laid."""
         return self.first_column + sum(self.durations)
 
+    @property
+    def lag_frames(self) -> float:
+        """Frames laid and not yet voiced."""
+        return (self.laid_to - self.column) / self.per_frame
+
+    def admits(self, text: str) -> bool:
+        """Whether the voice takes a token of ``text`` now. One that starts a word waits while the voice is
+        more than ``MAX_LAG_FRAMES`` behind; the word before it is whole either way, and is laid first."""
+        if text[:1].isspace() or len(self.pending) > MAX_WORD_CHARACTERS:
+            if self.pending.strip():
+                self.lay(self.pending)
+            self.pending = ""
+        return bool(self.pending.strip()) or self.lag_frames <= MAX_LAG_FRAMES
+
     def token(self, text: str) -> None:
         """The text stream said a token (its text, a leading space where it starts a word)."""
         if not self.phonemes and not self.pending.strip() and self.wait is None:  # a new utterance
             self.wait = self.delay_frames
-        if text[:1].isspace() and self.pending.strip():
+        if (text[:1].isspace() and self.pending.strip()) or len(self.pending) > MAX_WORD_CHARACTERS:
             self.lay(self.pending)
             self.pending = ""
         self.pending += text

@@ -34,6 +34,11 @@
 # nonsense that starts on the first frame. The engine, its timings and its
 # features do not depend on that: a joint model (notebook 05) runs in the
 # same engine, with the same costs.
+#
+# Its words are voiced by the acoustic model that `michi-lite say` speaks
+# with (notebook 03): the speech model's own speaking head, MichiAI's
+# end-to-end path, does not speak intelligibly yet, and the engine can use
+# either.
 
 # %%
 # %matplotlib inline
@@ -52,6 +57,7 @@ from michi_lite.duplex import STAGES, DuplexEngine, converse, load_engine
 from michi_lite.model import UserStreams
 from michi_lite.plots import dialogue_streams_figure, frame_times_figure
 from michi_lite.weights import (
+    REFERENCE_ACOUSTIC,
     REFERENCE_ACOUSTIC_VOICE,
     REFERENCE_CONVERSATION,
     REFERENCE_LISTENER,
@@ -68,17 +74,19 @@ FIGURES = ROOT / "figures"
 # %% [markdown]
 # ## 1. The engine
 #
-# `load_engine` reads the four committed files: the speech model (SmolLM2-135M
+# `load_engine` reads five committed files: the speech model (SmolLM2-135M
 # with its text head, speaking head and the user's projection), the
-# listening head, the vocoder and a voice prompt. On a CPU the speech model
-# and the listener run as int8 copies. What lasts from one frame to the
-# next has a fixed size: the listener's state, the backbone's window of the
-# last 1,500 positions (two minutes) as a key-value cache, the vocoder's
-# stream and the word being voiced. Nothing is recomputed over the
-# conversation.
+# listening head, the vocoder, a voice prompt and the acoustic model that
+# voices the text stream. On a CPU the speech model and the listener run as
+# int8 copies. What lasts from one frame to the next has a fixed size: the
+# listener's state, the backbone's window of the last 1,500 positions (two
+# minutes) as a key-value cache, the vocoder's stream, and the acoustic
+# voice's words laid out as 10 ms mel columns, as far back as its attention
+# looks (2 s). Nothing is recomputed over the conversation.
 
 # %%
-engine = load_engine("lite", REFERENCE_SPEAKER, REFERENCE_LISTENER, REFERENCE_VOCODER, REFERENCE_VOICE)
+engine = load_engine("lite", REFERENCE_SPEAKER, REFERENCE_LISTENER, REFERENCE_VOCODER, REFERENCE_VOICE,
+                     acoustic=REFERENCE_ACOUSTIC)
 model, tokenizer = engine.model, engine.tokenizer
 rate_in, rate_out = engine.listener.cfg.audio.sample_rate, model.cfg.audio.sample_rate
 print(f"a step takes {engine.samples_in} samples of the user ({rate_in} Hz) and gives "
@@ -106,10 +114,9 @@ engine.reset()
 with torch.inference_mode():
     (heard,) = engine.hearing.push(first)  # 1. listen: an embedding, and a token (PAD: no word yet)
     token = engine.next_token()  # 2. text: the text head reads the backbone's last hidden state
-    chunk = engine.voicing(token)  # the phonemes of the word it starts, if it starts one
-    phonemes, since = (torch.tensor([x]) for x in engine.voiced.push(chunk))
-    condition = model.head_condition(engine.hidden, torch.tensor([token]), engine.voice, phonemes, since)
-    patch = model.speaking_head.sample(condition, engine.steps, generator=engine.generator)  # 3. speak
+    if token not in (model.pad_id, model.end_id):  # 3. speak: the acoustic voice gathers the words
+        engine.voicer.token(tokenizer.decode([token]))
+    patch = engine.voicer.next_patch()[None]  # and voices the next 80 ms of those laid out (or silence)
     mel = mel_from_patches(patch, model.cfg.audio)
     samples = engine.speaking.push(mel).numpy()  # 4. vocode: 80 ms of samples
     streams = UserStreams(heard.embedding[None, None], torch.tensor([[heard.token_id]]))
@@ -265,13 +272,15 @@ display(Audio(forced, rate=rate_out))
 
 # %% [markdown]
 # **A voice prompt.** The voice the model answers in is a few seconds of
-# anyone's speech (`voice_patches`, here the acoustic model's prompt instead
-# of the speaker stage's): the same forced sentence in the other voice. A
-# second engine shares the first one's weights; only its streams are its own.
+# anyone's speech (`voice_patches`, here the acoustic model's own prompt
+# instead of the speaker stage's): the same forced sentence in the other
+# voice. A second engine shares the first one's weights; only its streams
+# are its own.
 
 # %%
 other = DuplexEngine(model, engine.listener, engine.vocoder, tokenizer,
-                     load_voice_prompt(REFERENCE_ACOUSTIC_VOICE, model.cfg.audio), steps=engine.steps)
+                     load_voice_prompt(REFERENCE_ACOUSTIC_VOICE, model.cfg.audio), steps=engine.steps,
+                     acoustic=engine.acoustic)
 other.say("Hello, my name is Michi. I can listen and speak at the same time.")
 in_other_voice = run_silent(other, 8.0)
 print(f"in the other voice: {other.said()!r}")

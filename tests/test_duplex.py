@@ -13,6 +13,7 @@ from michi_lite.duplex import STAGES, DuplexEngine, SpokenWord
 from michi_lite.listen import build_listener
 from michi_lite.model import build_speech_model
 from michi_lite.vocoder import IstftGenerator, vocoder_config
+from michi_lite.voicing import MAX_LAG_FRAMES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -220,7 +221,9 @@ def test_an_acoustic_model_voices_the_text_stream_and_the_speech_model_s_head_re
     from michi_lite.config import get_config
 
     torch.manual_seed(0)
-    talker = engine(tokenizer, acoustic=AcousticModel(acoustic_config("tiny")))
+    acoustic = AcousticModel(acoustic_config("tiny"))
+    acoustic.durations.out[-1].bias.data.fill_(2.5)  # about 11 columns a phoneme, as speech has: a word in frames
+    talker = engine(tokenizer, acoustic=acoustic)
     talker.model.text_bias.data[talker.model.pad_id] = -1e4  # a token on every frame: the forced text first
     monkeypatch.setattr(talker.model.speaking_head, "sample", None)  # never called
     talker.say("Hello there, friend.")
@@ -228,5 +231,11 @@ def test_an_acoustic_model_voices_the_text_stream_and_the_speech_model_s_head_re
     assert list(talker.voicer.words)[:2] == ["Hello", "there,"]  # each word laid as its tokens are out
     assert all(o.shape == (talker.model.cfg.audio.samples_per_frame,) for o in outs)
     assert all(set(r.seconds) == set(STAGES) for r in talker.log)
+    for _ in range(40):  # on its own, this model says a token every frame: faster than anyone speaks
+        talker.step(np.zeros(talker.samples_in, dtype=np.float32))
+        voicer = talker.voicer  # at most MAX_LAG_FRAMES behind when a word was let in, and that word
+        assert not voicer.word_starts or voicer.lag_frames <= MAX_LAG_FRAMES + 1 + \
+            (voicer.laid_to - max(voicer.word_starts[-1], voicer.column)) / voicer.per_frame
+    assert any(r.model_token == talker.model.pad_id for r in talker.log[8:])  # the text waited for the voice
     with pytest.raises(ValueError, match="audio settings"):
         engine(tokenizer, acoustic=AcousticModel(replace(acoustic_config("tiny"), audio=get_config("michi").audio)))

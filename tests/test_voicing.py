@@ -8,7 +8,7 @@ import torch
 from michi_lite.acoustic import AcousticModel, acoustic_config, lay_out, text_phoneme_ids
 from michi_lite.audio import SILENCE_MEL
 from michi_lite.data.phonemes import PAD_PHONEME
-from michi_lite.voicing import MAX_PAUSE_FRAMES, AcousticVoice, word_phoneme_ids
+from michi_lite.voicing import MAX_LAG_FRAMES, MAX_PAUSE_FRAMES, AcousticVoice, word_phoneme_ids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -100,3 +100,17 @@ def test_a_long_stream_keeps_a_window_of_the_same_size(model):
             # what it keeps behind the voice: the window, and the phoneme it starts in
             assert not voicer.phonemes or voicer.column - voicer.first_column < voicer.behind + voicer.durations[0]
     assert voicer.first_column > 10 * model.cfg.window  # it spoke on, one utterance
+
+
+def test_a_new_word_is_held_while_the_voice_is_far_behind_and_a_word_s_next_token_never_is(model):
+    voicer = voice_of(model, delay_frames=0)
+    phonemes = word_phoneme_ids("one")
+    voicer.lay("one", phonemes, [MAX_LAG_FRAMES * voicer.per_frame] * len(phonemes))  # after a frame's pause
+    voicer.token(" inter")
+    assert voicer.lag_frames > MAX_LAG_FRAMES
+    assert voicer.admits("national")  # a word's next token: words are not cut in two
+    voicer.token("national")
+    assert not voicer.admits(" two") and list(voicer.words) == ["one", "international"]  # laid, then held
+    while voicer.lag_frames > MAX_LAG_FRAMES:
+        voicer.next_patch()
+    assert voicer.admits(" two")
