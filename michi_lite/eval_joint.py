@@ -24,7 +24,8 @@ model said and when is read off its frame log against the user's turns:
   pretrained one on text no stage trains on (the GNU GPL), the ratio of
   their perplexities (the bar is 1.05);
 * **the answers as heard** (``judge_answers``): each answer's audio, from
-  its first word's frame to the user's next turn, transcribed by Whisper
+  its first word's frame to the user's next turn (and as far as an acoustic
+  voice may run behind its text, ``MAX_LAG_FRAMES``), transcribed by Whisper
   tiny.en and scored against the model's own text stream for those frames
   (the judge WER: does it say what it writes), and its DNSMOS. Whisper
   loads after every dialogue has streamed: once CTranslate2 has loaded a
@@ -50,6 +51,7 @@ from .config import FRAME_SECONDS
 from .data.dialogue_lines import FACT_BASE, GENERAL_QUESTIONS, INTERJECTIONS
 from .data.dialogues import load_dialogues, mentions
 from .duplex import DuplexEngine, converse
+from .voicing import MAX_LAG_FRAMES
 from .model import SpeechModel
 
 FAR_TEXT = Path("/usr/share/common-licenses/GPL-3")  # Debian's base-files: text no stage trains on
@@ -96,6 +98,7 @@ def read_dialogue(engine: DuplexEngine, record: dict) -> dict:
     user_turns = [t for t in record["turns"] if t["channel"] == "user"]
     vocoder_lag = engine.vocoder.cfg.lookahead_samples / model.cfg.audio.sample_rate
     lag = model.cfg.text_lead_frames * FRAME_SECONDS + vocoder_lag  # a word's token to its first sample
+    voice_lag = MAX_LAG_FRAMES if engine.voicer is not None else 0  # how far an acoustic voice may run behind
     events = []
     for i, turn in enumerate(user_turns):
         start, stop = (int(turn[k] / FRAME_SECONDS) for k in ("start", "end"))
@@ -110,7 +113,8 @@ def read_dialogue(engine: DuplexEngine, record: dict) -> dict:
             event["answer"] = engine.said("model", stop, following)
             if first_word is not None:  # where it sounds in ``converse``'s model channel: its tokens' frames, later
                 lead = model.cfg.text_lead_frames
-                event["answer_seconds"] = [(first_word + lead) * FRAME_SECONDS, (following + lead) * FRAME_SECONDS]
+                event["answer_seconds"] = [(first_word + lead) * FRAME_SECONDS,
+                                           (following + lead + voice_lag) * FRAME_SECONDS]
             line = KEYED.get(asked(turn["text"]))
             if turn["kind"] == "question" and line is not None and line.key:
                 event["key"] = list(line.key)
