@@ -503,10 +503,13 @@ fig
 # `scripts/listener_test_sets.sh` makes both sets. Its WER sits next to
 # offline Whisper tiny.en's on the same audio: the full-context model it
 # started from. The emission delay is the emission time minus the aligned
-# end of the word.
+# end of the word. The stream commits at most one token a frame, as the
+# duplex engine runs it (`lite_eval_one_token_a_frame.json`); the delay
+# histogram below is from the stream before it, which committed up to eight
+# tokens a frame (`lite_eval.json`).
 
 # %%
-report = json.loads((REFERENCE / "lite_eval.json").read_text())
+report = json.loads((REFERENCE / "lite_eval_one_token_a_frame.json").read_text())
 
 
 def wer_row(name: str, r: dict, *extra: str) -> str:
@@ -731,10 +734,10 @@ for path in sorted(Path("/usr/share/sounds/alsa").glob("[FRS]*_*.wav")):
     print(f"said {said!r:16} heard {heard!r}")
 
 # %% [markdown]
-# It gets a few of these words (3 of 16 when this notebook was run, with
-# near misses such as "write" for "right"), writing each word as a
-# sentence of its own. People are still where the
-# gap to Whisper is widest (WER 0.80 against 0.08 on the test set's
+# It gets a few of these words (2 of 16 when this notebook was run, with
+# near misses such as "Lef" for "left" and "Frank" for "Front"), writing
+# each word as a sentence of its own. People are still where the
+# gap to Whisper is widest (WER 0.62 against 0.08 on the test set's
 # recordings, most of them one or two words): the encoder has heard
 # synthetic voices only, and what its teacher knows of people reached it
 # through 97 minutes of training. `data/listener/README.md` lists what we
