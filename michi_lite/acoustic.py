@@ -169,13 +169,16 @@ class WindowedAttentionBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, last: int | None = None) -> torch.Tensor:
+        """Columns (B, C, width) -> the block's output for all of them, or for the ``last`` few (B, last, width)."""
         b, c, w = x.shape
+        n = c if last is None else last
         q, k, v = self.qkv(self.norm1(x)).view(b, c, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         i = torch.arange(c, device=x.device)
-        allowed = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < self.window)  # (C, C)
-        h = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, heads, C, w / heads)
-        x = x + self.dropout(self.proj(h.transpose(1, 2).reshape(b, c, w)))
+        rows = i[c - n:, None]
+        allowed = (i[None, :] <= rows) & (rows - i[None, :] < self.window)  # (n, C)
+        h = F.scaled_dot_product_attention(q[:, :, c - n:], k, v, attn_mask=allowed)  # (B, heads, n, w / heads)
+        x = x[:, c - n:] + self.dropout(self.proj(h.transpose(1, 2).reshape(b, n, w)))
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
@@ -237,11 +240,27 @@ class AcousticModel(nn.Module):
     def hidden(self, ids: torch.Tensor, since: torch.Tensor, until: torch.Tensor,
                voice: torch.Tensor) -> torch.Tensor:
         """The phoneme stream (B, C) each, a voice (B, width) -> column features (B, C, width)."""
+        return self.attended(self.convolved(ids, since, until, voice))
+
+    def convolved(self, ids: torch.Tensor, since: torch.Tensor, until: torch.Tensor,
+                  voice: torch.Tensor) -> torch.Tensor:
+        """``hidden``'s first part: the stream's embeddings through the convolutions (B, C, width).
+
+        A column's result reads ``lookahead_columns`` on either side of it.
+        """
         x = self.phoneme(ids) + self.since(since) + self.until(until) + voice[:, None]
         for block in self.convs:
             x = block(x)
-        for block in self.attention:
-            x = block(x)
+        return x
+
+    def attended(self, x: torch.Tensor, last: int | None = None) -> torch.Tensor:
+        """``hidden``'s second part: ``convolved``'s columns through the attention (B, C, width), or the ``last``
+        few columns' result alone (B, last, width).
+
+        Each layer reads the ``window`` columns up to a column.
+        """
+        for i, block in enumerate(self.attention):
+            x = block(x, last if i == len(self.attention) - 1 else None)
         return self.norm(x)
 
     def mel(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -14,11 +14,12 @@ frame clock behind any text stream:
    predictor, reading the phonemes before them) are laid on a stream of
    10 ms mel columns.
 3. **patches**: each frame the next eight columns are voiced: the acoustic
-   model's layers over the columns its attention looks back over and its
-   convolutions look ahead to, then its speaking head. Columns not laid yet
-   count as the utterance's end, as they do at the end of a sentence that
-   ``say`` speaks whole; with every word laid before it is voiced, the
-   patches are ``AcousticModel.speak``'s.
+   model's convolutions over the columns around them (those of the columns
+   before are kept from earlier frames), its attention over as many columns
+   back as it reads, then its speaking head. Columns not laid yet count as
+   the utterance's end, as they do at the end of a sentence that ``say``
+   speaks whole; with every word laid before it is voiced, the patches are
+   ``AcousticModel.speak``'s.
 
 Timing: a turn's voice starts ``delay_frames`` after its first token (the
 speech model's audio runs ``text_lead_frames`` behind its text, as it was
@@ -36,8 +37,9 @@ a frame). ``admits`` tells the engine to keep a word back while the voice is
 more than ``MAX_LAG_FRAMES`` behind the text; the engine feeds PAD instead,
 so the text stream waits for the voice and the two never drift apart.
 
-What it keeps has a fixed size: the columns its window reaches, at most
-``MAX_LAG_FRAMES`` and a word ahead of the voice, and the phonemes the
+What it keeps has a fixed size: the convolutions' result for the columns
+its attention reaches back to, the phonemes from a little before the voice
+to at most ``MAX_LAG_FRAMES`` and a word ahead of it, and those the
 duration predictor reads.
 """
 
@@ -82,7 +84,7 @@ class AcousticVoice:
         self.generator, self.temperature = generator, temperature
         cfg = model.cfg
         self.per_frame = cfg.audio.mels_per_frame
-        self.behind = cfg.window + cfg.lookahead_columns  # columns before a frame that its patch depends on
+        self.reach = cfg.attention_layers * (cfg.window - 1)  # columns back that a column's attention reads
         self.silence = torch.full((cfg.patch_dim,), SILENCE_MEL, device=voice.device)
         self.pending = ""  # the word whose tokens are coming
         self.token_said = False  # whether this frame's token came
@@ -99,6 +101,8 @@ class AcousticVoice:
         self.paused = 0  # frames the voice has waited for the next word
         self.closed = False  # whether the utterance has ended (``end``)
         self.words: deque[str] = deque(maxlen=64)  # the last words laid, in order, for a log or a test
+        self.convolved: torch.Tensor | None = None  # ``AcousticModel.convolved`` of columns convolved_from on
+        self.convolved_from = 0
 
     @property
     def laid_to(self) -> int:
@@ -207,16 +211,34 @@ class AcousticVoice:
         self.paused += 1
 
     def voiced(self, column: int) -> torch.Tensor:
-        """The patch of the frame starting at ``column`` (patch_dim,), from the columns laid around it."""
+        """The patch of the frame starting at ``column`` (patch_dim,), from the columns laid around it.
+
+        The convolutions run over the frame's columns and the frame before
+        (whose look-ahead reached into this one, maybe before it was laid),
+        reading ``lookahead_columns`` around them; the columns before keep
+        what the convolutions made of them. The attention then runs over the
+        ``reach`` columns up to the frame's last.
+        """
         model, cfg = self.model, self.model.cfg
+        ahead, end = cfg.lookahead_columns, column + self.per_frame
         ids, since, until = phoneme_stream(torch.tensor(self.phonemes), torch.tensor(self.durations), cfg.max_count)
-        low = max(self.first_column, column - self.behind)
-        high = min(self.laid_to, column + self.per_frame + cfg.lookahead_columns)
+        low = max(self.first_column, column - self.per_frame - ahead)
+        high = min(self.laid_to, end + ahead)
         window = slice(low - self.first_column, high - self.first_column)
         device = self.voice.device
-        hidden = model.hidden(ids[window][None].to(device), since[window][None].to(device),
-                              until[window][None].to(device), self.voice)
-        hidden = hidden[:, column - low:column - low + self.per_frame]  # (1, 8, width)
+        fresh = model.convolved(ids[window][None].to(device), since[window][None].to(device),
+                                until[window][None].to(device), self.voice)
+        valid = low + ahead if low > 0 else 0  # the first column whose convolution read no made-up edge
+        fresh = fresh[:, valid - low:]
+        if self.convolved is None:
+            self.convolved, self.convolved_from = fresh, valid
+        else:
+            self.convolved = torch.cat([self.convolved[:, :valid - self.convolved_from], fresh], dim=1)
+        start = max(self.convolved_from, column - self.reach)
+        hidden = model.attended(self.convolved[:, start - self.convolved_from:end - self.convolved_from],
+                                last=self.per_frame)  # (1, 8, width)
+        keep = max(self.convolved_from, end - self.reach)  # what the next frame's attention reads
+        self.convolved, self.convolved_from = self.convolved[:, keep - self.convolved_from:], keep
         prior = model.prior(model.mel(hidden))[0]  # (1, patch_dim)
         if self.steps == 0:
             return prior[0]
@@ -225,8 +247,8 @@ class AcousticVoice:
         return model.speaking_head.sample(condition, self.steps, self.generator, self.temperature, prior)[0]
 
     def let_go(self) -> None:
-        """Forget the phonemes that end before the next frame's window begins."""
-        start = self.column - self.behind
+        """Forget the phonemes that end before the next frame's convolutions read."""
+        start = self.column - self.per_frame - self.model.cfg.lookahead_columns
         while len(self.phonemes) > 1 and self.first_column + self.durations[0] <= start:
             self.first_column += self.durations.pop(0)
             self.phonemes.pop(0)

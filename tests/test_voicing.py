@@ -97,8 +97,12 @@ def test_a_long_stream_keeps_a_window_of_the_same_size(model):
         voicer.token(" " + word)
         for _ in range(3):
             voicer.next_patch()
-            # what it keeps behind the voice: the window, and the phoneme it starts in
-            assert not voicer.phonemes or voicer.column - voicer.first_column < voicer.behind + voicer.durations[0]
+            # what it keeps behind the voice: the columns its convolutions read (from the phoneme they start
+            # in on), and their result as far back as the attention reads
+            if voicer.phonemes:
+                ahead = model.cfg.lookahead_columns
+                assert voicer.column - voicer.first_column < voicer.per_frame + ahead + voicer.durations[0]
+                assert voicer.convolved.shape[1] <= voicer.reach + ahead
     assert voicer.first_column > 10 * model.cfg.window  # it spoke on, one utterance
 
 
