@@ -71,9 +71,10 @@ class AcousticVoice:
     """The acoustic model speaking a text stream in one voice, a frame at a time.
 
     Each frame: ``token`` with the text of the stream's token if it said one
-    (``end`` for its end of a turn), then ``next_patch`` for the frame's
-    normalised log-mel patch (patch_dim,). ``voice`` is the acoustic model's
-    voice vector (1, width) (``AcousticModel.voice``).
+    (and ``admits`` it: else the engine holds it back), or ``end`` for its
+    end of a turn, then ``next_patch`` for the frame's normalised log-mel
+    patch (patch_dim,). ``voice`` is the acoustic model's voice vector
+    (1, width) (``AcousticModel.voice``).
     """
 
     def __init__(self, model: AcousticModel, voice: torch.Tensor, steps: int = 4, delay_frames: int = 2,
