@@ -80,6 +80,7 @@ class FrameRecord:
     user_token: int  # what the listener emitted (the PAD id for nothing)
     model_token: int  # what the model's text stream said
     seconds: dict[str, float] = field(default_factory=dict)  # each stage's time, by ``STAGES`` name
+    sounding: bool | None = None  # whether the acoustic voice voiced a phoneme (None: the speech model's head spoke)
 
     @property
     def total_seconds(self) -> float:
@@ -218,7 +219,8 @@ class DuplexEngine:
         inputs = model.frame_inputs(tokens[None], patch[None], user)  # (1, 1, hidden)
         self.hidden = self.decoder(inputs, self.cache)[:, -1]
         lap("backbone")
-        self.log.append(FrameRecord(len(self.log), heard.token_id, token, seconds))
+        sounding = None if self.voicer is None else self.voicer.sounding
+        self.log.append(FrameRecord(len(self.log), heard.token_id, token, seconds, sounding))
         return out
 
     def next_token(self) -> int:

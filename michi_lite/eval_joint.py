@@ -13,9 +13,14 @@ model said and when is read off its frame log against the user's turns:
   the same rag prefix (``LlmAnswers``): how much understanding the listening
   path loses is the gap between the two;
 * **response gap**: from the end of a user's turn (not a backchannel) to the
-  model's first word's audio (its token's frame, ``text_lead_frames`` later,
-  plus the vocoder's lag), median and p95, and how many turns got no answer
-  before the user spoke again;
+  model's first word's audio, median and p95, and how many turns got no
+  answer before the user spoke again. The first sample of a step's audio
+  plays when the step has heard its frame, plus the vocoder's lag; the
+  first word's audio is the first frame the acoustic voice sounds a phoneme
+  in (``FrameRecord.sounding``), or, with the speech model's own head, its
+  token's frame ``text_lead_frames`` later. Beside the response gap, the
+  engine's own compute for the step (notebook 06) makes the time to first
+  audio;
 * **interruption**: when the user cuts in while the model is talking, the
   frames from the user's first word to the model's ``<|im_end|>``; and the
   share of backchannels ("mm-hm") during which the model stopped, which
@@ -97,8 +102,9 @@ def read_dialogue(engine: DuplexEngine, record: dict) -> dict:
     words = [r.model_token not in (pad, end) for r in log]
     user_turns = [t for t in record["turns"] if t["channel"] == "user"]
     vocoder_lag = engine.vocoder.cfg.lookahead_samples / model.cfg.audio.sample_rate
-    lag = model.cfg.text_lead_frames * FRAME_SECONDS + vocoder_lag  # a word's token to its first sample
-    voice_lag = MAX_LAG_FRAMES if engine.voicer is not None else 0  # how far an acoustic voice may run behind
+    voiced = engine.voicer is not None  # the acoustic voice logs when it sounds; the speech model's head does not
+    lead = 0 if voiced else model.cfg.text_lead_frames  # a word's first token to its first audio frame
+    voice_lag = MAX_LAG_FRAMES if voiced else 0  # how far an acoustic voice may run behind its text
     events = []
     for i, turn in enumerate(user_turns):
         start, stop = (int(turn[k] / FRAME_SECONDS) for k in ("start", "end"))
@@ -109,12 +115,14 @@ def read_dialogue(engine: DuplexEngine, record: dict) -> dict:
             event["stopped"] = talking and any(r.model_token == end for r in log[start:stop + 2])
         else:
             first_word = next((f for f in range(stop, following) if words[f]), None)
-            event["gap_seconds"] = None if first_word is None else (first_word + 1) * FRAME_SECONDS + lag - turn["end"]
+            if first_word is not None and voiced:
+                first_word = next((f for f in range(first_word, following + voice_lag)
+                                   if f < len(log) and log[f].sounding), None)
+            sounds = None if first_word is None else first_word + lead  # the frame its first audio is in
+            event["gap_seconds"] = None if sounds is None else (sounds + 1) * FRAME_SECONDS + vocoder_lag - turn["end"]
             event["answer"] = engine.said("model", stop, following)
-            if first_word is not None:  # where it sounds in ``converse``'s model channel: its tokens' frames, later
-                lead = model.cfg.text_lead_frames
-                event["answer_seconds"] = [(first_word + lead) * FRAME_SECONDS,
-                                           (following + lead + voice_lag) * FRAME_SECONDS]
+            if sounds is not None:  # where it sounds in ``converse``'s model channel
+                event["answer_seconds"] = [sounds * FRAME_SECONDS, (following + lead + voice_lag) * FRAME_SECONDS]
             line = KEYED.get(asked(turn["text"]))
             if turn["kind"] == "question" and line is not None and line.key:
                 event["key"] = list(line.key)

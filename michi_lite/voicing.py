@@ -89,6 +89,7 @@ class AcousticVoice:
         self.silence = torch.full((cfg.patch_dim,), SILENCE_MEL, device=voice.device)
         self.pending = ""  # the word whose tokens are coming
         self.token_said = False  # whether this frame's token came
+        self.sounding = False  # whether the last patch voiced a phoneme (not a pause, not silence)
         self.wait: int | None = None  # frames until a new turn's voice starts
         self._clear()
 
@@ -188,7 +189,7 @@ class AcousticVoice:
         if not self.token_said and self.pending.strip():  # a frame with no token: the word is whole
             self.lay(self.pending)
             self.pending = ""
-        self.token_said = False
+        self.token_said, self.sounding = False, False
         if self.wait:
             self.wait -= 1
             return self.silence
@@ -223,6 +224,7 @@ class AcousticVoice:
         model, cfg = self.model, self.model.cfg
         ahead, end = cfg.lookahead_columns, column + self.per_frame
         ids, since, until = phoneme_stream(torch.tensor(self.phonemes), torch.tensor(self.durations), cfg.max_count)
+        self.sounding = bool((ids[column - self.first_column:end - self.first_column] != PAD_PHONEME).any())
         low = max(self.first_column, column - self.per_frame - ahead)
         high = min(self.laid_to, end + ahead)
         window = slice(low - self.first_column, high - self.first_column)

@@ -40,6 +40,7 @@ def test_each_step_turns_80_ms_of_the_user_into_80_ms_of_the_model_and_logs_ever
     outs = [duplex.step(0.1 * rng.standard_normal(duplex.samples_in).astype(np.float32)) for _ in range(5)]
     assert all(o.shape == (duplex.model.cfg.audio.samples_per_frame,) and o.dtype == np.float32 for o in outs)
     assert [r.index for r in duplex.log] == list(range(5))
+    assert all(r.sounding is None for r in duplex.log)  # the speech model's own head: no phonemes to say it by
     assert all(set(r.seconds) == set(STAGES) and r.total_seconds > 0 for r in duplex.log)
     assert isinstance(duplex.said("model"), str) and isinstance(duplex.said("user"), str)
 
@@ -152,6 +153,16 @@ def test_eval_joint_reads_answers_gaps_and_stops_off_the_frame_log(duplex, token
     lag = model.cfg.text_lead_frames * 0.08 + duplex.vocoder.cfg.lookahead_samples / 16000
     assert first["correct"] and first["gap_seconds"] == pytest.approx(21 * 0.08 + lag - 1.0)
     assert second["talking_at_start"] and second["stop_frames"] == 3 and "correct" not in second
+    # an acoustic voice logs the frames it sounds in: the answer's audio starts on the first after its token
+    duplex.log = [FrameRecord(i, pad, t, {}, sounding=i in (24, 25, 26)) for i, t in enumerate(tokens)]
+    duplex.voicer, voicer = object(), duplex.voicer
+    try:
+        first, _ = read_dialogue(duplex, record)["events"]
+    finally:
+        duplex.voicer = voicer
+    vocoder_lag = duplex.vocoder.cfg.lookahead_samples / 16000
+    assert first["gap_seconds"] == pytest.approx(25 * 0.08 + vocoder_lag - 1.0)
+    assert first["answer_seconds"][0] == pytest.approx(24 * 0.08)
 
 
 def test_eval_joint_streams_the_held_out_dialogues_and_summarizes_them(dialogues, tokenizer):
@@ -231,6 +242,8 @@ def test_an_acoustic_model_voices_the_text_stream_and_the_speech_model_s_head_re
     assert list(talker.voicer.words)[:2] == ["Hello", "there,"]  # each word laid as its tokens are out
     assert all(o.shape == (talker.model.cfg.audio.samples_per_frame,) for o in outs)
     assert all(set(r.seconds) == set(STAGES) for r in talker.log)
+    sounding = [r.sounding for r in talker.log]
+    assert sounding[:2] == [False, False] and any(sounding)  # silent for the voice's delay, then speech
     for _ in range(40):  # on its own, this model says a token every frame: faster than anyone speaks
         talker.step(np.zeros(talker.samples_in, dtype=np.float32))
         voicer = talker.voicer  # at most MAX_LAG_FRAMES behind when a word was let in, and that word
