@@ -145,7 +145,8 @@ class DuplexEngine:
         with torch.inference_mode():
             self.voice = model.prompt_voice(voice_patches)  # (1, hidden)
             if self.acoustic is not None:  # its own voice vector, from the same prompt (1, width)
-                self.acoustic_voice = self.acoustic.voice(voice_patches.reshape(1, -1, model.cfg.audio.n_mels))
+                prompt = voice_patches.reshape(1, -1, model.cfg.audio.n_mels).to(self.device)
+                self.acoustic_voice = self.acoustic.voice(prompt)
         self.reset()
 
     @property

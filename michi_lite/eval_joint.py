@@ -29,8 +29,8 @@ model said and when is read off its frame log against the user's turns:
   pretrained one on text no stage trains on (the GNU GPL), the ratio of
   their perplexities (the bar is 1.05);
 * **the answers as heard** (``judge_answers``): each answer's audio, from
-  its first word's frame to the user's next turn (and as far as an acoustic
-  voice may run behind its text, ``MAX_LAG_FRAMES``), transcribed by Whisper
+  its first word's frame to the user's next turn (and on while an acoustic
+  voice that ran behind its text still sounds), transcribed by Whisper
   tiny.en and scored against the model's own text stream for those frames
   (the judge WER: does it say what it writes), and its DNSMOS. Whisper
   loads after every dialogue has streamed: once CTranslate2 has loaded a
@@ -104,7 +104,6 @@ def read_dialogue(engine: DuplexEngine, record: dict) -> dict:
     vocoder_lag = engine.vocoder.cfg.lookahead_samples / model.cfg.audio.sample_rate
     voiced = engine.voicer is not None  # the acoustic voice logs when it sounds; the speech model's head does not
     lead = 0 if voiced else model.cfg.text_lead_frames  # a word's first token to its first audio frame
-    voice_lag = MAX_LAG_FRAMES if voiced else 0  # how far an acoustic voice may run behind its text
     events = []
     for i, turn in enumerate(user_turns):
         start, stop = (int(turn[k] / FRAME_SECONDS) for k in ("start", "end"))
@@ -115,14 +114,17 @@ def read_dialogue(engine: DuplexEngine, record: dict) -> dict:
             event["stopped"] = talking and any(r.model_token == end for r in log[start:stop + 2])
         else:
             first_word = next((f for f in range(stop, following) if words[f]), None)
-            if first_word is not None and voiced:
-                first_word = next((f for f in range(first_word, following + voice_lag)
-                                   if f < len(log) and log[f].sounding), None)
+            if first_word is not None and voiced:  # the voice may run up to MAX_LAG_FRAMES and a word behind
+                first_word = next((f for f in range(first_word, min(len(log), following + MAX_LAG_FRAMES))
+                                   if log[f].sounding), None)
             sounds = None if first_word is None else first_word + lead  # the frame its first audio is in
             event["gap_seconds"] = None if sounds is None else (sounds + 1) * FRAME_SECONDS + vocoder_lag - turn["end"]
             event["answer"] = engine.said("model", stop, following)
             if sounds is not None:  # where it sounds in ``converse``'s model channel
-                event["answer_seconds"] = [sounds * FRAME_SECONDS, (following + lead + voice_lag) * FRAME_SECONDS]
+                last = following + lead
+                while voiced and last < len(log) and log[last].sounding:  # a voice behind its text says the rest
+                    last += 1
+                event["answer_seconds"] = [sounds * FRAME_SECONDS, last * FRAME_SECONDS]
             line = KEYED.get(asked(turn["text"]))
             if turn["kind"] == "question" and line is not None and line.key:
                 event["key"] = list(line.key)

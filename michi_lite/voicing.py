@@ -11,8 +11,9 @@ frame clock behind any text stream:
    joint training lays them out).
 2. **columns**: each whole word's phonemes (espeak-ng's, a pause after a
    clause's last word) and their durations (the acoustic model's duration
-   predictor, reading the phonemes before them) are laid on a stream of
-   10 ms mel columns.
+   predictor, reading the phonemes before them; a word's last phonemes are
+   predicted again when the next word comes, unless the voice has reached
+   them) are laid on a stream of 10 ms mel columns.
 3. **patches**: each frame the next eight columns are voiced: the acoustic
    model's convolutions over the columns around them (those of the columns
    before are kept from earlier frames), its attention over as many columns
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 from collections import deque
 
+import numpy as np
 import torch
 
 from .acoustic import SAMPLING_TEMPERATURE, AcousticModel, phoneme_stream
@@ -54,7 +56,8 @@ from .audio import SILENCE_MEL
 from .data.phonemes import PAD_PHONEME, chunk_phonemes, phoneme_id
 
 CLAUSE_ENDS = frozenset(",.!?;:")  # a word ending so ends a clause: a pause after it, as ``sentence_phonemes`` has
-CONTEXT_PHONEMES = 8  # phonemes before a word that the duration predictor reads (three convolutions of 3 reach 3)
+DURATION_REACH = 3  # phonemes on either side that a phoneme's predicted duration reads (three convolutions of 3)
+CONTEXT_PHONEMES = 2 * DURATION_REACH  # phonemes before a word that the duration predictor reads with it
 MAX_PAUSE_FRAMES = 6  # a pause this long between words ends the utterance: the next word starts a new one
 MAX_LAG_FRAMES = 8  # the voice's most frames laid and not yet voiced before a new word is held back (640 ms)
 MAX_WORD_PHONEMES = 48  # a longer word (a long number, a run of symbols) is cut: its end is rarely reached
@@ -86,6 +89,8 @@ class AcousticVoice:
         cfg = model.cfg
         self.per_frame = cfg.audio.mels_per_frame
         self.reach = cfg.attention_layers * (cfg.window - 1)  # columns back that a column's attention reads
+        if self.reach < cfg.lookahead_columns:
+            raise ValueError("the acoustic model's attention must look back further than its convolutions ahead")
         self.silence = torch.full((cfg.patch_dim,), SILENCE_MEL, device=voice.device)
         self.pending = ""  # the word whose tokens are coming
         self.token_said = False  # whether this frame's token came
@@ -99,10 +104,11 @@ class AcousticVoice:
         self.durations: list[int] = []  # columns of each phoneme
         self.first_column = 0  # the column ``phonemes[0]`` starts on (earlier ones are let go)
         self.column = 0  # the next column to voice
-        self.word_starts: list[int] = []  # the column each word laid starts on
+        self.word_firsts: list[int] = []  # each word's first phoneme, as an index into ``phonemes``
+        self.settled = 0  # the phonemes before this index keep their durations (given, or an opening pause)
         self.paused = 0  # frames the voice has waited for the next word
         self.closed = False  # whether the utterance has ended (``end``)
-        self.words: deque[str] = deque(maxlen=64)  # the last words laid, in order, for a log or a test
+        self.words: deque[str] = deque(maxlen=64)  # the utterance's words laid (its last 64), for a log or a test
         self.convolved: torch.Tensor | None = None  # ``AcousticModel.convolved`` of columns convolved_from on
         self.convolved_from = 0
 
@@ -110,6 +116,12 @@ class AcousticVoice:
     def laid_to(self) -> int:
         """The column after the last one laid."""
         return self.first_column + sum(self.durations)
+
+    @property
+    def word_starts(self) -> list[int]:
+        """The column each word still kept starts on."""
+        starts = np.cumsum([self.first_column] + self.durations)
+        return [int(starts[i]) for i in self.word_firsts]
 
     @property
     def lag_frames(self) -> float:
@@ -139,16 +151,14 @@ class AcousticVoice:
         """The turn is over: the word being voiced, and those starting within ``delay_frames``, are said."""
         if self.pending.strip():
             self.lay(self.pending)
-        self.pending, self.wait = "", None
+        self.pending = ""  # a voice still waiting to start keeps its delay
         if not self.phonemes:
             return
         keep = self.column + self.delay_frames * self.per_frame
-        dropped = [start for start in self.word_starts if start > keep]
+        dropped = [k for k, start in enumerate(self.word_starts) if start > keep]
         if dropped:
-            while self.laid_to > dropped[0]:
-                self.phonemes.pop()
-                self.durations.pop()
-            del self.word_starts[-len(dropped):]
+            cut = self.word_firsts[dropped[0]]
+            del self.phonemes[cut:], self.durations[cut:], self.word_firsts[dropped[0]:]
             for _ in dropped[:len(self.words)]:
                 self.words.pop()
         if self.phonemes[-1] != PAD_PHONEME:
@@ -168,20 +178,36 @@ class AcousticVoice:
         if starting and phonemes[0] != PAD_PHONEME:
             phonemes = [PAD_PHONEME] + phonemes
             durations = None if durations is None else [self.per_frame] + durations
-        if durations is None:
+        given = durations is not None
+        if not given:
             context = self.phonemes[-CONTEXT_PHONEMES:]
             with torch.inference_mode():
                 ids = torch.tensor([context + phonemes], device=self.voice.device)
-                durations = self.model.durations.columns(ids, self.voice)[0, len(context):].tolist()
+                predicted = self.model.durations.columns(ids, self.voice)[0].tolist()
+            durations = predicted[len(context):]
             if starting:
                 durations[0] = min(durations[0], self.per_frame)
+            self.reconsider(predicted[max(0, len(context) - DURATION_REACH):len(context)])
         if len(durations) != len(phonemes):
             raise ValueError(f"{len(phonemes)} phonemes and {len(durations)} durations")
-        self.word_starts.append(self.laid_to)
+        self.word_firsts.append(len(self.phonemes))
         self.phonemes += phonemes
         self.durations += durations
+        if given or starting:
+            self.settled = len(self.phonemes) if given else len(self.phonemes) - len(phonemes) + 1
         self.words.append(word.strip())
         self.paused, self.closed = 0, False
+
+    def reconsider(self, durations: list[int]) -> None:
+        """The last ``DURATION_REACH`` phonemes' durations predicted again, now with the next word in view:
+        those the voice has not reached take them, unless ``settled``. A phoneme's duration is final once as
+        many phonemes follow it as the predictor reads, as ``speak``'s is."""
+        first = len(self.phonemes) - len(durations)
+        start = self.laid_to - sum(self.durations[first:])
+        for i, duration in enumerate(durations, first):
+            if start >= self.column and i >= self.settled:
+                self.durations[i] = duration
+            start += self.durations[i]
 
     @torch.inference_mode()
     def next_patch(self) -> torch.Tensor:
@@ -215,17 +241,17 @@ class AcousticVoice:
     def voiced(self, column: int) -> torch.Tensor:
         """The patch of the frame starting at ``column`` (patch_dim,), from the columns laid around it.
 
-        The convolutions run over the frame's columns and the frame before
-        (whose look-ahead reached into this one, maybe before it was laid),
-        reading ``lookahead_columns`` around them; the columns before keep
-        what the convolutions made of them. The attention then runs over the
-        ``reach`` columns up to the frame's last.
+        The convolutions run over the frame's columns and the
+        ``lookahead_columns`` before it (whose look-ahead reached into this
+        frame, maybe before it was laid), reading as many around them; the
+        columns before keep what the convolutions made of them. The attention
+        then runs over the ``reach`` columns up to the frame's last.
         """
         model, cfg = self.model, self.model.cfg
         ahead, end = cfg.lookahead_columns, column + self.per_frame
         ids, since, until = phoneme_stream(torch.tensor(self.phonemes), torch.tensor(self.durations), cfg.max_count)
         self.sounding = bool((ids[column - self.first_column:end - self.first_column] != PAD_PHONEME).any())
-        low = max(self.first_column, column - self.per_frame - ahead)
+        low = max(self.first_column, column - 2 * ahead)
         high = min(self.laid_to, end + ahead)
         window = slice(low - self.first_column, high - self.first_column)
         device = self.voice.device
@@ -251,8 +277,9 @@ class AcousticVoice:
 
     def let_go(self) -> None:
         """Forget the phonemes that end before the next frame's convolutions read."""
-        start = self.column - self.per_frame - self.model.cfg.lookahead_columns
+        start = self.column - 2 * self.model.cfg.lookahead_columns
         while len(self.phonemes) > 1 and self.first_column + self.durations[0] <= start:
             self.first_column += self.durations.pop(0)
             self.phonemes.pop(0)
-        self.word_starts = [s for s in self.word_starts if s >= self.first_column]
+            self.word_firsts = [i - 1 for i in self.word_firsts if i > 0]
+            self.settled = max(0, self.settled - 1)

@@ -79,12 +79,12 @@ def test_the_end_of_a_turn_finishes_the_word_being_said_and_drops_the_rest(model
     voicer = voice_of(model, delay_frames=1)
     for word in SENTENCE.split():
         voicer.lay(word)
-    laid = voicer.laid_to
+    laid, starts = voicer.laid_to, voicer.word_starts
     voicer.next_patch()
     voicer.end()
     kept = voicer.word_starts
     assert voicer.laid_to < laid and voicer.laid_to % voicer.per_frame == 0
-    assert all(start <= voicer.per_frame + voicer.delay_frames * voicer.per_frame for start in kept)
+    assert kept == [start for start in starts if start <= voicer.per_frame + voicer.delay_frames * voicer.per_frame]
     assert list(voicer.words) == SENTENCE.split()[:len(kept)]
     frames = (voicer.laid_to - voicer.column) // voicer.per_frame
     assert not any(is_silence(voicer.next_patch()) for _ in range(frames))
@@ -118,3 +118,16 @@ def test_a_new_word_is_held_while_the_voice_is_far_behind_and_a_word_s_next_toke
     while voicer.lag_frames > MAX_LAG_FRAMES:
         voicer.next_patch()
     assert voicer.admits(" two")
+
+
+def test_words_laid_one_by_one_get_the_durations_the_whole_sentence_would(model):
+    voicer = voice_of(model)
+    model.durations.out[-1].bias.data += 1.5  # durations of a few columns: rounding does not hide a difference
+    try:
+        for word in SENTENCE.split():
+            voicer.lay(word)
+        phonemes = torch.tensor([voicer.phonemes])
+        whole = model.durations.columns(phonemes, voicer.voice)[0].tolist()
+    finally:
+        model.durations.out[-1].bias.data -= 1.5
+    assert voicer.durations[1:] == whole[1:]  # all but the opening pause, which is kept short
