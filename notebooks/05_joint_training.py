@@ -287,7 +287,8 @@ print("dialogues of 30 s a step within 22 GB, bf16, activations recomputed:", la
 
 # %%
 reports = {"before joint training": "lite_eval_speaker_before_joint.json",
-           "a first joint run (27 CPU minutes)": "lite_eval_first_joint_run.json"}
+           "a first joint run (27 CPU minutes)": "lite_eval_first_joint_run.json",
+           "before, voiced by the acoustic model": "lite_eval_speaker_before_joint_acoustic_voice.json"}
 reports = {label: json.loads((ROOT / "data" / "joint" / name).read_text())
            for label, name in reports.items() if (ROOT / "data" / "joint" / name).exists()}
 measures = [("spoken-question answering", "spoken_qa_accuracy", "{:.2f}"),
@@ -314,13 +315,18 @@ display(Markdown("\n".join(rows)))
 # In 27 minutes on two cores (172 steps of two dialogues) the model leaves
 # fewer turns unanswered and stops sooner when the user cuts in; its words
 # sound like the dialogues' but are not yet right, and the far-text
-# perplexity has not moved much. Neither model can be understood: the
-# judge hears "Thank you." or nothing in most answers (what Whisper writes
-# for sound that is not speech), and DNSMOS rates them near its floor. The
-# engine speaks with the first speech model's flow head, which never spoke
-# intelligibly (`data/speaker/`); the acoustic model that `say` speaks with
-# (notebook 03) voices phonemes with their durations, and voicing the text
-# stream through it is the step before a `lite` joint reference is worth
-# its hours (an hour of dialogue a pass is about 80 minutes here). Its
-# reference, a held-out dialogue answered by it and the engine that runs
-# it live (notebook 06) come next.
+# perplexity has not moved much. In the first two columns the engine spoke
+# with the first speech model's flow head, which never spoke intelligibly
+# (`data/speaker/`): the judge heard "Thank you." or nothing in most
+# answers (what Whisper writes for sound that is not speech), and DNSMOS
+# rated them near its floor. The engine now voices the text stream with the
+# acoustic model that `say` speaks with (notebook 03; `michi_lite/voicing.py`),
+# and the last column is the speaker stage's model voiced so: the judge
+# hears its answers at WER 0.56 against its own text stream, DNSMOS 2.15.
+# Its gaps are timed by the first frame that sounds a phoneme rather than
+# by its first token, and its text stream waits while the voice is more
+# than 640 ms behind: both put its answers later (27 of 86 turns had none
+# before the user spoke again, against 12). A `lite` joint run voiced the
+# same way, its reference, a
+# held-out dialogue answered by it and the engine that runs it live
+# (notebook 06) come next.

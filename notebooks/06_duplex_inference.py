@@ -328,16 +328,37 @@ print(f"the user said {turn['text']!r}; the listener heard {engine.said('user')!
 # %% [markdown]
 # ## 6. Where it stands
 #
+# What Whisper tiny.en hears of the model's side of section 3's
+# conversation, against the model's own text stream: the judge of
+# `michi-lite eval joint`, run last because CTranslate2 (Whisper's runtime)
+# slows torch in any process that has loaded it.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# Whisper's words follow the CPU's float kernels (as in notebook 01)
+from michi_lite.backbone import load_whisper
+from michi_lite.data.alignment import transcribe, word_error_rate
+
+judge_heard = transcribe(both[1], rate_out, load_whisper())
+print(f"said:  {timeline['model_said']!r}\nheard: {judge_heard!r}")
+print(f"judge WER against its text stream: {word_error_rate([timeline['model_said']], [judge_heard]):.2f}")
+
+# %% [markdown]
 # The engine steps the whole `lite` model in real time on two CPU cores with
 # its state bounded, logs every frame, and has the features a duplex model
 # needs; `michi-lite chat` runs it on a file, `michi-lite serve` behind a
 # web page and a microphone, `michi-lite demo` on the conversation above.
-# What it lacks is a model that answers: time to first audio (the user's
-# end of speech to the model's first answering sample) and the stop when
-# talked over are what joint training teaches. A first, short joint run
-# (`data/joint/`, 172 CPU steps) answers 83 of 86 test turns, 0.59 s after
-# the user stops at the median and 1.33 s at p95 (plus one step's compute
-# for the time to first audio), and stops 10.5 frames after being cut in
-# on; what it says is not yet right, nor intelligible: the engine speaks
-# with the first speech model's flow head (Whisper's WER on its answers
-# 1.11), not with the acoustic model that `say` uses.
+# Voiced by the acoustic model, its words are heard: on the 15 test
+# dialogues of `michi-lite eval joint` (`data/joint/`), Whisper tiny.en
+# hears the speaker stage's answers at WER 0.56 against their text stream
+# and DNSMOS rates them 2.15, where the speech model's own speaking head
+# gave 1.04 and 1.14 ("Thank you." or nothing for most answers).
+#
+# What it lacks is a model that answers: the time to first audio (the
+# user's end of speech to the model's first sounding frame, plus one
+# step's compute) and the stop when talked over are what joint training
+# teaches. A first, short joint run (`data/joint/`, 172 CPU steps, voiced
+# by its own head) answered 83 of 86 test turns, 0.59 s after the user
+# stopped at the median and 1.33 s at p95, and stopped 10.5 frames after
+# being cut in on, without yet saying the right thing; a joint run voiced
+# by the acoustic model, and a `lite` joint reference, come next.
