@@ -56,8 +56,8 @@ from .config import FRAME_SECONDS
 from .data.dialogue_lines import FACT_BASE, GENERAL_QUESTIONS, INTERJECTIONS
 from .data.dialogues import load_dialogues, mentions
 from .duplex import DuplexEngine, converse
-from .voicing import MAX_LAG_FRAMES
 from .model import SpeechModel
+from .voicing import MAX_LAG_FRAMES
 
 FAR_TEXT = Path("/usr/share/common-licenses/GPL-3")  # Debian's base-files: text no stage trains on
 STILL_TALKING_FRAMES = 5  # the model is talking if it said a word in the last this many frames
