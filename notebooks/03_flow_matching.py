@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python (michi-lite)
 #     language: python
@@ -329,6 +329,10 @@ print(f"{steps} steps of four heads on {len(cond_train)} frames (took {time.perf
 # comes next.
 
 # %%
+# NBVAL_IGNORE_OUTPUT
+# heads trained for a few hundred steps: the last bit of each product follows the CPU's float kernels, and
+# training carries it into the second decimal (the stored table is from AVX-512 kernels; AVX2 ones give errors
+# a few hundredths apart), so `make test` runs this cell without comparing what it shows
 cond_held, target_held = pairs_of(held_out)
 with torch.no_grad():
     samples = {
