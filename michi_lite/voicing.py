@@ -131,27 +131,32 @@ class AcousticVoice:
     def admits(self, text: str) -> bool:
         """Whether the voice takes a token of ``text`` now. One that starts a word waits while the voice is
         more than ``MAX_LAG_FRAMES`` behind; the word before it is whole either way, and is laid first."""
-        if text[:1].isspace() or len(self.pending) > MAX_WORD_CHARACTERS:
-            if self.pending.strip():
-                self.lay(self.pending)
-            self.pending = ""
+        self.lay_pending_before(text)
         return bool(self.pending.strip()) or self.lag_frames <= MAX_LAG_FRAMES
 
     def token(self, text: str) -> None:
         """The text stream said a token (its text, a leading space where it starts a word)."""
         if not self.phonemes and not self.pending.strip() and self.wait is None:  # a new utterance
             self.wait = self.delay_frames
-        if (text[:1].isspace() and self.pending.strip()) or len(self.pending) > MAX_WORD_CHARACTERS:
-            self.lay(self.pending)
-            self.pending = ""
+        self.lay_pending_before(text)
         self.pending += text
         self.token_said = True
 
-    def end(self) -> None:
-        """The turn is over: the word being voiced, and those starting within ``delay_frames``, are said."""
+    def lay_pending_before(self, text: str) -> None:
+        """The word being gathered is whole if a token of ``text`` starts the next (or it has grown too long):
+        lay it."""
+        if text[:1].isspace() or len(self.pending) > MAX_WORD_CHARACTERS:
+            self.lay_pending()
+
+    def lay_pending(self) -> None:
+        """Lay the word being gathered, if there is one, and start gathering the next."""
         if self.pending.strip():
             self.lay(self.pending)
-        self.pending = ""  # a voice still waiting to start keeps its delay
+        self.pending = ""
+
+    def end(self) -> None:
+        """The turn is over: the word being voiced, and those starting within ``delay_frames``, are said."""
+        self.lay_pending()  # a voice still waiting to start keeps its delay
         if not self.phonemes:
             return
         keep = self.column + self.delay_frames * self.per_frame
@@ -212,9 +217,8 @@ class AcousticVoice:
     @torch.inference_mode()
     def next_patch(self) -> torch.Tensor:
         """This frame's patch (patch_dim,): the next eight columns voiced, a pause, or silence."""
-        if not self.token_said and self.pending.strip():  # a frame with no token: the word is whole
-            self.lay(self.pending)
-            self.pending = ""
+        if not self.token_said:  # a frame with no token: the word is whole
+            self.lay_pending()
         self.token_said, self.sounding = False, False
         if self.wait:
             self.wait -= 1
