@@ -22,14 +22,19 @@ measures what a step costs, beside ``memory.py``'s model of it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from . import parallel
@@ -94,6 +99,53 @@ def heard_user(listener: Listener, wave: np.ndarray, n_frames: int) -> UserStrea
     return UserStreams(*clip_frames(listener, wave, n_frames))
 
 
+HEARING_FORMAT = 1  # what a hearing file holds and how it was heard; a new one makes old files stale
+
+
+def listener_key(listener: Listener) -> str:
+    """A short digest of a listener's shape and weights (what its file keeps): the name of what it heard."""
+    digest = hashlib.sha256(json.dumps({"format": HEARING_FORMAT, **listener.cfg.to_dict()}, sort_keys=True).encode())
+    for name, tensor in sorted(listener.saved_state().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def records_key(records: list[dict], n_frames: list[int]) -> str:
+    """A digest of a split's dialogues (ids, files, lengths, turns) and how many frames each is heard for."""
+    listed = [(r["id"], r["path"], r["duration"], r["turns"], n) for r, n in zip(records, n_frames)]
+    return hashlib.sha256(json.dumps(listed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_hearing(path: Path, records_digest: str, n_records: int) -> list[UserStreams] | None:
+    """A split's hearing as ``write_hearing`` kept it, or None where there is none for these dialogues (missing,
+    truncated, foreign, or of other dialogues)."""
+    try:
+        with safe_open(path, "pt") as kept:
+            if (kept.metadata() or {}).get("dialogues") != records_digest:
+                return None
+            return [UserStreams(kept.get_tensor(f"{i}.embeddings"), kept.get_tensor(f"{i}.tokens"))
+                    for i in range(n_records)]
+    except (OSError, KeyError, SafetensorError):
+        return None
+
+
+def write_hearing(path: Path, heard: list[UserStreams], records_digest: str) -> None:
+    """Keep a split's hearing (fp32, as heard) for the next run; written whole or not at all. A corpus folder that
+    cannot be written to only costs the next run the hearing again."""
+    tensors = {}
+    for i, user in enumerate(heard):
+        tensors[f"{i}.embeddings"], tensors[f"{i}.tokens"] = user.embeddings.contiguous(), user.tokens.contiguous()
+    part = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, part, metadata={"dialogues": records_digest, "format": str(HEARING_FORMAT)})
+        os.replace(part, path)  # several processes may write it: each whole, the last one stays
+    except OSError as err:
+        part.unlink(missing_ok=True)
+        warnings.warn(f"could not keep what the listener heard ({err}); the next run hears the dialogues again")
+
+
 def dialogue_streams(record: dict, user: UserStreams, patches: torch.Tensor, tokenizer,
                      cfg: SpeechModelConfig) -> SpeakerStreams:
     """One dialogue's streams: the assistant's text, audio and phonemes being voiced, the user as heard, and
@@ -144,7 +196,11 @@ class JointDialogues(torch.utils.data.Dataset):
     """A dialogue split as ``(SpeakerStreams with the user heard, voice prompt, text passages)``.
 
     The listener (frozen) hears every user channel when the split is
-    opened; the voice prompt is the speech of another dialogue's assistant,
+    opened, once: what it heard is kept in the corpus folder, under
+    ``heard/``, named by the split and the listener's weights
+    (``listener_key``; ``cache=False``: hear again, keep nothing), and
+    read back by the next run with the same listener and dialogues. The
+    voice prompt is the speech of another dialogue's assistant,
     a random stretch of ``prompt_seconds``. The passages are pure text from
     outside the dialogues for the keep loss, ``text_ratio`` of them per
     dialogue on average (``outside_passages``). Both are drawn from a
@@ -156,7 +212,7 @@ class JointDialogues(torch.utils.data.Dataset):
 
     def __init__(self, data_dir: str | os.PathLike, cfg: SpeechModelConfig, tokenizer, listener: Listener,
                  split: str = "train", prompt_seconds: tuple[float, float] = (2.0, 5.0), seed: int = 0,
-                 text_ratio: float = 0.0) -> None:
+                 text_ratio: float = 0.0, cache: bool = True) -> None:
         if text_ratio < 0:
             raise ValueError(f"text_ratio must be 0 or more, not {text_ratio}")
         self.data_dir, self.cfg, self.tokenizer, self.seed = Path(data_dir), cfg, tokenizer, seed
@@ -167,15 +223,26 @@ class JointDialogues(torch.utils.data.Dataset):
         if not self.records:
             raise ValueError(f"{data_dir}: no {split} dialogues")
         listener = listener.eval()
-        self.streams: list[SpeakerStreams] = []
-        for record in tqdm(self.records, desc=f"hearing the {split} dialogues", unit="dialogue"):
-            stereo, rate = sf.read(self.data_dir / record["path"], dtype="float32", always_2d=True)  # (samples, 2)
-            assistant = torch.from_numpy(prepare_waveform(stereo[:, 1], rate, cfg.audio.sample_rate))
-            patches = audio_patches(assistant, cfg.audio)  # (frames, patch_dim)
-            user_wave = prepare_waveform(stereo[:, 0], rate, listener.cfg.audio.sample_rate)
-            user = heard_user(listener, user_wave, len(patches) + cfg.text_lead_frames)
-            self.streams.append(dialogue_streams(record, user, patches, tokenizer, cfg))
+        patches = [audio_patches(torch.from_numpy(self.channel(record, 1, cfg.audio.sample_rate)), cfg.audio)
+                   for record in self.records]  # the assistant's, (frames, patch_dim) each
+        n_frames = [len(p) + cfg.text_lead_frames for p in patches]
+        digest = records_key(self.records, n_frames)
+        kept = self.data_dir / "heard" / f"{split}-{listener_key(listener)}.safetensors"
+        heard = read_hearing(kept, digest, len(self.records)) if cache else None
+        if heard is None:
+            heard = [heard_user(listener, self.channel(record, 0, listener.cfg.audio.sample_rate), n)
+                     for record, n in tqdm(list(zip(self.records, n_frames)), desc=f"hearing the {split} dialogues",
+                                           unit="dialogue")]
+            if cache:
+                write_hearing(kept, heard, digest)
+        self.streams = [dialogue_streams(record, user, p, tokenizer, cfg)
+                        for record, user, p in zip(self.records, heard, patches)]
         self.prompt_seconds = prompt_seconds
+
+    def channel(self, record: dict, channel: int, rate: int) -> np.ndarray:
+        """One channel of a dialogue's audio (0 the user, 1 the assistant), at ``rate``."""
+        stereo, file_rate = sf.read(self.data_dir / record["path"], dtype="float32", always_2d=True)  # (samples, 2)
+        return prepare_waveform(stereo[:, channel], file_rate, rate)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -12,7 +12,7 @@ from michi_lite.data.frames import PAD_TOKEN
 from michi_lite.listen import build_listener, clip_logits
 from michi_lite.model import (END_TOKEN, build_speech_model, load_speaker, save_speaker, speech_model_config,
                               text_frame_kinds)
-from michi_lite.train_joint import JointDialogues, frame_of
+from michi_lite.train_joint import JointDialogues, frame_of, listener_key
 
 TINY = speech_model_config("tiny")
 
@@ -99,6 +99,47 @@ def test_outside_text_is_mixed_in_at_the_ratio_asked_the_same_for_the_same_item_
     answers = sum(len(s.text) for s in mixed.streams[:3])
     assert batch.text.shape[0] == 3 + sum(len(mixed[(i, 3)][2]) for i in range(3))
     assert batch.text_mask.sum() > answers  # the keep loss reads the passages after the answers
+
+
+def test_what_the_listener_heard_is_kept_for_the_next_run_by_listener_and_read_back_as_heard(
+        dialogues, tokenizer, listener, tmp_path, monkeypatch):
+    import shutil
+
+    import michi_lite.train_joint as train_joint
+
+    corpus = tmp_path / "dialogues"
+    shutil.copytree(dialogues, corpus, ignore=shutil.ignore_patterns("heard"))
+    first = JointDialogues(corpus, TINY, tokenizer, listener)
+    kept = list((corpus / "heard").glob("train-*.safetensors"))
+    assert len(kept) == 1 and kept[0].stem == f"train-{listener_key(listener)}"
+    fresh = JointDialogues(corpus, TINY, tokenizer, listener, cache=False)
+
+    def deaf(*args):
+        raise AssertionError("heard again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(train_joint, "heard_user", deaf)
+        again = JointDialogues(corpus, TINY, tokenizer, listener)  # read back, the listener not run
+    for a, b, c in zip(first.streams, again.streams, fresh.streams):
+        assert torch.equal(a.user.tokens, b.user.tokens) and torch.equal(a.user.embeddings, b.user.embeddings)
+        assert torch.equal(a.user.embeddings, c.user.embeddings)  # the same as heard without keeping
+
+    torch.manual_seed(5)
+    other = build_listener("tiny", len(tokenizer), pretrained=False).eval()
+    assert listener_key(other) != listener_key(listener)
+    JointDialogues(corpus, TINY, tokenizer, other)  # another listener hears for itself
+    assert len(list((corpus / "heard").glob("train-*.safetensors"))) == 2
+
+    kept[0].write_bytes(kept[0].read_bytes()[:-100])  # truncated (a run killed while writing, a full disk)
+    heard = []
+    with monkeypatch.context() as patched:
+        patched.setattr(train_joint, "heard_user", lambda *args: heard.append(1) or train_joint.UserStreams(
+            *train_joint.clip_frames(*args)))
+        mended = JointDialogues(corpus, TINY, tokenizer, listener)
+    assert len(heard) == len(mended.records)  # heard again, and kept whole again
+    assert torch.equal(mended.streams[0].user.embeddings, first.streams[0].user.embeddings)
+    assert train_joint.read_hearing(kept[0], train_joint.records_key(mended.records, [
+        len(s.tokens) for s in mended.streams]), len(mended.records)) is not None
 
 
 def test_a_split_without_dialogues_is_refused(dialogues, tokenizer, listener, tmp_path):
