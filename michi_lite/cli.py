@@ -21,7 +21,8 @@
                                [--distill W] [--extra-data DIR ...]
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
     michi-lite train joint     --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
-                               [--listener L] [--flow-loss-weight W] [--text-ratio R] [--checkpointing] [--bf16]
+                               [--listener L] [--flow-loss-weight W] [--text-ratio R] [--keep-loss-weight W]
+                               [--checkpointing] [--bf16]
         (many processes: accelerate launch --num_processes N -m michi_lite.cli train joint ...)
     michi-lite train aligner   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train acoustic  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
@@ -349,7 +350,7 @@ def cmd_train_joint(args: argparse.Namespace) -> None:
     run = train_joint(args.preset, args.data, args.out, steps=args.steps, listener=listener, init=args.init,
                       resume=args.resume, batch_size=args.batch_size or 4, checkpoint_every=args.checkpoint_every,
                       max_minutes=args.max_minutes, flow_weight=args.flow_loss_weight, text_ratio=args.text_ratio,
-                      checkpointing=args.checkpointing, bf16=args.bf16)
+                      keep_weight=args.keep_loss_weight, checkpointing=args.checkpointing, bf16=args.bf16)
     if parallel.is_main():
         report_run(run, args.preset, "speaker")
 
@@ -854,6 +855,9 @@ def build_parser() -> argparse.ArgumentParser:
             stage_train.add_argument("--text-ratio", type=non_negative_float, default=1.0, metavar="R",
                                      help="passages of plain text from outside the dialogues per dialogue, for the "
                                           "keep loss (default: 1)")
+            stage_train.add_argument("--keep-loss-weight", type=non_negative_float, metavar="W",
+                                     help="weight of the keep loss, the backbone's plain text held to the pretrained "
+                                          "one's (default: the speaker stage's, 1)")
             stage_train.add_argument("--checkpointing", action="store_true",
                                      help="recompute the backbone's activations in backward: less memory, about a "
                                           "third more compute (`michi-lite bench joint` measures both)")

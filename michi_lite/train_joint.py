@@ -51,7 +51,8 @@ from .model import (END_TOKEN, SpeakerBatch, SpeakerStreams, SpeechModel, Speech
                     random_llama, speech_model_config, tokens_and_chunks)
 from .provenance import run_info
 from .train import LengthBuckets, fit, loader_workers, training_device
-from .train_speaker import FLOW_LOSS_WEIGHT, LOSSES, SpeakerTrainer, SpeakerUtterances, speech_model_from
+from .train_speaker import (FLOW_LOSS_WEIGHT, KEEP_LOSS_WEIGHT, LOSSES, SpeakerTrainer, SpeakerUtterances,
+                            speech_model_from)
 
 
 def frame_of(seconds: float) -> int:
@@ -93,10 +94,10 @@ def assistant_text_stream(turns: list[dict], n_frames: int, tokenizer) -> tuple[
     return stream, said
 
 
-def heard_user(listener: Listener, wave: np.ndarray, n_frames: int) -> UserStreams:
+def heard_user(listener: Listener, wave: np.ndarray, n_frames: int, tokenizer=None) -> UserStreams:
     """What the listener makes of the user's channel (at the listener's rate), silence after its end: per
     frame its embedding and the token it emits, (n_frames, hidden) and (n_frames,)."""
-    return UserStreams(*clip_frames(listener, wave, n_frames))
+    return UserStreams(*clip_frames(listener, wave, n_frames, tokenizer))
 
 
 HEARING_FORMAT = 1  # what a hearing file holds and how it was heard; a new one makes old files stale
@@ -230,7 +231,7 @@ class JointDialogues(torch.utils.data.Dataset):
         kept = self.data_dir / "heard" / f"{split}-{listener_key(listener)}.safetensors"
         heard = read_hearing(kept, digest, len(self.records)) if cache else None
         if heard is None:
-            heard = [heard_user(listener, self.channel(record, 0, listener.cfg.audio.sample_rate), n)
+            heard = [heard_user(listener, self.channel(record, 0, listener.cfg.audio.sample_rate), n, tokenizer)
                      for record, n in tqdm(list(zip(self.records, n_frames)), desc=f"hearing the {split} dialogues",
                                            unit="dialogue")]
             if cache:
@@ -301,6 +302,7 @@ def train_joint(
     seed: int = 0,
     flow_weight: float | None = None,
     text_ratio: float = 1.0,
+    keep_weight: float | None = None,
     checkpointing: bool = False,
     bf16: bool | None = None,
 ) -> Path:
@@ -315,7 +317,8 @@ def train_joint(
     tests); ``init`` a speech model to start from (the speaker stage's),
     modules it lacks fresh. The run exports a speaker file, user projection
     included (``load_speaker``). ``flow_weight`` (None: the speaker
-    stage's) 0 trains the text stream alone, for the acoustic model to voice.
+    stage's) 0 trains the text stream alone, for the acoustic model to voice;
+    ``keep_weight`` (None: the speaker stage's) weighs the keep loss.
     ``checkpointing`` recomputes the backbone's activations in backward;
     ``bf16`` autocasts (None: on a GPU only). ``memory.py`` says what fits.
 
@@ -336,7 +339,8 @@ def train_joint(
                 else build_listener(preset, len(tokenizer), pretrained=False))
     dataset = JointDialogues(data_dir, model.cfg, tokenizer, heard_by, seed=seed, text_ratio=text_ratio)
     trainer = SpeakerTrainer(model, preset, device, total_steps=steps, hears_user=True, bf16=bf16,
-                             flow_weight=FLOW_LOSS_WEIGHT if flow_weight is None else flow_weight)
+                             flow_weight=FLOW_LOSS_WEIGHT if flow_weight is None else flow_weight,
+                             keep_weight=KEEP_LOSS_WEIGHT if keep_weight is None else keep_weight)
     order = LengthBuckets(dataset.lengths(), batch_size, seed).with_numbers()
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=loader_workers(device),
                                          collate_fn=dataset.collate)

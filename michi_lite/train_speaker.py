@@ -123,7 +123,7 @@ class SpeakerTrainer(ScheduledTrainer):
     """The speech model's adapters and new modules, and their optimizer.
 
     The loss is ``flow_weight * flow_loss + TEXT_LOSS_WEIGHT * text_loss
-    + KEEP_LOSS_WEIGHT * keep_loss``. The adapters learn at a third of the new
+    + keep_weight * keep_loss``. The adapters learn at a third of the new
     modules' rate; the rate warms up linearly, then falls along a half cosine
     to a tenth at ``total_steps``. Among many processes each loss, a mean
     over its share's frames or tokens, is weighted by that share
@@ -133,9 +133,10 @@ class SpeakerTrainer(ScheduledTrainer):
 
     def __init__(self, model: SpeechModel, preset: str, device: torch.device, total_steps: int,
                  learning_rate: float = 6e-4, warmup_steps: int = 100, bf16: bool | None = None,
-                 hears_user: bool = False, flow_weight: float = FLOW_LOSS_WEIGHT) -> None:
+                 hears_user: bool = False, flow_weight: float = FLOW_LOSS_WEIGHT,
+                 keep_weight: float = KEEP_LOSS_WEIGHT) -> None:
         self.model, self.preset, self.device = model.to(device), preset, device
-        self.weights = {"text_loss": TEXT_LOSS_WEIGHT, "flow_loss": flow_weight, "keep_loss": KEEP_LOSS_WEIGHT}
+        self.weights = {"text_loss": TEXT_LOSS_WEIGHT, "flow_loss": flow_weight, "keep_loss": keep_weight}
         parallel.broadcast_parameters(model)
         adapters = [p for n, p in model.backbone.named_parameters() if p.requires_grad]
         # the user's projection learns in the joint stage (``hears_user``): a speaker's utterances have no user

@@ -134,7 +134,7 @@ def test_what_the_listener_heard_is_kept_for_the_next_run_by_listener_and_read_b
     heard = []
     with monkeypatch.context() as patched:
         patched.setattr(train_joint, "heard_user", lambda *args: heard.append(1) or train_joint.UserStreams(
-            *train_joint.clip_frames(*args)))
+            *train_joint.clip_frames(*args)))  # (listener, wave, frames, tokenizer)
         mended = JointDialogues(corpus, TINY, tokenizer, listener)
     assert len(heard) == len(mended.records)  # heard again, and kept whole again
     assert torch.equal(mended.streams[0].user.embeddings, first.streams[0].user.embeddings)
@@ -157,11 +157,14 @@ def test_train_joint_learns_to_hear_the_user_and_resumes_where_it_stopped(dialog
     init = save_speaker(tmp_path / "speaker.safetensors", build_speech_model("tiny", tokenizer), "tiny")
     run = tmp_path / "run"
     command = ["train", "joint", "--preset", "tiny", "--data", str(dialogues), "--out", str(run),
-               "--batch-size", "2", "--checkpoint-every", "1", "--init", str(init)]
+               "--batch-size", "2", "--checkpoint-every", "1", "--init", str(init), "--keep-loss-weight", "2.5"]
     main(command + ["--steps", "2"])
     main(command + ["--steps", "3", "--resume"])
     rows = list(csv.DictReader((run / "train_log.csv").open()))
     assert [int(r["step"]) for r in rows][-1] == 3 and all(float(r["text_loss"]) > 0 for r in rows)
+    for r in rows:  # the keep loss weighs as asked
+        losses = {k: float(r[k]) for k in ("loss", "text_loss", "flow_loss", "keep_loss")}
+        assert losses["loss"] == pytest.approx(losses["text_loss"] + losses["flow_loss"] + 2.5 * losses["keep_loss"])
     model = load_speaker(run, "tiny", tokenizer, merge=False)
     assert model.user_in.weight.abs().max() > 0  # it learnt to hear the user
     with pytest.raises(SystemExit):
