@@ -37,7 +37,7 @@
                                [--held-out DIR ...] [--robustness N]
     michi-lite eval speaker    --preset P --ckpt RUN --data DIR --json OUT [--vocoder V] [--max-utterances N]
     michi-lite eval joint      --preset P --data DIALOGUES --json OUT [--ckpt RUN] [--listener L] [--vocoder V]
-                               [--max-dialogues N] [--no-text-baseline]
+                               [--max-dialogues N] [--no-text-baseline] [--temperature T] [--top-k K] [--seed N]
     michi-lite eval acoustic   --preset P --ckpt RUN --data DIR --json OUT [--vocoder V] [--max-utterances N]
                                [--voice V ...] [--temperature T] [--aligner A] [--split S]
     michi-lite bench vocoder   --preset P --json OUT [--ckpt RUN] [--seconds S] [--threads T]
@@ -51,9 +51,10 @@
     michi-lite transcribe      IN.wav [--preset P] [--ckpt RUN] [--json OUT]
     michi-lite chat            IN.wav --out OUT.wav [--json TIMELINE] [--preset P] [--ckpt RUN] [--listener L]
                                [--vocoder V] [--voice-prompt REF.wav] [--rag TEXT] [--max-talk-seconds S]
-                               [--tail-seconds S]
+                               [--tail-seconds S] [--temperature T] [--top-k K] [--seed N]
     michi-lite serve           [--host H] [--port N] [--preset P] [--ckpt RUN] [--listener L] [--vocoder V]
-                               [--voice-prompt REF.wav] [--rag TEXT] [--max-talk-seconds S]
+                               [--voice-prompt REF.wav] [--rag TEXT] [--max-talk-seconds S] [--temperature T]
+                               [--top-k K]
     michi-lite demo            [--preset P] [--out DIR]
 
 Every ``eval`` measures on a built corpus or on any folder whose
@@ -127,10 +128,25 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     """The duplex engine's files and settings, for ``chat`` and ``serve`` (``engine_from_args`` reads them)."""
     add_engine_files(parser)
     parser.add_argument("--steps", type=positive_int, default=4, help="Euler steps of the speaking head (default: 4)")
-    parser.add_argument("--temperature", type=non_negative_float, default=1.0,
-                        help="of the text stream (default: 1; 0: the likeliest token)")
+    add_sampling_options(parser)
     parser.add_argument("--max-talk-seconds", type=positive_float, help="end a turn of the model's this long")
+
+
+def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """How the engine draws its text stream's words (``DuplexEngine.sampled``), and the noise it draws with."""
+    from .duplex import WORD_TEMPERATURE, WORD_TOP_K
+
+    parser.add_argument("--temperature", type=non_negative_float, default=WORD_TEMPERATURE,
+                        help=f"of the words the model says (default: {WORD_TEMPERATURE}; 0: the likeliest; whether "
+                             "to say one on a frame is drawn at the model's own odds)")
+    parser.add_argument("--top-k", type=non_negative_int, default=WORD_TOP_K, metavar="K",
+                        help=f"draw the words from the K likeliest (default: {WORD_TOP_K}; 0: from all)")
     parser.add_argument("--seed", type=int, default=0, help="the sampling noise (default: 0)")
+
+
+def sampling(args: argparse.Namespace) -> dict:
+    """``DuplexEngine``'s sampling options from ``add_sampling_options``' arguments."""
+    return {"temperature": args.temperature, "top_k": args.top_k or None, "seed": args.seed}
 
 
 def engine_from_args(args: argparse.Namespace):
@@ -138,7 +154,7 @@ def engine_from_args(args: argparse.Namespace):
     from .duplex import load_engine
 
     return load_engine(args.preset, args.ckpt, args.listener, args.vocoder, args.voice_prompt, steps=args.steps,
-                       temperature=args.temperature, seed=args.seed, acoustic=engine_acoustic(args),
+                       **sampling(args), acoustic=engine_acoustic(args),
                        max_talk_frames=None if args.max_talk_seconds is None
                        else round(args.max_talk_seconds / FRAME_SECONDS))
 
@@ -468,13 +484,13 @@ def cmd_eval_joint(args: argparse.Namespace) -> None:
     from .eval_joint import evaluate_joint
     from .model import load_speaker
 
-    engine = load_engine(args.preset, args.ckpt, args.listener, args.vocoder, args.voice_prompt, seed=args.seed,
+    engine = load_engine(args.preset, args.ckpt, args.listener, args.vocoder, args.voice_prompt, **sampling(args),
                          acoustic=engine_acoustic(args))
     unmerged = load_speaker(args.ckpt, args.preset, engine.tokenizer, merge=False)
     report = evaluate_joint(engine, args.data, max_dialogues=args.max_dialogues, unmerged=unmerged,
                             text_baseline=args.text_baseline, judge=args.judge)
     report.update(checkpoint=str(args.ckpt), listener=str(args.listener), vocoder=str(args.vocoder),
-                  acoustic=engine_acoustic(args))
+                  acoustic=engine_acoustic(args), sampling=sampling(args))
     write_json(report, args.json)
 
 
@@ -958,7 +974,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skip SmolLM2 answering the questions as text")
     joint.add_argument("--no-judge", dest="judge", action="store_false",
                        help="skip Whisper and DNSMOS on the spoken answers")
-    joint.add_argument("--seed", type=int, default=0, help="the sampling noise (default: 0)")
+    add_sampling_options(joint)
     joint.add_argument("--json", help="write the report here too")
     joint.set_defaults(run=cmd_eval_joint)
 

@@ -70,6 +70,8 @@ from .voicing import AcousticVoice
 
 STAGES = ("listen", "text", "speak", "vocode", "backbone")
 CONTEXT_FRAMES = 1500  # the backbone's window: two minutes of the conversation
+WORD_TEMPERATURE = 0.7  # the text stream's words: sharper than the model's own odds, from the likeliest few
+WORD_TOP_K = 25
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,10 @@ class DuplexEngine:
 
     ``model`` has its adapters merged (``load_speaker`` merges them);
     ``voice_patches`` are a voice prompt's speech patches
-    (``audio.voice_prompt``). The text stream is sampled at ``temperature``
-    (0: the likeliest token); ``max_talk_frames`` caps a turn: that many
+    (``audio.voice_prompt``). The text stream is sampled in two draws
+    (``next_token``): whether to say a word on this frame, at the model's
+    own odds, then which word, among the ``top_k`` likeliest at
+    ``temperature`` (0: the likeliest); ``max_talk_frames`` caps a turn: that many
     frames after its first word the model is made to end it. ``acoustic``:
     an acoustic model to voice the text stream with, in the voice prompt's
     voice, instead of the speech model's speaking head; ``steps`` are either
@@ -125,8 +129,8 @@ class DuplexEngine:
     """
 
     def __init__(self, model: SpeechModel, listener: Listener, vocoder: CausalVocoder, tokenizer,
-                 voice_patches: torch.Tensor, steps: int = 4, temperature: float = 1.0,
-                 max_talk_frames: int | None = None, context_frames: int = CONTEXT_FRAMES, seed: int = 0,
+                 voice_patches: torch.Tensor, steps: int = 4, temperature: float = WORD_TEMPERATURE,
+                 top_k: int | None = WORD_TOP_K, max_talk_frames: int | None = None, context_frames: int = CONTEXT_FRAMES, seed: int = 0,
                  acoustic: AcousticModel | None = None) -> None:
         if listener.cfg.audio.samples_per_frame * model.cfg.audio.sample_rate \
                 != model.cfg.audio.samples_per_frame * listener.cfg.audio.sample_rate:
@@ -135,8 +139,10 @@ class DuplexEngine:
             raise ValueError("the acoustic model and the speech model must share their audio settings (the preset)")
         if steps < 1:
             raise ValueError(f"steps must be at least 1, not {steps}")
+        if temperature < 0 or (top_k is not None and top_k < 1):
+            raise ValueError(f"temperature must be 0 or more and top_k at least 1, not {temperature} and {top_k}")
         self.model, self.listener, self.vocoder = model.eval(), listener.eval(), vocoder.eval()
-        self.tokenizer, self.steps, self.temperature = tokenizer, steps, temperature
+        self.tokenizer, self.steps, self.temperature, self.top_k = tokenizer, steps, temperature, top_k
         self.max_talk_frames, self.context_frames, self.seed = max_talk_frames, context_frames, seed
         self.device = model.token_embedding.weight.device
         self.vocoder_dtype = next(vocoder.parameters()).dtype
@@ -237,12 +243,7 @@ class DuplexEngine:
                     and not self.voice_holds(self.forced[0][0]):
                 (token, self.forced_chunk), self.was_forced = self.forced.pop(0), True
         else:
-            logits = model.text_logits(self.hidden)[0]
-            if self.temperature <= 0:
-                token = int(logits.argmax())
-            else:
-                probabilities = (logits.float() / self.temperature).softmax(-1)
-                token = int(torch.multinomial(probabilities, 1, generator=self.generator))
+            token = self.sampled(model.text_logits(self.hidden)[0].float())
             if self.voice_holds(token):  # the acoustic voice is behind: the word waits, the model says PAD
                 token = model.pad_id
         if token == model.end_id:
@@ -252,6 +253,26 @@ class DuplexEngine:
         if self.talked is not None:
             self.talked += 1
         return token
+
+    def sampled(self, logits: torch.Tensor) -> int:
+        """A token from the text head's scores (vocab,): PAD, the end or a word as often as the model says, the
+        word itself from the ``top_k`` likeliest at ``temperature``.
+
+        The first draw keeps the model's timing (a sharpened distribution
+        would say PAD on every frame where it is the likeliest token, and
+        never speak); the second its choice of words, where a weak model's
+        long tail at temperature 1 strings unrelated words together.
+        """
+        token = int(torch.multinomial(logits.softmax(-1), 1, generator=self.generator))
+        if token in (self.model.pad_id, self.model.end_id):
+            return token
+        logits = logits.clone()
+        logits[[self.model.pad_id, self.model.end_id]] = -torch.inf
+        if self.top_k is not None and self.top_k < len(logits):
+            logits[logits < logits.topk(self.top_k).values[-1]] = -torch.inf
+        if self.temperature <= 0:
+            return int(logits.argmax())
+        return int(torch.multinomial((logits / self.temperature).softmax(-1), 1, generator=self.generator))
 
     def voice_holds(self, token: int) -> bool:
         """Whether the acoustic voice is too far behind the text to take ``token``'s word yet."""

@@ -66,6 +66,33 @@ def test_the_same_seed_says_the_same_and_a_reset_starts_again(tokenizer):
     assert all(np.array_equal(a, b) for a, b in zip(once, again))
 
 
+def test_the_text_stream_speaks_at_the_model_s_odds_and_draws_its_words_from_the_likeliest(tokenizer):
+    sampler = engine(tokenizer)
+    pad, end = sampler.model.pad_id, sampler.model.end_id
+    vocab = len(tokenizer)
+    odds = torch.full((vocab,), 1e-9)
+    odds[pad], odds[end] = 0.5, 0.1
+    odds[100:140] = torch.linspace(0.02, 0.0, 40) + 1e-9  # a tail of words, the likeliest first
+    odds /= odds.sum()
+    logits, tally = odds.log(), {}
+
+    def draws(n: int, **settings) -> torch.Tensor:
+        sampler.temperature, sampler.top_k = settings["temperature"], settings["top_k"]
+        sampler.generator.manual_seed(0)
+        return torch.tensor([sampler.sampled(logits) for _ in range(n)])
+
+    for settings in ({"temperature": 0.7, "top_k": 5}, {"temperature": 0.0, "top_k": 5},
+                     {"temperature": 1.0, "top_k": None}):
+        tally[settings["temperature"]] = drawn = draws(4000, **settings)
+        assert abs((drawn == pad).float().mean() - 0.5) < 0.03  # when to speak: the model's odds, however words
+        assert abs((drawn == end).float().mean() - 0.1) < 0.02  # are drawn
+    words = tally[0.7][(tally[0.7] != pad) & (tally[0.7] != end)]
+    assert set(words.tolist()) <= set(range(100, 105)) and len(set(words.tolist())) > 1  # the 5 likeliest
+    assert set(tally[0.0].tolist()) == {pad, end, 100}  # 0: the likeliest word
+    whole = tally[1.0]
+    assert abs((whole >= 120).float().mean() - odds[120:140].sum()) < 0.02  # 1, from all: the model's own odds
+
+
 def test_a_turn_longer_than_the_cap_is_ended(tokenizer):
     talker = engine(tokenizer, max_talk_frames=3, temperature=1.0)
     end, pad = talker.model.end_id, talker.model.pad_id
