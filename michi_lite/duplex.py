@@ -130,8 +130,8 @@ class DuplexEngine:
 
     def __init__(self, model: SpeechModel, listener: Listener, vocoder: CausalVocoder, tokenizer,
                  voice_patches: torch.Tensor, steps: int = 4, temperature: float = WORD_TEMPERATURE,
-                 top_k: int | None = WORD_TOP_K, max_talk_frames: int | None = None, context_frames: int = CONTEXT_FRAMES, seed: int = 0,
-                 acoustic: AcousticModel | None = None) -> None:
+                 top_k: int | None = WORD_TOP_K, max_talk_frames: int | None = None,
+                 context_frames: int = CONTEXT_FRAMES, seed: int = 0, acoustic: AcousticModel | None = None) -> None:
         if listener.cfg.audio.samples_per_frame * model.cfg.audio.sample_rate \
                 != model.cfg.audio.samples_per_frame * listener.cfg.audio.sample_rate:
             raise ValueError("the listener and the speech model must share the 80 ms frame")
