@@ -672,9 +672,34 @@ def int8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     (a library may add a product of 3 rows up in another order than one of 40).
     It is also the faster product at a stream's 8 rows, where reading the
     weights is most of the work: int8 weights (``int8_weight`` keeps them)
-    are a quarter of float32's bytes (data/vocoder/README.md has the timings).
+    are a quarter of float32's bytes (data/vocoder/README.md has the timings),
+    on a CPU with integer dot-product instructions (``integer_sums``).
     """
     return Int8Linear.of(weight, bias)(x)
+
+
+EXACT_FLOAT_TERMS = 1040  # this many products of int8 values (each at most 127^2) sum below 2^24: exact in float32
+# torch's int8 matrix product is fast on CPUs with VNNI (AVX-512's integer dot products); without them (AVX2 alone)
+# it loops, 25 times slower than the float product of the same sizes (measured at 8 x 384 x 1536 on AMD EPYC, AVX2)
+FAST_INT8_PRODUCTS = bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
+
+
+def integer_sums(q: torch.Tensor, weight: torch.Tensor, weight_float: torch.Tensor | None = None) -> torch.Tensor:
+    """``q @ weight`` for int8 ``q`` (rows, in) and ``weight`` (in, out), as the exact integer sums, in float32.
+
+    ``torch._int_mm`` where the CPU has fast kernels for it; elsewhere (and on
+    a GPU) float32 products of at most ``EXACT_FLOAT_TERMS`` terms, exact in
+    any order, added as integers: the same bits either way.
+    ``weight_float`` is ``weight`` in float32, if kept.
+    """
+    if q.is_cpu and FAST_INT8_PRODUCTS:
+        return torch._int_mm(q, weight).float()
+    weight_float = weight.float() if weight_float is None else weight_float
+    rows, sums = q.float(), None
+    for start in range(0, q.shape[-1], EXACT_FLOAT_TERMS):
+        part = (rows[:, start:start + EXACT_FLOAT_TERMS] @ weight_float[start:start + EXACT_FLOAT_TERMS]).int()
+        sums = part if sums is None else sums + part
+    return sums.float()
 
 
 class Int8Linear(NamedTuple):
@@ -683,19 +708,18 @@ class Int8Linear(NamedTuple):
     weight: torch.Tensor  # (in, out), int8
     scale: torch.Tensor  # (out,): each weight row's
     bias: torch.Tensor  # (out,)
+    weight_float: torch.Tensor | None = None  # ``weight`` in float32, where the product is a float one
 
     @classmethod
     def of(cls, weight: torch.Tensor, bias: torch.Tensor) -> Int8Linear:
-        return cls(*int8_weight(weight), bias.float())
+        q, scale = int8_weight(weight)
+        return cls(q, scale, bias.float(), None if weight.is_cpu and FAST_INT8_PRODUCTS else q.float())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1]).float()
         row_scale = rows.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127
         q = (rows / row_scale).round().to(torch.int8)
-        if q.is_cpu:
-            sums = torch._int_mm(q, self.weight).float()
-        else:  # GPU integer kernels want 17 rows or more; sums of integers under 2^24 are exact in float32 too
-            sums = q.float() @ self.weight.float()
+        sums = integer_sums(q, self.weight, self.weight_float)
         out = sums * (row_scale * self.scale) + self.bias
         return out.to(x.dtype).reshape(*x.shape[:-1], -1)
 

@@ -630,6 +630,22 @@ def test_int8_products_give_each_row_the_same_bits_wherever_it_sits():
             assert torch.equal(int8_linear(x[:, start:stop], layer.weight, layer.bias), whole[:, start:stop])
 
 
+def test_int8_products_in_float32_give_the_integer_kernel_s_sums_to_the_bit(monkeypatch):
+    import michi_lite.vocoder as vocoder
+
+    generator = torch.Generator().manual_seed(0)
+    for inner in (7, 300, 1536, 2100):  # past EXACT_FLOAT_TERMS: a float32 sum of one product would round
+        q = torch.randint(-127, 128, (8, inner), dtype=torch.int8, generator=generator)
+        weight = torch.randint(-127, 128, (inner, 24), dtype=torch.int8, generator=generator)
+        q[0], weight[:, 0] = 127, 127  # the largest sum there can be: 127^2 per term
+        exact = torch._int_mm(q, weight)
+        assert exact[0, 0] == inner * 127 ** 2
+        monkeypatch.setattr(vocoder, "FAST_INT8_PRODUCTS", False)
+        floats = vocoder.integer_sums(q, weight)
+        monkeypatch.setattr(vocoder, "FAST_INT8_PRODUCTS", True)
+        assert torch.equal(floats, vocoder.integer_sums(q, weight)) and torch.equal(floats, exact.float())
+
+
 def test_int8_weights_are_made_again_when_the_weight_changes():
     layer = torch.nn.Linear(16, 8)
     x = torch.randn(3, 16)
