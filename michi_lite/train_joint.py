@@ -100,7 +100,7 @@ def heard_user(listener: Listener, wave: np.ndarray, n_frames: int, tokenizer=No
     return UserStreams(*clip_frames(listener, wave, n_frames, tokenizer))
 
 
-HEARING_FORMAT = 1  # what a hearing file holds and how it was heard; a new one makes old files stale
+HEARING_FORMAT = 1  # bump it when what a hearing file holds, or what `clip_frames` hears, changes: old files go stale
 
 
 def listener_key(listener: Listener) -> str:
