@@ -100,6 +100,44 @@ def heard_user(listener: Listener, wave: np.ndarray, n_frames: int, tokenizer=No
     return UserStreams(*clip_frames(listener, wave, n_frames, tokenizer))
 
 
+def dialogue_channel(path: str | os.PathLike, channel: int, rate: int) -> np.ndarray:
+    """One channel of a dialogue's audio file (0 the user, 1 the assistant), at ``rate``."""
+    stereo, file_rate = sf.read(path, dtype="float32", always_2d=True)  # (samples, 2)
+    return prepare_waveform(stereo[:, channel], file_rate, rate)
+
+
+def hear_dialogues(listener: Listener, paths: list[Path], n_frames: list[int], tokenizer,
+                   workers: int = 1, desc: str = "hearing") -> list[UserStreams]:
+    """What the listener makes of each dialogue's user channel (``heard_user``), in ``workers`` processes of one
+    thread each where more than one: a stream's small steps keep one core busy, not two."""
+    rate = listener.cfg.audio.sample_rate
+    if workers <= 1:
+        return [heard_user(listener, dialogue_channel(path, 0, rate), n, tokenizer)
+                for path, n in tqdm(list(zip(paths, n_frames)), desc=desc, unit="dialogue")]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), initializer=_start_hearing,
+                             initargs=(listener, tokenizer)) as pool:
+        heard = list(tqdm(pool.map(_hear, paths, n_frames), total=len(paths), desc=desc, unit="dialogue"))
+    return [UserStreams(torch.from_numpy(embeddings), torch.from_numpy(tokens)) for embeddings, tokens in heard]
+
+
+_HEARING: tuple[Listener, object] | None = None  # a hearing worker's listener and tokenizer
+
+
+def _start_hearing(listener: Listener, tokenizer) -> None:
+    global _HEARING
+    torch.set_num_threads(1)
+    _HEARING = listener.eval(), tokenizer
+
+
+def _hear(path: Path, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    listener, tokenizer = _HEARING
+    user = heard_user(listener, dialogue_channel(path, 0, listener.cfg.audio.sample_rate), n_frames, tokenizer)
+    return user.embeddings.numpy(), user.tokens.numpy()
+
+
 HEARING_FORMAT = 1  # bump it when what a hearing file holds, or what `clip_frames` hears, changes: old files go stale
 
 
@@ -200,7 +238,8 @@ class JointDialogues(torch.utils.data.Dataset):
     opened, once: what it heard is kept in the corpus folder, under
     ``heard/``, named by the split and the listener's weights
     (``listener_key``; ``cache=False``: hear again, keep nothing), and
-    read back by the next run with the same listener and dialogues. The
+    read back by the next run with the same listener and dialogues
+    (``workers`` processes hear, ``hear_dialogues``). The
     voice prompt is the speech of another dialogue's assistant,
     a random stretch of ``prompt_seconds``. The passages are pure text from
     outside the dialogues for the keep loss, ``text_ratio`` of them per
@@ -213,7 +252,7 @@ class JointDialogues(torch.utils.data.Dataset):
 
     def __init__(self, data_dir: str | os.PathLike, cfg: SpeechModelConfig, tokenizer, listener: Listener,
                  split: str = "train", prompt_seconds: tuple[float, float] = (2.0, 5.0), seed: int = 0,
-                 text_ratio: float = 0.0, cache: bool = True) -> None:
+                 text_ratio: float = 0.0, cache: bool = True, workers: int = 1) -> None:
         if text_ratio < 0:
             raise ValueError(f"text_ratio must be 0 or more, not {text_ratio}")
         self.data_dir, self.cfg, self.tokenizer, self.seed = Path(data_dir), cfg, tokenizer, seed
@@ -224,26 +263,20 @@ class JointDialogues(torch.utils.data.Dataset):
         if not self.records:
             raise ValueError(f"{data_dir}: no {split} dialogues")
         listener = listener.eval()
-        patches = [audio_patches(torch.from_numpy(self.channel(record, 1, cfg.audio.sample_rate)), cfg.audio)
-                   for record in self.records]  # the assistant's, (frames, patch_dim) each
+        paths = [self.data_dir / record["path"] for record in self.records]
+        patches = [audio_patches(torch.from_numpy(dialogue_channel(path, 1, cfg.audio.sample_rate)), cfg.audio)
+                   for path in paths]  # the assistant's, (frames, patch_dim) each
         n_frames = [len(p) + cfg.text_lead_frames for p in patches]
         digest = records_key(self.records, n_frames)
         kept = self.data_dir / "heard" / f"{split}-{listener_key(listener)}.safetensors"
         heard = read_hearing(kept, digest, len(self.records)) if cache else None
         if heard is None:
-            heard = [heard_user(listener, self.channel(record, 0, listener.cfg.audio.sample_rate), n, tokenizer)
-                     for record, n in tqdm(list(zip(self.records, n_frames)), desc=f"hearing the {split} dialogues",
-                                           unit="dialogue")]
+            heard = hear_dialogues(listener, paths, n_frames, tokenizer, workers, f"hearing the {split} dialogues")
             if cache:
                 write_hearing(kept, heard, digest)
         self.streams = [dialogue_streams(record, user, p, tokenizer, cfg)
                         for record, user, p in zip(self.records, heard, patches)]
         self.prompt_seconds = prompt_seconds
-
-    def channel(self, record: dict, channel: int, rate: int) -> np.ndarray:
-        """One channel of a dialogue's audio (0 the user, 1 the assistant), at ``rate``."""
-        stereo, file_rate = sf.read(self.data_dir / record["path"], dtype="float32", always_2d=True)  # (samples, 2)
-        return prepare_waveform(stereo[:, channel], file_rate, rate)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -337,7 +370,9 @@ def train_joint(
         model.checkpoint_activations()
     heard_by = (load_listener(listener, preset, len(tokenizer)) if listener is not None
                 else build_listener(preset, len(tokenizer), pretrained=False))
-    dataset = JointDialogues(data_dir, model.cfg, tokenizer, heard_by, seed=seed, text_ratio=text_ratio)
+    hearing = 1 if parallel.world_size() > 1 else min(8, os.cpu_count() or 1)  # many processes: each hears all
+    dataset = JointDialogues(data_dir, model.cfg, tokenizer, heard_by, seed=seed, text_ratio=text_ratio,
+                             workers=hearing)
     trainer = SpeakerTrainer(model, preset, device, total_steps=steps, hears_user=True, bf16=bf16,
                              flow_weight=FLOW_LOSS_WEIGHT if flow_weight is None else flow_weight,
                              keep_weight=KEEP_LOSS_WEIGHT if keep_weight is None else keep_weight)
