@@ -119,7 +119,7 @@ class DuplexEngine:
     ``model`` has its adapters merged (``load_speaker`` merges them);
     ``voice_patches`` are a voice prompt's speech patches
     (``audio.voice_prompt``). The text stream is sampled in two draws
-    (``next_token``): whether to say a word on this frame, at the model's
+    (``sampled``): whether to say a word on this frame, at the model's
     own odds, then which word, among the ``top_k`` likeliest at
     ``temperature`` (0: the likeliest); ``max_talk_frames`` caps a turn: that many
     frames after its first word the model is made to end it. ``acoustic``:
@@ -260,8 +260,8 @@ class DuplexEngine:
 
         The first draw keeps the model's timing (a sharpened distribution
         would say PAD on every frame where it is the likeliest token, and
-        never speak); the second its choice of words, where a weak model's
-        long tail at temperature 1 strings unrelated words together.
+        never speak); the second sharpens its choice of words, where a weak
+        model's long tail at temperature 1 strings unrelated words together.
         """
         token = int(torch.multinomial(logits.softmax(-1), 1, generator=self.generator))
         if token in (self.model.pad_id, self.model.end_id):
