@@ -139,9 +139,11 @@ class SpeakerTrainer(ScheduledTrainer):
         self.weights = {"text_loss": TEXT_LOSS_WEIGHT, "flow_loss": flow_weight, "keep_loss": keep_weight}
         parallel.broadcast_parameters(model)
         adapters = [p for n, p in model.backbone.named_parameters() if p.requires_grad]
-        # the user's projection learns in the joint stage (``hears_user``): a speaker's utterances have no user
+        # the user's projection learns in the joint stage (``hears_user``): a speaker's utterances have no user;
+        # without the flow loss the speaking head stays as it was (weight decay alone would shrink it)
         heads = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")
-                 and (hears_user or not n.startswith("user_in."))]
+                 and (hears_user or not n.startswith("user_in."))
+                 and (flow_weight or not n.startswith("speaking_head."))]
         self.optimizer = torch.optim.AdamW([{"params": adapters, "lr": learning_rate / 3},
                                             {"params": heads, "lr": learning_rate}], weight_decay=0.01)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(warmup_steps, total_steps))

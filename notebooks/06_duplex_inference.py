@@ -151,7 +151,10 @@ print(f"the engine's step from the same start: max |difference| = {np.abs(same -
 # it to answer in. `converse` returns both sides lined up (user, model) and
 # a timeline of every frame. The user's words below are the listener's, as
 # it emitted them; the model's are its text stream, each on the frame it
-# said it.
+# said it. The engine draws that stream in two (`DuplexEngine.sampled`):
+# whether to say a word on this frame, at the model's own odds, then which
+# word, among the 25 likeliest at temperature 0.7. Drawn from all of them
+# at the model's odds, a weak model strings unrelated words together.
 
 # %%
 print("the user's turns:", " / ".join(turn["text"] for turn in bundled["turns"]))
@@ -350,15 +353,17 @@ print(f"judge WER against its text stream: {word_error_rate([timeline['model_sai
 # web page and a microphone, `michi-lite demo` on the conversation above.
 # Voiced by the acoustic model, its words are heard: on the 15 test
 # dialogues of `michi-lite eval joint` (`data/joint/`), Whisper tiny.en
-# hears the speaker stage's answers at WER 0.56 against their text stream
-# and DNSMOS rates them 2.15, where the speech model's own speaking head
-# gave 1.04 and 1.14 ("Thank you." or nothing for most answers).
+# hears the speaker stage's answers at WER 0.43 against their text stream
+# (words from the 25 likeliest; 0.56 drawn from all) and DNSMOS rates them
+# 2.08, where the speech model's own speaking head gave 1.04 and 1.14
+# ("Thank you." or nothing for most answers).
 #
 # What it lacks is a model that answers: the time to first audio (the
 # user's end of speech to the model's first sounding frame, plus one
 # step's compute) and the stop when talked over are what joint training
-# teaches. A first, short joint run (`data/joint/`, 172 CPU steps, voiced
-# by its own head) answered 83 of 86 test turns, 0.59 s after the user
-# stopped at the median and 1.33 s at p95, and stopped 10.5 frames after
-# being cut in on, without yet saying the right thing; a joint run voiced
-# by the acoustic model, and a `lite` joint reference, come next.
+# teaches. A joint run of the text stream voiced this way (`data/joint/`,
+# 160 CPU steps) answered 79 of 86 test turns, 0.59 s after the user
+# stopped at the median and 1.4 s at p95, and stopped 3 frames after being
+# cut in on, heard at judge WER 0.42, without yet saying the right thing; a
+# `lite` joint reference, stored as an adapter on the speaker stage's
+# model, comes next.
