@@ -59,7 +59,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from michi_lite.acoustic import columns_per_phoneme, load_acoustic, phoneme_stream, text_phoneme_ids
-from michi_lite.audio import audio_patches, load_voice_prompt, mel_from_patches, prepare_waveform, voice_prompt
+from michi_lite.audio import audio_patches, mel_from_patches, prepare_waveform, voice_prompt
 from michi_lite.backbone import load_tokenizer, load_whisper
 from michi_lite.cli import main as michi_lite
 from michi_lite.config import FRAME_SECONDS

@@ -44,7 +44,6 @@
 # %matplotlib inline
 import json
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
