@@ -106,11 +106,16 @@ def dialogue_channel(path: str | os.PathLike, channel: int, rate: int) -> np.nda
     return prepare_waveform(stereo[:, channel], file_rate, rate)
 
 
+DIALOGUES_PER_WORKER = 8
+
+
 def hear_dialogues(listener: Listener, paths: list[Path], n_frames: list[int], tokenizer,
                    workers: int = 1, desc: str = "hearing") -> list[UserStreams]:
-    """What the listener makes of each dialogue's user channel (``heard_user``), in ``workers`` processes of one
-    thread each where more than one: a stream's small steps keep one core busy, not two."""
+    """What the listener makes of each dialogue's user channel (``heard_user``), in up to ``workers`` processes of
+    one thread each: a stream's small steps keep one core busy, not two. A process (torch and the listener loaded
+    anew) pays for itself over ``DIALOGUES_PER_WORKER`` dialogues or more; fewer are heard here."""
     rate = listener.cfg.audio.sample_rate
+    workers = min(workers, len(paths) // DIALOGUES_PER_WORKER)
     if workers <= 1:
         return [heard_user(listener, dialogue_channel(path, 0, rate), n, tokenizer)
                 for path, n in tqdm(list(zip(paths, n_frames)), desc=desc, unit="dialogue")]

@@ -124,10 +124,12 @@ def test_what_the_listener_heard_is_kept_for_the_next_run_by_listener_and_read_b
         assert torch.equal(a.user.tokens, b.user.tokens) and torch.equal(a.user.embeddings, b.user.embeddings)
         assert torch.equal(a.user.embeddings, c.user.embeddings)  # the same as heard without keeping
 
-    apart = JointDialogues(corpus, TINY, tokenizer, listener, cache=False, workers=2)  # heard in two processes
-    for a, b in zip(first.streams, apart.streams):
-        assert torch.equal(a.user.tokens, b.user.tokens)
-        assert torch.allclose(a.user.embeddings, b.user.embeddings, atol=1e-5)  # one thread's sums, not two's
+    paths = [corpus / record["path"] for record in first.records] * train_joint.DIALOGUES_PER_WORKER
+    frames = [len(streams.tokens) for streams in first.streams] * train_joint.DIALOGUES_PER_WORKER
+    apart = train_joint.hear_dialogues(listener, paths, frames, tokenizer, workers=2)  # in two processes
+    for a, b in zip(first.streams * train_joint.DIALOGUES_PER_WORKER, apart):
+        assert torch.equal(a.user.tokens, b.tokens)
+        assert torch.allclose(a.user.embeddings, b.embeddings, atol=1e-5)  # one thread's sums, not two's
 
     torch.manual_seed(5)
     other = build_listener("tiny", len(tokenizer), pretrained=False).eval()
