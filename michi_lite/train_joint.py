@@ -34,7 +34,6 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from . import parallel
@@ -53,6 +52,7 @@ from .provenance import run_info
 from .train import LengthBuckets, fit, loader_workers, training_device
 from .train_speaker import (FLOW_LOSS_WEIGHT, KEEP_LOSS_WEIGHT, LOSSES, SpeakerTrainer, SpeakerUtterances,
                             speech_model_from)
+from .weights import write_weights
 
 
 def frame_of(seconds: float) -> int:
@@ -179,14 +179,10 @@ def write_hearing(path: Path, heard: list[UserStreams], records_digest: str) -> 
     cannot be written to only costs the next run the hearing again."""
     tensors = {}
     for i, user in enumerate(heard):
-        tensors[f"{i}.embeddings"], tensors[f"{i}.tokens"] = user.embeddings.contiguous(), user.tokens.contiguous()
-    part = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, part, metadata={"dialogues": records_digest, "format": str(HEARING_FORMAT)})
-        os.replace(part, path)  # several processes may write it: each whole, the last one stays
+        tensors[f"{i}.embeddings"], tensors[f"{i}.tokens"] = user.embeddings, user.tokens
+    try:  # several processes may write it (``accelerate launch``): each whole, the last one stays
+        write_weights(path, tensors, {"dialogues": records_digest, "format": str(HEARING_FORMAT)})
     except OSError as err:
-        part.unlink(missing_ok=True)
         warnings.warn(f"could not keep what the listener heard ({err}); the next run hears the dialogues again")
 
 

@@ -35,12 +35,17 @@ REFERENCE_CONVERSATION = REFERENCE_DATA / "duplex" / "demo_user.flac"  # a held-
 
 
 def write_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Safetensors with string metadata, written to a temporary name and renamed: a reader never sees half."""
+    """Safetensors with string metadata, written to a temporary name and renamed: a reader never sees half, and
+    processes writing the same file (each its own temporary name) leave one of theirs whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a kill: no half-written file left beside
+        raise
     return path
 
 
