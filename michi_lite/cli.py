@@ -134,19 +134,22 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     """How the engine draws its text stream's words (``DuplexEngine.sampled``), and the noise it draws with."""
-    from .duplex import WORD_TEMPERATURE, WORD_TOP_K
+    from .duplex import NO_REPEAT_TOKENS, WORD_TEMPERATURE, WORD_TOP_K
 
     parser.add_argument("--temperature", type=non_negative_float, default=WORD_TEMPERATURE,
                         help=f"of the words the model says (default: {WORD_TEMPERATURE}; 0: the likeliest; whether "
                              "to say one on a frame is drawn at the model's own odds)")
     parser.add_argument("--top-k", type=non_negative_int, default=WORD_TOP_K, metavar="K",
                         help=f"draw the words from the K likeliest (default: {WORD_TOP_K}; 0: from all)")
+    parser.add_argument("--no-repeat", type=non_negative_int, default=NO_REPEAT_TOKENS, metavar="N",
+                        help=f"never say a run of N tokens twice in one turn (default: {NO_REPEAT_TOKENS}; 0: allowed)")
     parser.add_argument("--seed", type=int, default=0, help="the sampling noise (default: 0)")
 
 
 def sampling(args: argparse.Namespace) -> dict:
     """``DuplexEngine``'s sampling options from ``add_sampling_options``' arguments."""
-    return {"temperature": args.temperature, "top_k": args.top_k or None, "seed": args.seed}
+    return {"temperature": args.temperature, "top_k": args.top_k or None, "no_repeat": args.no_repeat,
+            "seed": args.seed}
 
 
 def engine_from_args(args: argparse.Namespace):
@@ -366,7 +369,8 @@ def cmd_train_joint(args: argparse.Namespace) -> None:
     run = train_joint(args.preset, args.data, args.out, steps=args.steps, listener=listener, init=args.init,
                       resume=args.resume, batch_size=args.batch_size or 4, checkpoint_every=args.checkpoint_every,
                       max_minutes=args.max_minutes, flow_weight=args.flow_loss_weight, text_ratio=args.text_ratio,
-                      keep_weight=args.keep_loss_weight, checkpointing=args.checkpointing, bf16=args.bf16)
+                      keep_weight=args.keep_loss_weight, checkpointing=args.checkpointing, bf16=args.bf16,
+                      stack_rank=args.stack_rank)
     if parallel.is_main():
         report_run(run, args.preset, "speaker")
 
@@ -486,8 +490,8 @@ def cmd_eval_joint(args: argparse.Namespace) -> None:
 
     engine = load_engine(args.preset, args.ckpt, args.listener, args.vocoder, args.voice_prompt, **sampling(args),
                          acoustic=engine_acoustic(args))
-    unmerged = load_speaker(args.ckpt, args.preset, engine.tokenizer, merge=False)
-    report = evaluate_joint(engine, args.data, max_dialogues=args.max_dialogues, unmerged=unmerged,
+    full_model = load_speaker(args.ckpt, args.preset, engine.tokenizer)
+    report = evaluate_joint(engine, args.data, max_dialogues=args.max_dialogues, full_model=full_model,
                             text_baseline=args.text_baseline, judge=args.judge)
     report.update(checkpoint=str(args.ckpt), listener=str(args.listener), vocoder=str(args.vocoder),
                   acoustic=engine_acoustic(args), sampling=sampling(args))
@@ -874,6 +878,10 @@ def build_parser() -> argparse.ArgumentParser:
             stage_train.add_argument("--keep-loss-weight", type=non_negative_float, metavar="W",
                                      help="weight of the keep loss, the backbone's plain text held to the pretrained "
                                           "one's (default: the speaker stage's, 1)")
+            stage_train.add_argument("--stack-rank", type=non_negative_int, default=0, metavar="R",
+                                     help="fold --init's adapters in and train fresh ones of rank R on top, with "
+                                          "the user's projection: the export holds only those, a few MB (default: "
+                                          "0, train --init's own)")
             stage_train.add_argument("--checkpointing", action="store_true",
                                      help="recompute the backbone's activations in backward: less memory, about a "
                                           "third more compute (`michi-lite bench joint` measures both)")

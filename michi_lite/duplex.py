@@ -72,6 +72,7 @@ STAGES = ("listen", "text", "speak", "vocode", "backbone")
 CONTEXT_FRAMES = 1500  # the backbone's window: two minutes of the conversation
 WORD_TEMPERATURE = 0.7  # the text stream's words: sharper than the model's own odds, from the likeliest few
 WORD_TOP_K = 25
+NO_REPEAT_TOKENS = 3  # no run of this many tokens said twice in one turn (0: any may be)
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,8 @@ class DuplexEngine:
     (``audio.voice_prompt``). The text stream is sampled in two draws
     (``sampled``): whether to say a word on this frame, at the model's
     own odds, then which word, among the ``top_k`` likeliest at
-    ``temperature`` (0: the likeliest); ``max_talk_frames`` caps a turn: that many
+    ``temperature`` (0: the likeliest), none that would say a run of
+    ``no_repeat`` tokens a second time in the turn; ``max_talk_frames`` caps a turn: that many
     frames after its first word the model is made to end it. ``acoustic``:
     an acoustic model to voice the text stream with, in the voice prompt's
     voice, instead of the speech model's speaking head; ``steps`` are either
@@ -130,8 +132,9 @@ class DuplexEngine:
 
     def __init__(self, model: SpeechModel, listener: Listener, vocoder: CausalVocoder, tokenizer,
                  voice_patches: torch.Tensor, steps: int = 4, temperature: float = WORD_TEMPERATURE,
-                 top_k: int | None = WORD_TOP_K, max_talk_frames: int | None = None,
-                 context_frames: int = CONTEXT_FRAMES, seed: int = 0, acoustic: AcousticModel | None = None) -> None:
+                 top_k: int | None = WORD_TOP_K, no_repeat: int = NO_REPEAT_TOKENS,
+                 max_talk_frames: int | None = None, context_frames: int = CONTEXT_FRAMES, seed: int = 0,
+                 acoustic: AcousticModel | None = None) -> None:
         if listener.cfg.audio.samples_per_frame * model.cfg.audio.sample_rate \
                 != model.cfg.audio.samples_per_frame * listener.cfg.audio.sample_rate:
             raise ValueError("the listener and the speech model must share the 80 ms frame")
@@ -139,10 +142,12 @@ class DuplexEngine:
             raise ValueError("the acoustic model and the speech model must share their audio settings (the preset)")
         if steps < 1:
             raise ValueError(f"steps must be at least 1, not {steps}")
-        if temperature < 0 or (top_k is not None and top_k < 1):
-            raise ValueError(f"temperature must be 0 or more and top_k at least 1, not {temperature} and {top_k}")
+        if temperature < 0 or (top_k is not None and top_k < 1) or no_repeat < 0:
+            raise ValueError(f"temperature and no_repeat must be 0 or more and top_k at least 1, not {temperature}, "
+                             f"{no_repeat} and {top_k}")
         self.model, self.listener, self.vocoder = model.eval(), listener.eval(), vocoder.eval()
         self.tokenizer, self.steps, self.temperature, self.top_k = tokenizer, steps, temperature, top_k
+        self.no_repeat = no_repeat
         self.max_talk_frames, self.context_frames, self.seed = max_talk_frames, context_frames, seed
         self.device = model.token_embedding.weight.device
         self.vocoder_dtype = next(vocoder.parameters()).dtype
@@ -183,6 +188,7 @@ class DuplexEngine:
         self.voicer = None if self.acoustic is None else AcousticVoice(
             self.acoustic, self.acoustic_voice, self.steps, self.model.cfg.text_lead_frames, self.generator)
         self.talked = None  # frames since the turn's first word; None while silent
+        self.turn: list[int] = []  # the tokens said in this turn, PAD left out
         self.forced: list[tuple[int, list[int] | None]] = []  # text to say next: (token, the chunk it starts)
         self.was_forced = False  # whether this frame's token came from ``forced``
         self.forced_chunk: list[int] | None = None  # and the chunk it starts (None: it goes on with a word)
@@ -247,9 +253,10 @@ class DuplexEngine:
             if self.voice_holds(token):  # the acoustic voice is behind: the word waits, the model says PAD
                 token = model.pad_id
         if token == model.end_id:
-            self.talked = None
-        elif token != model.pad_id and self.talked is None:
-            self.talked = 0
+            self.talked, self.turn = None, []
+        elif token != model.pad_id:
+            self.turn.append(token)
+            self.talked = 0 if self.talked is None else self.talked
         if self.talked is not None:
             self.talked += 1
         return token
@@ -261,7 +268,9 @@ class DuplexEngine:
         The first draw keeps the model's timing (a sharpened distribution
         would say PAD on every frame where it is the likeliest token, and
         never speak); the second sharpens its choice of words, where a weak
-        model's long tail at temperature 1 strings unrelated words together.
+        model's long tail at temperature 1 strings unrelated words together,
+        and leaves out what would repeat a run of the turn (``repeats``): a
+        weak model sharpened goes round a phrase it likes.
         """
         token = int(torch.multinomial(logits.softmax(-1), 1, generator=self.generator))
         if token in (self.model.pad_id, self.model.end_id):
@@ -270,9 +279,21 @@ class DuplexEngine:
         logits[[self.model.pad_id, self.model.end_id]] = -torch.inf
         if self.top_k is not None and self.top_k < len(logits):
             logits[logits < logits.topk(self.top_k).values[-1]] = -torch.inf
+        repeats = self.repeats()
+        if repeats:
+            fresh = logits.index_fill(0, torch.tensor(repeats, device=logits.device), -torch.inf)
+            logits = logits if torch.isinf(fresh).all() else fresh  # unless nothing else is left to say
         if self.temperature <= 0:
             return int(logits.argmax())
         return int(torch.multinomial((logits / self.temperature).softmax(-1), 1, generator=self.generator))
+
+    def repeats(self) -> list[int]:
+        """The tokens that would end a run of ``no_repeat`` tokens said before in this turn (none for 0)."""
+        n, turn = self.no_repeat, self.turn
+        if n < 1 or len(turn) < n - 1:
+            return []
+        last = turn[len(turn) - n + 1:]
+        return sorted({turn[i + n - 1] for i in range(len(turn) - n + 1) if turn[i:i + n - 1] == last})
 
     def voice_holds(self, token: int) -> bool:
         """Whether the acoustic voice is too far behind the text to take ``token``'s word yet."""

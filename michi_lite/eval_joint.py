@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import math
 import os
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +55,7 @@ from .config import FRAME_SECONDS
 from .data.dialogue_lines import FACT_BASE, GENERAL_QUESTIONS, INTERJECTIONS
 from .data.dialogues import load_dialogues, mentions
 from .duplex import DuplexEngine, converse
-from .model import SpeechModel
+from .model import SpeechModel, build_backbone
 from .voicing import MAX_LAG_FRAMES
 
 FAR_TEXT = Path("/usr/share/common-licenses/GPL-3")  # Debian's base-files: text no stage trains on
@@ -76,18 +75,17 @@ def asked(text: str) -> str:
 def far_text_perplexity(model: SpeechModel, tokenizer, path: Path = FAR_TEXT, max_tokens: int = 2048,
                         window: int = 512) -> dict[str, float]:
     """Perplexity of the backbone (its token embeddings as the LM head, as the keep loss scores it) on
-    ``max_tokens`` of ``path``, in windows of ``window``, with its adapters and without; ``model`` unmerged."""
-    if model.merged:
-        raise ValueError("far-text perplexity compares the adapters on and off: load the model unmerged")
+    ``max_tokens`` of ``path``, in windows of ``window``, adapted and as pretrained (SmolLM2 loaded afresh: a
+    stacked model's adapters sit on others); ``model`` in full precision, not the int8 copy."""
     ids = tokenizer(path.read_text(), add_special_tokens=False)["input_ids"][:max_tokens]
     weight = model.token_embedding.weight
-    losses = {"adapted": [], "pretrained": []}
+    decoders = {"adapted": model.decoder, "pretrained": build_backbone(model.cfg, len(tokenizer))}
+    losses = {name: [] for name in decoders}
     with torch.inference_mode():
         for start in range(0, len(ids) - 1, window):
             chunk = torch.tensor(ids[start:start + window + 1])[None]
-            for name in losses:
-                with model.backbone.disable_adapter() if name == "pretrained" else nullcontext():
-                    hidden = model.decoder(input_ids=chunk[:, :-1]).last_hidden_state
+            for name, decoder in decoders.items():
+                hidden = decoder(input_ids=chunk[:, :-1]).last_hidden_state
                 loss = F.cross_entropy((hidden @ weight.T)[0], chunk[0, 1:], reduction="sum")
                 losses[name].append((float(loss), chunk.shape[1] - 1))
     perplexity = {name: math.exp(sum(l for l, _ in v) / sum(n for _, n in v)) for name, v in losses.items()}
@@ -209,12 +207,13 @@ def summarize(dialogues: list[dict], text_right: list[bool] | None) -> dict:
 
 
 def evaluate_joint(engine: DuplexEngine, data_dir: str | os.PathLike, split: str = "test",
-                   max_dialogues: int | None = None, unmerged: SpeechModel | None = None,
+                   max_dialogues: int | None = None, full_model: SpeechModel | None = None,
                    text_baseline: bool = True, tail_seconds: float = 3.0, judge: bool = True) -> dict:
     """Stream ``split``'s dialogues through ``engine`` and measure them (see the module docstring).
 
-    ``unmerged`` is the same speech model with its adapters unmerged, for the
-    far-text perplexity (None: not measured); ``judge`` hears the answers
+    ``full_model`` is the engine's speech model in full precision (the
+    engine's may be an int8 copy), for the far-text perplexity (None: not
+    measured); ``judge`` hears the answers
     (``judge_answers``).
     """
     records = load_dialogues(data_dir, split)[:max_dialogues]
@@ -234,7 +233,7 @@ def evaluate_joint(engine: DuplexEngine, data_dir: str | os.PathLike, split: str
               **summarize(dialogues, text_answers_correct(records) if text_baseline else None)}
     if judge:
         report.update(judge_answers(dialogues, model_audio, engine.model.cfg.audio.sample_rate))
-    if unmerged is not None:
-        report["far_text_perplexity"] = far_text_perplexity(unmerged, engine.tokenizer)
+    if full_model is not None:
+        report["far_text_perplexity"] = far_text_perplexity(full_model, engine.tokenizer)
     report["per_dialogue"] = dialogues
     return report

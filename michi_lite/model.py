@@ -40,7 +40,10 @@ the adapters, the voice encoder, the audio projection, a text-head bias, the
 phoneme reader and the speaking head, about 17M parameters in ``lite``, and
 the user's projection (0.66M more), which only the joint stage teaches. At
 inference the adapters are merged into the backbone, which then runs as a
-plain Llama.
+plain Llama. A later stage may instead stack an adapter of its own on the
+merged weights (``stack_adapters``): it trains that, the user's projection
+and the text-head bias alone, and its file holds only those, naming the
+speaker file it stacks on (``load_speaker`` finds that first).
 
 So that the backbone stays a language model, every batch also holds its
 sentences as plain text (a text-only sample, no audio streams), on which the
@@ -56,6 +59,7 @@ import logging
 import os
 import warnings
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -73,7 +77,8 @@ from .data.words import Word
 from .flow import SpeakingHead
 from .frame_decoder import FrameDecoder
 from .listen import int8_linears
-from .weights import fitting_weights, read_weights, saved_config, write_weights
+from .weights import (REFERENCE_SPEAKER, file_digest, fitting_weights, read_weights, saved_config, weights_file,
+                      write_weights)
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +86,7 @@ END_TOKEN = "<|im_end|>"  # SmolLM2's end of a turn: here, the frame where speec
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # trained beside the adapters and text_bias
 NEW_MODULES = ("voice", "audio_in", "user_in", "phoneme_reader", "speaking_head")
+STACKED_MODULES = ("user_in",)  # what a stacked stage trains beside its adapters and text_bias (``stack_adapters``)
 
 
 @dataclass(frozen=True)
@@ -239,6 +245,8 @@ class SpeechModel(nn.Module):
         self.phoneme_reader = PhonemeReader(cfg)
         self.speaking_head = SpeakingHead(cfg.patch_dim, 3 * cfg.hidden_size, cfg.head_width, cfg.head_depth)
         self.merged = False
+        self.stacked: dict | None = None  # set by ``stack_adapters``: the adapters' shape and the file beneath
+        self._pretrained: dict[str, nn.Module] = {}  # ``pretrained_decoder``'s copy, not among the weights
         self.scorer: nn.Module | None = None
         self._frame_decoder: FrameDecoder | None = None
 
@@ -251,10 +259,15 @@ class SpeechModel(nn.Module):
         """The Llama decoder itself, with the adapters in place or merged."""
         return self.backbone if self.merged else self.backbone.base_model.model
 
+    @property
+    def trained_modules(self) -> tuple[str, ...]:
+        """The new modules training changes: all of them, or a stacked stage's (``STACKED_MODULES``)."""
+        return STACKED_MODULES if self.stacked else NEW_MODULES
+
     def trained_state(self) -> dict[str, torch.Tensor]:
-        """What training changes: the adapters and every new module (not the frozen SmolLM2 weights)."""
+        """What training changes: the adapters and the new modules trained (not the frozen SmolLM2 weights)."""
         state = {f"lora.{k}": v for k, v in get_peft_model_state_dict(self.backbone).items()}
-        for name in NEW_MODULES:
+        for name in self.trained_modules:
             state.update({f"{name}.{k}": v for k, v in getattr(self, name).state_dict().items()})
         state["text_bias"] = self.text_bias.data
         return state
@@ -273,12 +286,47 @@ class SpeechModel(nn.Module):
         result = set_peft_model_state_dict(self.backbone, lora)
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"adapter weights that fit no layer: {result.unexpected_keys[:3]}")
-        for name in NEW_MODULES:
+        for name in self.trained_modules:
             prefix = f"{name}."
             weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
             if weights or name not in fresh:
                 getattr(self, name).load_state_dict(weights)
         self.text_bias.data.copy_(state["text_bias"])
+
+    def stack_adapters(self, rank: int, alpha: int, base: str | os.PathLike) -> SpeechModel:
+        """Fold the adapters into the backbone and put fresh ones of ``rank`` on top (zero at first: the model is
+        unchanged); from here only they, the user's projection and the text-head bias train.
+
+        ``base`` is the speaker file the model was loaded from: a stacked
+        file (``save_speaker``) names it and its digest, to be loaded first.
+        A stage that teaches little (the joint stage's listening and
+        answering) so keeps a file of a few MB instead of a whole speaker's.
+        """
+        if self.merged or self.stacked:
+            raise ValueError("stack adapters on a loaded, unmerged speech model, once")
+        base = weights_file(base, "speaker")
+        merged = self.backbone.merge_and_unload()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            self.backbone = get_peft_model(merged, lora)
+        for name in STACKED_MODULES:
+            getattr(self, name).requires_grad_(True)
+        self.text_bias.requires_grad_(True)
+        self.stacked = {"rank": rank, "alpha": alpha, "base": str(base), "base_sha256": file_digest(base)}
+        return self
+
+    def pretrained_decoder(self) -> nn.Module:
+        """SmolLM2 as pretrained: the decoder itself (its adapters to be switched off), or for a stacked model a
+        frozen copy loaded afresh on first use (kept outside the module's weights)."""
+        if not self.stacked:
+            return self.decoder
+        if "decoder" not in self._pretrained:
+            pretrained = build_backbone(self.cfg, self.token_embedding.num_embeddings).requires_grad_(False)
+            self._pretrained["decoder"] = pretrained.to(self.text_bias.device).eval()
+        return self._pretrained["decoder"]
 
     def checkpoint_activations(self) -> SpeechModel:
         """Keep only each backbone layer's input for backward and recompute the rest there (about a third more
@@ -384,13 +432,15 @@ class SpeechModel(nn.Module):
         real tokens. The mean over real tokens of KL(pretrained || adapted),
         both with the tied token embeddings as the LM head (SmolLM2's own,
         without the text stream's bias). Zero while the adapters are the
-        identity; the pretrained side is the same decoder with them switched off.
+        identity; the pretrained side is the same decoder with them switched off,
+        or for stacked adapters (which sit on others) SmolLM2 loaded afresh.
         """
         if self.merged:
             raise ValueError("the adapters are merged: there is no pretrained backbone left to keep to")
         weight = self.token_embedding.weight
-        with torch.no_grad(), self.backbone.disable_adapter():
-            pretrained = (self.decoder(input_ids=text).last_hidden_state[mask] @ weight.T).log_softmax(-1)
+        with torch.no_grad(), nullcontext() if self.stacked else self.backbone.disable_adapter():
+            pretrained = self.pretrained_decoder()(input_ids=text).last_hidden_state[mask]
+            pretrained = (pretrained @ weight.T).log_softmax(-1)
         adapted = (self.decoder(input_ids=text).last_hidden_state[mask] @ weight.T).log_softmax(-1)
         return F.kl_div(adapted, pretrained, log_target=True, reduction="batchmean")
 
@@ -544,6 +594,7 @@ def speaker_streams(text: str, words: list[Word], patches: torch.Tensor, tokeniz
 # --- building, saving, loading -------------------------------------------------------------------
 
 CHECKPOINT_FORMAT = "michi_lite.speaker/1"
+STACKED_FORMAT = "michi_lite.speaker_stack/1"  # a stacked stage's file: its adapters and modules, and its base
 
 
 def build_speech_model(preset: str, tokenizer, pretrained: bool = True) -> SpeechModel:
@@ -556,27 +607,62 @@ def build_speech_model(preset: str, tokenizer, pretrained: bool = True) -> Speec
 
 def save_speaker(path: str | os.PathLike, model: SpeechModel, preset: str, dtype: torch.dtype = torch.float32) -> Path:
     """The trained weights (adapters, voice encoder, audio and user projections, heads) as safetensors, written
-    atomically."""
+    atomically; of a stacked model (``stack_adapters``), its own adapters and modules, and which file they stack on."""
     if model.merged:
         raise ValueError("the adapters are merged into the backbone; save before merge_adapters()")
     tensors = {k: v.to(dtype) for k, v in model.trained_state().items()}
-    return write_weights(path, tensors, {"format": CHECKPOINT_FORMAT, "preset": preset,
-                                         "config": json.dumps(model.cfg.to_dict())})
+    metadata = {"format": CHECKPOINT_FORMAT, "preset": preset, "config": json.dumps(model.cfg.to_dict())}
+    if model.stacked:
+        metadata.update(format=STACKED_FORMAT, stacked=json.dumps(model.stacked))
+    return write_weights(path, tensors, metadata)
+
+
+def read_speaker(path: str | os.PathLike, preset: str, tokenizer, fresh: tuple[str, ...] = ("user_in",),
+                 base: str | os.PathLike | None = None) -> SpeechModel:
+    """A ``save_speaker`` file (or a run's directory) on pretrained SmolLM2, adapters unmerged, in train mode.
+
+    The modules named in ``fresh`` may be missing from the file and start
+    fresh (a file from before the user streams has no ``user_in``: it hears
+    none). A stacked file's base is loaded first (``stacked_base``; ``base``
+    a copy of it elsewhere). Raises FileNotFoundError for a missing file and
+    ValueError for a foreign, truncated or mismatched one (``read_weights``).
+    """
+    path, metadata, tensors = read_weights(path, "speaker", (CHECKPOINT_FORMAT, STACKED_FORMAT), preset)
+    if metadata["format"] == STACKED_FORMAT:
+        stacked = json.loads(metadata.get("stacked") or "{}")
+        beneath = stacked_base(path, stacked, base)
+        model = read_speaker(beneath, preset, tokenizer, fresh).stack_adapters(stacked["rank"], stacked["alpha"],
+                                                                                beneath)
+    else:
+        model = build_speech_model(preset, tokenizer)
+    if saved_config(path, metadata, "speaker") != json.loads(json.dumps(model.cfg.to_dict())):
+        raise ValueError(f"{path}: made with another speech model shape than preset {preset!r} has now")
+    with fitting_weights(path, "speaker"):
+        model.load_trained_state({k: v.float() for k, v in tensors.items()}, fresh=fresh)
+    return model
+
+
+def stacked_base(path: Path, stacked: dict, base: str | os.PathLike | None = None) -> Path:
+    """The speaker file a stacked file's adapters stack on: ``base``, the path it was trained from, or the
+    committed reference, whichever holds the bytes it names (its SHA-256)."""
+    if not {"rank", "alpha", "base", "base_sha256"} <= set(stacked):
+        raise ValueError(f"{path}: a stacked speaker file that does not say what it stacks on")
+    candidates = [Path(p) for p in (base, stacked["base"], REFERENCE_SPEAKER) if p is not None]
+    for candidate in candidates:
+        if candidate.is_file() and file_digest(candidate) == stacked["base_sha256"]:
+            return candidate
+    raise ValueError(f"{path}: its adapters stack on the speaker file {stacked['base']} (SHA-256 "
+                     f"{stacked['base_sha256'][:16]}...), which is at none of {[str(c) for c in candidates]}; "
+                     f"pass its path as base")
 
 
 def load_speaker(path: str | os.PathLike, preset: str, tokenizer, device: str | torch.device = "cpu",
-                 merge: bool = True) -> SpeechModel:
+                 merge: bool = True, base: str | os.PathLike | None = None) -> SpeechModel:
     """Read a ``save_speaker`` file (or a run's directory) onto pretrained SmolLM2; eval mode, adapters merged.
 
-    Raises FileNotFoundError for a missing file and ValueError for a foreign,
-    truncated or mismatched one (``read_weights``).
+    Raises as ``read_speaker`` does.
     """
-    path, metadata, tensors = read_weights(path, "speaker", CHECKPOINT_FORMAT, preset)
-    model = build_speech_model(preset, tokenizer)
-    if saved_config(path, metadata, "speaker") != json.loads(json.dumps(model.cfg.to_dict())):
-        raise ValueError(f"{path}: made with another speech model shape than preset {preset!r} has now")
-    with fitting_weights(path, "speaker"):  # a file from before the user streams has no user_in: it hears none
-        model.load_trained_state({k: v.float() for k, v in tensors.items()}, fresh=("user_in",))
+    model = read_speaker(path, preset, tokenizer, base=base)
     if merge:
         model.merge_adapters()
     return model.to(device).eval()

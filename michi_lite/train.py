@@ -276,7 +276,7 @@ def load_checkpoint(checkpoint: Path, trainer: Trainer) -> tuple[int, float]:
         raise ValueError(f"{checkpoint}: this run was trained with preset {meta['preset']!r}, not {trainer.preset!r}")
     if {k: meta["config"].get(k) for k in trainer.shape()} != trainer.shape():
         raise ValueError(f"{checkpoint}: this run's model has another shape than preset {meta['preset']!r} "
-                         "now has (or it is another stage's run)")
+                         "now has (or it is another stage's run, or stacked on another file)")
     for name, module in trainer.modules().items():
         module.load_state_dict(load_file(str(checkpoint / f"{name}.safetensors"), device=str(trainer.device)))
     state = torch.load(checkpoint / "optimizers.pt", map_location=trainer.device, weights_only=True)

@@ -339,6 +339,7 @@ def train_joint(
     keep_weight: float | None = None,
     checkpointing: bool = False,
     bf16: bool | None = None,
+    stack_rank: int = 0,
 ) -> Path:
     """Train the speech model on a dialogue corpus's train split, hearing the user (``fit`` for checkpoints and
     resuming, the data order included).
@@ -353,6 +354,10 @@ def train_joint(
     included (``load_speaker``). ``flow_weight`` (None: the speaker
     stage's) 0 trains the text stream alone, for the acoustic model to voice;
     ``keep_weight`` (None: the speaker stage's) weighs the keep loss.
+    ``stack_rank`` > 0 folds ``init``'s adapters in and trains fresh ones of
+    that rank on top (``SpeechModel.stack_adapters``), with the user's
+    projection and the text-head bias: the export holds only those, a few
+    MB, and names ``init`` as its base.
     ``checkpointing`` recomputes the backbone's activations in backward;
     ``bf16`` autocasts (None: on a GPU only). ``memory.py`` says what fits.
 
@@ -366,7 +371,11 @@ def train_joint(
     tokenizer = load_tokenizer()
     device = parallel.start(training_device(device))
     torch.manual_seed(seed)
-    model = speech_model_from(preset, tokenizer, None if resume else init)
+    if stack_rank and init is None:
+        raise ValueError("stacked adapters need a speech model to stack on: pass init (--init)")
+    model = speech_model_from(preset, tokenizer, init if stack_rank or not resume else None)
+    if stack_rank:
+        model.stack_adapters(stack_rank, 2 * stack_rank, init)
     if checkpointing:
         model.checkpoint_activations()
     heard_by = (load_listener(listener, preset, len(tokenizer)) if listener is not None

@@ -27,19 +27,18 @@ from .data.corpus import load_manifest
 from .data.pack import SpeakerPack, is_pack
 from .data.words import Word
 from .model import (
-    CHECKPOINT_FORMAT,
     NEW_MODULES,
     SpeakerBatch,
     SpeakerStreams,
     SpeechModel,
     SpeechModelConfig,
     build_speech_model,
+    read_speaker,
     save_speaker,
     speaker_streams,
     text_frame_kinds,
 )
 from .train import LengthBuckets, ScheduledTrainer, fit, loader_workers, training_device, warmup_cosine
-from .weights import fitting_weights, read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +169,9 @@ class SpeakerTrainer(ScheduledTrainer):
         return {"speaker": TrainedWeights(self.model)}
 
     def config(self) -> dict:
-        return self.model.cfg.to_dict()
+        stacked = self.model.stacked  # a run stacked on one speaker file resumes on the same bytes
+        return {**self.model.cfg.to_dict(),
+                "stacked": {k: stacked[k] for k in ("rank", "alpha", "base_sha256")} if stacked else None}
 
     def shape(self) -> dict:
         return self.config()
@@ -195,13 +196,10 @@ class TrainedWeights:
 def speech_model_from(preset: str, tokenizer, init: str | os.PathLike | None) -> SpeechModel:
     """A fresh speech model for training, or one with ``init``'s weights (a ``save_speaker`` file or a run), the
     modules that file lacks (added since it was made) fresh."""
-    model = build_speech_model(preset, tokenizer)
-    if init is not None:
-        path, _, tensors = read_weights(init, "speaker", CHECKPOINT_FORMAT, preset)
-        with fitting_weights(path, "speaker"):
-            model.load_trained_state({k: v.float() for k, v in tensors.items()}, fresh=NEW_MODULES)
-        logger.info("speech model: starting from %s", path)
-    return model
+    if init is None:
+        return build_speech_model(preset, tokenizer)
+    logger.info("speech model: starting from %s", init)
+    return read_speaker(init, preset, tokenizer, fresh=NEW_MODULES)
 
 
 def train_speaker(

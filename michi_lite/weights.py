@@ -11,6 +11,7 @@ them for a model whose config is its shape.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -62,8 +63,19 @@ def weights_file(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
-def read_weights(path: str | os.PathLike, what: str, file_format: str, preset: str) -> tuple[Path, dict, dict]:
-    """Open a ``write_weights`` file of a ``what`` (or the run directory holding ``{what}.safetensors``).
+def file_digest(path: str | os.PathLike) -> str:
+    """A file's SHA-256, hex: what names the exact weights another file builds on."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_weights(path: str | os.PathLike, what: str, file_format: str | tuple[str, ...],
+                 preset: str) -> tuple[Path, dict, dict]:
+    """Open a ``write_weights`` file of a ``what`` (or the run directory holding ``{what}.safetensors``), of
+    ``file_format`` (or one of several).
 
     Returns (path, metadata, tensors). A missing file raises
     FileNotFoundError; a foreign or truncated one, or weights made for
@@ -76,7 +88,7 @@ def read_weights(path: str | os.PathLike, what: str, file_format: str, preset: s
             metadata = f.metadata() or {}
     except Exception as error:  # safetensors raises its own error types for a truncated or foreign file
         raise ValueError(f"{path}: not a michi_lite {what} checkpoint ({error})") from error
-    if metadata.get("format") != file_format:
+    if metadata.get("format") not in ((file_format,) if isinstance(file_format, str) else file_format):
         raise ValueError(f"{path}: not a michi_lite {what} checkpoint (format {metadata.get('format')!r})")
     if metadata.get("preset") != preset:
         raise ValueError(f"{path}: this {what} was trained for preset {metadata.get('preset')!r}, but preset "

@@ -93,6 +93,32 @@ def test_the_text_stream_speaks_at_the_model_s_odds_and_draws_its_words_from_the
     assert abs((whole >= 120).float().mean() - odds[120:140].sum()) < 0.02  # 1, from all: the model's own odds
 
 
+def test_no_word_is_drawn_that_would_say_a_run_of_the_turn_again(tokenizer):
+    sampler = engine(tokenizer, temperature=0.0, top_k=3)
+    pad, end = sampler.model.pad_id, sampler.model.end_id
+    logits = torch.full((len(tokenizer),), -30.0)
+    logits[[102, 103, 104]] = torch.tensor([5.0, 4.0, 3.0])  # 102 the likeliest word; the model always speaks
+
+    def drawn(turn: list[int], **settings) -> int:
+        sampler.turn, sampler.no_repeat, sampler.top_k = turn, settings.get("no_repeat", 3), settings.get("top_k", 3)
+        return sampler.sampled(logits)
+
+    said = [100, 101, 102, 7, 100, 101]  # "100 101" came before, followed by 102
+    assert drawn(said) == 103 and drawn(said, no_repeat=0) == 102  # 0: repeats allowed
+    assert drawn(said[:-1] + [9]) == 102  # not the same run
+    assert drawn(said, top_k=1) == 102  # nothing else left to say: the repeat rather than nothing
+    assert drawn([102, 102], no_repeat=2) == 103 and drawn([102], no_repeat=1) == 103
+    sampler.reset()
+    sampler.model.text_bias.data[pad] = -1e4  # this random model would rather say anything than nothing
+    sampler.model.text_bias.data[end] = -1e4
+    for _ in range(6):
+        sampler.step(np.zeros(sampler.samples_in, dtype=np.float32))
+    assert sampler.turn == [r.model_token for r in sampler.log]  # what the turn has said, as logged
+    sampler.model.text_bias.data[end] = 1e4
+    sampler.step(np.zeros(sampler.samples_in, dtype=np.float32))
+    assert sampler.log[-1].model_token == end and sampler.turn == []  # a new turn may say anything
+
+
 def test_a_turn_longer_than_the_cap_is_ended(tokenizer):
     talker = engine(tokenizer, max_talk_frames=3, temperature=1.0)
     end, pad = talker.model.end_id, talker.model.pad_id
@@ -195,8 +221,8 @@ def test_eval_joint_reads_answers_gaps_and_stops_off_the_frame_log(duplex, token
 def test_eval_joint_streams_the_held_out_dialogues_and_summarizes_them(dialogues, tokenizer):
     from michi_lite.eval_joint import evaluate_joint
 
-    unmerged = build_speech_model("tiny", tokenizer)
-    report = evaluate_joint(engine(tokenizer, context_frames=256), dialogues, unmerged=unmerged,
+    full_model = build_speech_model("tiny", tokenizer)
+    report = evaluate_joint(engine(tokenizer, context_frames=256), dialogues, full_model=full_model,
                             text_baseline=False, tail_seconds=0.5)
     assert report["dialogues"] == len(report["per_dialogue"]) > 0 and report["turns"] > 0
     assert report["spoken_qa_questions"] >= 0 and report["text_qa_accuracy"] is None

@@ -180,6 +180,65 @@ def test_train_joint_learns_to_hear_the_user_and_resumes_where_it_stopped(dialog
     assert "trained with preset 'tiny', not 'lite'" in capsys.readouterr().err
 
 
+def test_a_stacked_stage_trains_a_small_adapter_of_its_own_and_loads_on_the_file_beneath(dialogues, tokenizer,
+                                                                                           tmp_path, capsys):
+    import shutil
+
+    from safetensors import safe_open
+
+    torch.manual_seed(1)
+    base = build_speech_model("tiny", tokenizer)
+    for name, p in base.backbone.named_parameters():
+        if "lora_B" in name:  # adapters that change something, as a trained speaker's do
+            p.data.normal_(0, 0.05)
+    init = save_speaker(tmp_path / "speaker.safetensors", base, "tiny")
+    inputs = torch.randn(1, 7, TINY.hidden_size)
+
+    def hidden(model):
+        with torch.no_grad():
+            return model.decoder(inputs_embeds=inputs).last_hidden_state
+
+    stacked = load_speaker(init, "tiny", tokenizer, merge=False).stack_adapters(2, 4, init)
+    assert (hidden(stacked) - hidden(base)).abs().max() < 1e-5  # fresh adapters on top change nothing
+    text, mask = torch.tensor([[5, 9, 13, 2, 7, 11]]), torch.ones(1, 6, dtype=torch.bool)
+    kept = load_speaker(init, "tiny", tokenizer, merge=False).text_keeping_loss(text, mask)
+    assert stacked.text_keeping_loss(text, mask).item() == pytest.approx(kept.item(), rel=1e-4)  # held to SmolLM2
+    assert kept > 0
+    trained = {n for n, p in stacked.named_parameters() if p.requires_grad}
+    assert trained and all(".lora_" in n or n.startswith("user_in.") or n == "text_bias" for n in trained)
+
+    run = tmp_path / "run"
+    command = ["train", "joint", "--preset", "tiny", "--data", str(dialogues), "--out", str(run), "--batch-size", "2",
+               "--checkpoint-every", "1", "--init", str(init), "--stack-rank", "2"]
+    main(command + ["--steps", "2"])
+    main(command + ["--steps", "3", "--resume"])
+    with safe_open(str(run / "speaker.safetensors"), "pt") as f:
+        names, metadata = list(f.keys()), f.metadata()
+        shapes = {f.get_slice(n).get_shape()[0] for n in names if ".lora_A." in n}
+    assert metadata["format"] == "michi_lite.speaker_stack/1" and shapes == {2}
+    assert all(".lora_" in n or n.startswith("user_in.") or n == "text_bias" for n in names)
+    assert (run / "speaker.safetensors").stat().st_size < init.stat().st_size / 2
+    model = load_speaker(run, "tiny", tokenizer, merge=False)
+    learnt = [p for n, p in model.backbone.named_parameters() if "lora_B" in n]
+    assert model.user_in.weight.abs().max() > 0 and max(p.abs().max() for p in learnt) > 0  # both trained
+    assert torch.equal(model.speaking_head.cond_in.weight, base.speaking_head.cond_in.weight)  # the base's own
+
+    moved = tmp_path / "elsewhere" / "speaker.safetensors"
+    moved.parent.mkdir()
+    shutil.move(init, moved)
+    with pytest.raises(ValueError, match="stack on the speaker file"):
+        load_speaker(run, "tiny", tokenizer)
+    again = load_speaker(run, "tiny", tokenizer, merge=False, base=moved)
+    assert torch.equal(hidden(again), hidden(model))
+    changed = save_speaker(tmp_path / "speaker.safetensors", build_speech_model("tiny", tokenizer), "tiny")
+    with pytest.raises(ValueError, match="SHA-256"):  # a file of that name, other weights
+        load_speaker(run, "tiny", tokenizer)
+    with pytest.raises(SystemExit):  # nor does the run resume on it
+        main(["train", "joint", "--preset", "tiny", "--data", str(dialogues), "--out", str(run), "--batch-size", "2",
+              "--init", str(changed), "--stack-rank", "2", "--steps", "4", "--resume"])
+    assert "stacked on another file" in capsys.readouterr().err
+
+
 def test_two_processes_take_the_steps_one_process_takes_on_the_same_batches(dialogues, tokenizer, tmp_path):
     """``accelerate launch`` with 2 CPU processes (gloo), killed and resumed, against one process uninterrupted.
 

@@ -340,7 +340,9 @@ def test_training_can_start_from_a_model_that_lacks_a_newer_module(tiny_corpus, 
              if not k.startswith("phoneme_reader.")}
     name = "speaking_head.cond_in.weight"
     older[name] = older[name] + 0.5  # far from where a fresh start (same seed) would put it
-    write_weights(tmp_path / "older.safetensors", older, {"format": "michi_lite.speaker/1", "preset": "tiny"})
+    config = json.dumps(speech_model_config("tiny").to_dict())
+    write_weights(tmp_path / "older.safetensors", older,
+                  {"format": "michi_lite.speaker/1", "preset": "tiny", "config": config})
     run = tmp_path / "run"
     main(["train", "speaker", "--preset", "tiny", "--data", str(tiny_corpus), "--out", str(run), "--steps", "1",
           "--batch-size", "2", "--init", str(tmp_path / "older.safetensors")])
