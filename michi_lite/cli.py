@@ -22,7 +22,7 @@
     michi-lite train speaker   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
     michi-lite train joint     --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
                                [--listener L] [--flow-loss-weight W] [--text-ratio R] [--keep-loss-weight W]
-                               [--checkpointing] [--bf16]
+                               [--stack-rank R] [--checkpointing] [--bf16]
         (many processes: accelerate launch --num_processes N -m michi_lite.cli train joint ...)
     michi-lite train aligner   --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume]
     michi-lite train acoustic  --preset P --data DIR --out RUN [--steps N] [--max-minutes M] [--resume] [--init W]
@@ -37,7 +37,8 @@
                                [--held-out DIR ...] [--robustness N]
     michi-lite eval speaker    --preset P --ckpt RUN --data DIR --json OUT [--vocoder V] [--max-utterances N]
     michi-lite eval joint      --preset P --data DIALOGUES --json OUT [--ckpt RUN] [--listener L] [--vocoder V]
-                               [--max-dialogues N] [--no-text-baseline] [--temperature T] [--top-k K] [--seed N]
+                               [--max-dialogues N] [--no-text-baseline] [--temperature T] [--top-k K]
+                               [--no-repeat N] [--seed N]
     michi-lite eval acoustic   --preset P --ckpt RUN --data DIR --json OUT [--vocoder V] [--max-utterances N]
                                [--voice V ...] [--temperature T] [--aligner A] [--split S]
     michi-lite bench vocoder   --preset P --json OUT [--ckpt RUN] [--seconds S] [--threads T]
@@ -51,10 +52,10 @@
     michi-lite transcribe      IN.wav [--preset P] [--ckpt RUN] [--json OUT]
     michi-lite chat            IN.wav --out OUT.wav [--json TIMELINE] [--preset P] [--ckpt RUN] [--listener L]
                                [--vocoder V] [--voice-prompt REF.wav] [--rag TEXT] [--max-talk-seconds S]
-                               [--tail-seconds S] [--temperature T] [--top-k K] [--seed N]
+                               [--tail-seconds S] [--temperature T] [--top-k K] [--no-repeat N] [--seed N]
     michi-lite serve           [--host H] [--port N] [--preset P] [--ckpt RUN] [--listener L] [--vocoder V]
                                [--voice-prompt REF.wav] [--rag TEXT] [--max-talk-seconds S] [--temperature T]
-                               [--top-k K]
+                               [--top-k K] [--no-repeat N]
     michi-lite demo            [--preset P] [--out DIR]
 
 Every ``eval`` measures on a built corpus or on any folder whose

@@ -25,6 +25,8 @@ model said and when is read off its frame log against the user's turns:
   frames from the user's first word to the model's ``<|im_end|>``; and the
   share of backchannels ("mm-hm") during which the model stopped, which
   should be near zero;
+* **repetition**: the share of answers that say some run of three words
+  twice (``repeats_a_run``): what a sharpened sampler does to a weak model;
 * **far-text perplexity**: the backbone with its adapters against the
   pretrained one on text no stage trains on (the GNU GPL), the ratio of
   their perplexities (the bar is 1.05);
@@ -54,6 +56,7 @@ from .audio import prepare_waveform
 from .config import FRAME_SECONDS
 from .data.dialogue_lines import FACT_BASE, GENERAL_QUESTIONS, INTERJECTIONS
 from .data.dialogues import load_dialogues, mentions
+from .data.words import normalize_text
 from .duplex import DuplexEngine, converse
 from .model import SpeechModel, build_backbone
 from .voicing import MAX_LAG_FRAMES
@@ -143,7 +146,6 @@ def judge_answers(dialogues: list[dict], model_audio: list[np.ndarray], sample_r
 
     from .backbone import load_whisper
     from .data.alignment import transcribe, word_error_rate
-    from .data.words import normalize_text
 
     judge, said, heard, quality = load_whisper(), [], [], []
     for dialogue, wave in zip(dialogues, model_audio):
@@ -182,8 +184,16 @@ def text_answers_correct(records: list[dict]) -> list[bool]:
     return right
 
 
+def repeats_a_run(text: str, n: int = 3) -> bool:
+    """Whether ``text`` says some run of ``n`` words twice (case and punctuation aside)."""
+    words = normalize_text(text).split()
+    runs = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return len(set(runs)) < len(runs)
+
+
 def summarize(dialogues: list[dict], text_right: list[bool] | None) -> dict:
     events = [e for d in dialogues for e in d["events"]]
+    answers = [e["answer"] for e in events if normalize_text(e.get("answer") or "")]
     gaps = [e["gap_seconds"] for e in events if "gap_seconds" in e]
     answered = [g for g in gaps if g is not None]
     keyed = [e["correct"] for e in events if "correct" in e]
@@ -203,6 +213,7 @@ def summarize(dialogues: list[dict], text_right: list[bool] | None) -> dict:
             float(np.median([s for s in stops if s is not None])) if any(s is not None for s in stops) else None,
         "interruptions_never_stopped": sum(s is None for s in stops),
         "backchannels_while_talking": len(backchannels), "backchannel_stop_rate": share(backchannels),
+        "answers_repeating_a_run": share([repeats_a_run(a) for a in answers]),
     }
 
 

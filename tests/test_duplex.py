@@ -230,6 +230,16 @@ def test_eval_joint_streams_the_held_out_dialogues_and_summarizes_them(dialogues
     judged = [e for d in report["per_dialogue"] for e in d["events"] if "answer_heard" in e]
     assert report["answers_judged"] == len(judged)
     assert report["judge_wer"] is None if not judged else report["judge_wer"] >= 0
+    assert report["answers_repeating_a_run"] is None or 0 <= report["answers_repeating_a_run"] <= 1
+
+
+def test_an_answer_repeats_itself_when_it_says_a_run_of_three_words_twice():
+    from michi_lite.eval_joint import repeats_a_run
+
+    assert repeats_a_run("It opens on Wednesdays. It opens on Wednesdays.")
+    assert repeats_a_run("the sea, The Sea the sea")  # case and punctuation aside
+    assert not repeats_a_run("the sea and the sky, the sea")  # two words again, not three
+    assert not repeats_a_run("") and not repeats_a_run("the the")
 
 
 def test_the_judge_hears_each_answer_where_it_sounds_and_scores_it_against_the_text_stream(monkeypatch):
