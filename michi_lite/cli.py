@@ -81,8 +81,8 @@ from .weights import (
     REFERENCE_ACOUSTIC_VOICE,
     REFERENCE_ALIGNER,
     REFERENCE_DATA,
+    REFERENCE_JOINT,
     REFERENCE_LISTENER,
-    REFERENCE_SPEAKER,
     REFERENCE_VOCODER,
     REFERENCE_VOICE,
 )
@@ -104,8 +104,8 @@ def add_split(parser: argparse.ArgumentParser, choosing: str) -> None:
 def add_engine_files(parser: argparse.ArgumentParser) -> None:
     """The duplex engine's preset and files: its speech model, listener, vocoder, voice prompt and acoustic model."""
     add_preset(parser)
-    parser.add_argument("--ckpt", default=str(REFERENCE_SPEAKER),
-                        help="a joint or speaker run or .safetensors (default: the committed lite speech model)")
+    parser.add_argument("--ckpt", default=str(REFERENCE_JOINT),
+                        help="a joint or speaker run or .safetensors (default: the committed lite joint model)")
     parser.add_argument("--listener", default=str(REFERENCE_LISTENER),
                         help="a listener run or .safetensors (default: the committed lite reference)")
     parser.add_argument("--vocoder", default=str(REFERENCE_VOCODER),

@@ -33,8 +33,8 @@ from .plots import alignment_figure, dialogue_streams_figure, frame_times_figure
 from .weights import (
     REFERENCE_ACOUSTIC,
     REFERENCE_CONVERSATION,
+    REFERENCE_JOINT,
     REFERENCE_LISTENER,
-    REFERENCE_SPEAKER,
     REFERENCE_VOCODER,
     REFERENCE_VOICE,
 )
@@ -91,7 +91,7 @@ def run_demo(cfg: Config, out: str | os.PathLike, text: str = DEMO_TEXT) -> dict
     engines = available_engines()
     if not engines:
         raise RuntimeError("no speech engine is installed; run `make setup` (as root it installs espeak-ng)")
-    references = (REFERENCE_SPEAKER, REFERENCE_LISTENER, REFERENCE_VOCODER, REFERENCE_VOICE, REFERENCE_ACOUSTIC,
+    references = (REFERENCE_JOINT, REFERENCE_LISTENER, REFERENCE_VOCODER, REFERENCE_VOICE, REFERENCE_ACOUSTIC,
                   REFERENCE_CONVERSATION)
     conversation = None
     if cfg.name == "lite" and all(path.exists() for path in references):

@@ -643,8 +643,9 @@ def read_speaker(path: str | os.PathLike, preset: str, tokenizer, fresh: tuple[s
 
 
 def stacked_base(path: Path, stacked: dict, base: str | os.PathLike | None = None) -> Path:
-    """The speaker file a stacked file's adapters stack on: ``base``, the path it was trained from, or the
-    committed reference, whichever holds the bytes it names (its SHA-256)."""
+    """The speaker file a stacked file's adapters stack on: ``base``, the path it was trained from (as it was
+    given, from the working directory), or the committed reference, whichever holds the bytes it names (its
+    SHA-256)."""
     if not {"rank", "alpha", "base", "base_sha256"} <= set(stacked):
         raise ValueError(f"{path}: a stacked speaker file that does not say what it stacks on")
     candidates = [Path(p) for p in (base, stacked["base"], REFERENCE_SPEAKER) if p is not None]
@@ -653,7 +654,7 @@ def stacked_base(path: Path, stacked: dict, base: str | os.PathLike | None = Non
             return candidate
     raise ValueError(f"{path}: its adapters stack on the speaker file {stacked['base']} (SHA-256 "
                      f"{stacked['base_sha256'][:16]}...), which is at none of {[str(c) for c in candidates]}; "
-                     f"pass its path as base")
+                     f"put it back, or give its path as load_speaker's base")
 
 
 def load_speaker(path: str | os.PathLike, preset: str, tokenizer, device: str | torch.device = "cpu",

@@ -32,6 +32,7 @@ REFERENCE_ACOUSTIC = REFERENCE_DATA / "acoustic" / "lite_acoustic.safetensors"
 REFERENCE_ACOUSTIC_VOICE = REFERENCE_DATA / "acoustic" / "voice_prompt.flac"
 REFERENCE_ALIGNER = REFERENCE_DATA / "aligner" / "lite_aligner.safetensors"
 REFERENCE_SPEAKER = REFERENCE_DATA / "speaker" / "lite_speaker.safetensors"
+REFERENCE_JOINT = REFERENCE_DATA / "joint" / "lite_joint.safetensors"  # an adapter stacked on REFERENCE_SPEAKER
 REFERENCE_CONVERSATION = REFERENCE_DATA / "duplex" / "demo_user.flac"  # a held-out user's side, for the demo
 
 

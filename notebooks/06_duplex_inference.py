@@ -32,8 +32,9 @@
 # speak text, not to converse. It hears the user (the listener's words are
 # right below) but was never taught to answer, so what it says is fluent
 # nonsense that starts on the first frame. The engine, its timings and its
-# features do not depend on that: a joint model (notebook 05) runs in the
-# same engine, with the same costs.
+# features do not depend on that: the joint reference (notebook 05, section
+# 7; what `chat`, `serve` and `demo` run by default) steps in the same
+# engine, with the same costs.
 #
 # Its words are voiced by the acoustic model that `michi-lite say` speaks
 # with (notebook 03): the speech model's own speaking head, MichiAI's
@@ -360,9 +361,9 @@ print(f"judge WER against its text stream: {word_error_rate([timeline['model_sai
 # What it lacks is a model that answers: the time to first audio (the
 # user's end of speech to the model's first sounding frame, plus one
 # step's compute) and the stop when talked over are what joint training
-# teaches. A joint run of the text stream voiced this way (`data/joint/`,
-# 160 CPU steps) answered 79 of 86 test turns, 0.59 s after the user
-# stopped at the median and 1.4 s at p95, and stopped 3 frames after being
-# cut in on, heard at judge WER 0.42, without yet saying the right thing; a
-# `lite` joint reference, stored as an adapter on the speaker stage's
-# model, comes next.
+# teaches. The `lite` joint reference (`data/joint/`: a rank-4 adapter
+# stacked on this model, 318 steps in 90 CPU minutes) answers 77 of the 86
+# test turns, 0.87 s after the user stops at the median and 2.1 s at p95,
+# stops 3 frames after being cut in on, is heard at judge WER 0.40, and
+# says the right thing to 2 of 42 held-out questions; notebook 05 plays it
+# a conversation.
