@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,7 @@ CONTEXT_FRAMES = 1500  # the backbone's window: two minutes of the conversation
 WORD_TEMPERATURE = 0.7  # the text stream's words: sharper than the model's own odds, from the likeliest few
 WORD_TOP_K = 25
 NO_REPEAT_TOKENS = 3  # no run of this many tokens said twice in one turn (0: any may be)
+REPEAT_WINDOW = 100  # how far back in the turn a run counts as said: the turn's last so many tokens
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,9 @@ class DuplexEngine:
     (``sampled``): whether to say a word on this frame, at the model's
     own odds, then which word, among the ``top_k`` likeliest at
     ``temperature`` (0: the likeliest), none that would say a run of
-    ``no_repeat`` tokens a second time in the turn; ``max_talk_frames`` caps a turn: that many
-    frames after its first word the model is made to end it. ``acoustic``:
+    ``no_repeat`` tokens a second time in the turn; ``max_talk_frames``
+    caps a turn: that many frames after its first word the model is made to
+    end it. ``acoustic``:
     an acoustic model to voice the text stream with, in the voice prompt's
     voice, instead of the speech model's speaking head; ``steps`` are either
     head's Euler steps.
@@ -188,7 +191,7 @@ class DuplexEngine:
         self.voicer = None if self.acoustic is None else AcousticVoice(
             self.acoustic, self.acoustic_voice, self.steps, self.model.cfg.text_lead_frames, self.generator)
         self.talked = None  # frames since the turn's first word; None while silent
-        self.turn: list[int] = []  # the tokens said in this turn, PAD left out
+        self.turn: deque[int] = deque(maxlen=REPEAT_WINDOW)  # the turn's last tokens said, PAD left out
         self.forced: list[tuple[int, list[int] | None]] = []  # text to say next: (token, the chunk it starts)
         self.was_forced = False  # whether this frame's token came from ``forced``
         self.forced_chunk: list[int] | None = None  # and the chunk it starts (None: it goes on with a word)
@@ -253,7 +256,8 @@ class DuplexEngine:
             if self.voice_holds(token):  # the acoustic voice is behind: the word waits, the model says PAD
                 token = model.pad_id
         if token == model.end_id:
-            self.talked, self.turn = None, []
+            self.talked = None
+            self.turn.clear()
         elif token != model.pad_id:
             self.turn.append(token)
             self.talked = 0 if self.talked is None else self.talked
@@ -288,8 +292,9 @@ class DuplexEngine:
         return int(torch.multinomial((logits / self.temperature).softmax(-1), 1, generator=self.generator))
 
     def repeats(self) -> list[int]:
-        """The tokens that would end a run of ``no_repeat`` tokens said before in this turn (none for 0)."""
-        n, turn = self.no_repeat, self.turn
+        """The tokens that would end a run of ``no_repeat`` tokens said before in this turn (its last
+        ``REPEAT_WINDOW`` tokens: the work stays bounded however long it talks; none for 0)."""
+        n, turn = self.no_repeat, list(self.turn)
         if n < 1 or len(turn) < n - 1:
             return []
         last = turn[len(turn) - n + 1:]

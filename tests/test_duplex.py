@@ -100,7 +100,9 @@ def test_no_word_is_drawn_that_would_say_a_run_of_the_turn_again(tokenizer):
     logits[[102, 103, 104]] = torch.tensor([5.0, 4.0, 3.0])  # 102 the likeliest word; the model always speaks
 
     def drawn(turn: list[int], **settings) -> int:
-        sampler.turn, sampler.no_repeat, sampler.top_k = turn, settings.get("no_repeat", 3), settings.get("top_k", 3)
+        sampler.turn.clear()
+        sampler.turn.extend(turn)
+        sampler.no_repeat, sampler.top_k = settings.get("no_repeat", 3), settings.get("top_k", 3)
         return sampler.sampled(logits)
 
     said = [100, 101, 102, 7, 100, 101]  # "100 101" came before, followed by 102
@@ -113,10 +115,10 @@ def test_no_word_is_drawn_that_would_say_a_run_of_the_turn_again(tokenizer):
     sampler.model.text_bias.data[end] = -1e4
     for _ in range(6):
         sampler.step(np.zeros(sampler.samples_in, dtype=np.float32))
-    assert sampler.turn == [r.model_token for r in sampler.log]  # what the turn has said, as logged
+    assert list(sampler.turn) == [r.model_token for r in sampler.log]  # what the turn has said, as logged
     sampler.model.text_bias.data[end] = 1e4
     sampler.step(np.zeros(sampler.samples_in, dtype=np.float32))
-    assert sampler.log[-1].model_token == end and sampler.turn == []  # a new turn may say anything
+    assert sampler.log[-1].model_token == end and not sampler.turn  # a new turn may say anything
 
 
 def test_a_turn_longer_than_the_cap_is_ended(tokenizer):
