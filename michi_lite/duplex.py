@@ -260,7 +260,8 @@ class DuplexEngine:
             self.turn.clear()
         elif token != model.pad_id:
             self.turn.append(token)
-            self.talked = 0 if self.talked is None else self.talked
+            if self.talked is None:
+                self.talked = 0
         if self.talked is not None:
             self.talked += 1
         return token

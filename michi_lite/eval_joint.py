@@ -58,7 +58,7 @@ from .data.dialogue_lines import FACT_BASE, GENERAL_QUESTIONS, INTERJECTIONS
 from .data.dialogues import load_dialogues, mentions
 from .data.words import normalize_text
 from .duplex import DuplexEngine, converse
-from .model import SpeechModel, build_backbone
+from .model import SpeechModel
 from .voicing import MAX_LAG_FRAMES
 
 FAR_TEXT = Path("/usr/share/common-licenses/GPL-3")  # Debian's base-files: text no stage trains on
@@ -78,19 +78,24 @@ def asked(text: str) -> str:
 def far_text_perplexity(model: SpeechModel, tokenizer, path: Path = FAR_TEXT, max_tokens: int = 2048,
                         window: int = 512) -> dict[str, float]:
     """Perplexity of the backbone (its token embeddings as the LM head, as the keep loss scores it) on
-    ``max_tokens`` of ``path``, in windows of ``window``, adapted and as pretrained (SmolLM2 loaded afresh: a
-    stacked model's adapters sit on others); ``model`` in full precision, not the int8 copy."""
+    ``max_tokens`` of ``path``, in windows of ``window``, adapted and as pretrained (``SpeechModel.pretrained``);
+    ``model`` in full precision, not the int8 copy."""
     ids = tokenizer(path.read_text(), add_special_tokens=False)["input_ids"][:max_tokens]
     weight = model.token_embedding.weight
-    decoders = {"adapted": model.decoder, "pretrained": build_backbone(model.cfg, len(tokenizer))}
-    losses = {name: [] for name in decoders}
+    chunks = [torch.tensor(ids[start:start + window + 1])[None] for start in range(0, len(ids) - 1, window)]
+
+    def summed(decoder: torch.nn.Module) -> list[tuple[float, int]]:  # (summed loss, tokens) a window
+        sums = []
+        for chunk in chunks:
+            hidden = decoder(input_ids=chunk[:, :-1]).last_hidden_state
+            loss = F.cross_entropy((hidden @ weight.T)[0], chunk[0, 1:], reduction="sum")
+            sums.append((float(loss), chunk.shape[1] - 1))
+        return sums
+
     with torch.inference_mode():
-        for start in range(0, len(ids) - 1, window):
-            chunk = torch.tensor(ids[start:start + window + 1])[None]
-            for name, decoder in decoders.items():
-                hidden = decoder(input_ids=chunk[:, :-1]).last_hidden_state
-                loss = F.cross_entropy((hidden @ weight.T)[0], chunk[0, 1:], reduction="sum")
-                losses[name].append((float(loss), chunk.shape[1] - 1))
+        losses = {"adapted": summed(model.decoder)}
+        with model.pretrained() as decoder:
+            losses["pretrained"] = summed(decoder)
     perplexity = {name: math.exp(sum(l for l, _ in v) / sum(n for _, n in v)) for name, v in losses.items()}
     return {**perplexity, "ratio": perplexity["adapted"] / perplexity["pretrained"], "tokens": len(ids)}
 

@@ -59,7 +59,8 @@ import logging
 import os
 import warnings
 from collections import deque
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -246,7 +247,7 @@ class SpeechModel(nn.Module):
         self.speaking_head = SpeakingHead(cfg.patch_dim, 3 * cfg.hidden_size, cfg.head_width, cfg.head_depth)
         self.merged = False
         self.stacked: dict | None = None  # set by ``stack_adapters``: the adapters' shape and the file beneath
-        self._pretrained: dict[str, nn.Module] = {}  # ``pretrained_decoder``'s copy, not among the weights
+        self._pretrained: dict[str, nn.Module] = {}  # ``pretrained``'s copy, not among the weights
         self.scorer: nn.Module | None = None
         self._frame_decoder: FrameDecoder | None = None
 
@@ -293,12 +294,14 @@ class SpeechModel(nn.Module):
                 getattr(self, name).load_state_dict(weights)
         self.text_bias.data.copy_(state["text_bias"])
 
-    def stack_adapters(self, rank: int, alpha: int, base: str | os.PathLike) -> SpeechModel:
+    def stack_adapters(self, rank: int, alpha: int, base: str | os.PathLike,
+                       base_sha256: str | None = None) -> SpeechModel:
         """Fold the adapters into the backbone and put fresh ones of ``rank`` on top (zero at first: the model is
         unchanged); from here only they, the user's projection and the text-head bias train.
 
         ``base`` is the speaker file the model was loaded from: a stacked
-        file (``save_speaker``) names it and its digest, to be loaded first.
+        file (``save_speaker``) names it and its digest (``base_sha256``,
+        computed here unless given), to be loaded first.
         A stage that teaches little (the joint stage's listening and
         answering) so keeps a file of a few MB instead of a whole speaker's.
         """
@@ -315,18 +318,23 @@ class SpeechModel(nn.Module):
         for name in STACKED_MODULES:
             getattr(self, name).requires_grad_(True)
         self.text_bias.requires_grad_(True)
-        self.stacked = {"rank": rank, "alpha": alpha, "base": str(base), "base_sha256": file_digest(base)}
+        self.stacked = {"rank": rank, "alpha": alpha, "base": str(base),
+                        "base_sha256": base_sha256 or file_digest(base)}
         return self
 
-    def pretrained_decoder(self) -> nn.Module:
-        """SmolLM2 as pretrained: the decoder itself (its adapters to be switched off), or for a stacked model a
-        frozen copy loaded afresh on first use (kept outside the module's weights)."""
-        if not self.stacked:
-            return self.decoder
+    @contextmanager
+    def pretrained(self) -> Iterator[nn.Module]:
+        """SmolLM2's decoder as pretrained, for the ``with`` block: this one with its adapters switched off, or
+        where they cannot be (merged, or stacked on others) a frozen copy loaded afresh on first use (kept
+        outside the module's weights)."""
+        if not (self.merged or self.stacked):
+            with self.backbone.disable_adapter():
+                yield self.decoder
+            return
         if "decoder" not in self._pretrained:
             pretrained = build_backbone(self.cfg, self.token_embedding.num_embeddings).requires_grad_(False)
             self._pretrained["decoder"] = pretrained.to(self.text_bias.device).eval()
-        return self._pretrained["decoder"]
+        yield self._pretrained["decoder"]
 
     def checkpoint_activations(self) -> SpeechModel:
         """Keep only each backbone layer's input for backward and recompute the rest there (about a third more
@@ -432,15 +440,13 @@ class SpeechModel(nn.Module):
         real tokens. The mean over real tokens of KL(pretrained || adapted),
         both with the tied token embeddings as the LM head (SmolLM2's own,
         without the text stream's bias). Zero while the adapters are the
-        identity; the pretrained side is the same decoder with them switched off,
-        or for stacked adapters (which sit on others) SmolLM2 loaded afresh.
+        identity; the pretrained side is ``pretrained``'s.
         """
         if self.merged:
             raise ValueError("the adapters are merged: there is no pretrained backbone left to keep to")
         weight = self.token_embedding.weight
-        with torch.no_grad(), nullcontext() if self.stacked else self.backbone.disable_adapter():
-            pretrained = self.pretrained_decoder()(input_ids=text).last_hidden_state[mask]
-            pretrained = (pretrained @ weight.T).log_softmax(-1)
+        with torch.no_grad(), self.pretrained() as decoder:
+            pretrained = (decoder(input_ids=text).last_hidden_state[mask] @ weight.T).log_softmax(-1)
         adapted = (self.decoder(input_ids=text).last_hidden_state[mask] @ weight.T).log_softmax(-1)
         return F.kl_div(adapted, pretrained, log_target=True, reduction="batchmean")
 
@@ -631,8 +637,8 @@ def read_speaker(path: str | os.PathLike, preset: str, tokenizer, fresh: tuple[s
     if metadata["format"] == STACKED_FORMAT:
         stacked = json.loads(metadata.get("stacked") or "{}")
         beneath = stacked_base(path, stacked, base)
-        model = read_speaker(beneath, preset, tokenizer, fresh).stack_adapters(stacked["rank"], stacked["alpha"],
-                                                                                beneath)
+        model = read_speaker(beneath, preset, tokenizer, fresh).stack_adapters(
+            stacked["rank"], stacked["alpha"], beneath, stacked["base_sha256"])  # stacked_base checked those bytes
     else:
         model = build_speech_model(preset, tokenizer)
     if saved_config(path, metadata, "speaker") != json.loads(json.dumps(model.cfg.to_dict())):
