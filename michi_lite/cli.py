@@ -48,6 +48,7 @@
     michi-lite bench joint     --preset P --json OUT [--batch-size B] [--seconds S] [--steps N] [--no-checkpointing]
                                [--bf16]
     michi-lite bench duplex    --preset P --json OUT [--ckpt RUN] [--listener L] [--vocoder V] [--seconds S]
+                               [--context-frames N]
     michi-lite say "TEXT"      --out OUT.wav [--voice-prompt REF.wav] [--steps K] [--preset P] [--ckpt RUN]
     michi-lite transcribe      IN.wav [--preset P] [--ckpt RUN] [--json OUT]
     michi-lite chat            IN.wav --out OUT.wav [--json TIMELINE] [--preset P] [--ckpt RUN] [--listener L]
@@ -516,7 +517,8 @@ def cmd_bench_duplex(args: argparse.Namespace) -> None:
     from .bench import bench_duplex
 
     write_json(bench_duplex(args.preset, args.ckpt, args.listener, args.vocoder, seconds=args.seconds,
-                            threads=args.threads, acoustic_ckpt=args.acoustic), args.json)
+                            threads=args.threads, acoustic_ckpt=args.acoustic, context_frames=args.context_frames),
+               args.json)
 
 
 def cmd_bench_acoustic(args: argparse.Namespace) -> None:
@@ -1064,6 +1066,10 @@ def build_parser() -> argparse.ArgumentParser:
     duplex_bench.add_argument("--seconds", type=positive_float, default=60.0,
                               help="conversation to time (default: 60)")
     duplex_bench.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: 2)")
+    from .duplex import CONTEXT_FRAMES
+
+    duplex_bench.add_argument("--context-frames", type=positive_int, default=CONTEXT_FRAMES, metavar="N",
+                              help=f"the backbone's window in frames (default: {CONTEXT_FRAMES})")
     duplex_bench.set_defaults(run=cmd_bench_duplex)
 
     say = commands.add_parser("say", help="speak text in a voice, streamed frame by frame (TTS mode)")

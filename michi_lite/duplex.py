@@ -70,7 +70,9 @@ from .vocoder import CausalVocoder
 from .voicing import AcousticVoice
 
 STAGES = ("listen", "text", "speak", "vocode", "backbone")
-CONTEXT_FRAMES = 1500  # the backbone's window: two minutes of the conversation
+# the backbone's window, 80 s: more than joint training ever showed it (its longest dialogue, 64 s, and its
+# prefix: 835 positions); a longer one only attends further back than it learned to, and reads more every frame
+CONTEXT_FRAMES = 1000
 WORD_TEMPERATURE = 0.7  # the text stream's words: sharper than the model's own odds, from the likeliest few
 WORD_TOP_K = 25
 NO_REPEAT_TOKENS = 3  # no run of this many tokens said twice in one turn (0: any may be)
@@ -340,10 +342,17 @@ class DuplexEngine:
         return "" if token in (self.model.pad_id, self.model.end_id) else self.tokenizer.decode([token])
 
     def said(self, side: str = "model", first: int = 0, last: int | None = None) -> str:
-        """What one side (``side`` "model" or "user") said on frames [first, last) of the log, as text."""
+        """What one side (``side`` "model" or "user") said on frames [first, last) of the log, as text: its
+        turns (ended by END) decoded one by one and joined by a space, as a turn's first word often has none."""
         pad, end = self.model.pad_id, self.model.end_id
-        tokens = [r.model_token if side == "model" else r.user_token for r in self.log[first:last]]
-        return self.tokenizer.decode([t for t in tokens if t not in (pad, end)])
+        turns = [[]]
+        for record in self.log[first:last]:
+            token = record.model_token if side == "model" else record.user_token
+            if token == end:
+                turns.append([])
+            elif token != pad:
+                turns[-1].append(token)
+        return " ".join(text for text in (self.tokenizer.decode(t).strip() for t in turns) if text)
 
 
 def load_engine(preset: str, speaker: str | os.PathLike, listener: str | os.PathLike, vocoder: str | os.PathLike,

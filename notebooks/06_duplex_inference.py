@@ -79,10 +79,11 @@ FIGURES = ROOT / "figures"
 # listening head, the vocoder, a voice prompt and the acoustic model that
 # voices the text stream. On a CPU the speech model and the listener run as
 # int8 copies. What lasts from one frame to the next has a fixed size: the
-# listener's state, the backbone's window of the last 1,500 positions (two
-# minutes) as a key-value cache, the vocoder's stream, and the acoustic
-# voice's words laid out as 10 ms mel columns, as far back as its attention
-# looks (2 s). Nothing is recomputed over the conversation.
+# listener's state, the backbone's window of the last 1,000 positions (80 s,
+# more than the longest dialogue of joint training) as a key-value cache,
+# the vocoder's stream, and the acoustic voice's words laid out as 10 ms
+# mel columns, as far back as its attention looks (2 s). Nothing is
+# recomputed over the conversation.
 
 # %%
 engine = load_engine("lite", REFERENCE_SPEAKER, REFERENCE_LISTENER, REFERENCE_VOCODER, REFERENCE_VOICE,
@@ -92,7 +93,7 @@ rate_in, rate_out = engine.listener.cfg.audio.sample_rate, model.cfg.audio.sampl
 print(f"a step takes {engine.samples_in} samples of the user ({rate_in} Hz) and gives "
       f"{model.cfg.audio.samples_per_frame} of the model ({rate_out} Hz)")
 print(f"the backbone's window: {engine.context_frames} positions, "
-      f"{engine.context_frames * FRAME_SECONDS / 60:.0f} minutes of conversation")
+      f"{engine.context_frames * FRAME_SECONDS:.0f} s of conversation")
 print(f"kept between frames besides it: the listener's {engine.hearing.cache_numel():,} numbers, "
       f"the vocoder's {engine.speaking.cache_numel():,}")
 

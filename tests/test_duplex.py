@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from michi_lite.duplex import STAGES, DuplexEngine, SpokenWord
+from michi_lite.duplex import STAGES, DuplexEngine, FrameRecord, SpokenWord
 from michi_lite.listen import build_listener
 from michi_lite.model import build_speech_model
 from michi_lite.vocoder import IstftGenerator, vocoder_config
@@ -43,6 +43,17 @@ def test_each_step_turns_80_ms_of_the_user_into_80_ms_of_the_model_and_logs_ever
     assert all(r.sounding is None for r in duplex.log)  # the speech model's own head: no phonemes to say it by
     assert all(set(r.seconds) == set(STAGES) and r.total_seconds > 0 for r in duplex.log)
     assert isinstance(duplex.said("model"), str) and isinstance(duplex.said("user"), str)
+
+
+def test_what_a_side_said_joins_its_turns_with_a_space(duplex, tokenizer):
+    duplex.reset()
+    pad, end = duplex.model.pad_id, duplex.model.end_id
+    model = [pad, *tokenizer.encode("It opens at ten."), end, pad, *tokenizer.encode("I'm glad."), end, end]
+    duplex.log = [FrameRecord(i, pad, token) for i, token in enumerate(model)]
+    assert duplex.said("model") == "It opens at ten. I'm glad."
+    assert duplex.said("model", first=len(model) - 4) == "glad."
+    assert duplex.said("user") == ""
+    duplex.reset()
 
 
 def test_a_long_conversation_keeps_its_state_the_same_size(duplex):
