@@ -461,7 +461,7 @@ def bench_acoustic(preset: str, ckpt: str | os.PathLike | None = None, vocoder_c
 def bench_duplex(preset: str, ckpt: str | os.PathLike | None = None, listener_ckpt: str | os.PathLike | None = None,
                  vocoder_ckpt: str | os.PathLike | None = None, seconds: float = 60.0, warmup: int = 10,
                  threads: int = 2, acoustic_ckpt: str | os.PathLike | None = None,
-                 context_frames: int | None = None) -> dict:
+                 context_frames: int | None = None, steps: int | None = None) -> dict:
     """The duplex engine's frame step, stage by stage, over ``seconds`` of conversation, and its memory.
 
     The user's side is noise at speech level (the engine's work does not
@@ -473,7 +473,8 @@ def bench_duplex(preset: str, ckpt: str | os.PathLike | None = None, listener_ck
     for its first and last 5 minutes when it is 25 minutes or longer. With
     ``acoustic_ckpt`` the acoustic model voices the text stream (as ``chat``
     does by default); its cost depends on how much the model talks.
-    ``context_frames``: the backbone's window (None: the engine's own, ``duplex.CONTEXT_FRAMES``).
+    ``context_frames``: the backbone's window (None: the engine's own, ``duplex.CONTEXT_FRAMES``);
+    ``steps``: the speaking head's Euler steps (None: the engine's own, as ``chat`` takes them).
     """
     from .acoustic import load_acoustic
     from .backbone import load_tokenizer
@@ -499,7 +500,7 @@ def bench_duplex(preset: str, ckpt: str | os.PathLike | None = None, listener_ck
         voice = torch.randn(40, model.cfg.patch_dim)
         acoustic = None if acoustic_ckpt is None else load_acoustic(acoustic_ckpt, preset, device)
         engine = DuplexEngine(model, listener, vocoder, tokenizer, voice, acoustic=acoustic,
-                              context_frames=context_frames or CONTEXT_FRAMES)
+                              context_frames=context_frames or CONTEXT_FRAMES, steps=steps)
         frames = warmup + round(seconds / FRAME_SECONDS)
         rng = np.random.default_rng(0)
         user = (0.05 * rng.standard_normal((frames, engine.samples_in))).astype(np.float32)
@@ -519,6 +520,7 @@ def bench_duplex(preset: str, ckpt: str | os.PathLike | None = None, listener_ck
         "device": device.type, "threads": threads, "frames": len(steps_ms), "frame_ms": FRAME_SECONDS * 1000,
         "checkpoint": None if ckpt is None else str(ckpt), "int8": device.type == "cpu",
         "acoustic": None if acoustic_ckpt is None else str(acoustic_ckpt), "context_frames": engine.context_frames,
+        "steps": engine.steps,
         "word_token_share": float(np.mean([r.model_token not in (model.pad_id, model.end_id) for r in records])),
         "step_ms_median": float(np.median(steps_ms)), "step_ms_p95": float(np.percentile(steps_ms, 95)),
         "step_ms_p95_first_fifth": float(np.percentile(steps_ms[:fifth], 95)),

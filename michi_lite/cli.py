@@ -48,7 +48,7 @@
     michi-lite bench joint     --preset P --json OUT [--batch-size B] [--seconds S] [--steps N] [--no-checkpointing]
                                [--bf16]
     michi-lite bench duplex    --preset P --json OUT [--ckpt RUN] [--listener L] [--vocoder V] [--seconds S]
-                               [--context-frames N]
+                               [--context-frames N] [--steps K]
     michi-lite say "TEXT"      --out OUT.wav [--voice-prompt REF.wav] [--steps K] [--preset P] [--ckpt RUN]
     michi-lite transcribe      IN.wav [--preset P] [--ckpt RUN] [--json OUT]
     michi-lite chat            IN.wav --out OUT.wav [--json TIMELINE] [--preset P] [--ckpt RUN] [--listener L]
@@ -128,8 +128,12 @@ def engine_acoustic(args: argparse.Namespace) -> str | None:
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
     """The duplex engine's files and settings, for ``chat`` and ``serve`` (``engine_from_args`` reads them)."""
+    from .duplex import HEAD_STEPS, VOICE_STEPS
+
     add_engine_files(parser)
-    parser.add_argument("--steps", type=positive_int, default=4, help="Euler steps of the speaking head (default: 4)")
+    parser.add_argument("--steps", type=positive_int,
+                        help=f"Euler steps of the speaking head (default: {HEAD_STEPS} for the speech model's own "
+                             f"head, {VOICE_STEPS} for the acoustic model's)")
     add_sampling_options(parser)
     parser.add_argument("--max-talk-seconds", type=positive_float, help="end a turn of the model's this long")
 
@@ -517,7 +521,8 @@ def cmd_bench_duplex(args: argparse.Namespace) -> None:
     from .bench import bench_duplex
 
     write_json(bench_duplex(args.preset, args.ckpt, args.listener, args.vocoder, seconds=args.seconds,
-                            threads=args.threads, acoustic_ckpt=args.acoustic, context_frames=args.context_frames),
+                            threads=args.threads, acoustic_ckpt=args.acoustic, context_frames=args.context_frames,
+                            steps=args.steps),
                args.json)
 
 
@@ -1070,6 +1075,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     duplex_bench.add_argument("--context-frames", type=positive_int, default=CONTEXT_FRAMES, metavar="N",
                               help=f"the backbone's window in frames (default: {CONTEXT_FRAMES})")
+    duplex_bench.add_argument("--steps", type=positive_int, help="Euler steps of the speaking head (default: the "
+                                                                  "engine's, as `chat` takes them)")
     duplex_bench.set_defaults(run=cmd_bench_duplex)
 
     say = commands.add_parser("say", help="speak text in a voice, streamed frame by frame (TTS mode)")

@@ -73,7 +73,8 @@ def test_bench_duplex_times_every_stage_with_the_acoustic_voice(tmp_path):
     acoustic = save_acoustic(tmp_path / "acoustic.safetensors", AcousticModel(acoustic_config("tiny")), "tiny")
     out = tmp_path / "duplex.json"
     main(["bench", "duplex", "--preset", "tiny", "--seconds", "0.8", "--threads", "1", "--acoustic", str(acoustic),
-          "--json", str(out)])
+          "--steps", "2", "--json", str(out)])
     report = json.loads(out.read_text())
     assert report["frames"] == 10 and report["acoustic"] == str(acoustic) and 0 <= report["word_token_share"] <= 1
+    assert report["steps"] == 2
     assert set(report["stages_ms"]) == set(STAGES) and report["step_ms_p95"] >= report["step_ms_median"] > 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from michi_lite.duplex import STAGES, DuplexEngine, FrameRecord, SpokenWord
+from michi_lite.duplex import HEAD_STEPS, STAGES, VOICE_STEPS, DuplexEngine, FrameRecord, SpokenWord
 from michi_lite.listen import build_listener
 from michi_lite.model import build_speech_model
 from michi_lite.vocoder import IstftGenerator, vocoder_config
@@ -20,13 +20,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 ISTFT = replace(vocoder_config("tiny"), arch="istft")
 
 
-def engine(tokenizer, **options) -> DuplexEngine:
+def engine(tokenizer, steps: int | None = 1, **options) -> DuplexEngine:
     torch.manual_seed(0)
     model = build_speech_model("tiny", tokenizer).merge_adapters()
     listener = build_listener("tiny", len(tokenizer), pretrained=False)
     vocoder = IstftGenerator(ISTFT)
     voice = torch.randn(30, model.cfg.patch_dim)
-    return DuplexEngine(model, listener, vocoder, tokenizer, voice, steps=1, **options)
+    return DuplexEngine(model, listener, vocoder, tokenizer, voice, steps=steps, **options)
 
 
 @pytest.fixture(scope="module")
@@ -301,6 +301,17 @@ def test_forced_text_is_said_token_by_token_then_the_model_goes_on_freely(tokeni
         talker.step(np.zeros(talker.samples_in, dtype=np.float32))
     said = [r.model_token for r in talker.log]
     assert said[:len(forced)] == forced and not talker.forced  # then three frames of its own
+
+
+def test_the_speech_model_s_head_takes_its_euler_steps_and_an_acoustic_voice_fewer(tokenizer):
+    from michi_lite.acoustic import AcousticModel, acoustic_config
+
+    assert engine(tokenizer, steps=None).steps == HEAD_STEPS
+    voiced = engine(tokenizer, steps=None, acoustic=AcousticModel(acoustic_config("tiny")))
+    assert voiced.voicer.steps == VOICE_STEPS < HEAD_STEPS
+    assert engine(tokenizer, steps=3, acoustic=AcousticModel(acoustic_config("tiny"))).voicer.steps == 3
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        engine(tokenizer, steps=0)
 
 
 def test_an_acoustic_model_voices_the_text_stream_and_the_speech_model_s_head_rests(tokenizer, monkeypatch):
