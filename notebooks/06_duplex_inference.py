@@ -325,9 +325,13 @@ for label, frames in (("before the user", talking[:cut_in]), ("while the user sp
 print(f"the user said {turn['text']!r}; the listener heard {engine.said('user')!r}")
 
 # %% [markdown]
-# It heard every word and talked on through them. Stopping is a choice the
-# text head makes from what the backbone heard, which is what joint
-# training's interrupted dialogues teach; the engine needs no rule for it.
+# It heard every word. This run fell quiet as the user began (an earlier one,
+# its voice sampled in four Euler steps, said 2 tokens while the user spoke
+# and 3 after): the speaker stage's model was never taught when to stop, so
+# one cut-in shows little. Stopping is a choice the text head makes from
+# what the backbone heard, which is what joint training's interrupted
+# dialogues teach, and `michi-lite eval joint` counts over every
+# interruption of its test dialogues; the engine needs no rule for it.
 
 # %% [markdown]
 # ## 6. Where it stands
@@ -357,7 +361,10 @@ print(f"judge WER against its text stream: {word_error_rate([timeline['model_sai
 # hears the speaker stage's answers at WER 0.43 against their text stream
 # (words from the 25 likeliest; 0.56 drawn from all) and DNSMOS rates them
 # 2.08, where the speech model's own speaking head gave 1.04 and 1.14
-# ("Thank you." or nothing for most answers).
+# ("Thank you." or nothing for most answers). (Those evaluations voiced
+# the words in four Euler steps; the engine now takes one,
+# `duplex.VOICE_STEPS`, heard as well by `eval acoustic` and 9 ms cheaper
+# a voiced frame.)
 #
 # What it lacks is a model that answers: the time to first audio (the
 # user's end of speech to the model's first sounding frame, plus one
