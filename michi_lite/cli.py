@@ -500,7 +500,7 @@ def cmd_eval_joint(args: argparse.Namespace) -> None:
     report = evaluate_joint(engine, args.data, max_dialogues=args.max_dialogues, full_model=full_model,
                             text_baseline=args.text_baseline, judge=args.judge)
     report.update(checkpoint=str(args.ckpt), listener=str(args.listener), vocoder=str(args.vocoder),
-                  acoustic=engine_acoustic(args), sampling=sampling(args))
+                  acoustic=engine_acoustic(args), steps=engine.steps, sampling=sampling(args))
     write_json(report, args.json)
 
 
