@@ -397,9 +397,13 @@ display(Markdown("Both sides, the user left and the model right:"),
 # %% [markdown]
 # The listener heard most of this user (an HTS voice of festival that no
 # model trained on) nearly word for word. The model took its turns and
-# spoke of the museum the facts name, but answered neither question: asked
-# who the museum guide is, it said "I'm glad to be in the morning of the
-# morning and enjoy the best". That is where the reference stands: it
+# spoke of the museum and the hours the facts name, but answered neither
+# question: asked who the museum guide is, it said "my own own color.", and
+# asked the user's favourite colour, the post office's hours as the
+# museum's. (The model hears its own voice, so what it says moves with how
+# that voice is sampled: with four Euler steps instead of the engine's one,
+# its answer to the guide question was "I'm glad to be in the morning of
+# the morning and enjoy the best".) That is where the reference stands: it
 # hears, takes turns and stops when cut in on, and only now and then says
 # the fact that was asked for (2 of 42 test questions). Joint training on
 # these two cores has had 90 minutes; the recipe scales with `accelerate
