@@ -151,10 +151,10 @@ class DuplexEngine:
             raise ValueError("the listener and the speech model must share the 80 ms frame")
         if acoustic is not None and acoustic.cfg.audio != model.cfg.audio:
             raise ValueError("the acoustic model and the speech model must share their audio settings (the preset)")
-        if steps is not None and steps < 1:
-            raise ValueError(f"steps must be at least 1, not {steps}")
         if steps is None:
             steps = HEAD_STEPS if acoustic is None else VOICE_STEPS
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, not {steps}")
         if temperature < 0 or (top_k is not None and top_k < 1) or no_repeat < 0:
             raise ValueError(f"temperature and no_repeat must be 0 or more and top_k at least 1, not {temperature}, "
                              f"{no_repeat} and {top_k}")

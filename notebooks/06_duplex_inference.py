@@ -363,8 +363,8 @@ print(f"judge WER against its text stream: {word_error_rate([timeline['model_sai
 # 2.08, where the speech model's own speaking head gave 1.04 and 1.14
 # ("Thank you." or nothing for most answers). (Those evaluations voiced
 # the words in four Euler steps; the engine now takes one,
-# `duplex.VOICE_STEPS`, heard as well by `eval acoustic` and 9 ms cheaper
-# a voiced frame.)
+# `duplex.VOICE_STEPS`, heard as well by `eval acoustic` and 8.5 ms
+# cheaper a voiced frame.)
 #
 # What it lacks is a model that answers: the time to first audio (the
 # user's end of speech to the model's first sounding frame, plus one
